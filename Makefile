@@ -1,0 +1,47 @@
+# PyAirtable platform. `make run` starts it, `make test` tests it; both install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+SERVICES := auth_service
+
+.DEFAULT_GOAL := help
+.PHONY: help install run migrate test lint typecheck bench clean $(addprefix run-,$(SERVICES))
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-22s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(INSTALLED) ## Create .venv and install the platform with its dev tools
+
+run: $(INSTALLED) ## Migrate and start the whole platform on :8080 (embedded: SQLite, in-memory stores)
+	$(PY) -m embedded migrate
+	$(PY) -m embedded serve
+
+run-%: $(INSTALLED) ## Run one service alone on its own port, e.g. make run-auth_service
+	$(PY) -m $* migrate
+	$(PY) -m $* serve
+
+migrate: $(INSTALLED) ## Apply every service's migrations (DATABASE_URL / <SERVICE>_DATABASE_URL)
+	$(PY) -m embedded migrate
+
+test: $(INSTALLED) ## Run the whole test suite (needs PostgreSQL and Redis on loopback)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(INSTALLED) ## ruff: lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(INSTALLED) ## mypy --strict on the services and the kernel
+	$(VENV)/bin/mypy shared embedded $(SERVICES)
+
+bench: $(INSTALLED) ## Benchmarks (ratios measured side by side); see docs/PERFORMANCE.md
+	$(PY) -m bench.login_vs_argon2
+
+clean: ## Remove the virtualenv and local data
+	rm -rf $(VENV) data

@@ -1,0 +1,1 @@
+"""Analytics service (port 8005): events, metrics, usage and cost. Built in its own issue."""

@@ -1,0 +1,1 @@
+"""Auth service (port 8001): accounts, argon2id passwords, access and refresh tokens, revocation."""

@@ -1,0 +1,22 @@
+"""python -m auth_service [serve|migrate|downgrade|revision|create-admin]"""
+
+import argparse
+import sys
+
+from auth_service.admin import add_create_admin_arguments, create_admin_command
+from auth_service.app import create_app
+from auth_service.config import AuthSettings
+from shared.cli import run_service_cli
+
+
+def main() -> int:
+    return run_service_cli(
+        package="auth_service",
+        settings_cls=AuthSettings,
+        create_app=create_app,
+        extra_commands={"create-admin": (add_create_admin_arguments, create_admin_command)},
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Dependency providers of the auth service."""
+
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from auth_service.services import AuthService, Client
+from shared.http import client_ip
+
+
+def provide_auth_service(db_session: NamedDependency[AsyncSession], state: State) -> AuthService:
+    return AuthService(
+        db=db_session,
+        settings=state.settings,
+        passwords=state.passwords,
+        issuer=state.issuer,
+        throttle=state.throttle,
+        revocations=state.revocations,
+        store=state.store,
+        clock=state.clock,
+    )
+
+
+def provide_client(request: Request[Any, Any, Any], state: State) -> Client:
+    return Client(
+        ip=client_ip(request.scope, state.settings.trusted_proxy_list),
+        user_agent=request.headers.get("user-agent"),
+    )

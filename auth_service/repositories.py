@@ -1,0 +1,79 @@
+"""Data access for the auth service: AsyncSession in, models out."""
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from auth_service.models import AuthSession, RefreshToken, User
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def by_email(self, email: str) -> User | None:
+        return await self.session.scalar(select(User).where(User.email == email))
+
+    async def by_id(self, user_id: uuid.UUID) -> User | None:
+        return await self.session.get(User, user_id)
+
+    async def add(self, user: User) -> User:
+        self.session.add(user)
+        await self.session.flush()
+        return user
+
+
+class SessionRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, auth_session: AuthSession, token: RefreshToken) -> None:
+        self.session.add(auth_session)
+        await self.session.flush()
+        self.session.add(token)
+        await self.session.flush()
+
+    async def add_token(self, token: RefreshToken) -> None:
+        self.session.add(token)
+        await self.session.flush()
+
+    async def token_by_hash(self, token_hash: str) -> RefreshToken | None:
+        return await self.session.scalar(
+            select(RefreshToken).where(RefreshToken.token_hash == token_hash).execution_options(populate_existing=True)
+        )
+
+    async def claim_for_rotation(self, token_id: uuid.UUID, now: datetime) -> bool:
+        """Mark the token rotated; False when a concurrent request got there first."""
+        result = await self.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == token_id, RefreshToken.rotated_at.is_(None))
+            .values(rotated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+    async def by_id(self, session_id: uuid.UUID) -> AuthSession | None:
+        return await self.session.get(AuthSession, session_id)
+
+    async def active_for_user(self, user_id: uuid.UUID, now: datetime) -> list[AuthSession]:
+        rows = await self.session.scalars(
+            select(AuthSession)
+            .where(
+                AuthSession.user_id == user_id,
+                AuthSession.revoked_at.is_(None),
+                AuthSession.expires_at > now,
+            )
+            .order_by(AuthSession.created_at.desc())
+        )
+        return list(rows)
+
+    async def revoke(self, session_ids: list[uuid.UUID], now: datetime) -> None:
+        if session_ids:
+            await self.session.execute(
+                update(AuthSession)
+                .where(AuthSession.id.in_(session_ids), AuthSession.revoked_at.is_(None))
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
+            )

@@ -1,0 +1,87 @@
+"""Request and response bodies of the auth service."""
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from auth_service.config import MAX_PASSWORD_LENGTH
+
+Email = Annotated[str, Meta(min_length=3, max_length=320, description="An email address")]
+Password = Annotated[str, Meta(max_length=MAX_PASSWORD_LENGTH, description="At most 128 characters")]
+Name = Annotated[str, Meta(max_length=100)]
+OpaqueToken = Annotated[str, Meta(min_length=1, max_length=512)]
+
+
+class RegisterRequest(Struct, forbid_unknown_fields=False):
+    email: Email
+    password: Password
+    first_name: Name | None = None
+    last_name: Name | None = None
+
+
+class LoginRequest(Struct):
+    email: Email
+    password: Password
+
+
+class RefreshRequest(Struct):
+    refresh_token: OpaqueToken
+
+
+class LogoutRequest(Struct):
+    refresh_token: OpaqueToken | None = None
+
+
+class PasswordChangeRequest(Struct):
+    current_password: Password
+    new_password: Password
+
+
+class UserRead(Struct):
+    id: uuid.UUID
+    email: str
+    first_name: str | None
+    last_name: str | None
+    roles: list[str]
+    tenant_id: uuid.UUID
+    is_active: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class TokenResponse(Struct):
+    user: UserRead
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: Literal["Bearer"] = "Bearer"
+
+
+class VerifyResponse(Struct):
+    valid: bool
+    claims: dict[str, Any]
+
+
+class SessionRead(Struct):
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str | None
+    ip: str | None
+    current: bool
+
+
+class SessionList(Struct):
+    sessions: list[SessionRead]
+
+
+class JWKSResponse(Struct):
+    keys: list[dict[str, Any]]
+
+
+def user_read(user: Any) -> UserRead:
+    return msgspec.convert(user, UserRead, from_attributes=True)

@@ -1,0 +1,326 @@
+"""Auth business logic: no Litestar imports, time from an injected clock."""
+
+import hashlib
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from auth_service.config import MAX_PASSWORD_LENGTH, AuthSettings
+from auth_service.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    InvalidEmail,
+    InvalidGrant,
+    SessionNotFound,
+    WeakPassword,
+)
+from auth_service.models import AuthSession, RefreshToken, User, outbox
+from auth_service.passwords import Passwords
+from auth_service.repositories import SessionRepository, UserRepository
+from auth_service.schemas import SessionRead, TokenResponse, user_read
+from auth_service.throttle import Throttle
+from auth_service.tokens import TokenIssuer, new_refresh_token, refresh_token_hash
+from shared.events import new_event
+from shared.outbox import add_event
+from shared.security import Identity, RevocationList
+from shared.stores import KeyValueStore
+
+logger = logging.getLogger("auth_service")
+security_log = logging.getLogger("auth_service.security")
+Clock = Callable[[], datetime]
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+class Client(msgspec.Struct, frozen=True):
+    """Where a request came from."""
+
+    ip: str
+    user_agent: str | None = None
+
+
+def normalise_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > 254 or not _EMAIL.match(email):
+        raise InvalidEmail()
+    return email
+
+
+class AuthService:
+    def __init__(
+        self,
+        db: AsyncSession,
+        settings: AuthSettings,
+        passwords: Passwords,
+        issuer: TokenIssuer,
+        throttle: Throttle,
+        revocations: RevocationList,
+        store: KeyValueStore,
+        clock: Clock,
+    ) -> None:
+        self.db = db
+        self.users = UserRepository(db)
+        self.sessions = SessionRepository(db)
+        self.settings = settings
+        self.passwords = passwords
+        self.issuer = issuer
+        self.throttle = throttle
+        self.revocations = revocations
+        self.store = store
+        self.clock = clock
+
+    # -- accounts ------------------------------------------------------------------------
+
+    async def register(
+        self, email: str, password: str, first_name: str | None, last_name: str | None, client: Client
+    ) -> TokenResponse:
+        await self.throttle.check_ip("register", client.ip)
+        email = normalise_email(email)
+        self.check_password_policy(password, email)
+        if await self.users.by_email(email) is not None:
+            raise EmailTaken()
+        now = self.clock()
+        user = User(
+            id=uuid.uuid4(),
+            email=email,
+            password_hash=await self.passwords.hash(password),
+            first_name=_clean_name(first_name),
+            last_name=_clean_name(last_name),
+            roles=["user"],
+            tenant_id=uuid.uuid4(),
+            is_active=True,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await self.users.add(user)
+        except IntegrityError:
+            raise EmailTaken() from None
+        await add_event(self.db, outbox, new_event("user.registered", "auth", _user_event_data(user)))
+        logger.info("user registered", extra={"user_id": str(user.id), "ip": client.ip})
+        return await self._start_session(user, client, now)
+
+    def check_password_policy(self, password: str, email: str) -> None:
+        if len(password) < self.settings.password_min_length:
+            raise WeakPassword(f"The password must be at least {self.settings.password_min_length} characters long.")
+        if len(password) > MAX_PASSWORD_LENGTH:
+            raise WeakPassword(f"The password must be at most {MAX_PASSWORD_LENGTH} characters long.")
+        if password.strip().lower() == email:
+            raise WeakPassword("The password must not be the email address.")
+
+    async def login(self, email: str, password: str, client: Client) -> TokenResponse:
+        await self.throttle.check_ip("login", client.ip)
+        email = email.strip().lower()
+        await self.throttle.check_account(email)
+        user = await self.users.by_email(email)
+        if user is None:
+            await self.passwords.verify_dummy(password)
+            ok = False
+        else:
+            ok = await self.passwords.verify(user.password_hash, password) and user.is_active
+        if not ok or user is None:
+            await self.throttle.record_failure(email)
+            security_log.info(
+                "login failed", extra={"user_id": str(user.id) if user else None, "ip": client.ip, "outcome": "failure"}
+            )
+            raise InvalidCredentials()
+        await self.throttle.record_success(email)
+        now = self.clock()
+        if self.passwords.needs_rehash(user.password_hash):
+            user.password_hash = await self.passwords.hash(password)
+        user.last_login_at = now
+        security_log.info("login succeeded", extra={"user_id": str(user.id), "ip": client.ip, "outcome": "success"})
+        return await self._start_session(user, client, now)
+
+    async def change_password(self, identity: Identity, current: str, new: str) -> None:
+        user = await self._active_user(identity)
+        await self.throttle.check_account(user.email)
+        if not await self.passwords.verify(user.password_hash, current):
+            await self.throttle.record_failure(user.email)
+            raise InvalidCredentials()
+        self.check_password_policy(new, user.email)
+        now = self.clock()
+        user.password_hash = await self.passwords.hash(new)
+        user.password_changed_at = now
+        others = [s.id for s in await self.sessions.active_for_user(user.id, now) if str(s.id) != identity.session_id]
+        await self._revoke_sessions(others, now)
+        security_log.info("password changed", extra={"user_id": str(user.id), "revoked_sessions": len(others)})
+
+    async def me(self, identity: Identity) -> User:
+        return await self._active_user(identity)
+
+    async def _active_user(self, identity: Identity) -> User:
+        user = await self.users.by_id(identity.user_id)
+        if user is None or not user.is_active:
+            raise InvalidGrant()
+        return user
+
+    # -- sessions and tokens -------------------------------------------------------------
+
+    async def _start_session(self, user: User, client: Client, now: datetime) -> TokenResponse:
+        auth_session = AuthSession(
+            id=uuid.uuid4(),
+            user_id=user.id,
+            created_at=now,
+            last_used_at=now,
+            expires_at=now + timedelta(seconds=self.settings.refresh_absolute_ttl),
+            user_agent=(client.user_agent or "")[:512] or None,
+            ip=client.ip,
+        )
+        refresh = new_refresh_token()
+        token = RefreshToken(
+            id=uuid.uuid4(), session_id=auth_session.id, token_hash=refresh_token_hash(refresh), created_at=now
+        )
+        await self.sessions.add(auth_session, token)
+        return self._token_response(user, auth_session.id, refresh, now)
+
+    def _token_response(self, user: User, session_id: uuid.UUID, refresh: str, now: datetime) -> TokenResponse:
+        access, ttl = self.issuer.access_token(user, session_id, now)
+        return TokenResponse(user=user_read(user), access_token=access, refresh_token=refresh, expires_in=ttl)
+
+    async def refresh(self, refresh: str) -> TokenResponse:
+        token = await self.sessions.token_by_hash(refresh_token_hash(refresh))
+        if token is None:
+            raise InvalidGrant()
+        now = self.clock()
+        if token.rotated_at is not None:
+            return await self._reused(token, refresh, now)
+        family = token.session
+        if not self._usable(family, now):
+            raise InvalidGrant()
+        if not await self.sessions.claim_for_rotation(token.id, now):
+            token = await self.sessions.token_by_hash(refresh_token_hash(refresh))
+            assert token is not None and token.rotated_at is not None
+            return await self._reused(token, refresh, now)
+        family.last_used_at = now
+        successor = new_refresh_token()
+        await self.sessions.add_token(
+            RefreshToken(id=uuid.uuid4(), session_id=family.id, token_hash=refresh_token_hash(successor), created_at=now)
+        )
+        response = self._token_response(family.user, family.id, successor, now)
+        await self._remember_for_grace(refresh, response)
+        return response
+
+    def _usable(self, family: AuthSession, now: datetime) -> bool:
+        idle_deadline = family.last_used_at + timedelta(seconds=self.settings.refresh_idle_ttl)
+        return (
+            family.revoked_at is None
+            and now < family.expires_at
+            and now < idle_deadline
+            and family.user.is_active
+        )
+
+    async def _reused(self, token: RefreshToken, refresh: str, now: datetime) -> TokenResponse:
+        """A rotated token came back: the same new pair within the grace window, else theft."""
+        assert token.rotated_at is not None
+        if (now - token.rotated_at).total_seconds() <= self.settings.refresh_reuse_grace:
+            cached = await self._recall_from_grace(refresh)
+            if cached is not None:
+                return cached
+            raise InvalidGrant()
+        family = token.session
+        await self._revoke_sessions([family.id], now)
+        await self.db.commit()  # the revocation must stand although the request fails
+        security_log.warning(
+            "refresh token reuse: session family revoked",
+            extra={"user_id": str(family.user_id), "session_id": str(family.id), "outcome": "reuse-detected"},
+        )
+        raise InvalidGrant()
+
+    async def _remember_for_grace(self, refresh: str, response: TokenResponse) -> None:
+        """Keep the new pair for the grace window, encrypted under a key only the old token gives."""
+        if self.settings.refresh_reuse_grace <= 0:
+            return
+        nonce = os.urandom(12)
+        sealed = AESGCM(_grace_key(refresh)).encrypt(nonce, msgspec.json.encode(response), None)
+        await self.store.set(_grace_slot(refresh), nonce + sealed, self.settings.refresh_reuse_grace)
+
+    async def _recall_from_grace(self, refresh: str) -> TokenResponse | None:
+        sealed = await self.store.get(_grace_slot(refresh))
+        if sealed is None:
+            return None
+        try:
+            plain = AESGCM(_grace_key(refresh)).decrypt(sealed[:12], sealed[12:], None)
+        except InvalidTag:
+            return None
+        return msgspec.json.decode(plain, type=TokenResponse)
+
+    async def logout(self, identity: Identity, refresh: str | None, scope: str) -> None:
+        now = self.clock()
+        await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
+        if scope == "global":
+            sessions = await self.sessions.active_for_user(identity.user_id, now)
+            await self._revoke_sessions([s.id for s in sessions], now)
+            await self.revocations.revoke_user(identity.user_id, self._access_revocation_ttl)
+        else:
+            targets = [uuid.UUID(identity.session_id)] if identity.session_id else []
+            if refresh:
+                token = await self.sessions.token_by_hash(refresh_token_hash(refresh))
+                if token is not None and token.session.user_id == identity.user_id:
+                    targets.append(token.session_id)
+            await self._revoke_sessions(targets, now)
+        security_log.info("logout", extra={"user_id": str(identity.user_id), "scope": scope})
+
+    async def list_sessions(self, identity: Identity) -> list[SessionRead]:
+        sessions = await self.sessions.active_for_user(identity.user_id, self.clock())
+        return [
+            SessionRead(
+                id=s.id,
+                created_at=s.created_at,
+                last_used_at=s.last_used_at,
+                expires_at=s.expires_at,
+                user_agent=s.user_agent,
+                ip=s.ip,
+                current=str(s.id) == identity.session_id,
+            )
+            for s in sessions
+        ]
+
+    async def revoke_session(self, identity: Identity, session_id: uuid.UUID) -> None:
+        target = await self.sessions.by_id(session_id)
+        if target is None or target.user_id != identity.user_id or target.revoked_at is not None:
+            raise SessionNotFound()
+        await self._revoke_sessions([target.id], self.clock())
+
+    async def _revoke_sessions(self, session_ids: list[uuid.UUID], now: datetime) -> None:
+        """Refresh tokens of these sessions stop working now; so do their access tokens."""
+        await self.sessions.revoke(session_ids, now)
+        for session_id in session_ids:
+            await self.revocations.revoke_session(str(session_id), self._access_revocation_ttl)
+
+    @property
+    def _access_revocation_ttl(self) -> float:
+        return self.settings.access_token_ttl + self.settings.jwt_leeway_seconds + 60
+
+
+def _grace_key(refresh: str) -> bytes:
+    return hashlib.sha256(b"grace-key:" + refresh.encode()).digest()
+
+
+def _grace_slot(refresh: str) -> str:
+    return "refresh-grace:" + hashlib.sha256(b"grace-slot:" + refresh.encode()).hexdigest()
+
+
+def _clean_name(name: str | None) -> str | None:
+    name = (name or "").strip()
+    return name or None
+
+
+def _user_event_data(user: User) -> dict[str, object]:
+    return {
+        "user_id": str(user.id),
+        "email": user.email,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "tenant_id": str(user.tenant_id),
+        "roles": list(user.roles),
+        "created_at": user.created_at.isoformat(),
+    }

@@ -1,0 +1,61 @@
+"""Signing access tokens and making opaque refresh tokens."""
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any
+
+import jwt
+
+from auth_service.config import AuthSettings
+from auth_service.models import User
+from shared.keys import hs256_kid, load_private_key, public_jwk
+from shared.settings import ensure_dev_secret
+
+ACCESS_TOKEN_TYPE = "at+jwt"
+
+
+class TokenIssuer:
+    def __init__(self, settings: AuthSettings) -> None:
+        self.settings = settings
+        self.jwks: dict[str, Any] = {"keys": []}
+        if settings.jwt_algorithm == "HS256":
+            secret = ensure_dev_secret(settings)
+            self.signing_key: Any = secret.encode()
+            self.kid = hs256_kid(secret)
+        else:
+            private_key = load_private_key(settings, settings.jwt_private_key_file)
+            jwk = public_jwk(private_key.public_key())
+            self.signing_key, self.kid = private_key, jwk["kid"]
+            self.jwks = {"keys": [jwk]}
+
+    def access_token(self, user: User, session_id: uuid.UUID, now: datetime) -> tuple[str, int]:
+        """A signed access token and its lifetime in seconds."""
+        issued = int(now.timestamp())
+        ttl = self.settings.access_token_ttl
+        claims = {
+            "iss": self.settings.jwt_issuer,
+            "aud": self.settings.jwt_audience,
+            "sub": str(user.id),
+            "email": user.email,
+            "roles": list(user.roles),
+            "tid": str(user.tenant_id),
+            "sid": str(session_id),
+            "jti": uuid.uuid4().hex,
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + ttl,
+        }
+        headers = {"typ": ACCESS_TOKEN_TYPE, "kid": self.kid}
+        token = jwt.encode(claims, self.signing_key, algorithm=self.settings.jwt_algorithm, headers=headers)
+        return token, ttl
+
+
+def new_refresh_token() -> str:
+    """256 random bits; only the hash is stored."""
+    return secrets.token_urlsafe(32)
+
+
+def refresh_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""The kernel every PyAirtable service installs: settings, HTTP defaults, database, security, events."""

@@ -1,0 +1,178 @@
+"""One error shape for every 4xx/5xx: RFC 9457 problem+json with the request ID."""
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+
+from shared.http import ensure_request_id
+from shared.logs import request_id_var
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+logger = logging.getLogger("shared.errors")
+
+_CODES_BY_STATUS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation-error",
+    429: "too-many-requests",
+    500: "internal-error",
+    502: "bad-gateway",
+    503: "service-unavailable",
+    504: "gateway-timeout",
+}
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """The body of every error response."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    request_id: str | None = None
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class ProblemError(HTTPException):
+    """A domain error with a stable machine-readable ``code``."""
+
+    status_code = 400
+    code = "bad-request"
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(detail=detail, headers=headers, status_code=status_code or self.status_code)
+        if code:
+            self.code = code
+
+
+class Unauthorized(ProblemError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ProblemError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ProblemError):
+    status_code = 404
+    code = "not-found"
+
+
+class Conflict(ProblemError):
+    status_code = 409
+    code = "conflict"
+
+
+class Unprocessable(ProblemError):
+    status_code = 422
+    code = "validation-error"
+
+
+class TooManyRequests(ProblemError):
+    status_code = 429
+    code = "too-many-requests"
+
+
+class ServiceUnavailable(ProblemError):
+    status_code = 503
+    code = "service-unavailable"
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    status: int,
+    detail: str,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> Response[Problem]:
+    code = code or _CODES_BY_STATUS.get(status, "error")
+    problem = Problem(
+        type=f"/problems/{code}",
+        title=_title(status),
+        status=status,
+        detail=detail,
+        code=code,
+        request_id=request_id_var.get() or ensure_request_id(request.scope),
+        instance=request.scope.get("path"),
+        errors=errors,
+    )
+    return Response(problem, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    status = exc.status_code
+    headers = dict(exc.headers or {})
+    errors = None
+    code = getattr(exc, "code", None) if isinstance(exc, ProblemError) else None
+    detail = exc.detail
+    if isinstance(exc, ValidationException):
+        # Request bodies and parameters that fail their schema: one 422 for all of them.
+        status, code = HTTP_422_UNPROCESSABLE_ENTITY, "validation-error"
+        errors = [_field_error(item) for item in exc.extra] if isinstance(exc.extra, list) else None
+        detail = _validation_detail(exc.detail, errors)
+    elif isinstance(exc, NotAuthorizedException):
+        headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
+    if status >= 500:
+        detail = _title(status) if not isinstance(exc, ProblemError) else detail
+    return problem_response(request, status, detail or _title(status), code=code, headers=headers, errors=errors)
+
+
+def _field_error(item: Any) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return {k: v for k, v in item.items() if k in ("message", "key", "source")}
+    return {"message": str(item)}
+
+
+def _validation_detail(detail: str, errors: list[dict[str, Any]] | None) -> str:
+    if errors:
+        first = errors[0]
+        where = f" ({first['key']})" if first.get("key") else ""
+        return f"{first.get('message', 'invalid value')}{where}"
+    return detail or "The request is not valid."
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    logger.exception("unhandled error", extra={"path": request.scope.get("path")})
+    return problem_response(request, HTTP_500_INTERNAL_SERVER_ERROR, "An unexpected error occurred.")
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+    HTTPException: http_exception_handler,
+    Exception: internal_error_handler,
+}

@@ -1,0 +1,155 @@
+"""HTTP plumbing shared by every service: request IDs, client IPs, health and readiness."""
+
+import asyncio
+import ipaddress
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.datastructures import MutableScopeHeaders
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.logs import request_id_var
+
+REQUEST_ID_HEADER = "x-request-id"
+_WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+READY_CHECK_TIMEOUT_SECONDS = 2.0
+
+
+def ensure_request_id(scope: Scope) -> str:
+    """The request's ID: a well-formed incoming ``X-Request-ID``, else a new one."""
+    state = scope.setdefault("state", {})
+    request_id: str | None = state.get("request_id")
+    if request_id is None:
+        incoming = _header(scope, REQUEST_ID_HEADER.encode())
+        request_id = incoming if incoming and _WELL_FORMED_ID.match(incoming) else uuid.uuid4().hex
+        state["request_id"] = request_id
+    return request_id
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestIdMiddleware:
+    """Binds the request ID to the log context for everything the request does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = request_id_var.set(ensure_request_id(scope) if scope["type"] == "http" else None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_id_var.reset(token)
+
+
+async def add_standard_headers(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: the request ID and ``nosniff`` on every response, 404s included."""
+    if message["type"] == "http.response.start":
+        headers = MutableScopeHeaders.from_message(message)
+        headers[REQUEST_ID_HEADER] = ensure_request_id(scope)
+        headers["x-content-type-options"] = "nosniff"
+
+
+def client_ip(scope: Scope, trusted_proxies: list[str]) -> str:
+    """The client's address: the peer, or with trusted proxies the rightmost untrusted hop
+    of ``X-Forwarded-For``."""
+    peer = (scope.get("client") or ("127.0.0.1", 0))[0]
+    networks = trusted_networks(trusted_proxies)
+    if not networks or not _in_networks(peer, networks):
+        return str(peer)
+    forwarded = _header(scope, b"x-forwarded-for") or ""
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _in_networks(hop, networks):
+            return hop if _is_ip(hop) else str(peer)
+    return hops[0] if hops and _is_ip(hops[0]) else str(peer)
+
+
+def trusted_networks(cidrs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _in_networks(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+class CheckResult(msgspec.Struct):
+    status: str
+    error: str | None = None
+
+
+class HealthResponse(msgspec.Struct):
+    status: str
+    service: str
+    version: str
+
+
+class ReadinessResponse(msgspec.Struct):
+    status: str
+    service: str
+    checks: dict[str, CheckResult]
+
+
+async def run_check(check: ReadinessCheck) -> CheckResult:
+    try:
+        await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return CheckResult(status="fail", error="timed out")
+    except Exception as exc:
+        return CheckResult(status="fail", error=type(exc).__name__)
+    return CheckResult(status="ok")
+
+
+class HealthController(Controller):
+    """Liveness (no I/O) and readiness (every dependency checked)."""
+
+    include_in_schema = True
+    tags = ["health"]
+
+    @get("/health", operation_id="health", opt={"exclude_from_auth": True}, sync_to_thread=False)
+    def health(self, request: Request[Any, Any, Any]) -> HealthResponse:
+        """Liveness: the process answers. Does no I/O."""
+        state = request.app.state
+        return HealthResponse(status="ok", service=state.service_name, version=state.version)
+
+    @get(
+        "/ready",
+        operation_id="ready",
+        opt={"exclude_from_auth": True},
+        responses={503: ResponseSpec(data_container=ReadinessResponse, description="A dependency is down")},
+    )
+    async def ready(self, request: Request[Any, Any, Any]) -> Response[ReadinessResponse]:
+        """Readiness: 200 when every dependency answers, 503 with per-check status otherwise."""
+        state = request.app.state
+        checks: dict[str, ReadinessCheck] = state.readiness_checks
+        names = list(checks)
+        results = await asyncio.gather(*(run_check(checks[name]) for name in names))
+        by_name = dict(zip(names, results, strict=True))
+        ok = all(result.status == "ok" for result in results)
+        body = ReadinessResponse(status="ready" if ok else "unavailable", service=state.service_name, checks=by_name)
+        return Response(body, status_code=200 if ok else 503)

@@ -1,0 +1,235 @@
+"""Access-token verification and guards: the same code in the gateway and in every service.
+
+Only the configured algorithm is accepted, ``iss``/``aud``/``exp``/``nbf``/``typ`` are checked
+with a small leeway, headers that point at other keys (``jku``, ``x5u``, ``jwk``, ``x5c``) or
+demand unknown extensions (``crit``) are refused, and revoked tokens are rejected. Every failure
+is a 401 with ``WWW-Authenticate``; none is a 500.
+"""
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import jwt
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from shared.keys import VerificationKey, key_from_jwk, local_verification_keys
+from shared.settings import ServiceSettings
+from shared.stores import KeyValueStore
+
+logger = logging.getLogger("shared.security")
+
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+MAX_TOKEN_LENGTH = 8192
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+JWKS_MIN_REFRESH_SECONDS = 30.0
+
+
+class InvalidToken(NotAuthorizedException):
+    def __init__(self, detail: str = "The access token is invalid.") -> None:
+        super().__init__(
+            detail=detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """Who is calling, taken from a verified access token."""
+
+    user_id: uuid.UUID
+    email: str
+    roles: tuple[str, ...]
+    jti: str
+    session_id: str | None
+    issued_at: int
+    expires_at: int
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+class RevocationList:
+    """Revoked token IDs, sessions and per-user cut-offs, each kept only as long as it matters."""
+
+    def __init__(self, store: KeyValueStore) -> None:
+        self.store = store
+
+    async def revoke_token(self, issuer: str, jti: str, expires_at: int) -> None:
+        await self.store.set(f"revoked:jti:{issuer}:{jti}", b"1", _remaining(expires_at))
+
+    async def revoke_session(self, session_id: str, ttl_seconds: float) -> None:
+        await self.store.set(f"revoked:sid:{session_id}", b"1", ttl_seconds)
+
+    async def revoke_user(self, user_id: uuid.UUID, ttl_seconds: float) -> None:
+        """Every access token of the user issued up to now stops working."""
+        await self.store.set(f"revoked:user:{user_id}", str(int(time.time())), ttl_seconds)
+
+    async def is_revoked(self, claims: dict[str, Any]) -> bool:
+        jti_key = f"revoked:jti:{claims['iss']}:{claims['jti']}"
+        sid_key = f"revoked:sid:{claims.get('sid')}"
+        user_key = f"revoked:user:{claims['sub']}"
+        jti, sid, cutoff = await self.store.get_many([jti_key, sid_key, user_key])
+        if jti is not None or (claims.get("sid") and sid is not None):
+            return True
+        return cutoff is not None and int(claims["iat"]) <= int(cutoff)
+
+
+def _remaining(expires_at: int) -> float:
+    return max(1.0, expires_at - time.time() + 60)
+
+
+class JWKSClient:
+    """Fetches and caches a JWKS document; an unknown ``kid`` refetches at most every 30 s."""
+
+    def __init__(self, url: str, timeout: float = 2.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.keys: dict[str, VerificationKey] = {}
+        self._fetched_at = 0.0
+
+    async def get(self, kid: str) -> VerificationKey | None:
+        if kid not in self.keys and time.monotonic() - self._fetched_at >= JWKS_MIN_REFRESH_SECONDS:
+            await self.refresh()
+        return self.keys.get(kid)
+
+    async def refresh(self) -> None:
+        self._fetched_at = time.monotonic()
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                response = await client.get(self.url)
+                response.raise_for_status()
+                document = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            logger.warning("jwks fetch failed", extra={"url": self.url, "error": str(exc)})
+            return
+        keys = (key_from_jwk(item) for item in document.get("keys", []) if isinstance(item, dict))
+        self.keys = {key.kid: key for key in keys if key is not None}
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        revocations: RevocationList | None,
+        keys: Sequence[VerificationKey] | None = None,
+    ) -> None:
+        self.issuer = settings.jwt_issuer
+        self.audience = settings.jwt_audience
+        self.algorithm = settings.jwt_algorithm
+        self.leeway = settings.jwt_leeway_seconds
+        self.revocations = revocations
+        local = local_verification_keys(settings) if keys is None else list(keys)
+        self.keys = {key.kid: key for key in local}
+        self.jwks = JWKSClient(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+
+    async def verify(self, token: str) -> Identity:
+        claims = await self.decode(token)
+        if self.revocations is not None and await self.revocations.is_revoked(claims):
+            raise InvalidToken("The access token has been revoked.")
+        return identity_from_claims(claims)
+
+    async def decode(self, token: str) -> dict[str, Any]:
+        """The token's verified claims; InvalidToken on any failure."""
+        if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_SHAPE.match(token):
+            raise InvalidToken("The access token is malformed.")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("The access token is malformed.") from None
+        key = await self._key_for(header)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": REQUIRED_CLAIMS, "strict_aud": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("The access token has expired.") from None
+        except jwt.PyJWTError:
+            raise InvalidToken() from None
+        _check_subject(claims)
+        return claims
+
+    async def _key_for(self, header: dict[str, Any]) -> VerificationKey:
+        if header.get("alg") != self.algorithm or FORBIDDEN_HEADERS & header.keys():
+            raise InvalidToken()
+        if str(header.get("typ", "")).lower() not in ACCESS_TOKEN_TYPES:
+            raise InvalidToken("The token is not an access token.")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise InvalidToken()
+        key = self.keys.get(kid)
+        if key is None and self.jwks is not None:
+            key = await self.jwks.get(kid)
+        if key is None or key.algorithm != self.algorithm:
+            raise InvalidToken()
+        return key
+
+
+def _check_subject(claims: dict[str, Any]) -> None:
+    try:
+        uuid.UUID(str(claims["sub"]))
+    except ValueError:
+        raise InvalidToken() from None
+    if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("email", ""), str):
+        raise InvalidToken()
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+        raise InvalidToken()
+
+
+def identity_from_claims(claims: dict[str, Any]) -> Identity:
+    return Identity(
+        user_id=uuid.UUID(str(claims["sub"])),
+        email=claims.get("email", ""),
+        roles=tuple(claims.get("roles", [])),
+        jti=claims["jti"],
+        session_id=claims.get("sid"),
+        issued_at=int(claims["iat"]),
+        expires_at=int(claims["exp"]),
+    )
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise InvalidToken("An access token is required.")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken("An access token is required.")
+    return token.strip()
+
+
+class JWTAuthenticationMiddleware(AbstractAuthenticationMiddleware):
+    """Puts the caller's Identity on ``request.user``; handlers opt out with ``exclude_from_auth``."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        token = bearer_token(connection.headers.get("authorization"))
+        verifier: TokenVerifier = connection.app.state.verifier
+        identity = await verifier.verify(token)
+        return AuthenticationResult(user=identity, auth=token)
+
+
+def require_role(role: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        identity = connection.scope.get("user")
+        if not isinstance(identity, Identity) or role not in identity.roles:
+            raise PermissionDeniedException(detail=f"The {role} role is required.")
+
+    return guard
+
+
+require_admin = require_role("admin")

@@ -1,0 +1,126 @@
+"""Service defaults: the one call every service's ``create_app`` makes.
+
+It installs health and readiness, Prometheus metrics, request IDs, JSON problem errors, JWT
+authentication, OpenAPI at ``/schema``, the database session per request, the key-value store
+and the event bus, all owned by the app's lifespan and kept on ``app.state``.
+"""
+
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.types import ControllerRouterHandler
+from redis.exceptions import RedisError
+
+from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
+from shared.errors import EXCEPTION_HANDLERS
+from shared.events import EventBus, InMemoryBus, RedisStreamBus
+from shared.http import HealthController, RequestIdMiddleware, add_standard_headers
+from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
+from shared.settings import ServiceSettings
+from shared.stores import KeyValueStore, create_redis, create_store, dependency_unavailable_handler
+
+VERSION = "0.1.0"
+PUBLIC_PATHS = ["^/health$", "^/ready$", "^/metrics", "^/schema"]
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    route_handlers: Sequence[ControllerRouterHandler],
+    dependencies: Mapping[str, Provide] | None = None,
+    lifespan: Sequence[Lifespan] = (),
+    store: KeyValueStore | None = None,
+    bus: EventBus | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> Litestar:
+    """A Litestar app with the platform's defaults; ``store``/``bus`` may be shared (embedded mode)."""
+    prometheus = PrometheusConfig(
+        app_name=settings.service_name,
+        prefix="pyairtable",
+        group_path=True,
+        exclude=["^/metrics"],
+    )
+    return Litestar(
+        route_handlers=[HealthController, MetricsController, *route_handlers],
+        dependencies={"db_session": Provide(provide_db_session), **(dependencies or {})},
+        middleware=[
+            RequestIdMiddleware,
+            prometheus.middleware,
+            DefineMiddleware(JWTAuthenticationMiddleware, exclude=PUBLIC_PATHS),
+        ],
+        exception_handlers={
+            **EXCEPTION_HANDLERS,
+            **DB_EXCEPTION_HANDLERS,
+            RedisError: dependency_unavailable_handler,
+        },
+        before_send=[add_standard_headers],
+        lifespan=[_resources(settings, store, bus), *lifespan, _event_consumers],
+        openapi_config=OpenAPIConfig(
+            title=title,
+            version=VERSION,
+            path="/schema",
+            components=Components(
+                security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            ),
+        ),
+        request_max_body_size=settings.max_body_size,
+        logging_config=None,
+        state=State({"settings": settings, "service_name": settings.service_name, "version": VERSION, **(state or {})}),
+    )
+
+
+def _resources(settings: ServiceSettings, store: KeyValueStore | None, bus: EventBus | None) -> Lifespan:
+    @asynccontextmanager
+    async def resources(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        redis = create_redis(settings) if settings.redis_url and (store is None or bus is None) else None
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.store = store or create_store(settings, redis)
+        app.state.bus = bus or _create_bus(settings, redis)
+        app.state.revocations = RevocationList(app.state.store)
+        app.state.verifier = TokenVerifier(settings, app.state.revocations)
+        app.state.readiness_checks = {"database": lambda: ping(engine)}
+        if settings.redis_url:
+            app.state.readiness_checks["redis"] = app.state.store.ping
+        try:
+            yield
+        finally:
+            if bus is None:
+                await app.state.bus.close()
+            if redis is not None:
+                await redis.aclose()
+            await engine.dispose()
+
+    return resources
+
+
+def _create_bus(settings: ServiceSettings, redis: Any) -> EventBus:
+    if redis is None:
+        return InMemoryBus()
+    consumer = f"{settings.service_name}-{socket.gethostname()}-{os.getpid()}"
+    return RedisStreamBus(redis, settings.redis_namespace, consumer=consumer)
+
+
+@asynccontextmanager
+async def _event_consumers(app: Litestar) -> AsyncIterator[None]:
+    """Start consuming after every lifespan has registered its subscriptions."""
+    await app.state.bus.start()
+    yield

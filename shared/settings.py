@@ -1,0 +1,172 @@
+"""Typed settings read from the environment.
+
+Each service declares a msgspec Struct that extends :class:`ServiceSettings`. A field ``foo_bar``
+is read from ``<PREFIX>_FOO_BAR`` first (``AUTH_DATABASE_URL``), then from ``FOO_BAR``, so one
+environment can hold several services' databases while sharing ``JWT_SECRET`` and the like.
+"""
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import msgspec
+
+Environment = Literal["development", "test", "production"]
+JWTAlgorithm = Literal["HS256", "EdDSA", "RS256"]
+
+# Secrets that appear in examples and older deployments; production refuses them.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "",
+        "secret",
+        "changeme",
+        "change-me",
+        "your-jwt-secret-key",
+        "your-secure-api-key",
+        "your-secret-key",
+        "dev-secret",
+    }
+)
+MAX_JWT_LEEWAY_SECONDS = 60
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
+    env_prefix: ClassVar[str] = ""
+
+    service_name: str = "service"
+    environment: Environment = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: str = "data"
+    database_url: str = ""
+    redis_url: str = ""
+    redis_namespace: str = "pyairtable"
+    redis_timeout_seconds: float = 0.5
+    db_connect_timeout_seconds: float = 3.0
+    db_statement_timeout_ms: int = 5000
+    db_pool_size: int = 10
+    jwt_algorithm: JWTAlgorithm = "HS256"
+    jwt_secret: str = ""
+    jwt_public_key_file: str = ""
+    jwt_jwks_url: str = ""
+    jwt_issuer: str = "pyairtable-auth"
+    jwt_audience: str = "pyairtable-api"
+    jwt_leeway_seconds: int = 30
+    max_body_size: int = 1_048_576
+    trusted_proxies: str = ""
+    outbox_poll_seconds: float = 1.0
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [part.strip() for part in self.trusted_proxies.split(",") if part.strip()]
+
+    def sqlalchemy_url(self) -> str:
+        """The async SQLAlchemy URL: PostgreSQL through psycopg, else a SQLite file in DATA_DIR."""
+        url = self.database_url or f"sqlite:///{self.data_path / (self.service_name + '.sqlite3')}"
+        return normalise_database_url(url)
+
+    def validate(self) -> None:
+        """Checks that span fields; raises SettingsError naming the variable."""
+        if not 0 <= self.jwt_leeway_seconds <= MAX_JWT_LEEWAY_SECONDS:
+            raise SettingsError(f"JWT_LEEWAY_SECONDS: must be between 0 and {MAX_JWT_LEEWAY_SECONDS}")
+        if self.max_body_size <= 0:
+            raise SettingsError("MAX_BODY_SIZE: must be positive")
+        if self.jwt_algorithm == "HS256" and self.jwt_secret:
+            check_secret("JWT_SECRET", self.jwt_secret, production=self.is_production)
+        if self.is_production:
+            if self.jwt_algorithm == "HS256" and not self.jwt_secret:
+                raise SettingsError("JWT_SECRET: required when ENVIRONMENT=production")
+            if self.jwt_algorithm != "HS256" and not (self.jwt_public_key_file or self.jwt_jwks_url):
+                raise SettingsError(
+                    "JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL: required when ENVIRONMENT=production"
+                )
+
+
+def check_secret(name: str, value: str, *, production: bool) -> None:
+    if len(value.encode()) < 32:
+        raise SettingsError(f"{name}: must be at least 32 bytes long")
+    if production and value.lower() in KNOWN_DEFAULT_SECRETS:
+        raise SettingsError(f"{name}: a well-known default secret is refused in production")
+
+
+def normalise_database_url(url: str) -> str:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: Any) -> S:
+    """Build ``cls`` from the environment (or ``environ``) plus explicit overrides.
+
+    Raises SettingsError whose message starts with the offending variable's name.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for field in msgspec.structs.fields(cls):
+        for name in _candidate_names(field.name, cls.env_prefix):
+            if name in environ:
+                raw[field.name], source[field.name] = environ[name], name
+                break
+    raw.update(overrides)
+    try:
+        settings = msgspec.convert(raw, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_name_the_variable(str(exc), source)) from None
+    settings.validate()
+    return settings
+
+
+def _candidate_names(field: str, prefix: str) -> list[str]:
+    plain = field.upper()
+    return [f"{prefix}_{plain}", plain] if prefix else [plain]
+
+
+def _name_the_variable(message: str, source: dict[str, str]) -> str:
+    match = re.search(r"at `\$\.(\w+)`", message)
+    if not match:
+        return message
+    field = match.group(1)
+    problem = message[: match.start()].rstrip(" -")
+    return f"{source.get(field, field.upper())}: {problem}"
+
+
+def ensure_dev_secret(settings: ServiceSettings, filename: str = "jwt_secret") -> str:
+    """The JWT secret: the configured one, or (outside production) one kept in DATA_DIR."""
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    if settings.is_production:
+        raise SettingsError("JWT_SECRET: required when ENVIRONMENT=production")
+    path = settings.data_path / filename
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(path, secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

@@ -1,0 +1,88 @@
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from auth_service.app import create_app
+from auth_service.config import AuthSettings
+from shared import migrations
+from tests.conftest import DatabaseFactory
+
+JWT_SECRET = secrets.token_urlsafe(48)
+PASSWORD = "correct horse battery staple"
+# The cheapest parameters the service accepts (OWASP's minimum), so the suite stays fast.
+FAST_ARGON2: dict[str, Any] = {"argon2_time_cost": 2, "argon2_memory_kib": 19456, "argon2_parallelism": 1}
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture(scope="session")
+def auth_database(databases: DatabaseFactory) -> str:
+    url = databases.create("pyairtable_auth")
+    migrations.upgrade(AuthSettings(database_url=url), "auth_service")
+    return url
+
+
+@pytest.fixture
+def clean_auth_database(auth_database: str) -> Iterator[str]:
+    yield auth_database
+    with psycopg.connect(auth_database, autocommit=True) as conn:
+        conn.execute("TRUNCATE users, sessions, refresh_tokens, outbox CASCADE")
+
+
+@pytest.fixture
+def auth_settings(clean_auth_database: str, redis_url: str, redis_namespace: str, tmp_path: Path) -> AuthSettings:
+    return AuthSettings(
+        database_url=clean_auth_database,
+        redis_url=redis_url,
+        redis_namespace=redis_namespace,
+        jwt_secret=JWT_SECRET,
+        data_dir=str(tmp_path),
+        ip_attempts_per_minute=1000,
+        outbox_poll_seconds=0.2,
+        **FAST_ARGON2,
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def auth_app(auth_settings: AuthSettings, clock: Clock) -> Litestar:
+    return create_app(auth_settings, clock=clock)
+
+
+@pytest.fixture
+async def client(auth_app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(auth_app) as test_client:
+        yield test_client
+
+
+async def register(client: AsyncTestClient[Litestar], email: str = "ada@example.com", password: str = PASSWORD) -> dict[str, Any]:
+    response = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}

@@ -1,0 +1,121 @@
+"""Test infrastructure: real PostgreSQL and Redis, one fresh database per service per run.
+
+Connection settings come from TEST_POSTGRES_URL and TEST_REDIS_URL (local servers by default).
+Where they do not answer and Docker is available, testcontainers starts them; otherwise the run
+stops with a message saying what to start.
+"""
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis as redis_sync
+from psycopg import sql
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def _postgres_answers(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis_sync.Redis.from_url(url, socket_timeout=3).ping())
+    except redis_sync.RedisError:
+        return False
+
+
+def _docker_available() -> bool:
+    return shutil.which("docker") is not None and os.path.exists("/var/run/docker.sock")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A libpq URL of a PostgreSQL server the tests may create databases on."""
+    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    if _postgres_answers(url):
+        yield url
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    pytest.exit(
+        f"PostgreSQL does not answer at {url}. Start it (for example "
+        "`pg_ctlcluster --skip-systemctl-redirect 15 main start`) or set TEST_POSTGRES_URL.",
+        returncode=3,
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    if _redis_answers(url):
+        yield url
+        return
+    if _docker_available():
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7-alpine") as container:
+            yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
+        return
+    pytest.exit(
+        f"Redis does not answer at {url}. Start it (for example `redis-server --daemonize yes`) "
+        "or set TEST_REDIS_URL.",
+        returncode=3,
+    )
+
+
+class DatabaseFactory:
+    """Creates uniquely named databases and drops them all at the end of the run."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.created: list[str] = []
+
+    def create(self, prefix: str) -> str:
+        name = f"{prefix}_test_{RUN_ID}_{len(self.created)}"
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.created.append(name)
+        return self.url_for(name)
+
+    def url_for(self, name: str) -> str:
+        base, _, _ = self.server_url.rpartition("/")
+        return f"{base}/{name}"
+
+    def drop_all(self) -> None:
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def databases(postgres_url: str) -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory(postgres_url)
+    yield factory
+    factory.drop_all()
+
+
+@pytest.fixture
+def redis_namespace(redis_url: str) -> Iterator[str]:
+    """A key prefix of the test's own; its keys are deleted afterwards."""
+    namespace = f"test-{RUN_ID}-{uuid.uuid4().hex[:8]}"
+    yield namespace
+    client = redis_sync.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -9,7 +9,8 @@ SERVICES := auth_service
 .PHONY: help install run migrate test lint typecheck bench clean $(addprefix run-,$(SERVICES))
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-22s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
+		| awk 'BEGIN {FS = ":.*## "} {printf "  %-22s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,7 @@ run: $(INSTALLED) ## Migrate and start the whole platform on :8080 (embedded: SQ
 	$(PY) -m embedded migrate
 	$(PY) -m embedded serve
 
-run-%: $(INSTALLED) ## Run one service alone on its own port, e.g. make run-auth_service
+$(addprefix run-,$(SERVICES)): run-%: $(INSTALLED) ## Run one service alone on its own port, e.g. make run-auth_service
 	$(PY) -m $* migrate
 	$(PY) -m $* serve
 

@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from auth_service.deps import provide_auth_service, provide_client
@@ -60,7 +60,7 @@ class AuthController(Controller):
         request: Request[Identity, str, State],
         auth: NamedDependency[AuthService],
         data: JSONBody[LogoutRequest | None] = None,
-        logout_scope: Annotated[Literal["local", "global"], Parameter(query="scope", description="local: this session; global: all")] = "local",
+        logout_scope: Annotated[Literal["local", "global"], QueryParameter(name="scope", description="local: this session; global: all")] = "local",
     ) -> None:
         """Sign out this session (``scope=local``) or every session of the user (``global``)."""
         await auth.logout(request.user, data.refresh_token if data else None, logout_scope)

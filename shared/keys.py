@@ -104,7 +104,7 @@ def local_verification_keys(settings: ServiceSettings) -> list[VerificationKey]:
     elif settings.jwt_jwks_url:
         return []
     elif not settings.is_production:
-        public = load_private_key(settings, "").public_key()
+        public = load_private_key(settings, settings.jwt_private_key_file).public_key()
     else:
         raise SettingsError("JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL: required in production")
     if not isinstance(public, ed25519.Ed25519PublicKey | rsa.RSAPublicKey):

@@ -28,6 +28,10 @@ KNOWN_DEFAULT_SECRETS = frozenset(
         "your-secure-api-key",
         "your-secret-key",
         "dev-secret",
+        # Long enough to pass the length check: the earlier deployments' example files.
+        "super_secret_jwt_key_change_in_production_12345",
+        "your-jwt-secret-at-least-32-characters-long",
+        "your-super-secure-api-key-at-least-32-characters-long",
     }
 )
 MAX_JWT_LEEWAY_SECONDS = 60
@@ -56,6 +60,8 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     jwt_algorithm: JWTAlgorithm = "HS256"
     jwt_secret: str = ""
     jwt_public_key_file: str = ""
+    # The signing key (auth service); outside production the verification key is derived from it.
+    jwt_private_key_file: str = ""
     jwt_jwks_url: str = ""
     jwt_issuer: str = "pyairtable-auth"
     jwt_audience: str = "pyairtable-api"
@@ -135,7 +141,10 @@ def load_settings(cls: type[S], environ: Mapping[str, str] | None = None, **over
         settings = msgspec.convert(raw, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(_name_the_variable(str(exc), source)) from None
-    settings.validate()
+    try:
+        settings.validate()
+    except SettingsError as exc:
+        raise SettingsError(_name_the_variable_set(str(exc), source)) from None
     return settings
 
 
@@ -151,6 +160,13 @@ def _name_the_variable(message: str, source: dict[str, str]) -> str:
     field = match.group(1)
     problem = message[: match.start()].rstrip(" -")
     return f"{source.get(field, field.upper())}: {problem}"
+
+
+def _name_the_variable_set(message: str, source: dict[str, str]) -> str:
+    """``ARGON2_MEMORY_KIB: ...`` becomes ``AUTH_ARGON2_MEMORY_KIB: ...`` when that one was set."""
+    name, separator, problem = message.partition(": ")
+    variable = source.get(name.lower())
+    return f"{variable}{separator}{problem}" if separator and variable else message
 
 
 def ensure_dev_secret(settings: ServiceSettings, filename: str = "jwt_secret") -> str:

@@ -5,14 +5,18 @@ Where they do not answer and Docker is available, testcontainers starts them; ot
 stops with a message saying what to start.
 """
 
+import asyncio
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import psycopg
 import pytest
 import redis as redis_sync
+from litestar import Litestar
 from psycopg import sql
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -72,8 +76,7 @@ def redis_url() -> Iterator[str]:
             yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
         return
     pytest.exit(
-        f"Redis does not answer at {url}. Start it (for example `redis-server --daemonize yes`) "
-        "or set TEST_REDIS_URL.",
+        f"Redis does not answer at {url}. Start it (for example `redis-server --daemonize yes`) or set TEST_REDIS_URL.",
         returncode=3,
     )
 
@@ -119,3 +122,31 @@ def redis_namespace(redis_url: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@contextlib.asynccontextmanager
+async def app_client(app: Litestar, client_ip: str = "127.0.0.1") -> AsyncIterator[httpx.AsyncClient]:
+    """The app's lifespan and an HTTP client, in the test's own event loop.
+
+    (Litestar's AsyncTestClient runs the app on a second loop in another thread, so a test could
+    not use app.state's database and Redis connections.) The lifespan runs in a task of its own
+    because pytest-asyncio may finish a fixture in a different task than it started it.
+    """
+    started, stopping = asyncio.Event(), asyncio.Event()
+
+    async def run_lifespan() -> None:
+        async with app.lifespan():
+            started.set()
+            await stopping.wait()
+
+    lifespan = asyncio.create_task(run_lifespan())
+    await asyncio.wait([lifespan, asyncio.create_task(started.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if lifespan.done():
+        lifespan.result()  # start-up failed: raise its error
+    transport = httpx.ASGITransport(app=app, client=(client_ip, 50000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+    finally:
+        stopping.set()
+        await lifespan

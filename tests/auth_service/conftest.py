@@ -4,15 +4,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
 from shared import migrations
-from tests.conftest import DatabaseFactory
+from tests.conftest import DatabaseFactory, app_client
 
 JWT_SECRET = secrets.token_urlsafe(48)
 PASSWORD = "correct horse battery staple"
@@ -72,12 +72,14 @@ def auth_app(auth_settings: AuthSettings, clock: Clock) -> Litestar:
 
 
 @pytest.fixture
-async def client(auth_app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(auth_app) as test_client:
+async def client(auth_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(auth_app) as test_client:
         yield test_client
 
 
-async def register(client: AsyncTestClient[Litestar], email: str = "ada@example.com", password: str = PASSWORD) -> dict[str, Any]:
+async def register(
+    client: httpx.AsyncClient, email: str = "ada@example.com", password: str = PASSWORD
+) -> dict[str, Any]:
     response = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()

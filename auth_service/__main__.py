@@ -1,6 +1,5 @@
 """python -m auth_service [serve|migrate|downgrade|revision|create-admin]"""
 
-import argparse
 import sys
 
 from auth_service.admin import add_create_admin_arguments, create_admin_command

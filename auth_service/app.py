@@ -31,6 +31,7 @@ def create_app(
     async def auth_resources(app: Litestar) -> AsyncIterator[None]:
         app.state.issuer = TokenIssuer(settings)
         app.state.passwords = Passwords(settings)
+        await app.state.passwords.prepare()
         app.state.throttle = Throttle(app.state.store, settings)
         relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
         app.state.outbox_relay = relay

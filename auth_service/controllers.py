@@ -40,12 +40,16 @@ class AuthController(Controller):
     }
 
     @post("/register", operation_id="register", status_code=HTTP_201_CREATED, opt=PUBLIC)
-    async def register(self, data: JSONBody[RegisterRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]) -> TokenResponse:
+    async def register(
+        self, data: JSONBody[RegisterRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
+    ) -> TokenResponse:
         """Create an account and sign it in."""
         return await auth.register(data.email, data.password, data.first_name, data.last_name, client)
 
     @post("/login", operation_id="login", status_code=HTTP_200_OK, opt=PUBLIC)
-    async def login(self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]) -> TokenResponse:
+    async def login(
+        self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
+    ) -> TokenResponse:
         """Sign in with email and password."""
         return await auth.login(data.email, data.password, client)
 
@@ -60,7 +64,9 @@ class AuthController(Controller):
         request: Request[Identity, str, State],
         auth: NamedDependency[AuthService],
         data: JSONBody[LogoutRequest | None] = None,
-        logout_scope: Annotated[Literal["local", "global"], QueryParameter(name="scope", description="local: this session; global: all")] = "local",
+        logout_scope: Annotated[
+            Literal["local", "global"], QueryParameter(name="scope", description="local: this session; global: all")
+        ] = "local",
     ) -> None:
         """Sign out this session (``scope=local``) or every session of the user (``global``)."""
         await auth.logout(request.user, data.refresh_token if data else None, logout_scope)
@@ -78,7 +84,10 @@ class AuthController(Controller):
 
     @post("/password", operation_id="change_password", status_code=HTTP_204_NO_CONTENT, security=BEARER)
     async def change_password(
-        self, data: JSONBody[PasswordChangeRequest], request: Request[Identity, str, State], auth: NamedDependency[AuthService]
+        self,
+        data: JSONBody[PasswordChangeRequest],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
     ) -> None:
         """Change the password; every other session is signed out."""
         await auth.change_password(request.user, data.current_password, data.new_password)
@@ -90,7 +99,10 @@ class AuthController(Controller):
 
     @delete("/sessions/{session_id:uuid}", operation_id="revoke_session", security=BEARER)
     async def revoke_session(
-        self, session_id: FromPath[uuid.UUID], request: Request[Identity, str, State], auth: NamedDependency[AuthService]
+        self,
+        session_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
     ) -> None:
         """Sign out one of the account's sessions."""
         await auth.revoke_session(request.user, session_id)

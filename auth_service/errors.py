@@ -46,6 +46,4 @@ class TooManyAttempts(TooManyRequests):
     code = "too-many-attempts"
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            "Too many attempts; try again later.", headers={"Retry-After": str(max(1, retry_after))}
-        )
+        super().__init__("Too many attempts; try again later.", headers={"Retry-After": str(max(1, retry_after))})

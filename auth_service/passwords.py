@@ -1,5 +1,7 @@
 """argon2id hashing off the event loop, with a bound on concurrent hashes."""
 
+import secrets
+
 import anyio
 import anyio.to_thread
 from argon2 import PasswordHasher, Type
@@ -37,10 +39,15 @@ class Passwords:
         self._count("verify")
         return await anyio.to_thread.run_sync(self._verify, password_hash, password, limiter=self.limiter)
 
+    async def prepare(self) -> None:
+        """Make the dummy hash at start-up, so the first unknown email costs no extra hash."""
+        self._dummy_hash = await anyio.to_thread.run_sync(self.hasher.hash, secrets.token_urlsafe(16))
+
     async def verify_dummy(self, password: str) -> None:
         """Spend the same time as a real verification, so unknown emails cannot be told apart."""
         if self._dummy_hash is None:
-            self._dummy_hash = await anyio.to_thread.run_sync(self.hasher.hash, "dummy-password-never-matches")
+            await self.prepare()
+        assert self._dummy_hash is not None
         await self.verify(self._dummy_hash, password)
 
     def needs_rehash(self, password_hash: str) -> bool:

@@ -52,7 +52,7 @@ class SessionRepository:
             .values(rotated_at=now)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        return bool(getattr(result, "rowcount", 0) == 1)
 
     async def by_id(self, session_id: uuid.UUID) -> AuthSession | None:
         return await self.session.get(AuthSession, session_id)

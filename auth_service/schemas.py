@@ -57,7 +57,7 @@ class TokenResponse(Struct):
     access_token: str
     refresh_token: str
     expires_in: int
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a token type, not a secret
 
 
 class VerifyResponse(Struct):

@@ -203,7 +203,9 @@ class AuthService:
         family.last_used_at = now
         successor = new_refresh_token()
         await self.sessions.add_token(
-            RefreshToken(id=uuid.uuid4(), session_id=family.id, token_hash=refresh_token_hash(successor), created_at=now)
+            RefreshToken(
+                id=uuid.uuid4(), session_id=family.id, token_hash=refresh_token_hash(successor), created_at=now
+            )
         )
         response = self._token_response(family.user, family.id, successor, now)
         await self._remember_for_grace(refresh, response)
@@ -211,12 +213,7 @@ class AuthService:
 
     def _usable(self, family: AuthSession, now: datetime) -> bool:
         idle_deadline = family.last_used_at + timedelta(seconds=self.settings.refresh_idle_ttl)
-        return (
-            family.revoked_at is None
-            and now < family.expires_at
-            and now < idle_deadline
-            and family.user.is_active
-        )
+        return family.revoked_at is None and now < family.expires_at and now < idle_deadline and family.user.is_active
 
     async def _reused(self, token: RefreshToken, refresh: str, now: datetime) -> TokenResponse:
         """A rotated token came back: the same new pair within the grace window, else theft."""

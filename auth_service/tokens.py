@@ -13,7 +13,7 @@ from auth_service.models import User
 from shared.keys import hs256_kid, load_private_key, public_jwk
 from shared.settings import ensure_dev_secret
 
-ACCESS_TOKEN_TYPE = "at+jwt"
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - the JWT typ header, not a secret
 
 
 class TokenIssuer:

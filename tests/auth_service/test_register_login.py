@@ -243,3 +243,27 @@ async def test_stored_hashes_are_argon2id_with_unique_salts(client: httpx.AsyncC
     assert len(set(hashes)) == 3
     assert all(h.startswith("$argon2id$v=19$m=19456,t=2,p=1$") for h in hashes)
     assert PASSWORD not in "".join(hashes)
+
+
+async def test_hashing_runs_off_the_event_loop_thread(client: httpx.AsyncClient, auth_app: Litestar) -> None:
+    import threading
+
+    threads: list[threading.Thread] = []
+
+    class RecordingHasher(PasswordHasher):
+        def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+            threads.append(threading.current_thread())
+            return super().hash(password, salt=salt)
+
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+            threads.append(threading.current_thread())
+            return super().verify(hash, password)
+
+    auth_app.state.passwords.hasher = RecordingHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+    await register(client)
+    await client.post(LOGIN, json={"email": "ada@example.com", "password": PASSWORD})
+    await client.post(LOGIN, json={"email": "nobody@example.com", "password": PASSWORD})
+
+    assert len(threads) == 3
+    assert threading.current_thread() not in threads

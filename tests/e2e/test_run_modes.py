@@ -56,9 +56,7 @@ def start(target: str, env: dict[str, str], processes: list[subprocess.Popen[byt
     processes.append(process)
 
 
-def wait_until_healthy(
-    base_url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0
-) -> None:
+def wait_until_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -80,7 +78,9 @@ def register_and_login(base_url: str) -> None:
         assert me.json()["email"] == "grace@example.com"
 
 
-def test_make_run_auth_service_serves_register_and_login(tmp_path: Path, started: list[subprocess.Popen[bytes]]) -> None:
+def test_make_run_auth_service_serves_register_and_login(
+    tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
     port = free_port()
     log = tmp_path / "auth.log"
 

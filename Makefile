@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-SERVICES := auth_service
+SERVICES := auth_service gateway
 
 .DEFAULT_GOAL := help
 .PHONY: help install run migrate test lint typecheck bench clean $(addprefix run-,$(SERVICES))

@@ -22,7 +22,7 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
-    hash_concurrency: int = max(1, os.cpu_count() or 1)
+    hash_concurrency: int = max(1, len(os.sched_getaffinity(0)))
     login_failures_before_lockout: int = 5
     lockout_base_seconds: int = 30
     lockout_max_seconds: int = 900

@@ -255,8 +255,9 @@ class AuthService:
         await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
         if scope == "global":
             sessions = await self.sessions.active_for_user(identity.user_id, now)
+            # Revoking every session also revokes every access token (they carry their session id),
+            # while a sign-in right after still works.
             await self._revoke_sessions([s.id for s in sessions], now)
-            await self.revocations.revoke_user(identity.user_id, self._access_revocation_ttl)
         else:
             targets = [uuid.UUID(identity.session_id)] if identity.session_id else []
             if refresh:

@@ -1,6 +1,6 @@
 """Login throughput of the real auth service, side by side with raw argon2id verification.
 
-    python -m bench.login_vs_argon2 [--seconds 15] [--rounds 2] [--concurrency N]
+    python -m bench.login_vs_argon2 [--seconds 15] [--rounds 3] [--concurrency N]
                                     [--postgres URL] [--redis URL] [--json PATH]
 
 A login is dominated by one argon2id verification, so the ceiling for logins/s on a machine is
@@ -628,7 +628,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Login throughput of the auth service versus raw argon2id verification.",
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each run (default 15)")
-    parser.add_argument("--rounds", type=int, default=2, help="raw/login pairs per setup (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="raw/login pairs per setup (default 3)")
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -661,8 +661,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # Unwind normally, so the service is stopped and the temp database dropped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     params = Argon2Params.from_auth_defaults()
     setups = [] if args.only_external else [Setup("embedded (SQLite, in-memory store)")]
     if args.postgres or args.redis:
@@ -697,4 +703,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        _say("interrupted; the service was stopped and temporary data removed")
+        sys.exit(130)

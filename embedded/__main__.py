@@ -1,30 +1,30 @@
-"""python -m embedded [serve|migrate]: the whole platform in one process on :8080."""
+"""python -m embedded [serve|migrate]: the whole platform in one process, behind the gateway on :8080."""
 
 import argparse
 import sys
 
-import uvicorn
-
-from embedded.app import create_app, listen_address, migrate_all
+from embedded.app import create_app, migrate_all
+from gateway.config import GatewaySettings
+from shared.cli import serve
 from shared.logs import configure_logging
-from shared.settings import SettingsError
+from shared.settings import SettingsError, load_settings
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m embedded")
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
     args = parser.parse_args()
-    configure_logging("platform")
     try:
+        settings = load_settings(GatewaySettings)
+        configure_logging("platform", settings.log_level)
         if args.command == "migrate":
             migrate_all()
             return 0
-        app = create_app()
+        app = create_app(settings)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    host, port = listen_address()
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
+    serve(app, settings)
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import uvicorn
 from litestar import Litestar
 
-from shared import migrations
+from shared import migrations as alembic_migrations
 from shared.logs import configure_logging
 from shared.settings import ServiceSettings, SettingsError, load_settings
 
@@ -22,6 +22,7 @@ def run_service_cli(
     create_app: Callable[[Any], Litestar],
     argv: Sequence[str] | None = None,
     extra_commands: dict[str, tuple[Callable[[argparse.ArgumentParser], None], ExtraCommand]] | None = None,
+    migrations: bool = True,
 ) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {package}")
     commands = parser.add_subparsers(dest="command")
@@ -42,14 +43,21 @@ def run_service_cli(
         return 2
     configure_logging(settings.service_name, settings.log_level)
     command = args.command or "serve"
-    if command == "migrate":
-        migrations.upgrade(settings, package)
+    if command in ("migrate", "downgrade", "revision") and not migrations:
+        print(f"{package} has no database: nothing to migrate")
+    elif command == "migrate":
+        alembic_migrations.upgrade(settings, package)
     elif command == "downgrade":
-        migrations.downgrade(settings, package, args.revision)
+        alembic_migrations.downgrade(settings, package, args.revision)
     elif command == "revision":
-        migrations.revision(settings, package, args.message)
+        alembic_migrations.revision(settings, package, args.message)
     elif command == "serve":
-        serve(create_app(settings), settings)
+        try:
+            app = create_app(settings)
+        except SettingsError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        serve(app, settings)
     else:
         return (extra_commands or {})[command][1](settings, args)
     return 0

@@ -135,7 +135,10 @@ def _title(status: int) -> str:
         return "Error"
 
 
-def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+def problem_for_exception(
+    exc: HTTPException, request_id: str | None, instance: str | None
+) -> tuple[Problem, dict[str, str]]:
+    """The problem document and headers for an HTTP exception (also used outside Litestar handlers)."""
     status = exc.status_code
     headers = dict(exc.headers or {})
     errors = None
@@ -148,9 +151,26 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
         detail = _validation_detail(exc.detail, errors)
     elif isinstance(exc, NotAuthorizedException):
         headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
-    if status >= 500:
-        detail = _title(status) if not isinstance(exc, ProblemError) else detail
-    return problem_response(request, status, detail or _title(status), code=code, headers=headers, errors=errors)
+    if status >= 500 and not isinstance(exc, ProblemError):
+        detail = _title(status)
+    code = code or _CODES_BY_STATUS.get(status, "error")
+    problem = Problem(
+        type=f"/problems/{code}",
+        title=_title(status),
+        status=status,
+        detail=detail or _title(status),
+        code=code,
+        request_id=request_id,
+        instance=instance,
+        errors=errors,
+    )
+    return problem, headers
+
+
+def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    request_id = request_id_var.get() or ensure_request_id(request.scope)
+    problem, headers = problem_for_exception(exc, request_id, request.scope.get("path"))
+    return Response(problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _field_error(item: Any) -> dict[str, Any]:

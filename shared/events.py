@@ -4,7 +4,6 @@ Delivery is at least once; handlers must be idempotent (the event ``id`` is the 
 """
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import defaultdict
@@ -78,15 +77,28 @@ _decoder = msgspec.json.Decoder(Event)
 
 
 class RedisStreamBus:
-    """One stream per event type; one consumer group per subscribing service."""
+    """One stream per event type; one consumer group per subscribing service.
 
-    def __init__(self, redis: Redis, namespace: str, consumer: str | None = None, maxlen: int = 100_000) -> None:
+    A message whose handler failed, or whose consumer died before acknowledging it, is claimed
+    again (by any consumer of the group) once it has been pending ``reclaim_after_seconds``.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        namespace: str,
+        consumer: str | None = None,
+        maxlen: int = 100_000,
+        reclaim_after_seconds: float = 30.0,
+    ) -> None:
         self.redis = redis
         self.namespace = namespace
         self.consumer = consumer or f"consumer-{uuid.uuid4().hex[:8]}"
         self.maxlen = maxlen
+        self.reclaim_after_ms = max(1, int(reclaim_after_seconds * 1000))
         self._subscriptions: list[tuple[str, str, Handler]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     def stream(self, event_type: str) -> str:
         return f"{self.namespace}:events:{event_type}"
@@ -100,15 +112,17 @@ class RedisStreamBus:
         self._subscriptions.append((event_type, group, handler))
 
     async def start(self) -> None:
+        self._closing = False
         for event_type, group, handler in self._subscriptions:
             self._tasks.append(asyncio.create_task(self._consume(self.stream(event_type), group, handler)))
 
     async def close(self) -> None:
+        # The loops also stop on the flag: on Python 3.11 a cancellation that lands while redis-py
+        # is inside asyncio.wait_for can be lost, and awaiting the task would then never end.
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
     async def _ensure_group(self, stream: str, group: str) -> None:
@@ -119,7 +133,7 @@ class RedisStreamBus:
                 raise
 
     async def _consume(self, stream: str, group: str, handler: Handler) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._ensure_group(stream, group)
                 await self._read_batches(stream, group, handler)
@@ -130,19 +144,34 @@ class RedisStreamBus:
                 await asyncio.sleep(1.0)
 
     async def _read_batches(self, stream: str, group: str, handler: Handler) -> None:
-        while True:
-            replies = await self.redis.xreadgroup(group, self.consumer, {stream: ">"}, count=100, block=1000)
+        while not self._closing:
+            await self._reclaim(stream, group, handler)
+            replies: Any = await self.redis.xreadgroup(group, self.consumer, {stream: ">"}, count=100, block=1000)
             for _stream, messages in replies or []:
                 for message_id, fields in messages:
                     await self._handle(stream, group, handler, message_id, fields)
 
-    async def _handle(self, stream: str, group: str, handler: Handler, message_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _reclaim(self, stream: str, group: str, handler: Handler) -> None:
+        """Take over messages left unacknowledged too long: a failed handler, a dead consumer."""
+        reply: Any = await self.redis.xautoclaim(
+            stream, group, self.consumer, min_idle_time=self.reclaim_after_ms, start_id="0-0", count=100
+        )
+        claimed: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[1]
+        for message_id, fields in claimed:
+            if fields is None:  # trimmed from the stream meanwhile (Redis 6.2)
+                await self.redis.xack(stream, group, message_id)
+                continue
+            await self._handle(stream, group, handler, message_id, fields)
+
+    async def _handle(
+        self, stream: str, group: str, handler: Handler, message_id: bytes, fields: dict[bytes, bytes]
+    ) -> None:
         try:
             event = _decoder.decode(fields[b"event"])
             await handler(event)
         except Exception:
             logger.exception("event handler failed", extra={"stream": stream, "message_id": message_id})
-            return  # left pending: redelivered when reclaimed
+            return  # left pending: reclaimed and retried after reclaim_after_seconds
         await self.redis.xack(stream, group, message_id)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,7 +46,7 @@ class RequestIdMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = request_id_var.set(ensure_request_id(scope) if scope["type"] == "http" else None)
+        token = request_id_var.set(ensure_request_id(scope) if scope["type"] == ScopeType.HTTP else None)
         try:
             await self.app(scope, receive, send)
         finally:
@@ -67,7 +68,10 @@ def client_ip(scope: Scope, trusted_proxies: list[str]) -> str:
     networks = trusted_networks(trusted_proxies)
     if not networks or not _in_networks(peer, networks):
         return str(peer)
-    forwarded = _header(scope, b"x-forwarded-for") or ""
+    # Several header lines are one list (RFC 9110 5.3): a proxy may add its own line.
+    forwarded = ",".join(
+        value.decode("latin-1") for key, value in scope.get("headers", []) if key.lower() == b"x-forwarded-for"
+    )
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _in_networks(hop, networks):
@@ -115,9 +119,15 @@ class ReadinessResponse(msgspec.Struct):
     checks: dict[str, CheckResult]
 
 
+class Degraded(Exception):
+    """Raised by a readiness check whose dependency is down but has a fallback: reported, not fatal."""
+
+
 async def run_check(check: ReadinessCheck) -> CheckResult:
     try:
         await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_SECONDS)
+    except Degraded as exc:
+        return CheckResult(status="degraded", error=str(exc) or None)
     except TimeoutError:
         return CheckResult(status="fail", error="timed out")
     except Exception as exc:
@@ -150,6 +160,6 @@ class HealthController(Controller):
         names = list(checks)
         results = await asyncio.gather(*(run_check(checks[name]) for name in names))
         by_name = dict(zip(names, results, strict=True))
-        ok = all(result.status == "ok" for result in results)
+        ok = all(result.status in ("ok", "degraded") for result in results)
         body = ReadinessResponse(status="ready" if ok else "unavailable", service=state.service_name, checks=by_name)
         return Response(body, status_code=200 if ok else 503)

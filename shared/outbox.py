@@ -11,8 +11,8 @@ import uuid
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, Uuid, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from shared.db import UTCDateTime, utcnow
@@ -116,13 +116,13 @@ class OutboxRelay:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run())
 
-    async def stop(self, timeout: float = 5.0) -> None:
+    async def stop(self, grace_seconds: float = 5.0) -> None:
         """Let the current batch finish (cancelling mid-query can wedge the connection)."""
         if self._task is not None:
             self._stopping = True
             self._wakeup.set()
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
             except TimeoutError:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -37,9 +37,7 @@ JWKS_MIN_REFRESH_SECONDS = 30.0
 
 class InvalidToken(NotAuthorizedException):
     def __init__(self, detail: str = "The access token is invalid.") -> None:
-        super().__init__(
-            detail=detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-        )
+        super().__init__(detail=detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 class Identity(msgspec.Struct, frozen=True):
@@ -74,11 +72,17 @@ class RevocationList:
         """Every access token of the user issued up to now stops working."""
         await self.store.set(f"revoked:user:{user_id}", str(int(time.time())), ttl_seconds)
 
+    @staticmethod
+    def keys_for(claims: dict[str, Any]) -> list[str]:
+        """The store keys that revoke these claims: by ``jti``, by session, by user cut-off."""
+        return [
+            f"revoked:jti:{claims['iss']}:{claims['jti']}",
+            f"revoked:sid:{claims.get('sid')}",
+            f"revoked:user:{claims['sub']}",
+        ]
+
     async def is_revoked(self, claims: dict[str, Any]) -> bool:
-        jti_key = f"revoked:jti:{claims['iss']}:{claims['jti']}"
-        sid_key = f"revoked:sid:{claims.get('sid')}"
-        user_key = f"revoked:user:{claims['sub']}"
-        jti, sid, cutoff = await self.store.get_many([jti_key, sid_key, user_key])
+        jti, sid, cutoff = await self.store.get_many(self.keys_for(claims))
         if jti is not None or (claims.get("sid") and sid is not None):
             return True
         return cutoff is not None and int(claims["iat"]) <= int(cutoff)

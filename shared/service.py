@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
@@ -49,6 +50,9 @@ def create_service_app(
     store: KeyValueStore | None = None,
     bus: EventBus | None = None,
     state: Mapping[str, Any] | None = None,
+    database: bool = True,
+    cors_config: CORSConfig | None = None,
+    exception_handlers: Mapping[type[Exception], Any] | None = None,
 ) -> Litestar:
     """A Litestar app with the platform's defaults; ``store``/``bus`` may be shared (embedded mode)."""
     prometheus = PrometheusConfig(
@@ -56,7 +60,14 @@ def create_service_app(
         prefix="pyairtable",
         group_path=True,
         exclude=["^/metrics"],
+        exclude_opt_key="exclude_from_metrics",
     )
+    handlers: dict[Any, Any] = {
+        **EXCEPTION_HANDLERS,
+        **DB_EXCEPTION_HANDLERS,
+        RedisError: dependency_unavailable_handler,
+        **(exception_handlers or {}),
+    }
     return Litestar(
         route_handlers=[HealthController, MetricsController, *route_handlers],
         dependencies={"db_session": Provide(provide_db_session), **(dependencies or {})},
@@ -65,13 +76,10 @@ def create_service_app(
             prometheus.middleware,
             DefineMiddleware(JWTAuthenticationMiddleware, exclude=PUBLIC_PATHS),
         ],
-        exception_handlers={
-            **EXCEPTION_HANDLERS,
-            **DB_EXCEPTION_HANDLERS,
-            RedisError: dependency_unavailable_handler,
-        },
+        exception_handlers=handlers,
         before_send=[add_standard_headers],
-        lifespan=[_resources(settings, store, bus), *lifespan, _event_consumers],
+        lifespan=[_resources(settings, store, bus, database), *lifespan, _event_consumers],
+        cors_config=cors_config,
         openapi_config=OpenAPIConfig(
             title=title,
             version=VERSION,
@@ -86,18 +94,23 @@ def create_service_app(
     )
 
 
-def _resources(settings: ServiceSettings, store: KeyValueStore | None, bus: EventBus | None) -> Lifespan:
+def _resources(
+    settings: ServiceSettings, store: KeyValueStore | None, bus: EventBus | None, database: bool
+) -> Lifespan:
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(settings)
+        engine = create_engine(settings) if database else None
         redis = create_redis(settings) if settings.redis_url and (store is None or bus is None) else None
-        app.state.engine = engine
-        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.redis = redis
         app.state.store = store or create_store(settings, redis)
         app.state.bus = bus or _create_bus(settings, redis)
         app.state.revocations = RevocationList(app.state.store)
         app.state.verifier = TokenVerifier(settings, app.state.revocations)
-        app.state.readiness_checks = {"database": lambda: ping(engine)}
+        app.state.readiness_checks = {}
+        if engine is not None:
+            app.state.engine = engine
+            app.state.sessionmaker = create_sessionmaker(engine)
+            app.state.readiness_checks["database"] = lambda: ping(engine)
         if settings.redis_url:
             app.state.readiness_checks["redis"] = app.state.store.ping
         try:
@@ -107,7 +120,8 @@ def _resources(settings: ServiceSettings, store: KeyValueStore | None, bus: Even
                 await app.state.bus.close()
             if redis is not None:
                 await redis.aclose()
-            await engine.dispose()
+            if engine is not None:
+                await engine.dispose()
 
     return resources
 

@@ -99,9 +99,7 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
             if self.jwt_algorithm == "HS256" and not self.jwt_secret:
                 raise SettingsError("JWT_SECRET: required when ENVIRONMENT=production")
             if self.jwt_algorithm != "HS256" and not (self.jwt_public_key_file or self.jwt_jwks_url):
-                raise SettingsError(
-                    "JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL: required when ENVIRONMENT=production"
-                )
+                raise SettingsError("JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL: required when ENVIRONMENT=production")
 
 
 def check_secret(name: str, value: str, *, production: bool) -> None:

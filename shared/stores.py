@@ -6,7 +6,7 @@ several services (and test runs) can share one Redis.
 
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from litestar import Request, Response
 from redis.asyncio import Redis
@@ -26,11 +26,12 @@ class KeyValueStore(Protocol):
     async def close(self) -> None: ...
 
 
-def create_redis(settings: ServiceSettings) -> Redis:
+def create_redis(settings: ServiceSettings, timeout: float | None = None) -> Redis:
+    timeout = settings.redis_timeout_seconds if timeout is None else timeout
     return Redis.from_url(
         settings.redis_url,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
         health_check_interval=30,
     )
 
@@ -48,14 +49,14 @@ class RedisStore:
         return f"{self.namespace}:{key}"
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self.redis.get(self._key(key))
-        return value
+        value: Any = await self.redis.get(self._key(key))
+        return cast(bytes | None, value)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values: list[bytes | None] = await self.redis.mget([self._key(k) for k in keys])
-        return values
+        values: Any = await self.redis.mget([self._key(k) for k in keys])
+        return cast(list[bytes | None], values)
 
     async def set(self, key: str, value: bytes | str, ttl_seconds: float) -> None:
         await self.redis.set(self._key(key), value, px=max(1, int(ttl_seconds * 1000)))

@@ -22,15 +22,14 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
 from shared.keys import hs256_kid, public_jwk
 from shared.security import InvalidToken, TokenVerifier
 from shared.settings import ServiceSettings
-from tests.auth_service.conftest import JWT_SECRET, Clock, bearer, register
+from tests.auth_service.conftest import JWT_SECRET, PASSWORD, Clock, bearer, register
+from tests.conftest import app_client
 
 ME = "/api/v1/auth/me"
 INVALID_TOKEN = 'Bearer error="invalid_token"'
@@ -95,7 +94,7 @@ class Victim(msgspec.Struct):
 
 
 @pytest.fixture
-async def victim(client: AsyncTestClient[Litestar]) -> Victim:
+async def victim(client: httpx.AsyncClient) -> Victim:
     tokens = await register(client)
     claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
     return Victim(tokens=tokens, claims=claims)
@@ -114,6 +113,15 @@ def assert_invalid_token(response: httpx.Response) -> None:
 def unsigned(alg: str) -> Callable[[Victim], str]:
     def build(victim: Victim) -> str:
         return f"{segment(with_header(alg=alg))}.{segment(victim.fresh_claims())}."
+
+    return build
+
+
+def signed_as(alg: str) -> Callable[[Victim], str]:
+    """HMAC-signed with the real secret, but the header names another algorithm."""
+
+    def build(victim: Victim) -> str:
+        return forge(victim.fresh_claims(), with_header(alg=alg))
 
     return build
 
@@ -158,7 +166,8 @@ VARIANTS: dict[str, Callable[[Victim], str]] = {
     "alg-None": unsigned("None"),
     "alg-NONE": unsigned("NONE"),
     "alg-nOnE": unsigned("nOnE"),
-    "alg-none-with-a-valid-signature": lambda v: forge(v.fresh_claims(), with_header(alg="none")),
+    # ... and with a signature present, so the algorithm check itself must refuse them
+    **{f"alg-{alg}-with-a-signature": signed_as(alg) for alg in ("none", "None", "NONE", "nOnE")},
     # wrong keys and algorithms
     "other-hs256-secret": lambda v: forge(v.fresh_claims(), key=secrets.token_bytes(48)),
     "hs384-with-the-real-secret": hs384_with_the_real_secret,
@@ -169,9 +178,7 @@ VARIANTS: dict[str, Callable[[Victim], str]] = {
     # headers that point at other keys or demand extensions
     "jku-header": lambda v: forge(v.fresh_claims(), with_header(jku="https://evil.example/jwks.json")),
     "x5u-header": lambda v: forge(v.fresh_claims(), with_header(x5u="https://evil.example/cert.pem")),
-    "jwk-header": lambda v: forge(
-        v.fresh_claims(), with_header(jwk={"kty": "oct", "k": b64url(JWT_SECRET.encode())})
-    ),
+    "jwk-header": lambda v: forge(v.fresh_claims(), with_header(jwk={"kty": "oct", "k": b64url(JWT_SECRET.encode())})),
     "x5c-header": lambda v: forge(v.fresh_claims(), with_header(x5c=["MIIBIjANBgkqhkiG9w0BAQEFAAOC"])),
     "crit-header": lambda v: forge(v.fresh_claims(), with_header(crit=["x"], x=True)),
     # time
@@ -218,7 +225,7 @@ VARIANTS: dict[str, Callable[[Victim], str]] = {
 
 @pytest.mark.parametrize("build", VARIANTS.values(), ids=VARIANTS.keys())
 async def test_forged_or_malformed_token_is_refused(
-    client: AsyncTestClient[Litestar], victim: Victim, build: Callable[[Victim], str]
+    client: httpx.AsyncClient, victim: Victim, build: Callable[[Victim], str]
 ) -> None:
     response = await client.get(ME, headers={"Authorization": f"Bearer {build(victim)}"})
     assert_invalid_token(response)
@@ -230,13 +237,13 @@ async def test_forged_or_malformed_token_is_refused(
     ids=["missing", "empty", "scheme-only", "blank-token", "basic", "other-scheme"],
 )
 async def test_missing_or_non_bearer_authorization_is_refused(
-    client: AsyncTestClient[Litestar], authorization: str | None
+    client: httpx.AsyncClient, authorization: str | None
 ) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     assert_invalid_token(await client.get(ME, headers=headers))
 
 
-async def test_a_correctly_built_token_passes(client: AsyncTestClient[Litestar], victim: Victim) -> None:
+async def test_a_correctly_built_token_passes(client: httpx.AsyncClient, victim: Victim) -> None:
     """Positive control: the forging helpers build tokens the service accepts when they are right."""
     token = forge(victim.fresh_claims())
     response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
@@ -247,14 +254,14 @@ async def test_a_correctly_built_token_passes(client: AsyncTestClient[Litestar],
 
 
 async def test_token_built_with_pyjwt_and_the_documented_headers_passes(
-    client: AsyncTestClient[Litestar], victim: Victim
+    client: httpx.AsyncClient, victim: Victim
 ) -> None:
     token = jwt.encode(victim.fresh_claims(), JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": KID})
     response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.text
 
 
-async def test_access_token_is_refused_after_logout(client: AsyncTestClient[Litestar]) -> None:
+async def test_access_token_is_refused_after_logout(client: httpx.AsyncClient) -> None:
     tokens = await register(client)
     assert (await client.get(ME, headers=bearer(tokens))).status_code == 200
     logout = await client.post("/api/v1/auth/logout", headers=bearer(tokens))
@@ -263,11 +270,10 @@ async def test_access_token_is_refused_after_logout(client: AsyncTestClient[Lite
 
 
 async def test_every_token_of_the_user_is_refused_after_global_logout(
-    client: AsyncTestClient[Litestar], victim: Victim
+    client: httpx.AsyncClient, victim: Victim
 ) -> None:
-    other_session = (
-        await client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": "correct horse battery staple"})
-    ).json()
+    login = await client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+    other_session = login.json()
     logout = await client.post("/api/v1/auth/logout?scope=global", headers=bearer(victim.tokens))
     assert logout.status_code == 204, logout.text
     assert_invalid_token(await client.get(ME, headers=bearer(other_session)))
@@ -277,17 +283,18 @@ async def test_every_token_of_the_user_is_refused_after_global_logout(
 
 
 def pem_public(public_key: Any) -> bytes:
-    return bytes(
-        public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    return bytes(public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 async def test_eddsa_end_to_end(auth_settings: AuthSettings, clock: Clock) -> None:
     settings = msgspec.structs.replace(auth_settings, jwt_algorithm="EdDSA")
-    async with AsyncTestClient(create_app(settings, clock=clock)) as client:
+    async with app_client(create_app(settings, clock=clock)) as client:
         tokens = await register(client)
         header = jwt.get_unverified_header(tokens["access_token"])
         assert header["alg"] == "EdDSA"
+        generated = Path(settings.data_dir) / "jwt_private_key.pem"
+        assert generated.exists()
+        assert generated.stat().st_mode & 0o077 == 0, "the generated private key is readable by others"
         me = await client.get(ME, headers=bearer(tokens))
         assert me.status_code == 200, me.text
 
@@ -300,7 +307,11 @@ async def test_eddsa_end_to_end(auth_settings: AuthSettings, clock: Clock) -> No
         # A verifier holding only the JWKS accepts the token.
         public_key = jwt.PyJWK(keys[0]).key
         jwt.decode(
-            tokens["access_token"], public_key, algorithms=["EdDSA"], audience=settings.jwt_audience, issuer=settings.jwt_issuer
+            tokens["access_token"],
+            public_key,
+            algorithms=["EdDSA"],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
         )
 
         claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
@@ -314,7 +325,9 @@ async def test_eddsa_end_to_end(auth_settings: AuthSettings, clock: Clock) -> No
             assert_invalid_token(await client.get(ME, headers={"Authorization": f"Bearer {confused}"}))
 
 
-async def test_eddsa_with_a_configured_private_key_file(auth_settings: AuthSettings, clock: Clock, tmp_path: Path) -> None:
+async def test_eddsa_with_a_configured_private_key_file(
+    auth_settings: AuthSettings, clock: Clock, tmp_path: Path
+) -> None:
     """JWT_PRIVATE_KEY_FILE in development: the service verifies the tokens it signs."""
     key_file = tmp_path / "keys" / "signing.pem"
     key_file.parent.mkdir()
@@ -327,7 +340,7 @@ async def test_eddsa_with_a_configured_private_key_file(auth_settings: AuthSetti
     settings = msgspec.structs.replace(
         auth_settings, jwt_algorithm="EdDSA", jwt_private_key_file=str(key_file), data_dir=str(tmp_path / "data")
     )
-    async with AsyncTestClient(create_app(settings, clock=clock)) as client:
+    async with app_client(create_app(settings, clock=clock)) as client:
         tokens = await register(client)
         assert jwt.get_unverified_header(tokens["access_token"])["kid"] == public_jwk(private.public_key())["kid"]
         me = await client.get(ME, headers=bearer(tokens))

@@ -184,9 +184,7 @@ def test_argon2_below_the_minimum_is_refused(variable: str, value: str) -> None:
 
 
 def test_argon2_at_the_minimum_is_accepted() -> None:
-    settings = load_settings(
-        AuthSettings, {"ARGON2_MEMORY_KIB": str(MIN_ARGON2_MEMORY_KIB), "ARGON2_TIME_COST": "2"}
-    )
+    settings = load_settings(AuthSettings, {"ARGON2_MEMORY_KIB": str(MIN_ARGON2_MEMORY_KIB), "ARGON2_TIME_COST": "2"})
     assert settings.argon2_memory_kib == MIN_ARGON2_MEMORY_KIB
 
 
@@ -197,9 +195,7 @@ def test_argon2_at_the_minimum_is_accepted() -> None:
     ("variable", "value"),
     [("AUTH_PORT", "abc"), ("ARGON2_MEMORY_KIB", "1024"), ("ENVIRONMENT", "production")],
 )
-def test_serve_with_a_bad_variable_exits_with_status_2_naming_it(
-    variable: str, value: str, tmp_path: Path
-) -> None:
+def test_serve_with_a_bad_variable_exits_with_status_2_naming_it(variable: str, value: str, tmp_path: Path) -> None:
     environ = {
         name: content
         for name, content in os.environ.items()

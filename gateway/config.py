@@ -1,0 +1,68 @@
+from typing import ClassVar, Literal
+
+from shared.settings import ServiceSettings, SettingsError
+
+
+class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
+    env_prefix: ClassVar[str] = "GATEWAY"
+
+    service_name: str = "gateway"
+    port: int = 8080
+    auth_service_url: str = "http://127.0.0.1:8001"
+    user_service_url: str = "http://127.0.0.1:8002"
+    airtable_gateway_url: str = "http://127.0.0.1:8003"
+    analytics_service_url: str = "http://127.0.0.1:8005"
+    # Extra or overriding routes: "prefix=url,prefix=url", e.g. "/api/v1/billing=http://billing:8006".
+    extra_routes: str = ""
+    connect_timeout: float = 2.0
+    request_timeout: float = 30.0
+    upstream_pool_size: int = 200
+    retry_idempotent: bool = True
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 10.0
+    rate_limit_per_minute: int = 100
+    rate_limit_burst: int = 20
+    auth_rate_limit_per_minute: int = 20
+    auth_rate_limit_burst: int = 5
+    rate_limit_key: Literal["ip", "user"] = "ip"
+    rate_limit_redis_timeout: float = 0.05
+    cors_origins: str = ""
+    cors_allow_credentials: bool = True
+    access_log: bool = True
+    openapi_cache_seconds: float = 60.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.rate_limit_per_minute <= 0 or self.auth_rate_limit_per_minute <= 0:
+            raise SettingsError("RATE_LIMIT_PER_MINUTE: must be positive")
+        if self.rate_limit_burst < 1 or self.auth_rate_limit_burst < 1:
+            raise SettingsError("RATE_LIMIT_BURST: must be at least 1")
+        if "*" in self.cors_origin_list and self.cors_allow_credentials:
+            raise SettingsError("CORS_ORIGINS: '*' cannot be combined with credentials; list the origins")
+        for prefix, _ in self.extra_route_pairs:
+            if not prefix.startswith("/api/v1/"):
+                raise SettingsError("EXTRA_ROUTES: every prefix must start with /api/v1/")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def extra_route_pairs(self) -> list[tuple[str, str]]:
+        pairs = []
+        for item in self.extra_routes.split(","):
+            if item.strip():
+                prefix, _, url = item.partition("=")
+                pairs.append((prefix.strip().rstrip("/"), url.strip()))
+        return pairs
+
+    def upstream_urls(self) -> dict[str, str]:
+        """Route prefix → upstream base URL."""
+        routes = {
+            "/api/v1/auth": self.auth_service_url,
+            "/api/v1/users": self.user_service_url,
+            "/api/v1/airtable": self.airtable_gateway_url,
+            "/api/v1/analytics": self.analytics_service_url,
+        }
+        routes.update(dict(self.extra_route_pairs))
+        return {prefix: url.rstrip("/") for prefix, url in routes.items() if url}

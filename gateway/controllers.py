@@ -1,0 +1,143 @@
+"""The gateway's routes: one proxying mount per upstream prefix, the merged OpenAPI and the docs."""
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+from litestar import Controller, MediaType, Request, Response, get
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.handlers import ASGIRouteHandler, asgi
+from litestar.types import Receive, Scope, Send
+from prometheus_client import Counter, Gauge, Histogram
+
+from gateway.errors import PayloadTooLarge
+from gateway.openapi import DOCS_HTML
+from gateway.proxy import ForwardRequest, RequestBody, ResponseStarted
+from gateway.routing import Route, checked_path
+from gateway.services import Gatekeeper
+from shared.errors import PROBLEM_MEDIA_TYPE, problem_for_exception
+from shared.http import client_ip, ensure_request_id
+
+access_log = logging.getLogger("gateway.access")
+logger = logging.getLogger("gateway")
+
+REQUESTS = Counter("pyairtable_gateway_requests_total", "Proxied requests", ["route", "method", "status"])
+LATENCY = Histogram("pyairtable_gateway_request_duration_seconds", "Time in the gateway, upstream included", ["route"])
+UPSTREAM_LATENCY = Histogram("pyairtable_gateway_upstream_duration_seconds", "Time waiting on the upstream", ["route"])
+IN_FLIGHT = Gauge("pyairtable_gateway_requests_in_flight", "Requests being proxied")
+_encoder = msgspec.json.Encoder()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def proxy_handler(route: Route) -> ASGIRouteHandler:
+    """A mount that admits and forwards everything under ``route.prefix``."""
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        started = time.perf_counter()
+        request_id = ensure_request_id(scope)
+        ip = client_ip(scope, state.settings.trusted_proxy_list)
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # mounts see HTTP scopes only
+        status, user_id = 500, None
+        IN_FLIGHT.inc()
+        try:
+            path = checked_path(scope.get("raw_path") or scope["path"].encode())
+            if state.routes.match(path) != route:
+                raise NotFoundException()
+            gatekeeper: Gatekeeper = state.gatekeeper
+            admission = await gatekeeper.admit(method, path, _header(scope, b"authorization"), ip)
+            user_id = admission.user_id
+            request = ForwardRequest(
+                method=method,
+                target=path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""),
+                headers=list(scope["headers"]),
+                client_ip=ip,
+                proto=scope.get("scheme", "http"),
+                host=_header(scope, b"host") or "",
+                request_id=request_id,
+                body=_request_body(scope, receive, state.settings.max_body_size),
+            )
+            upstream_started = time.perf_counter()
+            extra = [(k.lower().encode(), v.encode()) for k, v in admission.decision.headers(admission.policy).items()]
+            status = await state.upstreams[route.prefix].forward(request, send, extra)
+            UPSTREAM_LATENCY.labels(route.template).observe(time.perf_counter() - upstream_started)
+        except ResponseStarted as exc:
+            status = 502
+            logger.warning("upstream failed mid-response", extra={"route": route.template, "error": str(exc)})
+        except HTTPException as exc:
+            status = await send_problem(send, exc, request_id, scope["path"])
+        finally:
+            IN_FLIGHT.dec()
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(route.template, method, str(status)).inc()
+            LATENCY.labels(route.template).observe(elapsed)
+            if state.settings.access_log:
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "route": route.template,
+                        "status": status,
+                        "latency_ms": round(elapsed * 1000, 2),
+                        "user_id": user_id,
+                        "client_ip": ip,
+                    },
+                )
+
+    return asgi(
+        route.prefix,
+        is_mount=True,
+        copy_scope=True,
+        name=f"proxy:{route.name}",
+        opt={"exclude_from_auth": True, "exclude_from_metrics": True},
+    )(proxy)
+
+
+def _request_body(scope: Scope, receive: Receive, limit: int) -> RequestBody | None:
+    length = _header(scope, b"content-length")
+    chunked = _header(scope, b"transfer-encoding") is not None
+    if length is None and not chunked:
+        return None
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(limit)
+    return RequestBody(receive, limit)
+
+
+async def send_problem(send: Send, exc: HTTPException, request_id: str, path: str) -> int:
+    problem, headers = problem_for_exception(exc, request_id, path)
+    body = _encoder.encode(problem)
+    raw_headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": problem.status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return problem.status
+
+
+class PlatformDocsController(Controller):
+    """The whole platform's API description."""
+
+    tags = ["gateway"]
+
+    @get("/api/v1/openapi.json", operation_id="platform_openapi", opt={"exclude_from_auth": True})
+    async def openapi(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """Every service's OpenAPI document merged into one (cached)."""
+        document: dict[str, Any] = await request.app.state.openapi.document()
+        return document
+
+    @get(
+        "/api/docs",
+        operation_id="platform_docs",
+        media_type=MediaType.HTML,
+        opt={"exclude_from_auth": True},
+        sync_to_thread=False,
+    )
+    def docs(self) -> Response[str]:
+        """Interactive documentation for the whole platform."""
+        return Response(DOCS_HTML, media_type=MediaType.HTML)

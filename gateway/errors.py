@@ -1,0 +1,52 @@
+"""The gateway's own errors, all in the platform's problem+json shape."""
+
+from shared.errors import ProblemError, TooManyRequests
+
+
+class BadPath(ProblemError):
+    status_code = 400
+    code = "ambiguous-path"
+
+    def __init__(self) -> None:
+        super().__init__("The request path is not in canonical form.")
+
+
+class PayloadTooLarge(ProblemError):
+    status_code = 413
+    code = "payload-too-large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The request body is larger than {limit} bytes.")
+
+
+class UpstreamUnavailable(ProblemError):
+    status_code = 502
+    code = "upstream-unavailable"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The {name} service could not be reached.")
+
+
+class UpstreamTimeout(ProblemError):
+    status_code = 504
+    code = "upstream-timeout"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The {name} service did not answer in time.")
+
+
+class CircuitOpen(ProblemError):
+    status_code = 503
+    code = "upstream-circuit-open"
+
+    def __init__(self, name: str, retry_after: int) -> None:
+        super().__init__(
+            f"The {name} service is failing; requests are paused briefly.", headers={"Retry-After": str(retry_after)}
+        )
+
+
+class QuotaExceeded(TooManyRequests):
+    code = "quota-exceeded"
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__("Too many requests; slow down.", headers=headers)

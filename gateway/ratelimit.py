@@ -1,0 +1,167 @@
+"""Per-client rate limiting with GCRA, shared by every gateway replica through Redis.
+
+One Lua script per request does the limit *and* the access token's revocation check, so a
+protected request costs one Redis round trip. Redis slow (timeout 50 ms) or down: a breaker stops
+calling it and a per-process limiter takes over with the same policy (never unlimited), until a
+probe finds Redis back.
+
+Policy semantics: a client may send ``burst`` requests at once and at most ``limit`` in any
+window of ``window`` seconds (the steady rate is therefore ``limit - burst + 1`` per window).
+"""
+
+import logging
+import math
+import time
+from typing import Any
+
+import msgspec
+from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.breaker import CircuitBreaker
+
+logger = logging.getLogger("gateway.ratelimit")
+
+DECISIONS = Counter("pyairtable_gateway_ratelimit_decisions_total", "Rate-limit decisions", ["policy", "decision"])
+DEGRADED = Gauge("pyairtable_gateway_ratelimit_degraded", "1 while the shared (Redis) limiter is unavailable")
+
+_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local revoked = 0
+if #KEYS == 4 then
+  if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+    revoked = 1
+  else
+    local cutoff = redis.call('GET', KEYS[4])
+    if cutoff and tonumber(ARGV[3]) <= tonumber(cutoff) then revoked = 1 end
+  end
+end
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - tolerance > now then
+  return {0, 0, tat - now, tat - tolerance - now, revoked}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now + 1000)
+return {1, math.floor((now + tolerance - new_tat) / interval) + 1, new_tat - now, 0, revoked}
+"""
+
+
+class Policy(msgspec.Struct, frozen=True):
+    name: str
+    limit: int
+    window: int
+    burst: int
+
+    @property
+    def interval_ms(self) -> float:
+        return self.window * 1000 / max(1, self.limit - self.burst + 1)
+
+    @property
+    def tolerance_ms(self) -> float:
+        return (self.burst - 1) * self.interval_ms
+
+    @property
+    def policy_header(self) -> str:
+        return f'"{self.name}";q={self.limit};w={self.window}'
+
+
+class Decision(msgspec.Struct, frozen=True):
+    allowed: bool
+    remaining: int
+    reset_seconds: int
+    retry_after: int
+    revoked: bool = False
+    revocation_checked: bool = False
+
+    def headers(self, policy: Policy) -> dict[str, str]:
+        headers = {
+            "RateLimit-Policy": policy.policy_header,
+            "RateLimit": f'"{policy.name}";r={self.remaining};t={self.reset_seconds}',
+            "X-RateLimit-Limit": str(policy.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_seconds),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(self.retry_after, self.reset_seconds if self.remaining == 0 else 0, 1))
+        return headers
+
+
+def _decision(allowed: int, remaining: float, reset_ms: float, retry_ms: float, revoked: int) -> Decision:
+    return Decision(
+        allowed=bool(allowed),
+        remaining=max(0, int(remaining)),
+        reset_seconds=max(0, math.ceil(reset_ms / 1000)),
+        retry_after=max(1, math.ceil(retry_ms / 1000)) if not allowed else 0,
+        revoked=bool(revoked),
+    )
+
+
+class LocalLimiter:
+    """The same GCRA in process memory: the fallback, and the limiter of the embedded mode."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self.tats: dict[str, float] = {}
+        self.max_keys = max_keys
+
+    def hit(self, key: str, policy: Policy) -> Decision:
+        now = time.time() * 1000
+        tat = max(self.tats.get(key, now), now)
+        if tat - policy.tolerance_ms > now:
+            return _decision(0, 0, tat - now, tat - policy.tolerance_ms - now, 0)
+        new_tat = tat + policy.interval_ms
+        if len(self.tats) >= self.max_keys:
+            self._forget_idle(now)
+        self.tats[key] = new_tat
+        return _decision(1, (now + policy.tolerance_ms - new_tat) // policy.interval_ms + 1, new_tat - now, 0, 0)
+
+    def _forget_idle(self, now: float) -> None:
+        for key in [k for k, tat in self.tats.items() if tat <= now]:
+            del self.tats[key]
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis | None, namespace: str) -> None:
+        self.redis = redis
+        self.namespace = namespace
+        self.local = LocalLimiter()
+        self.breaker = CircuitBreaker(failures=5, reset_seconds=5.0)
+        self._script: Any = redis.register_script(_SCRIPT) if redis is not None else None
+
+    @property
+    def degraded(self) -> bool:
+        return self.redis is not None and self.breaker.state != "closed"
+
+    async def hit(self, key: str, policy: Policy, revocation_keys: list[str] | None = None, iat: int = 0) -> Decision:
+        """Count one request against ``key``; with revocation keys, also say whether the token is revoked.
+
+        ``revoked`` is only known while Redis answers; the caller checks its own store otherwise.
+        """
+        if self._script is not None and self.breaker.allow():
+            keys = [f"{self.namespace}:rl:{policy.name}:{key}"]
+            if revocation_keys:
+                keys += [f"{self.namespace}:{k}" for k in revocation_keys]
+            try:
+                result = await self._script(keys=keys, args=[policy.interval_ms, policy.tolerance_ms, iat])
+            except (RedisError, OSError) as exc:
+                self._record_failure(exc)
+            else:
+                self.breaker.record_success()
+                DEGRADED.set(0)
+                decision = msgspec.structs.replace(_decision(*result), revocation_checked=bool(revocation_keys))
+                DECISIONS.labels(policy.name, "allow" if decision.allowed else "deny").inc()
+                return decision
+        decision = self.local.hit(key, policy)
+        DECISIONS.labels(policy.name, "allow" if decision.allowed else "deny").inc()
+        return decision
+
+    def _record_failure(self, exc: BaseException) -> None:
+        was_closed = self.breaker.state == "closed"
+        self.breaker.record_failure()
+        DEGRADED.set(1)
+        if was_closed:
+            logger.warning("rate limiter falling back to per-process limits", extra={"error": type(exc).__name__})

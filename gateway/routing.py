@@ -1,0 +1,76 @@
+"""The route table, the single path check, and which routes are public.
+
+The path is checked once, on the raw bytes the client sent. Anything a server behind us could
+read differently from us (encoded dots, slashes or backslashes, dot segments, empty segments,
+NUL or control bytes, parameters) is refused with 400, so the path we authorise is exactly the
+path we forward.
+"""
+
+import re
+
+import msgspec
+
+from gateway.errors import BadPath
+
+# Unreserved and sub-delim characters of RFC 3986 plus '/', '%' (checked below) and ':' '@'.
+_ALLOWED = re.compile(rb"^/[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$")
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+# Percent-encodings that would change the path's structure once decoded.
+_FORBIDDEN_ENCODED = {0x2E, 0x2F, 0x5C, 0x25, 0x3B, 0x3F, 0x23} | set(range(0x00, 0x20)) | {0x7F}
+
+PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("POST", "/api/v1/auth/register"),
+        ("POST", "/api/v1/auth/login"),
+        ("POST", "/api/v1/auth/refresh"),
+        ("GET", "/api/v1/auth/.well-known/jwks.json"),
+    }
+)
+AUTH_POLICY_ROUTES: frozenset[str] = frozenset({"/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/auth/refresh"})
+
+
+class Route(msgspec.Struct, frozen=True):
+    prefix: str
+    name: str
+
+    @property
+    def template(self) -> str:
+        return self.prefix + "/*"
+
+
+def checked_path(raw_path: bytes) -> str:
+    """The path to authorise and forward, or BadPath."""
+    if not _ALLOWED.match(raw_path) or (b"%" in raw_path and _has_forbidden_encoding(raw_path)):
+        raise BadPath()
+    if raw_path.count(b"%") != len(_PERCENT.findall(raw_path)):
+        raise BadPath()  # a lone or malformed '%'
+    segments = raw_path.split(b"/")[1:]
+    if any(segment in (b"", b".", b"..") for segment in segments[:-1]) or segments[-1] in (b".", b".."):
+        raise BadPath()
+    if any(segment.endswith(b".") and segment.strip(b".") == b"" for segment in segments):
+        raise BadPath()
+    return raw_path.decode("ascii")
+
+
+def _has_forbidden_encoding(raw_path: bytes) -> bool:
+    return any(int(code, 16) in _FORBIDDEN_ENCODED or int(code, 16) >= 0x80 for code in _PERCENT.findall(raw_path))
+
+
+class RouteTable:
+    def __init__(self, prefixes: list[str]) -> None:
+        # Longest prefix first, so "/api/v1/auth/admin" could override "/api/v1/auth".
+        self.routes = [Route(prefix, prefix.rsplit("/", 1)[-1]) for prefix in sorted(prefixes, key=len, reverse=True)]
+
+    def match(self, path: str) -> Route | None:
+        for route in self.routes:
+            if path == route.prefix or path.startswith(route.prefix + "/"):
+                return route
+        return None
+
+
+def is_public(method: str, path: str) -> bool:
+    return (method, path.rstrip("/") or "/") in PUBLIC_ROUTES
+
+
+def uses_auth_policy(path: str) -> bool:
+    return path.rstrip("/") in AUTH_POLICY_ROUTES

@@ -1,0 +1,334 @@
+"""Events between services: Redis Streams with consumer groups, the in-memory bus, the outbox."""
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import msgspec
+import psycopg
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import select
+
+from auth_service.config import AuthSettings
+from auth_service.models import outbox
+from shared.db import create_engine, create_sessionmaker
+from shared.events import Event, InMemoryBus, RedisStreamBus, new_event
+from shared.outbox import OutboxRelay, add_event
+from tests.auth_service.conftest import register
+
+WAIT_SECONDS = 10.0
+
+
+async def eventually(check: Callable[[], Any], what: str) -> Any:
+    """Poll ``check`` until it returns something truthy (a bound on waiting, not a timing test)."""
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+class Recorder:
+    """A handler that remembers what it got; optionally fails the first ``failures`` calls."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.handled: list[Event] = []
+        self.arrived = asyncio.Event()
+
+    async def __call__(self, event: Event) -> None:
+        self.calls += 1
+        self.arrived.set()
+        if self.calls <= self.failures:
+            raise RuntimeError("the handler's dependency is down")
+        self.handled.append(event)
+
+
+async def pending(redis: Redis, stream: str, group: str) -> int:
+    return int((await redis.xpending(stream, group))["pending"])
+
+
+async def all_acknowledged(redis: Redis, stream: str, group: str) -> bool:
+    return await pending(redis, stream, group) == 0
+
+
+def registered(user_id: str | None = None) -> Event:
+    return new_event("user.registered", "auth", {"user_id": user_id or str(uuid.uuid4()), "email": "ada@example.com"})
+
+
+# -- Redis Streams ---------------------------------------------------------------------------------
+
+
+async def test_redis_bus_delivers_to_the_group_and_acknowledges(redis: Redis, redis_namespace: str) -> None:
+    bus = RedisStreamBus(redis, redis_namespace, consumer="users-1")
+    handler = Recorder()
+    bus.subscribe("user.registered", "users", handler)
+    await bus.start()
+    try:
+        event = registered()
+        await bus.publish(event)
+        await eventually(lambda: handler.handled, "the handler to get the event")
+        assert handler.handled == [event]
+        stream = bus.stream("user.registered")
+        assert stream == f"{redis_namespace}:events:user.registered"
+        await eventually(lambda: all_acknowledged(redis, stream, "users"), "the acknowledgement")
+    finally:
+        await bus.close()
+
+
+async def test_events_published_before_the_consumer_starts_are_delivered(redis: Redis, redis_namespace: str) -> None:
+    publisher = RedisStreamBus(redis, redis_namespace)
+    early = registered()
+    await publisher.publish(early)
+    consumer = RedisStreamBus(redis, redis_namespace)
+    handler = Recorder()
+    consumer.subscribe("user.registered", "users", handler)
+    await consumer.start()
+    try:
+        await eventually(lambda: handler.handled, "the early event")
+        assert handler.handled == [early]
+    finally:
+        await consumer.close()
+
+
+async def test_a_failing_handler_leaves_the_message_pending(redis: Redis, redis_namespace: str) -> None:
+    bus = RedisStreamBus(redis, redis_namespace, consumer="users-1")
+    handler = Recorder(failures=1)
+    bus.subscribe("user.registered", "users", handler)
+    await bus.start()
+    try:
+        await bus.publish(registered())
+        await asyncio.wait_for(handler.arrived.wait(), WAIT_SECONDS)
+    finally:
+        await bus.close()
+    assert handler.handled == []
+    assert await pending(redis, bus.stream("user.registered"), "users") == 1
+
+
+async def test_a_message_whose_handler_failed_is_delivered_again(redis: Redis, redis_namespace: str) -> None:
+    """At least once: a handler that fails once (its database was down, say) gets the event again."""
+    bus = RedisStreamBus(redis, redis_namespace, consumer="users-1", reclaim_after_seconds=0.2)
+    handler = Recorder(failures=1)
+    bus.subscribe("user.registered", "users", handler)
+    await bus.start()
+    try:
+        event = registered()
+        await bus.publish(event)
+        await eventually(lambda: handler.handled, "the redelivery")
+        assert handler.handled == [event]
+        assert handler.calls == 2
+        stream = bus.stream("user.registered")
+        await eventually(lambda: all_acknowledged(redis, stream, "users"), "the acknowledgement")
+    finally:
+        await bus.close()
+
+
+async def test_messages_of_a_consumer_that_died_are_taken_over(redis: Redis, redis_namespace: str) -> None:
+    bus = RedisStreamBus(redis, redis_namespace, consumer="users-2", reclaim_after_seconds=0.2)
+    stream = bus.stream("user.registered")
+    event = registered()
+    await bus.publish(event)
+    await redis.xgroup_create(stream, "users", id="0", mkstream=True)
+    # users-1 reads the message and dies before acknowledging it.
+    taken = await redis.xreadgroup("users", "users-1", {stream: ">"}, count=10)
+    assert len(taken[0][1]) == 1
+    handler = Recorder()
+    bus.subscribe("user.registered", "users", handler)
+    await bus.start()
+    try:
+        await eventually(lambda: handler.handled, "the takeover")
+        assert handler.handled == [event]
+        await eventually(lambda: all_acknowledged(redis, stream, "users"), "the acknowledgement")
+    finally:
+        await bus.close()
+
+
+async def test_each_group_gets_every_event_once(redis: Redis, redis_namespace: str) -> None:
+    bus = RedisStreamBus(redis, redis_namespace)
+    users, analytics = Recorder(), Recorder()
+    bus.subscribe("user.registered", "users", users)
+    bus.subscribe("user.registered", "analytics", analytics)
+    await bus.start()
+    try:
+        first, second = registered(), registered()
+        await bus.publish(first)
+        await bus.publish(second)
+        await eventually(lambda: len(users.handled) == 2 and len(analytics.handled) == 2, "both")
+        assert users.handled == [first, second]
+        assert analytics.handled == [first, second]
+    finally:
+        await bus.close()
+
+
+async def test_consumers_of_one_group_share_the_work(redis: Redis, redis_namespace: str) -> None:
+    one = RedisStreamBus(redis, redis_namespace, consumer="a")
+    two = RedisStreamBus(redis, redis_namespace, consumer="b")
+    first, second = Recorder(), Recorder()
+    one.subscribe("user.registered", "users", first)
+    two.subscribe("user.registered", "users", second)
+    await one.start()
+    await two.start()
+    try:
+        events = [registered() for _ in range(10)]
+        for event in events:
+            await one.publish(event)
+        await eventually(lambda: len(first.handled) + len(second.handled) == 10, "all ten")
+        assert sorted(e.id for e in first.handled + second.handled) == sorted(e.id for e in events)
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_only_subscribed_types_are_delivered(redis: Redis, redis_namespace: str) -> None:
+    bus = RedisStreamBus(redis, redis_namespace)
+    deleted = Recorder()
+    bus.subscribe("user.deleted", "auth", deleted)
+    await bus.start()
+    try:
+        await bus.publish(registered())
+        gone = new_event("user.deleted", "users", {"user_id": str(uuid.uuid4())})
+        await bus.publish(gone)
+        await eventually(lambda: deleted.handled, "the user.deleted event")
+        assert deleted.handled == [gone]
+    finally:
+        await bus.close()
+
+
+# -- in memory -------------------------------------------------------------------------------------
+
+
+async def test_in_memory_bus_gives_the_same_outcome() -> None:
+    bus = InMemoryBus()
+    users, analytics, broken = Recorder(), Recorder(), Recorder(failures=1)
+    bus.subscribe("user.registered", "users", users)
+    bus.subscribe("user.registered", "analytics", analytics)
+    bus.subscribe("user.registered", "broken", broken)
+    await bus.start()
+    event = registered()
+    await bus.publish(event)
+    await bus.publish(new_event("user.deleted", "users", {}))
+    await bus.close()  # waits for the deliveries in flight
+    assert users.handled == [event]
+    assert analytics.handled == [event]
+    assert broken.calls == 1  # its failure did not stop the others
+
+
+# -- the outbox ------------------------------------------------------------------------------------
+
+
+def outbox_rows(database_url: str) -> list[dict[str, Any]]:
+    with psycopg.connect(database_url) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+        cursor.execute("SELECT * FROM outbox ORDER BY occurred_at")
+        return list(cursor.fetchall())
+
+
+async def stream_events(redis: Redis, stream: str) -> list[Event]:
+    entries = await redis.xrange(stream)
+    return [msgspec.json.decode(fields[b"event"], type=Event) for _, fields in entries]
+
+
+async def test_registering_publishes_user_registered_through_the_outbox(
+    client: httpx.AsyncClient, auth_settings: AuthSettings, redis: Redis
+) -> None:
+    tokens = await register(client)
+    user_id = tokens["user"]["id"]
+    stream = f"{auth_settings.redis_namespace}:events:user.registered"
+
+    published = await eventually(lambda: stream_events(redis, stream), "user.registered on the stream")
+    [event] = published
+    assert event.type == "user.registered"
+    assert event.source == "auth"
+    assert event.data["user_id"] == user_id
+    assert event.data["email"] == "ada@example.com"
+    assert not any("password" in key for key in event.data)
+
+    async def row_published() -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(outbox_rows, auth_settings.database_url)
+        return rows if rows and rows[0]["published_at"] is not None else []
+
+    [row] = await eventually(row_published, "the outbox row to be marked published")
+    assert str(row["id"]) == event.id
+    assert row["payload"]["user_id"] == user_id
+
+    duplicate = await client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": "x" * 20})
+    assert duplicate.status_code == 409
+    assert len(await asyncio.to_thread(outbox_rows, auth_settings.database_url)) == 1
+
+
+@pytest.fixture
+async def relay_parts(
+    auth_settings: AuthSettings, redis: Redis
+) -> AsyncIterator[tuple[Any, OutboxRelay, RedisStreamBus]]:
+    engine = create_engine(auth_settings)
+    sessionmaker = create_sessionmaker(engine)
+    bus = RedisStreamBus(redis, auth_settings.redis_namespace)
+    relay = OutboxRelay(sessionmaker, outbox, bus, poll_seconds=3600)
+    yield sessionmaker, relay, bus
+    await relay.stop()
+    await engine.dispose()
+
+
+async def test_relay_publishes_events_left_unpublished(
+    relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis
+) -> None:
+    sessionmaker, relay, bus = relay_parts
+    events = [registered(), registered()]
+    async with sessionmaker() as session, session.begin():
+        for event in events:
+            await add_event(session, outbox, event)
+
+    assert await relay.publish_pending() == 2
+    assert [e.id for e in await stream_events(redis, bus.stream("user.registered"))] == [e.id for e in events]
+    assert await relay.publish_pending() == 0  # published once, not again
+    async with sessionmaker() as session:
+        published_at = (await session.execute(select(outbox.c.published_at))).scalars().all()
+    assert len(published_at) == 2 and all(value is not None for value in published_at)
+
+
+async def test_a_rolled_back_transaction_publishes_nothing(
+    relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis
+) -> None:
+    sessionmaker, relay, bus = relay_parts
+    async with sessionmaker() as session:
+        await add_event(session, outbox, registered())
+        await session.rollback()
+    with pytest.raises(RuntimeError):
+        async with sessionmaker() as session, session.begin():
+            await add_event(session, outbox, registered())
+            raise RuntimeError("the change failed")
+
+    assert await relay.publish_pending() == 0
+    assert await redis.xlen(bus.stream("user.registered")) == 0
+    async with sessionmaker() as session:
+        assert (await session.execute(select(outbox.c.id))).all() == []
+
+
+async def test_a_running_relay_publishes_soon_after_commit(
+    relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis
+) -> None:
+    """The commit wakes the relay: it does not wait for its next poll (an hour away here)."""
+    sessionmaker, relay, bus = relay_parts
+    relay.start()
+    await asyncio.sleep(0.1)  # let its first, empty, pass finish
+    event = registered()
+    async with sessionmaker() as session, session.begin():
+        await add_event(session, outbox, event)
+    published = await eventually(lambda: stream_events(redis, bus.stream("user.registered")), "the publication")
+    assert [e.id for e in published] == [event.id]

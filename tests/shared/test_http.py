@@ -1,0 +1,348 @@
+"""HTTP defaults every service gets from the kernel, seen through the auth service."""
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import jwt
+import msgspec
+import pytest
+from litestar import Request, get, post
+from litestar.params import JSONBody
+
+from auth_service.app import create_app
+from auth_service.config import AuthSettings
+from shared.http import client_ip
+from shared.keys import hs256_kid
+from shared.security import Identity, require_admin
+from shared.service import create_service_app
+from tests.auth_service.conftest import JWT_SECRET, Clock, bearer, register
+from tests.conftest import app_client
+
+GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
+CLOSED_PORT = 1  # nothing listens on 127.0.0.1:1
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    return body
+
+
+def signed_token(**claims: Any) -> str:
+    now = int(time.time())
+    base = {
+        "iss": "pyairtable-auth",
+        "aud": "pyairtable-api",
+        "sub": str(uuid.uuid4()),
+        "email": "ada@example.com",
+        "roles": ["user"],
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+    }
+    return jwt.encode(
+        base | claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
+    )
+
+
+# -- request IDs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("incoming", ["abc-123_XYZ.req:1", "0" * 128, str(uuid.uuid4())])
+async def test_a_well_formed_request_id_is_echoed(client: httpx.AsyncClient, incoming: str) -> None:
+    response = await client.get("/health", headers={"X-Request-ID": incoming})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == incoming
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    ["has spaces in it", "x" * 129, "short", "<script>alert(1)</script>", "id\u00e9-with-latin1", "a,b,c,d,e,f,g"],
+    ids=["spaces", "too-long", "too-short", "markup", "non-ascii", "commas"],
+)
+async def test_a_malformed_request_id_is_replaced(client: httpx.AsyncClient, incoming: str) -> None:
+    response = await client.get("/health", headers={"X-Request-ID": incoming.encode()})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] != incoming
+    assert GENERATED_ID.match(response.headers["x-request-id"])
+
+
+async def test_each_request_without_an_id_gets_its_own(client: httpx.AsyncClient) -> None:
+    first = (await client.get("/health")).headers["x-request-id"]
+    second = (await client.get("/health")).headers["x-request-id"]
+    assert GENERATED_ID.match(first) and GENERATED_ID.match(second)
+    assert first != second
+
+
+async def test_error_bodies_carry_the_request_id_of_the_header(client: httpx.AsyncClient) -> None:
+    incoming = "trace-0123456789"
+    response = await client.post("/api/v1/auth/register", json={"email": 5}, headers={"X-Request-ID": incoming})
+    body = assert_problem(response, 422)
+    assert body["request_id"] == incoming
+    assert body["errors"][0]["key"] == "email"
+    generated = await client.post(
+        "/api/v1/auth/login", json={"email": "nobody@example.com", "password": "wrong-password"}
+    )
+    assert assert_problem(generated, 401)["request_id"] == generated.headers["x-request-id"]
+
+
+async def test_unknown_path_is_a_problem_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/auth/nowhere", headers={"X-Request-ID": "lost-request-0001"})
+    body = assert_problem(response, 404)
+    assert body["request_id"] == "lost-request-0001"
+    assert body["instance"] == "/api/v1/auth/nowhere"
+
+
+async def test_wrong_method_is_a_problem_405(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/health")
+    assert_problem(response, 405)
+    assert "GET" in response.headers["allow"]
+    put = await client.put("/api/v1/auth/login", json={})
+    assert_problem(put, 405)
+
+
+async def test_every_response_says_nosniff(client: httpx.AsyncClient) -> None:
+    tokens = await register(client)
+    responses = [
+        await client.get("/health"),
+        await client.get("/ready"),
+        await client.get("/metrics"),
+        await client.get("/api/v1/auth/me", headers=bearer(tokens)),
+        await client.get("/api/v1/auth/me"),
+        await client.get("/does-not-exist"),
+        await client.post("/health"),
+        await client.post("/api/v1/auth/register", content=b"{not json", headers={"Content-Type": "application/json"}),
+    ]
+    for response in responses:
+        assert response.headers.get("x-content-type-options") == "nosniff", (response.request.url, response.status_code)
+        assert response.headers.get("x-request-id")
+        assert response.status_code < 500, response.text
+
+
+async def test_a_malformed_json_body_is_a_problem_not_a_500(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/auth/register", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert_problem(response, 400)
+
+
+# -- health, readiness, metrics, schema --------------------------------------------------------------
+
+
+async def test_health_names_the_service(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["service"] == "auth"
+    assert body["version"]
+
+
+async def test_ready_checks_database_and_redis(client: httpx.AsyncClient) -> None:
+    response = await client.get("/ready")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["service"] == "auth"
+    assert body["checks"]["database"]["status"] == "ok"
+    assert body["checks"]["redis"]["status"] == "ok"
+
+
+@pytest.fixture
+async def db_down_client(auth_settings: AuthSettings, clock: Clock) -> AsyncIterator[httpx.AsyncClient]:
+    settings = msgspec.structs.replace(
+        auth_settings, database_url=f"postgresql://postgres@127.0.0.1:{CLOSED_PORT}/pyairtable_auth"
+    )
+    async with app_client(create_app(settings, clock=clock)) as client:
+        yield client
+
+
+@pytest.fixture
+async def redis_down_client(auth_settings: AuthSettings, clock: Clock) -> AsyncIterator[httpx.AsyncClient]:
+    settings = msgspec.structs.replace(auth_settings, redis_url=f"redis://127.0.0.1:{CLOSED_PORT}/0")
+    async with app_client(create_app(settings, clock=clock)) as client:
+        yield client
+
+
+async def test_ready_is_503_when_the_database_is_down(db_down_client: httpx.AsyncClient) -> None:
+    assert (await db_down_client.get("/health")).status_code == 200  # the app started and is alive
+    response = await db_down_client.get("/ready")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["database"]["status"] == "fail"
+    assert body["checks"]["redis"]["status"] == "ok"
+    assert "postgres@" not in response.text  # no connection string leaks
+
+
+async def test_ready_is_503_when_redis_is_down(redis_down_client: httpx.AsyncClient) -> None:
+    assert (await redis_down_client.get("/health")).status_code == 200
+    response = await redis_down_client.get("/ready")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["redis"]["status"] == "fail"
+    assert body["checks"]["database"]["status"] == "ok"
+
+
+async def test_protected_route_with_the_database_down_is_a_503(db_down_client: httpx.AsyncClient) -> None:
+    response = await db_down_client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {signed_token()}"})
+    assert_problem(response, 503)
+    assert response.headers["retry-after"].isdigit()
+    assert "127.0.0.1" not in response.text  # no connection details leak
+
+
+async def test_login_with_the_database_down_is_a_503(db_down_client: httpx.AsyncClient) -> None:
+    response = await db_down_client.post(
+        "/api/v1/auth/login", json={"email": "ada@example.com", "password": "correct horse battery staple"}
+    )
+    assert_problem(response, 503)
+    assert "retry-after" in response.headers
+
+
+async def test_protected_route_with_redis_down_is_a_503(redis_down_client: httpx.AsyncClient) -> None:
+    response = await redis_down_client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {signed_token()}"})
+    assert_problem(response, 503)
+    assert "retry-after" in response.headers
+
+
+async def test_metrics_label_paths_by_route_template(client: httpx.AsyncClient) -> None:
+    tokens = await register(client)
+    sessions = (await client.get("/api/v1/auth/sessions", headers=bearer(tokens))).json()["sessions"]
+    session_id = sessions[0]["id"]
+    unknown = uuid.uuid4()
+    await client.delete(f"/api/v1/auth/sessions/{unknown}", headers=bearer(tokens))
+    revoked = await client.delete(f"/api/v1/auth/sessions/{session_id}", headers=bearer(tokens))
+    assert revoked.status_code in (200, 204), revoked.text
+
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert "# TYPE pyairtable_requests_total counter" in text
+    assert re.search(r'path="/api/v1/auth/sessions/\{session_id(:uuid)?\}"', text)
+    assert session_id not in text
+    assert str(unknown) not in text
+    assert 'app_name="auth"' in text
+
+
+async def test_openapi_schema_is_served(client: httpx.AsyncClient) -> None:
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["openapi"].startswith("3.")
+    assert "/api/v1/auth/me" in schema["paths"]
+    assert "/health" in schema["paths"]
+    assert "BearerAuth" in schema["components"]["securitySchemes"]
+
+
+# -- client_ip -------------------------------------------------------------------------------------
+
+
+def scope(peer: str | None, *forwarded_for: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "client": (peer, 50000) if peer else None,
+        "headers": [(b"x-forwarded-for", value.encode()) for value in forwarded_for],
+    }
+
+
+PROXIES = ["10.0.0.0/8", "fd00::/8"]
+
+
+@pytest.mark.parametrize(
+    ("request_scope", "trusted", "expected"),
+    [
+        (scope("203.0.113.7", "198.51.100.1"), [], "203.0.113.7"),
+        (scope("203.0.113.7", "198.51.100.1"), PROXIES, "203.0.113.7"),
+        (scope("10.0.0.2"), PROXIES, "10.0.0.2"),
+        (scope("10.0.0.2", "198.51.100.1"), PROXIES, "198.51.100.1"),
+        (scope("10.0.0.2", "6.6.6.6, 198.51.100.1"), PROXIES, "198.51.100.1"),
+        (scope("10.0.0.2", "6.6.6.6, 198.51.100.1, 10.0.0.9"), PROXIES, "198.51.100.1"),
+        (scope("10.0.0.2", " 198.51.100.1 ,  10.0.0.9 "), PROXIES, "198.51.100.1"),
+        (scope("10.0.0.2", "10.0.0.7, 10.0.0.9"), PROXIES, "10.0.0.7"),
+        (scope("10.0.0.2", "6.6.6.6, not-an-ip"), PROXIES, "10.0.0.2"),
+        (scope("10.0.0.2", "6.6.6.6, 198.51.100.1:443"), PROXIES, "10.0.0.2"),
+        (scope("fd00::1", "2001:db8::42"), PROXIES, "2001:db8::42"),
+        (scope("10.0.0.2", ""), PROXIES, "10.0.0.2"),
+        # A proxy that adds its own header line instead of appending to the client's one.
+        (scope("10.0.0.2", "6.6.6.6", "198.51.100.1"), PROXIES, "198.51.100.1"),
+    ],
+    ids=[
+        "no-trusted-proxies",
+        "untrusted-peer",
+        "trusted-peer-no-header",
+        "one-hop",
+        "client-spoofed-hop",
+        "trusted-hops-skipped",
+        "whitespace",
+        "all-hops-trusted",
+        "garbage-hop",
+        "hop-with-port",
+        "ipv6",
+        "empty-header",
+        "two-header-lines",
+    ],
+)
+def test_client_ip(request_scope: dict[str, Any], trusted: list[str], expected: str) -> None:
+    assert client_ip(request_scope, trusted) == expected  # type: ignore[arg-type]
+
+
+# -- a bare kernel app: unexpected errors, role guards, body limits ----------------------------------
+
+
+@get("/boom", opt={"exclude_from_auth": True}, sync_to_thread=False)
+def boom() -> None:
+    raise RuntimeError("connection string postgresql://admin:hunter2@db/secret")
+
+
+@get("/admin-only", guards=[require_admin], sync_to_thread=False)
+def admin_only(request: Request[Identity, str, Any]) -> dict[str, str]:
+    return {"user_id": str(request.user.user_id)}
+
+
+@post("/echo", opt={"exclude_from_auth": True}, sync_to_thread=False)
+def echo(data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
+    return data
+
+
+@pytest.fixture
+async def kernel_client(auth_settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:
+    settings = msgspec.structs.replace(auth_settings, service_name="kernel-test", max_body_size=4096)
+    app = create_service_app(settings, title="kernel test", route_handlers=[boom, admin_only, echo])
+    async with app_client(app) as client:
+        yield client
+
+
+async def test_an_unexpected_error_is_a_500_problem_without_internals(kernel_client: httpx.AsyncClient) -> None:
+    response = await kernel_client.get("/boom", headers={"X-Request-ID": "boom-request-0001"})
+    body = assert_problem(response, 500)
+    assert body["request_id"] == "boom-request-0001"
+    assert "hunter2" not in response.text
+    assert "RuntimeError" not in response.text
+
+
+async def test_role_guard_refuses_without_the_role(kernel_client: httpx.AsyncClient) -> None:
+    user = await kernel_client.get("/admin-only", headers={"Authorization": f"Bearer {signed_token()}"})
+    assert_problem(user, 403)
+    admin_id = str(uuid.uuid4())
+    admin = await kernel_client.get(
+        "/admin-only", headers={"Authorization": f"Bearer {signed_token(sub=admin_id, roles=['user', 'admin'])}"}
+    )
+    assert admin.status_code == 200, admin.text
+    assert admin.json() == {"user_id": admin_id}
+
+
+async def test_a_body_over_the_limit_is_a_413_problem(kernel_client: httpx.AsyncClient) -> None:
+    small = await kernel_client.post("/echo", json={"note": "x" * 100})
+    assert small.status_code == 201, small.text
+    large = await kernel_client.post("/echo", json={"note": "x" * 10_000})
+    assert_problem(large, 413)

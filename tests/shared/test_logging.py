@@ -1,0 +1,153 @@
+"""One log format everywhere: a JSON object per line, with the request ID."""
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.logs import JSONFormatter, request_id_var
+from tests.auth_service.conftest import PASSWORD, register
+
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+class Opaque:
+    """Something JSON cannot encode."""
+
+    def __str__(self) -> str:
+        return "<opaque thing>"
+
+
+class Capture:
+    """A logger whose records are formatted by JSONFormatter into a buffer."""
+
+    def __init__(self, name: str) -> None:
+        self.buffer = io.StringIO()
+        self.handler = logging.StreamHandler(self.buffer)
+        self.handler.setFormatter(JSONFormatter("auth"))
+        self.logger = logging.getLogger(name)
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False
+
+    def lines(self) -> list[str]:
+        return self.buffer.getvalue().splitlines()
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines()]
+
+    def close(self) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.propagate = True
+        self.logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def capture() -> Iterator[Capture]:
+    capturing = Capture("tests.shared.logging")
+    yield capturing
+    capturing.close()
+
+
+def test_each_line_is_a_json_object_with_the_standard_fields(capture: Capture) -> None:
+    capture.logger.info("user %s signed in", "ada")
+    [line] = capture.lines()
+    entry = json.loads(line)
+    assert entry["msg"] == "user ada signed in"
+    assert entry["level"] == "INFO"
+    assert entry["service"] == "auth"
+    assert entry["logger"] == "tests.shared.logging"
+    assert TIMESTAMP.match(entry["ts"])
+    logged_at = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - logged_at).total_seconds()) < 3600
+    assert entry["request_id"] is None
+
+
+def test_the_request_id_comes_from_the_context(capture: Capture) -> None:
+    token = request_id_var.set("req-0123456789")
+    try:
+        capture.logger.warning("inside a request")
+    finally:
+        request_id_var.reset(token)
+    capture.logger.warning("outside")
+    inside, outside = capture.entries()
+    assert inside["request_id"] == "req-0123456789"
+    assert outside["request_id"] is None
+
+
+def test_extra_fields_are_included_and_unencodable_ones_become_strings(capture: Capture) -> None:
+    capture.logger.info(
+        "event handled",
+        extra={
+            "user_id": "7c0e",
+            "attempts": 3,
+            "ok": True,
+            "thing": Opaque(),
+            "where": Path("/srv/data"),
+            "message_id": b"1700000000000-0",
+        },
+    )
+    [entry] = capture.entries()
+    assert entry["user_id"] == "7c0e"
+    assert entry["attempts"] == 3
+    assert entry["ok"] is True
+    assert entry["thing"] == "<opaque thing>"
+    assert entry["where"] == "/srv/data"
+    assert entry["message_id"] == "1700000000000-0"
+
+
+def test_exceptions_are_kept_on_one_line(capture: Capture) -> None:
+    try:
+        raise RuntimeError("boom\nsecond line")
+    except RuntimeError:
+        capture.logger.exception("it failed")
+    [line] = capture.lines()
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR"
+    assert "RuntimeError: boom" in entry["exc"]
+    assert "Traceback" in entry["exc"]
+
+
+def test_non_ascii_messages_survive(capture: Capture) -> None:
+    capture.logger.info("Zoë signed in from München")
+    assert capture.entries()[0]["msg"] == "Zoë signed in from München"
+
+
+@pytest.fixture
+def root_capture() -> Iterator[Capture]:
+    """Everything any logger emits while the test runs."""
+    previous = logging.getLogger().level
+    capturing = Capture("")
+    yield capturing
+    capturing.logger.removeHandler(capturing.handler)
+    capturing.logger.setLevel(previous)
+
+
+async def test_failed_logins_never_log_the_password(client: httpx.AsyncClient, root_capture: Capture) -> None:
+    wrong = "Tr0ub4dor&3-not-the-password"
+    unknown_user_password = "hunter2-for-nobody"
+    await register(client)
+    refused = await client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": wrong})
+    assert refused.status_code == 401
+    unknown = await client.post(
+        "/api/v1/auth/login", json={"email": "nobody@example.com", "password": unknown_user_password}
+    )
+    assert unknown.status_code == 401
+    accepted = await client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+    assert accepted.status_code == 200
+
+    text = root_capture.buffer.getvalue()
+    for secret in (PASSWORD, wrong, unknown_user_password, accepted.json()["refresh_token"]):
+        assert secret not in text
+    entries = root_capture.entries()
+    failures = [entry for entry in entries if entry["msg"] == "login failed"]
+    assert failures, "a failed login is worth a log line"
+    assert failures[0]["request_id"] == refused.headers["x-request-id"]
+    assert all(line.startswith("{") for line in root_capture.lines())

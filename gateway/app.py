@@ -52,11 +52,12 @@ def create_app(
             app.state.limiter = limiter
             app.state.gatekeeper = Gatekeeper(settings, app.state.verifier, app.state.revocations, limiter)
             app.state.openapi = OpenAPIAggregator(upstreams, settings.openapi_cache_seconds)
+            # A gateway with Redis or one upstream down still serves: reported as degraded, still ready.
             checks = app.state.readiness_checks
             if settings.redis_url:
-                checks["redis"] = _degraded_when_down(app.state.store.ping)
+                checks["redis"] = _degraded_when_down(app.state.store.ping, "per-process rate limits in force")
             for upstream in upstreams.values():
-                checks[f"upstream:{upstream.name}"] = upstream.ready
+                checks[f"upstream:{upstream.name}"] = _degraded_when_down(upstream.ready, "its routes answer 502/503")
             yield
 
     return create_service_app(
@@ -120,11 +121,11 @@ async def _in_process(stack: AsyncExitStack, prefix: str, service: Litestar, set
     return InProcessUpstream(prefix.rsplit("/", 1)[-1], service, ready, settings.request_timeout, _breaker(settings))
 
 
-def _degraded_when_down(ping: Any) -> Any:
+def _degraded_when_down(check_dependency: Any, consequence: str) -> Any:
     async def check() -> None:
         try:
-            await ping()
+            await check_dependency()
         except Exception as exc:
-            raise Degraded("per-process rate limits in force") from exc
+            raise Degraded(f"{type(exc).__name__}: {consequence}") from exc
 
     return check

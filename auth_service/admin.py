@@ -15,7 +15,7 @@ from auth_service.config import AuthSettings
 from auth_service.models import User, outbox
 from auth_service.passwords import Passwords
 from auth_service.repositories import UserRepository
-from auth_service.services import _user_event_data, normalise_email
+from auth_service.services import normalise_email, user_event_data
 from shared.db import create_engine, create_sessionmaker, utcnow
 from shared.events import new_event
 from shared.outbox import add_event
@@ -68,7 +68,7 @@ async def create_admin(settings: AuthSettings, email: str, password: str) -> boo
                 updated_at=now,
             )
             await users.add(user)
-            await add_event(session, outbox, new_event("user.registered", "auth", _user_event_data(user)))
+            await add_event(session, outbox, new_event("user.registered", "auth", user_event_data(user)))
             return True
     finally:
         await engine.dispose()

@@ -104,7 +104,7 @@ class AuthService:
             await self.users.add(user)
         except IntegrityError:
             raise EmailTaken() from None
-        await add_event(self.db, outbox, new_event("user.registered", "auth", _user_event_data(user)))
+        await add_event(self.db, outbox, new_event("user.registered", "auth", user_event_data(user)))
         logger.info("user registered", extra={"user_id": str(user.id), "ip": client.ip})
         return await self._start_session(user, client, now)
 
@@ -312,7 +312,7 @@ def _clean_name(name: str | None) -> str | None:
     return name or None
 
 
-def _user_event_data(user: User) -> dict[str, object]:
+def user_event_data(user: User) -> dict[str, object]:
     return {
         "user_id": str(user.id),
         "email": user.email,

@@ -1,6 +1,7 @@
 """One error shape for every 4xx/5xx: RFC 9457 problem+json with the request ID."""
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -127,8 +128,6 @@ def problem_response(
 
 
 def _title(status: int) -> str:
-    from http import HTTPStatus
-
     try:
         return HTTPStatus(status).phrase
     except ValueError:

@@ -47,6 +47,7 @@ def create_app(
             if limiter_redis is not None:
                 stack.push_async_callback(limiter_redis.aclose)
             limiter = RateLimiter(limiter_redis, settings.redis_namespace)
+            stack.push_async_callback(limiter.aclose)
             app.state.routes = routes
             app.state.upstreams = upstreams
             app.state.limiter = limiter

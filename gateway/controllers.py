@@ -72,7 +72,9 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
             status = 502
             logger.warning("upstream failed mid-response", extra={"route": route.template, "error": str(exc)})
         except HTTPException as exc:
-            status = await send_problem(send, exc, request_id, scope["path"])
+            # The mount rewrote scope["path"]; the problem names the path the client asked for.
+            instance = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+            status = await send_problem(send, exc, request_id, instance)
         finally:
             IN_FLIGHT.dec()
             elapsed = time.perf_counter() - started

@@ -8,12 +8,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, cast
+from urllib.parse import quote, unquote
 
 import aiohttp
 import httpx
 import msgspec
 from litestar.types import ASGIApp, Message, Receive, Send
 from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.breaker import CircuitBreaker
 from gateway.errors import CircuitOpen, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
@@ -57,14 +59,41 @@ IDENTITY_HEADERS = frozenset(
         "x-client-id",
     }
 )
+# Families of identity headers set by common auth proxies (oauth2-proxy, Kong, AWS ALB, Google IAP,
+# Azure App Service): a client could send them to pass as someone else behind such a proxy.
+IDENTITY_PREFIXES = (
+    "x-user-",
+    "x-auth-",
+    "x-authenticated-",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-consumer-",
+    "x-credential-",
+    "x-userinfo",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-",
+    "x-ms-client-principal",
+)
 REPLACED_BY_GATEWAY = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded", "x-request-id"}
 )
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Query bytes kept as the client sent them: printable ASCII but '#'; the rest is percent-encoded.
+_QUERY_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) != "#")
 
 
 def _normalise(name: bytes) -> str:
     return name.decode("latin-1").lower().replace("_", "-")
+
+
+def upstream_url(base_url: str, target: str) -> URL:
+    """The upstream URL with the path and query exactly as the client sent them (as a string,
+    aiohttp would re-quote them: ``%2F`` → ``/`` in a query, ``%41`` → ``A`` in a path)."""
+    path, separator, query = target.partition("?")
+    return URL(base_url + path + separator + quote(query.encode("latin-1"), safe=_QUERY_SAFE), encoded=True)
 
 
 class ForwardRequest(msgspec.Struct):
@@ -94,7 +123,7 @@ def forwarded_headers(request: ForwardRequest) -> list[tuple[str, str]]:
             or key in IDENTITY_HEADERS
             or key in REPLACED_BY_GATEWAY
             or key in connection_listed
-            or key.startswith(("x-user-", "x-auth-", "x-authenticated-", "x-forwarded-user"))
+            or key.startswith(IDENTITY_PREFIXES)
         ):
             continue
         kept.append((name.decode("latin-1"), value.decode("latin-1")))
@@ -206,7 +235,7 @@ class HTTPUpstream:
     ) -> int:
         async with self.session.request(
             request.method,
-            self.base_url + request.target,
+            upstream_url(self.base_url, request.target),
             headers=headers,
             data=request.body.chunks() if request.body is not None else None,
             allow_redirects=False,
@@ -265,7 +294,7 @@ class InProcessUpstream:
             "http_version": "1.1",
             "method": request.method,
             "scheme": request.proto,
-            "path": path,
+            "path": unquote(path),  # decoded, as a server gives it; the checked path has no encoded "/" or "."
             "raw_path": path.encode(),
             "query_string": query.encode("latin-1"),
             "root_path": "",

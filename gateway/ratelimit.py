@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.breaker import CircuitBreaker
+from gateway.redis_script import PipelinedScript
 
 logger = logging.getLogger("gateway.ratelimit")
 
@@ -46,8 +47,8 @@ if tat - tolerance > now then
   return {0, 0, tat - now, tat - tolerance - now, revoked}
 end
 local new_tat = tat + interval
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now + 1000)
-return {1, math.floor((now + tolerance - new_tat) / interval) + 1, new_tat - now, 0, revoked}
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
+return {1, math.floor((now + tolerance - new_tat) / interval + 1e-6) + 1, new_tat - now, 0, revoked}
 """
 
 
@@ -117,7 +118,9 @@ class LocalLimiter:
         if len(self.tats) >= self.max_keys:
             self._forget_idle(now)
         self.tats[key] = new_tat
-        return _decision(1, (now + policy.tolerance_ms - new_tat) // policy.interval_ms + 1, new_tat - now, 0, 0)
+        # The small epsilon keeps float rounding from costing a whole request of the remaining count.
+        remaining = math.floor((now + policy.tolerance_ms - new_tat) / policy.interval_ms + 1e-6) + 1
+        return _decision(1, remaining, new_tat - now, 0, 0)
 
     def _forget_idle(self, now: float) -> None:
         for key in [k for k, tat in self.tats.items() if tat <= now]:
@@ -130,7 +133,15 @@ class RateLimiter:
         self.namespace = namespace
         self.local = LocalLimiter()
         self.breaker = CircuitBreaker(failures=5, reset_seconds=5.0)
-        self._script: Any = redis.register_script(_SCRIPT) if redis is not None else None
+        self._script: Any = None
+        if redis is not None:
+            # The per-request call over one pipelined connection (a quarter of redis-py's CPU cost);
+            # redis-py's script object where that path does not apply (TLS, Unix socket).
+            self._script = PipelinedScript.for_client(redis, _SCRIPT) or redis.register_script(_SCRIPT)
+
+    async def aclose(self) -> None:
+        if isinstance(self._script, PipelinedScript):
+            await self._script.aclose()
 
     @property
     def degraded(self) -> bool:
@@ -155,7 +166,7 @@ class RateLimiter:
                 decision = msgspec.structs.replace(_decision(*result), revocation_checked=bool(revocation_keys))
                 DECISIONS.labels(policy.name, "allow" if decision.allowed else "deny").inc()
                 return decision
-        decision = self.local.hit(key, policy)
+        decision = self.local.hit(f"{policy.name}:{key}", policy)  # one budget per policy, as in Redis
         DECISIONS.labels(policy.name, "allow" if decision.allowed else "deny").inc()
         return decision
 

@@ -1,0 +1,160 @@
+"""Starting, waiting for and stopping real service processes on loopback ports.
+
+Every process runs in a session of its own, so stopping it ends its children too (``make``'s
+Python, a shell's ``exec``-ed service); its output goes to a log file shown when it misbehaves.
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import IO
+
+import httpx
+import jwt
+import pytest
+
+from shared.keys import hs256_kid
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+# Only these variables of the test run reach a service: its settings come from the test alone.
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "SYSTEMROOT")
+# A gateway routes only what its test gives it: an empty URL drops a default route.
+NO_DEFAULT_ROUTES = dict.fromkeys(
+    ("AUTH_SERVICE_URL", "USER_SERVICE_URL", "AIRTABLE_GATEWAY_URL", "ANALYTICS_SERVICE_URL"), ""
+)
+JWT_SECRET = "e2e-gateway-processes-secret-" + "x" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(data_dir: Path, **settings: str) -> dict[str, str]:
+    env = {name: os.environ[name] for name in INHERITED if name in os.environ}
+    env.update(DATA_DIR=str(data_dir), JWT_SECRET=JWT_SECRET, PYTHONUNBUFFERED="1", **settings)
+    return env
+
+
+def access_token(secret: str = JWT_SECRET, ttl: int = 600) -> str:
+    """An access token as the auth service would issue it, for routes behind the gateway."""
+    now = int(time.time())
+    claims = {
+        "iss": "pyairtable-auth",
+        "aud": "pyairtable-api",
+        "sub": str(uuid.uuid4()),
+        "email": "e2e@example.com",
+        "roles": [],
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(secret)})
+
+
+class Service:
+    def __init__(self, name: str, process: subprocess.Popen[bytes], log: Path, port: int) -> None:
+        self.name = name
+        self.process = process
+        self.log = log
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def wait_healthy(self, timeout: float = 45.0) -> "Service":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"{self.name} never became healthy (exit {self.process.poll()}):\n{self.log_tail()}")
+
+    def release(self) -> None:
+        """Let a process started with ``wait_stdin`` bind its port now."""
+        stdin: IO[bytes] | None = self.process.stdin
+        assert stdin is not None
+        stdin.write(b"go\n")
+        stdin.flush()
+
+
+class Processes:
+    """The processes of one test; all of them are stopped when it ends."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[Service] = []
+
+    def start(
+        self, name: str, command: list[str], env: dict[str, str], port: int, *, wait_stdin: bool = False
+    ) -> Service:
+        log = self.logs / f"{name}.log"
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE if wait_stdin else subprocess.DEVNULL,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        service = Service(name, process, log, port)
+        self.started.append(service)
+        return service
+
+    def python(
+        self, name: str, args: list[str], env: dict[str, str], port: int, *, wait_stdin: bool = False
+    ) -> Service:
+        return self.start(name, [PYTHON, *args], env, port, wait_stdin=wait_stdin)
+
+    def gateway(self, name: str, data_dir: Path, **settings: str) -> Service:
+        port = free_port()
+        env = environment(data_dir, **{**NO_DEFAULT_ROUTES, **settings, "GATEWAY_PORT": str(port)})
+        return self.python(name, ["-m", "gateway", "serve"], env, port)
+
+    def upstream(self, mode: str, port: int | None = None, *, wait_stdin: bool = False, sleep: float = 3.0) -> Service:
+        port = port or free_port()
+        args = ["-m", "tests.e2e.upstreams", mode, "--port", str(port), "--sleep", str(sleep)]
+        if wait_stdin:
+            args.append("--wait-stdin")
+        env = environment(self.logs)
+        return self.python(f"{mode}-{port}", args, env, port, wait_stdin=wait_stdin)
+
+    def stop(self, service: Service, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Signal the process's whole group, then SIGKILL it if it has not exited within 5 s."""
+        _signal_group(service, sig)
+        self._reap(service, 5.0)
+
+    def stop_all(self) -> None:
+        for service in self.started:
+            _signal_group(service, signal.SIGTERM)
+            _signal_group(service, signal.SIGCONT)  # a process a test stopped (SIGSTOP) too
+        for service in self.started:
+            self._reap(service, 5.0)
+
+    @staticmethod
+    def _reap(service: Service, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.process.wait(timeout=timeout)
+        _signal_group(service, signal.SIGKILL)  # the group's other members, too
+        service.process.wait(timeout=5)
+        if service.process.stdin is not None:
+            service.process.stdin.close()
+
+
+def _signal_group(service: Service, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(service.process.pid, sig)

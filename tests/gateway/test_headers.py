@@ -1,0 +1,235 @@
+"""What reaches the upstream: no client-asserted identity, no hop-by-hop headers, the gateway's own
+forwarding headers and request ID; and what the client gets back: the request ID, ``nosniff`` and
+one access-log line per request without the token."""
+
+import json
+import logging
+import uuid
+
+import httpx
+import pytest
+
+from shared.logs import JSONFormatter
+from tests.gateway.conftest import USERS, access_token, assert_invalid_token
+from tests.gateway.echo import Echo
+
+VICTIM = str(uuid.uuid4())
+
+# Each variant: the headers a client adds to try to pass as someone else (names as sent).
+SPOOFED: dict[str, list[tuple[str, str]]] = {
+    "X-User-ID": [("X-User-ID", VICTIM)],
+    "x-user-id": [("x-user-id", VICTIM)],
+    "X-USER-ID": [("X-USER-ID", VICTIM)],
+    "X_User_Id": [("X_User_Id", VICTIM)],
+    "x_user_id": [("x_user_id", VICTIM)],
+    "duplicated": [("X-User-ID", VICTIM), ("X-User-ID", str(uuid.uuid4()))],
+    "duplicated-mixed-case": [("X-User-ID", VICTIM), ("x-user-id", VICTIM), ("X_USER_ID", VICTIM)],
+    "comma-joined": [("X-User-ID", f"{VICTIM}, {uuid.uuid4()}")],
+    "X-User-Roles": [("X-User-Roles", "admin")],
+    "X-User-Role": [("X-User-Role", "admin")],
+    "X-User-Email": [("X-User-Email", "admin@example.com")],
+    "X-User": [("X-User", "admin")],
+    "X-User-Is-Admin": [("X-User-Is-Admin", "true")],
+    "X-Roles": [("X-Roles", "admin")],
+    "X-Scopes": [("X-Scopes", "admin:*")],
+    "X-Forwarded-User": [("X-Forwarded-User", "admin")],
+    "X-Forwarded-Email": [("X-Forwarded-Email", "admin@example.com")],
+    "X-Forwarded-Groups": [("X-Forwarded-Groups", "admins")],
+    "X-Forwarded-Preferred-Username": [("X-Forwarded-Preferred-Username", "admin")],
+    "X-Forwarded-Access-Token": [("X-Forwarded-Access-Token", "forged")],
+    "X-Authenticated-Userid": [("X-Authenticated-Userid", VICTIM)],
+    "X-Authenticated-User": [("X-Authenticated-User", VICTIM)],
+    "X-Authenticated-Scope": [("X-Authenticated-Scope", "admin")],
+    "X-Auth-User": [("X-Auth-User", "admin")],
+    "X-Auth-Request-User": [("X-Auth-Request-User", "admin")],
+    "X-Auth-Roles": [("X-Auth-Roles", "admin")],
+    "X-Remote-User": [("X-Remote-User", "admin")],
+    "Remote-User": [("Remote-User", "admin")],
+    "X-Tenant-ID": [("X-Tenant-ID", str(uuid.uuid4()))],
+    "X-Consumer-ID": [("X-Consumer-ID", "admin")],
+    "X-Consumer-Username": [("X-Consumer-Username", "admin")],
+    "X-Consumer-Custom-ID": [("X-Consumer-Custom-ID", "admin")],
+    "X-Consumer-Groups": [("X-Consumer-Groups", "admins")],
+    "X-Credential-Identifier": [("X-Credential-Identifier", "admin")],
+    "X-Client-ID": [("X-Client-ID", "admin")],
+    "X-Userinfo": [("X-Userinfo", "eyJzdWIiOiJhZG1pbiJ9")],
+    "X-Amzn-Oidc-Identity": [("X-Amzn-Oidc-Identity", "admin")],
+    "X-Goog-Authenticated-User-Email": [("X-Goog-Authenticated-User-Email", "accounts.google.com:admin@x")],
+    "X-MS-Client-Principal-Name": [("X-MS-Client-Principal-Name", "admin")],
+    "connection-listed": [("Connection", "close, X-User-ID"), ("X-User-ID", VICTIM)],
+    "connection-listed-underscore": [("Connection", "keep-alive, X_User_Id"), ("X_User_Id", VICTIM)],
+}
+# Normalised names that must never reach an upstream from a client.
+FORBIDDEN_PREFIXES = (
+    "x-user",
+    "x-auth",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred",
+    "x-forwarded-access",
+    "x-roles",
+    "x-scopes",
+    "x-remote-user",
+    "remote-user",
+    "x-tenant",
+    "x-consumer",
+    "x-credential",
+    "x-client-id",
+    "x-userinfo",
+    "x-amzn-oidc",
+    "x-goog-authenticated",
+    "x-ms-client-principal",
+)
+
+
+def leaked(received: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in received if k.lower().replace("_", "-").startswith(FORBIDDEN_PREFIXES)]
+
+
+@pytest.mark.parametrize("spoofed", SPOOFED.values(), ids=SPOOFED.keys())
+async def test_client_identity_headers_never_reach_the_upstream(
+    client: httpx.AsyncClient, echo: Echo, spoofed: list[tuple[str, str]]
+) -> None:
+    token = access_token()
+    response = await client.get(f"{USERS}/me", headers=[("Authorization", f"Bearer {token}"), *spoofed])
+    assert response.status_code == 200, response.text
+    received = echo.seen[-1].headers
+    assert leaked(received) == []
+    assert VICTIM not in json.dumps(received)
+    assert ("authorization", f"Bearer {token}") in received
+
+
+@pytest.mark.parametrize("spoofed", SPOOFED.values(), ids=SPOOFED.keys())
+async def test_identity_headers_without_a_valid_token_are_refused(
+    client: httpx.AsyncClient, echo: Echo, spoofed: list[tuple[str, str]]
+) -> None:
+    assert_invalid_token(await client.get(f"{USERS}/me", headers=spoofed))
+    assert_invalid_token(await client.get(f"{USERS}/me", headers=[("Authorization", "Bearer forged"), *spoofed]))
+    assert echo.seen == []
+
+
+HOP_BY_HOP = [
+    ("Keep-Alive", "timeout=5"),
+    ("TE", "trailers"),
+    ("Trailer", "X-Checksum"),
+    ("Upgrade", "websocket"),
+    ("Proxy-Authorization", "Basic YWRtaW46YWRtaW4="),
+    ("Proxy-Connection", "keep-alive"),
+    ("Proxy-Authenticate", "Basic"),
+]
+
+
+async def test_hop_by_hop_headers_are_never_forwarded(client: httpx.AsyncClient, echo: Echo) -> None:
+    headers = [
+        ("Authorization", f"Bearer {access_token()}"),
+        ("Connection", "keep-alive, Upgrade, X-Hop-Secret"),
+        ("X-Hop-Secret", "for the next hop only"),
+        *HOP_BY_HOP,
+    ]
+    response = await client.get(f"{USERS}/me", headers=headers)
+    assert response.status_code == 200, response.text
+    names = {name for name, _ in echo.seen[-1].headers}
+    for name in ("connection", "x-hop-secret", *(name.lower() for name, _ in HOP_BY_HOP)):
+        assert name not in names, f"{name} was forwarded"
+
+
+async def test_the_gateway_sets_forwarding_headers_and_keeps_the_clients_own(
+    client: httpx.AsyncClient, echo: Echo
+) -> None:
+    token = access_token()
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    headers = [
+        ("Authorization", f"Bearer {token}"),
+        ("traceparent", traceparent),
+        ("Accept-Language", "fr"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "gopher"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("Forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+        ("Host", "api.example"),
+    ]
+    response = await client.get(f"{USERS}/me", headers=headers)
+    assert response.status_code == 200, response.text
+    seen = echo.seen[-1]
+    assert seen.header_values("authorization") == [f"Bearer {token}"]
+    assert seen.header_values("traceparent") == [traceparent]
+    assert seen.header_values("accept-language") == ["fr"]
+    assert seen.header_values("x-forwarded-for") == ["127.0.0.1"]
+    assert seen.header_values("x-forwarded-proto") == ["http"]
+    assert seen.header_values("x-forwarded-host") == ["api.example"]
+    assert seen.header_values("x-real-ip") == []
+    assert seen.header_values("forwarded") == []
+    assert seen.header_values("x-request-id") == [response.headers["x-request-id"]]
+    assert "6.6.6.6" not in json.dumps(seen.headers)
+
+
+async def test_a_well_formed_request_id_goes_end_to_end(client: httpx.AsyncClient, echo: Echo) -> None:
+    request_id = f"req-{uuid.uuid4().hex}"
+    response = await client.get(f"{USERS}/me", headers={**_bearer(), "X-Request-ID": request_id})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == request_id
+    assert echo.seen[-1].header_values("x-request-id") == [request_id]
+
+
+@pytest.mark.parametrize(
+    "incoming", ["short", "has spaces in it", "x" * 200, "semi;colon;injected", "<script>1</script>"]
+)
+async def test_a_malformed_request_id_is_replaced_everywhere(
+    client: httpx.AsyncClient, echo: Echo, incoming: str
+) -> None:
+    response = await client.get(f"{USERS}/me", headers={**_bearer(), "X-Request-ID": incoming})
+    assert response.status_code == 200
+    replaced = response.headers["x-request-id"]
+    assert replaced != incoming
+    assert echo.seen[-1].header_values("x-request-id") == [replaced]
+
+
+async def test_error_responses_carry_the_request_id_too(client: httpx.AsyncClient) -> None:
+    request_id = f"req-{uuid.uuid4().hex}"
+    response = await client.get(f"{USERS}/me", headers={"X-Request-ID": request_id})
+    assert_invalid_token(response)
+    assert response.headers["x-request-id"] == request_id
+    assert response.json()["request_id"] == request_id
+
+
+async def test_proxied_responses_are_nosniff(client: httpx.AsyncClient) -> None:
+    for response in (
+        await client.get(f"{USERS}/me", headers=_bearer()),
+        await client.get(f"{USERS}/me"),
+        await client.get("/api/v1/nope"),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["content-type"]
+
+
+async def test_one_access_log_line_per_request_without_the_token(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = access_token(sub=VICTIM)
+    request_id = f"req-{uuid.uuid4().hex}"
+    caplog.handler.setFormatter(JSONFormatter("gateway"))
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        ok = await client.get(f"{USERS}/me?token={token[:10]}", headers={**_bearer(token), "X-Request-ID": request_id})
+        refused = await client.get(f"{USERS}/me", headers={"Authorization": f"Bearer {token}x"})
+    assert ok.status_code == 200 and refused.status_code == 401
+    lines = [json.loads(line) for line in caplog.text.splitlines() if '"logger":"gateway.access"' in line]
+    assert len(lines) == 2, caplog.text
+    first, second = lines
+    assert first["method"] == "GET"
+    assert first["route"] == f"{USERS}/*"
+    assert first["status"] == 200
+    assert isinstance(first["latency_ms"], int | float) and first["latency_ms"] >= 0
+    assert first["user_id"] == VICTIM
+    assert first["request_id"] == request_id
+    assert first["client_ip"] == "127.0.0.1"
+    assert second["status"] == 401
+    assert second["user_id"] is None
+    assert second["request_id"] == refused.headers["x-request-id"]
+    assert token not in caplog.text
+    assert token.rsplit(".", 1)[-1] not in caplog.text, "the token's signature was logged"
+
+
+def _bearer(token: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token or access_token()}"}

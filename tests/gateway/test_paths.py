@@ -1,0 +1,148 @@
+"""Path confusion (F3): every ambiguous request target is refused (400/404), or the upstream receives
+exactly the path the gateway authorised.
+
+Requests are made as raw ASGI calls, the way uvicorn would present them (``raw_path`` as received,
+``path`` percent-decoded), because HTTP clients normalise dot segments before sending.
+"""
+
+from collections.abc import AsyncIterator
+from urllib.parse import unquote
+
+import pytest
+from litestar import Litestar
+
+from gateway.app import create_app
+from tests.conftest import app_client
+from tests.gateway.conftest import AUTH, USERS, SettingsFactory, access_token, raw_request
+from tests.gateway.echo import Echo
+
+CONFUSING: list[bytes] = [
+    b"/api/v1/users/../auth/me",
+    b"/api/v1/users/%2e%2e/auth/me",
+    b"/api/v1/users/%2E%2E%2Fauth%2Fme",
+    b"/api/v1/users/..%2fauth/me",
+    b"/api/v1/users/..%2Fauth%2Fme",
+    b"/api/v1/users%2f..%2fauth/me",
+    b"/api/v1/users/.%2e/auth/me",
+    b"/api/v1/users/%2e./auth/me",
+    b"/api/v1/users/x/../../auth/me",
+    b"/api/v1/users/x/..",
+    b"/api/v1/users/..",
+    b"/api/v1/users/.",
+    b"/api/v1/users/...",
+    b"/api/v1/users/./x",
+    b"/api/v1/users/%2e/x",
+    b"/api/v1/users//x",
+    b"//api/v1/users/x",
+    b"/api/v1//users/x",
+    b"/api/v1/users/%2f%2fx",
+    b"/api/v1/users/x%2fy",
+    b"/api/v1/users/x;x=y",
+    b"/api/v1/users/..;/auth/me",
+    b"/api/v1/users;x=y/x",
+    b"/api/v1/users\\..\\auth\\me",
+    b"/api/v1/users/%5c..%5cauth%5cme",
+    b"/api/v1/users/%5C%2e%2e%5Cauth",
+    b"/api/v1/users/%252e%252e/auth/me",
+    b"/api/v1/users/%252e%252e%252fauth%252fme",
+    b"/api/v1/users/x%00",
+    b"/api/v1/users/x%00.json",
+    b"/api/v1/users/%00/../auth/me",
+    b"/api/v1/users/%EF%BC%8E%EF%BC%8E/auth/me",
+    b"/api/v1/users/\xef\xbc\x8e\xef\xbc\x8e/auth/me",
+    b"/api/v1/users/%C0%AE%C0%AE/auth/me",
+    b"/api/v1/users/%u002e%u002e/auth/me",
+    b"/api/v1/users/x.",
+    b"/api/v1/users/x..",
+    b"/api/v1/users/x%20",
+    b"/api/v1/users/x%20/",
+    b"/api/v1/users/x%09",
+    b"/api/v1/users/x%0d%0aX-Injected:%201",
+    b"/api/v1/users/x%3fadmin=1",
+    b"/api/v1/users/x%23fragment",
+    b"/api/v1/users/x#fragment",
+    b"/api/v1/users/%",
+    b"/api/v1/users/%zz",
+    b"/api/v1/users/%2",
+    b"/API/v1/users/x",
+    b"/api/V1/users/x",
+    b"/api/v1/Users/x",
+    b"/api/v1/USERS/../auth/me",
+    b"/api/v1/users/x/",
+    b"/api/v1/users/x..y",
+    b"/api/v1/users/~admin",
+    b"/api/v1/users/x?next=../../auth/me&y=%2e%2e",
+    b"/api/v1/users/admin%2Fdelete?x=1",
+    b"/api/v1/auth/me/../../users/x",
+    b"/api/v1/auth/%2e%2e/users/x",
+]
+
+
+@pytest.fixture
+async def both(make_settings: SettingsFactory) -> AsyncIterator[tuple[Litestar, Echo, Echo]]:
+    auth_echo, users_echo = Echo(AUTH), Echo(USERS)
+    app = create_app(make_settings(), services={AUTH: auth_echo, USERS: users_echo})
+    async with app_client(app):
+        yield app, auth_echo, users_echo
+
+
+@pytest.mark.parametrize("target", CONFUSING, ids=[t.decode("latin-1") for t in CONFUSING])
+async def test_a_confusing_path_is_refused_or_forwarded_exactly(
+    both: tuple[Litestar, Echo, Echo], target: bytes
+) -> None:
+    app, auth_echo, users_echo = both
+    token = access_token().encode()
+    response = await raw_request(app, target, headers=[(b"authorization", b"Bearer " + token)])
+    reached = auth_echo.seen + users_echo.seen
+    if response.status_code in (400, 404):
+        assert reached == [], "a refused request reached an upstream"
+        assert response.headers["content-type"].startswith("application/problem+json")
+        return
+    assert response.status_code == 200, (response.status_code, response.content)
+    assert len(reached) == 1
+    raw_path, _, query = target.partition(b"?")
+    received = reached[0]
+    assert received.raw_path.encode("latin-1") == raw_path, "the upstream got another path than the one authorised"
+    assert received.path == unquote(raw_path.decode("ascii"))
+    assert received.query_string.encode("latin-1") == query
+    # The request went to the upstream whose prefix the exact path starts with.
+    expected = users_echo if raw_path.startswith(USERS.encode() + b"/") or raw_path == USERS.encode() else auth_echo
+    assert expected.seen == [received]
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("POST", b"/api/v1/auth/login/../me"),
+        ("POST", b"/api/v1/auth/login/..%2fme"),
+        ("POST", b"/api/v1/auth/login%2f..%2fsessions"),
+        ("POST", b"/api/v1/auth/login;/../logout"),
+        ("POST", b"/api/v1/auth/login/%2e%2e/logout"),
+        ("POST", b"/api/v1/auth/register//"),
+        ("POST", b"/api/v1/auth/login/."),
+        ("POST", b"/api/v1/auth/LOGIN"),
+        ("POST", b"/api/v1/auth/login%00"),
+        ("POST", b"/api/v1/auth/login%20"),
+        ("GET", b"/api/v1/auth/.well-known/jwks.json/../../me"),
+        ("GET", b"/api/v1/auth/.well-known/jwks.json%2f..%2f..%2fme"),
+        ("GET", b"/api/v1/auth/.well-known/../me"),
+        ("GET", b"/api/v1/auth/.well-known%2fjwks.json"),
+        ("GET", b"/api/v1/auth/%2ewell-known/jwks.json"),
+    ],
+)
+async def test_a_public_route_cannot_be_used_to_reach_a_protected_one_without_a_token(
+    both: tuple[Litestar, Echo, Echo], method: str, target: bytes
+) -> None:
+    app, auth_echo, users_echo = both
+    response = await raw_request(app, target, method=method)
+    assert response.status_code in (400, 401, 404), (response.status_code, response.content)
+    assert auth_echo.seen == [] and users_echo.seen == []
+
+
+async def test_a_canonical_public_path_still_passes(both: tuple[Litestar, Echo, Echo]) -> None:
+    """Positive control: the raw-request helper reaches the upstream when the path is plain."""
+    app, auth_echo, _ = both
+    response = await raw_request(app, b"/api/v1/auth/login", method="POST", body=b"{}")
+    assert response.status_code == 200, response.content
+    assert auth_echo.seen[0].raw_path == "/api/v1/auth/login"
+    assert auth_echo.seen[0].body == "{}"

@@ -30,9 +30,7 @@ class SessionRepository:
         self.session = session
 
     async def add(self, auth_session: AuthSession, token: RefreshToken) -> None:
-        self.session.add(auth_session)
-        await self.session.flush()
-        self.session.add(token)
+        self.session.add_all([auth_session, token])  # the unit of work inserts the session first
         await self.session.flush()
 
     async def add_token(self, token: RefreshToken) -> None:

@@ -1,3 +1,5 @@
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from litestar import Litestar
@@ -11,21 +13,34 @@ from shared.events import InMemoryBus
 from shared.settings import ServiceSettings, load_settings
 from shared.stores import MemoryStore
 
-# (package, settings, route prefix); each service keeps its own database.
-SERVICES: list[tuple[str, type[ServiceSettings], str]] = [("auth_service", AuthSettings, "/api/v1/auth")]
+# (package, settings, route prefix, URL variable); each service keeps its own database.
+SERVICES: list[tuple[str, type[ServiceSettings], str, str]] = [
+    ("auth_service", AuthSettings, "/api/v1/auth", "AUTH_SERVICE_URL"),
+]
 
 
 def migrate_all() -> None:
-    for package, settings_cls, _ in SERVICES:
-        migrations.upgrade(load_settings(settings_cls), package)
+    for package, settings_cls, _, url_variable in SERVICES:
+        if url_variable not in os.environ:
+            migrations.upgrade(load_settings(settings_cls), package)
 
 
-def create_app(gateway_settings: GatewaySettings | None = None) -> Litestar:
-    """The gateway with every service mounted in-process; one store and one bus for all of them
-    (in-memory unless REDIS_URL is set), so a logout seen by auth is seen by the gateway."""
+def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping[str, str] | None = None) -> Litestar:
+    """The gateway with every service mounted in-process, except those whose URL is configured
+    (``AUTH_SERVICE_URL``, ...): those are proxied over HTTP as in production. One store and one
+    bus for all in-process parts (in-memory unless REDIS_URL is set), so a logout seen by auth is
+    seen by the gateway."""
+    environ = os.environ if environ is None else environ
     gateway_settings = gateway_settings or load_settings(GatewaySettings)
     shared_parts: dict[str, Any] = {}
     if not gateway_settings.redis_url:
         shared_parts = {"store": MemoryStore(), "bus": InMemoryBus()}
-    services = {"/api/v1/auth": create_auth_app(load_settings(AuthSettings), **shared_parts)}
-    return create_gateway_app(gateway_settings, services=services, **shared_parts)
+    urls = gateway_settings.upstream_urls()
+    factories = {"/api/v1/auth": lambda: create_auth_app(load_settings(AuthSettings, environ), **shared_parts)}
+    services, proxied = {}, {}
+    for _, _, prefix, url_variable in SERVICES:
+        if url_variable in environ:
+            proxied[prefix] = urls[prefix]
+        else:
+            services[prefix] = factories[prefix]()
+    return create_gateway_app(gateway_settings, services=services, proxied=proxied, **shared_parts)

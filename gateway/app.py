@@ -4,6 +4,7 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from prometheus_client import Gauge
 
 from gateway.breaker import CircuitBreaker
 from gateway.config import GatewaySettings
@@ -24,23 +25,28 @@ def create_app(
     settings: GatewaySettings | None = None,
     *,
     services: Mapping[str, Litestar] | None = None,
+    proxied: Mapping[str, str] | None = None,
     store: KeyValueStore | None = None,
     bus: EventBus | None = None,
 ) -> Litestar:
-    """The gateway. With ``services`` (prefix → app) it runs them in-process (embedded mode);
-    otherwise it proxies over HTTP to the URLs in its settings."""
+    """The gateway. ``services`` (prefix → app) run in-process (embedded mode); ``proxied``
+    (prefix → URL) are reached over HTTP. Without either, every route of the settings is proxied."""
     settings = settings or load_settings(GatewaySettings)
-    prefixes = list(services) if services is not None else list(settings.upstream_urls())
+    services = services or {}
+    proxied = dict(settings.upstream_urls() if proxied is None and not services else proxied or {})
+    prefixes = [*services, *(prefix for prefix in proxied if prefix not in services)]
     routes = RouteTable(prefixes)
 
     @asynccontextmanager
     async def gateway_resources(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            if services is not None:
-                upstreams = {p: await _in_process(stack, p, svc, settings) for p, svc in services.items()}
-            else:
+            upstreams: dict[str, Forward] = {}
+            for prefix, service in services.items():
+                upstreams[prefix] = await _in_process(stack, prefix, service, settings)
+            if proxied:
                 session = await stack.enter_async_context(http_session(settings.upstream_pool_size))
-                upstreams = {p: _over_http(p, url, session, settings) for p, url in settings.upstream_urls().items()}
+                for prefix, url in proxied.items():
+                    upstreams.setdefault(prefix, _over_http(prefix, url, session, settings))
             limiter_redis = (
                 create_redis(settings, timeout=settings.rate_limit_redis_timeout) if settings.redis_url else None
             )
@@ -94,8 +100,18 @@ def _cors(settings: GatewaySettings) -> CORSConfig | None:
     )
 
 
-def _breaker(settings: GatewaySettings) -> CircuitBreaker:
-    return CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds)
+BREAKER_STATE = Gauge(
+    "pyairtable_gateway_upstream_breaker_state",
+    "Circuit breaker per upstream: 0 closed, 1 half-open, 2 open",
+    ["upstream"],
+)
+_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def _breaker(settings: GatewaySettings, upstream: str) -> CircuitBreaker:
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds)
+    BREAKER_STATE.labels(upstream).set_function(lambda: _STATE_VALUES[breaker.state])
+    return breaker
 
 
 def _over_http(prefix: str, url: str, session: Any, settings: GatewaySettings) -> HTTPUpstream:
@@ -105,7 +121,7 @@ def _over_http(prefix: str, url: str, session: Any, settings: GatewaySettings) -
         session=session,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.request_timeout,
-        breaker=_breaker(settings),
+        breaker=_breaker(settings, prefix.rsplit("/", 1)[-1]),
         retry_idempotent=settings.retry_idempotent,
     )
 
@@ -119,7 +135,8 @@ async def _in_process(stack: AsyncExitStack, prefix: str, service: Litestar, set
         if failed:
             raise RuntimeError(", ".join(str(error) for error in failed))
 
-    return InProcessUpstream(prefix.rsplit("/", 1)[-1], service, ready, settings.request_timeout, _breaker(settings))
+    name = prefix.rsplit("/", 1)[-1]
+    return InProcessUpstream(name, service, ready, settings.request_timeout, _breaker(settings, name))
 
 
 def _degraded_when_down(check_dependency: Any, consequence: str) -> Any:

@@ -65,8 +65,15 @@ class Gatekeeper:
 
     async def admit(self, method: str, path: str, authorization: str | None, client_ip: str) -> Admission:
         """The caller's verified claims (None on public routes) and rate-limit decision; raises on refusal."""
-        claims = None if is_public(method, path) else await self._claims(authorization)
         policy = self.auth_policy if uses_auth_policy(path) else self.default_policy
+        try:
+            claims = None if is_public(method, path) else await self._claims(authorization)
+        except InvalidToken:
+            # Requests with a bad token count against the client too: guessing is rate-limited.
+            refused = await self.limiter.hit(client_ip, policy)
+            if not refused.allowed:
+                raise QuotaExceeded(refused.headers(policy)) from None
+            raise
         key = claims["sub"] if claims and self.key_by_user else client_ip
         revocation_keys = RevocationList.keys_for(claims) if claims else None
         decision = await self.limiter.hit(key, policy, revocation_keys, int(claims["iat"]) if claims else 0)

@@ -290,3 +290,15 @@ def test_the_header_parser_accepts_valid_items(value: str) -> None:
 def test_the_header_parser_rejects_invalid_items(value: str) -> None:
     with pytest.raises(AssertionError):
         parse_item(value)
+
+
+async def test_requests_with_bad_tokens_are_rate_limited_too(make_settings: SettingsFactory) -> None:
+    app = create_app(make_settings(rate_limit_per_minute=5, rate_limit_burst=5), services={USERS: Echo(USERS)})
+    async with app_client(app) as client:
+        statuses = [
+            (await client.get(f"{USERS}/x", headers={"Authorization": f"Bearer guess.{i}.x"})).status_code
+            for i in range(8)
+        ]
+
+    assert statuses[:5] == [401] * 5
+    assert statuses[5:] == [429] * 3

@@ -1,7 +1,7 @@
 """The API gateway's proxy path side by side with nginx, both in front of the same upstream.
 
     python -m bench.gateway_vs_nginx [--seconds 10] [--rounds 3] [--connections 1,50]
-                                     [--pin split|proxy|none] [--redis URL] [--json PATH]
+                                     [--pin proxy|split|none] [--redis URL] [--json PATH]
 
 Started on free 127.0.0.1 ports, all as subprocesses of this one run:
 
@@ -21,6 +21,11 @@ count (default: ``-t1 -c1`` and ``-t2 -c50``, ``--latency``), alternating target
 round (order rotated per round). Reported per target: requests/s, p50, p99, non-2xx/3xx
 responses and socket errors, and server CPU per request; headline ratios (medians over rounds):
 gateway/nginx requests/s and gateway p50 - direct p50 at one connection.
+
+Pinning (``--pin``, taskset): by default the proxy under test has CPU 1 to itself (one worker, one
+core) while wrk and the upstream share CPU 0. ``--compare-tree DIR`` adds a second gateway run from
+another copy of ``gateway/`` and ``shared/`` (target ``gateway-before``), alternating with this one:
+before/after figures from the same machine state. See docs/PERFORMANCE.md, "Gateway vs nginx".
 
 Goals (issue): gateway >= 0.35 x nginx requests/s with one gateway worker, and <= 1 ms added to
 p50 at one connection. Every subprocess is stopped and the temp dir and Redis keys removed on
@@ -519,6 +524,7 @@ def run_wrk(
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     pinning = Pinning.choose(args.pin)
     secret = secrets.token_urlsafe(48)
     token = mint_access_token(secret)
@@ -545,23 +551,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if "gateway" in targets:
             stack.callback(_clear_and_report, args.redis, namespace)
             env = gateway_env(workdir, free_port(), upstream, secret, args.redis, namespace, args)
-            servers["gateway"] = start_gateway(workdir, env, pinning)
+            servers["gateway"] = start_gateway(workdir, env, pinning, tree=args.gateway_tree)
             stack.callback(servers["gateway"].stop)
             if args.compare_tree is not None:
                 env = {**env, "PORT": str(free_port())}
+                env.update(item.partition("=")[::2] for item in args.compare_env)
                 servers[BEFORE] = start_gateway(workdir, env, pinning, BEFORE, args.compare_tree)
                 stack.callback(servers[BEFORE].stop)
         urls = {name: servers[name].base_url + ITEM_PATH for name in targets}
         check_targets(urls, token)
         _say("servers: " + ", ".join(f"{name} pid {servers[name].pid} on {servers[name].base_url}" for name in targets))
 
-        redis_pid = find_redis_server_pid()
-
         def one(target: str, connections: int, seconds: float) -> WrkResult:
             pids = {"upstream": upstream.pid}
             if target != "direct":
                 pids[target] = servers[target].pid
-            if target.startswith("gateway") and redis_pid is not None:
+            redis_pid = find_redis_server_pid() if target.startswith("gateway") else None
+            if redis_pid is not None:
                 pids["redis"] = redis_pid
             return run_wrk(
                 target,
@@ -602,13 +608,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "benchmark": "gateway_vs_nginx",
-        "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "started_at": started_at,
         "seconds": args.seconds,
         "rounds": args.rounds,
         "connections": args.connections,
         "targets": targets,
         "pinning": {"layout": pinning.name, "description": pinning.describe()},
         "gateway_env_overrides": args.gateway_env,
+        "compare_tree": str(args.compare_tree) if args.compare_tree is not None else None,
+        "gateway_tree": str(args.gateway_tree) if args.gateway_tree is not None else None,
+        "compare_env_overrides": args.compare_env,
         "goals": {"throughput_ratio": GOAL_THROUGHPUT_RATIO, "added_p50_ms": GOAL_ADDED_P50_MS},
         "machine": machine_info(),
         "rounds_data": rounds,
@@ -798,9 +807,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.gateway_vs_nginx",
         description="Requests/s and latency of the gateway's proxy path versus nginx and the bare upstream.",
     )
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each wrk run (default 10)")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run, whole seconds (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every target (default 3)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target (default 3)")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up seconds per target (default 3)")
     parser.add_argument(
         "--connections",
         default="1,50",
@@ -808,10 +817,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--pin",
-        choices=["split", "proxy", "none"],
-        default="split",
-        help="taskset layout: split = wrk on one CPU, every server on the other (default); "
-        "proxy = nginx/gateway alone on one CPU, wrk and the upstream on the other; none",
+        choices=["proxy", "split", "none"],
+        default="proxy",
+        help="taskset layout: proxy = nginx/gateway alone on one CPU, wrk and the upstream on the other "
+        "(default: one worker, one core); split = wrk on one CPU, every server on the other; none",
     )
     parser.add_argument("--targets", default=",".join(TARGETS), help="subset of direct,nginx,gateway")
     parser.add_argument("--redis", metavar="URL", default="redis://127.0.0.1:6379/0", help="the gateway's Redis")
@@ -829,6 +838,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run the gateway from DIR (a copy of gateway/ and shared/ before a change) as target "
         f"{BEFORE!r}, alternating with the current one",
     )
+    parser.add_argument(
+        "--gateway-tree",
+        metavar="DIR",
+        type=Path,
+        help="run the 'gateway' target from DIR instead of this checkout (for step-by-step comparisons)",
+    )
+    parser.add_argument(
+        "--compare-env",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help=f"extra environment for {BEFORE!r} only (e.g. ACCESS_LOG=false with --compare-tree .); repeatable",
+    )
     parser.add_argument("--hold", type=float, default=0.0, help="pause after warm-up, e.g. to attach py-spy")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (logs, nginx.conf)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -844,6 +866,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--seconds, --rounds and --warmup must be positive")
     if not set(args.targets) <= set(TARGETS) or not args.targets:
         parser.error("--targets: a subset of direct,nginx,gateway")
+    if (args.compare_tree is not None or args.gateway_tree is not None) and "gateway" not in args.targets:
+        parser.error("--compare-tree and --gateway-tree need the gateway target")
+    for tree in (args.compare_tree, args.gateway_tree):
+        if tree is not None and not (tree / "gateway" / "__main__.py").is_file():
+            parser.error(f"{tree}: no gateway/ package there")
     for tool in ("wrk", *(["nginx"] if "nginx" in args.targets else [])):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             parser.error(f"{tool} not found: apt-get install -y nginx wrk")

@@ -27,6 +27,7 @@ LATENCY = Histogram("pyairtable_gateway_request_duration_seconds", "Time in the 
 UPSTREAM_LATENCY = Histogram("pyairtable_gateway_upstream_duration_seconds", "Time waiting on the upstream", ["route"])
 IN_FLIGHT = Gauge("pyairtable_gateway_requests_in_flight", "Requests being proxied")
 _encoder = msgspec.json.Encoder()
+_children: dict[tuple[Any, ...], Any] = {}
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -34,6 +35,15 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: ``labels()`` validates and locks on every call."""
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def proxy_handler(route: Route) -> ASGIRouteHandler:
@@ -67,7 +77,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
             upstream_started = time.perf_counter()
             extra = [(k.lower().encode(), v.encode()) for k, v in admission.decision.headers(admission.policy).items()]
             status = await state.upstreams[route.prefix].forward(request, send, extra)
-            UPSTREAM_LATENCY.labels(route.template).observe(time.perf_counter() - upstream_started)
+            _child(UPSTREAM_LATENCY, route.template).observe(time.perf_counter() - upstream_started)
         except ResponseStarted as exc:
             status = 502
             logger.warning("upstream failed mid-response", extra={"route": route.template, "error": str(exc)})
@@ -78,8 +88,8 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
         finally:
             IN_FLIGHT.dec()
             elapsed = time.perf_counter() - started
-            REQUESTS.labels(route.template, method, str(status)).inc()
-            LATENCY.labels(route.template).observe(elapsed)
+            _child(REQUESTS, route.template, method, str(status)).inc()
+            _child(LATENCY, route.template).observe(elapsed)
             if state.settings.access_log:
                 access_log.info(
                     "request",

@@ -43,7 +43,7 @@ def pack(*args: Any) -> bytes:
     """A command in RESP: an array of bulk strings."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = _encode(arg)
+        data = arg.encode() if type(arg) is str else _encode(arg)
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 
@@ -54,6 +54,7 @@ class _Protocol(asyncio.Protocol):
         self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -100,8 +101,18 @@ class _Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(replies)]
         self.pending.extend(futures)
-        self.transport.write(command)
+        # Commands issued in the same turn of the event loop leave in one write: one system call
+        # for all the requests that uvicorn handed over together.
+        if not self.outgoing:
+            loop.call_soon(self._flush)
+        self.outgoing.append(command)
         return futures
+
+    def _flush(self) -> None:
+        data = b"".join(self.outgoing)
+        self.outgoing.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
 
 class PipelinedScript:

@@ -1,6 +1,7 @@
 """``python -m <service> [serve|migrate|downgrade|revision]`` for every service."""
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,6 +65,9 @@ def run_service_cli(
 
 
 def serve(app: Any, settings: ServiceSettings) -> None:
+    # Everything built so far (modules, the app, its routes) lives as long as the process: moved out
+    # of the collector's generations, a full collection no longer walks ~100k long-lived objects.
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.host,

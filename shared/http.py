@@ -56,9 +56,28 @@ class RequestIdMiddleware:
 async def add_standard_headers(message: Message, scope: Scope) -> None:
     """``before_send`` hook: the request ID and ``nosniff`` on every response, 404s included."""
     if message["type"] == "http.response.start":
-        headers = MutableScopeHeaders.from_message(message)
-        headers[REQUEST_ID_HEADER] = ensure_request_id(scope)
-        headers["x-content-type-options"] = "nosniff"
+        _set_header(message, REQUEST_ID_HEADER, ensure_request_id(scope))
+        _set_header(message, "x-content-type-options", "nosniff")
+
+
+def _set_header(message: Message, name: str, value: str) -> None:
+    """``MutableScopeHeaders.from_message(message)[name] = value``, without decoding every header.
+
+    ``name`` is lower-case ASCII, so ``bytes.lower()`` matches exactly what Litestar's
+    latin-1-decode-then-lower matches. A list with at most one such header (every response in
+    practice) is edited here; anything else goes through Litestar, unchanged.
+    """
+    headers = message.get("headers")
+    if type(headers) is list:
+        key = name.encode("latin-1")
+        found = [index for index, (header, _) in enumerate(headers) if header.lower() == key]
+        if len(found) <= 1:
+            if found:
+                headers[found[0]] = (key, value.encode("latin-1"))
+            else:
+                headers.append((key, value.encode("latin-1")))
+            return
+    MutableScopeHeaders.from_message(message)[name] = value
 
 
 def client_ip(scope: Scope, trusted_proxies: list[str]) -> str:

@@ -18,10 +18,19 @@ class JSONFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # strftime once per second, not once per line
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return self._second_text + f".{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
@@ -44,6 +53,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     handler.setFormatter(JSONFormatter(service))
     root.handlers = [handler]
     root.setLevel(level)
+    # Record attributes the JSON lines never show, each costly on a per-request log call: the
+    # caller's file and line (a stack walk), thread and process names (logging HOWTO, "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # httpx logs every request at INFO: costly on hot paths and noisy; keep warnings only.
     for noisy in ("httpx", "httpcore", "aiosqlite", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SERVICES := auth_service gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test lint typecheck bench clean $(addprefix run-,$(SERVICES))
+.PHONY: help install run migrate test lint typecheck bench bench-gateway clean $(addprefix run-,$(SERVICES))
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -41,8 +41,13 @@ lint: $(INSTALLED) ## ruff: lint and format check
 typecheck: $(INSTALLED) ## mypy --strict on the services and the kernel
 	$(VENV)/bin/mypy shared embedded $(SERVICES)
 
-bench: $(INSTALLED) ## Benchmarks (ratios measured side by side); see docs/PERFORMANCE.md
+bench: $(INSTALLED) ## Login vs raw argon2id benchmark (ratio, side by side); see docs/PERFORMANCE.md
 	$(PY) -m bench.login_vs_argon2
+
+bench-gateway: $(INSTALLED) ## Gateway vs nginx vs direct (wrk, 1 and 50 connections); installs nginx and wrk
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk)
+	$(PY) -m bench.gateway_vs_nginx
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) data

@@ -4,6 +4,7 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.types import Message, Scope
 from prometheus_client import Gauge
 
 from gateway.breaker import CircuitBreaker
@@ -76,7 +77,16 @@ def create_app(
         bus=bus,
         database=False,
         cors_config=_cors(settings),
+        before_send=[vary_on_origin] if settings.cors_origin_list else [],
     )
+
+
+async def vary_on_origin(message: Message, scope: Scope) -> None:
+    """With CORS on, every answer depends on the Origin header (allowed or not): say so to caches."""
+    if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        if not any(name.lower() == b"vary" and b"origin" in value.lower() for name, value in headers):
+            message["headers"] = [*headers, (b"vary", b"Origin")]
 
 
 def _cors(settings: GatewaySettings) -> CORSConfig | None:

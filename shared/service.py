@@ -7,7 +7,7 @@ and the event bus, all owned by the app's lifespan and kept on ``app.state``.
 
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -19,7 +19,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from litestar.types import ControllerRouterHandler
+from litestar.types import ControllerRouterHandler, Message, Scope
 from redis.exceptions import RedisError
 
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
@@ -53,6 +53,7 @@ def create_service_app(
     database: bool = True,
     cors_config: CORSConfig | None = None,
     exception_handlers: Mapping[type[Exception], Any] | None = None,
+    before_send: Sequence[Callable[[Message, Scope], Awaitable[None]]] = (),
 ) -> Litestar:
     """A Litestar app with the platform's defaults; ``store``/``bus`` may be shared (embedded mode)."""
     prometheus = PrometheusConfig(
@@ -77,7 +78,7 @@ def create_service_app(
             DefineMiddleware(JWTAuthenticationMiddleware, exclude=PUBLIC_PATHS),
         ],
         exception_handlers=handlers,
-        before_send=[add_standard_headers],
+        before_send=[add_standard_headers, *before_send],
         lifespan=[_resources(settings, store, bus, database), *lifespan, _event_consumers],
         cors_config=cors_config,
         openapi_config=OpenAPIConfig(

@@ -58,6 +58,7 @@ async def test_other_origins_get_no_allow_origin(cors: httpx.AsyncClient, echo: 
         await cors.get("/health", headers={"Origin": origin}),
     ):
         assert "access-control-allow-origin" not in response.headers, response.headers
+        assert "Origin" in [part.strip() for part in response.headers.get("vary", "").split(",")]
     preflight = await cors.options(f"{USERS}/me", headers={"Origin": origin, "Access-Control-Request-Method": "DELETE"})
     assert preflight.status_code in (400, 403), preflight.text
     assert "access-control-allow-origin" not in preflight.headers

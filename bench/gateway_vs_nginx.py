@@ -41,28 +41,38 @@ import re
 import resource
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 
+from bench.common import (
+    HOST,
+    SHARED_SETTING_NAMES,
+    LoggedServer,
+    clear_redis_namespace,
+    cpu_model,
+    free_port,
+    package_versions,
+    process_and_children_cpu_seconds,
+    sample_differences,
+    say,
+    scrubbed_environ,
+    sigterm_unwinds,
+    system_busy_seconds,
+    utc_timestamp,
+)
 from bench.upstream_app import ITEM_BODY, ITEM_PATH
 from shared.keys import hs256_kid
 
-HOST = "127.0.0.1"
 STARTUP_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 GOAL_THROUGHPUT_RATIO = 0.35
@@ -72,31 +82,17 @@ BEFORE = "gateway-before"  # with --compare-tree: the same gateway from another 
 TOKEN_TTL_SECONDS = 4 * 3600
 # Parent environment variables that must not leak into the measured gateway.
 _LEAKY_PREFIXES = ("GATEWAY_",)
-_LEAKY_NAMES = frozenset(
-    {
-        "DATABASE_URL",
-        "REDIS_URL",
-        "REDIS_NAMESPACE",
-        "DATA_DIR",
-        "ENVIRONMENT",
-        "JWT_SECRET",
-        "JWT_ALGORITHM",
-        "JWT_PUBLIC_KEY_FILE",
-        "JWT_JWKS_URL",
-        "JWT_ISSUER",
-        "JWT_AUDIENCE",
-        "HOST",
-        "PORT",
-        "LOG_LEVEL",
-        "ACCESS_LOG",
-        "EXTRA_ROUTES",
-        "TRUSTED_PROXIES",
-        "CORS_ORIGINS",
-        "RATE_LIMIT_PER_MINUTE",
-        "RATE_LIMIT_BURST",
-        "RATE_LIMIT_KEY",
-    }
-)
+_LEAKY_NAMES = SHARED_SETTING_NAMES | {
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "ACCESS_LOG",
+    "EXTRA_ROUTES",
+    "TRUSTED_PROXIES",
+    "CORS_ORIGINS",
+    "RATE_LIMIT_PER_MINUTE",
+    "RATE_LIMIT_BURST",
+    "RATE_LIMIT_KEY",
+}
 # wrk prints this line from its done() hook: machine-readable figures, no text parsing.
 _WRK_SCRIPT = r"""
 done = function(summary, latency, requests)
@@ -113,95 +109,23 @@ end
 # -- processes -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process and its direct children (nginx's worker), from /proc."""
-    total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for one in pids:
-        try:
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            if one == pid:
-                return None
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def system_busy_seconds() -> float | None:
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in first[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-class Server:
+class Server(LoggedServer):
     """One subprocess on a loopback port; output to a log file in the temp dir."""
 
     def __init__(
         self, name: str, argv: list[str], env: dict[str, str], port: int, workdir: Path, cwd: Path | None = None
     ) -> None:
-        self.name = name
-        self.cwd = cwd
-        self.argv = argv
-        self.env = env
-        self.port = port
-        self.base_url = f"http://{HOST}:{port}"
-        self.log_path = workdir / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, ready_path: str) -> None:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C on the bench is handled by stop(), not the children
-            )
-        give_up = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < give_up:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + ready_path, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {STARTUP_TIMEOUT_SECONDS:.0f} s:\n{self.log_tail()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """SIGTERM (uvicorn and nginx both shut down gracefully), SIGKILL only if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        super().__init__(
+            name,
+            argv,
+            env,
+            port,
+            workdir / f"{name}.log",
+            startup_timeout=STARTUP_TIMEOUT_SECONDS,
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+            tail_chars=3000,
+            cwd=cwd,
+        )
 
 
 @dataclass(frozen=True)
@@ -310,7 +234,7 @@ def start_nginx(workdir: Path, upstream: Server, pinning: Pinning) -> Server:
 def gateway_env(
     workdir: Path, port: int, upstream: Server, secret: str, redis_url: str, namespace: str, args: argparse.Namespace
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LEAKY_NAMES and not k.startswith(_LEAKY_PREFIXES)}
+    env = scrubbed_environ(_LEAKY_NAMES, _LEAKY_PREFIXES)
     env.update(
         {
             "ENVIRONMENT": "development",
@@ -373,19 +297,6 @@ def find_redis_server_pid() -> int | None:
                 if (entry / "comm").read_text().strip() == "redis-server":
                     return int(entry.name)
     return None
-
-
-def clear_redis_namespace(redis_url: str, namespace: str) -> int:
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        return len(keys)
-    finally:
-        client.close()
 
 
 def check_targets(urls: dict[str, str], token: str) -> None:
@@ -477,7 +388,7 @@ def run_wrk(
     ]
     if token is not None:
         argv += ["-H", f"Authorization: Bearer {token}"]
-    before = {name: process_cpu_seconds(pid) for name, pid in meter_pids.items()}
+    before = {name: process_and_children_cpu_seconds(pid) for name, pid in meter_pids.items()}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     own_before = time.process_time()
     busy_before, wall_before = system_busy_seconds(), time.monotonic()
@@ -488,11 +399,8 @@ def run_wrk(
     wrk_cpu = (children_after.ru_utime + children_after.ru_stime) - (
         children_before.ru_utime + children_before.ru_stime
     )
-    cpu: dict[str, float] = {}
-    for name, pid in meter_pids.items():
-        start, end = before[name], process_cpu_seconds(pid)
-        if start is not None and end is not None:
-            cpu[name] = end - start
+    after = {name: process_and_children_cpu_seconds(pid) for name, pid in meter_pids.items()}
+    cpu = sample_differences(before, after)
     cpu["wrk"] = wrk_cpu
     if busy_before is not None and busy_after is not None:
         # Everything else the machine did meanwhile: other tenants, Redis, the kernel's own threads.
@@ -524,7 +432,7 @@ def run_wrk(
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started_at = utc_timestamp()
     pinning = Pinning.choose(args.pin)
     secret = secrets.token_urlsafe(48)
     token = mint_access_token(secret)
@@ -540,7 +448,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         script = workdir / "report.lua"
         script.write_text(_WRK_SCRIPT)
-        _say(f"pinning: {pinning.describe()}; temp dir {workdir}")
+        say(f"pinning: {pinning.describe()}; temp dir {workdir}")
 
         upstream = start_upstream(workdir, pinning)
         stack.callback(upstream.stop)
@@ -560,7 +468,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 stack.callback(servers[BEFORE].stop)
         urls = {name: servers[name].base_url + ITEM_PATH for name in targets}
         check_targets(urls, token)
-        _say("servers: " + ", ".join(f"{name} pid {servers[name].pid} on {servers[name].base_url}" for name in targets))
+        say("servers: " + ", ".join(f"{name} pid {servers[name].pid} on {servers[name].base_url}" for name in targets))
 
         def one(target: str, connections: int, seconds: float) -> WrkResult:
             pids = {"upstream": upstream.pid}
@@ -583,7 +491,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for target in targets:  # warm-up: connection pools, claims cache, the upstream's code paths
             one(target, max(args.connections), args.warmup)
         if args.hold:
-            _say(f"holding for {args.hold:g} s (profile now)")
+            say(f"holding for {args.hold:g} s (profile now)")
             time.sleep(args.hold)
 
         for number in range(1, args.rounds + 1):
@@ -596,7 +504,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     results[f"{target}@{connections}"] = result.summary()
                     bad = f"  non-2xx {result.non_2xx}" if result.non_2xx else ""
                     bad += f"  socket errors {result.socket_errors}" if result.socket_errors else ""
-                    _say(
+                    say(
                         f"round {number} {target:>14} c={connections:<3} {result.rps:9.1f} req/s  "
                         f"p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms{bad}"
                     )
@@ -604,7 +512,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for name in ("gateway", BEFORE):
             if name in servers and args.keep_workdir:
                 servers[name].stop()
-                _say(f"{name} log: {servers[name].log_path}")
+                say(f"{name} log: {servers[name].log_path}")
 
     return {
         "benchmark": "gateway_vs_nginx",
@@ -629,9 +537,9 @@ def _clear_and_report(redis_url: str, namespace: str) -> None:
     try:
         removed = clear_redis_namespace(redis_url, namespace)
     except Exception as exc:  # the run's figures are still worth printing
-        _say(f"could not remove Redis keys {namespace}:*: {exc}")
+        say(f"could not remove Redis keys {namespace}:*: {exc}")
     else:
-        _say(f"removed {removed} Redis keys under {namespace}:")
+        say(f"removed {removed} Redis keys under {namespace}:")
 
 
 def summarise(rounds: list[dict[str, Any]], targets: list[str], connection_counts: list[int]) -> dict[str, Any]:
@@ -710,19 +618,6 @@ def _spread(values: list[float], digits: int) -> dict[str, float] | None:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
     def tool_version(argv: list[str]) -> str:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
@@ -732,15 +627,14 @@ def machine_info() -> dict[str, Any]:
 
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "nginx": tool_version(["nginx", "-v"]),
         "wrk": tool_version(["wrk", "-v"]),
-        "packages": {
-            name: version(name)
-            for name in ("litestar", "uvicorn", "uvloop", "httptools", "aiohttp", "redis", "hiredis", "pyjwt")
-        },
+        "packages": package_versions(
+            ("litestar", "uvicorn", "uvloop", "httptools", "aiohttp", "redis", "hiredis", "pyjwt")
+        ),
     }
 
 
@@ -793,10 +687,6 @@ def markdown(report: dict[str, Any]) -> str:
         "the run divided by the requests completed; other load: cores busy with anything else (worst round).",
     ]
     return "\n".join(lines)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -877,29 +767,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    # Unwind normally, so the servers are stopped and the temp dir and Redis keys removed.
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with _sigterm_unwinds():
+    with sigterm_unwinds():  # stop the servers, remove the temp dir and Redis keys
         report = measure(args)
     print(markdown(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        _say(f"wrote {args.json}")
+        say(f"wrote {args.json}")
     return 0
 
 
@@ -907,5 +783,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        _say("interrupted; the servers were stopped and temporary data removed")
+        say("interrupted; the servers were stopped and temporary data removed")
         sys.exit(130)

@@ -26,7 +26,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,8 +36,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +43,23 @@ import httpx
 from argon2 import PasswordHasher, Type
 
 from auth_service.config import AuthSettings
+from bench.common import (
+    HOST,
+    SHARED_SETTING_NAMES,
+    LoggedServer,
+    clear_redis_namespace,
+    cpu_model,
+    exit_on_sigterm,
+    free_port,
+    package_versions,
+    process_cpu_seconds,
+    sample_differences,
+    say,
+    scrubbed_environ,
+    system_busy_seconds,
+    utc_timestamp,
+)
 
-HOST = "127.0.0.1"
 LOGIN_PATH = "/api/v1/auth/login"
 REGISTER_PATH = "/api/v1/auth/register"
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -57,22 +69,7 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 GOAL_RATIO = 0.9
 # Environment variables of the parent that must not leak into the measured service.
 _LEAKY_PREFIXES = ("AUTH_",)
-_LEAKY_NAMES = frozenset(
-    {
-        "DATABASE_URL",
-        "REDIS_URL",
-        "REDIS_NAMESPACE",
-        "DATA_DIR",
-        "ENVIRONMENT",
-        "JWT_SECRET",
-        "JWT_ALGORITHM",
-        "JWT_PUBLIC_KEY_FILE",
-        "JWT_JWKS_URL",
-        "HOST",
-        "PORT",
-        "LOG_LEVEL",
-    }
-)
+_LEAKY_NAMES = SHARED_SETTING_NAMES
 
 
 # -- parameters ------------------------------------------------------------------------------
@@ -159,25 +156,6 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 1)
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads), from /proc; None where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def system_busy_seconds() -> float | None:
-    """CPU time all processes of the machine spent busy (every core), from /proc/stat."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in first[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
     """CPU seconds used during a run by this process, the server, and everything else.
 
@@ -197,12 +175,7 @@ class CpuMeter:
         }
 
     def used(self) -> dict[str, float]:
-        after = self._sample()
-        used: dict[str, float] = {}
-        for key, start in self.before.items():
-            end = after[key]
-            if start is not None and end is not None:
-                used[key] = end - start
+        used = sample_differences(self.before, self._sample())
         if {"bench_process", "server_process", "system_busy"} <= used.keys():
             used["other"] = max(0.0, used["system_busy"] - used["bench_process"] - used["server_process"])
         return used
@@ -274,23 +247,23 @@ async def login_run(
 # -- the service under test ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-class AuthServer:
+class AuthServer(LoggedServer):
     """``python -m auth_service migrate`` then ``serve`` on a free loopback port."""
 
     def __init__(self, env: dict[str, str], data_dir: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://{HOST}:{self.port}"
-        self.env = {**env, "AUTH_HOST": HOST, "AUTH_PORT": str(self.port)}
-        self.log_path = data_dir / "auth_service.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        port = free_port()
+        super().__init__(
+            "auth_service",
+            [sys.executable, "-m", "auth_service", "serve"],
+            {**env, "AUTH_HOST": HOST, "AUTH_PORT": str(port)},
+            port,
+            data_dir / "auth_service.log",
+            startup_timeout=STARTUP_TIMEOUT_SECONDS,
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+            tail_chars=4000,
+        )
 
-    def start(self) -> None:
+    def start(self, ready_path: str = "/ready") -> None:
         migrate = subprocess.run(
             [sys.executable, "-m", "auth_service", "migrate"],
             env=self.env,
@@ -301,52 +274,7 @@ class AuthServer:
         if migrate.returncode != 0:
             output = (migrate.stdout + migrate.stderr).decode(errors="replace")
             raise RuntimeError(f"auth_service migrate failed ({migrate.returncode}):\n{output[-4000:]}")
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "auth_service", "serve"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C on the bench is handled by stop(), not the child
-            )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        give_up = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < give_up:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"auth_service exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"auth_service not ready after {STARTUP_TIMEOUT_SECONDS:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> int | None:
-        """SIGTERM (uvicorn shuts down gracefully), SIGKILL only if it hangs."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        super().start(ready_path)
 
 
 def service_env(
@@ -358,7 +286,7 @@ def service_env(
     redis_namespace: str,
     log_level: str,
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LEAKY_NAMES and not k.startswith(_LEAKY_PREFIXES)}
+    env = scrubbed_environ(_LEAKY_NAMES, _LEAKY_PREFIXES)
     env.update(params.service_env())
     env.update(
         {
@@ -399,18 +327,6 @@ def temp_postgres_database(server_url: str) -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def clear_redis_namespace(redis_url: str, namespace: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 # -- one setup -------------------------------------------------------------------------------
 
 
@@ -449,7 +365,7 @@ def bench_setup(setup: Setup, params: Argon2Params, args: argparse.Namespace) ->
         env = service_env(params, args.concurrency, data_dir, database_url, setup.redis_url, namespace, args.log_level)
         server = AuthServer(env, data_dir)
         stack.callback(server.stop)
-        _say(f"[{setup.label}] starting auth_service on {server.base_url} (DATA_DIR={data_dir})")
+        say(f"[{setup.label}] starting auth_service on {server.base_url} (DATA_DIR={data_dir})")
         server.start()
         register(server.base_url, email, password)
         warm_up(server.base_url, email, password, 2 * args.concurrency)
@@ -457,12 +373,12 @@ def bench_setup(setup: Setup, params: Argon2Params, args: argparse.Namespace) ->
 
         for number in range(1, args.rounds + 1):
             raw = raw_run(hasher, raw_hash, password, args.concurrency, args.seconds, server.pid)
-            _say(f"[{setup.label}] round {number} raw:   {raw.per_second:7.2f} verifications/s")
+            say(f"[{setup.label}] round {number} raw:   {raw.per_second:7.2f} verifications/s")
             login = asyncio.run(
                 login_run(server.base_url, email, password, args.client_concurrency, args.seconds, server.pid)
             )
             failed = f" ({sum(login.failures.values())} non-200: {login.failures})" if login.failures else ""
-            _say(f"[{setup.label}] round {number} login: {login.per_second:7.2f} logins/s{failed}")
+            say(f"[{setup.label}] round {number} login: {login.per_second:7.2f} logins/s{failed}")
             raw_runs.append(raw)
             login_runs.append(login)
             rounds.append(
@@ -476,7 +392,7 @@ def bench_setup(setup: Setup, params: Argon2Params, args: argparse.Namespace) ->
         exit_code = server.stop()
         # uvicorn re-raises the SIGTERM after its graceful shutdown: -15 is a clean stop.
         if exit_code not in (0, None, -signal.SIGTERM):
-            _say(f"[{setup.label}] auth_service exited with {exit_code}; log tail:\n{server.log_tail(2000)}")
+            say(f"[{setup.label}] auth_service exited with {exit_code}; log tail:\n{server.log_tail(2000)}")
 
     ratios = [r["ratio"] for r in rounds if r["ratio"] is not None]
     login_all = [lat for run in login_runs for lat in run.latencies]
@@ -522,30 +438,16 @@ def bench_setup(setup: Setup, params: Argon2Params, args: argparse.Namespace) ->
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
     return {
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "packages": {
-            name: version(name)
-            for name in ("argon2-cffi", "argon2-cffi-bindings", "litestar", "uvicorn", "httpx", "sqlalchemy")
-        },
+        "packages": package_versions(
+            ("argon2-cffi", "argon2-cffi-bindings", "litestar", "uvicorn", "httpx", "sqlalchemy")
+        ),
     }
 
 
@@ -614,10 +516,6 @@ def _per_op(seconds: float | None, ops: int) -> str:
     return "n/a" if seconds is None or not ops else f"{1000 * seconds / ops:.1f}"
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # -- command line ----------------------------------------------------------------------------
 
 
@@ -661,14 +559,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    # Unwind normally, so the service is stopped and the temp database dropped.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # unwind: stop the service, drop the temp database
     params = Argon2Params.from_auth_defaults()
     setups = [] if args.only_external else [Setup("embedded (SQLite, in-memory store)")]
     if args.postgres or args.redis:
@@ -676,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         setups.append(Setup(" + ".join(parts), args.postgres, args.redis))
     report: dict[str, Any] = {
         "benchmark": "login_vs_argon2",
-        "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "started_at": utc_timestamp(),
         "argon2": {
             "type": "argon2id",
             "time_cost": params.time_cost,
@@ -698,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        _say(f"wrote {args.json}")
+        say(f"wrote {args.json}")
     return 0
 
 
@@ -706,5 +599,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        _say("interrupted; the service was stopped and temporary data removed")
+        say("interrupted; the service was stopped and temporary data removed")
         sys.exit(130)

@@ -17,7 +17,7 @@ from gateway.proxy import ForwardRequest, RequestBody, ResponseStarted
 from gateway.routing import Route, checked_path
 from gateway.services import Gatekeeper
 from shared.errors import PROBLEM_MEDIA_TYPE, problem_for_exception
-from shared.http import client_ip, ensure_request_id
+from shared.http import client_ip, ensure_request_id, header
 
 access_log = logging.getLogger("gateway.access")
 logger = logging.getLogger("gateway")
@@ -28,13 +28,6 @@ UPSTREAM_LATENCY = Histogram("pyairtable_gateway_upstream_duration_seconds", "Ti
 IN_FLIGHT = Gauge("pyairtable_gateway_requests_in_flight", "Requests being proxied")
 _encoder = msgspec.json.Encoder()
 _children: dict[tuple[Any, ...], Any] = {}
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def _child(metric: Any, *labels: str) -> Any:
@@ -62,7 +55,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
             if state.routes.match(path) != route:
                 raise NotFoundException()
             gatekeeper: Gatekeeper = state.gatekeeper
-            admission = await gatekeeper.admit(method, path, _header(scope, b"authorization"), ip)
+            admission = await gatekeeper.admit(method, path, header(scope, b"authorization"), ip)
             user_id = admission.user_id
             request = ForwardRequest(
                 method=method,
@@ -70,7 +63,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
                 headers=list(scope["headers"]),
                 client_ip=ip,
                 proto=scope.get("scheme", "http"),
-                host=_header(scope, b"host") or "",
+                host=header(scope, b"host") or "",
                 request_id=request_id,
                 body=_request_body(scope, receive, state.settings.max_body_size),
             )
@@ -113,8 +106,8 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
 
 
 def _request_body(scope: Scope, receive: Receive, limit: int) -> RequestBody | None:
-    length = _header(scope, b"content-length")
-    chunked = _header(scope, b"transfer-encoding") is not None
+    length = header(scope, b"content-length")
+    chunked = header(scope, b"transfer-encoding") is not None
     if length is None and not chunked:
         return None
     if length is not None and length.isdigit() and int(length) > limit:

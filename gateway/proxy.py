@@ -151,7 +151,6 @@ class RequestBody:
     def __init__(self, receive: Receive, limit: int) -> None:
         self.receive = receive
         self.limit = limit
-        self.consumed = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         size = 0
@@ -162,7 +161,6 @@ class RequestBody:
                 raise asyncio.CancelledError("client disconnected")
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
-            self.consumed = True
             size += len(chunk)
             if size > self.limit:
                 raise PayloadTooLarge(self.limit)

@@ -26,13 +26,14 @@ def ensure_request_id(scope: Scope) -> str:
     state = scope.setdefault("state", {})
     request_id: str | None = state.get("request_id")
     if request_id is None:
-        incoming = _header(scope, REQUEST_ID_HEADER.encode())
+        incoming = header(scope, REQUEST_ID_HEADER.encode())
         request_id = incoming if incoming and _WELL_FORMED_ID.match(incoming) else uuid.uuid4().hex
         state["request_id"] = request_id
     return request_id
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (``name`` in lower case)."""
     for key, value in scope.get("headers", []):
         if key.lower() == name:
             return value.decode("latin-1")

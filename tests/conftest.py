@@ -9,8 +9,10 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import psycopg
@@ -150,3 +152,27 @@ async def app_client(app: Litestar, client_ip: str = "127.0.0.1") -> AsyncIterat
     finally:
         stopping.set()
         await lifespan
+
+
+def access_claims(**changes: Any) -> dict[str, Any]:
+    """Valid access-token claims for a made-up user, as the auth service issues them;
+    a change to ``None`` removes that claim."""
+    now = int(time.time())
+    values: dict[str, Any] = {
+        "iss": "pyairtable-auth",
+        "aud": "pyairtable-api",
+        "sub": str(uuid.uuid4()),
+        "email": "ada@example.com",
+        "roles": ["user"],
+        "jti": uuid.uuid4().hex,
+        "sid": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+    }
+    for name, value in changes.items():
+        if value is None:
+            values.pop(name, None)
+        else:
+            values[name] = value
+    return values

@@ -6,8 +6,6 @@ Redis namespace (or, without Redis, one ``MemoryStore``), so a logout seen by au
 gateway.
 """
 
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures 
     clean_auth_database,
     clock,
 )
-from tests.conftest import app_client
+from tests.conftest import access_claims, app_client
 from tests.gateway.echo import Echo
 
 AUTH = "/api/v1/auth"
@@ -113,27 +111,7 @@ def peer_client(app: Litestar, client_ip: str) -> httpx.AsyncClient:
 # -- tokens -----------------------------------------------------------------------------------
 
 
-def claims(**changes: Any) -> dict[str, Any]:
-    """Valid access-token claims for a made-up user; ``None`` removes a claim."""
-    now = int(time.time())
-    values: dict[str, Any] = {
-        "iss": "pyairtable-auth",
-        "aud": "pyairtable-api",
-        "sub": str(uuid.uuid4()),
-        "email": "ada@example.com",
-        "roles": ["user"],
-        "jti": uuid.uuid4().hex,
-        "sid": uuid.uuid4().hex,
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-    }
-    for name, value in changes.items():
-        if value is None:
-            values.pop(name, None)
-        else:
-            values[name] = value
-    return values
+claims = access_claims
 
 
 def access_token(**changes: Any) -> str:

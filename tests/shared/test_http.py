@@ -1,7 +1,6 @@
 """HTTP defaults every service gets from the kernel, seen through the auth service."""
 
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +19,7 @@ from shared.keys import hs256_kid
 from shared.security import Identity, require_admin
 from shared.service import create_service_app
 from tests.auth_service.conftest import JWT_SECRET, Clock, bearer, register
-from tests.conftest import app_client
+from tests.conftest import access_claims, app_client
 
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
 CLOSED_PORT = 1  # nothing listens on 127.0.0.1:1
@@ -37,20 +36,8 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def signed_token(**claims: Any) -> str:
-    now = int(time.time())
-    base = {
-        "iss": "pyairtable-auth",
-        "aud": "pyairtable-api",
-        "sub": str(uuid.uuid4()),
-        "email": "ada@example.com",
-        "roles": ["user"],
-        "jti": uuid.uuid4().hex,
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-    }
     return jwt.encode(
-        base | claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
+        access_claims(**claims), JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
     )
 
 

@@ -29,7 +29,7 @@ from shared.keys import hs256_kid, public_jwk
 from shared.security import InvalidToken, TokenVerifier
 from shared.settings import ServiceSettings
 from tests.auth_service.conftest import JWT_SECRET, PASSWORD, Clock, bearer, register
-from tests.conftest import app_client
+from tests.conftest import access_claims, app_client
 
 ME = "/api/v1/auth/me"
 INVALID_TOKEN = 'Bearer error="invalid_token"'
@@ -360,26 +360,11 @@ def rs256_verifier(rsa_key: rsa.RSAPrivateKey, tmp_path: Path) -> TokenVerifier:
     return TokenVerifier(settings, None)
 
 
-def rs256_claims() -> dict[str, Any]:
-    now = int(time.time())
-    return {
-        "iss": "pyairtable-auth",
-        "aud": "pyairtable-api",
-        "sub": str(uuid.uuid4()),
-        "email": "ada@example.com",
-        "roles": ["user"],
-        "jti": uuid.uuid4().hex,
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-    }
-
-
 async def test_rs256_verifier_accepts_a_token_signed_by_its_key(
     rs256_verifier: TokenVerifier, rsa_key: rsa.RSAPrivateKey
 ) -> None:
     kid = public_jwk(rsa_key.public_key())["kid"]
-    token = jwt.encode(rs256_claims(), rsa_key, algorithm="RS256", headers={"typ": "at+jwt", "kid": kid})
+    token = jwt.encode(access_claims(), rsa_key, algorithm="RS256", headers={"typ": "at+jwt", "kid": kid})
     identity = await rs256_verifier.verify(token)
     assert identity.email == "ada@example.com"
     assert identity.roles == ("user",)
@@ -391,7 +376,7 @@ async def test_rs256_verifier_refuses_hmac_made_with_the_public_key(
 ) -> None:
     public_key = rsa_key.public_key()
     kid = public_jwk(public_key)["kid"]
-    token = forge(rs256_claims(), {"alg": alg, "typ": "at+jwt", "kid": kid}, key=pem_public(public_key))
+    token = forge(access_claims(), {"alg": alg, "typ": "at+jwt", "kid": kid}, key=pem_public(public_key))
     with pytest.raises(InvalidToken) as refused:
         await rs256_verifier.verify(token)
     assert refused.value.status_code == 401
@@ -403,6 +388,6 @@ async def test_rs256_verifier_refuses_a_token_signed_by_another_rsa_key(
 ) -> None:
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     kid = public_jwk(rsa_key.public_key())["kid"]  # claims to be our key
-    token = jwt.encode(rs256_claims(), other, algorithm="RS256", headers={"typ": "at+jwt", "kid": kid})
+    token = jwt.encode(access_claims(), other, algorithm="RS256", headers={"typ": "at+jwt", "kid": kid})
     with pytest.raises(InvalidToken):
         await rs256_verifier.verify(token)

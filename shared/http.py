@@ -1,6 +1,7 @@
 """HTTP plumbing shared by every service: request IDs, client IPs, health and readiness."""
 
 import asyncio
+import functools
 import ipaddress
 import re
 import uuid
@@ -85,7 +86,7 @@ def client_ip(scope: Scope, trusted_proxies: list[str]) -> str:
     """The client's address: the peer, or with trusted proxies the rightmost untrusted hop
     of ``X-Forwarded-For``."""
     peer = (scope.get("client") or ("127.0.0.1", 0))[0]
-    networks = trusted_networks(trusted_proxies)
+    networks = trusted_networks(tuple(trusted_proxies)) if trusted_proxies else ()
     if not networks or not _in_networks(peer, networks):
         return str(peer)
     # Several header lines are one list (RFC 9110 5.3): a proxy may add its own line.
@@ -99,8 +100,10 @@ def client_ip(scope: Scope, trusted_proxies: list[str]) -> str:
     return hops[0] if hops and _is_ip(hops[0]) else str(peer)
 
 
-def trusted_networks(cidrs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+@functools.lru_cache(maxsize=16)
+def trusted_networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Parsed once per configuration, not once per request."""
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
 def _is_ip(value: str) -> bool:
@@ -111,7 +114,7 @@ def _is_ip(value: str) -> bool:
     return True
 
 
-def _in_networks(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

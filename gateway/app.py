@@ -8,6 +8,7 @@ from litestar.types import Message, Scope
 from prometheus_client import Gauge
 
 from gateway.breaker import CircuitBreaker
+from gateway.compat import LegacyAuthController, mark_deprecated
 from gateway.config import GatewaySettings
 from gateway.controllers import PlatformDocsController, proxy_handler
 from gateway.openapi import OpenAPIAggregator
@@ -18,7 +19,7 @@ from gateway.services import Gatekeeper
 from shared.events import EventBus
 from shared.http import Degraded, run_check
 from shared.service import create_service_app
-from shared.settings import load_settings
+from shared.settings import dev_secret_file, load_settings
 from shared.stores import KeyValueStore, create_redis
 
 
@@ -71,14 +72,26 @@ def create_app(
     return create_service_app(
         settings,
         title="PyAirtable API gateway",
-        route_handlers=[PlatformDocsController, *(proxy_handler(route) for route in routes.routes)],
+        route_handlers=[
+            PlatformDocsController,
+            LegacyAuthController,
+            *(proxy_handler(route) for route in routes.routes),
+        ],
         lifespan=[gateway_resources],
         store=store,
         bus=bus,
         database=False,
         cors_config=_cors(settings),
-        before_send=[vary_on_origin] if settings.cors_origin_list else [],
+        before_send=[mark_deprecated, *([vary_on_origin] if settings.cors_origin_list else [])],
+        state={"api_key": _api_key(settings)},
     )
+
+
+def _api_key(settings: GatewaySettings) -> str | None:
+    """The key legacy routes require (None: not required); outside production one is made in DATA_DIR."""
+    if not settings.require_api_key:
+        return None
+    return settings.api_key or dev_secret_file(settings, "api_key")
 
 
 async def vary_on_origin(message: Message, scope: Scope) -> None:

@@ -1,6 +1,6 @@
 from typing import ClassVar, Literal
 
-from shared.settings import ServiceSettings, SettingsError
+from shared.settings import ServiceSettings, SettingsError, check_secret
 
 
 class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
@@ -30,6 +30,9 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
     cors_allow_credentials: bool = True
     access_log: bool = True
     openapi_cache_seconds: float = 60.0
+    # The older platform service's clients send X-API-Key on its routes (/auth/*, /login, ...).
+    api_key: str = ""
+    require_api_key: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -39,6 +42,10 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("RATE_LIMIT_BURST: must be at least 1")
         if "*" in self.cors_origin_list and self.cors_allow_credentials:
             raise SettingsError("CORS_ORIGINS: '*' cannot be combined with credentials; list the origins")
+        if self.api_key:
+            check_secret("API_KEY", self.api_key, production=self.is_production, min_length=16)
+        elif self.is_production and self.require_api_key:
+            raise SettingsError("API_KEY: required when REQUIRE_API_KEY=true in production")
         for prefix, _ in self.extra_route_pairs:
             if not prefix.startswith("/api/v1/"):
                 raise SettingsError("EXTRA_ROUTES: every prefix must start with /api/v1/")

@@ -102,9 +102,9 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
                 raise SettingsError("JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL: required when ENVIRONMENT=production")
 
 
-def check_secret(name: str, value: str, *, production: bool) -> None:
-    if len(value.encode()) < 32:
-        raise SettingsError(f"{name}: must be at least 32 bytes long")
+def check_secret(name: str, value: str, *, production: bool, min_length: int = 32) -> None:
+    if len(value.encode()) < min_length:
+        raise SettingsError(f"{name}: must be at least {min_length} bytes long")
     if production and value.lower() in KNOWN_DEFAULT_SECRETS:
         raise SettingsError(f"{name}: a well-known default secret is refused in production")
 
@@ -173,6 +173,11 @@ def ensure_dev_secret(settings: ServiceSettings, filename: str = "jwt_secret") -
         return settings.jwt_secret
     if settings.is_production:
         raise SettingsError("JWT_SECRET: required when ENVIRONMENT=production")
+    return dev_secret_file(settings, filename)
+
+
+def dev_secret_file(settings: ServiceSettings, filename: str) -> str:
+    """A random secret kept in DATA_DIR/filename (mode 0600), made on first use; development only."""
     path = settings.data_path / filename
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,206 @@
+"""The older platform service's auth routes, through the gateway in front of the real auth service:
+the old request and response shapes, the API key, deprecation headers, and the platform's
+admission (tokens, revocation, rate limits) applied to them."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from gateway.app import create_app
+from gateway.config import GatewaySettings
+from shared.settings import SettingsError
+from tests.conftest import app_client
+from tests.gateway.conftest import AUTH, PASSWORD, SettingsFactory, assert_problem, bearer
+
+API_KEY = "legacy-clients-key-0123456789"
+KEY = {"X-API-Key": API_KEY}
+USER_FIELDS = {"id", "email", "first_name", "last_name", "is_active", "created_at"}
+
+
+@pytest.fixture
+def legacy_platform(make_settings: SettingsFactory, auth_app: Litestar) -> Litestar:
+    return create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app})
+
+
+@pytest.fixture
+async def legacy(legacy_platform: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(legacy_platform) as test_client:
+        yield test_client
+
+
+async def legacy_register(client: httpx.AsyncClient, path: str = "/auth/register", **fields: Any) -> httpx.Response:
+    body = {"email": "ada@example.com", "password": PASSWORD, "first_name": "Ada", "last_name": "Lovelace", **fields}
+    return await client.post(path, json=body, headers=KEY)
+
+
+def assert_deprecated(response: httpx.Response, successor: str) -> None:
+    assert response.headers["deprecation"] == "@1796083200"
+    assert response.headers["link"] == f'<{successor}>; rel="successor-version"'
+
+
+@pytest.mark.parametrize("path", ["/auth/register", "/register"])
+async def test_register_answers_the_old_token_shape(legacy: httpx.AsyncClient, path: str) -> None:
+    response = await legacy_register(legacy, path)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"access_token", "token_type", "expires_in", "user"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 900
+    assert set(body["user"]) == USER_FIELDS
+    assert body["user"]["email"] == "ada@example.com"
+    assert (body["user"]["first_name"], body["user"]["last_name"]) == ("Ada", "Lovelace")
+    assert body["user"]["is_active"] is True
+    assert_deprecated(response, f"{AUTH}/register")
+    assert "ratelimit-policy" in response.headers
+    # The token is a platform access token: it opens the new routes too.
+    me = await legacy.get(f"{AUTH}/me", headers=bearer(body["access_token"]))
+    assert me.status_code == 200, me.text
+    assert me.json()["id"] == body["user"]["id"]
+
+
+async def test_register_refusals_are_400_with_a_detail(legacy: httpx.AsyncClient) -> None:
+    assert (await legacy_register(legacy)).status_code == 200
+
+    taken = await legacy_register(legacy)
+    short = await legacy_register(legacy, email="grace@example.com", password="short")
+
+    for response in (taken, short):
+        body = assert_problem(response, 400)
+        assert body["detail"]
+        assert_deprecated(response, f"{AUTH}/register")
+    assert "already" in taken.json()["detail"].lower()
+
+
+@pytest.mark.parametrize("path", ["/auth/login", "/login"])
+async def test_login_answers_the_old_token_shape(legacy: httpx.AsyncClient, path: str) -> None:
+    registered = (await legacy_register(legacy)).json()
+
+    response = await legacy.post(path, json={"email": "ada@example.com", "password": PASSWORD}, headers=KEY)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["token_type"] == "bearer"
+    assert body["user"]["id"] == registered["user"]["id"]
+    assert body["access_token"] != registered["access_token"]
+    assert_deprecated(response, f"{AUTH}/login")
+
+
+async def test_wrong_password_and_unknown_email_are_the_same_401(legacy: httpx.AsyncClient) -> None:
+    await legacy_register(legacy)
+
+    wrong = await legacy.post("/login", json={"email": "ada@example.com", "password": "not it at all"}, headers=KEY)
+    unknown = await legacy.post("/login", json={"email": "bob@example.com", "password": PASSWORD}, headers=KEY)
+
+    for response in (wrong, unknown):
+        assert assert_problem(response, 401)["detail"] == "Invalid credentials"
+        assert_deprecated(response, f"{AUTH}/login")
+
+
+async def test_login_with_a_malformed_body_is_422(legacy: httpx.AsyncClient) -> None:
+    response = await legacy.post("/auth/login", json={"email": "ada@example.com"}, headers=KEY)
+
+    assert_problem(response, 422)
+
+
+@pytest.mark.parametrize("path", ["/auth/verify", "/verify"])
+async def test_verify_answers_valid_with_the_user(legacy: httpx.AsyncClient, path: str) -> None:
+    token = (await legacy_register(legacy)).json()["access_token"]
+
+    response = await legacy.get(path, headers={**KEY, **bearer(token)})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["valid"] is True
+    assert set(body["user"]) == USER_FIELDS
+    assert_deprecated(response, f"{AUTH}/verify")
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer not-a-token", "Basic YWRhOnB3"])
+async def test_verify_without_a_valid_token_is_401_not_500(legacy: httpx.AsyncClient, authorization: str) -> None:
+    headers = {**KEY, **({"Authorization": authorization} if authorization else {})}
+
+    response = await legacy.get("/verify", headers=headers)
+
+    assert_problem(response, 401)
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_verify_refuses_a_token_after_logout(legacy: httpx.AsyncClient) -> None:
+    token = (await legacy_register(legacy)).json()["access_token"]
+    logout = await legacy.post(f"{AUTH}/logout", headers=bearer(token))
+    assert logout.status_code == 204, logout.text
+
+    response = await legacy.get("/auth/verify", headers={**KEY, **bearer(token)})
+
+    assert_problem(response, 401)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-API-Key": ""}, {"X-API-Key": API_KEY[:-1] + "x"}, {"X-API-Key": API_KEY + "x"}, {"X-Api-Key": "nope"}],
+    ids=["missing", "empty", "last-char", "longer", "wrong"],
+)
+async def test_legacy_routes_refuse_a_missing_or_wrong_api_key(legacy: httpx.AsyncClient, headers: Any) -> None:
+    body = {"email": "ada@example.com", "password": PASSWORD}
+    for response in (
+        await legacy.post("/auth/register", json=body, headers=headers),
+        await legacy.post("/login", json=body, headers=headers),
+        await legacy.get("/verify", headers=headers),
+    ):
+        assert assert_problem(response, 401, "invalid-api-key")["detail"]
+    # Nothing was created by the refused registration.
+    login = await legacy.post(f"{AUTH}/login", json=body)
+    assert login.status_code == 401
+
+
+async def test_api_key_not_needed_when_not_required(make_settings: SettingsFactory, auth_app: Litestar) -> None:
+    app = create_app(make_settings(require_api_key=False), services={AUTH: auth_app})
+    async with app_client(app) as client:
+        body = {"email": "ada@example.com", "password": PASSWORD}
+        response = await client.post("/register", json=body)
+
+    assert response.status_code == 200, response.text
+
+
+async def test_without_api_key_setting_development_makes_one_in_data_dir(
+    make_settings: SettingsFactory, auth_app: Litestar, tmp_path: Path
+) -> None:
+    app = create_app(make_settings(), services={AUTH: auth_app})
+    key = (tmp_path / "api_key").read_text().strip()
+    assert len(key) >= 32
+    assert (tmp_path / "api_key").stat().st_mode & 0o077 == 0
+    async with app_client(app) as client:
+        body = {"email": "ada@example.com", "password": PASSWORD}
+        refused = await client.post("/register", json=body)
+        accepted = await client.post("/register", json=body, headers={"X-API-Key": key})
+
+    assert refused.status_code == 401
+    assert accepted.status_code == 200, accepted.text
+
+
+async def test_legacy_login_shares_the_strict_auth_rate_limit(legacy: httpx.AsyncClient) -> None:
+    body = {"email": "ada@example.com", "password": "wrong password"}
+    statuses = [(await legacy.post("/login", json=body, headers=KEY)).status_code for _ in range(8)]
+
+    assert 429 in statuses, statuses
+    limited = await legacy.post("/login", json=body, headers=KEY)
+    assert_problem(limited, 429, "quota-exceeded")
+    assert int(limited.headers["retry-after"]) >= 1
+    assert_deprecated(limited, f"{AUTH}/login")
+
+
+def test_production_refuses_to_start_without_an_api_key_when_one_is_required() -> None:
+    secret = "a-production-jwt-secret-of-48-bytes-0123456789ab"
+    with pytest.raises(SettingsError, match=r"^API_KEY"):
+        GatewaySettings(environment="production", jwt_secret=secret).validate()
+    with pytest.raises(SettingsError, match=r"^API_KEY"):
+        GatewaySettings(environment="production", jwt_secret=secret, api_key="short").validate()
+    with pytest.raises(SettingsError, match=r"^API_KEY"):
+        GatewaySettings(environment="production", jwt_secret=secret, api_key="your-secure-api-key").validate()
+    GatewaySettings(environment="production", jwt_secret=secret, require_api_key=False).validate()
+    GatewaySettings(environment="production", jwt_secret=secret, api_key=API_KEY).validate()

@@ -131,7 +131,13 @@ def _create_bus(settings: ServiceSettings, redis: Any) -> EventBus:
     if redis is None:
         return InMemoryBus()
     consumer = f"{settings.service_name}-{socket.gethostname()}-{os.getpid()}"
-    return RedisStreamBus(redis, settings.redis_namespace, consumer=consumer)
+    return RedisStreamBus(
+        redis,
+        settings.redis_namespace,
+        consumer=consumer,
+        reclaim_after_seconds=settings.event_reclaim_seconds,
+        max_attempts=settings.event_max_attempts,
+    )
 
 
 @asynccontextmanager

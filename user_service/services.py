@@ -168,12 +168,12 @@ class ProfileService:
             return  # deleted (or purged) meanwhile: a late event does not bring it back
         if profile.account_synced_at is not None and profile.account_synced_at >= event.occurred_at:
             return  # an older event arriving late
-        for name, value in account.items():
-            setattr(profile, name, value)
         if profile.account_synced_at is None:  # created from the token's claims: take the rest too
             profile.first_name = profile.first_name or data.get("first_name")
             profile.last_name = profile.last_name or data.get("last_name")
             profile.created_at = created
+        for name, value in account.items():
+            setattr(profile, name, value)
         profile.updated_at = self.clock()
 
 

@@ -219,3 +219,26 @@ async def test_late_duplicate_and_stale_events_change_nothing(users_app: Litesta
     assert (await client.delete(profile_url(uuid.UUID(user_id)), headers=ADMIN.headers)).status_code == 204
     await apply(new_event("user.logged_in", "auth", {**account, "last_login_at": "2026-12-01T00:00:00+00:00"}))
     assert await profile_of(client, user_id) is None
+
+
+async def test_the_registration_event_completes_a_profile_made_from_the_token(
+    users_app: Litestar, client: httpx.AsyncClient
+) -> None:
+    ada = Caller(email="ada@example.com")
+    made_from_token = (await client.get(f"{USERS}/me", headers=ada.headers)).json()
+    assert made_from_token["first_name"] is None
+    account = {
+        "user_id": str(ada.id),
+        "email": "ada@example.com",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "roles": ["user"],
+        "tenant_id": str(ada.tenant_id),
+        "created_at": "2026-11-30T12:00:00+00:00",
+    }
+    async with users_app.state.sessionmaker() as session, session.begin():
+        service = ProfileService(session, users_app.state.clock)
+        await service.apply_account_event(new_event("user.registered", "auth", account))
+    profile = (await client.get(f"{USERS}/me", headers=ada.headers)).json()
+    assert (profile["first_name"], profile["last_name"]) == ("Ada", "Lovelace")
+    assert same_instant(profile["created_at"], account["created_at"])

@@ -12,19 +12,26 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import jwt
+import msgspec
 import pytest
 from litestar import Litestar
+from redis.asyncio import Redis
 
-from shared.events import new_event
+from shared.events import Event, new_event
+from shared.keys import hs256_kid
 from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
+    JWT_SECRET,
     PASSWORD,
     auth_app,
     auth_database,
     auth_settings,
     clean_auth_database,
 )
-from tests.conftest import app_client
+from tests.conftest import access_claims, app_client
 from tests.user_service.conftest import USERS, Caller, profile_url
+from user_service.app import create_app
+from user_service.config import UserSettings
 from user_service.services import ProfileService
 
 AUTH = "/api/v1/auth"
@@ -242,3 +249,39 @@ async def test_the_registration_event_completes_a_profile_made_from_the_token(
     profile = (await client.get(f"{USERS}/me", headers=ada.headers)).json()
     assert (profile["first_name"], profile["last_name"]) == ("Ada", "Lovelace")
     assert same_instant(profile["created_at"], account["created_at"])
+
+
+async def test_a_poisoned_account_event_lands_in_the_dead_letter_stream(
+    user_settings: UserSettings, clock: Any, redis_url: str
+) -> None:
+    """An event the profile handler cannot apply (no email) is tried EVENT_MAX_ATTEMPTS times,
+    then moved aside; the events after it are still applied."""
+    settings = msgspec.structs.replace(user_settings, event_max_attempts=2, event_reclaim_seconds=0.2)
+    app = create_app(settings, clock=clock)
+    poisoned = new_event("user.registered", "auth", {"user_id": str(uuid.uuid4()), "roles": ["user"]})
+    healthy_id = str(uuid.uuid4())
+    healthy = new_event("user.registered", "auth", {"user_id": healthy_id, "email": "ok@example.com"})
+    redis = Redis.from_url(redis_url)
+    dead_stream = f"{settings.redis_namespace}:events:user.registered:dead"
+    try:
+        async with app_client(app) as client:
+            await app.state.bus.publish(poisoned)
+            await app.state.bus.publish(healthy)
+            entries = await eventually(lambda: redis.xrange(dead_stream), "the dead letter")
+            assert await eventually(lambda: profile_of(client, healthy_id), "the healthy event")
+    finally:
+        await redis.aclose()
+    [(_, fields)] = entries
+    assert msgspec.json.decode(fields[b"event"], type=Event) == poisoned
+    assert (fields[b"group"], fields[b"attempts"]) == (b"users", b"2")
+
+
+async def test_a_token_with_a_malformed_tenant_is_refused(client: httpx.AsyncClient) -> None:
+    token = jwt.encode(
+        access_claims(tid="not-a-tenant"),
+        JWT_SECRET,
+        algorithm="HS256",
+        headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)},
+    )
+    response = await client.get(f"{USERS}/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401

@@ -102,3 +102,13 @@ async def test_register_profile_delete_and_lockout_in_embedded_mode(platform: tu
     assert isinstance(bus, InMemoryBus)
     assert [e.type for e in bus.published] == ["user.registered", "user.deleted"]
     assert bus.dead_letters == []
+
+
+async def test_the_users_routes_are_in_the_merged_openapi_document(platform: tuple[httpx.AsyncClient, Any]) -> None:
+    client, _ = platform
+    paths = (await client.get("/api/v1/openapi.json")).json()["paths"]
+    assert {"/api/v1/users", "/api/v1/users/me", "/api/v1/users/{user_id}", "/api/v1/auth/email"} <= set(paths)
+    assert {"get", "put", "patch", "delete"} <= set(paths["/api/v1/users/{user_id}"])
+    ready = await client.get("/ready")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["upstream:users"]["status"] == "ok"

@@ -479,3 +479,31 @@ async def test_a_failed_idempotent_handler_leaves_no_mark_and_runs_again(auth_se
     async with auth_sessions() as session:
         marks = (await session.execute(select(processed_events.c.event_id))).scalars().all()
     assert [str(mark) for mark in marks] == [event.id]
+
+
+async def test_relays_side_by_side_publish_each_event_once(
+    relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis
+) -> None:
+    """FOR UPDATE SKIP LOCKED: two relays over one outbox never publish the same row twice."""
+    sessionmaker, first, bus = relay_parts
+    second = OutboxRelay(sessionmaker, outbox, bus, poll_seconds=3600, batch_size=7)
+    first.batch_size = 7
+    events = [registered() for _ in range(60)]
+    async with sessionmaker() as session, session.begin():
+        for event in events:
+            await add_event(session, outbox, event)
+
+    async def drain(relay: OutboxRelay) -> int:
+        total = 0
+        while sent := await relay.publish_pending():
+            total += sent
+        return total
+
+    try:
+        counts = await asyncio.gather(drain(first), drain(second))
+    finally:
+        await second.stop()
+    assert sum(counts) == 60
+    published = [e.id for e in await stream_events(redis, bus.stream("user.registered"))]
+    assert sorted(published) == sorted(e.id for e in events)
+    assert 'pyairtable_outbox_published_total{event_type="user.registered"}' in metrics_text()

@@ -20,7 +20,7 @@ import msgspec
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
-from sqlalchemy import Column, MetaData, String, Table, Uuid
+from sqlalchemy import Column, MetaData, String, Table, Uuid, delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import UTCDateTime, insert_or_ignore, utcnow
@@ -91,6 +91,12 @@ async def claim_event(session: AsyncSession, table: Table, event: Event) -> bool
     return await insert_or_ignore(
         session, table, {"event_id": uuid.UUID(event.id), "event_type": event.type, "processed_at": utcnow()}
     )
+
+
+async def forget_processed_events(session: AsyncSession, table: Table, before: datetime) -> int:
+    """Drop the ids of events processed before ``before`` (long past any redelivery); how many."""
+    result = await session.execute(delete(table).where(table.c.processed_at < before).returning(table.c.event_id))
+    return len(result.all())
 
 
 Apply = Callable[[AsyncSession, Event], Awaitable[None]]

@@ -1,4 +1,5 @@
-"""``python -m user_service purge --older-than 30d``: remove soft-deleted profiles for good."""
+"""``python -m user_service purge --older-than 30d``: remove soft-deleted profiles for good, and
+forget the ids of events processed that long ago (no redelivery comes that late)."""
 
 import argparse
 import asyncio
@@ -6,8 +7,10 @@ import re
 from datetime import datetime, timedelta
 
 from shared.db import create_engine, create_sessionmaker, utcnow
+from shared.events import forget_processed_events
 from shared.settings import ServiceSettings
 from user_service.config import UserSettings
+from user_service.models import processed_events
 from user_service.services import ProfileService
 
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
@@ -34,15 +37,18 @@ def add_purge_arguments(parser: argparse.ArgumentParser) -> None:
 def purge_command(settings: ServiceSettings, args: argparse.Namespace) -> int:
     assert isinstance(settings, UserSettings)
     age: timedelta = args.older_than or timedelta(days=settings.purge_after_days)
-    count = asyncio.run(purge(settings, utcnow() - age))
-    print(f"purged {count} deleted profile(s)")
+    profiles, event_ids = asyncio.run(purge(settings, utcnow() - age))
+    print(f"purged {profiles} deleted profile(s) and {event_ids} processed event id(s)")
     return 0
 
 
-async def purge(settings: UserSettings, before: datetime) -> int:
+async def purge(settings: UserSettings, before: datetime) -> tuple[int, int]:
+    """Profiles deleted before ``before`` and event ids processed before it; how many of each."""
     engine = create_engine(settings)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
-            return await ProfileService(session, utcnow).purge(before)
+            profiles = await ProfileService(session, utcnow).purge(before)
+            event_ids = await forget_processed_events(session, processed_events, before)
+            return profiles, event_ids
     finally:
         await engine.dispose()

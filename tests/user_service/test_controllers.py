@@ -1,6 +1,9 @@
 """Profiles over HTTP: /me, who may see and change whom, what may be set, the admin list."""
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -373,11 +376,31 @@ async def test_purge_removes_profiles_deleted_long_enough_ago(
     clock.advance(days=40)
     await client.delete(profile_url(recent), headers=recent.headers)
 
-    assert await purge(user_settings, datetime.now(UTC) - parse_duration("30d")) == 1
+    old_event, recent_event = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(user_settings.database_url) as conn:
+        for event_id, age in ((old_event, "40 days"), (recent_event, "1 day")):
+            conn.execute(
+                "INSERT INTO processed_events VALUES (%s, 'user.registered', now() - %s::interval)", (event_id, age)
+            )
+
+    assert await purge(user_settings, datetime.now(UTC) - parse_duration("30d")) == (1, 1)
 
     def remaining() -> set[str]:
         with psycopg.connect(user_settings.database_url) as conn:
             return {str(row[0]) for row in conn.execute("SELECT id FROM profiles").fetchall()}
 
     assert await asyncio.to_thread(remaining) == {str(recent.id), str(alive.id)}
+    with psycopg.connect(user_settings.database_url) as conn:
+        assert [row[0] for row in conn.execute("SELECT event_id FROM processed_events")] == [recent_event]
     assert parse_duration("12h") == timedelta(hours=12) and parse_duration("7") == timedelta(days=7)
+
+
+def test_purge_command_line(user_settings: UserSettings, tmp_path: Any) -> None:
+    env = {"USERS_DATABASE_URL": user_settings.database_url, "DATA_DIR": str(tmp_path), "PATH": os.environ["PATH"]}
+    command = [sys.executable, "-m", "user_service", "purge", "--older-than"]
+    done = subprocess.run([*command, "12h"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "purged 0 deleted profile(s)" in done.stdout
+    refused = subprocess.run([*command, "soon"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2
+    assert "expected a duration" in refused.stderr

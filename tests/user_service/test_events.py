@@ -145,6 +145,16 @@ async def test_email_change_login_and_role_change_follow_to_the_profile(
 
     # The old tokens carried the old roles: the role change ended the sessions.
     assert (await auth.get(f"{AUTH}/me", headers=bearer(logged_in.json()))).status_code == 401
+    relogged = await auth.post(f"{AUTH}/login", json={"email": "ada@lovelace.org", "password": PASSWORD})
+    assert relogged.json()["user"]["roles"] == ["admin", "user"]
+
+    deactivated = await auth.patch(f"{AUTH}/users/{user_id}", headers=ADMIN.headers, json={"is_active": False})
+    assert deactivated.status_code == 200 and deactivated.json()["is_active"] is False
+    await eventually(lambda: _where(profile_of(users, user_id), lambda p: p["is_active"] is False), "the deactivation")
+    inactive = await users.get(f"{USERS}/", headers=ADMIN.headers, params={"is_active": "false"})
+    assert [u["id"] for u in inactive.json()["users"]] == [user_id]
+    refused = await auth.post(f"{AUTH}/login", json={"email": "ada@lovelace.org", "password": PASSWORD})
+    assert refused.status_code == 401
 
 
 async def _where(pending: Any, predicate: Callable[[dict[str, Any]], Any]) -> Any:

@@ -29,7 +29,8 @@ logger = logging.getLogger("shared.events")
 
 HANDLED = Counter(
     "pyairtable_events_handled_total",
-    "Event deliveries by outcome (applied, failed, duplicate, dead_lettered)",
+    "Event deliveries by outcome: handled (the handler returned; duplicate ones included), duplicate"
+    " (already processed, skipped), failed (the handler raised), dead_lettered",
     ["event_type", "group", "outcome"],
 )
 LAG = Gauge(
@@ -162,7 +163,7 @@ class InMemoryBus:
                     return
                 await asyncio.sleep(self.retry_delay_seconds * attempt)
             else:
-                HANDLED.labels(event.type, group, "applied").inc()
+                HANDLED.labels(event.type, group, "handled").inc()
                 return
 
     def subscribe(self, event_type: str, group: str, handler: Handler) -> None:
@@ -315,7 +316,7 @@ class RedisStreamBus:
                 "event handler failed", extra={"stream": stream, "message_id": message_id, "event_id": event.id}
             )
             return  # left pending: reclaimed and retried after reclaim_after_seconds
-        HANDLED.labels(event_type, group, "applied").inc()
+        HANDLED.labels(event_type, group, "handled").inc()
         await self.redis.xack(stream, group, message_id)
 
     async def _dead_letter(

@@ -433,7 +433,7 @@ async def test_consumer_lag_is_a_metric(redis: Redis, redis_namespace: str, monk
         await eventually(lambda: all_acknowledged(redis, stream, group), "the acknowledgements")
         await eventually(lambda: f"{line} 0.0" in metrics_text(), "the pending gauge")
         assert f'pyairtable_events_consumer_lag{{event_type="user.registered",group="{group}"}} 0.0' in metrics_text()
-        handled = f'pyairtable_events_handled_total{{event_type="user.registered",group="{group}",outcome="applied"}}'
+        handled = f'pyairtable_events_handled_total{{event_type="user.registered",group="{group}",outcome="handled"}}'
         assert f"{handled} 3.0" in metrics_text()
     finally:
         await bus.close()

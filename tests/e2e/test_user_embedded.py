@@ -1,5 +1,5 @@
 """The user flows in embedded mode: the whole platform in one process behind the gateway, with the
-in-memory store and event bus (no Redis), each service on its own PostgreSQL database.
+in-memory store and event bus (no Redis), each service on its own PostgreSQL database or SQLite file.
 Same outcomes as the distributed run (tests/e2e/test_user_processes.py)."""
 
 import asyncio
@@ -16,6 +16,7 @@ from embedded.app import create_app
 from gateway.config import GatewaySettings
 from shared import migrations
 from shared.events import InMemoryBus
+from shared.settings import load_settings
 from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD
 from tests.conftest import DatabaseFactory, app_client
 from user_service.config import UserSettings
@@ -37,22 +38,23 @@ async def eventually(check: Callable[[], Any], what: str) -> Any:
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-def service_databases(databases: DatabaseFactory) -> tuple[str, str]:
-    auth_url, users_url = databases.create("pyairtable_auth"), databases.create("pyairtable_users")
-    migrations.upgrade(AuthSettings(database_url=auth_url), "auth_service")
-    migrations.upgrade(UserSettings(database_url=users_url), "user_service")
-    return auth_url, users_url
+@pytest.fixture(params=["postgresql", "sqlite"])
+def service_databases(request: pytest.FixtureRequest, databases: DatabaseFactory, tmp_path: Path) -> dict[str, str]:
+    """The services' database variables: PostgreSQL, or SQLite files in DATA_DIR (`make run`)."""
+    environ = {"DATA_DIR": str(tmp_path)}
+    if request.param == "postgresql":
+        environ["AUTH_DATABASE_URL"] = databases.create("pyairtable_auth")
+        environ["USERS_DATABASE_URL"] = databases.create("pyairtable_users")
+    migrations.upgrade(load_settings(AuthSettings, environ), "auth_service")
+    migrations.upgrade(load_settings(UserSettings, environ), "user_service")
+    return environ
 
 
 @pytest.fixture
-async def platform(service_databases: tuple[str, str], tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    auth_url, users_url = service_databases
+async def platform(service_databases: dict[str, str], tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     environ = {
-        "AUTH_DATABASE_URL": auth_url,
-        "USERS_DATABASE_URL": users_url,
+        **service_databases,
         "JWT_SECRET": JWT_SECRET,
-        "DATA_DIR": str(tmp_path),
         "OUTBOX_POLL_SECONDS": "0.2",
         **{name.upper(): str(value) for name, value in FAST_ARGON2.items()},
     }

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-SERVICES := auth_service gateway
+SERVICES := auth_service user_service gateway
 
 .DEFAULT_GOAL := help
 .PHONY: help install run migrate test lint typecheck bench bench-gateway clean $(addprefix run-,$(SERVICES))

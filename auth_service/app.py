@@ -1,17 +1,20 @@
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import AuthSettings
-from auth_service.controllers import AuthController
-from auth_service.models import outbox
+from auth_service.controllers import AccountAdminController, AuthController
+from auth_service.deps import provide_auth_service
+from auth_service.models import outbox, processed_events
 from auth_service.passwords import Passwords
 from auth_service.services import Clock
 from auth_service.throttle import Throttle
 from auth_service.tokens import TokenIssuer
 from shared.db import utcnow
-from shared.events import EventBus
+from shared.events import Event, EventBus, idempotent
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
@@ -36,6 +39,16 @@ def create_app(
         relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
         app.state.outbox_relay = relay
         relay.start()
+
+        async def deactivate_deleted_user(session: AsyncSession, event: Event) -> None:
+            auth = provide_auth_service(session, app.state)
+            await auth.deactivate_deleted_user(uuid.UUID(event.data["user_id"]))
+
+        app.state.bus.subscribe(
+            "user.deleted",
+            "auth",
+            idempotent(app.state.sessionmaker, processed_events, "auth", deactivate_deleted_user),
+        )
         try:
             yield
         finally:
@@ -44,7 +57,7 @@ def create_app(
     return create_service_app(
         settings,
         title="PyAirtable auth service",
-        route_handlers=[AuthController],
+        route_handlers=[AuthController, AccountAdminController],
         lifespan=[auth_resources],
         store=store,
         bus=bus,

@@ -1,7 +1,7 @@
 import uuid
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -9,6 +9,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from auth_service.deps import provide_auth_service, provide_client
 from auth_service.schemas import (
+    AccountUpdate,
+    EmailChangeRequest,
     JWKSResponse,
     LoginRequest,
     LogoutRequest,
@@ -23,7 +25,7 @@ from auth_service.schemas import (
 )
 from auth_service.services import AuthService, Client
 from shared.errors import NotFound
-from shared.security import Identity
+from shared.security import Identity, require_admin
 
 PUBLIC = {"exclude_from_auth": True}
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
@@ -92,6 +94,16 @@ class AuthController(Controller):
         """Change the password; every other session is signed out."""
         await auth.change_password(request.user, data.current_password, data.new_password)
 
+    @put("/email", operation_id="change_email", security=BEARER)
+    async def change_email(
+        self,
+        data: JSONBody[EmailChangeRequest],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
+    ) -> UserRead:
+        """Change the account's email address (``user.email_changed`` tells the other services)."""
+        return user_read(await auth.change_email(request.user, data.current_password, data.new_email))
+
     @get("/sessions", operation_id="list_sessions", security=BEARER)
     async def sessions(self, request: Request[Identity, str, State], auth: NamedDependency[AuthService]) -> SessionList:
         """The account's active sessions."""
@@ -114,3 +126,24 @@ class AuthController(Controller):
         if not keys:
             raise NotFound("No JWKS: tokens are signed with a shared secret (HS256).")
         return JWKSResponse(keys=keys)
+
+
+class AccountAdminController(Controller):
+    """Administrators manage accounts: roles and activation live with the credentials."""
+
+    path = "/api/v1/auth/users"
+    tags = ["auth", "admin"]
+    guards = [require_admin]
+    dependencies = {"auth": Provide(provide_auth_service, sync_to_thread=False)}
+
+    @patch("/{user_id:uuid}", operation_id="update_account", security=BEARER)
+    async def update_account(
+        self,
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[AccountUpdate],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
+    ) -> UserRead:
+        """Set an account's roles or deactivate it (admins only); the account's sessions end."""
+        roles = [str(role) for role in data.roles] if data.roles is not None else None
+        return user_read(await auth.update_account(request.user, user_id, roles, data.is_active))

@@ -47,3 +47,10 @@ class TooManyAttempts(TooManyRequests):
 
     def __init__(self, retry_after: int) -> None:
         super().__init__("Too many attempts; try again later.", headers={"Retry-After": str(max(1, retry_after))})
+
+
+class AccountNotFound(NotFound):
+    code = "account-not-found"
+
+    def __init__(self) -> None:
+        super().__init__("No such account.")

@@ -5,6 +5,7 @@ from sqlalchemy import JSON, Boolean, ForeignKey, Index, MetaData, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db import UTCDateTime, utcnow
+from shared.events import processed_events_table
 from shared.outbox import outbox_table
 
 NAMING_CONVENTION = {
@@ -70,3 +71,4 @@ class RefreshToken(Base):
 
 
 outbox = outbox_table(Base.metadata)
+processed_events = processed_events_table(Base.metadata)

@@ -40,6 +40,21 @@ class PasswordChangeRequest(Struct):
     new_password: Password
 
 
+class EmailChangeRequest(Struct):
+    current_password: Password
+    new_email: Email
+
+
+Role = Literal["user", "admin"]
+
+
+class AccountUpdate(Struct, forbid_unknown_fields=True):
+    """An administrator's change to an account: its roles, whether it may sign in."""
+
+    roles: Annotated[list[Role], Meta(min_length=1, max_length=2)] | None = None
+    is_active: bool | None = None
+
+
 class UserRead(Struct):
     id: uuid.UUID
     email: str

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import MAX_PASSWORD_LENGTH, AuthSettings
 from auth_service.errors import (
+    AccountNotFound,
     EmailTaken,
     InvalidCredentials,
     InvalidEmail,
@@ -137,6 +138,7 @@ class AuthService:
         if self.passwords.needs_rehash(user.password_hash):
             user.password_hash = await self.passwords.hash(password)
         user.last_login_at = now
+        await add_event(self.db, outbox, new_event("user.logged_in", "auth", user_event_data(user)))
         security_log.info("login succeeded", extra={"user_id": str(user.id), "ip": client.ip, "outcome": "success"})
         return await self._start_session(user, client, now)
 
@@ -153,6 +155,62 @@ class AuthService:
         others = [s.id for s in await self.sessions.active_for_user(user.id, now) if str(s.id) != identity.session_id]
         await self._revoke_sessions(others, now)
         security_log.info("password changed", extra={"user_id": str(user.id), "revoked_sessions": len(others)})
+
+    async def change_email(self, identity: Identity, current_password: str, new_email: str) -> User:
+        """Move the account to another address (the password proves it is the owner)."""
+        user = await self._active_user(identity)
+        await self.throttle.check_account(user.email)
+        if not await self.passwords.verify(user.password_hash, current_password):
+            await self.throttle.record_failure(user.email)
+            raise InvalidCredentials()
+        email = normalise_email(new_email)
+        if email == user.email:
+            return user
+        if await self.users.by_email(email) is not None:
+            raise EmailTaken()
+        previous, user.email, user.updated_at = user.email, email, self.clock()
+        try:
+            await self.db.flush()
+        except IntegrityError:
+            raise EmailTaken() from None
+        data = {**user_event_data(user), "previous_email": previous}
+        await add_event(self.db, outbox, new_event("user.email_changed", "auth", data))
+        security_log.info("email changed", extra={"user_id": str(user.id)})
+        return user
+
+    async def update_account(
+        self, admin: Identity, user_id: uuid.UUID, roles: list[str] | None, is_active: bool | None
+    ) -> User:
+        """An administrator changes an account's roles or (de)activates it; its sessions end."""
+        user = await self.users.by_id(user_id)
+        if user is None:
+            raise AccountNotFound()
+        now = self.clock()
+        if roles is not None:
+            user.roles = sorted(set(roles))
+        if is_active is not None:
+            user.is_active = is_active
+        user.updated_at = now
+        # Tokens carry the roles: every session signs in again and gets the new ones.
+        await self._revoke_sessions([s.id for s in await self.sessions.active_for_user(user.id, now)], now)
+        await add_event(self.db, outbox, new_event("user.account_changed", "auth", user_event_data(user)))
+        security_log.info(
+            "account changed by an administrator",
+            extra={"user_id": str(user.id), "admin_id": str(admin.user_id), "roles": user.roles},
+        )
+        return user
+
+    async def deactivate_deleted_user(self, user_id: uuid.UUID) -> None:
+        """``user.deleted``: the credentials stop working, every session ends, and every access
+        token issued so far is refused (the per-user cut-off the gateway checks)."""
+        now = self.clock()
+        await self.revocations.revoke_user(user_id, self._access_revocation_ttl)
+        user = await self.users.by_id(user_id)
+        if user is not None:
+            user.is_active = False
+            user.updated_at = now
+            await self._revoke_sessions([s.id for s in await self.sessions.active_for_user(user_id, now)], now)
+        security_log.info("account deactivated: profile deleted", extra={"user_id": str(user_id)})
 
     async def me(self, identity: Identity) -> User:
         return await self._active_user(identity)
@@ -313,6 +371,7 @@ def _clean_name(name: str | None) -> str | None:
 
 
 def user_event_data(user: User) -> dict[str, object]:
+    """The account as other services may copy it (never a secret): every user.* event of auth."""
     return {
         "user_id": str(user.id),
         "email": user.email,
@@ -320,5 +379,7 @@ def user_event_data(user: User) -> dict[str, object]:
         "last_name": user.last_name,
         "tenant_id": str(user.tenant_id),
         "roles": list(user.roles),
+        "is_active": user.is_active,
         "created_at": user.created_at.isoformat(),
+        "last_login_at": user.last_login_at.isoformat() if user.last_login_at else None,
     }

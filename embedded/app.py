@@ -12,10 +12,13 @@ from shared import migrations
 from shared.events import InMemoryBus
 from shared.settings import ServiceSettings, load_settings
 from shared.stores import MemoryStore
+from user_service.app import create_app as create_user_app
+from user_service.config import UserSettings
 
 # (package, settings, route prefix, URL variable); each service keeps its own database.
 SERVICES: list[tuple[str, type[ServiceSettings], str, str]] = [
     ("auth_service", AuthSettings, "/api/v1/auth", "AUTH_SERVICE_URL"),
+    ("user_service", UserSettings, "/api/v1/users", "USER_SERVICE_URL"),
 ]
 
 
@@ -36,7 +39,10 @@ def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping
     if not gateway_settings.redis_url:
         shared_parts = {"store": MemoryStore(), "bus": InMemoryBus()}
     urls = gateway_settings.upstream_urls()
-    factories = {"/api/v1/auth": lambda: create_auth_app(load_settings(AuthSettings, environ), **shared_parts)}
+    factories = {
+        "/api/v1/auth": lambda: create_auth_app(load_settings(AuthSettings, environ), **shared_parts),
+        "/api/v1/users": lambda: create_user_app(load_settings(UserSettings, environ), **shared_parts),
+    }
     services, proxied = {}, {}
     for _, _, prefix, url_variable in SERVICES:
         if url_variable in environ:

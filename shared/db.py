@@ -7,7 +7,8 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.datastructures import State
-from sqlalchemy import DateTime, event, text
+from sqlalchemy import DateTime, Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -90,6 +91,14 @@ async def provide_db_session(state: State) -> AsyncGenerator[AsyncSession, None]
             await session.rollback()
             raise
         await session.commit()
+
+
+async def insert_or_ignore(session: AsyncSession, table: Table, values: dict[str, Any]) -> bool:
+    """INSERT the row unless its key exists (ON CONFLICT DO NOTHING); True when inserted."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return (await session.execute(statement)).first() is not None
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -1,10 +1,15 @@
 """Events between services: a publish/subscribe interface with Redis Streams and in-memory buses.
 
-Delivery is at least once; handlers must be idempotent (the event ``id`` is the dedup key).
+Delivery is at least once. A handler that changes a database applies the event through
+:func:`idempotent`, which records the event ``id`` in the service's ``processed_events`` table in
+the same transaction as the change, so a redelivered event is applied once. A handler that keeps
+failing is retried ``max_attempts`` times, then its message moves to the dead-letter stream
+``{namespace}:events:{type}:dead`` (in memory: ``InMemoryBus.dead_letters``).
 """
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -12,10 +17,34 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
+from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
+from sqlalchemy import Column, MetaData, String, Table, Uuid, delete
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import UTCDateTime, insert_or_ignore, utcnow
 
 logger = logging.getLogger("shared.events")
+
+HANDLED = Counter(
+    "pyairtable_events_handled_total",
+    "Event deliveries by outcome: handled (the handler returned; duplicate ones included), duplicate"
+    " (already processed, skipped), failed (the handler raised), dead_lettered",
+    ["event_type", "group", "outcome"],
+)
+LAG = Gauge(
+    "pyairtable_events_consumer_lag",
+    "Messages of the stream not yet delivered to the consumer group",
+    ["event_type", "group"],
+)
+PENDING = Gauge(
+    "pyairtable_events_consumer_pending",
+    "Messages delivered to the consumer group but not yet acknowledged",
+    ["event_type", "group"],
+)
+DEFAULT_MAX_ATTEMPTS = 5
+LAG_REFRESH_SECONDS = 5.0
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -40,37 +69,115 @@ class EventBus(Protocol):
     async def close(self) -> None: ...
 
 
-class InMemoryBus:
-    """One process, same outcomes: every group subscribed to a type gets each event once."""
+# -- idempotent handlers ---------------------------------------------------------------------------
 
-    def __init__(self) -> None:
-        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+
+def processed_events_table(metadata: MetaData) -> Table:
+    """The ``processed_events`` table in a consuming service's own metadata."""
+    return Table(
+        "processed_events",
+        metadata,
+        Column("event_id", Uuid, primary_key=True),
+        Column("event_type", String(100), nullable=False),
+        Column("processed_at", UTCDateTime, nullable=False),
+    )
+
+
+async def claim_event(session: AsyncSession, table: Table, event: Event) -> bool:
+    """Record ``event`` as processed in the caller's transaction; False if it already was.
+
+    On PostgreSQL a concurrent claim of the same id waits for the first transaction: if that
+    one commits, this one sees the conflict and skips; if it rolls back, this one proceeds.
+    """
+    return await insert_or_ignore(
+        session, table, {"event_id": uuid.UUID(event.id), "event_type": event.type, "processed_at": utcnow()}
+    )
+
+
+async def forget_processed_events(session: AsyncSession, table: Table, before: datetime) -> int:
+    """Drop the ids of events processed before ``before`` (long past any redelivery); how many."""
+    result = await session.execute(delete(table).where(table.c.processed_at < before).returning(table.c.event_id))
+    return len(result.all())
+
+
+Apply = Callable[[AsyncSession, Event], Awaitable[None]]
+
+
+def idempotent(sessionmaker: async_sessionmaker[AsyncSession], table: Table, group: str, apply: Apply) -> Handler:
+    """A handler that applies each event once: its effect and its id commit together."""
+
+    async def handle(event: Event) -> None:
+        async with sessionmaker() as session, session.begin():
+            if not await claim_event(session, table, event):
+                HANDLED.labels(event.type, group, "duplicate").inc()
+                return
+            await apply(session, event)
+
+    return handle
+
+
+# -- in memory -------------------------------------------------------------------------------------
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    group: str
+    event: Event
+    attempts: int
+    error: str
+
+
+class InMemoryBus:
+    """One process, same outcomes: every group subscribed to a type gets each event once; a
+    failing handler is retried ``max_attempts`` times, then the event is dead-lettered."""
+
+    def __init__(self, max_attempts: int = DEFAULT_MAX_ATTEMPTS, retry_delay_seconds: float = 0.2) -> None:
+        self.max_attempts = max(1, max_attempts)
+        self.retry_delay_seconds = retry_delay_seconds
+        self._handlers: dict[str, list[tuple[str, Handler]]] = defaultdict(list)
         self._pending: set[asyncio.Task[None]] = set()
         self.published: list[Event] = []
+        self.dead_letters: list[DeadLetter] = []
 
     async def publish(self, event: Event) -> None:
         self.published.append(event)
-        for handler in self._handlers.get(event.type, []):
-            task = asyncio.create_task(self._deliver(handler, event))
+        for group, handler in self._handlers.get(event.type, []):
+            task = asyncio.create_task(self._deliver(group, handler, event))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _deliver(self, handler: Handler, event: Event) -> None:
-        try:
-            await handler(event)
-        except Exception:
-            logger.exception("event handler failed", extra={"event_type": event.type, "event_id": event.id})
+    async def _deliver(self, group: str, handler: Handler, event: Event) -> None:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await handler(event)
+            except Exception as exc:
+                HANDLED.labels(event.type, group, "failed").inc()
+                logger.warning(
+                    "event handler failed",
+                    extra={"event_type": event.type, "event_id": event.id, "group": group, "attempt": attempt},
+                    exc_info=True,
+                )
+                if attempt == self.max_attempts:
+                    self.dead_letters.append(DeadLetter(group, event, attempt, f"{type(exc).__name__}: {exc}"))
+                    HANDLED.labels(event.type, group, "dead_lettered").inc()
+                    logger.error("event dead-lettered", extra={"event_type": event.type, "event_id": event.id})
+                    return
+                await asyncio.sleep(self.retry_delay_seconds * attempt)
+            else:
+                HANDLED.labels(event.type, group, "handled").inc()
+                return
 
     def subscribe(self, event_type: str, group: str, handler: Handler) -> None:
-        self._handlers[event_type].append(handler)
+        self._handlers[event_type].append((group, handler))
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
-        if self._pending:
+        while self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
+
+# -- Redis Streams ---------------------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
@@ -81,6 +188,8 @@ class RedisStreamBus:
 
     A message whose handler failed, or whose consumer died before acknowledging it, is claimed
     again (by any consumer of the group) once it has been pending ``reclaim_after_seconds``.
+    A message delivered more than ``max_attempts`` times, or one that cannot be decoded, is moved
+    to ``{namespace}:events:{type}:dead`` and acknowledged.
     """
 
     def __init__(
@@ -90,18 +199,23 @@ class RedisStreamBus:
         consumer: str | None = None,
         maxlen: int = 100_000,
         reclaim_after_seconds: float = 30.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.redis = redis
         self.namespace = namespace
         self.consumer = consumer or f"consumer-{uuid.uuid4().hex[:8]}"
         self.maxlen = maxlen
         self.reclaim_after_ms = max(1, int(reclaim_after_seconds * 1000))
+        self.max_attempts = max(1, max_attempts)
         self._subscriptions: list[tuple[str, str, Handler]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
     def stream(self, event_type: str) -> str:
         return f"{self.namespace}:events:{event_type}"
+
+    def dead_letter_stream(self, event_type: str) -> str:
+        return f"{self.stream(event_type)}:dead"
 
     async def publish(self, event: Event) -> None:
         await self.redis.xadd(
@@ -114,7 +228,7 @@ class RedisStreamBus:
     async def start(self) -> None:
         self._closing = False
         for event_type, group, handler in self._subscriptions:
-            self._tasks.append(asyncio.create_task(self._consume(self.stream(event_type), group, handler)))
+            self._tasks.append(asyncio.create_task(self._consume(event_type, group, handler)))
 
     async def close(self) -> None:
         # The loops also stop on the flag: on Python 3.11 a cancellation that lands while redis-py
@@ -132,47 +246,113 @@ class RedisStreamBus:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def _consume(self, stream: str, group: str, handler: Handler) -> None:
+    async def _consume(self, event_type: str, group: str, handler: Handler) -> None:
+        stream = self.stream(event_type)
         while not self._closing:
             try:
                 await self._ensure_group(stream, group)
-                await self._read_batches(stream, group, handler)
+                await self._read_batches(event_type, group, handler)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 logger.warning("event stream unavailable", extra={"stream": stream, "error": str(exc)})
                 await asyncio.sleep(1.0)
 
-    async def _read_batches(self, stream: str, group: str, handler: Handler) -> None:
+    async def _read_batches(self, event_type: str, group: str, handler: Handler) -> None:
+        stream = self.stream(event_type)
+        lag_measured = 0.0
         while not self._closing:
-            await self._reclaim(stream, group, handler)
+            await self._reclaim(event_type, group, handler)
             replies: Any = await self.redis.xreadgroup(group, self.consumer, {stream: ">"}, count=100, block=1000)
             for _stream, messages in replies or []:
                 for message_id, fields in messages:
-                    await self._handle(stream, group, handler, message_id, fields)
+                    await self._handle(event_type, group, handler, message_id, fields)
+            if time.monotonic() - lag_measured >= LAG_REFRESH_SECONDS:
+                lag_measured = time.monotonic()
+                await self._measure_lag(event_type, group)
 
-    async def _reclaim(self, stream: str, group: str, handler: Handler) -> None:
+    async def _reclaim(self, event_type: str, group: str, handler: Handler) -> None:
         """Take over messages left unacknowledged too long: a failed handler, a dead consumer."""
+        stream = self.stream(event_type)
         reply: Any = await self.redis.xautoclaim(
             stream, group, self.consumer, min_idle_time=self.reclaim_after_ms, start_id="0-0", count=100
         )
         claimed: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[1]
+        if not claimed:
+            return
+        deliveries = await self._delivery_counts(stream, group, claimed[0][0], claimed[-1][0])
         for message_id, fields in claimed:
             if fields is None:  # trimmed from the stream meanwhile (Redis 6.2)
                 await self.redis.xack(stream, group, message_id)
                 continue
-            await self._handle(stream, group, handler, message_id, fields)
+            attempts = deliveries.get(message_id, 1)
+            if attempts > self.max_attempts:
+                await self._dead_letter(event_type, group, message_id, fields, attempts - 1, "too many attempts")
+                continue
+            await self._handle(event_type, group, handler, message_id, fields)
+
+    async def _delivery_counts(self, stream: str, group: str, first: bytes, last: bytes) -> dict[bytes, int]:
+        """How many times each of this consumer's pending messages was delivered (XPENDING)."""
+        rows: Any = await self.redis.xpending_range(
+            stream, group, min=first, max=last, count=1000, consumername=self.consumer
+        )
+        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
 
     async def _handle(
-        self, stream: str, group: str, handler: Handler, message_id: bytes, fields: dict[bytes, bytes]
+        self, event_type: str, group: str, handler: Handler, message_id: bytes, fields: dict[bytes, bytes]
     ) -> None:
+        stream = self.stream(event_type)
         try:
             event = _decoder.decode(fields[b"event"])
+        except (KeyError, msgspec.DecodeError) as exc:
+            # Retrying cannot fix a message that does not decode.
+            await self._dead_letter(event_type, group, message_id, fields, 1, f"undecodable: {exc}")
+            return
+        try:
             await handler(event)
         except Exception:
-            logger.exception("event handler failed", extra={"stream": stream, "message_id": message_id})
+            HANDLED.labels(event_type, group, "failed").inc()
+            logger.exception(
+                "event handler failed", extra={"stream": stream, "message_id": message_id, "event_id": event.id}
+            )
             return  # left pending: reclaimed and retried after reclaim_after_seconds
+        HANDLED.labels(event_type, group, "handled").inc()
         await self.redis.xack(stream, group, message_id)
+
+    async def _dead_letter(
+        self,
+        event_type: str,
+        group: str,
+        message_id: bytes,
+        fields: dict[bytes, bytes],
+        attempts: int,
+        reason: str,
+    ) -> None:
+        """Move the message to the dead-letter stream and acknowledge it, in one transaction."""
+        entry: dict[Any, Any] = {
+            **fields,
+            b"group": group.encode(),
+            b"message_id": message_id,
+            b"attempts": str(attempts).encode(),
+            b"reason": reason.encode(),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.dead_letter_stream(event_type), entry, maxlen=self.maxlen, approximate=True)
+            pipe.xack(self.stream(event_type), group, message_id)
+            await pipe.execute()
+        HANDLED.labels(event_type, group, "dead_lettered").inc()
+        logger.error(
+            "event dead-lettered",
+            extra={"stream": self.stream(event_type), "group": group, "message_id": message_id, "reason": reason},
+        )
+
+    async def _measure_lag(self, event_type: str, group: str) -> None:
+        groups: Any = await self.redis.xinfo_groups(self.stream(event_type))
+        for info in groups:
+            name = info.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == group:
+                LAG.labels(event_type, group).set(float(info.get("lag") or 0))
+                PENDING.labels(event_type, group).set(float(info.get("pending") or 0))
 
 
 def encode_event(event: Event) -> bytes:

@@ -10,6 +10,7 @@ import logging
 import uuid
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, Uuid, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,6 +21,8 @@ from shared.events import Event, EventBus
 
 logger = logging.getLogger("shared.outbox")
 PENDING_FLAG = "outbox_pending"
+PUBLISHED = Counter("pyairtable_outbox_published_total", "Events the outbox relay published", ["event_type"])
+RELAY_FAILURES = Counter("pyairtable_outbox_relay_failures_total", "Outbox relay passes that failed (retried)")
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -92,6 +95,7 @@ class OutboxRelay:
             ).all()
             for row in rows:
                 await self.bus.publish(_event_from_row(row))
+                PUBLISHED.labels(row.event_type).inc()
             if rows:
                 await session.execute(
                     update(table)
@@ -108,6 +112,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                RELAY_FAILURES.inc()
                 logger.warning("outbox relay failed; will retry", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)

@@ -50,6 +50,7 @@ class Identity(msgspec.Struct, frozen=True):
     session_id: str | None
     issued_at: int
     expires_at: int
+    tenant_id: uuid.UUID | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -205,7 +206,15 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
         session_id=claims.get("sid"),
         issued_at=int(claims["iat"]),
         expires_at=int(claims["exp"]),
+        tenant_id=_tenant(claims.get("tid")),
     )
+
+
+def _tenant(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        raise InvalidToken() from None
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -33,6 +33,7 @@ from shared.stores import KeyValueStore, create_redis, create_store, dependency_
 VERSION = "0.1.0"
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/metrics", "^/schema"]
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
+EVENTS_SOCKET_TIMEOUT = 5.0
 
 
 class MetricsController(PrometheusController):
@@ -104,7 +105,10 @@ def _resources(
         redis = create_redis(settings) if settings.redis_url and (store is None or bus is None) else None
         app.state.redis = redis
         app.state.store = store or create_store(settings, redis)
-        app.state.bus = bus or _create_bus(settings, redis)
+        # Consumers block on XREADGROUP for up to a second: a client of their own, with a socket
+        # timeout longer than that (the store's stays short).
+        events_redis = create_redis(settings, timeout=EVENTS_SOCKET_TIMEOUT) if bus is None and redis else None
+        app.state.bus = bus or _create_bus(settings, events_redis)
         app.state.revocations = RevocationList(app.state.store)
         app.state.verifier = TokenVerifier(settings, app.state.revocations)
         app.state.readiness_checks = {}
@@ -119,6 +123,8 @@ def _resources(
         finally:
             if bus is None:
                 await app.state.bus.close()
+            if events_redis is not None:
+                await events_redis.aclose()
             if redis is not None:
                 await redis.aclose()
             if engine is not None:
@@ -131,7 +137,13 @@ def _create_bus(settings: ServiceSettings, redis: Any) -> EventBus:
     if redis is None:
         return InMemoryBus()
     consumer = f"{settings.service_name}-{socket.gethostname()}-{os.getpid()}"
-    return RedisStreamBus(redis, settings.redis_namespace, consumer=consumer)
+    return RedisStreamBus(
+        redis,
+        settings.redis_namespace,
+        consumer=consumer,
+        reclaim_after_seconds=settings.event_reclaim_seconds,
+        max_attempts=settings.event_max_attempts,
+    )
 
 
 @asynccontextmanager

@@ -69,6 +69,10 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     max_body_size: int = 1_048_576
     trusted_proxies: str = ""
     outbox_poll_seconds: float = 1.0
+    # A message left unacknowledged this long is redelivered; after this many deliveries it is
+    # moved to the dead-letter stream.
+    event_reclaim_seconds: float = 30.0
+    event_max_attempts: int = 5
 
     @property
     def is_production(self) -> bool:

@@ -1,1 +1,1 @@
-"""User service (port 8002): profiles and user admin. Built in its own issue."""
+"""User service (port 8002): profiles, preferences and user admin at /api/v1/users."""

@@ -14,7 +14,7 @@ from auth_service.models import Base
 from shared import migrations
 from tests.conftest import DatabaseFactory
 
-TABLES = {"users", "sessions", "refresh_tokens", "outbox", "alembic_version_auth"}
+TABLES = {"users", "sessions", "refresh_tokens", "outbox", "processed_events", "alembic_version_auth"}
 
 
 async def schema_state(url: str) -> tuple[set[str], list[object]]:

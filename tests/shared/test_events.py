@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 
 from auth_service.config import AuthSettings
-from auth_service.models import outbox
+from auth_service.models import outbox, processed_events
 from shared.db import create_engine, create_sessionmaker
-from shared.events import Event, InMemoryBus, RedisStreamBus, new_event
+from shared.events import Event, InMemoryBus, RedisStreamBus, idempotent, new_event
 from shared.outbox import OutboxRelay, add_event
 from tests.auth_service.conftest import register
 
@@ -215,7 +215,7 @@ async def test_only_subscribed_types_are_delivered(redis: Redis, redis_namespace
 
 
 async def test_in_memory_bus_gives_the_same_outcome() -> None:
-    bus = InMemoryBus()
+    bus = InMemoryBus(retry_delay_seconds=0.01)
     users, analytics, broken = Recorder(), Recorder(), Recorder(failures=1)
     bus.subscribe("user.registered", "users", users)
     bus.subscribe("user.registered", "analytics", analytics)
@@ -227,7 +227,9 @@ async def test_in_memory_bus_gives_the_same_outcome() -> None:
     await bus.close()  # waits for the deliveries in flight
     assert users.handled == [event]
     assert analytics.handled == [event]
-    assert broken.calls == 1  # its failure did not stop the others
+    assert broken.handled == [event]  # its failure did not stop the others, and it was retried
+    assert broken.calls == 2
+    assert bus.dead_letters == []
 
 
 # -- the outbox ------------------------------------------------------------------------------------
@@ -332,3 +334,176 @@ async def test_a_running_relay_publishes_soon_after_commit(
         await add_event(session, outbox, event)
     published = await eventually(lambda: stream_events(redis, bus.stream("user.registered")), "the publication")
     assert [e.id for e in published] == [event.id]
+
+
+# -- dead letters, dedup, metrics ------------------------------------------------------------------
+
+
+async def dead_letters(redis: Redis, stream: str) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in await redis.xrange(f"{stream}:dead")]
+
+
+async def test_a_poisoned_message_lands_in_the_dead_letter_stream(redis: Redis, redis_namespace: str) -> None:
+    """A handler that always fails gets the message max_attempts times; then it is moved aside,
+    acknowledged, and the messages after it are still delivered."""
+    bus = RedisStreamBus(redis, redis_namespace, consumer="users-1", reclaim_after_seconds=0.1, max_attempts=3)
+    stream = bus.stream("user.registered")
+    poisoned, healthy = registered(), registered()
+    calls: list[str] = []
+    handled: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        calls.append(event.id)
+        if event.id == poisoned.id:
+            raise ValueError("this event breaks the handler")
+        handled.append(event)
+
+    bus.subscribe("user.registered", "users", handler)
+    await bus.start()
+    try:
+        await bus.publish(poisoned)
+        await bus.publish(healthy)
+        [dead] = await eventually(lambda: dead_letters(redis, stream), "the dead letter")
+        await eventually(lambda: all_acknowledged(redis, stream, "users"), "the acknowledgements")
+    finally:
+        await bus.close()
+    assert msgspec.json.decode(dead[b"event"], type=Event) == poisoned
+    assert dead[b"group"] == b"users"
+    assert dead[b"attempts"] == b"3"
+    assert calls.count(poisoned.id) == 3
+    assert handled == [healthy]
+    assert 'outcome="dead_lettered"' in metrics_text()
+
+
+async def test_a_message_that_does_not_decode_is_dead_lettered_at_once(redis: Redis, redis_namespace: str) -> None:
+    bus = RedisStreamBus(redis, redis_namespace, consumer="users-1")
+    stream = bus.stream("user.registered")
+    handler = Recorder()
+    bus.subscribe("user.registered", "users", handler)
+    await redis.xadd(stream, {"event": b"{not json"})
+    await bus.start()
+    try:
+        [dead] = await eventually(lambda: dead_letters(redis, stream), "the dead letter")
+    finally:
+        await bus.close()
+    assert dead[b"event"] == b"{not json"
+    assert dead[b"reason"].startswith(b"undecodable")
+    assert handler.calls == 0
+    assert await pending(redis, stream, "users") == 0
+
+
+async def test_in_memory_bus_retries_then_dead_letters() -> None:
+    bus = InMemoryBus(max_attempts=3, retry_delay_seconds=0.01)
+    broken = Recorder(failures=100)
+    bus.subscribe("user.registered", "users", broken)
+    event = registered()
+    await bus.publish(event)
+    await bus.close()
+    assert broken.calls == 3
+    [dead] = bus.dead_letters
+    assert (dead.group, dead.event, dead.attempts) == ("users", event, 3)
+    assert "dependency is down" in dead.error
+
+
+def metrics_text() -> str:
+    from prometheus_client import REGISTRY, generate_latest
+
+    return generate_latest(REGISTRY).decode()
+
+
+async def test_consumer_lag_is_a_metric(redis: Redis, redis_namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.events.LAG_REFRESH_SECONDS", 0.0)
+    group = f"lag-{uuid.uuid4().hex[:6]}"
+    bus = RedisStreamBus(redis, redis_namespace)
+    stream = bus.stream("user.registered")
+    for _ in range(3):
+        await bus.publish(registered())
+    release, started = asyncio.Event(), asyncio.Event()
+
+    async def slow(event: Event) -> None:
+        started.set()
+        await release.wait()
+
+    bus.subscribe("user.registered", group, slow)
+    await bus.start()
+    try:
+        line = f'pyairtable_events_consumer_pending{{event_type="user.registered",group="{group}"}}'
+        await asyncio.wait_for(started.wait(), WAIT_SECONDS)
+        release.set()
+        await eventually(lambda: all_acknowledged(redis, stream, group), "the acknowledgements")
+        await eventually(lambda: f"{line} 0.0" in metrics_text(), "the pending gauge")
+        assert f'pyairtable_events_consumer_lag{{event_type="user.registered",group="{group}"}} 0.0' in metrics_text()
+        handled = f'pyairtable_events_handled_total{{event_type="user.registered",group="{group}",outcome="handled"}}'
+        assert f"{handled} 3.0" in metrics_text()
+    finally:
+        await bus.close()
+
+
+@pytest.fixture
+async def auth_sessions(auth_settings: AuthSettings) -> AsyncIterator[Any]:
+    engine = create_engine(auth_settings)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def test_an_idempotent_handler_applies_a_redelivered_event_once(auth_sessions: Any) -> None:
+    applied: list[str] = []
+
+    async def apply(session: Any, event: Event) -> None:
+        applied.append(event.id)
+
+    handler = idempotent(auth_sessions, processed_events, "test", apply)
+    event = registered()
+    await handler(event)
+    await handler(event)
+    await asyncio.gather(handler(event), handler(event))
+    assert applied == [event.id]
+
+
+async def test_a_failed_idempotent_handler_leaves_no_mark_and_runs_again(auth_sessions: Any) -> None:
+    """The effect and the processed mark commit together: a failure rolls back both."""
+    attempts: list[str] = []
+
+    async def apply(session: Any, event: Event) -> None:
+        attempts.append(event.id)
+        if len(attempts) == 1:
+            raise RuntimeError("crashed half way")
+
+    handler = idempotent(auth_sessions, processed_events, "test", apply)
+    event = registered()
+    with pytest.raises(RuntimeError):
+        await handler(event)
+    await handler(event)
+    await handler(event)
+    assert attempts == [event.id, event.id]
+    async with auth_sessions() as session:
+        marks = (await session.execute(select(processed_events.c.event_id))).scalars().all()
+    assert [str(mark) for mark in marks] == [event.id]
+
+
+async def test_relays_side_by_side_publish_each_event_once(
+    relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis
+) -> None:
+    """FOR UPDATE SKIP LOCKED: two relays over one outbox never publish the same row twice."""
+    sessionmaker, first, bus = relay_parts
+    second = OutboxRelay(sessionmaker, outbox, bus, poll_seconds=3600, batch_size=7)
+    first.batch_size = 7
+    events = [registered() for _ in range(60)]
+    async with sessionmaker() as session, session.begin():
+        for event in events:
+            await add_event(session, outbox, event)
+
+    async def drain(relay: OutboxRelay) -> int:
+        total = 0
+        while sent := await relay.publish_pending():
+            total += sent
+        return total
+
+    try:
+        counts = await asyncio.gather(drain(first), drain(second))
+    finally:
+        await second.stop()
+    assert sum(counts) == 60
+    published = [e.id for e in await stream_events(redis, bus.stream("user.registered"))]
+    assert sorted(published) == sorted(e.id for e in events)
+    assert 'pyairtable_outbox_published_total{event_type="user.registered"}' in metrics_text()

@@ -1,0 +1,82 @@
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+import pytest
+from litestar import Litestar
+
+from shared import migrations
+from shared.keys import hs256_kid
+from tests.auth_service.conftest import JWT_SECRET, Clock
+from tests.conftest import DatabaseFactory, access_claims, app_client
+from user_service.app import create_app
+from user_service.config import UserSettings
+
+USERS = "/api/v1/users"
+
+
+@pytest.fixture(scope="session")
+def users_database(databases: DatabaseFactory) -> str:
+    url = databases.create("pyairtable_users")
+    migrations.upgrade(UserSettings(database_url=url), "user_service")
+    return url
+
+
+@pytest.fixture
+def clean_users_database(users_database: str) -> Iterator[str]:
+    yield users_database
+    with psycopg.connect(users_database, autocommit=True) as conn:
+        conn.execute("TRUNCATE profiles, outbox, processed_events")
+
+
+@pytest.fixture
+def user_settings(clean_users_database: str, redis_url: str, redis_namespace: str, tmp_path: Path) -> UserSettings:
+    return UserSettings(
+        database_url=clean_users_database,
+        redis_url=redis_url,
+        redis_namespace=redis_namespace,
+        jwt_secret=JWT_SECRET,
+        data_dir=str(tmp_path),
+        outbox_poll_seconds=0.2,
+        event_reclaim_seconds=0.5,
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def users_app(user_settings: UserSettings, clock: Clock) -> Litestar:
+    return create_app(user_settings, clock=clock)
+
+
+@pytest.fixture
+async def client(users_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(users_app) as test_client:
+        yield test_client
+
+
+class Caller:
+    """A made-up signed-in user: its id, tenant, and a bearer header."""
+
+    def __init__(self, roles: list[str] | None = None, tenant_id: uuid.UUID | None = None, **claims: Any) -> None:
+        self.id = uuid.uuid4()
+        self.tenant_id = tenant_id or uuid.uuid4()
+        self.email = claims.pop("email", f"{self.id.hex[:8]}@example.com")
+        values = access_claims(
+            sub=str(self.id), email=self.email, roles=roles or ["user"], tid=str(self.tenant_id), **claims
+        )
+        token = jwt.encode(
+            values, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
+        )
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+
+def profile_url(caller: Caller | uuid.UUID) -> str:
+    return f"{USERS}/{caller.id if isinstance(caller, Caller) else caller}"

@@ -1,0 +1,57 @@
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import utcnow
+from shared.events import Event, EventBus, idempotent
+from shared.outbox import OutboxRelay
+from shared.service import create_service_app
+from shared.settings import load_settings
+from shared.stores import KeyValueStore
+from user_service.config import UserSettings
+from user_service.controllers import UserController
+from user_service.models import outbox, processed_events
+from user_service.services import Clock, ProfileService
+
+# Auth's events that carry the account: each one creates or refreshes the profile's copy.
+ACCOUNT_EVENTS = ("user.registered", "user.email_changed", "user.logged_in", "user.account_changed")
+GROUP = "users"
+
+
+def create_app(
+    settings: UserSettings | None = None,
+    *,
+    clock: Clock = utcnow,
+    store: KeyValueStore | None = None,
+    bus: EventBus | None = None,
+) -> Litestar:
+    settings = settings or load_settings(UserSettings)
+
+    @asynccontextmanager
+    async def user_resources(app: Litestar) -> AsyncIterator[None]:
+        relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
+        app.state.outbox_relay = relay
+        relay.start()
+
+        async def apply_account_event(session: AsyncSession, event: Event) -> None:
+            await ProfileService(session, clock).apply_account_event(event)
+
+        handler = idempotent(app.state.sessionmaker, processed_events, GROUP, apply_account_event)
+        for event_type in ACCOUNT_EVENTS:
+            app.state.bus.subscribe(event_type, GROUP, handler)
+        try:
+            yield
+        finally:
+            await relay.stop()
+
+    return create_service_app(
+        settings,
+        title="PyAirtable user service",
+        route_handlers=[UserController],
+        lifespan=[user_resources],
+        store=store,
+        bus=bus,
+        state={"clock": clock},
+    )

@@ -1,0 +1,142 @@
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, Request, delete, get, patch, put
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from shared.security import Identity, require_admin
+from user_service.deps import provide_profile_service
+from user_service.schemas import (
+    ProfileList,
+    ProfilePublic,
+    ProfileQuery,
+    ProfileRead,
+    ProfileReplace,
+    ProfileUpdate,
+    Role,
+    SortField,
+    SortOrder,
+    profile_public,
+    profile_read,
+)
+from user_service.services import ProfileService
+
+BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
+
+
+class UserController(Controller):
+    """Profiles: your own at /me; others' as their owner, an admin, or (public fields) a tenant peer."""
+
+    path = "/api/v1/users"
+    tags = ["users"]
+    security = BEARER
+    dependencies = {"profiles": Provide(provide_profile_service, sync_to_thread=False)}
+
+    @get("/", operation_id="list_users", guards=[require_admin])
+    async def list_users(
+        self,
+        profiles: NamedDependency[ProfileService],
+        page: Annotated[int, QueryParameter(ge=1, le=1_000_000)] = 1,
+        page_size: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        search: Annotated[str | None, QueryParameter(max_length=100, description="name or email substring")] = None,
+        role: Annotated[Role | None, QueryParameter()] = None,
+        is_active: Annotated[bool | None, QueryParameter()] = None,
+        tenant_id: Annotated[uuid.UUID | None, QueryParameter()] = None,
+        created_after: Annotated[datetime | None, QueryParameter(description="inclusive")] = None,
+        created_before: Annotated[datetime | None, QueryParameter(description="exclusive")] = None,
+        sort_by: Annotated[SortField, QueryParameter()] = "created_at",
+        sort_order: Annotated[SortOrder, QueryParameter()] = "desc",
+    ) -> ProfileList:
+        """Every profile, filtered, sorted and paged (admins only)."""
+        query = ProfileQuery(
+            page=page,
+            page_size=page_size,
+            search=search.strip() or None if search else None,
+            role=role,
+            is_active=is_active,
+            tenant_id=tenant_id,
+            created_after=created_after,
+            created_before=created_before,
+            sort_by=sort_by,
+            sort_order=sort_order,
+        )
+        return await profiles.list(query)
+
+    @get("/me", operation_id="get_my_profile")
+    async def get_me(
+        self, request: Request[Identity, str, State], profiles: NamedDependency[ProfileService]
+    ) -> ProfileRead:
+        """Your profile (created from your token if the registration event is still on its way)."""
+        return profile_read(await profiles.me(request.user))
+
+    @put("/me", operation_id="replace_my_profile")
+    async def replace_me(
+        self,
+        data: JSONBody[ProfileReplace],
+        request: Request[Identity, str, State],
+        profiles: NamedDependency[ProfileService],
+    ) -> ProfileRead:
+        """Replace every field you may set; those left out are cleared."""
+        identity = request.user
+        return profile_read(await profiles.replace(identity, identity.user_id, _fields(data)))
+
+    @patch("/me", operation_id="update_my_profile")
+    async def update_me(
+        self,
+        data: JSONBody[ProfileUpdate],
+        request: Request[Identity, str, State],
+        profiles: NamedDependency[ProfileService],
+    ) -> ProfileRead:
+        """Change the fields given."""
+        identity = request.user
+        return profile_read(await profiles.update(identity, identity.user_id, data.changes()))
+
+    @get("/{user_id:uuid}", operation_id="get_user")
+    async def get_user(
+        self,
+        user_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        profiles: NamedDependency[ProfileService],
+    ) -> ProfileRead | ProfilePublic:
+        """A profile: all of it for its owner and admins, the public fields for the same tenant."""
+        profile, full = await profiles.visible(request.user, user_id)
+        return profile_read(profile) if full else profile_public(profile)
+
+    @put("/{user_id:uuid}", operation_id="replace_user")
+    async def replace_user(
+        self,
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[ProfileReplace],
+        request: Request[Identity, str, State],
+        profiles: NamedDependency[ProfileService],
+    ) -> ProfileRead:
+        """Replace a profile's settable fields (its owner or an admin)."""
+        return profile_read(await profiles.replace(request.user, user_id, _fields(data)))
+
+    @patch("/{user_id:uuid}", operation_id="update_user")
+    async def update_user(
+        self,
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[ProfileUpdate],
+        request: Request[Identity, str, State],
+        profiles: NamedDependency[ProfileService],
+    ) -> ProfileRead:
+        """Change some of a profile's fields (its owner or an admin)."""
+        return profile_read(await profiles.update(request.user, user_id, data.changes()))
+
+    @delete("/{user_id:uuid}", operation_id="delete_user")
+    async def delete_user(
+        self,
+        user_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        profiles: NamedDependency[ProfileService],
+    ) -> None:
+        """Delete a profile (its owner or an admin); the account is closed and its tokens refused."""
+        await profiles.delete(request.user, user_id)
+
+
+def _fields(data: ProfileReplace) -> dict[str, object]:
+    return {name: getattr(data, name) for name in data.__struct_fields__}

@@ -1,0 +1,11 @@
+"""Dependency providers of the user service."""
+
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from user_service.services import ProfileService
+
+
+def provide_profile_service(db_session: NamedDependency[AsyncSession], state: State) -> ProfileService:
+    return ProfileService(db=db_session, clock=state.clock)

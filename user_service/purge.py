@@ -1,0 +1,54 @@
+"""``python -m user_service purge --older-than 30d``: remove soft-deleted profiles for good, and
+forget the ids of events processed that long ago (no redelivery comes that late)."""
+
+import argparse
+import asyncio
+import re
+from datetime import datetime, timedelta
+
+from shared.db import create_engine, create_sessionmaker, utcnow
+from shared.events import forget_processed_events
+from shared.settings import ServiceSettings
+from user_service.config import UserSettings
+from user_service.models import processed_events
+from user_service.services import ProfileService
+
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+_DURATION = re.compile(r"^(\d+)([dhms]?)$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``45m``, ``10s``; a bare number is days."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration such as 30d, 12h, 45m or 10s")
+    return timedelta(**{_UNITS[match.group(2) or "d"]: int(match.group(1))})
+
+
+def add_purge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--older-than",
+        type=parse_duration,
+        default=None,
+        help="purge profiles deleted at least this long ago (default: PURGE_AFTER_DAYS days)",
+    )
+
+
+def purge_command(settings: ServiceSettings, args: argparse.Namespace) -> int:
+    assert isinstance(settings, UserSettings)
+    age: timedelta = args.older_than or timedelta(days=settings.purge_after_days)
+    profiles, event_ids = asyncio.run(purge(settings, utcnow() - age))
+    print(f"purged {profiles} deleted profile(s) and {event_ids} processed event id(s)")
+    return 0
+
+
+async def purge(settings: UserSettings, before: datetime) -> tuple[int, int]:
+    """Profiles deleted before ``before`` and event ids processed before it; how many of each."""
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            profiles = await ProfileService(session, utcnow).purge(before)
+            event_ids = await forget_processed_events(session, processed_events, before)
+            return profiles, event_ids
+    finally:
+        await engine.dispose()

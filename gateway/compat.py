@@ -7,24 +7,27 @@ With ``REQUIRE_API_KEY`` the ``X-API-Key`` header must match ``API_KEY`` (consta
 """
 
 import hmac
+import uuid
 from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.types import Message, Receive, Scope
 
 from gateway.proxy import ForwardRequest, RequestBody
-from shared.errors import ProblemError, ServiceUnavailable, Unauthorized
+from gateway.services import Admission
+from shared.errors import Forbidden, ProblemError, ServiceUnavailable, Unauthorized
 from shared.http import client_ip, ensure_request_id
 
 # RFC 9745: the date from which these routes are deprecated (2026-12-01), and where to go instead.
 DEPRECATION = "@1796083200"
 AUTH = "/api/v1/auth"
+USERS = "/api/v1/users"
 
 
 class LegacyUser(msgspec.Struct):
@@ -58,6 +61,16 @@ class LegacyRegisterRequest(msgspec.Struct):
 class LegacyLoginRequest(msgspec.Struct):
     email: str
     password: str
+
+
+class LegacyProfileUpdate(msgspec.Struct):
+    email: str  # required by the old service, never changed by this call
+    first_name: str | None = None
+    last_name: str | None = None
+
+
+class LegacyMessage(msgspec.Struct):
+    message: str
 
 
 class ServiceReply(msgspec.Struct):
@@ -102,10 +115,23 @@ async def mark_deprecated(message: Message, scope: Scope) -> None:
 
 async def call_platform(request: Request[Any, Any, State], method: str, path: str, body: Any = None) -> ServiceReply:
     """``method path`` on the platform, as the gateway would proxy it for this client."""
+    admission = await admit(request, method, path)
+    return await forward(request, admission, method, path, body)
+
+
+async def admit(request: Request[Any, Any, State], method: str, path: str) -> Admission:
+    """The caller's claims and rate-limit decision for ``method path`` (raises 401/429 as a proxied route would)."""
+    ip = client_ip(request.scope, request.app.state.settings.trusted_proxy_list)
+    admission: Admission = await request.app.state.gatekeeper.admit(
+        method, path, request.headers.get("authorization"), ip
+    )
+    return admission
+
+
+async def forward(
+    request: Request[Any, Any, State], admission: Admission, method: str, path: str, body: Any = None
+) -> ServiceReply:
     state, scope = request.app.state, request.scope
-    ip = client_ip(scope, state.settings.trusted_proxy_list)
-    authorization = request.headers.get("authorization")
-    admission = await state.gatekeeper.admit(method, path, authorization, ip)
     route = state.routes.match(path)
     if route is None:
         raise ServiceUnavailable(f"No service answers {path} on this gateway.")
@@ -113,22 +139,22 @@ async def call_platform(request: Request[Any, Any, State], method: str, path: st
     headers = [(b"accept", b"application/json")]
     if payload is not None:
         headers.append((b"content-type", b"application/json"))
-    if authorization:
+    if authorization := request.headers.get("authorization"):
         headers.append((b"authorization", authorization.encode("latin-1")))
     if user_agent := request.headers.get("user-agent"):
         headers.append((b"user-agent", user_agent.encode("latin-1")))
-    forward = ForwardRequest(
+    outgoing = ForwardRequest(
         method=method,
         target=path,
         headers=headers,
-        client_ip=ip,
+        client_ip=client_ip(scope, state.settings.trusted_proxy_list),
         proto=scope.get("scheme", "http"),
         host=request.headers.get("host", ""),
         request_id=ensure_request_id(scope),
         body=None if payload is None else RequestBody(_receive_once(payload), len(payload)),
     )
     collected = _Collected()
-    await state.upstreams[route.prefix].forward(forward, collected.send, [])
+    await state.upstreams[route.prefix].forward(outgoing, collected.send, [])
     return ServiceReply(
         status=collected.status,
         body=msgspec.json.decode(collected.body) if collected.body else None,
@@ -197,7 +223,7 @@ REGISTER_ERRORS = {409: 400, 422: 400}  # the old service answered 400 for a tak
 
 
 class LegacyAuthController(Controller):
-    """The consolidated platform service's auth routes (deprecated: use ``/api/v1/auth``)."""
+    """The consolidated platform service's auth and profile routes (deprecated: use ``/api/v1``)."""
 
     tags = ["legacy"]
     guards = [require_api_key]
@@ -229,3 +255,40 @@ class LegacyAuthController(Controller):
         raise_for_status(reply)
         verified = LegacyVerifyResponse(valid=True, user=legacy_user(reply.body))
         return Response(verified, headers=reply.rate_limit_headers)
+
+    @get(["/auth/profile", "/profile"], operation_id="legacy_get_profile", opt={**LEGACY, "successor": f"{USERS}/me"})
+    async def profile(self, request: Request[Any, Any, State]) -> Response[LegacyUser]:
+        """The caller's profile."""
+        reply = await call_platform(request, "GET", f"{USERS}/me")
+        raise_for_status(reply)
+        return Response(legacy_user(reply.body), headers=reply.rate_limit_headers)
+
+    @put(
+        ["/auth/profile", "/profile"], operation_id="legacy_update_profile", opt={**LEGACY, "successor": f"{USERS}/me"}
+    )
+    async def update_profile(
+        self, request: Request[Any, Any, State], data: JSONBody[LegacyProfileUpdate]
+    ) -> Response[LegacyUser]:
+        """Change the caller's names (the email in the body is required but not changed, as before)."""
+        changes = {name: value for name in ("first_name", "last_name") if (value := getattr(data, name)) is not None}
+        reply = await call_platform(request, "PATCH", f"{USERS}/me", changes)
+        raise_for_status(reply)
+        return Response(legacy_user(reply.body), headers=reply.rate_limit_headers)
+
+    @delete(
+        "/auth/users/{user_id:uuid}",
+        operation_id="legacy_deactivate_user",
+        status_code=200,
+        opt={**LEGACY, "successor": f"{USERS}/{{id}}"},
+    )
+    async def deactivate(
+        self, request: Request[Any, Any, State], user_id: FromPath[uuid.UUID]
+    ) -> Response[LegacyMessage]:
+        """Close the caller's own account (another user's id is 403, as before)."""
+        path = f"{USERS}/{user_id}"
+        admission = await admit(request, "DELETE", path)
+        if admission.user_id != str(user_id):
+            raise Forbidden("Only your own account can be deactivated.")
+        reply = await forward(request, admission, "DELETE", path)
+        raise_for_status(reply)
+        return Response(LegacyMessage("User account deactivated successfully"), headers=reply.rate_limit_headers)

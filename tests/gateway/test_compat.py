@@ -2,6 +2,7 @@
 the old request and response shapes, the API key, deprecation headers, and the platform's
 admission (tokens, revocation, rate limits) applied to them."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,13 @@ from gateway.app import create_app
 from gateway.config import GatewaySettings
 from shared.settings import SettingsError
 from tests.conftest import app_client
-from tests.gateway.conftest import AUTH, PASSWORD, SettingsFactory, assert_problem, bearer
+from tests.gateway.conftest import AUTH, PASSWORD, USERS, SettingsFactory, assert_problem, bearer
+from tests.user_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
+    clean_users_database,
+    user_settings,
+    users_app,
+    users_database,
+)
 
 API_KEY = "legacy-clients-key-0123456789"
 KEY = {"X-API-Key": API_KEY}
@@ -22,8 +29,8 @@ USER_FIELDS = {"id", "email", "first_name", "last_name", "is_active", "created_a
 
 
 @pytest.fixture
-def legacy_platform(make_settings: SettingsFactory, auth_app: Litestar) -> Litestar:
-    return create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app})
+def legacy_platform(make_settings: SettingsFactory, auth_app: Litestar, users_app: Litestar) -> Litestar:  # noqa: F811
+    return create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app, USERS: users_app})
 
 
 @pytest.fixture
@@ -138,6 +145,59 @@ async def test_verify_refuses_a_token_after_logout(legacy: httpx.AsyncClient) ->
     response = await legacy.get("/auth/verify", headers={**KEY, **bearer(token)})
 
     assert_problem(response, 401)
+
+
+@pytest.mark.parametrize("path", ["/auth/profile", "/profile"])
+async def test_profile_reads_and_updates_names_but_not_the_email(legacy: httpx.AsyncClient, path: str) -> None:
+    registered = (await legacy_register(legacy)).json()
+    caller = {**KEY, **bearer(registered["access_token"])}
+
+    # The profile gets the names from the registration event, a moment after the account exists.
+    for _ in range(200):
+        read = await legacy.get(path, headers=caller)
+        assert read.status_code == 200, read.text
+        if read.json()["last_name"] == "Lovelace":
+            break
+        await asyncio.sleep(0.05)
+    assert read.json()["id"] == registered["user"]["id"]
+    assert set(read.json()) == USER_FIELDS
+    assert_deprecated(read, f"{USERS}/me")
+
+    update = {"email": "someone-else@example.com", "first_name": "Augusta"}
+    updated = await legacy.put(path, json=update, headers=caller)
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["first_name"] == "Augusta"
+    assert updated.json()["last_name"] == "Lovelace"
+    assert updated.json()["email"] == "ada@example.com"
+    assert (await legacy.get(path, headers=caller)).json() == updated.json()
+
+    missing_email = await legacy.put(path, json={"first_name": "Ada"}, headers=caller)
+    assert_problem(missing_email, 422)
+    assert_problem(await legacy.get(path, headers=KEY), 401)
+
+
+async def test_deactivate_closes_only_your_own_account(legacy: httpx.AsyncClient) -> None:
+    ada = (await legacy_register(legacy)).json()
+    grace = (await legacy_register(legacy, email="grace@example.com")).json()
+    ada_caller = {**KEY, **bearer(ada["access_token"])}
+
+    someone_else = await legacy.delete(f"/auth/users/{grace['user']['id']}", headers=ada_caller)
+    assert_problem(someone_else, 403)
+
+    own = await legacy.delete(f"/auth/users/{ada['user']['id']}", headers=ada_caller)
+    assert own.status_code == 200, own.text
+    assert own.json() == {"message": "User account deactivated successfully"}
+    assert_deprecated(own, f"{USERS}/{{id}}")
+    # The account closes when auth has applied user.deleted: sign-in then fails, and so does the old token.
+    login = {"email": "ada@example.com", "password": PASSWORD}
+    for _ in range(200):
+        if (await legacy.post(f"{AUTH}/login", json=login)).status_code == 401:
+            break
+        await asyncio.sleep(0.05)
+    assert_problem(await legacy.post("/auth/login", json=login, headers=KEY), 401)
+    assert_problem(await legacy.get("/verify", headers=ada_caller), 401)
+    grace_profile = await legacy.get("/profile", headers={**KEY, **bearer(grace["access_token"])})
+    assert grace_profile.status_code == 200, grace_profile.text
 
 
 @pytest.mark.parametrize(

@@ -476,6 +476,7 @@ class UserTokens:
         self.platform_token = platform_token
         self.cache_seconds = cache_seconds
         self._cache: dict[uuid.UUID, tuple[float, str | None]] = {}
+        self._loading: dict[uuid.UUID, asyncio.Future[str | None]] = {}
 
     async def token_for(self, user_id: uuid.UUID) -> str:
         """The Airtable token the user's requests use: their own, else the platform's."""
@@ -483,10 +484,12 @@ class UserTokens:
         if cached is not None and cached[0] > time.monotonic():
             own = cached[1]
         else:
-            own = await self._load(user_id)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[user_id] = (time.monotonic() + self.cache_seconds, own)
+            # One database read per user at a time, however many of their requests arrive together.
+            loading = self._loading.get(user_id)
+            if loading is None:
+                loading = self._loading[user_id] = asyncio.ensure_future(self._load(user_id))
+                loading.add_done_callback(lambda _: self._loading.pop(user_id, None))
+            own = await asyncio.shield(loading)
         token = own or self.platform_token
         if not token:
             raise AirtableNotConfigured()
@@ -497,7 +500,11 @@ class UserTokens:
             return None
         async with self.sessionmaker() as session:
             row = await UserTokenRepository(session).get(user_id)
-        return self.cipher.decrypt(user_id, row.ciphertext) if row is not None else None
+        own = self.cipher.decrypt(user_id, row.ciphertext) if row is not None else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[user_id] = (time.monotonic() + self.cache_seconds, own)
+        return own
 
     async def status(self, session: AsyncSession, user_id: uuid.UUID) -> TokenStatus:
         row = await UserTokenRepository(session).get(user_id)

@@ -2,13 +2,16 @@
 
 Supported: ``{Field name}`` and bare ``Field`` references, string ('...' or "...") and number literals,
 ``= != < > <= >=``, ``& + - * /``, parentheses, and the functions in ``FUNCTIONS`` (AND, OR, NOT, IF,
-BLANK, TRUE, FALSE, FIND, SEARCH, LEN, LOWER, UPPER, ...). A parse error, an unknown field or an unknown
+BLANK, TRUE, FALSE, FIND, SEARCH, LEN, LOWER, UPPER, DATETIME_PARSE, IS_BEFORE, ...). Dates are ISO text,
+so they compare as text; a date and a date-time are never equal. A parse error, an unknown field or an unknown
 function raises ``FormulaError`` (the API answers 422 INVALID_FILTER_BY_FORMULA); an error while evaluating
 one record (a division by zero, a text that is not a number) makes that record's result an error value,
 which, as in Airtable, does not match.
 """
 
+import datetime
 import math
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -474,6 +477,25 @@ def _mod(args: Args, context: Context) -> Value:
     return math.fmod(value, divisor) if isinstance(value, float) or isinstance(divisor, float) else value % divisor
 
 
+def _datetime_parse(args: Args, context: Context) -> Value:
+    """An ISO date (``YYYY-MM-DD``) or date-time (UTC, ``...T..:..:...000Z``), so comparisons order dates."""
+    text = to_text(evaluate(args[0], context)).strip()
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EvaluationError(f"{text!r} is not an ISO date") from None
+    if len(text) == 10:
+        return moment.date().isoformat()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _date_order(args: Args, context: Context) -> tuple[str, str]:
+    first, second = (_datetime_parse((arg,), context) for arg in args)
+    return str(first), str(second)
+
+
 FUNCTIONS: dict[str, tuple[Function, tuple[int, int | None]]] = {
     "AND": (_and, (1, None)),
     "OR": (_or, (1, None)),
@@ -501,4 +523,7 @@ FUNCTIONS: dict[str, tuple[Function, tuple[int, int | None]]] = {
     "INT": (_number_function(math.floor), (1, 1)),
     "ROUND": (_round, (1, 2)),
     "MOD": (_mod, (2, 2)),
+    "DATETIME_PARSE": (_datetime_parse, (1, 1)),
+    "IS_BEFORE": (lambda args, context: operator.lt(*_date_order(args, context)), (2, 2)),
+    "IS_AFTER": (lambda args, context: operator.gt(*_date_order(args, context)), (2, 2)),
 }

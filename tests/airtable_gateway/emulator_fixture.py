@@ -12,7 +12,7 @@ test's ``emulator`` parameter does not shadow an import)::
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from airtable_gateway.emulator.app import create_emulator_app
 from tests.e2e.processes import Processes, Service, environment, free_port
 
 TOKEN = "emulator-token"
@@ -57,6 +58,16 @@ class Emulator:
         response = httpx.request(method, f"{self.url}/_emulator/{name}", json=body, timeout=10)
         response.raise_for_status()
         return response
+
+
+@contextlib.asynccontextmanager
+async def in_process(seed: dict[str, Any] | Path | None = None, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an emulator app in this process (no socket), authenticated with TOKEN."""
+    app = create_emulator_app(seed, **options)
+    transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://emulator.test", headers=headers) as client:
+        yield client
 
 
 def wait_ready(service: Service, timeout: float = 30.0) -> None:

@@ -10,14 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.airtable_gateway.emulator_fixture import (  # noqa: F401
+from tests.airtable_gateway.emulator_fixture import (
     CRM_BASE,
     OPS_BASE,
     TASKS,
     TOKEN,
     Emulator,
-    emulator_per_session,
-    emulator_per_test,
     run_emulator,
     wait_ready,
 )

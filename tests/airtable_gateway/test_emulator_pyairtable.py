@@ -7,14 +7,12 @@ import requests
 from pyairtable import Api, Table
 from pyairtable.formulas import GT, Field, match
 
-from tests.airtable_gateway.emulator_fixture import (  # noqa: F401
+from tests.airtable_gateway.emulator_fixture import (
     CRM_BASE,
     OPS_BASE,
     TASKS,
     TOKEN,
     Emulator,
-    emulator_per_session,
-    emulator_per_test,
     run_emulator,
 )
 

@@ -51,8 +51,10 @@ class AirtableSettings(ServiceSettings, kw_only=True, frozen=True):
         super().validate()
         if not self.airtable_api_url.startswith(("http://", "https://")):
             raise SettingsError("AIRTABLE_API_URL: must be an http(s) URL")
-        if self.airtable_rate_limit <= 0 or self.airtable_token_rate_limit < 10:
-            raise SettingsError("AIRTABLE_RATE_LIMIT: must be positive (and AIRTABLE_TOKEN_RATE_LIMIT at least 10)")
+        if self.airtable_rate_limit <= 0:
+            raise SettingsError("AIRTABLE_RATE_LIMIT: must be positive")
+        if self.airtable_token_rate_limit < 11:
+            raise SettingsError("AIRTABLE_TOKEN_RATE_LIMIT: must be at least 11 (requests per second)")
         if not 0 <= self.airtable_rate_headroom < 0.9:
             raise SettingsError("AIRTABLE_RATE_HEADROOM: must be between 0 and 0.9")
         if self.airtable_queue_timeout <= 0 or self.airtable_timeout <= 0:

@@ -4,8 +4,9 @@ Each request to Airtable reserves a send time (a *slot*) before it is sent:
 
 * per base, slots are spaced evenly (GCRA with no burst): one every ``1 / (rate * (1 - headroom))``
   seconds, so any one-second window holds at most ``rate`` requests even with some jitter;
-* per token, slots fall into 100 ms buckets of ``floor(token_rate * (1 - headroom) / 10)``
-  requests each (at most ``token_rate`` in any second, whatever the bases);
+* per token, slots fall into 100 ms buckets of ``floor(token_rate * (1 - headroom) / 11)``
+  requests each (a one-second window touches at most 11 buckets: never more than ``token_rate``
+  in any second, whatever the bases);
 * while a base is paused after a 429, no slot falls before the end of the pause.
 
 The reservation is one atomic Lua script in Redis (its clock, so replicas agree), or the same
@@ -70,7 +71,8 @@ class Limits:
 
     def __init__(self, base_rate: float, token_rate: float, headroom: float) -> None:
         self.base_interval_ms = math.ceil(1000 / (base_rate * (1 - headroom)))
-        self.bucket_capacity = max(1, math.floor(token_rate * (1 - headroom) * BUCKET_MS / 1000))
+        buckets_per_second = 1000 // BUCKET_MS + 1
+        self.bucket_capacity = max(1, math.floor(token_rate * (1 - headroom) / buckets_per_second))
 
 
 class Scheduler(Protocol):

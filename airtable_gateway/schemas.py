@@ -134,7 +134,7 @@ class TokenUpdate(msgspec.Struct, forbid_unknown_fields=True):
     token: Annotated[str, msgspec.Meta(min_length=10, max_length=512, pattern=r"^[A-Za-z0-9._-]+$")]
 
 
-class TokenStatus(msgspec.Struct):
+class TokenStatus(msgspec.Struct, omit_defaults=True):
     configured: bool
     hint: str | None = None
     updated_at: datetime | None = None

@@ -76,8 +76,11 @@ class Traffic:
 
     requests_per_second: int
     penalty_seconds: float
+    requests_per_second_per_token: int = 50
     windows: dict[str, deque[float]] = field(default_factory=dict)
     penalties: dict[str, float] = field(default_factory=dict)
+    token_windows: dict[str, deque[float]] = field(default_factory=dict)  # keyed by token fingerprint
+    token_penalties: dict[str, float] = field(default_factory=dict)
     failures: dict[str, tuple[int, int]] = field(default_factory=dict)  # base -> (status, remaining)
     requests: Counter[str] = field(default_factory=Counter)
     throttled: Counter[str] = field(default_factory=Counter)
@@ -85,38 +88,57 @@ class Traffic:
     latency: float = 0.0
 
     def reset(self) -> None:
-        for part in (self.windows, self.penalties, self.failures, self.requests, self.throttled, self.log):
+        parts = (self.windows, self.penalties, self.token_windows, self.token_penalties, self.failures)
+        for part in (*parts, self.requests, self.throttled, self.log):
             part.clear()
         self.latency = 0.0
 
-    def admit(self, base_id: str) -> AirtableError | None:
-        """None when a request to this base may go ahead, else the error to answer."""
+    def admit(self, base_id: str | None, token_key: str) -> AirtableError | None:
+        """None when a request (to a base, or to none) with this token may go ahead, else the error to answer."""
         now = time.monotonic()
-        self.requests[base_id] += 1
-        if now < self.penalties.get(base_id, 0.0):
+        if base_id is not None:
+            self.requests[base_id] += 1
+        if now < self.token_penalties.get(token_key, 0.0):
             return errors.too_many_requests()
-        if base_id in self.failures:
-            status, remaining = self.failures.pop(base_id)
-            if remaining > 1:
-                self.failures[base_id] = (status, remaining - 1)
-            if status == 429:
-                self.penalties[base_id] = now + self.penalty_seconds
-            return AirtableError(status, *INJECTABLE[status])
-        window = self.windows.setdefault(base_id, deque())
-        while window and window[0] <= now - 1.0:
-            window.popleft()
-        if self.requests_per_second > 0 and len(window) >= self.requests_per_second:
+        if base_id is not None:
+            if now < self.penalties.get(base_id, 0.0):
+                return errors.too_many_requests()
+            if base_id in self.failures:
+                return self._injected_failure(base_id, now)
+        if not _take(self.token_windows, token_key, self.requests_per_second_per_token, now):
+            self.token_penalties[token_key] = now + self.penalty_seconds
+            return errors.too_many_requests()
+        if base_id is not None and not _take(self.windows, base_id, self.requests_per_second, now):
             self.penalties[base_id] = now + self.penalty_seconds
             return errors.too_many_requests()
-        window.append(now)
         return None
+
+    def _injected_failure(self, base_id: str, now: float) -> AirtableError:
+        status, remaining = self.failures.pop(base_id)
+        if remaining > 1:
+            self.failures[base_id] = (status, remaining - 1)
+        if status == 429:
+            self.penalties[base_id] = now + self.penalty_seconds
+        return AirtableError(status, *INJECTABLE[status])
 
     def stats(self) -> JSON:
         return {"requests": dict(self.requests), "throttled": dict(self.throttled), "log": list(self.log)}
 
 
-def token_fingerprint(token: str | None) -> str | None:
-    return hashlib.sha256(token.encode()).hexdigest()[:12] if token is not None else None
+def _take(windows: dict[str, deque[float]], key: str, limit: int, now: float) -> bool:
+    """Count a request in ``key``'s one-second sliding window unless ``limit`` (0: none) is reached."""
+    window = windows.setdefault(key, deque())
+    while window and window[0] <= now - 1.0:
+        window.popleft()
+    if limit > 0 and len(window) >= limit:
+        return False
+    window.append(now)
+    return True
+
+
+def token_fingerprint(token: str) -> str:
+    """What stats and rate limits keep of a token: the first 12 hex digits of its SHA-256."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 def _bool_param(value: Any) -> bool:
@@ -241,7 +263,7 @@ class EmulatorApp:
                 raise AirtableError(413, "REQUEST_ENTITY_TOO_LARGE", "The request body is too large")
             if token is None or not any(hmac.compare_digest(token.encode(), known) for known in self.tokens):
                 raise errors.authentication_required()
-            if base_id is not None and (refused := self.traffic.admit(base_id)) is not None:
+            if (refused := self.traffic.admit(base_id, token_fingerprint(token))) is not None:
                 raise refused
             status, payload = 200, self._dispatch(Request(method, segments, query, body))
         except AirtableError as error:
@@ -258,7 +280,7 @@ class EmulatorApp:
                 "method": method,
                 "path": path,
                 "status": status,
-                "token": token_fingerprint(token),
+                "token": token_fingerprint(token) if token is not None else None,
             }
         )
         if self.traffic.latency > 0:
@@ -459,9 +481,16 @@ def create_emulator_app(
     tokens: Sequence[str] = (DEFAULT_TOKEN,),
     requests_per_second: int = 5,
     penalty_seconds: float = 30.0,
+    requests_per_second_per_token: int = 50,
 ) -> EmulatorApp:
-    """An Airtable emulator seeded from ``seed`` (None: the packaged default seed)."""
-    if requests_per_second < 0 or penalty_seconds < 0:
-        raise ValueError("requests_per_second and penalty_seconds must not be negative")
+    """An Airtable emulator seeded from ``seed`` (None: the packaged default seed).
+
+    More than ``requests_per_second`` requests to one base, or ``requests_per_second_per_token`` with one
+    token, within a second answer 429, and so does every request to that base (or with that token) for
+    ``penalty_seconds``; 0 turns a limit off.
+    """
+    if min(requests_per_second, requests_per_second_per_token) < 0 or penalty_seconds < 0:
+        raise ValueError("the rate limits and penalty_seconds must not be negative")
     store = Store(read_seed(seed))
-    return EmulatorApp(store, list(tokens), Traffic(requests_per_second, penalty_seconds))
+    traffic = Traffic(requests_per_second, penalty_seconds, requests_per_second_per_token)
+    return EmulatorApp(store, list(tokens), traffic)

@@ -29,6 +29,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="a bearer token the emulator accepts (repeatable; default: $AIRTABLE_EMULATOR_TOKEN or emulator-token)",
     )
     parser.add_argument("--requests-per-second", type=int, default=5, help="per base; 0 turns the limit off")
+    parser.add_argument(
+        "--requests-per-second-per-token", type=int, default=50, help="per token, all bases; 0 turns the limit off"
+    )
     parser.add_argument("--penalty-seconds", type=float, default=30.0, help="how long a base answers 429 once over")
     return parser.parse_args(argv)
 
@@ -52,6 +55,7 @@ def main(argv: list[str]) -> int:
             args.seed,
             tokens=tokens,
             requests_per_second=args.requests_per_second,
+            requests_per_second_per_token=args.requests_per_second_per_token,
             penalty_seconds=args.penalty_seconds,
         )
     except (OSError, ValueError, SeedError) as error:

@@ -291,3 +291,17 @@ async def test_any_of_several_configured_tokens_is_accepted() -> None:
 
 async def test_cell_format_string_is_refused_rather_than_ignored(client: httpx.AsyncClient) -> None:
     assert_error(await client.get(CONTACTS_URL, params={"cellFormat": "string"}), 422, "INVALID_REQUEST_UNKNOWN")
+
+
+async def test_one_token_over_its_own_limit_is_penalised_on_every_base_while_another_token_is_not() -> None:
+    async with in_process(tokens=("a", "b"), requests_per_second=0, requests_per_second_per_token=3) as client:
+        paths = [CONTACTS_URL, f"/v0/{OPS_BASE}/{TASKS}", "/v0/meta/bases"]
+        statuses: list[int] = []
+        while 429 not in statuses:
+            assert len(statuses) < 1000, "never throttled"
+            response = await client.get(paths[len(statuses) % 3], headers={"Authorization": "Bearer a"})
+            statuses.append(response.status_code)
+        assert statuses.count(200) >= 3
+        for path in paths:
+            assert_error(await client.get(path, headers={"Authorization": "Bearer a"}), 429, "TOO_MANY_REQUESTS")
+            assert (await client.get(path, headers={"Authorization": "Bearer b"})).status_code == 200

@@ -1,10 +1,11 @@
 """The read cache: responses kept in the key-value store (Redis, or in memory when embedded).
 
 A key holds the caller's *token identity* (a hash of the Airtable token, never the token), the
-base, a generation number that every write to the base increments (so a write invalidates the
-base's cached reads at once, on every replica) and a digest of the normalised request. Identical
-misses running at the same time share one producer call. An entry is kept ``stale_seconds``
-past its TTL, to be served (marked ``STALE``) while Airtable cannot be asked.
+base and a digest of the normalised request. Every write to a base increments the base's
+*generation*; an entry remembers the generation it was read at and is void once it differs, so a
+write invalidates the base's cached reads at once, on every replica (entry and generation come in
+one MGET). Identical misses running at the same time share one producer call. An entry is kept
+``stale_seconds`` past its TTL, to be served (marked ``STALE``) while Airtable cannot be asked.
 """
 
 import asyncio
@@ -28,6 +29,7 @@ class CacheEntry(msgspec.Struct, array_like=True):
     body: bytes
     etag: str
     stored_at: float
+    generation: int
 
 
 class Cached(msgspec.Struct):
@@ -71,32 +73,42 @@ class ResponseCache:
         self.stale_seconds = stale_seconds
         self._inflight: dict[str, asyncio.Task[Cached]] = {}
 
-    async def key(self, token_id: str, base: str, kind: Kind, request_identity: str) -> str:
-        generation = b"0"
-        if kind == "records":
-            generation = await self.store.get(_generation_key(base)) or b"0"
-        digest = hashlib.sha256(request_identity.encode()).hexdigest()[:40]
-        return f"airtable:cache:{token_id}:{base}:{kind}:{generation.decode()}:{digest}"
-
     async def invalidate(self, base: str) -> None:
-        """Every cached read of ``base`` (for every token) is gone from now on."""
+        """Every cached read of ``base`` (for every token) is void from now on."""
         await self.store.incr(_generation_key(base), GENERATION_TTL_SECONDS)
 
-    async def fetch(self, key: str, ttl: float, produce: Producer, paused_for: PausedFor) -> Cached:
-        raw = await self.store.get(key)
+    async def fetch(
+        self,
+        token_id: str,
+        base: str,
+        kind: Kind,
+        request_identity: str,
+        ttl: float,
+        produce: Producer,
+        paused_for: PausedFor,
+    ) -> Cached:
+        digest = hashlib.sha256(request_identity.encode()).hexdigest()[:40]
+        key = f"airtable:cache:{token_id}:{base}:{kind}:{digest}"
+        if kind == "records":
+            raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
+            generation = int(generation_bytes or 0)
+        else:
+            raw, generation = await self.store.get(key), 0
         entry = _decoder.decode(raw) if raw is not None else None
-        if entry is not None:
-            age = time.time() - entry.stored_at
-            if age < ttl:
+        if entry is not None and entry.generation == generation:
+            if time.time() - entry.stored_at < ttl:
                 return self._answer(entry, "HIT")
             if await paused_for() > 0:
                 return self._answer(entry, "STALE")
-        task = self._inflight.get(key)
+        elif entry is not None:
+            entry = None  # written since: neither fresh nor stale
+        flight = f"{key}:{generation}"
+        task = self._inflight.get(flight)
         leader = task is None
         if task is None:
-            task = asyncio.ensure_future(self._produce(key, ttl, produce))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._finished(key, done))
+            task = asyncio.ensure_future(self._produce(key, generation, ttl, produce))
+            self._inflight[flight] = task
+            task.add_done_callback(lambda done: self._finished(flight, done))
         try:
             result = await asyncio.shield(task)
         except StaleAllowed:
@@ -108,11 +120,11 @@ class ResponseCache:
             return msgspec.structs.replace(result, state="HIT")
         return result
 
-    async def _produce(self, key: str, ttl: float, produce: Producer) -> Cached:
+    async def _produce(self, key: str, generation: int, ttl: float, produce: Producer) -> Cached:
         produced = await produce()
         etag = etag_of(produced.body)
         if produced.status == 200 and ttl > 0:
-            entry = CacheEntry(produced.status, produced.body, etag, time.time())
+            entry = CacheEntry(produced.status, produced.body, etag, time.time(), generation)
             await self.store.set(key, _encoder.encode(entry), ttl + self.stale_seconds)
         CACHE_RESULTS.labels("miss").inc()
         return Cached(status=produced.status, body=produced.body, etag=etag, state="MISS")

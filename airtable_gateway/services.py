@@ -129,9 +129,16 @@ class Upstream:
         produce: Callable[[], Awaitable[Produced]],
     ) -> Cached:
         """A cached read: ``identity`` is the normalised request, ``produce`` what a miss runs."""
-        key = await self.cache.key(token_identity(token), request.base, kind, identity)
         ttl = self.settings.cache_ttl if kind == "records" else self.settings.schema_cache_ttl
-        return await self.cache.fetch(key, ttl, produce, lambda: self.scheduler.paused_for(request.base))
+        return await self.cache.fetch(
+            token_identity(token),
+            request.base,
+            kind,
+            identity,
+            ttl,
+            produce,
+            lambda: self.scheduler.paused_for(request.base),
+        )
 
     async def checked(self, token: str, request: UpstreamRequest) -> Any:
         """Airtable's JSON answer, or its error raised as an AirtableError."""

@@ -446,7 +446,9 @@ def parse_sort_specs(table: Table, specs: Any) -> list[JSON]:
     return parsed
 
 
-def _sort_key_value(value: Any) -> tuple[int, Any]:
+def _sort_key_value(f: Field, value: Any) -> tuple[int, Any]:
+    if f.type == "singleSelect" and value in (names := f.choice_names()):
+        return (0, names.index(value))  # Airtable orders a select by its options, not alphabetically
     if isinstance(value, bool):
         return (1, int(value))
     if isinstance(value, int | float):
@@ -456,14 +458,14 @@ def _sort_key_value(value: Any) -> tuple[int, Any]:
 
 def _compare_records(specs: Sequence[JSON], left: Record, right: Record) -> int:
     for spec in specs:
-        field_id = spec["field"].id
-        a, b = left.cells.get(field_id), right.cells.get(field_id)
+        f = spec["field"]
+        a, b = left.cells.get(f.id), right.cells.get(f.id)
         if a is None and b is None:
             continue
         if a is None or b is None:
             result = -1 if a is None else 1  # blanks sort first ascending
         else:
-            ka, kb = _sort_key_value(a), _sort_key_value(b)
+            ka, kb = _sort_key_value(f, a), _sort_key_value(f, b)
             result = (ka > kb) - (ka < kb)
         if result:
             return result if spec["direction"] == "asc" else -result

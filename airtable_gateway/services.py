@@ -2,6 +2,7 @@
 operations the routes offer on top of them. No Litestar imports."""
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -47,6 +48,8 @@ PAGE_SIZE = 100
 META_BASE = "_meta"  # the scheduler's key for calls that concern no base (the list of bases)
 RETRYABLE_METHODS = frozenset({"GET", "DELETE", "PUT", "PATCH"})
 MAX_BASE_PAGES = 50
+PAUSE_SKEW_SECONDS = 0.05
+logger = logging.getLogger("airtable_gateway")
 
 _json = msgspec.json.Encoder()
 
@@ -87,8 +90,9 @@ class Upstream:
                 if response.status == 429:
                     # Airtable refused without doing anything: sending again later is safe for any method.
                     UPSTREAM_THROTTLED.inc()
-                    pause = max(self.settings.airtable_penalty_seconds, response.retry_after or 0)
-                    await self.scheduler.pause(request.base, jittered(pause))
+                    pause = jittered(max(self.settings.airtable_penalty_seconds, response.retry_after or 0))
+                    await self.scheduler.pause(request.base, pause)
+                    logger.warning("airtable answered 429: base paused", extra={"base": request.base, "seconds": pause})
                     attempt += 1
                     if attempt > self.settings.airtable_max_retries:
                         raise QueueTimeout(await self.scheduler.paused_for(request.base))
@@ -111,8 +115,9 @@ class Upstream:
                 raise QueueTimeout(max(wait, await self.scheduler.paused_for(base)))
             if wait > 0:
                 await asyncio.sleep(wait)
-            # A 429 that paused the base while this request waited: its slot is void, it goes after the pause.
-            if wait == 0 or await self.scheduler.paused_for(base) <= 0:
+            # A 429 that paused the base while this request waited: its slot is void, it goes after
+            # the pause. (A few ms left of a pause its slot already followed is only clock skew.)
+            if wait == 0 or await self.scheduler.paused_for(base) <= PAUSE_SKEW_SECONDS:
                 QUEUE_WAIT.observe(time.monotonic() - started)
                 return
 
@@ -145,7 +150,13 @@ class Upstream:
         response = await self.send(token, request)
         if response.status >= 400:
             raise airtable_error(response)
-        return msgspec.json.decode(response.body) if response.body else {}
+        try:
+            document = msgspec.json.decode(response.body)
+        except msgspec.DecodeError:
+            document = None
+        if not isinstance(document, dict):
+            raise AirtableUnavailable("Airtable answered something that is not a JSON object.")
+        return document
 
 
 def airtable_error(response: UpstreamResponse) -> AirtableError:
@@ -533,6 +544,10 @@ class UserTokens:
 
 
 def _segment(value: str) -> str:
+    """One path segment for Airtable, every reserved character encoded; an empty or dot segment
+    (which a URL would collapse, escaping the base it was checked for) is refused."""
+    if value in ("", ".", ".."):
+        raise NotFound("No such resource.")
     return quote(value, safe="")
 
 

@@ -266,3 +266,17 @@ async def test_airtables_own_4xx_pass_through_never_a_500(make_settings: Setting
     assert response.headers["content-type"] == PROBLEM
     assert response.json()["error"]["type"] == "AUTHENTICATION_REQUIRED"
     assert "www-authenticate" not in response.headers  # the platform token is fine: Airtable's is not
+
+
+async def test_dot_segments_never_escape_the_checked_base(make_settings: SettingsFactory, emulator: Emulator) -> None:
+    async with app_client(create_app(make_settings(airtable_bases=CRM_BASE))) as client:
+        client.headers.update(bearer())
+        for path in (
+            f"{API}/v0/{CRM_BASE}/%2E%2E/{OPS_BASE}/{TASKS}",
+            f"{API}/bases/{CRM_BASE}/tables/%2E%2E/records",
+            f"{API}/bases/{CRM_BASE}/tables/{CONTACTS}/records/%2E%2E",
+        ):
+            response = await client.get(path)
+            assert response.status_code == 404, (path, response.text)
+            assert response.headers["content-type"] == PROBLEM
+    assert upstream_log(emulator) == []

@@ -38,6 +38,10 @@ Formula = Annotated[str | None, QueryParameter(max_length=10_000, description="A
 AnyRequest = Request[Identity, str, State]
 
 
+PARTIAL = {207: ResponseSpec(data_container=BatchResponse, description="Some records failed (see results)")}
+PARTIAL_DELETE = {207: ResponseSpec(data_container=DeletedList, description="Some records failed (see results)")}
+
+
 def _spec(container: Any, description: str) -> dict[int, ResponseSpec]:
     return {
         200: ResponseSpec(data_container=container, description=description),
@@ -134,7 +138,10 @@ class AirtableController(Controller):
         return cached_response(request, await airtable.list_records(base_id, table, query))
 
     @post(
-        "/bases/{base_id:str}/tables/{table:str}/records", operation_id="create_records", status_code=HTTP_201_CREATED
+        "/bases/{base_id:str}/tables/{table:str}/records",
+        operation_id="create_records",
+        responses=PARTIAL,
+        status_code=HTTP_201_CREATED,
     )
     async def create_records(
         self,
@@ -153,7 +160,7 @@ class AirtableController(Controller):
             raise Unprocessable("No records to create.")
         return batch_response(await airtable.create_records(base_id, table, records, typecast), HTTP_201_CREATED)
 
-    @patch("/bases/{base_id:str}/tables/{table:str}/records", operation_id="update_records")
+    @patch("/bases/{base_id:str}/tables/{table:str}/records", operation_id="update_records", responses=PARTIAL)
     async def update_records(
         self,
         airtable: NamedDependency[AirtableService],
@@ -165,7 +172,7 @@ class AirtableController(Controller):
         records, typecast = _updates(data)
         return batch_response(await airtable.update_records(base_id, table, records, typecast, replace=False))
 
-    @put("/bases/{base_id:str}/tables/{table:str}/records", operation_id="replace_records")
+    @put("/bases/{base_id:str}/tables/{table:str}/records", operation_id="replace_records", responses=PARTIAL)
     async def replace_records(
         self,
         airtable: NamedDependency[AirtableService],
@@ -177,7 +184,12 @@ class AirtableController(Controller):
         records, typecast = _updates(data)
         return batch_response(await airtable.update_records(base_id, table, records, typecast, replace=True))
 
-    @delete("/bases/{base_id:str}/tables/{table:str}/records", operation_id="delete_records", status_code=HTTP_200_OK)
+    @delete(
+        "/bases/{base_id:str}/tables/{table:str}/records",
+        operation_id="delete_records",
+        responses=PARTIAL_DELETE,
+        status_code=HTTP_200_OK,
+    )
     async def delete_records(
         self,
         airtable: NamedDependency[AirtableService],
@@ -196,7 +208,10 @@ class AirtableController(Controller):
         return Response(result, status_code=HTTP_207_MULTI_STATUS if failed else HTTP_200_OK)
 
     @post(
-        "/bases/{base_id:str}/tables/{table:str}/records/upsert", operation_id="upsert_records", status_code=HTTP_200_OK
+        "/bases/{base_id:str}/tables/{table:str}/records/upsert",
+        operation_id="upsert_records",
+        responses=PARTIAL,
+        status_code=HTTP_200_OK,
     )
     async def upsert_records(
         self,
@@ -307,7 +322,7 @@ class MirrorController(Controller):
     @route(
         "/{path:path}",
         http_method=[HttpMethod.GET, HttpMethod.POST, HttpMethod.PATCH, HttpMethod.PUT, HttpMethod.DELETE],
-        operation_id="airtable_v0",
+        operation_id=lambda _handler, method, _path: f"airtable_v0_{method.lower()}",
         status_code=HTTP_200_OK,
     )
     async def mirror(

@@ -280,3 +280,13 @@ async def test_dot_segments_never_escape_the_checked_base(make_settings: Setting
             assert response.status_code == 404, (path, response.text)
             assert response.headers["content-type"] == PROBLEM
     assert upstream_log(emulator) == []
+
+
+async def test_the_openapi_document_names_every_operation(client: httpx.AsyncClient) -> None:
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    operations = [op["operationId"] for path in response.json()["paths"].values() for op in path.values()]
+    assert len(operations) == len(set(operations))
+    assert {"list_records", "create_records", "upsert_records", "set_airtable_token", "airtable_v0_get"} <= set(
+        operations
+    )

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from airtable_gateway.cache import Cached
 from airtable_gateway.deps import provide_airtable
 from airtable_gateway.schemas import (
+    MAX_RECORDS_PER_CALL,
     Base,
     BaseList,
     BatchResponse,
@@ -156,8 +157,7 @@ class AirtableController(Controller):
             typecast = data.typecast
         else:
             records, typecast = data, False
-        if not records:
-            raise Unprocessable("No records to create.")
+        _check_count(len(records))
         return batch_response(await airtable.create_records(base_id, table, records, typecast), HTTP_201_CREATED)
 
     @patch("/bases/{base_id:str}/tables/{table:str}/records", operation_id="update_records", responses=PARTIAL)
@@ -196,13 +196,14 @@ class AirtableController(Controller):
         base_id: FromPath[str],
         table: FromPath[str],
         record_ids: Annotated[
-            list[str], QueryParameter(min_items=1, max_items=10_000, description="ids, repeated or comma-separated")
+            list[str],
+            QueryParameter(min_items=1, max_items=MAX_RECORDS_PER_CALL, description="ids, repeated or comma-separated"),
         ],
     ) -> Response[DeletedList]:
         """Delete any number of records (10 per Airtable call)."""
         ids = [part.strip() for item in record_ids for part in item.split(",") if part.strip()]
-        if not ids:
-            raise Unprocessable("No record ids given.")
+        if not ids or len(ids) > MAX_RECORDS_PER_CALL:
+            raise Unprocessable(f"Give between 1 and {MAX_RECORDS_PER_CALL} record ids.")
         result = await airtable.delete_records(base_id, table, ids)
         failed = any(item.status >= 400 for item in result.results)
         return Response(result, status_code=HTTP_207_MULTI_STATUS if failed else HTTP_200_OK)
@@ -365,6 +366,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 def _updates(data: RecordsUpdate | list[dict[str, Any]]) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
     if isinstance(data, RecordsUpdate):
+        _check_count(len(data.records))
         return [(item.id, item.fields) for item in data.records], data.typecast
     updates = []
     for item in data:
@@ -372,6 +374,10 @@ def _updates(data: RecordsUpdate | list[dict[str, Any]]) -> tuple[list[tuple[str
         if not isinstance(record_id, str) or not record_id:
             raise Unprocessable("Every record needs an id.")
         updates.append((record_id, {name: value for name, value in item.items() if name != "id"}))
-    if not updates:
-        raise Unprocessable("No records to update.")
+    _check_count(len(updates))
     return updates, False
+
+
+def _check_count(count: int) -> None:
+    if not 1 <= count <= MAX_RECORDS_PER_CALL:
+        raise Unprocessable(f"Give between 1 and {MAX_RECORDS_PER_CALL} records.")

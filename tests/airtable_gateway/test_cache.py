@@ -136,3 +136,18 @@ async def test_stale_entries_answer_while_the_base_is_paused(
         assert waited.headers["x-cache"] == "MISS"
     statuses = [entry["status"] for entry in upstream_log(emulator, CRM_BASE)]
     assert statuses == [200, 429, 200]
+
+
+async def test_a_stale_entry_answers_when_airtable_fails(make_settings: SettingsFactory, emulator: Emulator) -> None:
+    async with app_client(create_app(make_settings(cache_ttl=0.2, airtable_max_retries=1))) as client:
+        client.headers.update(bearer())
+        fresh = await client.get(CONTACTS_URL, params={"page_size": 4})
+        await asyncio.sleep(0.3)
+        emulator.fail(CRM_BASE, 503, count=2)
+        stale = await client.get(CONTACTS_URL, params={"page_size": 4})
+        uncached = await client.get(CONTACTS_URL, params={"page_size": 5})
+    assert (stale.status_code, stale.headers["x-cache"]) == (200, "STALE")
+    assert stale.content == fresh.content
+    assert int(stale.headers["age"]) >= 0
+    assert uncached.status_code == 200  # the failures were used up by the stale one's attempts
+    assert [entry["status"] for entry in upstream_log(emulator, CRM_BASE)] == [200, 503, 503, 200]

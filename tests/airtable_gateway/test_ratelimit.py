@@ -121,3 +121,28 @@ async def test_airtable_too_slow_is_a_504_and_a_create_goes_once(
     log = emulator.stats()["log"]
     assert len([entry for entry in log if entry["base"] == CRM_BASE]) == 2  # the read, retried once
     assert len([entry for entry in log if entry["base"] == OPS_BASE]) == 1  # the create, never again
+
+
+async def test_replicas_share_the_limits_and_the_pauses(make_settings: SettingsFactory, emulator: Emulator) -> None:
+    settings = make_settings(airtable_queue_timeout=30.0)
+    async with app_client(create_app(settings)) as first, app_client(create_app(settings)) as second:
+        for client in (first, second):
+            client.headers.update(bearer())
+        responses = await asyncio.gather(
+            *(
+                (first if n % 2 else second).get(CONTACTS_URL, params={"page_size": 1, "max_records": n})
+                for n in range(1, 21)
+            )
+        )
+        assert [response.status_code for response in responses] == [200] * 20
+        log = upstream_log(emulator, CRM_BASE)
+        assert len(log) == 20
+        assert most_in_one_second([entry["at"] for entry in log]) <= 5
+
+        emulator.fail(CRM_BASE, 429)
+        assert (await first.get(CONTACTS_URL, params={"page_size": 2})).status_code == 200  # after the pause
+        assert (await second.get(CONTACTS_URL, params={"page_size": 3})).status_code == 200
+    after = upstream_log(emulator, CRM_BASE)[20:]
+    assert [entry["status"] for entry in after] == [429, 200, 200]
+    assert after[1]["at"] - after[0]["at"] >= PENALTY_SECONDS
+    assert emulator.stats()["throttled"].get(CRM_BASE, 0) == 1  # only the injected one

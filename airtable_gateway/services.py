@@ -519,6 +519,8 @@ class UserTokens:
         async with self.sessionmaker() as session:
             row = await UserTokenRepository(session).get(user_id)
         own = self.cipher.decrypt(user_id, row.ciphertext) if row is not None else None
+        if row is not None and own is None:
+            logger.warning("a stored Airtable token does not decrypt (another key?)", extra={"user_id": str(user_id)})
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[user_id] = (time.monotonic() + self.cache_seconds, own)

@@ -4,8 +4,10 @@ A key holds the caller's *token identity* (a hash of the Airtable token, never t
 base and a digest of the normalised request. Every write to a base increments the base's
 *generation*; an entry remembers the generation it was read at and is void once it differs, so a
 write invalidates the base's cached reads at once, on every replica (entry and generation come in
-one MGET). Identical misses running at the same time share one producer call. An entry is kept
-``stale_seconds`` past its TTL, to be served (marked ``STALE``) while Airtable cannot be asked.
+one MGET). Identical misses running at the same time share one producer call: in the process
+(one task), and across replicas (a short-lived "filling" mark in the store; the others wait for
+the entry). An entry is kept ``stale_seconds`` past its TTL, to be served (marked ``STALE``) while
+Airtable cannot be asked.
 """
 
 import asyncio
@@ -22,6 +24,9 @@ from shared.stores import KeyValueStore
 CacheState = Literal["HIT", "MISS", "STALE"]
 Kind = Literal["records", "schema"]
 GENERATION_TTL_SECONDS = 7 * 86400
+# While one replica fetches a read, the others wait for its entry instead of asking Airtable too.
+FILL_LOCK_SECONDS = 30.0
+FILL_POLL_SECONDS = 0.05
 
 
 class CacheEntry(msgspec.Struct, array_like=True):
@@ -121,13 +126,36 @@ class ResponseCache:
         return result
 
     async def _produce(self, key: str, generation: int, ttl: float, produce: Producer) -> Cached:
-        produced = await produce()
-        etag = etag_of(produced.body)
-        if produced.status == 200 and ttl > 0:
-            entry = CacheEntry(produced.status, produced.body, etag, time.time(), generation)
-            await self.store.set(key, _encoder.encode(entry), ttl + self.stale_seconds)
+        filling = f"{key}:filling:{generation}"
+        if ttl > 0 and await self.store.incr(filling, FILL_LOCK_SECONDS) > 1:
+            # Another replica is already asking Airtable for this very read: wait for its answer.
+            filled = await self._wait_for_fill(key, filling, generation)
+            if filled is not None:
+                CACHE_RESULTS.labels("coalesced").inc()
+                return Cached(status=filled.status, body=filled.body, etag=filled.etag, state="HIT")
+        try:
+            produced = await produce()
+            etag = etag_of(produced.body)
+            if produced.status == 200 and ttl > 0:
+                entry = CacheEntry(produced.status, produced.body, etag, time.time(), generation)
+                await self.store.set(key, _encoder.encode(entry), ttl + self.stale_seconds)
+        finally:
+            if ttl > 0:
+                await self.store.delete(filling)
         CACHE_RESULTS.labels("miss").inc()
         return Cached(status=produced.status, body=produced.body, etag=etag, state="MISS")
+
+    async def _wait_for_fill(self, key: str, filling: str, generation: int) -> CacheEntry | None:
+        """The entry another replica stores, or None once it gave up (or died: the mark expires)."""
+        while True:
+            await asyncio.sleep(FILL_POLL_SECONDS)
+            raw, mark = await self.store.get_many([key, filling])
+            if raw is not None:
+                entry = _decoder.decode(raw)
+                if entry.generation == generation:
+                    return entry
+            if mark is None:
+                return None
 
     def _finished(self, key: str, task: asyncio.Task[Cached]) -> None:
         if self._inflight.get(key) is task:

@@ -151,3 +151,19 @@ async def test_a_stale_entry_answers_when_airtable_fails(make_settings: Settings
     assert int(stale.headers["age"]) >= 0
     assert uncached.status_code == 200  # the failures were used up by the stale one's attempts
     assert [entry["status"] for entry in upstream_log(emulator, CRM_BASE)] == [200, 503, 503, 200]
+
+
+async def test_identical_misses_on_two_replicas_share_one_upstream_call(
+    make_settings: SettingsFactory, emulator: Emulator
+) -> None:
+    emulator.set_latency(0.5)
+    settings = make_settings()
+    async with app_client(create_app(settings)) as first, app_client(create_app(settings)) as second:
+        requests = [
+            (first if n % 2 else second).get(CONTACTS_URL, params={"page_size": 7}, headers=bearer()) for n in range(10)
+        ]
+        responses = await asyncio.gather(*requests)
+    assert {response.status_code for response in responses} == {200}
+    assert len({response.content for response in responses}) == 1
+    assert [response.headers["x-cache"] for response in responses].count("MISS") == 1
+    assert len(upstream_log(emulator, CRM_BASE)) == 1

@@ -94,11 +94,8 @@ class ResponseCache:
     ) -> Cached:
         digest = hashlib.sha256(request_identity.encode()).hexdigest()[:40]
         key = f"airtable:cache:{token_id}:{base}:{kind}:{digest}"
-        if kind == "records":
-            raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
-            generation = int(generation_bytes or 0)
-        else:
-            raw, generation = await self.store.get(key), 0
+        raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
+        generation = int(generation_bytes or 0)
         entry = _decoder.decode(raw) if raw is not None else None
         if entry is not None and entry.generation == generation:
             if time.time() - entry.stored_at < ttl:

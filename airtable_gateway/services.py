@@ -150,13 +150,18 @@ class Upstream:
         response = await self.send(token, request)
         if response.status >= 400:
             raise airtable_error(response)
-        try:
-            document = msgspec.json.decode(response.body)
-        except msgspec.DecodeError:
-            document = None
-        if not isinstance(document, dict):
-            raise AirtableUnavailable("Airtable answered something that is not a JSON object.")
-        return document
+        return json_object(response.body)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """Airtable's answer as a JSON object; anything else is a bad gateway (502), never a 500."""
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        document = None
+    if not isinstance(document, dict):
+        raise AirtableUnavailable("Airtable answered something that is not a JSON object.")
+    return document
 
 
 def airtable_error(response: UpstreamResponse) -> AirtableError:
@@ -454,8 +459,7 @@ class AirtableService:
         try:
             response = await self.upstream.send(self.token, request)
         finally:
-            if kind == "records":
-                await self.upstream.cache.invalidate(base)
+            await self.upstream.cache.invalidate(base)  # records or schema: both are read again
         if response.status >= 400:
             raise airtable_error(response)
         return _fresh_bytes(response.status, response.body)
@@ -471,7 +475,7 @@ class AirtableService:
                 raise airtable_error(response)
             if not listing_bases:
                 return Produced(response.status, response.body)
-            document = msgspec.json.decode(response.body)
+            document = json_object(response.body)
             document["bases"] = [base for base in document.get("bases", []) if base.get("id") in self.allowed_bases]
             return Produced(response.status, _json.encode(document))
 

@@ -1,1 +1,2 @@
-"""Airtable gateway (port 8003): cached, rate-limit-aware Airtable proxy and emulator. Built in its own issue."""
+"""Airtable gateway (port 8003): a cached, rate-limit-safe proxy to the Airtable Web API, and a
+local Airtable emulator (``airtable_gateway.emulator``)."""

@@ -4,6 +4,8 @@ from typing import Any
 
 from litestar import Litestar
 
+from airtable_gateway.app import create_app as create_airtable_app
+from airtable_gateway.config import AirtableSettings
 from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
 from gateway.app import create_app as create_gateway_app
@@ -19,6 +21,7 @@ from user_service.config import UserSettings
 SERVICES: list[tuple[str, type[ServiceSettings], str, str]] = [
     ("auth_service", AuthSettings, "/api/v1/auth", "AUTH_SERVICE_URL"),
     ("user_service", UserSettings, "/api/v1/users", "USER_SERVICE_URL"),
+    ("airtable_gateway", AirtableSettings, "/api/v1/airtable", "AIRTABLE_GATEWAY_URL"),
 ]
 
 
@@ -39,9 +42,14 @@ def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping
     if not gateway_settings.redis_url:
         shared_parts = {"store": MemoryStore(), "bus": InMemoryBus()}
     urls = gateway_settings.upstream_urls()
+    # Without AIRTABLE_TOKEN the Airtable gateway talks to the built-in emulator, in process.
+    emulated = {} if "AIRTABLE_EMULATOR" in environ else {"airtable_emulator": True}
     factories = {
         "/api/v1/auth": lambda: create_auth_app(load_settings(AuthSettings, environ), **shared_parts),
         "/api/v1/users": lambda: create_user_app(load_settings(UserSettings, environ), **shared_parts),
+        "/api/v1/airtable": lambda: create_airtable_app(
+            load_settings(AirtableSettings, environ, **emulated), **shared_parts
+        ),
     }
     services, proxied = {}, {}
     for _, _, prefix, url_variable in SERVICES:

@@ -1,0 +1,107 @@
+"""The Airtable gateway's errors and their status codes.
+
+Airtable's own errors keep their status (a 5xx becomes 502) and carry Airtable's
+``error: {type, message}`` inside the problem document, so Airtable clients that read
+``error.type`` still find it.
+"""
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+
+from airtable_gateway.cache import StaleAllowed
+from shared.errors import (
+    PROBLEM_MEDIA_TYPE,
+    Forbidden,
+    Problem,
+    ProblemError,
+    ServiceUnavailable,
+    problem_for_exception,
+)
+from shared.http import ensure_request_id
+from shared.logs import request_id_var
+
+
+class AirtableErrorBody(msgspec.Struct):
+    type: str
+    message: str | None = None
+
+
+class AirtableProblem(Problem, omit_defaults=True):
+    error: AirtableErrorBody | None = None
+
+
+class AirtableError(ProblemError):
+    """An error answered by Airtable, passed on with its status and ``error.type``."""
+
+    def __init__(
+        self, status: int, error_type: str, message: str | None, headers: dict[str, str] | None = None
+    ) -> None:
+        code = "airtable-" + error_type.lower().replace("_", "-")
+        super().__init__(message or f"Airtable answered {status} {error_type}.", code=code, headers=headers)
+        self.status_code = status if status < 500 else 502
+        self.airtable_error = AirtableErrorBody(type=error_type, message=message)
+
+
+class AirtableServerError(AirtableError, StaleAllowed):
+    """Airtable failed (5xx) even after the retries allowed for the request."""
+
+
+class AirtableUnavailable(ProblemError, StaleAllowed):
+    status_code = 502
+    code = "airtable-unavailable"
+
+    def __init__(self, detail: str = "Airtable could not be reached.") -> None:
+        super().__init__(detail)
+
+
+class AirtableTimeout(ProblemError, StaleAllowed):
+    status_code = 504
+    code = "airtable-timeout"
+
+    def __init__(self) -> None:
+        super().__init__("Airtable did not answer in time.")
+
+
+class QueueTimeout(ServiceUnavailable, StaleAllowed):
+    """The request's turn under Airtable's rate limits would come after its deadline."""
+
+    code = "airtable-rate-limited"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            "Airtable's rate limit for this base is in use; try again later.",
+            headers={"Retry-After": str(max(1, round(retry_after + 0.5)))},
+        )
+
+
+class BaseNotAllowed(Forbidden):
+    code = "base-not-allowed"
+
+    def __init__(self) -> None:
+        super().__init__("This base is not on the platform's allow-list.")
+
+
+class AirtableNotConfigured(ServiceUnavailable):
+    code = "airtable-token-missing"
+
+    def __init__(self) -> None:
+        super().__init__("No Airtable token: the platform has none (AIRTABLE_TOKEN) and you set none (PUT /token).")
+
+
+class UserTokensDisabled(ServiceUnavailable):
+    code = "user-tokens-disabled"
+
+    def __init__(self) -> None:
+        super().__init__("Personal Airtable tokens need AIRTABLE_TOKEN_ENCRYPTION_KEY, which is not set.")
+
+
+def airtable_error_handler(request: Request[Any, Any, Any], exc: AirtableError) -> Response[AirtableProblem]:
+    request_id = request_id_var.get() or ensure_request_id(request.scope)
+    problem, headers = problem_for_exception(exc, request_id, request.scope.get("path"))
+    body = AirtableProblem(**msgspec.structs.asdict(problem), error=exc.airtable_error)
+    return Response(body, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {AirtableError: airtable_error_handler}

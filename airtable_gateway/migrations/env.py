@@ -1,0 +1,4 @@
+from airtable_gateway.models import Base
+from shared.migrations import run_env
+
+run_env(Base.metadata, version_table="alembic_version_airtable")

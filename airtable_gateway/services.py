@@ -1,0 +1,604 @@
+"""The Airtable gateway's logic: rate-limited, retried, cached calls to Airtable, and the
+operations the routes offer on top of them. No Litestar imports."""
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from airtable_gateway.cache import Cached, Kind, Produced, ResponseCache, StaleAllowed, etag_of, token_identity
+from airtable_gateway.client import AirtableClient, Lost, NotSent, UpstreamRequest, UpstreamResponse
+from airtable_gateway.config import AirtableSettings
+from airtable_gateway.errors import (
+    AirtableError,
+    AirtableNotConfigured,
+    AirtableServerError,
+    AirtableTimeout,
+    AirtableUnavailable,
+    BaseNotAllowed,
+    QueueTimeout,
+    UserTokensDisabled,
+)
+from airtable_gateway.metrics import QUEUE_TIMEOUTS, QUEUE_WAIT, UPSTREAM_REQUESTS, UPSTREAM_THROTTLED
+from airtable_gateway.repositories import UserTokenRepository
+from airtable_gateway.scheduler import Scheduler, jittered
+from airtable_gateway.schemas import (
+    BatchResponse,
+    Deleted,
+    DeletedList,
+    ErrorDetail,
+    Fields,
+    Record,
+    RecordResult,
+    TokenStatus,
+)
+from airtable_gateway.tokens import TokenCipher
+from shared.errors import NotFound
+
+WRITE_CHUNK = 10
+PAGE_SIZE = 100
+META_BASE = "_meta"  # the scheduler's key for calls that concern no base (the list of bases)
+RETRYABLE_METHODS = frozenset({"GET", "DELETE", "PUT", "PATCH"})
+MAX_BASE_PAGES = 50
+PAUSE_SKEW_SECONDS = 0.05
+logger = logging.getLogger("airtable_gateway")
+
+_json = msgspec.json.Encoder()
+
+
+class Upstream:
+    """Sends requests to Airtable in their turn under the rate limits, retries what is safe to
+    retry, and caches reads. One per app."""
+
+    def __init__(
+        self, settings: AirtableSettings, client: AirtableClient, scheduler: Scheduler, cache: ResponseCache
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.scheduler = scheduler
+        self.cache = cache
+
+    async def send(self, token: str, request: UpstreamRequest) -> UpstreamResponse:
+        """Airtable's answer. 429s pause the base (every replica) and the request goes again
+        after the pause; 5xx and lost connections are retried only for ``retryable`` requests;
+        a request whose turn would come after its deadline is a QueueTimeout (503)."""
+        deadline = time.monotonic() + self.settings.airtable_queue_timeout
+        token_id = token_identity(token)
+        attempt = 0
+        while True:
+            await self._wait_for_slot(request.base, token_id, deadline)
+            try:
+                response = await self.client.send(token, request)
+            except NotSent:
+                UPSTREAM_REQUESTS.labels(request.method, "0").inc()
+                failure: Exception = AirtableUnavailable()
+            except Lost as exc:
+                UPSTREAM_REQUESTS.labels(request.method, "0").inc()
+                failure = AirtableTimeout() if exc.timed_out else AirtableUnavailable()
+                if not request.retryable:
+                    raise failure from None
+            else:
+                UPSTREAM_REQUESTS.labels(request.method, str(response.status)).inc()
+                if response.status == 429:
+                    # Airtable refused without doing anything: sending again later is safe for any method.
+                    UPSTREAM_THROTTLED.inc()
+                    pause = jittered(max(self.settings.airtable_penalty_seconds, response.retry_after or 0))
+                    await self.scheduler.pause(request.base, pause)
+                    logger.warning("airtable answered 429: base paused", extra={"base": request.base, "seconds": pause})
+                    attempt += 1
+                    if attempt > self.settings.airtable_max_retries:
+                        raise QueueTimeout(await self.scheduler.paused_for(request.base))
+                    continue
+                if response.status < 500 or not request.retryable:
+                    return response
+                failure = airtable_error(response)
+            attempt += 1
+            delay = self._backoff(attempt)
+            if attempt > self.settings.airtable_max_retries or time.monotonic() + delay > deadline:
+                raise failure
+            await asyncio.sleep(delay)
+
+    async def _wait_for_slot(self, base: str, token_id: str, deadline: float) -> None:
+        started = time.monotonic()
+        while True:
+            granted, wait = await self.scheduler.reserve(base, token_id, max(0.0, deadline - time.monotonic()))
+            if not granted:
+                QUEUE_TIMEOUTS.inc()
+                raise QueueTimeout(max(wait, await self.scheduler.paused_for(base)))
+            if wait > 0:
+                await asyncio.sleep(wait)
+            # A 429 that paused the base while this request waited: its slot is void, it goes after
+            # the pause. (A few ms left of a pause its slot already followed is only clock skew.)
+            if wait == 0 or await self.scheduler.paused_for(base) <= PAUSE_SKEW_SECONDS:
+                QUEUE_WAIT.observe(time.monotonic() - started)
+                return
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.settings.airtable_retry_base_seconds * 2 ** (attempt - 1)
+        return float(base * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
+
+    async def read(
+        self,
+        token: str,
+        request: UpstreamRequest,
+        kind: Kind,
+        identity: str,
+        produce: Callable[[], Awaitable[Produced]],
+    ) -> Cached:
+        """A cached read: ``identity`` is the normalised request, ``produce`` what a miss runs."""
+        ttl = self.settings.cache_ttl if kind == "records" else self.settings.schema_cache_ttl
+        return await self.cache.fetch(
+            token_identity(token),
+            request.base,
+            kind,
+            identity,
+            ttl,
+            produce,
+            lambda: self.scheduler.paused_for(request.base),
+        )
+
+    async def checked(self, token: str, request: UpstreamRequest) -> Any:
+        """Airtable's JSON answer, or its error raised as an AirtableError."""
+        response = await self.send(token, request)
+        if response.status >= 400:
+            raise airtable_error(response)
+        return json_object(response.body)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """Airtable's answer as a JSON object; anything else is a bad gateway (502), never a 500."""
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        document = None
+    if not isinstance(document, dict):
+        raise AirtableUnavailable("Airtable answered something that is not a JSON object.")
+    return document
+
+
+def airtable_error(response: UpstreamResponse) -> AirtableError:
+    """Airtable's ``{"error": {"type", "message"}}`` (or ``{"error": "TYPE"}``) as an exception."""
+    error_type, message = "UPSTREAM_ERROR", None
+    try:
+        document = msgspec.json.decode(response.body)
+    except msgspec.DecodeError:
+        document = None
+    error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict):
+        error_type = str(error.get("type") or error_type)
+        message = str(error["message"]) if error.get("message") is not None else None
+    elif isinstance(error, str):
+        error_type = error
+    cls = AirtableServerError if response.status >= 500 else AirtableError
+    return cls(response.status, error_type, message)
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    view: str | None = None
+    fields: Sequence[str] = ()
+    filter_by_formula: str | None = None
+    sort: Sequence[tuple[str, str]] = ()
+    page_size: int | None = None
+    offset: str | None = None
+    max_records: int | None = None
+    all: bool = False
+
+    def airtable_params(self) -> list[tuple[str, str]]:
+        params: list[tuple[str, str]] = []
+        if self.page_size is not None:
+            params.append(("pageSize", str(self.page_size)))
+        if self.max_records is not None:
+            params.append(("maxRecords", str(self.max_records)))
+        if self.view:
+            params.append(("view", self.view))
+        if self.filter_by_formula:
+            params.append(("filterByFormula", self.filter_by_formula))
+        params.extend(("fields[]", field) for field in self.fields)
+        for index, (field, direction) in enumerate(self.sort):
+            params.extend([(f"sort[{index}][field]", field), (f"sort[{index}][direction]", direction)])
+        return params
+
+
+class AirtableService:
+    """What one caller may do, with the Airtable token their requests use."""
+
+    def __init__(self, upstream: Upstream, token: str, allowed_bases: frozenset[str]) -> None:
+        self.upstream = upstream
+        self.token = token
+        self.allowed_bases = allowed_bases
+        self.settings = upstream.settings
+
+    def _check_base(self, base: str) -> None:
+        if self.allowed_bases and base not in self.allowed_bases:
+            raise BaseNotAllowed()
+
+    # Bases and tables ---------------------------------------------------------------------
+
+    async def bases(self, offset: str | None = None) -> Cached:
+        query = urlencode([("offset", offset)]) if offset else ""
+        request = UpstreamRequest("GET", "/v0/meta/bases", META_BASE, query, retryable=True)
+
+        async def produce() -> Produced:
+            document = await self.upstream.checked(self.token, request)
+            if self.allowed_bases:
+                document["bases"] = [base for base in document.get("bases", []) if base.get("id") in self.allowed_bases]
+            return Produced(200, _json.encode(document))
+
+        return await self.upstream.read(self.token, request, "schema", f"bases?{query}", produce)
+
+    async def base(self, base_id: str) -> Cached:
+        self._check_base(base_id)
+        offset: str | None = None
+        for _ in range(MAX_BASE_PAGES):
+            listing = await self.bases(offset)
+            page = msgspec.json.decode(listing.body)
+            for base in page.get("bases", []):
+                if base.get("id") == base_id:
+                    return _part_of(listing, base)
+            offset = page.get("offset")
+            if not offset:
+                break
+        raise NotFound("No such base, or the token cannot see it.", code="base-not-found")
+
+    async def tables(self, base_id: str) -> Cached:
+        self._check_base(base_id)
+        request = UpstreamRequest("GET", f"/v0/meta/bases/{_segment(base_id)}/tables", base_id, retryable=True)
+
+        async def produce() -> Produced:
+            return Produced(200, _json.encode(await self.upstream.checked(self.token, request)))
+
+        return await self.upstream.read(self.token, request, "schema", "tables", produce)
+
+    async def table(self, base_id: str, table: str) -> Cached:
+        listing = await self.tables(base_id)
+        for candidate in msgspec.json.decode(listing.body).get("tables", []):
+            if table in (candidate.get("id"), candidate.get("name")):
+                return _part_of(listing, candidate)
+        raise NotFound("No such table in this base.", code="table-not-found")
+
+    # Records ------------------------------------------------------------------------------
+
+    async def list_records(self, base_id: str, table: str, query: ListQuery) -> Cached:
+        self._check_base(base_id)
+        path = _table_path(base_id, table)
+        params = query.airtable_params()
+        first = UpstreamRequest("GET", path, base_id, urlencode(params), retryable=True)
+        identity = f"list:{table}:{urlencode(params)}:offset={query.offset}:all={query.all}"
+
+        async def produce() -> Produced:
+            if query.all:
+                return Produced(200, _json.encode(await self._all_pages(path, base_id, query, params)))
+            request = _with_offset(first, params, query.offset)
+            page = await self.upstream.checked(self.token, request)
+            offset = page.get("offset")
+            body = {"records": page.get("records", []), "offset": offset, "hasMore": offset is not None}
+            return Produced(200, _json.encode(body))
+
+        return await self.upstream.read(self.token, first, "records", identity, produce)
+
+    async def _all_pages(
+        self, path: str, base_id: str, query: ListQuery, params: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        cap = min(query.max_records or self.settings.airtable_max_all_records, self.settings.airtable_max_all_records)
+        if query.page_size is None:
+            params = [("pageSize", str(PAGE_SIZE)), *params]
+        records: list[Any] = []
+        offset = query.offset
+        while True:
+            request = _with_offset(UpstreamRequest("GET", path, base_id, retryable=True), params, offset)
+            page = await self.upstream.checked(self.token, request)
+            records.extend(page.get("records", []))
+            offset = page.get("offset")
+            if not offset or len(records) >= cap:
+                break
+        if len(records) > cap:
+            # Cut at the cap: the next page starts after the last record returned, which Airtable's
+            # offsets cannot express, so the caller gets no offset to continue from.
+            records, offset = records[:cap], None
+        return {"records": records, "offset": offset, "hasMore": offset is not None}
+
+    async def get_record(self, base_id: str, table: str, record_id: str) -> Cached:
+        self._check_base(base_id)
+        request = UpstreamRequest(
+            "GET", f"{_table_path(base_id, table)}/{_segment(record_id)}", base_id, retryable=True
+        )
+
+        async def produce() -> Produced:
+            return Produced(200, _json.encode(await self.upstream.checked(self.token, request)))
+
+        return await self.upstream.read(self.token, request, "records", f"get:{table}:{record_id}", produce)
+
+    async def create_records(self, base_id: str, table: str, records: list[Fields], typecast: bool) -> BatchResponse:
+        self._check_base(base_id)
+        path = _table_path(base_id, table)
+
+        def request(chunk: list[Fields]) -> UpstreamRequest:
+            body = {"records": [{"fields": fields} for fields in chunk], "typecast": typecast}
+            return UpstreamRequest("POST", path, base_id, body=_json.encode(body))
+
+        return await self._write_in_chunks(base_id, records, request, created=True)
+
+    async def update_records(
+        self, base_id: str, table: str, records: list[tuple[str, Fields]], typecast: bool, replace: bool
+    ) -> BatchResponse:
+        self._check_base(base_id)
+        path, method = _table_path(base_id, table), "PUT" if replace else "PATCH"
+
+        def request(chunk: list[tuple[str, Fields]]) -> UpstreamRequest:
+            body = {"records": [{"id": id_, "fields": fields} for id_, fields in chunk], "typecast": typecast}
+            return UpstreamRequest(method, path, base_id, body=_json.encode(body), retryable=True)
+
+        return await self._write_in_chunks(base_id, records, request)
+
+    async def upsert_records(
+        self, base_id: str, table: str, records: list[Fields], merge_on: list[str], typecast: bool
+    ) -> BatchResponse:
+        self._check_base(base_id)
+        path = _table_path(base_id, table)
+
+        def request(chunk: list[Fields]) -> UpstreamRequest:
+            body = {
+                "records": [{"fields": fields} for fields in chunk],
+                "performUpsert": {"fieldsToMergeOn": merge_on},
+                "typecast": typecast,
+            }
+            # An upsert may create records: never sent twice blindly.
+            return UpstreamRequest("PATCH", path, base_id, body=_json.encode(body))
+
+        return await self._write_in_chunks(base_id, records, request, upsert=True)
+
+    async def update_record(
+        self, base_id: str, table: str, record_id: str, fields: Fields, typecast: bool, replace: bool
+    ) -> bytes:
+        self._check_base(base_id)
+        body = _json.encode({"fields": fields, "typecast": typecast})
+        path = f"{_table_path(base_id, table)}/{_segment(record_id)}"
+        request = UpstreamRequest("PUT" if replace else "PATCH", path, base_id, body=body, retryable=True)
+        try:
+            return _json.encode(await self.upstream.checked(self.token, request))
+        finally:
+            await self.upstream.cache.invalidate(base_id)
+
+    async def delete_record(self, base_id: str, table: str, record_id: str) -> bytes:
+        self._check_base(base_id)
+        path = f"{_table_path(base_id, table)}/{_segment(record_id)}"
+        request = UpstreamRequest("DELETE", path, base_id, retryable=True)
+        try:
+            return _json.encode(await self.upstream.checked(self.token, request))
+        finally:
+            await self.upstream.cache.invalidate(base_id)
+
+    async def delete_records(self, base_id: str, table: str, record_ids: list[str]) -> DeletedList:
+        self._check_base(base_id)
+        path = _table_path(base_id, table)
+
+        def request(chunk: list[str]) -> UpstreamRequest:
+            return UpstreamRequest(
+                "DELETE", path, base_id, urlencode([("records[]", id_) for id_ in chunk]), retryable=True
+            )
+
+        batch = await self._write_in_chunks(base_id, record_ids, request)
+        deleted = [Deleted(id=record.id, deleted=True) for record in batch.records]
+        return DeletedList(records=deleted, results=batch.results)
+
+    async def _write_in_chunks(
+        self,
+        base_id: str,
+        items: Sequence[Any],
+        request_for: Callable[[Any], UpstreamRequest],
+        *,
+        created: bool = False,
+        upsert: bool = False,
+    ) -> BatchResponse:
+        """Airtable takes at most 10 records per write: one call per 10, in order. A chunk that
+        fails gives its records that error and the next chunks still go, unless Airtable cannot
+        be reached (then the rest fail with the same error, unsent)."""
+        results: list[RecordResult] = []
+        written: list[Record] = []
+        created_ids: list[str] = []
+        updated_ids: list[str] = []
+        stopped: Exception | None = None
+        try:
+            for start, chunk in _chunks(items, WRITE_CHUNK):
+                try:
+                    if stopped is not None:
+                        raise stopped
+                    document = await self.upstream.checked(self.token, request_for(chunk))
+                except (AirtableError, StaleAllowed) as exc:
+                    if isinstance(exc, StaleAllowed):
+                        stopped = exc
+                    results.extend(_failed(start + offset, exc) for offset in range(len(chunk)))
+                    continue
+                records = [msgspec.convert(item, Record) for item in document.get("records", [])]
+                written.extend(records)
+                status = 201 if created else 200
+                results.extend(
+                    RecordResult(index=start + offset, status=status, record=record)
+                    for offset, record in enumerate(records)
+                )
+                created_ids.extend(document.get("createdRecords", []))
+                updated_ids.extend(document.get("updatedRecords", []))
+        finally:
+            await self.upstream.cache.invalidate(base_id)
+        if items and not written:
+            raise stopped or _error_of(results[0])
+        return BatchResponse(
+            records=written,
+            results=results,
+            created_records=created_ids if upsert else None,
+            updated_records=updated_ids if upsert else None,
+        )
+
+    # The Airtable-compatible mirror ----------------------------------------------------------
+
+    async def mirror(self, method: str, path: str, query: str, body: bytes | None) -> Cached:
+        """``/v0/<path>`` sent on as is; reads are cached, writes invalidate their base."""
+        segments = path.strip("/").split("/")
+        kind: Kind
+        if segments[:2] == ["meta", "bases"]:
+            base, kind = (segments[2] if len(segments) > 2 else META_BASE), "schema"
+        else:
+            base, kind = segments[0], "records"
+        if base != META_BASE:
+            self._check_base(base)
+        upstream_path = "/v0/" + "/".join(_segment(segment) for segment in segments)
+        is_read = method == "GET" or (method == "POST" and segments[-1] == "listRecords")
+        retryable = is_read or (method in RETRYABLE_METHODS and b"performUpsert" not in (body or b""))
+        request = UpstreamRequest(method, upstream_path, base, query, body or None, retryable=retryable)
+        if is_read:
+            return await self._mirror_read(request, kind, segments)
+        try:
+            response = await self.upstream.send(self.token, request)
+        finally:
+            await self.upstream.cache.invalidate(base)  # records or schema: both are read again
+        if response.status >= 400:
+            raise airtable_error(response)
+        return _fresh_bytes(response.status, response.body)
+
+    async def _mirror_read(self, request: UpstreamRequest, kind: Kind, segments: list[str]) -> Cached:
+        listing_bases = self.allowed_bases and segments == ["meta", "bases"]
+        canonical_query = urlencode(sorted(parse_qsl(request.query, keep_blank_values=True)))
+        identity = f"v0:{request.method}:{request.path}?{canonical_query}:{_canonical_body(request.body)}"
+
+        async def produce() -> Produced:
+            response = await self.upstream.send(self.token, request)
+            if response.status >= 400:
+                raise airtable_error(response)
+            if not listing_bases:
+                return Produced(response.status, response.body)
+            document = json_object(response.body)
+            document["bases"] = [base for base in document.get("bases", []) if base.get("id") in self.allowed_bases]
+            return Produced(response.status, _json.encode(document))
+
+        return await self.upstream.read(self.token, request, kind, identity, produce)
+
+
+class UserTokens:
+    """Users' own Airtable tokens: stored encrypted, looked up on every request through a short
+    per-process cache (a change made on another replica is seen within ``token_cache_seconds``)."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        cipher: TokenCipher | None,
+        platform_token: str,
+        cache_seconds: float,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.cipher = cipher
+        self.platform_token = platform_token
+        self.cache_seconds = cache_seconds
+        self._cache: dict[uuid.UUID, tuple[float, str | None]] = {}
+        self._loading: dict[uuid.UUID, asyncio.Future[str | None]] = {}
+
+    async def token_for(self, user_id: uuid.UUID) -> str:
+        """The Airtable token the user's requests use: their own, else the platform's."""
+        cached = self._cache.get(user_id)
+        if cached is not None and cached[0] > time.monotonic():
+            own = cached[1]
+        else:
+            # One database read per user at a time, however many of their requests arrive together.
+            loading = self._loading.get(user_id)
+            if loading is None:
+                loading = self._loading[user_id] = asyncio.ensure_future(self._load(user_id))
+                loading.add_done_callback(lambda _: self._loading.pop(user_id, None))
+            own = await asyncio.shield(loading)
+        token = own or self.platform_token
+        if not token:
+            raise AirtableNotConfigured()
+        return token
+
+    async def _load(self, user_id: uuid.UUID) -> str | None:
+        if self.cipher is None:
+            return None
+        async with self.sessionmaker() as session:
+            row = await UserTokenRepository(session).get(user_id)
+        own = self.cipher.decrypt(user_id, row.ciphertext) if row is not None else None
+        if row is not None and own is None:
+            logger.warning("a stored Airtable token does not decrypt (another key?)", extra={"user_id": str(user_id)})
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[user_id] = (time.monotonic() + self.cache_seconds, own)
+        return own
+
+    async def status(self, session: AsyncSession, user_id: uuid.UUID) -> TokenStatus:
+        row = await UserTokenRepository(session).get(user_id)
+        if row is None:
+            return TokenStatus(configured=False)
+        return TokenStatus(configured=True, hint=row.hint, updated_at=row.updated_at)
+
+    async def save(self, session: AsyncSession, user_id: uuid.UUID, token: str) -> TokenStatus:
+        if self.cipher is None:
+            raise UserTokensDisabled()
+        row = await UserTokenRepository(session).save(user_id, self.cipher.encrypt(user_id, token), token[-4:])
+        self._cache.pop(user_id, None)
+        return TokenStatus(configured=True, hint=row.hint, updated_at=row.updated_at)
+
+    async def delete(self, session: AsyncSession, user_id: uuid.UUID) -> bool:
+        deleted = await UserTokenRepository(session).delete(user_id)
+        self._cache.pop(user_id, None)
+        return deleted
+
+
+def _segment(value: str) -> str:
+    """One path segment for Airtable, every reserved character encoded; an empty or dot segment
+    (which a URL would collapse, escaping the base it was checked for) is refused."""
+    if value in ("", ".", ".."):
+        raise NotFound("No such resource.")
+    return quote(value, safe="")
+
+
+def _table_path(base_id: str, table: str) -> str:
+    return f"/v0/{_segment(base_id)}/{_segment(table)}"
+
+
+def _with_offset(request: UpstreamRequest, params: list[tuple[str, str]], offset: str | None) -> UpstreamRequest:
+    query = urlencode([*params, ("offset", offset)] if offset else params)
+    return msgspec.structs.replace(request, query=query)
+
+
+def _canonical_body(body: bytes | None) -> str:
+    if not body:
+        return ""
+    try:
+        return _json.encode(msgspec.json.decode(body)).decode() if body else ""
+    except msgspec.DecodeError:
+        return body.decode("latin-1")
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
+    for start in range(0, len(items), size):
+        yield start, list(items[start : start + size])
+
+
+def _failed(index: int, exc: Exception) -> RecordResult:
+    status = getattr(exc, "status_code", 502)
+    if isinstance(exc, AirtableError):
+        error = ErrorDetail(type=exc.airtable_error.type, message=exc.airtable_error.message)
+    else:
+        error = ErrorDetail(type=getattr(exc, "code", "UPSTREAM_ERROR"), message=getattr(exc, "detail", None))
+    return RecordResult(index=index, status=status, error=error)
+
+
+def _error_of(result: RecordResult) -> AirtableError:
+    error = result.error or ErrorDetail(type="UPSTREAM_ERROR")
+    return AirtableError(result.status, error.type, error.message)
+
+
+def _part_of(listing: Cached, document: Any) -> Cached:
+    """One item of a cached listing, answered as the listing was (HIT, MISS or STALE)."""
+    body = _json.encode(document)
+    return Cached(status=200, body=body, etag=etag_of(body), state=listing.state, age=listing.age)
+
+
+def _fresh_bytes(status: int, body: bytes) -> Cached:
+    return Cached(status=status, body=body, etag=etag_of(body), state="MISS")

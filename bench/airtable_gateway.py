@@ -1,0 +1,287 @@
+"""The Airtable gateway: cache-hit throughput, and a burst on one base against Airtable's limit.
+
+    python -m bench.airtable_gateway [--seconds 5] [--rounds 3] [--connections 1,20] [--burst 100]
+                                     [--redis URL] [--json PATH]
+
+Started on free 127.0.0.1 ports, all as subprocesses of this run: the Airtable emulator
+(``python -m airtable_gateway emulator``: 5 requests/s per base, 30 s penalty), the Airtable
+gateway (``python -m airtable_gateway serve``, SQLite in a temp dir, Redis under a temporary key
+namespace), ``bench/upstream_app.py`` (a bare ASGI app) and the API gateway (``python -m gateway
+serve``) routing ``/api/v1/airtable`` to the Airtable gateway and ``/api/v1/bench`` to the bare app.
+
+1. Cache hits, side by side (wrk, alternating targets each round): through the API gateway,
+   ``trivial`` (a proxied GET of the bare app) and ``airtable-hit`` (a records page answered from
+   the cache: JWT check again in the service, token lookup, cache read, ETag); and ``airtable-hit
+   direct`` (the same without the API gateway). Headline: airtable-hit / trivial requests/s.
+2. Burst: ``--burst`` distinct record reads of one base sent at once, straight to the Airtable
+   gateway. Airtable allows 5/s per base, so N reads cannot finish before (N - 1) / 5 s (the
+   *floor*, 19.8 s for 100). Reported: wall time, floor / wall time, the emulator's 429 count
+   (goal: 0) and the most requests the emulator saw in any one second (goal: <= 5).
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+from bench.common import (
+    HOST,
+    SHARED_SETTING_NAMES,
+    LoggedServer,
+    clear_redis_namespace,
+    cpu_model,
+    free_port,
+    say,
+    scrubbed_environ,
+    sigterm_unwinds,
+    utc_timestamp,
+)
+from bench.upstream_app import ITEM_PATH
+from shared.keys import hs256_kid
+
+BASE, TABLE = "appEmuCrmBase0000", "tblEmuContacts000"
+RECORDS_PATH = f"/api/v1/airtable/bases/{BASE}/tables/{TABLE}/records?page_size=5"
+_WRK_SCRIPT = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"errors":%d,"status":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def server(name: str, argv: list[str], env: dict[str, str], port: int, workdir: Path) -> LoggedServer:
+    return LoggedServer(
+        name,
+        argv,
+        env,
+        port,
+        workdir / f"{name}.log",
+        startup_timeout=60,
+        stop_timeout=10,
+        tail_chars=3000,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+def access_token(secret: str) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": "pyairtable-auth",
+        "aud": "pyairtable-api",
+        "sub": str(uuid.uuid4()),
+        "email": "bench@example.com",
+        "roles": ["user"],
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(secret)})
+
+
+def run_wrk(url: str, connections: int, seconds: int, token: str, script: Path) -> dict[str, Any]:
+    threads = min(connections, 2)
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    argv += ["-H", f"Authorization: Bearer {token}", url]
+    output = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    match = re.search(r"BENCH_JSON (\{.*\})", output)
+    if match is None:
+        raise RuntimeError(f"wrk gave no figures:\n{output}")
+    figures: dict[str, Any] = json.loads(match.group(1))
+    figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
+    return figures
+
+
+async def burst(base_url: str, token: str, count: int) -> float:
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=count + 5)
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120, limits=limits) as client:
+        started = time.monotonic()
+        path = f"/api/v1/airtable/bases/{BASE}/tables/{TABLE}/records"
+        responses = await asyncio.gather(
+            *(client.get(path, params={"page_size": 1, "max_records": n + 1}) for n in range(count))
+        )
+        elapsed = time.monotonic() - started
+    statuses = sorted({response.status_code for response in responses})
+    if statuses != [200]:
+        raise RuntimeError(f"burst answered {statuses}: {responses[-1].text[:300]}")
+    return elapsed
+
+
+def most_in_one_second(times: list[float]) -> int:
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times)), default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    connections = [int(part) for part in args.connections.split(",")]
+    secret = secrets.token_urlsafe(48)
+    namespace = f"bench-airtable-{uuid.uuid4().hex[:8]}"
+    token = access_token(secret)
+    base_env = scrubbed_environ(SHARED_SETTING_NAMES, ("AIRTABLE_", "GATEWAY_", "AUTH_"))
+    with sigterm_unwinds(), contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-airtable-")))
+        script = workdir / "report.lua"
+        script.write_text(_WRK_SCRIPT)
+        stack.callback(clear_redis_namespace, args.redis, namespace)
+        python = sys.executable
+
+        emulator_port, service_port, upstream_port, gateway_port = (free_port() for _ in range(4))
+        emulator = server(
+            "emulator", [python, "-m", "airtable_gateway", "emulator", "--port", str(emulator_port)], base_env,
+            emulator_port, workdir,
+        )  # fmt: skip
+        emulator.start("/_emulator/health")
+        stack.callback(emulator.stop)
+
+        service_env = {
+            **base_env,
+            "DATA_DIR": str(workdir / "data"),
+            "JWT_SECRET": secret,
+            "REDIS_URL": args.redis,
+            "REDIS_NAMESPACE": namespace,
+            "AIRTABLE_GATEWAY_PORT": str(service_port),
+            "AIRTABLE_TOKEN": "emulator-token",
+            "AIRTABLE_API_URL": emulator.base_url,
+            "AIRTABLE_QUEUE_TIMEOUT": "120",
+            "CACHE_TTL": "3600",
+            "LOG_LEVEL": "WARNING",
+        }
+        subprocess.run([python, "-m", "airtable_gateway", "migrate"], env=service_env, check=True, capture_output=True)
+        service = server(
+            "airtable-gateway", [python, "-m", "airtable_gateway", "serve"], service_env, service_port, workdir
+        )
+        service.start("/health")
+        stack.callback(service.stop)
+
+        upstream_argv = [
+            python,
+            "-m",
+            "uvicorn",
+            "bench.upstream_app:app",
+            "--host",
+            HOST,
+            "--port",
+            str(upstream_port),
+        ]
+        upstream = server("upstream", [*upstream_argv, "--no-access-log"], base_env, upstream_port, workdir)
+        upstream.start("/health")
+        stack.callback(upstream.stop)
+
+        gateway_env = {
+            **base_env,
+            "DATA_DIR": str(workdir / "data"),
+            "JWT_SECRET": secret,
+            "REDIS_URL": args.redis,
+            "REDIS_NAMESPACE": namespace,
+            "GATEWAY_PORT": str(gateway_port),
+            "AUTH_SERVICE_URL": "",
+            "USER_SERVICE_URL": "",
+            "ANALYTICS_SERVICE_URL": "",
+            "AIRTABLE_GATEWAY_URL": service.base_url,
+            "EXTRA_ROUTES": f"/api/v1/bench={upstream.base_url}",
+            "RATE_LIMIT_PER_MINUTE": "100000000",
+            "RATE_LIMIT_BURST": "1000000",
+            "LOG_LEVEL": "WARNING",
+        }
+        gateway = server("gateway", [python, "-m", "gateway", "serve"], gateway_env, gateway_port, workdir)
+        gateway.start("/health")
+        stack.callback(gateway.stop)
+
+        targets = {
+            "trivial": gateway.base_url + ITEM_PATH,
+            "airtable-hit": gateway.base_url + RECORDS_PATH,
+            "airtable-hit direct": service.base_url + RECORDS_PATH,
+        }
+        for name, url in targets.items():  # warm: the cache entry, connections, JWT caches
+            response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            if response.status_code != 200:
+                raise RuntimeError(f"{name}: {response.status_code} {response.text[:300]}")
+        cached = httpx.get(targets["airtable-hit"], headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert cached.headers.get("x-cache") == "HIT", cached.headers
+
+        results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in connections} for name in targets}
+        for round_number in range(args.rounds):
+            order = list(targets)[round_number % 3 :] + list(targets)[: round_number % 3]
+            for count in connections:
+                for name in order:
+                    figures = run_wrk(targets[name], count, args.seconds, token, script)
+                    results[name][count].append(figures)
+                    rps, p50 = figures["rps"], figures["p50_us"]
+                    say(f"round {round_number + 1} c={count} {name}: {rps:.0f} req/s, p50 {p50} us")
+
+        emulator_stats = httpx.post(f"{emulator.base_url}/_emulator/reset", timeout=10)
+        emulator_stats.raise_for_status()
+        say(f"burst: {args.burst} distinct reads of one base at once ...")
+        elapsed = asyncio.run(burst(service.base_url, token, args.burst))
+        stats = httpx.get(f"{emulator.base_url}/_emulator/stats", timeout=10).json()
+        times = [entry["at"] for entry in stats["log"] if entry["base"] == BASE]
+
+    floor = (args.burst - 1) / 5
+    report: dict[str, Any] = {
+        "when": utc_timestamp(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cache_hits": {
+            name: {
+                str(count): {
+                    "rps": statistics.median(run["rps"] for run in runs),
+                    "p50_us": statistics.median(run["p50_us"] for run in runs),
+                    "p99_us": statistics.median(run["p99_us"] for run in runs),
+                    "errors": sum(run["errors"] + run["status"] for run in runs),
+                }
+                for count, runs in by_count.items()
+            }
+            for name, by_count in results.items()
+        },
+        "burst": {
+            "requests": args.burst,
+            "seconds": round(elapsed, 2),
+            "floor_seconds": floor,
+            "floor_over_elapsed": round(floor / elapsed, 3),
+            "upstream_429": sum(stats["throttled"].values()),
+            "upstream_calls": len(times),
+            "most_in_one_second": most_in_one_second(times),
+        },
+    }
+    for count in connections:
+        hit = report["cache_hits"]["airtable-hit"][str(count)]["rps"]
+        trivial = report["cache_hits"]["trivial"][str(count)]["rps"]
+        report[f"hit_over_trivial_c{count}"] = round(hit / trivial, 3)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.airtable_gateway", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every target (default 3)")
+    parser.add_argument("--connections", default="1,20", help="wrk connection counts (default 1,20)")
+    parser.add_argument("--burst", type=int, default=100, help="distinct reads in the burst (default 100)")
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--json", help="also write the report to this file")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Airtable gateway fixtures: the service in-process (real PostgreSQL and Redis) in front of the
+Airtable emulator running as a real process (tests/airtable_gateway/emulator_fixture.py)."""
+
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+import pytest
+from litestar import Litestar
+
+from airtable_gateway.app import create_app
+from airtable_gateway.config import AirtableSettings
+from shared import migrations
+from shared.keys import hs256_kid
+from tests.airtable_gateway.emulator_fixture import (  # noqa: F401  (pytest finds fixtures by name)
+    Emulator,
+    emulator_per_session,
+    emulator_per_test,
+)
+from tests.conftest import DatabaseFactory, access_claims, app_client
+
+API = "/api/v1/airtable"
+JWT_SECRET = secrets.token_urlsafe(48)
+ENCRYPTION_KEY = secrets.token_urlsafe(48)
+PROBLEM = "application/problem+json"
+# The session emulator's penalty after a 429 (see emulator_fixture); the gateway pauses as long.
+PENALTY_SECONDS = 1.0
+
+SettingsFactory = Callable[..., AirtableSettings]
+
+
+@pytest.fixture(scope="session")
+def airtable_database(databases: DatabaseFactory) -> str:
+    url = databases.create("pyairtable_airtable")
+    migrations.upgrade(AirtableSettings(database_url=url), "airtable_gateway")
+    return url
+
+
+@pytest.fixture
+def clean_airtable_database(airtable_database: str) -> Iterator[str]:
+    yield airtable_database
+    with psycopg.connect(airtable_database, autocommit=True) as conn:
+        conn.execute("TRUNCATE user_tokens")
+
+
+@pytest.fixture
+def make_settings(
+    clean_airtable_database: str, redis_url: str, redis_namespace: str, tmp_path: Path, emulator: Emulator
+) -> SettingsFactory:
+    def build(**overrides: Any) -> AirtableSettings:
+        values: dict[str, Any] = {
+            "database_url": clean_airtable_database,
+            "redis_url": redis_url,
+            "redis_namespace": redis_namespace,
+            "jwt_secret": JWT_SECRET,
+            "data_dir": str(tmp_path),
+            "airtable_api_url": emulator.url,
+            "airtable_token": emulator.token,
+            "airtable_token_encryption_key": ENCRYPTION_KEY,
+            "airtable_penalty_seconds": PENALTY_SECONDS,
+            "airtable_queue_timeout": 10.0,
+            "airtable_retry_base_seconds": 0.05,
+            **overrides,
+        }
+        settings = AirtableSettings(**values)
+        settings.validate()
+        return settings
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> AirtableSettings:
+    return make_settings()
+
+
+@pytest.fixture
+def airtable_app(settings: AirtableSettings) -> Litestar:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(airtable_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(airtable_app) as test_client:
+        test_client.headers.update(bearer())
+        yield test_client
+
+
+def access_token(user_id: uuid.UUID | None = None) -> str:
+    claims = access_claims(sub=str(user_id or uuid.uuid4()))
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
+
+
+def bearer(user_id: uuid.UUID | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {access_token(user_id)}"}
+
+
+def upstream_log(emulator: Emulator, base: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
+    """The requests that reached the emulator (optionally of one base and method), oldest first."""
+    log: list[dict[str, Any]] = emulator.stats()["log"]
+    return [
+        entry
+        for entry in log
+        if (base is None or entry["base"] == base) and (method is None or entry["method"] == method)
+    ]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.05)

@@ -1,0 +1,148 @@
+"""Airtable's limits made invisible: requests wait their turn (never more than 5/s per base), a
+429 pauses the base, 5xx on reads are retried, creates never blindly, a deadline gives 503."""
+
+import asyncio
+
+import httpx
+
+from airtable_gateway.app import create_app
+from tests.airtable_gateway.conftest import API, PENALTY_SECONDS, PROBLEM, SettingsFactory, bearer, upstream_log
+from tests.airtable_gateway.emulator_fixture import CONTACTS, CRM_BASE, OPS_BASE, TASKS, Emulator
+from tests.conftest import app_client
+
+CONTACTS_URL = f"{API}/bases/{CRM_BASE}/tables/{CONTACTS}/records"
+TASKS_URL = f"{API}/bases/{OPS_BASE}/tables/{TASKS}/records"
+
+
+def most_in_one_second(times: list[float]) -> int:
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times)), default=0)
+
+
+async def test_a_burst_of_50_reads_on_one_base_waits_its_turn(
+    make_settings: SettingsFactory, emulator: Emulator
+) -> None:
+    async with app_client(create_app(make_settings(airtable_queue_timeout=30.0))) as client:
+        client.headers.update(bearer())
+        responses = await asyncio.gather(
+            *(client.get(CONTACTS_URL, params={"page_size": 1, "max_records": n}) for n in range(1, 51))
+        )
+    assert [response.status_code for response in responses] == [200] * 50, responses[0].text
+    assert all(response.headers["x-cache"] == "MISS" for response in responses)
+    stats = emulator.stats()
+    assert stats["throttled"].get(CRM_BASE, 0) == 0
+    log = upstream_log(emulator, CRM_BASE)
+    assert len(log) == 50
+    assert {entry["status"] for entry in log} == {200}
+    assert most_in_one_second([entry["at"] for entry in log]) <= 5
+
+
+async def test_after_a_429_no_call_to_the_base_during_the_pause(client: httpx.AsyncClient, emulator: Emulator) -> None:
+    emulator.fail(CRM_BASE, 429)
+    reads = [client.get(CONTACTS_URL, params={"page_size": 1, "max_records": n}) for n in range(1, 5)]
+    other_base = [client.get(TASKS_URL, params={"page_size": 1, "max_records": n}) for n in range(1, 5)]
+    responses = await asyncio.gather(*reads, *other_base)
+    assert [response.status_code for response in responses] == [200] * 8
+
+    log = upstream_log(emulator, CRM_BASE)
+    throttled = [entry["at"] for entry in log if entry["status"] == 429]
+    assert len(throttled) == 1
+    during_pause = [entry for entry in log if throttled[0] < entry["at"] < throttled[0] + PENALTY_SECONDS]
+    assert during_pause == []
+    assert len([entry for entry in log if entry["status"] == 200]) == 4
+    assert all(entry["status"] == 200 for entry in upstream_log(emulator, OPS_BASE))  # not paused
+
+
+async def test_server_errors_on_reads_are_retried(client: httpx.AsyncClient, emulator: Emulator) -> None:
+    emulator.fail(CRM_BASE, 503, count=2)
+    response = await client.get(CONTACTS_URL, params={"page_size": 2})
+    assert response.status_code == 200
+    assert [entry["status"] for entry in upstream_log(emulator, CRM_BASE)] == [503, 503, 200]
+
+
+async def test_a_create_is_never_retried_after_a_server_error(client: httpx.AsyncClient, emulator: Emulator) -> None:
+    emulator.fail(OPS_BASE, 500)
+    response = await client.post(TASKS_URL, json={"fields": {"Name": "Maybe"}})
+    assert response.status_code == 502
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["error"]["type"] == "SERVER_ERROR"
+    assert [entry["status"] for entry in upstream_log(emulator, OPS_BASE, "POST")] == [500]
+
+
+async def test_a_create_refused_with_429_goes_again_after_the_pause(
+    client: httpx.AsyncClient, emulator: Emulator
+) -> None:
+    emulator.fail(OPS_BASE, 429)
+    response = await client.post(TASKS_URL, json={"fields": {"Name": "Once"}})
+    assert response.status_code == 201
+    assert [entry["status"] for entry in upstream_log(emulator, OPS_BASE, "POST")] == [429, 200]
+    names = [r["fields"].get("Name") for r in (await client.get(TASKS_URL, params={"all": "true"})).json()["records"]]
+    assert names.count("Once") == 1
+
+
+async def test_past_the_deadline_a_503_with_retry_after(make_settings: SettingsFactory, emulator: Emulator) -> None:
+    settings = make_settings(airtable_queue_timeout=1.0, airtable_penalty_seconds=30.0)
+    async with app_client(create_app(settings)) as client:
+        client.headers.update(bearer())
+        emulator.fail(CRM_BASE, 429)
+        throttled = await client.get(CONTACTS_URL, params={"page_size": 1})
+        queued = await client.get(CONTACTS_URL, params={"page_size": 2})
+        other_base = await client.get(TASKS_URL, params={"page_size": 1})
+    for response in (throttled, queued):
+        assert response.status_code == 503
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json()["code"] == "airtable-rate-limited"
+        assert 29 <= int(response.headers["retry-after"]) <= 35
+    assert len(upstream_log(emulator, CRM_BASE)) == 1
+    assert other_base.status_code == 200
+
+
+async def test_airtable_unreachable_is_a_502(make_settings: SettingsFactory) -> None:
+    async with app_client(create_app(make_settings(airtable_api_url="http://127.0.0.1:1"))) as client:
+        client.headers.update(bearer())
+        read = await client.get(CONTACTS_URL)
+        write = await client.post(TASKS_URL, json={"fields": {"Name": "x"}})
+    for response in (read, write):
+        assert response.status_code == 502
+        assert response.json()["code"] == "airtable-unavailable"
+
+
+async def test_airtable_too_slow_is_a_504_and_a_create_goes_once(
+    make_settings: SettingsFactory, emulator: Emulator
+) -> None:
+    emulator.set_latency(1.0)
+    async with app_client(create_app(make_settings(airtable_timeout=0.3, airtable_max_retries=1))) as client:
+        client.headers.update(bearer())
+        read = await client.get(CONTACTS_URL)
+        write = await client.post(TASKS_URL, json={"fields": {"Name": "slow"}})
+    assert (read.status_code, write.status_code) == (504, 504)
+    assert read.json()["code"] == "airtable-timeout"
+    emulator.set_latency(0)
+    log = emulator.stats()["log"]
+    assert len([entry for entry in log if entry["base"] == CRM_BASE]) == 2  # the read, retried once
+    assert len([entry for entry in log if entry["base"] == OPS_BASE]) == 1  # the create, never again
+
+
+async def test_replicas_share_the_limits_and_the_pauses(make_settings: SettingsFactory, emulator: Emulator) -> None:
+    settings = make_settings(airtable_queue_timeout=30.0)
+    async with app_client(create_app(settings)) as first, app_client(create_app(settings)) as second:
+        for client in (first, second):
+            client.headers.update(bearer())
+        responses = await asyncio.gather(
+            *(
+                (first if n % 2 else second).get(CONTACTS_URL, params={"page_size": 1, "max_records": n})
+                for n in range(1, 21)
+            )
+        )
+        assert [response.status_code for response in responses] == [200] * 20
+        log = upstream_log(emulator, CRM_BASE)
+        assert len(log) == 20
+        assert most_in_one_second([entry["at"] for entry in log]) <= 5
+
+        emulator.fail(CRM_BASE, 429)
+        assert (await first.get(CONTACTS_URL, params={"page_size": 2})).status_code == 200  # after the pause
+        assert (await second.get(CONTACTS_URL, params={"page_size": 3})).status_code == 200
+    after = upstream_log(emulator, CRM_BASE)[20:]
+    assert [entry["status"] for entry in after] == [429, 200, 200]
+    assert after[1]["at"] - after[0]["at"] >= PENALTY_SECONDS
+    assert emulator.stats()["throttled"].get(CRM_BASE, 0) == 1  # only the injected one

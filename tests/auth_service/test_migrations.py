@@ -1,58 +1,23 @@
 """The auth service's Alembic history: upgrade, downgrade, upgrade again, and no drift from the models."""
 
-import asyncio
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import inspect
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from auth_service.config import AuthSettings
 from auth_service.models import Base
-from shared import migrations
 from tests.conftest import DatabaseFactory
-
-TABLES = {"users", "sessions", "refresh_tokens", "outbox", "processed_events", "alembic_version_auth"}
-
-
-async def schema_state(url: str) -> tuple[set[str], list[object]]:
-    engine = create_async_engine(url)
-    async with engine.connect() as connection:
-
-        def inspect_sync(sync_connection: object) -> tuple[set[str], list[object]]:
-            tables = set(inspect(sync_connection).get_table_names())
-            context = MigrationContext.configure(
-                sync_connection, opts={"compare_type": True, "version_table": "alembic_version_auth"}
-            )
-            return tables, compare_metadata(context, Base.metadata)
-
-        result = await connection.run_sync(inspect_sync)
-    await engine.dispose()
-    return result
+from tests.migration_checks import DATABASES, assert_round_trip, fresh_settings
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def fresh_settings(request: pytest.FixtureRequest, databases: DatabaseFactory, tmp_path: Path) -> AuthSettings:
-    if request.param == "postgresql":
-        return AuthSettings(database_url=databases.create("pyairtable_auth_migrations"))
-    return AuthSettings(data_dir=str(tmp_path))
+@pytest.mark.parametrize("database", DATABASES)
+def test_upgrade_downgrade_upgrade_leaves_no_drift(database: str, databases: DatabaseFactory, tmp_path: Path) -> None:
+    settings = fresh_settings(AuthSettings, database, databases, tmp_path)
 
-
-def test_upgrade_downgrade_upgrade_leaves_no_drift(fresh_settings: AuthSettings) -> None:
-    url = fresh_settings.sqlalchemy_url()
-
-    migrations.upgrade(fresh_settings, "auth_service")
-    tables, diff = asyncio.run(schema_state(url))
-    assert tables >= TABLES
-    assert diff == []
-
-    migrations.downgrade(fresh_settings, "auth_service", "base")
-    tables, _ = asyncio.run(schema_state(url))
-    assert tables & TABLES <= {"alembic_version_auth"}
-
-    migrations.upgrade(fresh_settings, "auth_service")
-    tables, diff = asyncio.run(schema_state(url))
-    assert tables >= TABLES
-    assert diff == []
+    assert_round_trip(
+        settings,
+        "auth_service",
+        Base.metadata,
+        {"users", "sessions", "refresh_tokens", "outbox", "processed_events"},
+        "alembic_version_auth",
+    )

@@ -7,11 +7,12 @@ stops with a message saying what to start.
 
 import asyncio
 import contextlib
+import inspect
 import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -24,6 +25,8 @@ from psycopg import sql
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 RUN_ID = uuid.uuid4().hex[:10]
+# "Within 1 s" in an issue: a generous bound for a busy machine, never a timing assertion.
+WAIT_SECONDS = 10.0
 
 
 def _postgres_answers(url: str) -> bool:
@@ -176,3 +179,18 @@ def access_claims(**changes: Any) -> dict[str, Any]:
         else:
             values[name] = value
     return values
+
+
+async def eventually(check: Callable[[], Any], what: str) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy: a bound on waiting for
+    something eventually consistent (an event applied, a profile created), never a timing test."""
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -2,9 +2,7 @@
 in-memory store and event bus (no Redis), each service on its own PostgreSQL database or SQLite file.
 Same outcomes as the distributed run (tests/e2e/test_user_processes.py)."""
 
-import asyncio
-import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +16,10 @@ from shared import migrations
 from shared.events import InMemoryBus
 from shared.settings import load_settings
 from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD
-from tests.conftest import DatabaseFactory, app_client
+from tests.conftest import DatabaseFactory, app_client, eventually
 from user_service.config import UserSettings
 
-WAIT_SECONDS = 10.0
 CREDENTIALS = {"email": "ada@example.com", "password": PASSWORD}
-
-
-async def eventually(check: Callable[[], Any], what: str) -> Any:
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -1,9 +1,8 @@
 """Events between services: Redis Streams with consumer groups, the in-memory bus, the outbox."""
 
 import asyncio
-import inspect
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,22 +18,7 @@ from shared.db import create_engine, create_sessionmaker
 from shared.events import Event, InMemoryBus, RedisStreamBus, idempotent, new_event
 from shared.outbox import OutboxRelay, add_event
 from tests.auth_service.conftest import register
-
-WAIT_SECONDS = 10.0
-
-
-async def eventually(check: Callable[[], Any], what: str) -> Any:
-    """Poll ``check`` until it returns something truthy (a bound on waiting, not a timing test)."""
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.05)
+from tests.conftest import WAIT_SECONDS, eventually
 
 
 @pytest.fixture

@@ -192,7 +192,7 @@ def metric_filters(
     start: datetime,
     end: datetime,
 ) -> list[ColumnElement[bool]]:
-    filters: list[ColumnElement[bool]] = [Metric.timestamp >= start, Metric.timestamp < end]
+    filters: list[ColumnElement[bool]] = [Metric.timestamp >= start, Metric.timestamp <= end]
     for column, value in (
         (Metric.name, name),
         (Metric.service_name, service),

@@ -349,6 +349,9 @@ async def purge(
     return deleted
 
 
+FIRST_PURGE_DELAY_SECONDS = 60.0
+
+
 class PeriodicPurge:
     def __init__(
         self, sessionmaker: async_sessionmaker[AsyncSession], settings: AnalyticsSettings, clock: Clock
@@ -359,6 +362,8 @@ class PeriodicPurge:
         self._task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
+        # Not at once: a start-up is busy enough, and a service restarting in a loop would purge in a loop.
+        await asyncio.sleep(min(FIRST_PURGE_DELAY_SECONDS, self.settings.purge_interval_seconds))
         while True:
             try:
                 deleted = await purge(self.sessionmaker, self.settings, self.clock())

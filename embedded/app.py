@@ -4,6 +4,8 @@ from typing import Any
 
 from litestar import Litestar
 
+from analytics_service.app import create_app as create_analytics_app
+from analytics_service.config import AnalyticsSettings
 from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
 from gateway.app import create_app as create_gateway_app
@@ -12,10 +14,12 @@ from shared import migrations
 from shared.events import InMemoryBus
 from shared.settings import ServiceSettings, load_settings
 from shared.stores import MemoryStore
+from shared.usage import InMemoryUsageChannel
 
 # (package, settings, route prefix, URL variable); each service keeps its own database.
 SERVICES: list[tuple[str, type[ServiceSettings], str, str]] = [
     ("auth_service", AuthSettings, "/api/v1/auth", "AUTH_SERVICE_URL"),
+    ("analytics_service", AnalyticsSettings, "/api/v1/analytics", "ANALYTICS_SERVICE_URL"),
 ]
 
 
@@ -33,14 +37,22 @@ def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping
     environ = os.environ if environ is None else environ
     gateway_settings = gateway_settings or load_settings(GatewaySettings)
     shared_parts: dict[str, Any] = {}
+    usage = None  # with Redis, the gateway's usage records go through its stream
     if not gateway_settings.redis_url:
         shared_parts = {"store": MemoryStore(), "bus": InMemoryBus()}
+        usage = InMemoryUsageChannel()
     urls = gateway_settings.upstream_urls()
-    factories = {"/api/v1/auth": lambda: create_auth_app(load_settings(AuthSettings, environ), **shared_parts)}
+    factories = {
+        "/api/v1/auth": lambda: create_auth_app(load_settings(AuthSettings, environ), **shared_parts),
+        "/api/v1/analytics": lambda: create_analytics_app(
+            load_settings(AnalyticsSettings, environ), **shared_parts, usage=usage
+        ),
+    }
     services, proxied = {}, {}
     for _, _, prefix, url_variable in SERVICES:
         if url_variable in environ:
             proxied[prefix] = urls[prefix]
         else:
             services[prefix] = factories[prefix]()
-    return create_gateway_app(gateway_settings, services=services, proxied=proxied, **shared_parts)
+    usage = usage if "/api/v1/analytics" in services else None
+    return create_gateway_app(gateway_settings, services=services, proxied=proxied, **shared_parts, usage=usage)

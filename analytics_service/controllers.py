@@ -76,7 +76,7 @@ class AnalyticsController(Controller):
         client: NamedDependency[Client],
     ) -> BatchResult:
         """Record up to 1000 events (1 MB); each item is reported accepted, duplicate or rejected."""
-        return await event_service.ingest(request.user, client, data.events)
+        return await event_service.ingest(request.user, client, data.events, await request.body())
 
     @post("/metrics", operation_id="record_metric", status_code=HTTP_201_CREATED)
     async def record_metric(

@@ -9,7 +9,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Date, Float, Index, MetaData, Numeric, String, Uuid
+from sqlalchemy import JSON, BigInteger, Date, Float, Index, MetaData, Numeric, SmallInteger, String, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -114,12 +114,17 @@ class EndpointHourly(Base):
 
 
 class EventHourly(Base):
-    """Accepted events per hour and type (dashboard: total events, cost)."""
+    """Accepted events per hour and type (dashboard: total events, cost).
+
+    Split into shards (on PostgreSQL, the writing connection's backend PID modulo 16): concurrent
+    ingestion transactions update different rows instead of queueing on one row lock per hour
+    and type until each commits. Readers sum the shards."""
 
     __tablename__ = "event_hourly"
 
     hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     event_type: Mapped[str] = mapped_column(String(100), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, default=0)
     events: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
 

@@ -8,9 +8,11 @@ DO UPDATE`` adding to the counters. PostgreSQL and SQLite both speak these.
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, delete, distinct, func, literal_column, select
+import msgspec
+from sqlalchemy import ColumnElement, Table, delete, distinct, func, literal_column, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,6 +52,75 @@ async def insert_new(session: AsyncSession, table: Table, key: str, rows: Sequen
     statement = _insert(session, table).on_conflict_do_nothing(index_elements=[column]).returning(column)
     result = await session.execute(statement, list(rows))
     return {row[0] for row in result}
+
+
+# The new events and, in the same statement, their counts per hour and type (``event_hourly``).
+_INSERT_EVENTS_FROM_JSON = text(
+    """
+    WITH inserted AS (
+        INSERT INTO events (event_id, user_id, session_id, event_type, properties, ip, user_agent, occurred_at,
+                            received_at)
+        SELECT e.event_id, e.user_id, e.session_id, e.event_type, e.properties, e.ip, e.user_agent, e.occurred_at,
+               e.received_at
+        FROM json_to_recordset(CAST(:rows AS json)) AS e(
+            event_id uuid, user_id text, session_id text, event_type text, properties jsonb, ip text,
+            user_agent text, occurred_at timestamptz, received_at timestamptz)
+        ORDER BY e.event_id
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id, event_type, occurred_at, properties
+    ), hourly AS (
+        INSERT INTO event_hourly (hour, event_type, shard, events, cost_usd)
+        SELECT date_trunc('hour', occurred_at, 'UTC'), event_type, pg_backend_pid() % 16, count(*),
+               coalesce(sum((properties->>'cost_usd')::numeric) FILTER (WHERE event_type = 'llm_usage'), 0)
+        FROM inserted
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+        ON CONFLICT (hour, event_type, shard) DO UPDATE
+        SET events = event_hourly.events + excluded.events, cost_usd = event_hourly.cost_usd + excluded.cost_usd
+    )
+    SELECT event_id::text FROM inserted
+    """
+)
+_json = msgspec.json.Encoder()
+
+
+async def insert_new_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """The events not stored yet, inserted and counted in ``event_hourly``; their ids.
+
+    On PostgreSQL the whole batch is one JSON parameter (encoded in C by msgspec, parsed in C by
+    PostgreSQL) and one statement: per-value parameter binding in Python would cost more than the
+    insert itself."""
+    if not rows:
+        return set()
+    if dialect_name(session) != "postgresql":
+        typed = [{**row, "event_id": uuid.UUID(row["event_id"])} for row in rows]
+        accepted = {str(event_id) for event_id in await insert_new(session, EVENTS, "event_id", typed)}
+        await upsert_add(
+            session,
+            EVENT_HOURLY,
+            ["hour", "event_type", "shard"],
+            ["events", "cost_usd"],
+            event_hourly_rows(rows, accepted),
+        )
+        return accepted
+    result = await session.execute(_INSERT_EVENTS_FROM_JSON, {"rows": _json.encode(rows).decode()})
+    return {row[0] for row in result}
+
+
+def event_hourly_rows(rows: Sequence[dict[str, Any]], accepted: set[str]) -> list[dict[str, Any]]:
+    hourly: dict[tuple[datetime, str], dict[str, Any]] = {}
+    for row in rows:
+        if row["event_id"] not in accepted:
+            continue
+        hour = row["occurred_at"].replace(minute=0, second=0, microsecond=0)
+        bucket = hourly.setdefault(
+            (hour, row["event_type"]),
+            {"hour": hour, "event_type": row["event_type"], "shard": 0, "events": 0, "cost_usd": 0},
+        )
+        bucket["events"] += 1
+        if row["event_type"] == "llm_usage":
+            bucket["cost_usd"] += Decimal(str(row["properties"].get("cost_usd", 0)))
+    return list(hourly.values())
 
 
 async def upsert_add(

@@ -12,6 +12,13 @@ EventType = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z
 UserRef = Annotated[str, Meta(min_length=1, max_length=64)]
 SessionRef = Annotated[str, Meta(min_length=1, max_length=128)]
 AwareDateTime = Annotated[datetime, Meta(tz=True)]
+EventId = Annotated[
+    str,
+    Meta(
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description="A UUID (the dedup key)",
+    ),
+]
 MetricName = Annotated[str, Meta(min_length=1, max_length=200)]
 Label = Annotated[str, Meta(max_length=100)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=10**12)]
@@ -24,7 +31,7 @@ ItemStatus = Literal["accepted", "duplicate", "rejected"]
 
 class EventCreate(Struct, forbid_unknown_fields=True):
     event_type: EventType
-    event_id: uuid.UUID | None = None
+    event_id: EventId | None = None
     user_id: UserRef | None = None
     session_id: SessionRef | None = None
     properties: dict[str, Any] = {}
@@ -48,13 +55,19 @@ class EventBatch(Struct):
     ]
 
 
+class WellFormedBatch(Struct):
+    """A batch whose every item is an EventCreate: decoded in one pass, the usual case."""
+
+    events: list[EventCreate]
+
+
 class EventResult(Struct, omit_defaults=True):
     """What became of one item: ``accepted`` (stored now), ``duplicate`` (its ``event_id`` was
     stored before) or ``rejected`` (not stored; ``reason`` says why)."""
 
     index: int
     status: ItemStatus
-    event_id: uuid.UUID | None = None
+    event_id: str | None = None
     reason: str | None = None
 
 

@@ -31,6 +31,7 @@ from analytics_service.schemas import (
     EventRead,
     EventResult,
     Interval,
+    ItemStatus,
     LLMUsage,
     MetricCreate,
     MetricPoint,
@@ -41,6 +42,7 @@ from analytics_service.schemas import (
     UsageResponse,
     UsageTotals,
     UserCost,
+    WellFormedBatch,
 )
 from shared.security import Identity
 from shared.usage import UsageConsumer, UsageMessage
@@ -69,10 +71,6 @@ def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _rejected(index: int, reason: str, event_id: uuid.UUID | None = None) -> EventResult:
-    return EventResult(index=index, status="rejected", event_id=event_id, reason=reason)
-
-
 def _owner(identity: Identity, requested: str | None, what: str) -> str:
     """The user a request is about: the caller, or (administrators only) another user."""
     own = str(identity.user_id)
@@ -89,36 +87,47 @@ class EventService:
         self.settings = settings
         self.clock = clock
 
-    async def ingest(self, identity: Identity, client: Client, items: Sequence[Any]) -> BatchResult:
-        """Store the acceptable items not stored before; the rows are committed on return."""
+    async def ingest(
+        self, identity: Identity, client: Client, items: Sequence[Any], body: bytes | None = None
+    ) -> BatchResult:
+        """Store the acceptable items not stored before; the rows are committed on return.
+
+        ``body``, the request's JSON, is decoded again straight into EventCreate items when every
+        item is well-formed (the usual case: one pass in C); otherwise each item is converted on
+        its own, so that each can be rejected with its own reason."""
         if len(items) > MAX_BATCH_ITEMS:
             raise BatchTooLarge(MAX_BATCH_ITEMS)
         received_at = self.clock()
         oldest = received_at - timedelta(days=self.settings.retention_days)
-        results: list[EventResult] = []
-        rows: dict[uuid.UUID, dict[str, Any]] = {}
+        parsed: list[EventCreate] | None = None
+        if body is not None:
+            with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
+                parsed = _well_formed.decode(body).events
+        outcomes: list[tuple[str | None, str | None]] = []  # (event id, reason it was rejected)
+        rows: dict[str, dict[str, Any]] = {}
         for index, raw in enumerate(items):
             try:
-                item = msgspec.convert(raw, EventCreate)
+                item = parsed[index] if parsed is not None else msgspec.convert(raw, EventCreate)
                 row = self._row(identity, client, item, received_at, oldest)
             except (msgspec.ValidationError, ValueError) as exc:
-                results.append(_rejected(index, str(exc), _event_id_of(raw)))
+                outcomes.append((_event_id_of(raw), str(exc)))
                 continue
-            event_id = row["event_id"]
-            if event_id in rows:
-                results.append(EventResult(index=index, status="duplicate", event_id=event_id))
-                continue
-            rows[event_id] = row
-            results.append(EventResult(index=index, status="accepted", event_id=event_id))
-        accepted = await repo.insert_new(self.db, repo.EVENTS, "event_id", list(rows.values()))
-        await self._roll_up([rows[event_id] for event_id in rows if event_id in accepted])
+            rows.setdefault(row["event_id"], row)
+            outcomes.append((row["event_id"], None))
+        accepted = await repo.insert_new_events(self.db, list(rows.values()))
+        await self._roll_up([row for event_id, row in rows.items() if event_id in accepted])
         await self.db.commit()
-        for position, result in enumerate(results):
-            if result.status == "accepted" and result.event_id not in accepted:
-                results[position] = EventResult(index=result.index, status="duplicate", event_id=result.event_id)
-        counts = defaultdict(int, {status: 0 for status in ("accepted", "duplicate", "rejected")})
-        for result in results:
-            counts[result.status] += 1
+        results, counts = [], {"accepted": 0, "duplicate": 0, "rejected": 0}
+        for index, (event_id, reason) in enumerate(outcomes):
+            if reason is not None:
+                status: ItemStatus = "rejected"
+            elif event_id in accepted:
+                status = "accepted"
+                accepted.discard(event_id)  # the same id again later in the batch is a duplicate
+            else:
+                status = "duplicate"
+            counts[status] += 1
+            results.append(EventResult(index=index, status=status, event_id=event_id, reason=reason))
         return BatchResult(counts["accepted"], counts["duplicate"], counts["rejected"], results)
 
     async def ingest_one(self, identity: Identity, client: Client, item: EventCreate) -> EventResult:
@@ -139,7 +148,7 @@ class EventService:
         if item.event_type == LLM_USAGE:
             msgspec.convert(item.properties, LLMUsage)  # raises ValidationError naming the field
         return {
-            "event_id": item.event_id or uuid.uuid4(),
+            "event_id": item.event_id.lower() if item.event_id else str(uuid.uuid4()),
             "user_id": item.user_id or own,
             "session_id": item.session_id,
             "event_type": item.event_type,
@@ -151,41 +160,28 @@ class EventService:
         }
 
     async def _roll_up(self, rows: list[dict[str, Any]]) -> None:
-        hourly: dict[tuple[datetime, str], dict[str, Any]] = {}
+        """LLM usage into the per-user-per-day usage and the cost breakdown (``event_hourly`` is
+        kept by the insert itself)."""
         usage: dict[tuple[str, date], dict[str, Any]] = {}
         costs: dict[tuple[date, str, str, str], dict[str, Any]] = {}
         for row in rows:
-            key = (_hour(row["occurred_at"]), row["event_type"])
-            bucket = hourly.setdefault(key, {"hour": key[0], "event_type": key[1], "events": 0, "cost_usd": Decimal(0)})
-            bucket["events"] += 1
             if row["event_type"] != LLM_USAGE:
                 continue
             llm = msgspec.convert(row["properties"], LLMUsage)
             tokens, cost = llm.prompt_tokens + llm.completion_tokens, Decimal(str(llm.cost_usd))
-            bucket["cost_usd"] += cost
             day = row["occurred_at"].date()
             daily = usage.setdefault((row["user_id"], day), _usage_row(row["user_id"], day))
             daily["tokens_used"] += tokens
             daily["cost_usd"] += cost
-            cost_key = (day, row["user_id"], llm.service or "unknown", llm.model)
+            key = (day, row["user_id"], llm.service or "unknown", llm.model)
             entry = costs.setdefault(
-                cost_key,
-                {
-                    "day": day,
-                    "user_id": row["user_id"],
-                    "service": cost_key[2],
-                    "model": llm.model,
-                    "calls": 0,
-                    "tokens_used": 0,
-                    "cost_usd": Decimal(0),
-                },
+                key,
+                {"day": day, "user_id": key[1], "service": key[2], "model": key[3], "calls": 0, "tokens_used": 0}
+                | {"cost_usd": Decimal(0)},
             )
             entry["calls"] += 1
             entry["tokens_used"] += tokens
             entry["cost_usd"] += cost
-        await repo.upsert_add(
-            self.db, repo.EVENT_HOURLY, ["hour", "event_type"], ["events", "cost_usd"], list(hourly.values())
-        )
         await repo.upsert_add(self.db, repo.USAGE_DAILY, ["user_id", "day"], USAGE_COUNTERS, list(usage.values()))
         await repo.upsert_add(
             self.db,
@@ -196,13 +192,14 @@ class EventService:
         )
 
 
-def _event_id_of(raw: Any) -> uuid.UUID | None:
+def _event_id_of(raw: Any) -> str | None:
     if isinstance(raw, dict):
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            return uuid.UUID(str(raw.get("event_id")))
+            return str(uuid.UUID(str(raw.get("event_id"))))
     return None
 
 
+_well_formed = msgspec.json.Decoder(WellFormedBatch)
 USAGE_COUNTERS = ["api_calls", "airtable_calls", "errors", "bytes_in", "tokens_used", "cost_usd"]
 
 

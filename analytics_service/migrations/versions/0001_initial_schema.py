@@ -46,9 +46,10 @@ def upgrade() -> None:
         "event_hourly",
         sa.Column("hour", shared.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("shard", sa.SmallInteger(), nullable=False),
         sa.Column("events", sa.BigInteger(), nullable=False),
         sa.Column("cost_usd", sa.Numeric(precision=20, scale=8), nullable=False),
-        sa.PrimaryKeyConstraint("hour", "event_type", name=op.f("pk_event_hourly")),
+        sa.PrimaryKeyConstraint("hour", "event_type", "shard", name=op.f("pk_event_hourly")),
     )
     op.create_table(
         "events",

@@ -78,7 +78,7 @@ _INSERT_EVENTS_FROM_JSON = text(
         ON CONFLICT (hour, event_type, shard) DO UPDATE
         SET events = event_hourly.events + excluded.events, cost_usd = event_hourly.cost_usd + excluded.cost_usd
     )
-    SELECT event_id::text FROM inserted
+    SELECT coalesce(array_agg(event_id::text), '{}') FROM inserted
     """
 )
 _json = msgspec.json.Encoder()
@@ -103,8 +103,8 @@ async def insert_new_events(session: AsyncSession, rows: Sequence[dict[str, Any]
             event_hourly_rows(rows, accepted),
         )
         return accepted
-    result = await session.execute(_INSERT_EVENTS_FROM_JSON, {"rows": _json.encode(rows).decode()})
-    return {row[0] for row in result}
+    inserted = await session.scalar(_INSERT_EVENTS_FROM_JSON, {"rows": _json.encode(rows).decode()})
+    return set(inserted or ())
 
 
 def event_hourly_rows(rows: Sequence[dict[str, Any]], accepted: set[str]) -> list[dict[str, Any]]:

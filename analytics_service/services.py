@@ -81,6 +81,17 @@ def _owner(identity: Identity, requested: str | None, what: str) -> str:
     return requested
 
 
+class _Caller(msgspec.Struct, frozen=True):
+    """What every event of one request shares."""
+
+    user_id: str
+    is_admin: bool
+    ip: str
+    user_agent: str | None
+    received_at: datetime
+    oldest: datetime
+
+
 class EventService:
     def __init__(self, db: AsyncSession, settings: AnalyticsSettings, clock: Clock) -> None:
         self.db = db
@@ -98,7 +109,14 @@ class EventService:
         if len(items) > MAX_BATCH_ITEMS:
             raise BatchTooLarge(MAX_BATCH_ITEMS)
         received_at = self.clock()
-        oldest = received_at - timedelta(days=self.settings.retention_days)
+        caller = _Caller(
+            user_id=str(identity.user_id),
+            is_admin=identity.is_admin,
+            ip=client.ip,
+            user_agent=(client.user_agent or "")[:512] or None,
+            received_at=received_at,
+            oldest=received_at - timedelta(days=self.settings.retention_days),
+        )
         parsed: list[EventCreate] | None = None
         if body is not None:
             with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
@@ -108,7 +126,7 @@ class EventService:
         for index, raw in enumerate(items):
             try:
                 item = parsed[index] if parsed is not None else msgspec.convert(raw, EventCreate)
-                row = self._row(identity, client, item, received_at, oldest)
+                row = self._row(caller, item)
             except (msgspec.ValidationError, ValueError) as exc:
                 outcomes.append((_event_id_of(raw), str(exc)))
                 continue
@@ -136,27 +154,26 @@ class EventService:
             raise EventRejected(result.reason or "The event was rejected.")
         return result
 
-    def _row(
-        self, identity: Identity, client: Client, item: EventCreate, received_at: datetime, oldest: datetime
-    ) -> dict[str, Any]:
-        own = str(identity.user_id)
-        if item.user_id is not None and item.user_id != own and not identity.is_admin:
+    def _row(self, caller: "_Caller", item: EventCreate) -> dict[str, Any]:
+        if item.user_id is not None and item.user_id != caller.user_id and not caller.is_admin:
             raise ValueError("user_id: only administrators may record events of another user")
-        occurred_at = min(item.occurred_at or received_at, received_at)  # the future is clamped to now
-        if occurred_at < oldest:
-            raise ValueError("occurred_at: older than the retention period")
+        occurred_at = caller.received_at
+        if item.occurred_at is not None:
+            occurred_at = min(item.occurred_at.astimezone(UTC), occurred_at)  # the future is clamped to now
+            if occurred_at < caller.oldest:
+                raise ValueError("occurred_at: older than the retention period")
         if item.event_type == LLM_USAGE:
             msgspec.convert(item.properties, LLMUsage)  # raises ValidationError naming the field
         return {
             "event_id": item.event_id.lower() if item.event_id else str(uuid.uuid4()),
-            "user_id": item.user_id or own,
+            "user_id": item.user_id or caller.user_id,
             "session_id": item.session_id,
             "event_type": item.event_type,
             "properties": item.properties,
-            "ip": client.ip,
-            "user_agent": (client.user_agent or "")[:512] or None,
-            "occurred_at": occurred_at.astimezone(UTC),
-            "received_at": received_at,
+            "ip": caller.ip,
+            "user_agent": caller.user_agent,
+            "occurred_at": occurred_at,
+            "received_at": caller.received_at,
         }
 
     async def _roll_up(self, rows: list[dict[str, Any]]) -> None:

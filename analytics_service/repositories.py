@@ -67,11 +67,12 @@ _INSERT_EVENTS_FROM_JSON = text(
             user_agent text, occurred_at timestamptz, received_at timestamptz)
         ORDER BY e.event_id
         ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id, event_type, occurred_at, properties
+        RETURNING event_id, event_type, occurred_at,
+                  CASE WHEN event_type = 'llm_usage' THEN (properties->>'cost_usd')::numeric END AS cost_usd
     ), hourly AS (
         INSERT INTO event_hourly (hour, event_type, shard, events, cost_usd)
         SELECT date_trunc('hour', occurred_at, 'UTC'), event_type, pg_backend_pid() % 16, count(*),
-               coalesce(sum((properties->>'cost_usd')::numeric) FILTER (WHERE event_type = 'llm_usage'), 0)
+               coalesce(sum(cost_usd), 0)
         FROM inserted
         GROUP BY 1, 2
         ORDER BY 1, 2

@@ -1,7 +1,7 @@
 """Analytics: event ingestion through the service vs raw PostgreSQL COPY, and query latency at
 1,000,000 events.
 
-    python -m bench.analytics_ingest [--postgres URL] [--events 20000] [--rounds 3]
+    python -m bench.analytics_ingest [--postgres URL] [--events 30000] [--rounds 5] [--processes 1,2]
                                      [--concurrency 4] [--seed-events 1000000] [--json PATH]
 
 1. Ingestion, in one run, alternating the two sides (api, copy, api, copy, ...) on the same table
@@ -16,6 +16,8 @@
      clock starts), one COPY and commit per batch, on as many connections.
 
    Ratio per round = api events/s ÷ copy events/s; the headline is the median (goal ≥ 0.5).
+   Measured with one service process, then with two behind a round-robin client (the service is
+   stateless and scales out; PostgreSQL's COPY uses a backend process per connection).
 
 2. Queries: the events table is filled to ``--seed-events`` rows (``generate_series``; 30 days,
    1000 users), with the rollups the service keeps (per hour and type, per user and day, per hour
@@ -146,16 +148,17 @@ class _BatchCounts(msgspec.Struct):
 _batch_counts = msgspec.json.Decoder(_BatchCounts)
 
 
-async def api_round(base_url: str, token: str, bodies: list[bytes], concurrency: int) -> tuple[float, int]:
-    """Seconds to send every batch (``concurrency`` in flight); events accepted. aiohttp and
-    msgspec on the client: the client shares the machine's cores with the service."""
+async def api_round(base_urls: list[str], token: str, bodies: list[bytes], concurrency: int) -> tuple[float, int]:
+    """Seconds to send every batch (``concurrency`` in flight, spread over the service processes);
+    events accepted. aiohttp and msgspec on the client: it shares the machine's cores with the
+    service."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
     accepted = 0
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(session: aiohttp.ClientSession, base_url: str) -> None:
         nonlocal accepted
         while not queue.empty():
             body = queue.get_nowait()
@@ -168,7 +171,7 @@ async def api_round(base_url: str, token: str, bodies: list[bytes], concurrency:
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         started = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(session, base_urls[i % len(base_urls)]) for i in range(concurrency)))
         return time.perf_counter() - started, accepted
 
 
@@ -316,78 +319,92 @@ def service_env(database_url: str, data_dir: Path, port: int, secret: str, log_l
     return env
 
 
+def start_services(count: int, database_url: str, work: Path, secret: str, log_level: str) -> list[LoggedServer]:
+    servers = []
+    for number in range(count):
+        port = free_port()
+        server = LoggedServer(
+            f"analytics-{number}",
+            [sys.executable, "-m", "analytics_service", "serve"],
+            service_env(database_url, work, port, secret, log_level),
+            port,
+            work / f"analytics-{number}.log",
+            startup_timeout=60,
+            stop_timeout=20,
+            tail_chars=3000,
+        )
+        servers.append(server)
+        server.start("/ready")
+    return servers
+
+
+async def ingestion(args: argparse.Namespace, urls: list[str], database_url: str, token: str) -> dict[str, Any]:
+    """Alternating rounds, api then copy, on the same table; the median of the per-round ratios."""
+    users = [str(uuid.uuid4()) for _ in range(100)]
+    await api_round(urls, token, [msgspec.json.encode({"events": [event_item(users, 0)]})], 1)  # warm-up
+    rounds = []
+    for round_number in range(1, args.rounds + 1):
+        items = [event_item(users, n) for n in range(args.events)]
+        bodies = [msgspec.json.encode({"events": items[i : i + BATCH]}) for i in range(0, len(items), BATCH)]
+        busy_before = system_busy_seconds()
+        api_seconds, accepted = await api_round(urls, token, bodies, args.concurrency)
+        busy_api = _busy(busy_before, api_seconds)
+        now = datetime.now(UTC)
+        rows = [copy_row(event_item(users, n), now) for n in range(args.events)]
+        batches = [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
+        busy_before = system_busy_seconds()
+        copy_seconds = await copy_round(database_url, batches, args.concurrency)
+        busy_copy = _busy(busy_before, copy_seconds)
+        api_rate, copy_rate = accepted / api_seconds, args.events / copy_seconds
+        entry = {
+            "round": round_number,
+            "api_events_per_s": round(api_rate),
+            "copy_events_per_s": round(copy_rate),
+            "ratio": round(api_rate / copy_rate, 3),
+            "accepted": accepted,
+            "cores_busy_api": busy_api,
+            "cores_busy_copy": busy_copy,
+        }
+        say(f"{len(urls)} process(es), round {round_number}: {entry}")
+        rounds.append(entry)
+    median = statistics.median(entry["ratio"] for entry in rounds)
+    return {"processes": len(urls), "rounds": rounds, "median_ratio": median, "met": median >= GOAL_RATIO}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     secret = secrets.token_urlsafe(48)
-    admin_id = str(uuid.uuid4())
-    token = access_token(secret, admin_id, ["admin", "user"])
+    token = access_token(secret, str(uuid.uuid4()), ["admin", "user"])
     user_token = access_token(secret, seeded_user(7), ["user"])
-    results: dict[str, Any] = {"rounds": [], "machine": machine()}
+    results: dict[str, Any] = {"machine": machine(), "goal_ratio": GOAL_RATIO, "ingestion": []}
     work = Path(tempfile.mkdtemp(prefix="bench-analytics-"))
-    server: LoggedServer | None = None
+    servers: list[LoggedServer] = []
     try:
         with temporary_database(args.postgres) as database_url:
-            port = free_port()
-            env = service_env(database_url, work, port, secret, args.log_level)
             subprocess.run(  # noqa: ASYNC221 - once, before anything is measured
                 [sys.executable, "-m", "analytics_service", "migrate"],
-                env=env,
+                env=service_env(database_url, work, 0, secret, args.log_level),
                 check=True,
                 capture_output=True,
                 timeout=120,
             )
-            server = LoggedServer(
-                "analytics",
-                [sys.executable, "-m", "analytics_service", "serve"],
-                env,
-                port,
-                work / "analytics.log",
-                startup_timeout=60,
-                stop_timeout=20,
-                tail_chars=3000,
-            )
-            server.start("/ready")
-            users = [str(uuid.uuid4()) for _ in range(100)]
-            await api_round(server.base_url, token, [msgspec.json.encode({"events": [event_item(users, 0)]})], 1)
-            for round_number in range(1, args.rounds + 1):
-                items = [event_item(users, n) for n in range(args.events)]
-                bodies = [msgspec.json.encode({"events": items[i : i + BATCH]}) for i in range(0, len(items), BATCH)]
-                busy_before = system_busy_seconds()
-                api_seconds, accepted = await api_round(server.base_url, token, bodies, args.concurrency)
-                busy_api = _busy(busy_before, api_seconds)
-                now = datetime.now(UTC)
-                rows = [copy_row(event_item(users, n), now) for n in range(args.events)]
-                batches = [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
-                busy_before = system_busy_seconds()
-                copy_seconds = await copy_round(database_url, batches, args.concurrency)
-                busy_copy = _busy(busy_before, copy_seconds)
-                api_rate, copy_rate = accepted / api_seconds, args.events / copy_seconds
-                entry = {
-                    "round": round_number,
-                    "api_events_per_s": round(api_rate),
-                    "copy_events_per_s": round(copy_rate),
-                    "ratio": round(api_rate / copy_rate, 3),
-                    "accepted": accepted,
-                    "cores_busy_api": busy_api,
-                    "cores_busy_copy": busy_copy,
-                }
-                say(f"round {round_number}: {entry}")
-                results["rounds"].append(entry)
-            ratios = [entry["ratio"] for entry in results["rounds"]]
-            results["ingestion"] = {
-                "median_ratio": statistics.median(ratios),
-                "goal": GOAL_RATIO,
-                "met": statistics.median(ratios) >= GOAL_RATIO,
-            }
+            for count in args.processes:
+                servers = start_services(count, database_url, work, secret, args.log_level)
+                urls = [server.base_url for server in servers]
+                results["ingestion"].append(await ingestion(args, urls, database_url, token))
+                for server in servers:
+                    server.stop()
+                servers = []
+            servers = start_services(1, database_url, work, secret, args.log_level)
             say(f"seeding {args.seed_events:,} events and their rollups ...")
             results["seed_seconds"] = round(seed(database_url, args.seed_events), 1)
             with psycopg.connect(database_url) as connection:
                 row = connection.execute("SELECT count(*) FROM events").fetchone()
                 results["events_in_table"] = int(row[0]) if row else 0
-            queries = await time_queries(server.base_url, token, user_token, args.query_repeats)
+            queries = await time_queries(servers[0].base_url, token, user_token, args.query_repeats)
             results["queries"] = queries
             results["queries_met"] = all(q["p95_ms"] < GOAL_QUERY_MS for q in queries.values())
     finally:
-        if server is not None:
+        for server in servers:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
     return results
@@ -412,15 +429,18 @@ def machine() -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = ["| round | api events/s | COPY events/s | ratio |", "|---|---|---|---|"]
-    for entry in results["rounds"]:
+    lines = ["| processes | round | api events/s | COPY events/s | ratio |", "|---|---|---|---|---|"]
+    for row in results["ingestion"]:
+        for entry in row["rounds"]:
+            lines.append(
+                f"| {row['processes']} | {entry['round']} | {entry['api_events_per_s']:,} "
+                f"| {entry['copy_events_per_s']:,} | {entry['ratio']} |"
+            )
+    for row in results["ingestion"]:
+        verdict = "met" if row["met"] else "NOT met"
         lines.append(
-            f"| {entry['round']} | {entry['api_events_per_s']:,} | {entry['copy_events_per_s']:,} | {entry['ratio']} |"
+            f"\n{row['processes']} process(es): median ratio {row['median_ratio']} (goal >= {GOAL_RATIO}: {verdict})"
         )
-    ingestion = results["ingestion"]
-    lines.append(
-        f"\nmedian ratio {ingestion['median_ratio']} (goal >= {GOAL_RATIO}: {'met' if ingestion['met'] else 'NOT met'})"
-    )
     lines += [
         "",
         f"queries at {results['events_in_table']:,} events:",
@@ -438,9 +458,15 @@ def main() -> int:
     parser.add_argument(
         "--postgres", default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
-    parser.add_argument("--events", type=int, default=20_000, help="events per side per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=30_000, help="events per side per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4, help="batches in flight (both sides)")
+    parser.add_argument(
+        "--processes",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[1, 2],
+        help="service process counts to measure in turn, e.g. 1,2 (scale-out behind a balancer)",
+    )
     parser.add_argument("--seed-events", type=int, default=1_000_000)
     parser.add_argument("--query-repeats", type=int, default=30)
     parser.add_argument("--log-level", default="INFO")

@@ -188,3 +188,19 @@ async def test_every_route_needs_a_valid_token(client: httpx.AsyncClient) -> Non
             response = await client.request(method, f"{API}{path}", json={}, headers=headers)
             assert_problem(response, 401)
             assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def test_event_ids_are_compared_as_uuids_whatever_their_case(
+    client: httpx.AsyncClient, user: User, clean_analytics_database: str
+) -> None:
+    event_id = str(uuid.uuid4())
+    upper = await client.post(f"{API}/events", json=event(event_id=event_id.upper()), headers=user.headers)
+    lower = await client.post(f"{API}/events", json=event(event_id=event_id), headers=user.headers)
+    assert upper.json() == {"index": 0, "status": "accepted", "event_id": event_id}
+    assert lower.json()["status"] == "duplicate"
+    assert count_rows(clean_analytics_database, "events") == 1
+    not_a_uuid = await client.post(
+        f"{API}/events/batch", json={"events": [event(event_id="1234")]}, headers=user.headers
+    )
+    assert not_a_uuid.json()["results"][0]["status"] == "rejected"
+    assert "event_id" in not_a_uuid.json()["results"][0]["reason"]

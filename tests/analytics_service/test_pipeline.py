@@ -160,3 +160,28 @@ async def test_with_redis_gone_requests_still_succeed_and_dropped_records_are_co
 
         await eventually(dropped)
     assert len(echo.seen) == 21
+
+
+class StuckPublisher:
+    """A sink that never answers (a hung Redis)."""
+
+    async def publish(self, records: Any) -> None:
+        await asyncio.sleep(3600)
+
+
+async def test_a_full_buffer_drops_and_a_hung_sink_times_out_without_blocking_record() -> None:
+    from gateway.usage import DROPPED, UsageEmitter
+
+    emitter = UsageEmitter(StuckPublisher(), capacity=3, flush_seconds=3600, timeout=0.05)
+    scope: Any = {"headers": [(b"content-length", b"12")]}
+    before = DROPPED._value.get()
+    started = time.monotonic()
+    for _ in range(5):
+        emitter.record("u", "POST", AIRTABLE, 201, 0.01, "rid", scope)
+    assert time.monotonic() - started < 0.5
+    assert DROPPED._value.get() == before + 2  # the buffer holds 3
+    assert [record.bytes_in for record in emitter.buffer] == [12, 12, 12]
+
+    await emitter.flush()  # the sink hangs: the flush gives up after its timeout, records counted
+    assert DROPPED._value.get() == before + 5
+    assert not emitter.buffer

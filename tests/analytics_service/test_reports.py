@@ -3,14 +3,27 @@
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from litestar import Litestar
 
+from analytics_service.app import create_app
+from analytics_service.config import AnalyticsSettings
 from analytics_service.services import apply_usage
+from shared import migrations
 from shared.usage import UsageMessage, UsageRecord
-from tests.analytics_service.conftest import API, Clock, User, assert_problem
+from tests.analytics_service.conftest import API, JWT_SECRET, Clock, User, assert_problem
+from tests.conftest import app_client
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Path, clock: Clock) -> Litestar:
+    settings = AnalyticsSettings(data_dir=str(tmp_path), jwt_secret=JWT_SECRET)
+    migrations.upgrade(settings, "analytics_service")
+    return create_app(settings, clock=clock)
 
 
 async def deliver(app: Litestar, records: list[UsageRecord], message_id: str | None = None) -> int:
@@ -182,3 +195,24 @@ async def test_the_dashboard_is_for_admins_and_sums_the_window(
     assert wider["api_calls"] == 5
     for hours in (0, 2161, "x"):
         assert_problem(await client.get(f"{API}/dashboard", params={"hours": hours}, headers=admin.headers), 422)
+
+
+async def test_the_embedded_database_sqlite_gives_the_same_reports(
+    sqlite_app: Litestar, user: User, admin: User, clock: Clock
+) -> None:
+    async with app_client(sqlite_app) as client:
+        await deliver(sqlite_app, [request(user, "/api/v1/airtable"), request(user, status=500)])
+        events = [llm("gpt-4o", 10, 5, 0.25, service="chat"), {"event_type": "page_view"}]
+        first = await client.post(f"{API}/events/batch", json={"events": events}, headers=user.headers)
+        again = await client.post(f"{API}/events/batch", json={"events": events[:1]}, headers=user.headers)
+        usage = (await client.get(f"{API}/usage/me", headers=user.headers)).json()
+        costs = (await client.get(f"{API}/costs", headers=admin.headers)).json()
+        dashboard = (await client.get(f"{API}/dashboard", headers=admin.headers)).json()
+
+    assert first.json()["accepted"] == 2
+    assert again.json()["accepted"] == 1  # no event_id given: a new event each time
+    assert usage["totals"] == {"api_calls": 2, "airtable_calls": 1, "errors": 1, "tokens_used": 30, "cost_usd": 0.5}
+    assert [(m["name"], m["calls"]) for m in costs["by_model"]] == [("gpt-4o", 2)]
+    assert (dashboard["total_events"], dashboard["api_calls"], dashboard["errors"]) == (3, 2, 1)
+    assert dashboard["total_cost_usd"] == 0.5
+    assert len(dashboard["recent_events"]) == 3

@@ -1,10 +1,12 @@
 from datetime import UTC, datetime
-from typing import Annotated
+from http import HTTPStatus
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
@@ -27,11 +29,41 @@ from analytics_service.schemas import (
     UsageResponse,
 )
 from analytics_service.services import Client, EventService, MetricService, ReportService
+from shared.errors import PROBLEM_MEDIA_TYPE, Problem, Unprocessable
 from shared.security import Identity
 
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """The problem+json answers a route documents (with 400, 401 and 503, which every route has)."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=HTTPStatus(status).phrase,
+            media_type=PROBLEM_MEDIA_TYPE,
+            generate_examples=False,
+        )
+        for status in sorted({400, 401, 503, *statuses})
+    }
+
+
+WRITE = problems(403, 413, 422)
+READ = problems(403, 422)
 Days = Annotated[int, QueryParameter(ge=1, le=366, description="How many days back, today included")]
 Optional = Annotated[str | None, QueryParameter(max_length=300)]
+
+
+T = TypeVar("T")
+
+
+async def strictly(request: Request[Any, Any, Any], body_type: type[T]) -> T:
+    """The body decoded again with msgspec's strict rules: Litestar converts bodies leniently
+    (a number is taken for a date-time, ``"5"`` for a number), which the schema does not allow."""
+    try:
+        return msgspec.json.decode(await request.body(), type=body_type)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(str(exc)) from None
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -56,7 +88,7 @@ class AnalyticsController(Controller):
         "client": Provide(provide_client, sync_to_thread=False),
     }
 
-    @post("/events", operation_id="record_event", status_code=HTTP_202_ACCEPTED)
+    @post("/events", operation_id="record_event", status_code=HTTP_202_ACCEPTED, responses=WRITE)
     async def record_event(
         self,
         data: JSONBody[EventCreate],
@@ -65,9 +97,9 @@ class AnalyticsController(Controller):
         client: NamedDependency[Client],
     ) -> EventResult:
         """Record one event (``accepted``, or ``duplicate`` when its ``event_id`` is known); 202 once stored."""
-        return await event_service.ingest_one(request.user, client, data)
+        return await event_service.ingest_one(request.user, client, await strictly(request, EventCreate))
 
-    @post("/events/batch", operation_id="record_events", status_code=HTTP_202_ACCEPTED)
+    @post("/events/batch", operation_id="record_events", status_code=HTTP_202_ACCEPTED, responses=WRITE)
     async def record_events(
         self,
         data: JSONBody[EventBatch],
@@ -78,7 +110,7 @@ class AnalyticsController(Controller):
         """Record up to 1000 events (1 MB); each item is reported accepted, duplicate or rejected."""
         return await event_service.ingest(request.user, client, data.events, await request.body())
 
-    @post("/metrics", operation_id="record_metric", status_code=HTTP_201_CREATED)
+    @post("/metrics", operation_id="record_metric", status_code=HTTP_201_CREATED, responses=WRITE)
     async def record_metric(
         self,
         data: JSONBody[MetricCreate],
@@ -86,10 +118,10 @@ class AnalyticsController(Controller):
         metric_service: NamedDependency[MetricService],
     ) -> MetricRead:
         """Record one metric value."""
-        row = (await metric_service.record(request.user, [data]))[0]
+        row = (await metric_service.record(request.user, [await strictly(request, MetricCreate)]))[0]
         return msgspec.convert(row, MetricRead)
 
-    @post("/metrics/batch", operation_id="record_metrics", status_code=HTTP_201_CREATED)
+    @post("/metrics/batch", operation_id="record_metrics", status_code=HTTP_201_CREATED, responses=WRITE)
     async def record_metrics(
         self,
         data: JSONBody[MetricBatch],
@@ -97,9 +129,10 @@ class AnalyticsController(Controller):
         metric_service: NamedDependency[MetricService],
     ) -> MetricBatchResult:
         """Record up to 1000 metric values at once."""
-        return MetricBatchResult(created=len(await metric_service.record(request.user, data.metrics)))
+        batch = await strictly(request, MetricBatch)
+        return MetricBatchResult(created=len(await metric_service.record(request.user, batch.metrics)))
 
-    @get("/metrics", operation_id="query_metrics")
+    @get("/metrics", operation_id="query_metrics", responses=READ)
     async def query_metrics(
         self,
         request: Request[Identity, str, State],
@@ -128,7 +161,7 @@ class AnalyticsController(Controller):
             limit=limit,
         )
 
-    @get("/usage/me", operation_id="my_usage")
+    @get("/usage/me", operation_id="my_usage", responses=READ)
     async def my_usage(
         self,
         request: Request[Identity, str, State],
@@ -139,7 +172,7 @@ class AnalyticsController(Controller):
         """The caller's usage per day, week or month."""
         return await report_service.usage(request.user, None, period, days)
 
-    @get("/usage/{user_id:str}", operation_id="user_usage")
+    @get("/usage/{user_id:str}", operation_id="user_usage", responses=READ)
     async def user_usage(
         self,
         user_id: FromPath[str],
@@ -151,7 +184,7 @@ class AnalyticsController(Controller):
         """A user's usage per day, week or month: the caller's own, or anyone's for administrators (else 403)."""
         return await report_service.usage(request.user, user_id, period, days)
 
-    @get("/costs", operation_id="costs")
+    @get("/costs", operation_id="costs", responses=READ)
     async def costs(
         self,
         request: Request[Identity, str, State],
@@ -163,7 +196,7 @@ class AnalyticsController(Controller):
         everyone's for administrators."""
         return await report_service.costs(request.user, user_id, days)
 
-    @get("/dashboard", operation_id="dashboard")
+    @get("/dashboard", operation_id="dashboard", responses=READ)
     async def dashboard(
         self,
         request: Request[Identity, str, State],

@@ -111,6 +111,10 @@ async def test_malformed_bodies_are_422(client: httpx.AsyncClient, user: User) -
     for body in ({"events": []}, {"events": "no"}, {}, [1, 2]):
         assert_problem(await client.post(f"{API}/events/batch", json=body, headers=user.headers), 422)
     assert_problem(await client.post(f"{API}/events", json={"event_type": ""}, headers=user.headers), 422)
+    numeric_time = {"event_type": "x", "occurred_at": 0}
+    assert_problem(await client.post(f"{API}/events", json=numeric_time, headers=user.headers), 422)
+    batch = await client.post(f"{API}/events/batch", json={"events": [numeric_time]}, headers=user.headers)
+    assert batch.json()["results"][0]["status"] == "rejected"
     rejected = await client.post(
         f"{API}/events", json={"event_type": "x", "user_id": "someone-else"}, headers=user.headers
     )

@@ -121,6 +121,11 @@ async def test_bad_metric_requests_are_4xx(client: httpx.AsyncClient, user: User
     assert_problem(await client.post(f"{API}/metrics", json={"name": "m", "value": 1, "type": "x"}, headers=h), 422)
     assert_problem(await client.post(f"{API}/metrics", json={"name": "", "value": 1}, headers=h), 422)
     assert_problem(await client.post(f"{API}/metrics", json={"name": "m", "value": "NaN"}, headers=h), 422)
+    # Strictly as the schema says: no number for a date-time, no string for a number.
+    assert_problem(await client.post(f"{API}/metrics", json={"name": "m", "value": 1, "timestamp": 0}, headers=h), 422)
+    assert_problem(await client.post(f"{API}/metrics", json={"name": "m", "value": "5"}, headers=h), 422)
+    lenient = {"metrics": [{"name": "m", "value": 1, "timestamp": 0}]}
+    assert_problem(await client.post(f"{API}/metrics/batch", json=lenient, headers=h), 422)
     too_many = {"metrics": [{"name": "m", "value": 1}] * 1001}
     assert_problem(await client.post(f"{API}/metrics/batch", json=too_many, headers=h), 413, "batch-too-large")
     assert_problem(await client.post(f"{API}/metrics/batch", json={"metrics": []}, headers=h), 422)

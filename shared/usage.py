@@ -155,24 +155,32 @@ class RedisUsageConsumer:
             await self.redis.xack(self.stream, self.group, *message_ids)
 
 
+class UsageChannelFull(Exception):
+    """The in-memory channel holds as many messages as it may: the flush is dropped."""
+
+
 class InMemoryUsageChannel:
-    """Publisher and consumer in one process (embedded mode): a bounded queue of messages."""
+    """Publisher and consumer in one process (embedded mode): a bounded queue of messages.
+
+    At least once, as the stream: messages read but not acknowledged (their batch failed to
+    commit) are delivered again by the next read."""
 
     def __init__(self, capacity: int = 10_000) -> None:
         self._messages: collections.deque[UsageMessage] = collections.deque()
+        self._unacknowledged: dict[str, UsageMessage] = {}
         self._capacity = capacity
         self._ready = asyncio.Event()
-        self.dropped = 0
 
     async def publish(self, records: Sequence[UsageRecord]) -> None:
-        for chunk in _chunks(records):
-            if len(self._messages) >= self._capacity:
-                self.dropped += len(chunk)
-                continue
-            self._messages.append(UsageMessage(uuid.uuid4().hex, list(chunk)))
+        chunks = _chunks(records)
+        if len(self._messages) + len(chunks) > self._capacity:
+            raise UsageChannelFull(f"{len(self._messages)} messages waiting")
+        self._messages.extend(UsageMessage(uuid.uuid4().hex, list(chunk)) for chunk in chunks)
         self._ready.set()
 
     async def read(self, count: int, block_seconds: float) -> list[UsageMessage]:
+        if self._unacknowledged:
+            return list(self._unacknowledged.values())[:count]
         if not self._messages:
             self._ready.clear()
             try:
@@ -182,7 +190,9 @@ class InMemoryUsageChannel:
         batch: list[UsageMessage] = []
         while self._messages and len(batch) < count:
             batch.append(self._messages.popleft())
+        self._unacknowledged.update((message.id, message) for message in batch)
         return batch
 
     async def ack(self, message_ids: Sequence[str]) -> None:
-        return None
+        for message_id in message_ids:
+            self._unacknowledged.pop(message_id, None)

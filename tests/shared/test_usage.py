@@ -13,6 +13,7 @@ from shared.usage import (
     InMemoryUsageChannel,
     RedisUsageConsumer,
     RedisUsagePublisher,
+    UsageChannelFull,
     UsageRecord,
     usage_stream,
 )
@@ -80,18 +81,22 @@ async def test_an_unreadable_message_is_acknowledged_and_skipped(redis: Redis, r
     assert pending["pending"] == 1  # the good one, until the caller acknowledges it
 
 
-async def test_the_in_memory_channel_delivers_in_order_and_drops_beyond_its_capacity() -> None:
+async def test_the_in_memory_channel_delivers_in_order_again_until_acknowledged_and_refuses_beyond_capacity() -> None:
     channel = InMemoryUsageChannel(capacity=2)
     assert await channel.read(10, 0.01) == []
-    for _ in range(3):
+    for _ in range(2):
+        await channel.publish(records(1))
+    with pytest.raises(UsageChannelFull):
         await channel.publish(records(1))
 
     first = await channel.read(1, 0.01)
+    again = await channel.read(10, 0.01)  # not acknowledged: its batch failed
+    assert [m.id for m in again] == [m.id for m in first]
+    await channel.ack([m.id for m in first])
     rest = await channel.read(10, 0.01)
-
-    assert len(first) == 1
     assert len(rest) == 1
-    assert channel.dropped == 1
+    assert rest[0].id != first[0].id
+    await channel.ack([rest[0].id])
 
     waiter = asyncio.create_task(channel.read(10, 5.0))
     await asyncio.sleep(0.01)

@@ -71,8 +71,15 @@ def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
+def _no_nul(*values: str | None) -> None:
+    """A filter with a NUL character matches nothing stored (and PostgreSQL refuses to compare it)."""
+    if any(value is not None and "\x00" in value for value in values):
+        raise InvalidQuery("A query value contains the NUL character.")
+
+
 def _owner(identity: Identity, requested: str | None, what: str) -> str:
     """The user a request is about: the caller, or (administrators only) another user."""
+    _no_nul(requested)
     own = str(identity.user_id)
     if requested is None or requested == own:
         return own
@@ -121,11 +128,14 @@ class EventService:
         if body is not None:
             with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
                 parsed = _well_formed.decode(body).events
+        check_nul = body is None or b"\\u0000" in body  # JSON writes a NUL character only so
         outcomes: list[tuple[str | None, str | None]] = []  # (event id, reason it was rejected)
         rows: dict[str, dict[str, Any]] = {}
         for index, raw in enumerate(items):
             try:
                 item = parsed[index] if parsed is not None else msgspec.convert(raw, EventCreate)
+                if check_nul and _contains_nul(raw):
+                    raise ValueError("a text value contains the NUL character, which cannot be stored")
                 row = self._row(caller, item)
             except (msgspec.ValidationError, ValueError) as exc:
                 outcomes.append((_event_id_of(raw), str(exc)))
@@ -207,6 +217,18 @@ class EventService:
             ["calls", "tokens_used", "cost_usd"],
             list(costs.values()),
         )
+
+
+def _contains_nul(value: Any) -> bool:
+    """Whether a NUL character hides in a string (or key) of a JSON value: PostgreSQL's text and
+    jsonb cannot hold one."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
 
 
 def _event_id_of(raw: Any) -> str | None:
@@ -415,6 +437,8 @@ class MetricService:
     async def record(self, identity: Identity, items: Sequence[MetricCreate]) -> list[dict[str, Any]]:
         if len(items) > MAX_BATCH_ITEMS:
             raise BatchTooLarge(MAX_BATCH_ITEMS)
+        if _contains_nul(msgspec.to_builtins(items)):
+            raise InvalidQuery("A text value contains the NUL character, which cannot be stored.")
         now = self.clock()
         rows = [
             {
@@ -452,6 +476,7 @@ class MetricService:
         start = start or end - timedelta(days=1)
         if start >= end:
             raise InvalidQuery("from must be earlier than to.")
+        _no_nul(name, service, endpoint, user_id)
         if not identity.is_admin:
             user_id = _owner(identity, user_id, "metrics")
         filters = repo.metric_filters(name, service, endpoint, user_id, start, end)

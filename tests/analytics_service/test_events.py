@@ -208,3 +208,25 @@ async def test_event_ids_are_compared_as_uuids_whatever_their_case(
     )
     assert not_a_uuid.json()["results"][0]["status"] == "rejected"
     assert "event_id" in not_a_uuid.json()["results"][0]["reason"]
+
+
+async def test_a_nul_character_is_rejected_not_a_server_error(
+    client: httpx.AsyncClient, user: User, admin: User, clean_analytics_database: str
+) -> None:
+    items = [
+        event(properties={"text": "a\u0000b"}),
+        event(session_id="s\u0000"),
+        event(properties={"k\u0000": 1}),
+        event(),
+    ]
+    response = await client.post(f"{API}/events/batch", json={"events": items}, headers=user.headers)
+    assert response.status_code == 202, response.text
+    assert [r["status"] for r in response.json()["results"]] == ["rejected", "rejected", "rejected", "accepted"]
+    assert "NUL" in response.json()["results"][0]["reason"]
+    single = await client.post(f"{API}/events", json=event(session_id="\u0000"), headers=user.headers)
+    assert "NUL" in assert_problem(single, 422, "event-rejected")["detail"]
+    metric = await client.post(f"{API}/metrics", json={"name": "m\u0000", "value": 1}, headers=user.headers)
+    assert_problem(metric, 422)
+    assert count_rows(clean_analytics_database, "events") == 1
+    for path, params in (("/usage/%00", {}), ("/costs", {"user_id": "\u0000"}), ("/metrics", {"name": "\u0000"})):
+        assert_problem(await client.get(f"{API}{path}", params=params, headers=admin.headers), 422)

@@ -348,8 +348,7 @@ class UsagePipeline:
             await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
         except TimeoutError:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=1.0)  # a lost cancellation must not hang shutdown
         self._task = None
 
 
@@ -396,29 +395,37 @@ class PeriodicPurge:
         self.settings = settings
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def run(self) -> None:
         # Not at once: a start-up is busy enough, and a service restarting in a loop would purge in a loop.
-        await asyncio.sleep(min(FIRST_PURGE_DELAY_SECONDS, self.settings.purge_interval_seconds))
-        while True:
+        delay = min(FIRST_PURGE_DELAY_SECONDS, self.settings.purge_interval_seconds)
+        while not await self._stopped_within(delay):
             try:
                 deleted = await purge(self.sessionmaker, self.settings, self.clock())
                 if any(deleted.values()):
                     logger.info("retention purge", extra={"deleted": deleted})
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 logger.warning("retention purge failed; will retry", extra={"error": type(exc).__name__})
-            await asyncio.sleep(self.settings.purge_interval_seconds)
+            delay = self.settings.purge_interval_seconds
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run())
 
-    async def stop(self) -> None:
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Let a purge batch in progress finish (cancelling mid-query can wedge the connection)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)  # a lost cancellation must not hang shutdown
             self._task = None
 
 

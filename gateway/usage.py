@@ -52,6 +52,7 @@ class UsageEmitter:
         self.buffer: collections.deque[UsageRecord] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def record(
         self, user_id: str | None, method: str, route: str, status: int, elapsed: float, request_id: str, scope: Scope
@@ -96,7 +97,7 @@ class UsageEmitter:
             SENT.inc(len(batch))
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.flush_seconds)
             self._wakeup.clear()
@@ -107,12 +108,17 @@ class UsageEmitter:
             self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
+        """Stop the flusher and flush what is left. The loop stops on its flag: on Python 3.11 a
+        cancellation landing inside redis-py's own ``wait_for`` can be lost (see shared/events.py)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True
+            self._wakeup.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.timeout * 4)
+            except TimeoutError:
+                self._task.cancel()
             self._task = None
-        await self.flush()  # what is left, once more within the timeout
+        await self.flush()
 
 
 def _content_length(scope: Scope) -> int:

@@ -2,6 +2,7 @@
 Redis and in the embedded run mode; with Redis gone the gateway still serves and counts drops."""
 
 import asyncio
+import contextlib
 import re
 import signal
 import time
@@ -185,3 +186,29 @@ async def test_a_full_buffer_drops_and_a_hung_sink_times_out_without_blocking_re
     await emitter.flush()  # the sink hangs: the flush gives up after its timeout, records counted
     assert DROPPED._value.get() == before + 5
     assert not emitter.buffer
+
+
+class CancellationSwallowingPublisher:
+    """A sink that, like redis-py on Python 3.11 at times, loses a cancellation that reaches it."""
+
+    def __init__(self) -> None:
+        self.publishing = asyncio.Event()
+
+    async def publish(self, records: Any) -> None:
+        self.publishing.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+
+
+async def test_the_emitter_shuts_down_even_when_its_sink_swallows_cancellation() -> None:
+    from gateway.usage import UsageEmitter
+
+    sink = CancellationSwallowingPublisher()
+    emitter = UsageEmitter(sink, flush_seconds=0.01, timeout=0.05)
+    emitter.start()
+    emitter.record("u", "GET", AIRTABLE, 200, 0.01, "rid", {"headers": []})
+    await asyncio.wait_for(sink.publishing.wait(), 10)
+
+    started = time.monotonic()
+    await asyncio.wait_for(emitter.close(), 30)
+    assert time.monotonic() - started < 5, "close() hung on the sink"  # the flush loop stops on its flag

@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-SERVICES := auth_service user_service airtable_gateway gateway
+SERVICES := auth_service user_service airtable_gateway analytics_service gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-airtable clean $(addprefix run-,$(SERVICES))
+.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics clean $(addprefix run-,$(SERVICES))
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -52,6 +52,8 @@ bench-gateway: $(INSTALLED) ## Gateway vs nginx vs direct (wrk, 1 and 50 connect
 bench-airtable: $(INSTALLED) ## Airtable gateway: cache-hit vs trivial proxied GET (wrk), a 100-read burst vs the 20 s floor
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m bench.airtable_gateway
+bench-analytics: $(INSTALLED) ## Analytics ingestion vs raw COPY, and queries at 1,000,000 events (needs PostgreSQL)
+	$(PY) -m bench.analytics_ingest
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) data

@@ -6,6 +6,8 @@ from litestar import Litestar
 
 from airtable_gateway.app import create_app as create_airtable_app
 from airtable_gateway.config import AirtableSettings
+from analytics_service.app import create_app as create_analytics_app
+from analytics_service.config import AnalyticsSettings
 from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
 from gateway.app import create_app as create_gateway_app
@@ -14,6 +16,7 @@ from shared import migrations
 from shared.events import InMemoryBus
 from shared.settings import ServiceSettings, load_settings
 from shared.stores import MemoryStore
+from shared.usage import InMemoryUsageChannel
 from user_service.app import create_app as create_user_app
 from user_service.config import UserSettings
 
@@ -22,6 +25,7 @@ SERVICES: list[tuple[str, type[ServiceSettings], str, str]] = [
     ("auth_service", AuthSettings, "/api/v1/auth", "AUTH_SERVICE_URL"),
     ("user_service", UserSettings, "/api/v1/users", "USER_SERVICE_URL"),
     ("airtable_gateway", AirtableSettings, "/api/v1/airtable", "AIRTABLE_GATEWAY_URL"),
+    ("analytics_service", AnalyticsSettings, "/api/v1/analytics", "ANALYTICS_SERVICE_URL"),
 ]
 
 
@@ -39,8 +43,10 @@ def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping
     environ = os.environ if environ is None else environ
     gateway_settings = gateway_settings or load_settings(GatewaySettings)
     shared_parts: dict[str, Any] = {}
+    usage = None  # with Redis, the gateway's usage records go through its stream
     if not gateway_settings.redis_url:
         shared_parts = {"store": MemoryStore(), "bus": InMemoryBus()}
+        usage = InMemoryUsageChannel()
     urls = gateway_settings.upstream_urls()
     # Without AIRTABLE_TOKEN the Airtable gateway talks to the built-in emulator, in process.
     emulated = {} if "AIRTABLE_EMULATOR" in environ else {"airtable_emulator": True}
@@ -50,6 +56,9 @@ def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping
         "/api/v1/airtable": lambda: create_airtable_app(
             load_settings(AirtableSettings, environ, **emulated), **shared_parts
         ),
+        "/api/v1/analytics": lambda: create_analytics_app(
+            load_settings(AnalyticsSettings, environ), **shared_parts, usage=usage
+        ),
     }
     services, proxied = {}, {}
     for _, _, prefix, url_variable in SERVICES:
@@ -57,4 +66,5 @@ def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping
             proxied[prefix] = urls[prefix]
         else:
             services[prefix] = factories[prefix]()
-    return create_gateway_app(gateway_settings, services=services, proxied=proxied, **shared_parts)
+    usage = usage if "/api/v1/analytics" in services else None
+    return create_gateway_app(gateway_settings, services=services, proxied=proxied, **shared_parts, usage=usage)

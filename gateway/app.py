@@ -16,11 +16,13 @@ from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream, http_session
 from gateway.ratelimit import RateLimiter
 from gateway.routing import RouteTable
 from gateway.services import Gatekeeper
+from gateway.usage import usage_emitter
 from shared.events import EventBus
 from shared.http import Degraded, run_check
 from shared.service import create_service_app
 from shared.settings import dev_secret_file, load_settings
 from shared.stores import KeyValueStore, create_redis
+from shared.usage import UsagePublisher
 
 
 def create_app(
@@ -30,6 +32,7 @@ def create_app(
     proxied: Mapping[str, str] | None = None,
     store: KeyValueStore | None = None,
     bus: EventBus | None = None,
+    usage: UsagePublisher | None = None,
 ) -> Litestar:
     """The gateway. ``services`` (prefix → app) run in-process (embedded mode); ``proxied``
     (prefix → URL) are reached over HTTP. Without either, every route of the settings is proxied."""
@@ -59,6 +62,7 @@ def create_app(
             app.state.routes = routes
             app.state.upstreams = upstreams
             app.state.limiter = limiter
+            app.state.usage = await stack.enter_async_context(usage_emitter(settings, usage))
             app.state.gatekeeper = Gatekeeper(settings, app.state.verifier, app.state.revocations, limiter)
             app.state.openapi = OpenAPIAggregator(upstreams, settings.openapi_cache_seconds)
             # A gateway with Redis or one upstream down still serves: reported as degraded, still ready.

@@ -83,6 +83,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
             elapsed = time.perf_counter() - started
             _child(REQUESTS, route.template, method, str(status)).inc()
             _child(LATENCY, route.template).observe(elapsed)
+            state.usage.record(user_id, method, route.prefix, status, elapsed, request_id, scope)
             if state.settings.access_log:
                 access_log.info(
                     "request",

@@ -1,0 +1,207 @@
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+
+from analytics_service.deps import provide_client, provide_events, provide_metrics, provide_reports
+from analytics_service.schemas import (
+    Aggregation,
+    BatchResult,
+    CostsResponse,
+    DashboardResponse,
+    EventBatch,
+    EventCreate,
+    EventResult,
+    Interval,
+    MetricBatch,
+    MetricBatchResult,
+    MetricCreate,
+    MetricQueryResult,
+    MetricRead,
+    Period,
+    UsageResponse,
+)
+from analytics_service.services import Client, EventService, MetricService, ReportService
+from shared.errors import PROBLEM_MEDIA_TYPE, Problem, Unprocessable
+from shared.security import Identity
+
+BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """The problem+json answers a route documents (with 400, 401 and 503, which every route has)."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=HTTPStatus(status).phrase,
+            media_type=PROBLEM_MEDIA_TYPE,
+            generate_examples=False,
+        )
+        for status in sorted({400, 401, 503, *statuses})
+    }
+
+
+WRITE = problems(403, 413, 422)
+READ = problems(403, 422)
+Days = Annotated[int, QueryParameter(ge=1, le=366, description="How many days back, today included")]
+Optional = Annotated[str | None, QueryParameter(max_length=300)]
+
+
+T = TypeVar("T")
+
+
+async def strictly(request: Request[Any, Any, Any], body_type: type[T]) -> T:
+    """The body decoded again with msgspec's strict rules: Litestar converts bodies leniently
+    (a number is taken for a date-time, ``"5"`` for a number), which the schema does not allow."""
+    try:
+        return msgspec.json.decode(await request.body(), type=body_type)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(str(exc)) from None
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A time without an offset is taken as UTC."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class AnalyticsController(Controller):
+    """Events, metrics, usage, costs and the dashboard."""
+
+    path = "/api/v1/analytics"
+    tags = ["analytics"]
+    security = BEARER
+    # Dependency names differ from every body field: Litestar would take a field's validation error
+    # for a failed dependency (a 500).
+    dependencies = {
+        "event_service": Provide(provide_events, sync_to_thread=False),
+        "metric_service": Provide(provide_metrics, sync_to_thread=False),
+        "report_service": Provide(provide_reports, sync_to_thread=False),
+        "client": Provide(provide_client, sync_to_thread=False),
+    }
+
+    @post("/events", operation_id="record_event", status_code=HTTP_202_ACCEPTED, responses=WRITE)
+    async def record_event(
+        self,
+        data: JSONBody[EventCreate],
+        request: Request[Identity, str, State],
+        event_service: NamedDependency[EventService],
+        client: NamedDependency[Client],
+    ) -> EventResult:
+        """Record one event (``accepted``, or ``duplicate`` when its ``event_id`` is known); 202 once stored."""
+        return await event_service.ingest_one(request.user, client, await strictly(request, EventCreate))
+
+    @post("/events/batch", operation_id="record_events", status_code=HTTP_202_ACCEPTED, responses=WRITE)
+    async def record_events(
+        self,
+        data: JSONBody[EventBatch],
+        request: Request[Identity, str, State],
+        event_service: NamedDependency[EventService],
+        client: NamedDependency[Client],
+    ) -> BatchResult:
+        """Record up to 1000 events (1 MB); each item is reported accepted, duplicate or rejected."""
+        return await event_service.ingest(request.user, client, data.events, await request.body())
+
+    @post("/metrics", operation_id="record_metric", status_code=HTTP_201_CREATED, responses=WRITE)
+    async def record_metric(
+        self,
+        data: JSONBody[MetricCreate],
+        request: Request[Identity, str, State],
+        metric_service: NamedDependency[MetricService],
+    ) -> MetricRead:
+        """Record one metric value."""
+        row = (await metric_service.record(request.user, [await strictly(request, MetricCreate)]))[0]
+        return msgspec.convert(row, MetricRead)
+
+    @post("/metrics/batch", operation_id="record_metrics", status_code=HTTP_201_CREATED, responses=WRITE)
+    async def record_metrics(
+        self,
+        data: JSONBody[MetricBatch],
+        request: Request[Identity, str, State],
+        metric_service: NamedDependency[MetricService],
+    ) -> MetricBatchResult:
+        """Record up to 1000 metric values at once."""
+        batch = await strictly(request, MetricBatch)
+        return MetricBatchResult(created=len(await metric_service.record(request.user, batch.metrics)))
+
+    @get("/metrics", operation_id="query_metrics", responses=READ)
+    async def query_metrics(
+        self,
+        request: Request[Identity, str, State],
+        metric_service: NamedDependency[MetricService],
+        name: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        service: Optional = None,
+        endpoint: Optional = None,
+        user_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        start: Annotated[datetime | None, QueryParameter(name="from", description="Default: `to` minus 1 day")] = None,
+        end: Annotated[datetime | None, QueryParameter(name="to", description="Default: now")] = None,
+        aggregation: Annotated[Aggregation | None, QueryParameter()] = None,
+        interval: Annotated[Interval, QueryParameter()] = "hour",
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> MetricQueryResult:
+        """Metric values (newest first), or with ``aggregation`` one value per ``interval`` bucket."""
+        return await metric_service.query(
+            request.user,
+            name=name,
+            service=service,
+            endpoint=endpoint,
+            user_id=user_id,
+            start=_utc(start),
+            end=_utc(end),
+            aggregation=aggregation,
+            interval=interval,
+            limit=limit,
+        )
+
+    @get("/usage/me", operation_id="my_usage", responses=READ)
+    async def my_usage(
+        self,
+        request: Request[Identity, str, State],
+        report_service: NamedDependency[ReportService],
+        period: Annotated[Period, QueryParameter()] = "day",
+        days: Days = 30,
+    ) -> UsageResponse:
+        """The caller's usage per day, week or month."""
+        return await report_service.usage(request.user, None, period, days)
+
+    @get("/usage/{user_id:str}", operation_id="user_usage", responses=READ)
+    async def user_usage(
+        self,
+        user_id: FromPath[str],
+        request: Request[Identity, str, State],
+        report_service: NamedDependency[ReportService],
+        period: Annotated[Period, QueryParameter()] = "day",
+        days: Days = 30,
+    ) -> UsageResponse:
+        """A user's usage per day, week or month: the caller's own, or anyone's for administrators (else 403)."""
+        return await report_service.usage(request.user, user_id, period, days)
+
+    @get("/costs", operation_id="costs", responses=READ)
+    async def costs(
+        self,
+        request: Request[Identity, str, State],
+        report_service: NamedDependency[ReportService],
+        user_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        days: Days = 30,
+    ) -> CostsResponse:
+        """Cost and token totals with breakdowns by user, service and model: the caller's own,
+        everyone's for administrators."""
+        return await report_service.costs(request.user, user_id, days)
+
+    @get("/dashboard", operation_id="dashboard", responses=READ)
+    async def dashboard(
+        self,
+        request: Request[Identity, str, State],
+        report_service: NamedDependency[ReportService],
+        hours: Annotated[int, QueryParameter(ge=1, le=2160, description="The window: the last N hours")] = 24,
+    ) -> DashboardResponse:
+        """Platform totals for a time window (administrators only)."""
+        return await report_service.dashboard(request.user, hours)

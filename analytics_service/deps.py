@@ -1,0 +1,30 @@
+"""Dependency providers of the analytics service."""
+
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from analytics_service.services import Client, EventService, MetricService, ReportService
+from shared.http import client_ip
+
+
+def provide_events(db_session: NamedDependency[AsyncSession], state: State) -> EventService:
+    return EventService(db_session, state.settings, state.clock)
+
+
+def provide_metrics(db_session: NamedDependency[AsyncSession], state: State) -> MetricService:
+    return MetricService(db_session, state.clock)
+
+
+def provide_reports(db_session: NamedDependency[AsyncSession], state: State) -> ReportService:
+    return ReportService(db_session, state.clock)
+
+
+def provide_client(request: Request[Any, Any, Any], state: State) -> Client:
+    return Client(
+        ip=client_ip(request.scope, state.settings.trusted_proxy_list),
+        user_agent=request.headers.get("user-agent"),
+    )

@@ -1,0 +1,321 @@
+"""Data access for the analytics service: AsyncSession in, rows out.
+
+Bulk writes are single statements: events with ``INSERT ... ON CONFLICT DO NOTHING RETURNING``
+(what comes back was accepted, the rest were duplicates), rollups with ``INSERT ... ON CONFLICT
+DO UPDATE`` adding to the counters. PostgreSQL and SQLite both speak these.
+"""
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from sqlalchemy import ColumnElement, Table, delete, distinct, func, literal_column, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from analytics_service.models import (
+    CostDaily,
+    EndpointHourly,
+    Event,
+    EventHourly,
+    Metric,
+    UsageApplied,
+    UsageDaily,
+)
+
+EVENTS: Table = Event.__table__  # type: ignore[assignment]
+METRICS: Table = Metric.__table__  # type: ignore[assignment]
+USAGE_DAILY: Table = UsageDaily.__table__  # type: ignore[assignment]
+COST_DAILY: Table = CostDaily.__table__  # type: ignore[assignment]
+ENDPOINT_HOURLY: Table = EndpointHourly.__table__  # type: ignore[assignment]
+EVENT_HOURLY: Table = EventHourly.__table__  # type: ignore[assignment]
+USAGE_APPLIED: Table = UsageApplied.__table__  # type: ignore[assignment]
+
+
+def dialect_name(session: AsyncSession) -> str:
+    bind = session.get_bind()
+    return str(bind.dialect.name)
+
+
+def _insert(session: AsyncSession, table: Table) -> Any:
+    return (postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert)(table)
+
+
+async def insert_new(session: AsyncSession, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> set[Any]:
+    """Insert the rows whose ``key`` is not stored yet; the keys of those inserted."""
+    if not rows:
+        return set()
+    column = table.c[key]
+    statement = _insert(session, table).on_conflict_do_nothing(index_elements=[column]).returning(column)
+    result = await session.execute(statement, list(rows))
+    return {row[0] for row in result}
+
+
+# The new events and, in the same statement, their counts per hour and type (``event_hourly``).
+_INSERT_EVENTS_FROM_JSON = text(
+    """
+    WITH inserted AS (
+        INSERT INTO events (event_id, user_id, session_id, event_type, properties, ip, user_agent, occurred_at,
+                            received_at)
+        SELECT e.event_id, e.user_id, e.session_id, e.event_type, e.properties, e.ip, e.user_agent, e.occurred_at,
+               e.received_at
+        FROM json_to_recordset(CAST(:rows AS json)) AS e(
+            event_id uuid, user_id text, session_id text, event_type text, properties jsonb, ip text,
+            user_agent text, occurred_at timestamptz, received_at timestamptz)
+        ORDER BY e.event_id
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id, event_type, occurred_at,
+                  CASE WHEN event_type = 'llm_usage' THEN (properties->>'cost_usd')::numeric END AS cost_usd
+    ), hourly AS (
+        INSERT INTO event_hourly (hour, event_type, shard, events, cost_usd)
+        SELECT date_trunc('hour', occurred_at, 'UTC'), event_type, pg_backend_pid() % 16, count(*),
+               coalesce(sum(cost_usd), 0)
+        FROM inserted
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+        ON CONFLICT (hour, event_type, shard) DO UPDATE
+        SET events = event_hourly.events + excluded.events, cost_usd = event_hourly.cost_usd + excluded.cost_usd
+    )
+    SELECT coalesce(array_agg(event_id::text), '{}') FROM inserted
+    """
+)
+_json = msgspec.json.Encoder()
+
+
+async def insert_new_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """The events not stored yet, inserted and counted in ``event_hourly``; their ids.
+
+    On PostgreSQL the whole batch is one JSON parameter (encoded in C by msgspec, parsed in C by
+    PostgreSQL) and one statement: per-value parameter binding in Python would cost more than the
+    insert itself."""
+    if not rows:
+        return set()
+    if dialect_name(session) != "postgresql":
+        typed = [{**row, "event_id": uuid.UUID(row["event_id"])} for row in rows]
+        accepted = {str(event_id) for event_id in await insert_new(session, EVENTS, "event_id", typed)}
+        await upsert_add(
+            session,
+            EVENT_HOURLY,
+            ["hour", "event_type", "shard"],
+            ["events", "cost_usd"],
+            event_hourly_rows(rows, accepted),
+        )
+        return accepted
+    inserted = await session.scalar(_INSERT_EVENTS_FROM_JSON, {"rows": _json.encode(rows).decode()})
+    return set(inserted or ())
+
+
+def event_hourly_rows(rows: Sequence[dict[str, Any]], accepted: set[str]) -> list[dict[str, Any]]:
+    hourly: dict[tuple[datetime, str], dict[str, Any]] = {}
+    for row in rows:
+        if row["event_id"] not in accepted:
+            continue
+        hour = row["occurred_at"].replace(minute=0, second=0, microsecond=0)
+        bucket = hourly.setdefault(
+            (hour, row["event_type"]),
+            {"hour": hour, "event_type": row["event_type"], "shard": 0, "events": 0, "cost_usd": 0},
+        )
+        bucket["events"] += 1
+        if row["event_type"] == "llm_usage":
+            bucket["cost_usd"] += Decimal(str(row["properties"].get("cost_usd", 0)))
+    return list(hourly.values())
+
+
+async def upsert_add(
+    session: AsyncSession, table: Table, keys: Sequence[str], counters: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> None:
+    """Insert each row, or add its counters to the stored row with the same key. The rows' keys
+    must be distinct; they are written in key order, so concurrent writers never deadlock."""
+    if not rows:
+        return
+    statement = _insert(session, table)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c[k] for k in keys],
+        set_={name: table.c[name] + statement.excluded[name] for name in counters},
+    )
+    ordered = sorted(rows, key=lambda row: tuple(str(row[k]) for k in keys))
+    await session.execute(statement, ordered)
+
+
+async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(table.insert(), list(rows))
+
+
+async def delete_older(session: AsyncSession, table: Table, column: str, cutoff: Any, limit: int) -> int:
+    """Delete up to ``limit`` rows older than ``cutoff`` (by an indexed column); how many went."""
+    keys = [c for c in table.primary_key.columns]
+    time_column = table.c[column]
+    if len(keys) == 1:
+        victims = select(keys[0]).where(time_column < cutoff).limit(limit).scalar_subquery()
+        result = await session.execute(delete(table).where(keys[0].in_(victims)))
+    else:  # the rollups: small tables, one statement
+        result = await session.execute(delete(table).where(time_column < cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+async def usage_rows(session: AsyncSession, user_id: str, start: date, end: date) -> list[Any]:
+    rows = await session.execute(
+        select(USAGE_DAILY)
+        .where(USAGE_DAILY.c.user_id == user_id, USAGE_DAILY.c.day >= start, USAGE_DAILY.c.day <= end)
+        .order_by(USAGE_DAILY.c.day)
+    )
+    return list(rows)
+
+
+async def cost_by_user(session: AsyncSession, start: date, end: date, user_id: str | None, limit: int) -> list[Any]:
+    c = USAGE_DAILY.c
+    cost = func.sum(c.cost_usd)
+    query = (
+        select(c.user_id, cost.label("cost_usd"), func.sum(c.tokens_used).label("tokens_used"))
+        .add_columns(func.sum(c.api_calls).label("api_calls"))
+        .where(c.day >= start, c.day <= end)
+        .group_by(c.user_id)
+        .order_by(cost.desc(), c.user_id)
+        .limit(limit)
+    )
+    if user_id is not None:
+        query = query.where(c.user_id == user_id)
+    return list(await session.execute(query))
+
+
+async def cost_totals(session: AsyncSession, start: date, end: date, user_id: str | None) -> Any:
+    c = USAGE_DAILY.c
+    query = select(
+        func.coalesce(func.sum(c.cost_usd), 0).label("cost_usd"),
+        func.coalesce(func.sum(c.tokens_used), 0).label("tokens_used"),
+        func.coalesce(func.sum(c.api_calls), 0).label("api_calls"),
+    ).where(c.day >= start, c.day <= end)
+    if user_id is not None:
+        query = query.where(c.user_id == user_id)
+    return (await session.execute(query)).one()
+
+
+async def cost_breakdown(session: AsyncSession, by: str, start: date, end: date, user_id: str | None) -> list[Any]:
+    c = COST_DAILY.c
+    cost = func.sum(c.cost_usd)
+    query = (
+        select(c[by].label("name"), cost.label("cost_usd"), func.sum(c.tokens_used).label("tokens_used"))
+        .add_columns(func.sum(c.calls).label("calls"))
+        .where(c.day >= start, c.day <= end)
+        .group_by(c[by])
+        .order_by(cost.desc(), c[by])
+        .limit(100)
+    )
+    if user_id is not None:
+        query = query.where(c.user_id == user_id)
+    return list(await session.execute(query))
+
+
+async def event_totals(session: AsyncSession, since_hour: datetime) -> Any:
+    c = EVENT_HOURLY.c
+    query = select(
+        func.coalesce(func.sum(c.events), 0).label("events"), func.coalesce(func.sum(c.cost_usd), 0).label("cost_usd")
+    ).where(c.hour >= since_hour)
+    return (await session.execute(query)).one()
+
+
+async def endpoint_stats(session: AsyncSession, since_hour: datetime, limit: int) -> tuple[Any, list[Any]]:
+    c = EndpointHourly.__table__.c
+    window = c.hour >= since_hour
+    totals = (
+        await session.execute(
+            select(func.coalesce(func.sum(c.calls), 0).label("calls"), func.coalesce(func.sum(c.errors), 0)).where(
+                window
+            )
+        )
+    ).one()
+    calls = func.sum(c.calls)
+    top = await session.execute(
+        select(c.route, calls.label("calls"), func.sum(c.errors).label("errors"))
+        .add_columns(func.sum(c.latency_ms_total).label("latency_ms_total"))
+        .where(window)
+        .group_by(c.route)
+        .order_by(calls.desc(), c.route)
+        .limit(limit)
+    )
+    return totals, list(top)
+
+
+async def active_users(session: AsyncSession, since_day: date) -> int:
+    c = USAGE_DAILY.c
+    count = await session.scalar(select(func.count(distinct(c.user_id))).where(c.day >= since_day))
+    return int(count or 0)
+
+
+async def recent_events(session: AsyncSession, since: datetime, limit: int) -> list[Event]:
+    rows = await session.scalars(
+        select(Event).where(Event.occurred_at >= since).order_by(Event.occurred_at.desc()).limit(limit)
+    )
+    return list(rows)
+
+
+def metric_filters(
+    name: str | None,
+    service: str | None,
+    endpoint: str | None,
+    user_id: str | None,
+    start: datetime,
+    end: datetime,
+) -> list[ColumnElement[bool]]:
+    filters: list[ColumnElement[bool]] = [Metric.timestamp >= start, Metric.timestamp <= end]
+    for column, value in (
+        (Metric.name, name),
+        (Metric.service_name, service),
+        (Metric.endpoint, endpoint),
+        (Metric.user_id, user_id),
+    ):
+        if value is not None:
+            filters.append(column == value)
+    return filters
+
+
+async def latest_metrics(session: AsyncSession, filters: list[ColumnElement[bool]], limit: int) -> list[Metric]:
+    rows = await session.scalars(select(Metric).where(*filters).order_by(Metric.timestamp.desc()).limit(limit))
+    return list(rows)
+
+
+_INTERVALS = {"minute": "minute", "hour": "hour", "day": "day"}
+_SQL_AGGREGATES: dict[str, Callable[[Any], Any]] = {
+    "sum": lambda v: func.sum(v),
+    "avg": lambda v: func.avg(v),
+    "min": lambda v: func.min(v),
+    "max": lambda v: func.max(v),
+    "count": lambda v: func.count(v),
+    "p50": lambda v: func.percentile_cont(0.5).within_group(v),
+    "p95": lambda v: func.percentile_cont(0.95).within_group(v),
+}
+
+
+async def metric_buckets_sql(
+    session: AsyncSession, filters: list[ColumnElement[bool]], aggregation: str, interval: str
+) -> list[Any]:
+    """PostgreSQL: one row per bucket (UTC), computed by the database."""
+    # Literal SQL (``interval`` is one of three known words): the same text in SELECT and GROUP BY.
+    unit: ColumnElement[str] = literal_column(f"'{_INTERVALS[interval]}'")
+    bucket = func.date_trunc(unit, Metric.timestamp, literal_column("'UTC'")).label("bucket")
+    query = (
+        select(bucket, _SQL_AGGREGATES[aggregation](Metric.value).label("value"), func.count().label("count"))
+        .where(*filters)
+        .group_by(bucket)
+        .order_by(bucket)
+    )
+    return list(await session.execute(query))
+
+
+async def metric_values(session: AsyncSession, filters: list[ColumnElement[bool]], limit: int) -> list[Any]:
+    """Other databases (SQLite): the values, bucketed by the caller."""
+    rows = await session.execute(
+        select(Metric.timestamp, Metric.value).where(*filters).order_by(Metric.timestamp).limit(limit)
+    )
+    return list(rows)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()

@@ -1,0 +1,135 @@
+"""Analytics test fixtures: the service on its own migrated PostgreSQL database and the test's
+Redis namespace, and access tokens for users and administrators."""
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+import pytest
+from litestar import Litestar
+
+from analytics_service.app import create_app
+from analytics_service.config import AnalyticsSettings
+from shared import migrations
+from shared.keys import hs256_kid
+from tests.conftest import DatabaseFactory, access_claims, app_client
+
+JWT_SECRET = secrets.token_urlsafe(48)
+API = "/api/v1/analytics"
+PROBLEM = "application/problem+json"
+TABLES = "events, metrics, usage_daily, cost_daily, endpoint_hourly, event_hourly, usage_applied"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+class User:
+    """A made-up account with a valid access token."""
+
+    def __init__(self, *roles: str) -> None:
+        self.id = str(uuid.uuid4())
+        claims = access_claims(sub=self.id, roles=list(roles or ["user"]))
+        self.token = jwt.encode(
+            claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture(scope="session")
+def analytics_database(databases: DatabaseFactory) -> str:
+    url = databases.create("pyairtable_analytics")
+    migrations.upgrade(AnalyticsSettings(database_url=url), "analytics_service")
+    return url
+
+
+@pytest.fixture
+def clean_analytics_database(analytics_database: str) -> Iterator[str]:
+    yield analytics_database
+    with psycopg.connect(analytics_database, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLES}")
+
+
+SettingsFactory = Callable[..., AnalyticsSettings]
+
+
+@pytest.fixture
+def make_settings(
+    clean_analytics_database: str, redis_url: str, redis_namespace: str, tmp_path: Path
+) -> SettingsFactory:
+    def build(**overrides: Any) -> AnalyticsSettings:
+        values: dict[str, Any] = {
+            "database_url": clean_analytics_database,
+            "redis_url": redis_url,
+            "redis_namespace": redis_namespace,
+            "jwt_secret": JWT_SECRET,
+            "data_dir": str(tmp_path),
+            **overrides,
+        }
+        settings = AnalyticsSettings(**values)
+        settings.validate()
+        return settings
+
+    return build
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def analytics_app(make_settings: SettingsFactory, clock: Clock) -> Litestar:
+    return create_app(make_settings(), clock=clock)
+
+
+@pytest.fixture
+async def client(analytics_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(analytics_app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def user() -> User:
+    return User("user")
+
+
+@pytest.fixture
+def admin() -> User:
+    return User("admin", "user")
+
+
+def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    if code is not None:
+        assert body["code"] == code, body
+    assert "Traceback" not in response.text
+    return body
+
+
+def count_rows(database_url: str, table: str, where: str = "TRUE") -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()  # noqa: S608 - test-only literals
+    assert row is not None
+    return int(row[0])

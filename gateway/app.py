@@ -8,7 +8,7 @@ from litestar.types import Message, Scope
 from prometheus_client import Gauge
 
 from gateway.breaker import CircuitBreaker
-from gateway.compat import LegacyAuthController, mark_deprecated
+from gateway.compat import LegacyAnalyticsController, LegacyAuthController, mark_deprecated
 from gateway.config import GatewaySettings
 from gateway.controllers import PlatformDocsController, proxy_handler
 from gateway.openapi import OpenAPIAggregator
@@ -79,6 +79,7 @@ def create_app(
         route_handlers=[
             PlatformDocsController,
             LegacyAuthController,
+            LegacyAnalyticsController,
             *(proxy_handler(route) for route in routes.routes),
         ],
         lifespan=[gateway_resources],

@@ -7,18 +7,48 @@ With ``REQUIRE_API_KEY`` the ``X-API-Key`` header must match ``API_KEY`` (consta
 """
 
 import hmac
+import time
 import uuid
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import Message, Receive, Scope
 
+from gateway.compat_schemas import (
+    LegacyCosts,
+    LegacyCostSummary,
+    LegacyDashboard,
+    LegacyEndpointCount,
+    LegacyEvent,
+    LegacyEventCreate,
+    LegacyLoginRequest,
+    LegacyMessage,
+    LegacyMetric,
+    LegacyMetricBatch,
+    LegacyMetricCreate,
+    LegacyMetricList,
+    LegacyPeriod,
+    LegacyProfileUpdate,
+    LegacyRegisterRequest,
+    LegacyTokenResponse,
+    LegacyUsage,
+    LegacyUser,
+    LegacyUserCost,
+    LegacyVerifyResponse,
+    as_text,
+    legacy_event,
+    legacy_metric,
+    legacy_user,
+    platform_metric,
+)
 from gateway.proxy import ForwardRequest, RequestBody
 from gateway.services import Admission
 from shared.errors import Forbidden, ProblemError, ServiceUnavailable, Unauthorized
@@ -27,50 +57,8 @@ from shared.http import client_ip, ensure_request_id
 # RFC 9745: the date from which these routes are deprecated (2026-12-01), and where to go instead.
 DEPRECATION = "@1796083200"
 AUTH = "/api/v1/auth"
+ADMISSION = "legacy_admission"
 USERS = "/api/v1/users"
-
-
-class LegacyUser(msgspec.Struct):
-    id: str
-    email: str
-    first_name: str | None
-    last_name: str | None
-    is_active: bool
-    created_at: datetime
-
-
-class LegacyTokenResponse(msgspec.Struct):
-    access_token: str
-    expires_in: int
-    user: LegacyUser
-    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - a token type, not a secret
-
-
-class LegacyVerifyResponse(msgspec.Struct):
-    valid: bool
-    user: LegacyUser
-
-
-class LegacyRegisterRequest(msgspec.Struct):
-    email: str
-    password: str
-    first_name: str | None = None
-    last_name: str | None = None
-
-
-class LegacyLoginRequest(msgspec.Struct):
-    email: str
-    password: str
-
-
-class LegacyProfileUpdate(msgspec.Struct):
-    email: str  # required by the old service, never changed by this call
-    first_name: str | None = None
-    last_name: str | None = None
-
-
-class LegacyMessage(msgspec.Struct):
-    message: str
 
 
 class ServiceReply(msgspec.Struct):
@@ -113,23 +101,41 @@ async def mark_deprecated(message: Message, scope: Scope) -> None:
         ]
 
 
-async def call_platform(request: Request[Any, Any, State], method: str, path: str, body: Any = None) -> ServiceReply:
-    """``method path`` on the platform, as the gateway would proxy it for this client."""
-    admission = await admit(request, method, path)
-    return await forward(request, admission, method, path, body)
-
-
-async def admit(request: Request[Any, Any, State], method: str, path: str) -> Admission:
-    """The caller's claims and rate-limit decision for ``method path`` (raises 401/429 as a proxied route would)."""
-    ip = client_ip(request.scope, request.app.state.settings.trusted_proxy_list)
-    admission: Admission = await request.app.state.gatekeeper.admit(
-        method, path, request.headers.get("authorization"), ip
+async def admit_caller(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Guard: admit the caller as the route's successor would (token, revocation, rate limit), before
+    the body is read, so an anonymous or limited client learns nothing from validation errors."""
+    state = connection.app.state
+    ip = client_ip(connection.scope, state.settings.trusted_proxy_list)
+    method = connection.scope["method"]  # type: ignore[typeddict-item]  # guards of HTTP routes see HTTP scopes
+    admission: Admission = await state.gatekeeper.admit(
+        method, handler.opt["successor"], connection.headers.get("authorization"), ip
     )
+    connection.scope["state"][ADMISSION] = admission
+
+
+def admission_of(request: Request[Any, Any, State]) -> Admission:
+    admission: Admission = request.scope["state"][ADMISSION]
     return admission
 
 
+async def call_platform(
+    request: Request[Any, Any, State],
+    method: str,
+    path: str,
+    body: Any = None,
+    query: dict[str, Any] | None = None,
+) -> ServiceReply:
+    """``method path`` on the platform for the admitted caller, as the gateway would proxy it."""
+    return await forward(request, admission_of(request), method, path, body, query)
+
+
 async def forward(
-    request: Request[Any, Any, State], admission: Admission, method: str, path: str, body: Any = None
+    request: Request[Any, Any, State],
+    admission: Admission,
+    method: str,
+    path: str,
+    body: Any = None,
+    query: dict[str, Any] | None = None,
 ) -> ServiceReply:
     state, scope = request.app.state, request.scope
     route = state.routes.match(path)
@@ -145,7 +151,7 @@ async def forward(
         headers.append((b"user-agent", user_agent.encode("latin-1")))
     outgoing = ForwardRequest(
         method=method,
-        target=path,
+        target=_with_query(path, query),
         headers=headers,
         client_ip=client_ip(scope, state.settings.trusted_proxy_list),
         proto=scope.get("scheme", "http"),
@@ -153,14 +159,28 @@ async def forward(
         request_id=ensure_request_id(scope),
         body=None if payload is None else RequestBody(_receive_once(payload), len(payload)),
     )
-    collected = _Collected()
-    await state.upstreams[route.prefix].forward(outgoing, collected.send, [])
+    collected, started = _Collected(), time.perf_counter()
+    try:
+        await state.upstreams[route.prefix].forward(outgoing, collected.send, [])
+    except HTTPException as exc:
+        collected.status = exc.status_code
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        state.usage.record(
+            admission.user_id, method, route.prefix, collected.status, elapsed, outgoing.request_id, scope
+        )
     return ServiceReply(
         status=collected.status,
         body=msgspec.json.decode(collected.body) if collected.body else None,
         headers=collected.headers,
         rate_limit_headers=admission.decision.headers(admission.policy),
     )
+
+
+def _with_query(path: str, query: dict[str, Any] | None) -> str:
+    given = {name: value for name, value in (query or {}).items() if value is not None}
+    return f"{path}?{urlencode(given)}" if given else path
 
 
 def _receive_once(payload: bytes) -> Receive:
@@ -206,10 +226,6 @@ def raise_for_status(reply: ServiceReply, statuses: dict[int, int] | None = None
     )
 
 
-def legacy_user(user: dict[str, Any]) -> LegacyUser:
-    return msgspec.convert(user, LegacyUser)
-
-
 def token_response(reply: ServiceReply) -> Response[LegacyTokenResponse]:
     body = reply.body
     tokens = LegacyTokenResponse(
@@ -226,7 +242,7 @@ class LegacyAuthController(Controller):
     """The consolidated platform service's auth and profile routes (deprecated: use ``/api/v1``)."""
 
     tags = ["legacy"]
-    guards = [require_api_key]
+    guards = [require_api_key, admit_caller]
 
     @post(
         ["/auth/register", "/register"], operation_id="legacy_register", opt={**LEGACY, "successor": f"{AUTH}/register"}
@@ -285,10 +301,177 @@ class LegacyAuthController(Controller):
         self, request: Request[Any, Any, State], user_id: FromPath[uuid.UUID]
     ) -> Response[LegacyMessage]:
         """Close the caller's own account (another user's id is 403, as before)."""
-        path = f"{USERS}/{user_id}"
-        admission = await admit(request, "DELETE", path)
-        if admission.user_id != str(user_id):
+        if admission_of(request).user_id != str(user_id):
             raise Forbidden("Only your own account can be deactivated.")
-        reply = await forward(request, admission, "DELETE", path)
+        reply = await call_platform(request, "DELETE", f"{USERS}/{user_id}")
         raise_for_status(reply)
         return Response(LegacyMessage("User account deactivated successfully"), headers=reply.rate_limit_headers)
+
+
+# -- the old analytics routes -----------------------------------------------------------------
+
+ANALYTICS = "/api/v1/analytics"
+PERIODS = {"daily": "day", "weekly": "week", "monthly": "month"}
+Days = Annotated[int, QueryParameter(ge=1, le=366)]
+
+
+def _answer(content: Any, reply: ServiceReply) -> Response[Any]:
+    return Response(content, status_code=200, headers=reply.rate_limit_headers)
+
+
+class LegacyAnalyticsController(Controller):
+    """The consolidated platform service's analytics routes (deprecated: use ``/api/v1/analytics``)."""
+
+    tags = ["legacy"]
+    guards = [require_api_key, admit_caller]
+
+    @post(
+        ["/analytics/events", "/events"],
+        operation_id="legacy_track_event",
+        opt={**LEGACY, "successor": f"{ANALYTICS}/events"},
+    )
+    async def track_event(
+        self, request: Request[Any, Any, State], data: JSONBody[LegacyEventCreate]
+    ) -> Response[LegacyEvent]:
+        """Record one event for the caller (another user's id needs the admin role)."""
+        event_id, now = str(uuid.uuid4()), datetime.now(UTC)
+        event = {
+            "event_id": event_id,
+            "event_type": data.event_type,
+            "user_id": as_text(data.user_id),
+            "session_id": data.session_id,
+            "properties": data.event_data,
+            "occurred_at": now,
+        }
+        reply = await call_platform(request, "POST", f"{ANALYTICS}/events", event)
+        raise_for_status(reply)
+        return _answer(legacy_event({**event, "user_id": event["user_id"] or admission_of(request).user_id}), reply)
+
+    @post(
+        ["/analytics/metrics"], operation_id="legacy_record_metric", opt={**LEGACY, "successor": f"{ANALYTICS}/metrics"}
+    )
+    async def record_metric(
+        self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricCreate]
+    ) -> Response[LegacyMetric]:
+        """Record one metric value."""
+        reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics", platform_metric(data))
+        raise_for_status(reply)
+        return _answer(legacy_metric(reply.body), reply)
+
+    @post(
+        "/analytics/metrics/batch",
+        operation_id="legacy_record_metrics",
+        opt={**LEGACY, "successor": f"{ANALYTICS}/metrics/batch"},
+    )
+    async def record_metrics(
+        self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricBatch]
+    ) -> Response[LegacyMessage]:
+        """Record several metric values at once."""
+        batch = {"metrics": [platform_metric(metric) for metric in data.metrics]}
+        reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics/batch", batch)
+        raise_for_status(reply)
+        return _answer(LegacyMessage(f"Created {reply.body['created']} metrics successfully"), reply)
+
+    @get("/analytics/metrics", operation_id="legacy_list_metrics", opt={**LEGACY, "successor": f"{ANALYTICS}/metrics"})
+    async def list_metrics(
+        self,
+        request: Request[Any, Any, State],
+        metric_name: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        service_name: Annotated[str | None, QueryParameter(max_length=300)] = None,
+        user_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> Response[LegacyMetricList]:
+        """Metric values, newest first (the old service had no time window: the last year here)."""
+        query = {
+            "name": metric_name,
+            "service": service_name,
+            "user_id": user_id,
+            "limit": limit,
+            "from": (datetime.now(UTC) - timedelta(days=366)).isoformat(),
+        }
+        reply = await call_platform(request, "GET", f"{ANALYTICS}/metrics", query=query)
+        raise_for_status(reply)
+        metrics = [legacy_metric(metric) for metric in reply.body["metrics"]]
+        return _answer(LegacyMetricList(metrics=metrics, count=len(metrics)), reply)
+
+    @get(
+        ["/analytics/usage/{user_id:str}", "/usage/{user_id:str}"],
+        operation_id="legacy_usage",
+        opt={**LEGACY, "successor": f"{ANALYTICS}/usage/{{user_id}}"},
+    )
+    async def usage(
+        self,
+        request: Request[Any, Any, State],
+        user_id: FromPath[str],
+        period_type: Annotated[Literal["daily", "weekly", "monthly"], QueryParameter()] = "daily",
+        days: Days = 30,
+    ) -> Response[list[LegacyUsage]]:
+        """A user's usage per period: your own, or anyone's for administrators."""
+        query = {"period": PERIODS[period_type], "days": days}
+        reply = await call_platform(request, "GET", f"{ANALYTICS}/usage/{quote(user_id, safe='')}", query=query)
+        raise_for_status(reply)
+        usage = [
+            LegacyUsage(
+                user_id=reply.body["user_id"],
+                api_calls_count=item["api_calls"],
+                tokens_used=item["tokens_used"],
+                cost_usd=item["cost_usd"],
+                date=item["period_start"],
+                period_type=period_type,
+            )
+            for item in reply.body["items"]
+        ]
+        return _answer(usage, reply)
+
+    @get(["/analytics/costs", "/costs"], operation_id="legacy_costs", opt={**LEGACY, "successor": f"{ANALYTICS}/costs"})
+    async def costs(
+        self,
+        request: Request[Any, Any, State],
+        user_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        days: Days = 30,
+    ) -> Response[LegacyCosts]:
+        """Cost totals and the breakdown by user: your own, everyone's for administrators."""
+        reply = await call_platform(request, "GET", f"{ANALYTICS}/costs", query={"user_id": user_id, "days": days})
+        raise_for_status(reply)
+        body, totals = reply.body, reply.body["totals"]
+        costs = LegacyCosts(
+            summary=LegacyCostSummary(
+                total_cost_usd=totals["cost_usd"],
+                total_tokens=totals["tokens_used"],
+                total_api_calls=totals["api_calls"],
+                period_days=days,
+                cost_per_token=totals["cost_per_token"],
+                cost_per_api_call=totals["cost_per_api_call"],
+            ),
+            user_breakdown=[
+                LegacyUserCost(
+                    user_id=user["user_id"],
+                    total_cost=user["cost_usd"],
+                    total_tokens=user["tokens_used"],
+                    total_api_calls=user["api_calls"],
+                )
+                for user in body["by_user"]
+            ],
+            period=LegacyPeriod(start_date=body["start"], end_date=body["end"]),
+        )
+        return _answer(costs, reply)
+
+    @get("/analytics/dashboard", operation_id="legacy_dashboard", opt={**LEGACY, "successor": f"{ANALYTICS}/dashboard"})
+    async def dashboard(
+        self,
+        request: Request[Any, Any, State],
+        hours: Annotated[int, QueryParameter(ge=1, le=2160)] = 24,
+    ) -> Response[LegacyDashboard]:
+        """Platform totals for the last ``hours`` (administrators only)."""
+        reply = await call_platform(request, "GET", f"{ANALYTICS}/dashboard", query={"hours": hours})
+        raise_for_status(reply)
+        body = reply.body
+        dashboard = LegacyDashboard(
+            total_events=body["total_events"],
+            active_users=body["active_users"],
+            total_api_calls=body["api_calls"],
+            total_cost=body["total_cost_usd"],
+            top_endpoints=[LegacyEndpointCount(endpoint=e["route"], count=e["calls"]) for e in body["top_endpoints"]],
+            recent_events=[legacy_event(event) for event in body["recent_events"]],
+        )
+        return _answer(dashboard, reply)

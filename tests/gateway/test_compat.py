@@ -25,6 +25,19 @@ from tests.user_service.conftest import (  # noqa: F401  (pytest finds fixtures 
 
 API_KEY = "legacy-clients-key-0123456789"
 KEY = {"X-API-Key": API_KEY}
+LEGACY_AUTH_ROUTES = [
+    ("POST", "/auth/register"),
+    ("POST", "/register"),
+    ("POST", "/auth/login"),
+    ("POST", "/login"),
+    ("GET", "/auth/verify"),
+    ("GET", "/verify"),
+    ("GET", "/auth/profile"),
+    ("GET", "/profile"),
+    ("PUT", "/auth/profile"),
+    ("PUT", "/profile"),
+    ("DELETE", "/auth/users/{id}"),
+]
 USER_FIELDS = {"id", "email", "first_name", "last_name", "is_active", "created_at"}
 
 
@@ -207,15 +220,16 @@ async def test_deactivate_closes_only_your_own_account(legacy: httpx.AsyncClient
 )
 async def test_legacy_routes_refuse_a_missing_or_wrong_api_key(legacy: httpx.AsyncClient, headers: Any) -> None:
     body = {"email": "ada@example.com", "password": PASSWORD}
-    for response in (
-        await legacy.post("/auth/register", json=body, headers=headers),
-        await legacy.post("/login", json=body, headers=headers),
-        await legacy.get("/verify", headers=headers),
-    ):
-        assert assert_problem(response, 401, "invalid-api-key")["detail"]
-    # Nothing was created by the refused registration.
-    login = await legacy.post(f"{AUTH}/login", json=body)
-    assert login.status_code == 401
+    registered = (await legacy.post(f"{AUTH}/register", json=body)).json()
+    caller = {**headers, **bearer(registered["access_token"])}
+    user_id = registered["user"]["id"]
+
+    for method, path in LEGACY_AUTH_ROUTES:
+        response = await legacy.request(method, path.format(id=user_id), json={**body, "new": 1}, headers=caller)
+        assert assert_problem(response, 401, "invalid-api-key")["detail"], (method, path)
+    # Nothing happened: the account is still open, with its name unchanged.
+    assert (await legacy.post(f"{AUTH}/login", json=body)).status_code == 200
+    assert (await legacy.get("/profile", headers={**KEY, **bearer(registered["access_token"])})).status_code == 200
 
 
 async def test_api_key_not_needed_when_not_required(make_settings: SettingsFactory, auth_app: Litestar) -> None:

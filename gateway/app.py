@@ -11,7 +11,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.config import GatewaySettings
 from gateway.controllers import PlatformDocsController, proxy_handler
 from gateway.openapi import OpenAPIAggregator
-from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream, http_session
+from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream
 from gateway.ratelimit import RateLimiter
 from gateway.routing import RouteTable
 from gateway.services import Gatekeeper
@@ -44,10 +44,11 @@ def create_app(
             upstreams: dict[str, Forward] = {}
             for prefix, service in services.items():
                 upstreams[prefix] = await _in_process(stack, prefix, service, settings)
-            if proxied:
-                session = await stack.enter_async_context(http_session(settings.upstream_pool_size))
-                for prefix, url in proxied.items():
-                    upstreams.setdefault(prefix, _over_http(prefix, url, session, settings))
+            for prefix, url in proxied.items():
+                if prefix not in upstreams:
+                    over_http = _over_http(prefix, url, settings)
+                    stack.callback(over_http.close)
+                    upstreams[prefix] = over_http
             limiter_redis = (
                 create_redis(settings, timeout=settings.rate_limit_redis_timeout) if settings.redis_url else None
             )
@@ -124,11 +125,11 @@ def _breaker(settings: GatewaySettings, upstream: str) -> CircuitBreaker:
     return breaker
 
 
-def _over_http(prefix: str, url: str, session: Any, settings: GatewaySettings) -> HTTPUpstream:
+def _over_http(prefix: str, url: str, settings: GatewaySettings) -> HTTPUpstream:
     return HTTPUpstream(
         name=prefix.rsplit("/", 1)[-1],
         base_url=url,
-        session=session,
+        pool_size=settings.upstream_pool_size,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.request_timeout,
         breaker=_breaker(settings, prefix.rsplit("/", 1)[-1]),

@@ -110,9 +110,10 @@ def _request_body(scope: Scope, receive: Receive, limit: int) -> RequestBody | N
     chunked = header(scope, b"transfer-encoding") is not None
     if length is None and not chunked:
         return None
-    if length is not None and length.isdigit() and int(length) > limit:
+    declared = int(length) if length is not None and length.isdigit() and not chunked else None
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(limit)
-    return RequestBody(receive, limit)
+    return RequestBody(receive, limit, declared)
 
 
 async def send_problem(send: Send, exc: HTTPException, request_id: str, path: str) -> int:

@@ -7,6 +7,7 @@ from litestar.config.cors import CORSConfig
 from litestar.types import Message, Scope
 from prometheus_client import Gauge
 
+from gateway.accesslog import AccessLog
 from gateway.breaker import CircuitBreaker
 from gateway.config import GatewaySettings
 from gateway.controllers import PlatformDocsController, proxy_handler
@@ -56,6 +57,8 @@ def create_app(
                 stack.push_async_callback(limiter_redis.aclose)
             limiter = RateLimiter(limiter_redis, settings.redis_namespace)
             stack.push_async_callback(limiter.aclose)
+            app.state.access_log = access_log = AccessLog(settings.service_name, settings.access_log)
+            stack.callback(access_log.flush)
             app.state.routes = routes
             app.state.upstreams = upstreams
             app.state.limiter = limiter

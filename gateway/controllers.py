@@ -11,6 +11,7 @@ from litestar.handlers import ASGIRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram
 
+from gateway.accesslog import AccessLog
 from gateway.errors import PayloadTooLarge
 from gateway.openapi import DOCS_HTML
 from gateway.proxy import ForwardRequest, RequestBody, ResponseStarted
@@ -19,7 +20,6 @@ from gateway.services import Gatekeeper
 from shared.errors import PROBLEM_MEDIA_TYPE, problem_for_exception
 from shared.http import client_ip, ensure_request_id, header
 
-access_log = logging.getLogger("gateway.access")
 logger = logging.getLogger("gateway")
 
 REQUESTS = Counter("pyairtable_gateway_requests_total", "Proxied requests", ["route", "method", "status"])
@@ -83,18 +83,9 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
             elapsed = time.perf_counter() - started
             _child(REQUESTS, route.template, method, str(status)).inc()
             _child(LATENCY, route.template).observe(elapsed)
-            if state.settings.access_log:
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": method,
-                        "route": route.template,
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 2),
-                        "user_id": user_id,
-                        "client_ip": ip,
-                    },
-                )
+            access_log: AccessLog = state.access_log
+            if access_log.enabled:
+                access_log.request(method, route.template, status, elapsed, user_id, request_id, ip)
 
     return asgi(
         route.prefix,

@@ -1,26 +1,32 @@
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
-from litestar.types import Message, Scope
+from litestar.enums import ScopeType
+from litestar.exceptions import InternalServerException
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Gauge
 
 from gateway.accesslog import AccessLog
 from gateway.breaker import CircuitBreaker
 from gateway.config import GatewaySettings
-from gateway.controllers import PlatformDocsController, proxy_handler
+from gateway.controllers import PlatformDocsController, proxy_handler, send_problem
 from gateway.openapi import OpenAPIAggregator
 from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream
 from gateway.ratelimit import RateLimiter
 from gateway.routing import RouteTable
 from gateway.services import Gatekeeper
 from shared.events import EventBus
-from shared.http import Degraded, run_check
+from shared.http import Degraded, ensure_request_id, header, run_check
+from shared.logs import request_id_var
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore, create_redis
+
+logger = logging.getLogger("gateway")
 
 
 def create_app(
@@ -72,10 +78,11 @@ def create_app(
                 checks[f"upstream:{upstream.name}"] = _degraded_when_down(upstream.ready, "its routes answer 502/503")
             yield
 
-    return create_service_app(
+    proxies = {route.prefix: proxy_handler(route) for route in routes.routes}
+    app = create_service_app(
         settings,
         title="PyAirtable API gateway",
-        route_handlers=[PlatformDocsController, *(proxy_handler(route) for route in routes.routes)],
+        route_handlers=[PlatformDocsController, *proxies.values()],
         lifespan=[gateway_resources],
         store=store,
         bus=bus,
@@ -83,6 +90,40 @@ def create_app(
         cors_config=_cors(settings),
         before_send=[vary_on_origin] if settings.cors_origin_list else [],
     )
+    app.asgi_handler = direct_to_proxy(
+        app.asgi_handler,
+        routes,
+        {prefix: handler.fn for prefix, handler in proxies.items()},
+        _cors(settings) is not None,
+    )
+    return app
+
+
+def direct_to_proxy(litestar_handler: ASGIApp, routes: RouteTable, proxies: dict[str, ASGIApp], cors: bool) -> ASGIApp:
+    """Proxied requests go straight to their mount's handler, past Litestar's router and its
+    middleware passes (exceptions, request ID, metrics and auth, which the proxy routes opt out of
+    or do themselves): ≈ 20 µs of a ≈ 200 µs request (docs/PERFORMANCE.md). The app's
+    ``before_send`` hooks still run (``send`` comes wrapped), the request ID is bound to the log
+    context as ``RequestIdMiddleware`` does, and an unexpected error is still a problem+json 500.
+    With CORS on, requests carrying ``Origin`` take Litestar's way, through its CORS middleware."""
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP and not (cors and header(scope, b"origin") is not None):
+            route = routes.match(scope["path"])
+            if route is not None:
+                request_id = ensure_request_id(scope)
+                token = request_id_var.set(request_id)
+                try:
+                    await proxies[route.prefix](scope, receive, send)
+                except Exception:  # as Litestar's exception middleware would
+                    logger.exception("proxy failed", extra={"route": route.template})
+                    await send_problem(send, InternalServerException(), request_id, scope["path"])
+                finally:
+                    request_id_var.reset(token)
+                return
+        await litestar_handler(scope, receive, send)
+
+    return dispatch
 
 
 async def vary_on_origin(message: Message, scope: Scope) -> None:

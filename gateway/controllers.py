@@ -68,7 +68,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
                 body=_request_body(scope, receive, state.settings.max_body_size),
             )
             upstream_started = time.perf_counter()
-            extra = [(k.lower().encode(), v.encode()) for k, v in admission.decision.headers(admission.policy).items()]
+            extra = admission.decision.raw_headers(admission.policy)
             status = await state.upstreams[route.prefix].forward(request, send, extra)
             _child(UPSTREAM_LATENCY, route.template).observe(time.perf_counter() - upstream_started)
         except ResponseStarted as exc:

@@ -1,6 +1,7 @@
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from litestar import Litestar
@@ -14,6 +15,7 @@ from gateway.accesslog import AccessLog
 from gateway.breaker import CircuitBreaker
 from gateway.config import GatewaySettings
 from gateway.controllers import PlatformDocsController, proxy_handler, send_problem
+from gateway.errors import CORSRefused
 from gateway.openapi import OpenAPIAggregator
 from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream
 from gateway.ratelimit import RateLimiter
@@ -108,6 +110,9 @@ def direct_to_proxy(litestar_handler: ASGIApp, routes: RouteTable, proxies: dict
     With CORS on, requests carrying ``Origin`` take Litestar's way, through its CORS middleware."""
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if cors and scope["type"] == ScopeType.HTTP and _is_preflight(scope):
+            await litestar_handler(scope, receive, _refusal_as_problem(scope, send))
+            return
         if scope["type"] == ScopeType.HTTP and not (cors and header(scope, b"origin") is not None):
             route = routes.match(scope["path"])
             if route is not None:
@@ -132,6 +137,35 @@ async def vary_on_origin(message: Message, scope: Scope) -> None:
         headers = list(message.get("headers", []))
         if not any(name.lower() == b"vary" and b"origin" in value.lower() for name, value in headers):
             message["headers"] = [*headers, (b"vary", b"Origin")]
+
+
+def _is_preflight(scope: Scope) -> bool:
+    return (
+        scope["method"] == "OPTIONS"  # type: ignore[typeddict-item]  # an HTTP scope
+        and header(scope, b"origin") is not None
+        and header(scope, b"access-control-request-method") is not None
+    )
+
+
+def _refusal_as_problem(scope: Scope, send: Send) -> Send:
+    """Litestar's CORS middleware answers every preflight itself, a refused one (origin, method or
+    headers not allowed) with a 400 text/plain: sent as the platform's problem+json instead (403)."""
+    refused: list[bytes] = []
+
+    async def send_or_replace(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == HTTPStatus.BAD_REQUEST:
+            refused.append(b"")
+            return
+        if refused and message["type"] == "http.response.body":
+            refused.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                reason = b"".join(refused).decode("utf-8", "replace")  # e.g. "Disallowed CORS Origin"
+                request_id = ensure_request_id(scope)
+                await send_problem(send, CORSRefused(reason), request_id, scope["path"])
+            return
+        await send(message)
+
+    return send_or_replace
 
 
 def _cors(settings: GatewaySettings) -> CORSConfig | None:

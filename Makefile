@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SERVICES := auth_service gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test lint typecheck bench bench-gateway clean $(addprefix run-,$(SERVICES))
+.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-clients clean $(addprefix run-,$(SERVICES))
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -48,6 +48,9 @@ bench-gateway: $(INSTALLED) ## Gateway vs nginx vs direct (wrk, 1 and 50 connect
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk)
 	$(PY) -m bench.gateway_vs_nginx
+
+bench-clients: $(INSTALLED) ## The gateway's upstream HTTP client vs httpx, httpx+aiohttp, aiohttp (side by side)
+	$(PY) -m bench.http_clients
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) data

@@ -67,6 +67,7 @@ def create_app(
             stack.push_async_callback(limiter.aclose)
             app.state.access_log = access_log = AccessLog(settings.service_name, settings.access_log)
             stack.callback(access_log.flush)
+            app.state.trusted_proxies = settings.trusted_proxy_list
             app.state.routes = routes
             app.state.upstreams = upstreams
             app.state.limiter = limiter

@@ -26,6 +26,8 @@ REQUESTS = Counter("pyairtable_gateway_requests_total", "Proxied requests", ["ro
 LATENCY = Histogram("pyairtable_gateway_request_duration_seconds", "Time in the gateway, upstream included", ["route"])
 UPSTREAM_LATENCY = Histogram("pyairtable_gateway_upstream_duration_seconds", "Time waiting on the upstream", ["route"])
 IN_FLIGHT = Gauge("pyairtable_gateway_requests_in_flight", "Requests being proxied")
+_in_flight = [0]  # read by the gauge at scrape time: no lock taken twice per request
+IN_FLIGHT.set_function(lambda: _in_flight[0])
 _encoder = msgspec.json.Encoder()
 _children: dict[tuple[Any, ...], Any] = {}
 
@@ -46,10 +48,10 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
         state = scope["app"].state
         started = time.perf_counter()
         request_id = ensure_request_id(scope)
-        ip = client_ip(scope, state.settings.trusted_proxy_list)
+        ip = client_ip(scope, state.trusted_proxies)
         method: str = scope["method"]  # type: ignore[typeddict-item]  # mounts see HTTP scopes only
         status, user_id = 500, None
-        IN_FLIGHT.inc()
+        _in_flight[0] += 1
         try:
             path = checked_path(scope.get("raw_path") or scope["path"].encode())
             if state.routes.match(path) != route:
@@ -79,7 +81,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
             instance = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
             status = await send_problem(send, exc, request_id, instance)
         finally:
-            IN_FLIGHT.dec()
+            _in_flight[0] -= 1
             elapsed = time.perf_counter() - started
             _child(REQUESTS, route.template, method, str(status)).inc()
             _child(LATENCY, route.template).observe(elapsed)

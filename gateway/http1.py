@@ -10,7 +10,8 @@ This client does only what a reverse proxy needs, one exchange per connection at
 * the response is handed over as it arrives: status and headers, then body pieces (``Content-Length``,
   chunked or until close), reading paused while more than ``BUFFER_LIMIT`` bytes wait;
 * timeouts: ``connect_timeout`` for a connection (waiting for a free pool slot included),
-  ``read_timeout`` for every wait on the upstream (the head, each body piece, a full send buffer);
+  ``read_timeout`` for every wait on the upstream (the head, each body piece, a full send buffer;
+  checked by ``gateway.deadlines``, so up to a quarter of it late);
 * a connection goes back to the pool only after a complete exchange that both sides keep alive;
   idle ones are dropped after ``keepalive_seconds`` or as soon as the upstream closes them.
 
@@ -24,10 +25,12 @@ import collections
 import ssl
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from gateway.deadlines import Deadlines
 
 BUFFER_LIMIT = 256 * 1024
 
@@ -171,15 +174,17 @@ class Connection(asyncio.Protocol):
     async def _wait(self) -> None:
         """Until the protocol has news (data, the end, an error), at most the read timeout."""
         waiter = self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(self.pool.read_timeout, self._time_out, waiter)
+        deadlines = self.pool.deadlines
+        deadlines.add(self)
         try:
             await waiter
         finally:
-            timer.cancel()
+            deadlines.discard(self)
             self.waiter = None
 
-    def _time_out(self, waiter: "asyncio.Future[None]") -> None:
-        if not waiter.done():
+    def time_out(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
             self._fail(ReadTimeout("no data from the upstream in time"))
 
     def start(self, head: bytes, head_only: bool) -> None:
@@ -263,6 +268,7 @@ class ConnectionPool:
         self.host_header = (parts.netloc.rpartition("@")[2] if not default_port else parts.hostname).encode("idna")
         self.limit = limit
         self.read_timeout = read_timeout
+        self.deadlines = Deadlines(read_timeout, lambda connection: cast(Connection, connection).time_out())
         self.keepalive_seconds = keepalive_seconds
         self.loop = asyncio.get_running_loop()
         self.idle: list[Connection] = []

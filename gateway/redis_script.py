@@ -25,6 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.deadlines import Deadlines
+
 
 def _encode(value: Any) -> bytes:
     """An argument as redis-py's Encoder writes it (bytes as they are, numbers by repr, text as UTF-8)."""
@@ -139,6 +141,8 @@ class PipelinedScript:
         self.password = password
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
+        # One timer for every call in flight, not one each (gateway.deadlines): ≤ timeout/4 late.
+        self._deadlines = Deadlines(timeout, _expire) if timeout else None
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
@@ -181,9 +185,10 @@ class PipelinedScript:
         return await self._wait(protocol, future)
 
     async def _wait(self, protocol: _Protocol, future: "asyncio.Future[Any]") -> Any:
-        if self.timeout is None:
+        deadlines = self._deadlines
+        if deadlines is None:
             return await future
-        timer = asyncio.get_running_loop().call_later(self.timeout, _expire, future)
+        deadlines.add(future)
         try:
             return await future
         except RedisTimeoutError:
@@ -192,7 +197,7 @@ class PipelinedScript:
             protocol.close()
             raise
         finally:
-            timer.cancel()
+            deadlines.discard(future)
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:
@@ -236,6 +241,6 @@ class PipelinedScript:
             self._protocol = None
 
 
-def _expire(future: "asyncio.Future[Any]") -> None:
+def _expire(future: Any) -> None:
     if not future.done():
         future.set_exception(RedisTimeoutError("Timeout reading from Redis"))

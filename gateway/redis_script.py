@@ -43,10 +43,22 @@ def _encode(value: Any) -> bytes:
 
 def pack(*args: Any) -> bytes:
     """A command in RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + _bulk_strings(args)
+
+
+def _bulk_strings(args: Any) -> bytes:
+    parts = []
     for arg in args:
-        data = arg.encode() if type(arg) is str else _encode(arg)
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        kind = type(arg)
+        if kind is str:
+            data = arg.encode()
+        elif kind is bytes:
+            data = arg
+        elif kind is int:
+            data = b"%d" % arg  # repr(), as redis-py writes it
+        else:
+            data = _encode(arg)
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
 
@@ -134,6 +146,7 @@ class PipelinedScript:
     ) -> None:
         self.script = script.encode()
         self.sha = hashlib.sha1(self.script, usedforsecurity=False).hexdigest().encode()
+        self._evalsha = _bulk_strings((b"EVALSHA", self.sha))
         self.host = host
         self.port = port
         self.db = db
@@ -167,7 +180,8 @@ class PipelinedScript:
         )
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        command = pack(b"EVALSHA", self.sha, len(keys), *keys, *args)
+        # pack(b"EVALSHA", sha, len(keys), *keys, *args) with its fixed head written once
+        command = b"*%d\r\n" % (3 + len(keys) + len(args)) + self._evalsha + _bulk_strings((len(keys), *keys, *args))
         reply = await self._call(command)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # Redis restarted or flushed its scripts: EVAL once, which also caches it again.

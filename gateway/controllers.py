@@ -9,10 +9,11 @@ from litestar import Controller, MediaType, Request, Response, get
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import ASGIRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge
 
 from gateway.accesslog import AccessLog
 from gateway.errors import PayloadTooLarge
+from gateway.metrics import PROXY_METRICS
 from gateway.openapi import DOCS_HTML
 from gateway.proxy import ForwardRequest, RequestBody, ResponseStarted
 from gateway.routing import Route, checked_path
@@ -22,23 +23,10 @@ from shared.http import client_ip, ensure_request_id, header
 
 logger = logging.getLogger("gateway")
 
-REQUESTS = Counter("pyairtable_gateway_requests_total", "Proxied requests", ["route", "method", "status"])
-LATENCY = Histogram("pyairtable_gateway_request_duration_seconds", "Time in the gateway, upstream included", ["route"])
-UPSTREAM_LATENCY = Histogram("pyairtable_gateway_upstream_duration_seconds", "Time waiting on the upstream", ["route"])
 IN_FLIGHT = Gauge("pyairtable_gateway_requests_in_flight", "Requests being proxied")
 _in_flight = [0]  # read by the gauge at scrape time: no lock taken twice per request
 IN_FLIGHT.set_function(lambda: _in_flight[0])
 _encoder = msgspec.json.Encoder()
-_children: dict[tuple[Any, ...], Any] = {}
-
-
-def _child(metric: Any, *labels: str) -> Any:
-    """``metric.labels(*labels)``, looked up once: ``labels()`` validates and locks on every call."""
-    key = (metric, *labels)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*labels)
-    return child
 
 
 def proxy_handler(route: Route) -> ASGIRouteHandler:
@@ -72,7 +60,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
             upstream_started = time.perf_counter()
             extra = admission.decision.raw_headers(admission.policy)
             status = await state.upstreams[route.prefix].forward(request, send, extra)
-            _child(UPSTREAM_LATENCY, route.template).observe(time.perf_counter() - upstream_started)
+            PROXY_METRICS.upstream_answered(route.template, time.perf_counter() - upstream_started)
         except ResponseStarted as exc:
             status = 502
             logger.warning("upstream failed mid-response", extra={"route": route.template, "error": str(exc)})
@@ -83,8 +71,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
         finally:
             _in_flight[0] -= 1
             elapsed = time.perf_counter() - started
-            _child(REQUESTS, route.template, method, str(status)).inc()
-            _child(LATENCY, route.template).observe(elapsed)
+            PROXY_METRICS.finished(route.template, method, status, elapsed)
             access_log: AccessLog = state.access_log
             if access_log.enabled:
                 access_log.request(method, route.template, status, elapsed, user_id, request_id, ip)

@@ -150,6 +150,7 @@ class RateLimiter:
         self._script: Any = None
         self._degraded_reported = True  # so the first answer from Redis sets the gauge to 0
         self._decision_counters: dict[tuple[str, bool], Any] = {}
+        self._policy_arguments: dict[Policy, tuple[str, bytes, bytes]] = {}
         if redis is not None:
             # The per-request call over one pipelined connection (a quarter of redis-py's CPU cost);
             # redis-py's script object where that path does not apply (TLS, Unix socket).
@@ -169,11 +170,12 @@ class RateLimiter:
         ``revoked`` is only known while Redis answers; the caller checks its own store otherwise.
         """
         if self._script is not None and self.breaker.allow():
-            keys = [f"{self.namespace}:rl:{policy.name}:{key}"]
+            prefix, interval, tolerance = self._script_arguments(policy)
+            keys = [prefix + key]
             if revocation_keys:
                 keys += [f"{self.namespace}:{k}" for k in revocation_keys]
             try:
-                result = await self._script(keys=keys, args=[policy.interval_ms, policy.tolerance_ms, iat])
+                result = await self._script(keys=keys, args=[interval, tolerance, iat])
             except (RedisError, OSError) as exc:
                 self._record_failure(exc)
             else:
@@ -188,6 +190,18 @@ class RateLimiter:
         decision = self.local.hit(f"{policy.name}:{key}", policy)  # one budget per policy, as in Redis
         self._count(policy, decision)
         return decision
+
+    def _script_arguments(self, policy: Policy) -> tuple[str, bytes, bytes]:
+        """The policy's key prefix and its two numbers as Redis gets them (repr, as redis-py
+        encodes floats), worked out once per policy rather than on every request."""
+        arguments = self._policy_arguments.get(policy)
+        if arguments is None:
+            arguments = self._policy_arguments[policy] = (
+                f"{self.namespace}:rl:{policy.name}:",
+                repr(policy.interval_ms).encode(),
+                repr(policy.tolerance_ms).encode(),
+            )
+        return arguments
 
     def _count(self, policy: Policy, decision: Decision) -> None:
         """``DECISIONS.labels(...).inc()`` with the child looked up once (``labels()`` locks)."""

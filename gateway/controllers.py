@@ -29,8 +29,18 @@ IN_FLIGHT.set_function(lambda: _in_flight[0])
 _encoder = msgspec.json.Encoder()
 
 
-def proxy_handler(route: Route) -> ASGIRouteHandler:
-    """A mount that admits and forwards everything under ``route.prefix``."""
+def standard_headers(request_id: str, cors: bool) -> list[tuple[bytes, bytes]]:
+    """What ``shared.http.add_standard_headers`` (and, with CORS, ``vary_on_origin``) would add:
+    the proxy sets them itself, so a request sent past Litestar (``GatewayApp``) gets them too;
+    on Litestar's way the hooks find them in place."""
+    headers = [(b"x-request-id", request_id.encode("latin-1")), (b"x-content-type-options", b"nosniff")]
+    if cors:
+        headers.append((b"vary", b"Origin"))
+    return headers
+
+
+def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
+    """A mount that admits and forwards everything under ``route.prefix`` (``cors``: CORS is on)."""
 
     async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
@@ -59,6 +69,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
             )
             upstream_started = time.perf_counter()
             extra = admission.decision.raw_headers(admission.policy)
+            extra += standard_headers(request_id, cors)
             status = await state.upstreams[route.prefix].forward(request, send, extra)
             PROXY_METRICS.upstream_answered(route.template, time.perf_counter() - upstream_started)
         except ResponseStarted as exc:
@@ -67,7 +78,7 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
         except HTTPException as exc:
             # The mount rewrote scope["path"]; the problem names the path the client asked for.
             instance = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-            status = await send_problem(send, exc, request_id, instance)
+            status = await send_problem(send, exc, request_id, instance, cors)
         finally:
             _in_flight[0] -= 1
             elapsed = time.perf_counter() - started
@@ -96,11 +107,12 @@ def _request_body(scope: Scope, receive: Receive, limit: int) -> RequestBody | N
     return RequestBody(receive, limit, declared)
 
 
-async def send_problem(send: Send, exc: HTTPException, request_id: str, path: str) -> int:
+async def send_problem(send: Send, exc: HTTPException, request_id: str, path: str, cors: bool = False) -> int:
     problem, headers = problem_for_exception(exc, request_id, path)
     body = _encoder.encode(problem)
     raw_headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw_headers += standard_headers(request_id, cors)
     await send({"type": "http.response.start", "status": problem.status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
     return problem.status

@@ -88,6 +88,8 @@ REPLACED_BY_GATEWAY = frozenset(
 )
 _NOT_FORWARDED = HOP_BY_HOP | IDENTITY_HEADERS | REPLACED_BY_GATEWAY
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+# Response headers the gateway sets itself (its request ID, nosniff): an upstream's copies are dropped.
+SET_BY_GATEWAY = frozenset({b"x-request-id", b"x-content-type-options"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # Query bytes kept as the client sent them: printable ASCII but '#'; the rest is percent-encoded.
 _QUERY_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) != "#")
@@ -152,7 +154,9 @@ def response_headers(headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes
     out = [
         (name, value)
         for name, value in headers
-        if (name not in _HOP_BY_HOP_BYTES or name == b"content-length") and name not in connection_listed
+        if (name not in _HOP_BY_HOP_BYTES or name == b"content-length")
+        and name not in SET_BY_GATEWAY
+        and name not in connection_listed
     ]
     return out + extra
 
@@ -372,7 +376,10 @@ class InProcessUpstream:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                headers = [*message.get("headers", []), *extra_headers]
+                kept = [
+                    (name, value) for name, value in message.get("headers", []) if name.lower() not in SET_BY_GATEWAY
+                ]
+                headers = [*kept, *extra_headers]
                 message = cast(Message, {**message, "headers": headers})
             await send(message)
 

@@ -142,3 +142,15 @@ async def test_without_cors_origins_no_cors_headers_are_sent(client: httpx.Async
     response = await client.get(f"{USERS}/me", headers={**bearer(access_token()), "Origin": ALLOWED})
     assert response.status_code == 200
     assert not [name for name in response.headers if name.lower().startswith("access-control-")]
+
+
+async def test_requests_without_origin_still_vary_on_origin(cors: httpx.AsyncClient) -> None:
+    """Sent past Litestar (no Origin), a proxied answer and a problem carry what its hooks would add."""
+    for response in (
+        await cors.get(f"{USERS}/me", headers=bearer(access_token())),
+        await cors.get(f"{USERS}/me"),  # 401 problem
+    ):
+        assert "Origin" in [part.strip() for part in response.headers.get("vary", "").split(",")], response.headers
+        assert len(response.headers.get_list("x-request-id")) == 1
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"]
+        assert "access-control-allow-origin" not in response.headers

@@ -266,3 +266,16 @@ def _access_log_at(level: int) -> Iterator[None]:
 
 def _bearer(token: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token or access_token()}"}
+
+
+async def test_the_gateway_request_id_and_nosniff_replace_the_upstreams_own(
+    platform_client: httpx.AsyncClient,
+) -> None:
+    """The auth service sets X-Request-ID and nosniff itself; the client sees each once, the gateway's."""
+    request_id = f"req-{uuid.uuid4().hex}"
+    for response in (
+        await platform_client.get("/api/v1/auth/.well-known/jwks.json", headers={"X-Request-ID": request_id}),
+        await platform_client.get(f"{USERS}/me", headers={**_bearer(), "X-Request-ID": request_id}),
+    ):
+        assert response.headers.get_list("x-request-id") == [request_id], response.headers
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"]

@@ -48,7 +48,7 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
         request_id = ensure_request_id(scope)
         ip = client_ip(scope, state.trusted_proxies)
         method: str = scope["method"]  # type: ignore[typeddict-item]  # mounts see HTTP scopes only
-        status, user_id = 500, None
+        status, user_id, request = 500, None, None
         _in_flight[0] += 1
         try:
             path = checked_path(scope.get("raw_path") or scope["path"].encode())
@@ -83,6 +83,9 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
             _in_flight[0] -= 1
             elapsed = time.perf_counter() - started
             PROXY_METRICS.finished(route.template, method, status, elapsed)
+            # The one "request finished" point: method, route template, status, latency (elapsed),
+            # user, request ID, client IP and the response body bytes relayed
+            # (``request.response_bytes``; no request when refused before forwarding) are known here.
             access_log: AccessLog = state.access_log
             if access_log.enabled:
                 access_log.request(method, route.template, status, elapsed, user_id, request_id, ip)

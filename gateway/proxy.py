@@ -115,6 +115,7 @@ class ForwardRequest(msgspec.Struct):
     host: str
     request_id: str
     body: "RequestBody | None"
+    response_bytes: int = 0  # of the upstream's response body relayed so far (set by ``forward``)
 
 
 def forwarded_headers(request: ForwardRequest) -> list[tuple[bytes, bytes]]:
@@ -274,10 +275,13 @@ class HTTPUpstream:
             start = {"type": "http.response.start", "status": status, "headers": response_headers(headers, extra)}
             await send(start)  # type: ignore[arg-type]
             if connection.complete:  # the whole response is here (the usual small answer): one message
-                await send({"type": "http.response.body", "body": connection.take_body(), "more_body": False})
+                body = connection.take_body()
+                request.response_bytes += len(body)
+                await send({"type": "http.response.body", "body": body, "more_body": False})
             else:
                 try:
                     async for piece in connection.body_pieces():
+                        request.response_bytes += len(piece)
                         await send({"type": "http.response.body", "body": piece, "more_body": True})
                 except UpstreamError as exc:
                     raise ResponseStarted(str(exc)) from exc
@@ -381,6 +385,8 @@ class InProcessUpstream:
                 ]
                 headers = [*kept, *extra_headers]
                 message = cast(Message, {**message, "headers": headers})
+            elif message["type"] == "http.response.body":
+                request.response_bytes += len(message.get("body", b""))
             await send(message)
 
         try:

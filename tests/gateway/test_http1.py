@@ -291,4 +291,20 @@ async def test_a_body_that_stalls_after_the_head_ends_the_response_early(upstrea
         proxy.close()
     assert sent[0]["status"] == 200
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b"partial"
+    assert request.response_bytes == len(b"partial")
     assert not any(m.get("more_body") is False for m in sent[1:]), "the response must not look complete"
+
+
+async def test_the_response_bytes_relayed_are_counted(upstream: RawUpstream) -> None:
+    proxy = HTTPUpstream("users", upstream.url, 10, 1.0, 5.0, CircuitBreaker(5, 10), retry_idempotent=True)
+
+    async def discard(message: Any) -> None:
+        pass
+
+    try:
+        for path, size in (("/chunked", len(b"".join(CHUNKS))), ("/plain", len(b"plain"))):
+            request = ForwardRequest("GET", USERS + path, [], "127.0.0.1", "http", "testserver", "req-2", None)
+            assert await asyncio.wait_for(proxy.forward(request, discard, []), HANG_GUARD_SECONDS) == 200
+            assert request.response_bytes == size
+    finally:
+        proxy.close()

@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SERVICES := auth_service user_service airtable_gateway analytics_service gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics clean $(addprefix run-,$(SERVICES))
+.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients clean $(addprefix run-,$(SERVICES))
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -54,6 +54,8 @@ bench-airtable: $(INSTALLED) ## Airtable gateway: cache-hit vs trivial proxied G
 	$(PY) -m bench.airtable_gateway
 bench-analytics: $(INSTALLED) ## Analytics ingestion vs raw COPY, and queries at 1,000,000 events (needs PostgreSQL)
 	$(PY) -m bench.analytics_ingest
+bench-clients: $(INSTALLED) ## The gateway's upstream HTTP client vs httpx, httpx+aiohttp, aiohttp (side by side)
+	$(PY) -m bench.http_clients
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) data

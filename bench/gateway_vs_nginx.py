@@ -13,8 +13,8 @@ Started on free 127.0.0.1 ports, all as subprocesses of this one run:
   ``/api/v1/bench`` at the upstream, Redis under a temporary key namespace (deleted afterwards),
   a rate limit too high to ever answer 429, and an HS256 access token minted here with the
   claims the auth service issues. Every gateway request therefore takes the full protected
-  path: path check, JWT (claims cache), one Redis EVALSHA (GCRA + revocation), aiohttp to the
-  upstream, access log and Prometheus metrics.
+  path: path check, JWT (claims cache), one Redis EVALSHA (GCRA + revocation), the gateway's
+  HTTP/1.1 client (``gateway/http1.py``) to the upstream, access log and Prometheus metrics.
 
 ``wrk`` then loads ``direct`` (the upstream alone), ``nginx`` and ``gateway`` at each connection
 count (default: ``-t1 -c1`` and ``-t2 -c50``, ``--latency``), alternating targets within each

@@ -9,9 +9,11 @@ from litestar import Controller, MediaType, Request, Response, get
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import ASGIRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge
 
+from gateway.accesslog import AccessLog
 from gateway.errors import PayloadTooLarge
+from gateway.metrics import PROXY_METRICS
 from gateway.openapi import DOCS_HTML
 from gateway.proxy import ForwardRequest, RequestBody, ResponseStarted
 from gateway.routing import Route, checked_path
@@ -19,37 +21,35 @@ from gateway.services import Gatekeeper
 from shared.errors import PROBLEM_MEDIA_TYPE, problem_for_exception
 from shared.http import client_ip, ensure_request_id, header
 
-access_log = logging.getLogger("gateway.access")
 logger = logging.getLogger("gateway")
 
-REQUESTS = Counter("pyairtable_gateway_requests_total", "Proxied requests", ["route", "method", "status"])
-LATENCY = Histogram("pyairtable_gateway_request_duration_seconds", "Time in the gateway, upstream included", ["route"])
-UPSTREAM_LATENCY = Histogram("pyairtable_gateway_upstream_duration_seconds", "Time waiting on the upstream", ["route"])
 IN_FLIGHT = Gauge("pyairtable_gateway_requests_in_flight", "Requests being proxied")
+_in_flight = [0]  # read by the gauge at scrape time: no lock taken twice per request
+IN_FLIGHT.set_function(lambda: _in_flight[0])
 _encoder = msgspec.json.Encoder()
-_children: dict[tuple[Any, ...], Any] = {}
 
 
-def _child(metric: Any, *labels: str) -> Any:
-    """``metric.labels(*labels)``, looked up once: ``labels()`` validates and locks on every call."""
-    key = (metric, *labels)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*labels)
-    return child
+def standard_headers(request_id: str, cors: bool) -> list[tuple[bytes, bytes]]:
+    """What ``shared.http.add_standard_headers`` (and, with CORS, ``vary_on_origin``) would add:
+    the proxy sets them itself, so a request sent past Litestar (``GatewayApp``) gets them too;
+    on Litestar's way the hooks find them in place."""
+    headers = [(b"x-request-id", request_id.encode("latin-1")), (b"x-content-type-options", b"nosniff")]
+    if cors:
+        headers.append((b"vary", b"Origin"))
+    return headers
 
 
-def proxy_handler(route: Route) -> ASGIRouteHandler:
-    """A mount that admits and forwards everything under ``route.prefix``."""
+def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
+    """A mount that admits and forwards everything under ``route.prefix`` (``cors``: CORS is on)."""
 
     async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
         started = time.perf_counter()
         request_id = ensure_request_id(scope)
-        ip = client_ip(scope, state.settings.trusted_proxy_list)
+        ip = client_ip(scope, state.trusted_proxies)
         method: str = scope["method"]  # type: ignore[typeddict-item]  # mounts see HTTP scopes only
-        status, user_id = 500, None
-        IN_FLIGHT.inc()
+        status, user_id, request = 500, None, None
+        _in_flight[0] += 1
         try:
             path = checked_path(scope.get("raw_path") or scope["path"].encode())
             if state.routes.match(path) != route:
@@ -68,34 +68,28 @@ def proxy_handler(route: Route) -> ASGIRouteHandler:
                 body=_request_body(scope, receive, state.settings.max_body_size),
             )
             upstream_started = time.perf_counter()
-            extra = [(k.lower().encode(), v.encode()) for k, v in admission.decision.headers(admission.policy).items()]
+            extra = admission.decision.raw_headers(admission.policy)
+            extra += standard_headers(request_id, cors)
             status = await state.upstreams[route.prefix].forward(request, send, extra)
-            _child(UPSTREAM_LATENCY, route.template).observe(time.perf_counter() - upstream_started)
+            PROXY_METRICS.upstream_answered(route.template, time.perf_counter() - upstream_started)
         except ResponseStarted as exc:
             status = 502
             logger.warning("upstream failed mid-response", extra={"route": route.template, "error": str(exc)})
         except HTTPException as exc:
             # The mount rewrote scope["path"]; the problem names the path the client asked for.
             instance = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-            status = await send_problem(send, exc, request_id, instance)
+            status = await send_problem(send, exc, request_id, instance, cors)
         finally:
-            IN_FLIGHT.dec()
+            _in_flight[0] -= 1
             elapsed = time.perf_counter() - started
-            _child(REQUESTS, route.template, method, str(status)).inc()
-            _child(LATENCY, route.template).observe(elapsed)
+            PROXY_METRICS.finished(route.template, method, status, elapsed)
+            # The one "request finished" point: method, route template, status, latency (elapsed),
+            # user, request ID, client IP and the response body bytes relayed
+            # (``request.response_bytes``; no request when refused before forwarding) are known here.
             state.usage.record(user_id, method, route.prefix, status, elapsed, request_id, scope)
-            if state.settings.access_log:
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": method,
-                        "route": route.template,
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 2),
-                        "user_id": user_id,
-                        "client_ip": ip,
-                    },
-                )
+            access_log: AccessLog = state.access_log
+            if access_log.enabled:
+                access_log.request(method, route.template, status, elapsed, user_id, request_id, ip)
 
     return asgi(
         route.prefix,
@@ -111,16 +105,18 @@ def _request_body(scope: Scope, receive: Receive, limit: int) -> RequestBody | N
     chunked = header(scope, b"transfer-encoding") is not None
     if length is None and not chunked:
         return None
-    if length is not None and length.isdigit() and int(length) > limit:
+    declared = int(length) if length is not None and length.isdigit() and not chunked else None
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(limit)
-    return RequestBody(receive, limit)
+    return RequestBody(receive, limit, declared)
 
 
-async def send_problem(send: Send, exc: HTTPException, request_id: str, path: str) -> int:
+async def send_problem(send: Send, exc: HTTPException, request_id: str, path: str, cors: bool = False) -> int:
     problem, headers = problem_for_exception(exc, request_id, path)
     body = _encoder.encode(problem)
     raw_headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw_headers += standard_headers(request_id, cors)
     await send({"type": "http.response.start", "status": problem.status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
     return problem.status

@@ -50,3 +50,11 @@ class QuotaExceeded(TooManyRequests):
 
     def __init__(self, headers: dict[str, str]) -> None:
         super().__init__("Too many requests; slow down.", headers=headers)
+
+
+class CORSRefused(ProblemError):
+    status_code = 403
+    code = "cors-refused"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The cross-origin request is not allowed ({reason}).")

@@ -1,6 +1,6 @@
 """Forwarding a request to an upstream service, streaming both bodies.
 
-Two kinds of upstream: a service over HTTP (aiohttp, pooled keep-alive connections) and a
+Two kinds of upstream: a service over HTTP (``gateway/http1.py``, pooled keep-alive connections) and a
 service app in the same process (the embedded run mode), called directly as ASGI.
 """
 
@@ -8,17 +8,23 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, cast
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
 import httpx
 import msgspec
 from litestar.types import ASGIApp, Message, Receive, Send
-from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.breaker import CircuitBreaker
 from gateway.errors import CircuitOpen, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.http1 import (
+    ConnectFailed,
+    Connection,
+    ConnectionPool,
+    ConnectTimeout,
+    ReadTimeout,
+    StaleConnection,
+    UpstreamError,
+)
 
 HOP_BY_HOP = frozenset(
     {
@@ -80,6 +86,10 @@ IDENTITY_PREFIXES = (
 REPLACED_BY_GATEWAY = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded", "x-request-id"}
 )
+_NOT_FORWARDED = HOP_BY_HOP | IDENTITY_HEADERS | REPLACED_BY_GATEWAY
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+# Response headers the gateway sets itself (its request ID, nosniff): an upstream's copies are dropped.
+SET_BY_GATEWAY = frozenset({b"x-request-id", b"x-content-type-options"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # Query bytes kept as the client sent them: printable ASCII but '#'; the rest is percent-encoded.
 _QUERY_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) != "#")
@@ -89,11 +99,11 @@ def _normalise(name: bytes) -> str:
     return name.decode("latin-1").lower().replace("_", "-")
 
 
-def upstream_url(base_url: str, target: str) -> URL:
-    """The upstream URL with the path and query exactly as the client sent them (as a string,
-    aiohttp would re-quote them: ``%2F`` → ``/`` in a query, ``%41`` → ``A`` in a path)."""
+def upstream_target(target: str) -> str:
+    """The path and query exactly as the client sent them; only bytes that cannot appear in a
+    request line (controls, space, non-ASCII) are percent-encoded in the query."""
     path, separator, query = target.partition("?")
-    return URL(base_url + path + separator + quote(query.encode("latin-1"), safe=_QUERY_SAFE), encoded=True)
+    return path + separator + quote(query.encode("latin-1"), safe=_QUERY_SAFE) if separator else path
 
 
 class ForwardRequest(msgspec.Struct):
@@ -105,11 +115,13 @@ class ForwardRequest(msgspec.Struct):
     host: str
     request_id: str
     body: "RequestBody | None"
+    response_bytes: int = 0  # of the upstream's response body relayed so far (set by ``forward``)
 
 
-def forwarded_headers(request: ForwardRequest) -> list[tuple[str, str]]:
-    """The client's headers minus hop-by-hop and identity ones, plus the gateway's own."""
-    connection_listed = set()
+def forwarded_headers(request: ForwardRequest) -> list[tuple[bytes, bytes]]:
+    """The client's headers minus hop-by-hop and identity ones, plus the gateway's own (names in
+    lower case, as ASGI and HTTP/1.1 both accept)."""
+    connection_listed: set[str] = set()
     for name, value in request.headers:
         if name.lower() == b"connection":
             connection_listed |= {
@@ -119,38 +131,45 @@ def forwarded_headers(request: ForwardRequest) -> list[tuple[str, str]]:
     for name, value in request.headers:
         key = _normalise(name)
         if (
-            key in HOP_BY_HOP
-            or key in IDENTITY_HEADERS
-            or key in REPLACED_BY_GATEWAY
-            or key in connection_listed
+            key in _NOT_FORWARDED
             or key.startswith(IDENTITY_PREFIXES)
+            or (connection_listed and key in connection_listed)
         ):
             continue
-        kept.append((name.decode("latin-1"), value.decode("latin-1")))
+        kept.append((name.lower(), value))
     kept += [
-        ("X-Forwarded-For", request.client_ip),
-        ("X-Forwarded-Proto", request.proto),
-        ("X-Forwarded-Host", request.host),
-        ("X-Request-ID", request.request_id),
+        (b"x-forwarded-for", request.client_ip.encode("latin-1")),
+        (b"x-forwarded-proto", request.proto.encode("latin-1")),
+        (b"x-forwarded-host", request.host.encode("latin-1")),
+        (b"x-request-id", request.request_id.encode("latin-1")),
     ]
     return kept
 
 
-def response_headers(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def response_headers(headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers (names in lower case) minus hop-by-hop ones, plus ``extra``."""
+    connection_listed: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            connection_listed |= {token.strip().lower() for token in value.split(b",")}
     out = [
-        (name.encode("latin-1").lower(), value.encode("latin-1"))
-        for name, value in headers.items()
-        if name.lower() not in HOP_BY_HOP or name.lower() == "content-length"
+        (name, value)
+        for name, value in headers
+        if (name not in _HOP_BY_HOP_BYTES or name == b"content-length")
+        and name not in SET_BY_GATEWAY
+        and name not in connection_listed
     ]
     return out + extra
 
 
 class RequestBody:
-    """The client's body as an async iterator, refused past ``limit`` bytes."""
+    """The client's body as an async iterator, refused past ``limit`` bytes. ``length``: the
+    declared ``Content-Length``, None when the client sent it chunked."""
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int, length: int | None = None) -> None:
         self.receive = receive
         self.limit = limit
+        self.length = length
 
     async def chunks(self) -> AsyncIterator[bytes]:
         size = 0
@@ -184,11 +203,13 @@ class ResponseStarted(Exception):
 
 
 class HTTPUpstream:
+    """A service over HTTP: the lean pooled HTTP/1.1 client of ``gateway/http1.py``."""
+
     def __init__(
         self,
         name: str,
         base_url: str,
-        session: aiohttp.ClientSession,
+        pool_size: int,
         connect_timeout: float,
         read_timeout: float,
         breaker: CircuitBreaker,
@@ -196,29 +217,32 @@ class HTTPUpstream:
     ) -> None:
         self.name = name
         self.base_url = base_url
-        self.session = session
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self.pool = ConnectionPool(base_url, pool_size, read_timeout)
+        self.base_path = urlsplit(base_url).path.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.breaker = breaker
         self.retry_idempotent = retry_idempotent
 
     async def forward(self, request: ForwardRequest, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> int:
         if not self.breaker.allow():
             raise CircuitOpen(self.name, self.breaker.retry_after())
-        # Only a request without a body, of an idempotent method, is tried twice (connect errors only).
+        # Only a request without a body, of an idempotent method, is tried twice: when no connection
+        # could be made, or a pooled one turned out dead before any byte of the response.
         retryable = self.retry_idempotent and request.method in IDEMPOTENT and request.body is None
-        headers = CIMultiDict(forwarded_headers(request))
+        head = self._head(request)
         for attempt in (1, 2):
             try:
-                status = await self._exchange(request, headers, send, extra_headers)
-            except aiohttp.ClientConnectorError:
+                status = await self._exchange(head, request, send, extra_headers)
+            except (ConnectFailed, StaleConnection):
                 if retryable and attempt == 1:
                     continue
                 self.breaker.record_failure()
                 raise UpstreamUnavailable(self.name) from None
-            except (TimeoutError, aiohttp.ServerTimeoutError):
+            except (ConnectTimeout, ReadTimeout):
                 self.breaker.record_failure()
                 raise UpstreamTimeout(self.name) from None
-            except aiohttp.ClientError:
+            except UpstreamError:
                 self.breaker.record_failure()
                 raise UpstreamUnavailable(self.name) from None
             if status >= 500:
@@ -228,42 +252,84 @@ class HTTPUpstream:
             return status
         raise AssertionError("unreachable")
 
+    def _head(self, request: ForwardRequest) -> bytes:
+        body = request.body
+        framing = b""
+        if body is not None:
+            length = body.length
+            framing = b"transfer-encoding: chunked\r\n" if length is None else b"content-length: %d\r\n" % length
+        target = self.base_path + upstream_target(request.target)
+        line = f"{request.method} {target} HTTP/1.1\r\nhost: ".encode("latin-1")
+        fields = b"".join([name + b": " + value + b"\r\n" for name, value in forwarded_headers(request)])
+        return b"".join((line, self.pool.host_header, b"\r\n", fields, framing, b"\r\n"))
+
     async def _exchange(
-        self, request: ForwardRequest, headers: CIMultiDict[str], send: Send, extra: list[tuple[bytes, bytes]]
+        self, head: bytes, request: ForwardRequest, send: Send, extra: list[tuple[bytes, bytes]]
     ) -> int:
-        async with self.session.request(
-            request.method,
-            upstream_url(self.base_url, request.target),
-            headers=headers,
-            data=request.body.chunks() if request.body is not None else None,
-            allow_redirects=False,
-            timeout=self.timeout,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        ) as response:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": response_headers(response.headers, extra),
-                }
-            )
+        connection = await self.pool.acquire(self.connect_timeout)
+        try:
+            connection.start(head, head_only=request.method == "HEAD")
+            if request.body is not None:
+                await self._send_body(connection, request.body)
+            status, headers = await connection.response_head()
+            start = {"type": "http.response.start", "status": status, "headers": response_headers(headers, extra)}
+            await send(start)  # type: ignore[arg-type]
+            if connection.complete:  # the whole response is here (the usual small answer): one message
+                body = connection.take_body()
+                request.response_bytes += len(body)
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+            else:
+                try:
+                    async for piece in connection.body_pieces():
+                        request.response_bytes += len(piece)
+                        await send({"type": "http.response.body", "body": piece, "more_body": True})
+                except UpstreamError as exc:
+                    raise ResponseStarted(str(exc)) from exc
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except BaseException:
+            connection.close()
+            raise
+        self.pool.release(connection)
+        return status
+
+    async def _send_body(self, connection: Connection, body: "RequestBody") -> None:
+        chunked = body.length is None
+        async for chunk in body.chunks():
+            if connection.status:  # the upstream answered before reading it all
+                connection.abandoned = True
+                return
+            await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            await connection.write(b"0\r\n\r\n")
+
+    async def _get(self, path: str, seconds: float) -> tuple[int, bytes]:
+        """A plain GET of the gateway's own (readiness, OpenAPI) on the same pool, within ``seconds``."""
+        async with asyncio.timeout(seconds):
+            connection = await self.pool.acquire(seconds)
             try:
-                async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise ResponseStarted(str(exc)) from exc
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return response.status
+                head = f"GET {self.base_path}{path} HTTP/1.1\r\nhost: ".encode() + self.pool.host_header
+                connection.start(head + b"\r\naccept: application/json\r\n\r\n", head_only=False)
+                status, _ = await connection.response_head()
+                body = b"".join([piece async for piece in connection.body_pieces()])
+            except BaseException:
+                connection.close()
+                raise
+            self.pool.release(connection)
+            return status, body
 
     async def ready(self) -> None:
-        async with self.session.get(self.base_url + "/ready", timeout=aiohttp.ClientTimeout(total=2)) as response:
-            if response.status != 200:
-                raise RuntimeError(f"{self.name} is not ready ({response.status})")
+        status, _ = await self._get("/ready", 2)
+        if status != 200:
+            raise RuntimeError(f"{self.name} is not ready ({status})")
 
     async def get_json(self, path: str) -> Any:
-        async with self.session.get(self.base_url + path, timeout=aiohttp.ClientTimeout(total=5)) as response:
-            response.raise_for_status()
-            return await response.json()
+        status, body = await self._get(path, 5)
+        if status != 200:
+            raise RuntimeError(f"{self.name}: GET {path} answered {status}")
+        return msgspec.json.decode(body)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 class InProcessUpstream:
@@ -285,7 +351,7 @@ class InProcessUpstream:
 
     async def forward(self, request: ForwardRequest, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> int:
         path, _, query = request.target.partition("?")
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in forwarded_headers(request)]
+        headers = forwarded_headers(request)
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -314,8 +380,13 @@ class InProcessUpstream:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                headers = [*message.get("headers", []), *extra_headers]
+                kept = [
+                    (name, value) for name, value in message.get("headers", []) if name.lower() not in SET_BY_GATEWAY
+                ]
+                headers = [*kept, *extra_headers]
                 message = cast(Message, {**message, "headers": headers})
+            elif message["type"] == "http.response.body":
+                request.response_bytes += len(message.get("body", b""))
             await send(message)
 
         try:
@@ -336,13 +407,3 @@ class InProcessUpstream:
             response = await client.get(path)
             response.raise_for_status()
             return response.json()
-
-
-@contextlib.asynccontextmanager
-async def http_session(pool_size: int) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size, keepalive_timeout=30)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
-    try:
-        yield session
-    finally:
-        await session.close()

@@ -91,14 +91,28 @@ class Decision(msgspec.Struct, frozen=True):
             headers["Retry-After"] = str(max(self.retry_after, self.reset_seconds if self.remaining == 0 else 0, 1))
         return headers
 
+    def raw_headers(self, policy: Policy) -> list[tuple[bytes, bytes]]:
+        """``headers`` of an allowed request, as ASGI response headers."""
+        remaining, reset = str(self.remaining).encode(), str(self.reset_seconds).encode()
+        return [
+            (b"ratelimit-policy", policy.policy_header.encode()),
+            (b"ratelimit", b'"%b";r=%b;t=%b' % (policy.name.encode(), remaining, reset)),
+            (b"x-ratelimit-limit", str(policy.limit).encode()),
+            (b"x-ratelimit-remaining", remaining),
+            (b"x-ratelimit-reset", reset),
+        ]
 
-def _decision(allowed: int, remaining: float, reset_ms: float, retry_ms: float, revoked: int) -> Decision:
+
+def _decision(
+    allowed: int, remaining: float, reset_ms: float, retry_ms: float, revoked: int, revocation_checked: bool = False
+) -> Decision:
     return Decision(
         allowed=bool(allowed),
         remaining=max(0, int(remaining)),
         reset_seconds=max(0, math.ceil(reset_ms / 1000)),
         retry_after=max(1, math.ceil(retry_ms / 1000)) if not allowed else 0,
         revoked=bool(revoked),
+        revocation_checked=revocation_checked,
     )
 
 
@@ -134,6 +148,9 @@ class RateLimiter:
         self.local = LocalLimiter()
         self.breaker = CircuitBreaker(failures=5, reset_seconds=5.0)
         self._script: Any = None
+        self._degraded_reported = True  # so the first answer from Redis sets the gauge to 0
+        self._decision_counters: dict[tuple[str, bool], Any] = {}
+        self._policy_arguments: dict[Policy, tuple[str, bytes, bytes]] = {}
         if redis is not None:
             # The per-request call over one pipelined connection (a quarter of redis-py's CPU cost);
             # redis-py's script object where that path does not apply (TLS, Unix socket).
@@ -153,26 +170,53 @@ class RateLimiter:
         ``revoked`` is only known while Redis answers; the caller checks its own store otherwise.
         """
         if self._script is not None and self.breaker.allow():
-            keys = [f"{self.namespace}:rl:{policy.name}:{key}"]
+            prefix, interval, tolerance = self._script_arguments(policy)
+            keys = [prefix + key]
             if revocation_keys:
                 keys += [f"{self.namespace}:{k}" for k in revocation_keys]
             try:
-                result = await self._script(keys=keys, args=[policy.interval_ms, policy.tolerance_ms, iat])
+                result = await self._script(keys=keys, args=[interval, tolerance, iat])
             except (RedisError, OSError) as exc:
                 self._record_failure(exc)
             else:
                 self.breaker.record_success()
-                DEGRADED.set(0)
-                decision = msgspec.structs.replace(_decision(*result), revocation_checked=bool(revocation_keys))
-                DECISIONS.labels(policy.name, "allow" if decision.allowed else "deny").inc()
+                if self._degraded_reported:
+                    self._degraded_reported = False
+                    DEGRADED.set(0)
+                allowed, remaining, reset_ms, retry_ms, revoked = result
+                decision = _decision(allowed, remaining, reset_ms, retry_ms, revoked, bool(revocation_keys))
+                self._count(policy, decision)
                 return decision
         decision = self.local.hit(f"{policy.name}:{key}", policy)  # one budget per policy, as in Redis
-        DECISIONS.labels(policy.name, "allow" if decision.allowed else "deny").inc()
+        self._count(policy, decision)
         return decision
+
+    def _script_arguments(self, policy: Policy) -> tuple[str, bytes, bytes]:
+        """The policy's key prefix and its two numbers as Redis gets them (repr, as redis-py
+        encodes floats), worked out once per policy rather than on every request."""
+        arguments = self._policy_arguments.get(policy)
+        if arguments is None:
+            arguments = self._policy_arguments[policy] = (
+                f"{self.namespace}:rl:{policy.name}:",
+                repr(policy.interval_ms).encode(),
+                repr(policy.tolerance_ms).encode(),
+            )
+        return arguments
+
+    def _count(self, policy: Policy, decision: Decision) -> None:
+        """``DECISIONS.labels(...).inc()`` with the child looked up once (``labels()`` locks)."""
+        key = (policy.name, decision.allowed)
+        child = self._decision_counters.get(key)
+        if child is None:
+            child = self._decision_counters[key] = DECISIONS.labels(
+                policy.name, "allow" if decision.allowed else "deny"
+            )
+        child.inc()
 
     def _record_failure(self, exc: BaseException) -> None:
         was_closed = self.breaker.state == "closed"
         self.breaker.record_failure()
+        self._degraded_reported = True
         DEGRADED.set(1)
         if was_closed:
             logger.warning("rate limiter falling back to per-process limits", extra={"error": type(exc).__name__})

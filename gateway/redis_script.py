@@ -25,6 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.deadlines import Deadlines
+
 
 def _encode(value: Any) -> bytes:
     """An argument as redis-py's Encoder writes it (bytes as they are, numbers by repr, text as UTF-8)."""
@@ -41,10 +43,22 @@ def _encode(value: Any) -> bytes:
 
 def pack(*args: Any) -> bytes:
     """A command in RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + _bulk_strings(args)
+
+
+def _bulk_strings(args: Any) -> bytes:
+    parts = []
     for arg in args:
-        data = arg.encode() if type(arg) is str else _encode(arg)
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        kind = type(arg)
+        if kind is str:
+            data = arg.encode()
+        elif kind is bytes:
+            data = arg
+        elif kind is int:
+            data = b"%d" % arg  # repr(), as redis-py writes it
+        else:
+            data = _encode(arg)
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
 
@@ -132,6 +146,7 @@ class PipelinedScript:
     ) -> None:
         self.script = script.encode()
         self.sha = hashlib.sha1(self.script, usedforsecurity=False).hexdigest().encode()
+        self._evalsha = _bulk_strings((b"EVALSHA", self.sha))
         self.host = host
         self.port = port
         self.db = db
@@ -139,6 +154,8 @@ class PipelinedScript:
         self.password = password
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
+        # One timer for every call in flight, not one each (gateway.deadlines): ≤ timeout/4 late.
+        self._deadlines = Deadlines(timeout, _expire) if timeout else None
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
@@ -163,7 +180,8 @@ class PipelinedScript:
         )
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        command = pack(b"EVALSHA", self.sha, len(keys), *keys, *args)
+        # pack(b"EVALSHA", sha, len(keys), *keys, *args) with its fixed head written once
+        command = b"*%d\r\n" % (3 + len(keys) + len(args)) + self._evalsha + _bulk_strings((len(keys), *keys, *args))
         reply = await self._call(command)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # Redis restarted or flushed its scripts: EVAL once, which also caches it again.
@@ -181,9 +199,10 @@ class PipelinedScript:
         return await self._wait(protocol, future)
 
     async def _wait(self, protocol: _Protocol, future: "asyncio.Future[Any]") -> Any:
-        if self.timeout is None:
+        deadlines = self._deadlines
+        if deadlines is None:
             return await future
-        timer = asyncio.get_running_loop().call_later(self.timeout, _expire, future)
+        deadlines.add(future)
         try:
             return await future
         except RedisTimeoutError:
@@ -192,7 +211,7 @@ class PipelinedScript:
             protocol.close()
             raise
         finally:
-            timer.cancel()
+            deadlines.discard(future)
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:
@@ -236,6 +255,6 @@ class PipelinedScript:
             self._protocol = None
 
 
-def _expire(future: "asyncio.Future[Any]") -> None:
+def _expire(future: Any) -> None:
     if not future.done():
         future.set_exception(RedisTimeoutError("Timeout reading from Redis"))

@@ -28,27 +28,33 @@ class Admission(msgspec.Struct, frozen=True):
         return self.claims["sub"] if self.claims else None
 
 
+class VerifiedToken(msgspec.Struct, frozen=True):
+    claims: dict[str, Any]
+    revocation_keys: list[str]  # the store keys that would revoke it, worked out once
+
+
 class ClaimsCache:
     """Verified claims by token, kept until the token expires: HS256/EdDSA work done once per token."""
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self.entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.entries: OrderedDict[str, VerifiedToken] = OrderedDict()
 
-    def get(self, token: str) -> dict[str, Any] | None:
-        claims = self.entries.get(token)
-        if claims is None:
+    def get(self, token: str) -> VerifiedToken | None:
+        verified = self.entries.get(token)
+        if verified is None:
             return None
-        if claims["exp"] <= time.time():
+        if verified.claims["exp"] <= time.time():
             del self.entries[token]
             return None
         self.entries.move_to_end(token)
-        return claims
+        return verified
 
-    def put(self, token: str, claims: dict[str, Any]) -> None:
-        self.entries[token] = claims
+    def put(self, token: str, claims: dict[str, Any]) -> VerifiedToken:
+        verified = self.entries[token] = VerifiedToken(claims, RevocationList.keys_for(claims))
         if len(self.entries) > self.size:
             self.entries.popitem(last=False)
+        return verified
 
 
 class Gatekeeper:
@@ -67,15 +73,16 @@ class Gatekeeper:
         """The caller's verified claims (None on public routes) and rate-limit decision; raises on refusal."""
         policy = self.auth_policy if uses_auth_policy(path) else self.default_policy
         try:
-            claims = None if is_public(method, path) else await self._claims(authorization)
+            verified = None if is_public(method, path) else await self._verified(authorization)
         except InvalidToken:
             # Requests with a bad token count against the client too: guessing is rate-limited.
             refused = await self.limiter.hit(client_ip, policy)
             if not refused.allowed:
                 raise QuotaExceeded(refused.headers(policy)) from None
             raise
+        claims = verified.claims if verified is not None else None
         key = claims["sub"] if claims and self.key_by_user else client_ip
-        revocation_keys = RevocationList.keys_for(claims) if claims else None
+        revocation_keys = verified.revocation_keys if verified is not None else None
         decision = await self.limiter.hit(key, policy, revocation_keys, int(claims["iat"]) if claims else 0)
         if claims is not None and await self._revoked(claims, decision):
             raise InvalidToken("The access token has been revoked.")
@@ -83,13 +90,12 @@ class Gatekeeper:
             raise QuotaExceeded(decision.headers(policy))
         return Admission(claims, policy, decision)
 
-    async def _claims(self, authorization: str | None) -> dict[str, Any]:
+    async def _verified(self, authorization: str | None) -> VerifiedToken:
         token = bearer_token(authorization)
-        claims = self.claims_cache.get(token)
-        if claims is None:
-            claims = await self.verifier.decode(token)
-            self.claims_cache.put(token, claims)
-        return claims
+        verified = self.claims_cache.get(token)
+        if verified is None:
+            verified = self.claims_cache.put(token, await self.verifier.decode(token))
+        return verified
 
     async def _revoked(self, claims: dict[str, Any], decision: Decision) -> bool:
         if decision.revocation_checked:

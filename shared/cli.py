@@ -24,6 +24,7 @@ def run_service_cli(
     argv: Sequence[str] | None = None,
     extra_commands: dict[str, tuple[Callable[[argparse.ArgumentParser], None], ExtraCommand]] | None = None,
     migrations: bool = True,
+    uvicorn_options: dict[str, Any] | None = None,
 ) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {package}")
     commands = parser.add_subparsers(dest="command")
@@ -58,13 +59,13 @@ def run_service_cli(
         except SettingsError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
-        serve(app, settings)
+        serve(app, settings, **(uvicorn_options or {}))
     else:
         return (extra_commands or {})[command][1](settings, args)
     return 0
 
 
-def serve(app: Any, settings: ServiceSettings) -> None:
+def serve(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> None:
     # Everything built so far (modules, the app, its routes) lives as long as the process: moved out
     # of the collector's generations, a full collection no longer walks ~100k long-lived objects.
     gc.freeze()
@@ -77,4 +78,5 @@ def serve(app: Any, settings: ServiceSettings) -> None:
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=10,
+        **uvicorn_options,
     )

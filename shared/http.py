@@ -3,8 +3,8 @@
 import asyncio
 import functools
 import ipaddress
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,7 +28,8 @@ def ensure_request_id(scope: Scope) -> str:
     request_id: str | None = state.get("request_id")
     if request_id is None:
         incoming = header(scope, REQUEST_ID_HEADER.encode())
-        request_id = incoming if incoming and _WELL_FORMED_ID.match(incoming) else uuid.uuid4().hex
+        # 128 random bits in 32 hex digits, as uuid4().hex without building a UUID (per request).
+        request_id = incoming if incoming and _WELL_FORMED_ID.match(incoming) else os.urandom(16).hex()
         state["request_id"] = request_id
     return request_id
 

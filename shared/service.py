@@ -55,6 +55,7 @@ def create_service_app(
     cors_config: CORSConfig | None = None,
     exception_handlers: Mapping[type[Exception], Any] | None = None,
     before_send: Sequence[Callable[[Message, Scope], Awaitable[None]]] = (),
+    app_class: type[Litestar] = Litestar,
 ) -> Litestar:
     """A Litestar app with the platform's defaults; ``store``/``bus`` may be shared (embedded mode)."""
     prometheus = PrometheusConfig(
@@ -70,7 +71,7 @@ def create_service_app(
         RedisError: dependency_unavailable_handler,
         **(exception_handlers or {}),
     }
-    return Litestar(
+    return app_class(
         route_handlers=[HealthController, MetricsController, *route_handlers],
         dependencies={"db_session": Provide(provide_db_session), **(dependencies or {})},
         middleware=[

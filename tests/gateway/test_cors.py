@@ -60,9 +60,17 @@ async def test_other_origins_get_no_allow_origin(cors: httpx.AsyncClient, echo: 
         assert "access-control-allow-origin" not in response.headers, response.headers
         assert "Origin" in [part.strip() for part in response.headers.get("vary", "").split(",")]
     preflight = await cors.options(f"{USERS}/me", headers={"Origin": origin, "Access-Control-Request-Method": "DELETE"})
-    assert preflight.status_code in (400, 403), preflight.text
-    assert "access-control-allow-origin" not in preflight.headers
+    assert_refused_preflight(preflight, "Origin")
     assert len(echo.seen) == 1
+
+
+def assert_refused_preflight(response: httpx.Response, reason: str) -> None:
+    """A refused preflight is the platform's problem+json (F9), with no Access-Control-Allow-Origin."""
+    problem = assert_problem(response, 403, "cors-refused")
+    assert reason in problem["detail"], problem
+    assert "access-control-allow-origin" not in response.headers
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "Origin" in [part.strip() for part in response.headers.get("vary", "").split(",")]
 
 
 async def test_never_a_wildcard_origin(cors: httpx.AsyncClient) -> None:
@@ -100,8 +108,7 @@ async def test_a_preflight_is_answered_before_authentication(cors: httpx.AsyncCl
 
 async def test_a_preflight_for_an_unlisted_method_or_header_is_refused(cors: httpx.AsyncClient) -> None:
     method = await cors.options(f"{USERS}/me", headers={"Origin": ALLOWED, "Access-Control-Request-Method": "TRACE"})
-    assert method.status_code in (400, 403)
-    assert "access-control-allow-origin" not in method.headers
+    assert_refused_preflight(method, "method")
     header = await cors.options(
         f"{USERS}/me",
         headers={
@@ -110,8 +117,7 @@ async def test_a_preflight_for_an_unlisted_method_or_header_is_refused(cors: htt
             "Access-Control-Request-Headers": "x-user-id",
         },
     )
-    assert header.status_code in (400, 403)
-    assert "access-control-allow-origin" not in header.headers
+    assert_refused_preflight(header, "headers")
 
 
 async def test_401_and_429_carry_the_cors_headers(cors: httpx.AsyncClient) -> None:
@@ -136,3 +142,15 @@ async def test_without_cors_origins_no_cors_headers_are_sent(client: httpx.Async
     response = await client.get(f"{USERS}/me", headers={**bearer(access_token()), "Origin": ALLOWED})
     assert response.status_code == 200
     assert not [name for name in response.headers if name.lower().startswith("access-control-")]
+
+
+async def test_requests_without_origin_still_vary_on_origin(cors: httpx.AsyncClient) -> None:
+    """Sent past Litestar (no Origin), a proxied answer and a problem carry what its hooks would add."""
+    for response in (
+        await cors.get(f"{USERS}/me", headers=bearer(access_token())),
+        await cors.get(f"{USERS}/me"),  # 401 problem
+    ):
+        assert "Origin" in [part.strip() for part in response.headers.get("vary", "").split(",")], response.headers
+        assert len(response.headers.get_list("x-request-id")) == 1
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"]
+        assert "access-control-allow-origin" not in response.headers

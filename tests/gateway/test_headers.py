@@ -2,15 +2,20 @@
 forwarding headers and request ID; and what the client gets back: the request ID, ``nosniff`` and
 one access-log line per request without the token."""
 
+import asyncio
+import contextlib
 import json
 import logging
+import re
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from shared.logs import JSONFormatter
-from tests.gateway.conftest import USERS, access_token, assert_invalid_token
+from gateway.app import create_app
+from tests.conftest import app_client
+from tests.gateway.conftest import USERS, SettingsFactory, access_token, assert_invalid_token
 from tests.gateway.echo import Echo
 
 VICTIM = str(uuid.uuid4())
@@ -205,17 +210,18 @@ async def test_proxied_responses_are_nosniff(client: httpx.AsyncClient) -> None:
 
 
 async def test_one_access_log_line_per_request_without_the_token(
-    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = access_token(sub=VICTIM)
     request_id = f"req-{uuid.uuid4().hex}"
-    caplog.handler.setFormatter(JSONFormatter("gateway"))
-    with caplog.at_level(logging.INFO, logger="gateway.access"):
+    with _access_log_at(logging.INFO):
         ok = await client.get(f"{USERS}/me?token={token[:10]}", headers={**_bearer(token), "X-Request-ID": request_id})
         refused = await client.get(f"{USERS}/me", headers={"Authorization": f"Bearer {token}x"})
+        await asyncio.sleep(0)  # lines are written once per event-loop turn
+    output = capsys.readouterr().out
     assert ok.status_code == 200 and refused.status_code == 401
-    lines = [json.loads(line) for line in caplog.text.splitlines() if '"logger":"gateway.access"' in line]
-    assert len(lines) == 2, caplog.text
+    lines = [json.loads(line) for line in output.splitlines() if '"logger":"gateway.access"' in line]
+    assert len(lines) == 2, output
     first, second = lines
     assert first["method"] == "GET"
     assert first["route"] == f"{USERS}/*"
@@ -227,9 +233,49 @@ async def test_one_access_log_line_per_request_without_the_token(
     assert second["status"] == 401
     assert second["user_id"] is None
     assert second["request_id"] == refused.headers["x-request-id"]
-    assert token not in caplog.text
-    assert token.rsplit(".", 1)[-1] not in caplog.text, "the token's signature was logged"
+    assert first["service"] == "gateway" and first["level"] == "INFO" and first["msg"] == "request"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"]), first["ts"]
+    assert token not in output
+    assert token.rsplit(".", 1)[-1] not in output, "the token's signature was logged"
+
+
+async def test_no_access_log_when_switched_off_or_below_the_log_level(
+    make_settings: SettingsFactory, echo: Echo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with app_client(create_app(make_settings(access_log=False), services={USERS: echo})) as client:
+        with _access_log_at(logging.INFO):
+            assert (await client.get(f"{USERS}/me", headers=_bearer())).status_code == 200
+            await asyncio.sleep(0)
+    async with app_client(create_app(make_settings(), services={USERS: echo})) as client:
+        with _access_log_at(logging.WARNING):
+            assert (await client.get(f"{USERS}/me", headers=_bearer())).status_code == 200
+            await asyncio.sleep(0)
+    assert '"logger":"gateway.access"' not in capsys.readouterr().out
+
+
+@contextlib.contextmanager
+def _access_log_at(level: int) -> Iterator[None]:
+    logger = logging.getLogger("gateway.access")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _bearer(token: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token or access_token()}"}
+
+
+async def test_the_gateway_request_id_and_nosniff_replace_the_upstreams_own(
+    platform_client: httpx.AsyncClient,
+) -> None:
+    """The auth service sets X-Request-ID and nosniff itself; the client sees each once, the gateway's."""
+    request_id = f"req-{uuid.uuid4().hex}"
+    for response in (
+        await platform_client.get("/api/v1/auth/.well-known/jwks.json", headers={"X-Request-ID": request_id}),
+        await platform_client.get(f"{USERS}/me", headers={**_bearer(), "X-Request-ID": request_id}),
+    ):
+        assert response.headers.get_list("x-request-id") == [request_id], response.headers
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"]

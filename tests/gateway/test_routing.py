@@ -1,6 +1,10 @@
 """Routing and the gateway's own public endpoints: each prefix reaches its upstream, unknown ones are
 404, and health, readiness, metrics, the merged OpenAPI document and the docs need no token."""
 
+import asyncio
+import re
+import time
+
 import httpx
 import pytest
 from litestar import Litestar
@@ -148,3 +152,23 @@ async def test_openapi_lists_an_unreachable_service_instead_of_failing(
     assert document.status_code == 200, document.text
     assert document.json()["x-unavailable"] == [USERS]
     assert f"{AUTH}/login" in document.json()["paths"]
+
+
+async def test_requests_in_flight_are_counted_while_they_are_proxied(make_settings: SettingsFactory) -> None:
+    app = create_app(make_settings(request_timeout=10), services={USERS: Echo(USERS, slow_seconds=1.0)})
+
+    async def in_flight(client: httpx.AsyncClient) -> float:
+        text = (await client.get("/metrics")).text
+        match = re.search(r"^pyairtable_gateway_requests_in_flight (\S+)$", text, re.MULTILINE)
+        assert match, text
+        return float(match.group(1))
+
+    async with app_client(app) as client:
+        before = await in_flight(client)
+        slow = asyncio.create_task(client.get(f"{USERS}/slow", headers=bearer(access_token())))
+        deadline = time.monotonic() + 10
+        while await in_flight(client) != before + 1:
+            assert time.monotonic() < deadline, "the slow request was never counted in flight"
+            await asyncio.sleep(0.02)
+        assert (await slow).status_code == 200
+        assert await in_flight(client) == before

@@ -6,6 +6,8 @@ Python, a shell's ``exec``-ed service); its output goes to a log file shown when
 
 import contextlib
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -13,7 +15,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import jwt
@@ -30,6 +32,9 @@ NO_DEFAULT_ROUTES = dict.fromkeys(
     ("AUTH_SERVICE_URL", "USER_SERVICE_URL", "AIRTABLE_GATEWAY_URL", "ANALYTICS_SERVICE_URL"), ""
 )
 JWT_SECRET = "e2e-gateway-processes-secret-" + "x" * 32
+PROBLEM = "application/problem+json"
+# The cheapest argon2id parameters the auth service accepts (OWASP's minimum): fast sign-ins.
+FAST_ARGON2 = {"ARGON2_MEMORY_KIB": "19456", "ARGON2_TIME_COST": "2", "ARGON2_PARALLELISM": "1"}
 
 
 def free_port() -> int:
@@ -158,3 +163,37 @@ class Processes:
 def _signal_group(service: Service, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(service.process.pid, sig)
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM), response.headers
+    problem: dict[str, Any] = response.json()
+    assert problem["status"] == status
+    return problem
+
+
+def metric(base_url: str, name: str) -> float:
+    """One sample of a service's Prometheus ``/metrics``."""
+    text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def start_auth_service(
+    processes: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str
+) -> Service:
+    """The auth service, migrated then served, on its own database and the test's Redis namespace."""
+    port = free_port()
+    env = environment(
+        data_dir,
+        AUTH_DATABASE_URL=database_url,
+        AUTH_PORT=str(port),
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=namespace,
+        **FAST_ARGON2,
+    )
+    python = shlex.quote(PYTHON)
+    command = f"{python} -m auth_service migrate && exec {python} -m auth_service serve"
+    return processes.start("auth", ["sh", "-c", command], env, port)

@@ -6,15 +6,15 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import DatabaseFactory
-from tests.e2e.processes import Processes
-from tests.e2e.test_gateway_processes import CREDENTIALS, assert_problem, processes, start_auth_service  # noqa: F401
+from tests.e2e.processes import Processes, assert_problem, start_auth_service
 
 API_KEY = "e2e-legacy-api-key-0123456789"
+CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
 
 
 def test_a_legacy_client_registers_logs_in_and_verifies_through_the_gateway(
     tmp_path: Path,
-    processes: Processes,  # noqa: F811  (the fixture imported above)
+    processes: Processes,
     databases: DatabaseFactory,
     redis_url: str,
     redis_namespace: str,

@@ -7,79 +7,40 @@ See shared/RELIABILITY.md, sections C (rate limiting) and D (dependency faults).
 
 import hashlib
 import os
-import re
-import shlex
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import redis as redis_sync
 
 from tests.conftest import DatabaseFactory
-from tests.e2e.processes import PYTHON, Processes, Service, access_token, environment, free_port
+from tests.e2e.processes import (
+    FAST_ARGON2,
+    Processes,
+    Service,
+    access_token,
+    assert_problem,
+    environment,
+    free_port,
+    metric,
+    start_auth_service,
+)
 from tests.e2e.upstreams import blob
 
-PROBLEM = "application/problem+json"
 CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
-FAST_ARGON2 = {"ARGON2_MEMORY_KIB": "19456", "ARGON2_TIME_COST": "2", "ARGON2_PARALLELISM": "1"}
 GENEROUS = {"RATE_LIMIT_PER_MINUTE": "10000", "RATE_LIMIT_BURST": "10000"}
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    started = Processes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
-        for service in started.started:  # shown by pytest when the test failed
-            print(f"--- {service.name} (exit {service.process.returncode}) ---\n{service.log_tail()[-2000:]}")
 
 
 def bearer(token: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token or access_token()}"}
 
 
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    return problem
-
-
 def arrivals(upstream: Service) -> int:
     count: int = httpx.get(f"{upstream.url}/__arrivals", timeout=5).json()["count"]
     return count
-
-
-def metric(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
-
-
-def start_auth_service(
-    processes: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str
-) -> Service:
-    port = free_port()
-    env = environment(
-        data_dir,
-        AUTH_DATABASE_URL=database_url,
-        AUTH_PORT=str(port),
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=namespace,
-        **FAST_ARGON2,
-    )
-    python = shlex.quote(PYTHON)
-    command = f"{python} -m auth_service migrate && exec {python} -m auth_service serve"
-    return processes.start("auth", ["sh", "-c", command], env, port)
 
 
 # 1. Gateway + auth service: sign-in through the gateway, logout revokes at the gateway at once.

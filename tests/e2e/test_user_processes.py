@@ -4,13 +4,12 @@ HTTP on loopback, Redis streams between them, and processes SIGKILLed half way t
 Deadlines are generous bounds that prove "no hang" on a busy machine, never performance claims.
 """
 
-import re
 import shlex
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,59 +21,27 @@ import redis as redis_sync
 
 from shared.events import Event, encode_event, new_event
 from tests.conftest import DatabaseFactory
-from tests.e2e.processes import PYTHON, REPO, Processes, Service, environment, free_port
+from tests.e2e.processes import (
+    PYTHON,
+    REPO,
+    Processes,
+    Service,
+    assert_problem,
+    environment,
+    free_port,
+    metric,
+    start_auth_service,
+)
 
 WAIT_SECONDS = 20.0
 PASSWORD = "a long enough passphrase"
 
 
-PROBLEM = "application/problem+json"
-FAST_ARGON2 = {"ARGON2_MEMORY_KIB": "19456", "ARGON2_TIME_COST": "2", "ARGON2_PARALLELISM": "1"}
 GENEROUS = {"RATE_LIMIT_PER_MINUTE": "10000", "RATE_LIMIT_BURST": "10000"}
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    started = Processes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
-        for service in started.started:  # shown by pytest when the test failed
-            print(f"--- {service.name} (exit {service.process.returncode}) ---\n{service.log_tail()[-2000:]}")
 
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def assert_problem(response: httpx.Response, status: int) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-
-
-def metric(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
-
-
-def start_auth_service(
-    started: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str
-) -> Service:
-    port = free_port()
-    env = environment(
-        data_dir,
-        AUTH_DATABASE_URL=database_url,
-        AUTH_PORT=str(port),
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=namespace,
-        **FAST_ARGON2,
-    )
-    python = shlex.quote(PYTHON)
-    command = f"{python} -m auth_service migrate && exec {python} -m auth_service serve"
-    return started.start("auth", ["sh", "-c", command], env, port)
 
 
 def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:

@@ -3,9 +3,7 @@
 another user's row does not decrypt)."""
 
 import os
-import secrets
 import uuid
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -13,6 +11,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from airtable_gateway.config import AirtableSettings
+from shared.settings import dev_secret_file
 
 NONCE_BYTES = 12
 KEY_FILE = "airtable_token_key"
@@ -44,16 +43,4 @@ def token_cipher(settings: AirtableSettings) -> TokenCipher | None:
         return TokenCipher(settings.airtable_token_encryption_key)
     if settings.is_production:
         return None
-    return TokenCipher(_development_key(settings.data_path / KEY_FILE))
-
-
-def _development_key(path: Path) -> str:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()  # another process wrote it first
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    return TokenCipher(dev_secret_file(settings, KEY_FILE))

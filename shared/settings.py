@@ -5,6 +5,7 @@ is read from ``<PREFIX>_FOO_BAR`` first (``AUTH_DATABASE_URL``), then from ``FOO
 environment can hold several services' databases while sharing ``JWT_SECRET`` and the like.
 """
 
+import contextlib
 import os
 import re
 import secrets
@@ -185,7 +186,8 @@ def dev_secret_file(settings: ServiceSettings, filename: str) -> str:
     path = settings.data_path / filename
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_private(path, secrets.token_urlsafe(48))
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            _write_private(path, secrets.token_urlsafe(48))
     return path.read_text().strip()
 
 

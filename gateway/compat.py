@@ -126,17 +126,7 @@ async def call_platform(
     query: dict[str, Any] | None = None,
 ) -> ServiceReply:
     """``method path`` on the platform for the admitted caller, as the gateway would proxy it."""
-    return await forward(request, admission_of(request), method, path, body, query)
-
-
-async def forward(
-    request: Request[Any, Any, State],
-    admission: Admission,
-    method: str,
-    path: str,
-    body: Any = None,
-    query: dict[str, Any] | None = None,
-) -> ServiceReply:
+    admission = admission_of(request)
     state, scope = request.app.state, request.scope
     route = state.routes.match(path)
     if route is None:

@@ -1,64 +1,274 @@
-"""uvicorn's httptools protocol with a response's head and first body piece in one write.
+"""uvicorn's httptools protocol with a leaner path for each request; everything else is uvicorn's.
 
-uvicorn writes the status line and headers as soon as the app sends ``http.response.start``, then
-each body piece as it comes: two ``send`` system calls (and two TCP segments for the client to
-read) for every small response. On loopback the sender's system call also runs the receiver's
-TCP processing, so each costs several µs here; measured side by side, pairing them took the
-gateway from ≈ 157 to ≈ 138 µs of CPU per proxied request at 50 connections (docs/PERFORMANCE.md).
+A proxied request spent ≈ 40 µs of its ≈ 160 µs of gateway CPU in uvicorn's protocol
+(docs/PERFORMANCE.md). Three parts of that are per-request work a proxy can do with less:
 
-``PairedWrites`` holds one write back and sends it together with the next one; a write left alone
-(a HEAD response, the last piece of a stream) leaves at the end of the current event-loop turn.
-Order is kept, nothing is dropped, and ``close`` sends what is held first.
+* **The response head.** uvicorn checks each header name and value with a regex of its own (two
+  searches per header, a proxied response has about 15) and writes the head as soon as the app
+  sends ``http.response.start``, then each body piece on its own: two ``send`` system calls for
+  every small response (on loopback each also runs the receiver's TCP processing). Here the same
+  checks run once over all names and once over all values (a byte is refused in the joined bytes
+  exactly when it is refused in one of the parts), the ``Date`` line is encoded once a second,
+  and the head waits for the first body piece to leave in the same write; a head left alone (a
+  ``HEAD`` answer, a stream whose first piece is slow) leaves at the end of the event-loop turn.
+* **The keep-alive timer.** uvicorn cancels it when a request arrives and arms a new one after
+  every response. Here one timer per connection notes when the connection fell idle and, when it
+  fires on a connection that has been busy since, is armed again for the rest of the timeout.
+* **The scope.** Its constant part is built once per connection.
+
+Behaviour is uvicorn's: the same scope, status lines, framing (``Content-Length``, chunked, none for
+``HEAD``/204/304), ``Connection: close`` handling, 100-continue, pipelining, flow control,
+concurrency limit, graceful shutdown and errors (``tests/gateway/test_serving.py`` runs both
+protocols over real sockets and compares the bytes).
 """
 
 import asyncio
+import urllib.parse
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
-_JOIN_LIMIT = 64 * 1024
+_JOIN_LIMIT = 64 * 1024  # a body piece larger than this leaves in its own write, not copied
 
 
-class PairedWrites:
-    """A transport whose writes leave in pairs; everything else is the wrapped transport's."""
+class GatewayCycle(RequestResponseCycle):
+    """One request and its response: uvicorn's cycle with the head built and written as above."""
 
-    __slots__ = ("_held", "_loop", "_transport")
+    held: bytes | None = None
+    loop: asyncio.AbstractEventLoop
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        held = self._held
-        if held is None:
-            self._held = data
-            self._loop.call_soon(self._release)
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{kind}'.")
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            self.held = self._head(message["status"], message.get("headers", ()))
+            self.loop.call_soon(self._release)
+        elif not self.response_complete:
+            if kind != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+            self._send_body(message.get("body", b""), message.get("more_body", False))
         else:
-            self._held = None
-            if len(held) + len(data) <= _JOIN_LIMIT:
-                self._transport.write(held + data)
-            else:  # no copy of large pieces: two writes, as without pairing
-                self._transport.write(held)
-                self._transport.write(data)
+            raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
+
+    def _head(self, status: int, headers: Any) -> bytes:
+        names = []
+        values = []
+        lines = [STATUS_LINE[status], _default_head(self.default_headers)]
+        close_sent = False
+        for name, value in headers:
+            name = name.lower()
+            names.append(name)
+            values.append(value)
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
+                self.keep_alive = False
+                close_sent = True
+            lines += (name, b": ", value, b"\r\n")
+        if HEADER_RE.search(b"".join(names)):
+            raise RuntimeError("Invalid HTTP header name.")
+        if HEADER_VALUE_RE.search(b"".join(values)):
+            raise RuntimeError("Invalid HTTP header value.")
+        if not self.keep_alive and not close_sent:
+            lines.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
+            self.chunked_encoding = True
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _send_body(self, body: bytes, more_body: bool) -> None:
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            data = b""
+        elif self.chunked_encoding:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            data = body
+        self._write(data)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def _write(self, data: bytes) -> None:
+        held = self.held
+        if held is None:
+            if data:
+                self.transport.write(data)
+        elif len(data) <= _JOIN_LIMIT:
+            self.held = None
+            self.transport.write(held + data)
+        else:
+            self.held = None
+            self.transport.write(held)
+            self.transport.write(data)
 
     def _release(self) -> None:
-        held = self._held
+        held = self.held
         if held is not None:
-            self._held = None
-            if not self._transport.is_closing():
-                self._transport.write(held)
+            self.held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
 
-    def close(self) -> None:
-        self._release()
-        self._transport.close()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+_default_heads: tuple[list[tuple[bytes, bytes]] | None, bytes] = (None, b"")
+
+
+def _default_head(default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """uvicorn's default headers (``Date``, replaced by a new list every second) as head lines."""
+    global _default_heads
+    cached, head = _default_heads
+    if cached is not default_headers:
+        if HEADER_RE.search(b"".join(name for name, _ in default_headers)) or HEADER_VALUE_RE.search(
+            b"".join(value for _, value in default_headers)
+        ):
+            raise RuntimeError("Invalid HTTP header.")
+        head = b"".join(name.lower() + b": " + value + b"\r\n" for name, value in default_headers)
+        _default_heads = (default_headers, head)
+    return head
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """``uvicorn.run(..., http=GatewayHttpProtocol)``: uvicorn's protocol on a ``PairedWrites``."""
+    """``uvicorn.run(..., http=GatewayHttpProtocol)``: uvicorn's protocol with ``GatewayCycle``."""
+
+    idle_since: float | None = None  # when the last response finished; None while a request is in progress
+    keep_alive_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(PairedWrites(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+        super().connection_made(transport)
+        self.scope_base = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+        }
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.keep_alive_timer is not None:
+            self.keep_alive_timer.cancel()
+            self.keep_alive_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.idle_since = None  # busy: the keep-alive timer, when it fires, is armed again
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {**self.scope_base, "headers": self.headers, "state": self.app_state.copy()}  # type: ignore[typeddict-item]
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        scope = self.scope
+        scope["method"] = parser.get_method().decode("ascii")
+        http_version = parser.get_http_version()
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        root_path = self.root_path
+        scope["path"] = root_path + path if root_path else path
+        scope["raw_path"] = root_path.encode("ascii") + raw_path if root_path else raw_path
+        scope["query_string"] = parsed_url.query or b""
+
+        app = self.app
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+
+        existing_cycle = self.cycle
+        cycle = self.cycle = GatewayCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=False,  # the gateway writes its own access log (gateway/accesslog.py)
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        cycle.loop = self.loop
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: queued until the response before it is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self.idle_since = self.loop.time()
+        if self.keep_alive_timer is None:
+            self.keep_alive_timer = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_expired)
+
+    def _keep_alive_expired(self) -> None:
+        self.keep_alive_timer = None
+        if self.transport.is_closing():
+            return
+        idle_since = self.idle_since
+        if idle_since is None:  # a request is in progress: its response arms the timer again
+            return
+        left = idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.keep_alive_timer = self.loop.call_later(left, self._keep_alive_expired)
+        else:
+            self.transport.close()

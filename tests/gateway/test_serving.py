@@ -1,0 +1,230 @@
+"""The gateway's uvicorn protocol (gateway/serving.py) answers byte for byte as uvicorn's own.
+
+Both protocols serve the same ASGI app from real uvicorn servers on loopback; each case writes the
+same raw bytes to both and compares what comes back (the ``Date`` value aside). Then the parts the
+gateway's protocol does its own way: the head and first body piece in one write, a head left alone
+still sent, and the keep-alive timeout (an idle connection closed, a busy one kept)."""
+
+import asyncio
+import re
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.serving import GatewayHttpProtocol
+
+READ_SECONDS = 5
+DATE = re.compile(rb"date: [^\r]+\r\n")
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    """One behaviour per path, covering every way an app frames a response."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await receive()
+        return
+    path = scope["path"]
+    if path == "/length":
+        body = b'{"ok":true,"path":"%b"}' % scope["raw_path"]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    elif path == "/stream":  # no length: chunked, pieces as they come, an empty piece on the way
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"X-Stream", b"yes")]})
+        for piece in (b"one-", b"", b"two-", b"three"):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/slow-first-piece":  # the head must not wait for a piece that takes its time
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.body", "body": b"late"})
+    elif path == "/echo":  # reads the whole body (100-continue, chunked or sized requests)
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    elif path == "/empty":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/close":  # the app asks for the connection to end
+        headers = [(b"connection", b"Keep-Alive, Close"), (b"content-length", b"3")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"bye"})
+    elif path == "/bad-header":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\r\nb")]})
+    elif path == "/fails":
+        raise RuntimeError("the app failed before answering")
+    elif path == "/too-short":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": b"abc"})
+    else:
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class Running:
+    """A uvicorn server with ``protocol`` on a loopback socket that listens from the start."""
+
+    def __init__(self, protocol: type[asyncio.Protocol], keep_alive: int = 5) -> None:
+        config = uvicorn.Config(
+            app,
+            http=protocol,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=keep_alive,
+        )
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.socket.getsockname()[1]
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve(sockets=[self.socket]))
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+        self.socket.close()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[dict[str, int]]:
+    running = {"uvicorn": Running(HttpToolsProtocol), "gateway": Running(GatewayHttpProtocol)}
+    yield {name: server.port for name, server in running.items()}
+    for server in running.values():
+        await server.stop()
+
+
+async def exchange(port: int, data: bytes, *, until_closed: bool = False, pause_after: bytes | None = None) -> bytes:
+    """Write ``data``; read until the connection closes or nothing more arrives for a moment."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if pause_after is not None:  # the body only after the server's 100 Continue
+            head, _, rest = data.partition(pause_after)
+            writer.write(head + pause_after)
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_SECONDS)
+            writer.write(rest)
+        else:
+            interim = b""
+            writer.write(data)
+        received = b""
+        while True:
+            try:
+                piece = await asyncio.wait_for(reader.read(65536), READ_SECONDS if until_closed else 0.5)
+            except TimeoutError:
+                break
+            if not piece:
+                break
+            received += piece
+        return interim + received
+    finally:
+        writer.close()
+
+
+async def exchange_both(servers: dict[str, int], data: bytes, **options: Any) -> dict[str, bytes]:
+    answers = await asyncio.gather(*(exchange(port, data, **options) for port in servers.values()))
+    return dict(zip(servers, answers, strict=True))
+
+
+def same_bytes(answers: dict[str, bytes]) -> bytes:
+    uvicorn_bytes, gateway_bytes = (DATE.sub(b"date: -\r\n", answers[name]) for name in ("uvicorn", "gateway"))
+    assert gateway_bytes == uvicorn_bytes
+    return gateway_bytes
+
+
+GET = b"GET %b HTTP/1.1\r\nHost: example\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"),
+    [
+        pytest.param(GET % b"/length?q=1", b'{"ok":true,"path":"/length"}', id="content-length"),
+        pytest.param(GET % b"/stream", b"4\r\none-\r\n4\r\ntwo-\r\n5\r\nthree\r\n0\r\n\r\n", id="chunked"),
+        pytest.param(b"HEAD /length HTTP/1.1\r\nHost: x\r\n\r\n", b"content-length: 28\r\n\r\n", id="head"),
+        pytest.param(GET % b"/empty", b"HTTP/1.1 204 No Content\r\n", id="no-content"),
+        pytest.param(GET % b"/close", b"connection: Keep-Alive, Close\r\n", id="app-closes"),
+        pytest.param(b"GET /length HTTP/1.0\r\n\r\n", b"connection: close\r\n", id="http-1.0"),
+        pytest.param(
+            b"GET /length HTTP/1.1\r\nConnection: close\r\n\r\n", b"connection: close\r\n", id="client-closes"
+        ),
+        pytest.param(
+            (GET % b"/length") + (GET % b"/stream") + (GET % b"/nowhere"), b"HTTP/1.1 404 Not Found", id="pipelined"
+        ),
+        pytest.param(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            b"HTTP/1.1 201 Created\r\n",
+            id="chunked-request",
+        ),
+        pytest.param(GET % b"/fails", b"HTTP/1.1 500 Internal Server Error\r\n", id="app-error"),
+        pytest.param(GET % b"/bad-header", b"", id="invalid-header-value"),
+        pytest.param(GET % b"/too-short", b"abc", id="body-shorter-than-declared"),
+        pytest.param(
+            b"GET /length HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", b"HTTP/1.1 400 Bad Request", id="bad-request"
+        ),
+    ],
+)
+async def test_answers_byte_for_byte_as_uvicorn(servers: dict[str, int], request_bytes: bytes, expected: bytes) -> None:
+    answer = same_bytes(await exchange_both(servers, request_bytes))
+    assert expected in answer
+
+
+async def test_pipelined_requests_answered_in_order(servers: dict[str, int]) -> None:
+    data = (GET % b"/length?first") + (GET % b"/stream") + (GET % b"/length?third")
+    answer = same_bytes(await exchange_both(servers, data))
+    assert answer.count(b"HTTP/1.1 200 OK") == 3
+    assert answer.index(b"/length") < answer.index(b"three") < answer.rindex(b"/length")
+
+
+async def test_expect_100_continue(servers: dict[str, int]) -> None:
+    data = b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello"
+    answer = same_bytes(await exchange_both(servers, data, pause_after=b"\r\n\r\n"))
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n")
+    assert answer.endswith(b"\r\n\r\nhello")
+
+
+async def test_a_small_response_leaves_in_one_write(servers: dict[str, int]) -> None:
+    """Head and body in one segment: read once, the whole response is there."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", servers["gateway"])
+    try:
+        writer.write(GET % b"/length")
+        first_read = await asyncio.wait_for(reader.read(65536), READ_SECONDS)
+        assert first_read.endswith(b'\r\n\r\n{"ok":true,"path":"/length"}')
+    finally:
+        writer.close()
+
+
+async def test_a_head_is_not_held_back_for_a_slow_first_piece(servers: dict[str, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", servers["gateway"])
+    try:
+        writer.write(GET % b"/slow-first-piece")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.2)  # the piece comes after 0.3 s
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert await asyncio.wait_for(reader.read(65536), READ_SECONDS) == b"4\r\nlate\r\n0\r\n\r\n"
+    finally:
+        writer.close()
+
+
+async def test_keep_alive_timeout_closes_idle_connections_only() -> None:
+    server = Running(GatewayHttpProtocol, keep_alive=1)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        # Busy across the timeout: a request every 0.3 s for 1.8 s keeps the connection open.
+        for _ in range(6):
+            writer.write(GET % b"/length")
+            assert (await asyncio.wait_for(reader.readuntil(b'"/length"}'), READ_SECONDS)).startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(0.3)
+        # Then idle: closed by the server within the timeout (+ one re-arm).
+        assert await asyncio.wait_for(reader.read(65536), READ_SECONDS) == b""
+        writer.close()
+    finally:
+        await server.stop()

@@ -15,7 +15,7 @@ from gateway.accesslog import AccessLog
 from gateway.breaker import CircuitBreaker
 from gateway.compat import LegacyAnalyticsController, LegacyAuthController, mark_deprecated
 from gateway.config import GatewaySettings
-from gateway.controllers import PlatformDocsController, proxy_handler, send_problem
+from gateway.controllers import PlatformDocsController, ProxyContext, proxy_handler, send_problem
 from gateway.errors import CORSRefused
 from gateway.openapi import OpenAPIAggregator
 from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream
@@ -78,6 +78,16 @@ def create_app(
             app.state.usage = await stack.enter_async_context(usage_emitter(settings, usage))
             app.state.gatekeeper = Gatekeeper(settings, app.state.verifier, app.state.revocations, limiter)
             app.state.openapi = OpenAPIAggregator(upstreams, settings.openapi_cache_seconds)
+            assert isinstance(app, GatewayApp)
+            app.proxy_context = ProxyContext(
+                routes=routes,
+                gatekeeper=app.state.gatekeeper,
+                upstreams=upstreams,
+                usage=app.state.usage,
+                access_log=access_log,
+                trusted_proxies=settings.trusted_proxy_list,
+                max_body_size=settings.max_body_size,
+            )
             # A gateway with Redis or one upstream down still serves: reported as degraded, still ready.
             checks = app.state.readiness_checks
             if settings.redis_url:
@@ -144,6 +154,7 @@ class GatewayApp(Litestar):
     ``Origin`` take Litestar's way, through its CORS middleware; everything else is Litestar's."""
 
     direct: DirectRoutes | None = None
+    proxy_context: ProxyContext | None = None  # set by the lifespan
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         direct = self.direct

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -15,11 +16,12 @@ from gateway.accesslog import AccessLog
 from gateway.errors import PayloadTooLarge
 from gateway.metrics import PROXY_METRICS
 from gateway.openapi import DOCS_HTML
-from gateway.proxy import ForwardRequest, RequestBody, ResponseStarted
-from gateway.routing import Route, checked_path
+from gateway.proxy import Forward, ForwardRequest, RequestBody, ResponseStarted
+from gateway.routing import Route, RouteTable, checked_path
 from gateway.services import Gatekeeper
+from gateway.usage import UsageEmitter
 from shared.errors import PROBLEM_MEDIA_TYPE, problem_for_exception
-from shared.http import client_ip, ensure_request_id, header
+from shared.http import client_ip, ensure_request_id
 
 logger = logging.getLogger("gateway")
 
@@ -39,38 +41,69 @@ def standard_headers(request_id: str, cors: bool) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+class ProxyContext(msgspec.Struct):
+    """What every proxied request uses, made by the gateway's lifespan (``GatewayApp.proxy_context``):
+    plain attributes, where ``app.state`` costs a Python-level lookup each."""
+
+    routes: RouteTable
+    gatekeeper: Gatekeeper
+    upstreams: dict[str, Forward]
+    usage: UsageEmitter
+    access_log: AccessLog
+    trusted_proxies: list[str]
+    max_body_size: int
+
+
+# The request headers the proxy reads (names as ASGI servers give them: lower case).
+_READ_HEADERS = frozenset({b"authorization", b"host", b"content-length", b"transfer-encoding"})
+
+
+def _read_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The first value of each of ``_READ_HEADERS`` present, in one pass."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        name = name.lower()
+        if name in _READ_HEADERS and name not in found:
+            found[name] = value
+    return found
+
+
 def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
     """A mount that admits and forwards everything under ``route.prefix`` (``cors``: CORS is on)."""
 
     async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope["app"].state
+        context: ProxyContext = scope["app"].proxy_context  # type: ignore[attr-defined]  # a GatewayApp
         started = time.perf_counter()
         request_id = ensure_request_id(scope)
-        ip = client_ip(scope, state.trusted_proxies)
+        ip = client_ip(scope, context.trusted_proxies)
         method: str = scope["method"]  # type: ignore[typeddict-item]  # mounts see HTTP scopes only
         status, user_id, request = 500, None, None
         _in_flight[0] += 1
         try:
             path = checked_path(scope.get("raw_path") or scope["path"].encode())
-            if state.routes.match(path) != route:
+            if context.routes.match(path) != route:
                 raise NotFoundException()
-            gatekeeper: Gatekeeper = state.gatekeeper
-            admission = await gatekeeper.admit(method, path, header(scope, b"authorization"), ip)
+            headers = _read_headers(scope["headers"])
+            authorization = headers.get(b"authorization")
+            admission = await context.gatekeeper.admit(
+                method, path, authorization.decode("latin-1") if authorization is not None else None, ip
+            )
             user_id = admission.user_id
+            query: bytes = scope["query_string"]
             request = ForwardRequest(
                 method=method,
-                target=path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""),
+                target=path + "?" + query.decode("latin-1") if query else path,
                 headers=list(scope["headers"]),
                 client_ip=ip,
                 proto=scope.get("scheme", "http"),
-                host=header(scope, b"host") or "",
+                host=headers.get(b"host", b"").decode("latin-1"),
                 request_id=request_id,
-                body=_request_body(scope, receive, state.settings.max_body_size),
+                body=_request_body(headers, receive, context.max_body_size),
             )
             upstream_started = time.perf_counter()
             extra = admission.decision.raw_headers(admission.policy)
             extra += standard_headers(request_id, cors)
-            status = await state.upstreams[route.prefix].forward(request, send, extra)
+            status = await context.upstreams[route.prefix].forward(request, send, extra)
             PROXY_METRICS.upstream_answered(route.template, time.perf_counter() - upstream_started)
         except ResponseStarted as exc:
             status = 502
@@ -86,8 +119,8 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
             # The one "request finished" point: method, route template, status, latency (elapsed),
             # user, request ID, client IP and the response body bytes relayed
             # (``request.response_bytes``; no request when refused before forwarding) are known here.
-            state.usage.record(user_id, method, route.prefix, status, elapsed, request_id, scope)
-            access_log: AccessLog = state.access_log
+            context.usage.record(user_id, method, route.prefix, status, elapsed, request_id, scope)
+            access_log = context.access_log
             if access_log.enabled:
                 access_log.request(method, route.template, status, elapsed, user_id, request_id, ip)
 
@@ -100,9 +133,9 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
     )(proxy)
 
 
-def _request_body(scope: Scope, receive: Receive, limit: int) -> RequestBody | None:
-    length = header(scope, b"content-length")
-    chunked = header(scope, b"transfer-encoding") is not None
+def _request_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> RequestBody | None:
+    length = headers.get(b"content-length")
+    chunked = b"transfer-encoding" in headers
     if length is None and not chunked:
         return None
     declared = int(length) if length is not None and length.isdigit() and not chunked else None

@@ -99,6 +99,19 @@ def _normalise(name: bytes) -> str:
     return name.decode("latin-1").lower().replace("_", "-")
 
 
+_FORWARDED_NAMES: dict[bytes, bytes] = {}  # a client's header name → as forwarded (lower case), b"": never
+_FORWARDED_NAMES_KEPT = 4096  # names beyond these are worked out on every request, not remembered
+
+
+def _forwarded_name(name: bytes) -> bytes:
+    """``name`` in lower case if a client may send it on, else b"" (hop-by-hop, identity, ours)."""
+    key = _normalise(name)
+    forwarded = b"" if key in _NOT_FORWARDED or key.startswith(IDENTITY_PREFIXES) else name.lower()
+    if len(_FORWARDED_NAMES) < _FORWARDED_NAMES_KEPT:
+        _FORWARDED_NAMES[name] = forwarded
+    return forwarded
+
+
 def upstream_target(target: str) -> str:
     """The path and query exactly as the client sent them; only bytes that cannot appear in a
     request line (controls, space, non-ASCII) are percent-encoded in the query."""
@@ -121,22 +134,21 @@ class ForwardRequest(msgspec.Struct):
 def forwarded_headers(request: ForwardRequest) -> list[tuple[bytes, bytes]]:
     """The client's headers minus hop-by-hop and identity ones, plus the gateway's own (names in
     lower case, as ASGI and HTTP/1.1 both accept)."""
+    kept = []
     connection_listed: set[str] = set()
     for name, value in request.headers:
-        if name.lower() == b"connection":
+        forwarded_name = _FORWARDED_NAMES.get(name)
+        if forwarded_name is None:
+            forwarded_name = _forwarded_name(name)
+        if forwarded_name:
+            kept.append((forwarded_name, value))
+        elif name.lower() == b"connection":
             connection_listed |= {
                 token.strip().lower().replace("_", "-") for token in value.decode("latin-1").split(",")
             }
-    kept = []
-    for name, value in request.headers:
-        key = _normalise(name)
-        if (
-            key in _NOT_FORWARDED
-            or key.startswith(IDENTITY_PREFIXES)
-            or (connection_listed and key in connection_listed)
-        ):
-            continue
-        kept.append((name.lower(), value))
+    connection_listed -= _NOT_FORWARDED  # "keep-alive", "close": gone anyway
+    if connection_listed:
+        kept = [(name, value) for name, value in kept if _normalise(name) not in connection_listed]
     kept += [
         (b"x-forwarded-for", request.client_ip.encode("latin-1")),
         (b"x-forwarded-proto", request.proto.encode("latin-1")),

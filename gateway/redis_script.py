@@ -147,6 +147,7 @@ class PipelinedScript:
         self.script = script.encode()
         self.sha = hashlib.sha1(self.script, usedforsecurity=False).hexdigest().encode()
         self._evalsha = _bulk_strings((b"EVALSHA", self.sha))
+        self._eval = _bulk_strings((b"EVAL", self.script))
         self.host = host
         self.port = port
         self.db = db
@@ -180,12 +181,21 @@ class PipelinedScript:
         )
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        return await self.call_packed(self.pack(keys, args))
+
+    def pack(self, keys: list[str], args: list[Any]) -> bytes:
+        """The EVALSHA command for ``keys`` and ``args`` (a caller may keep it for repeated calls)."""
         # pack(b"EVALSHA", sha, len(keys), *keys, *args) with its fixed head written once
-        command = b"*%d\r\n" % (3 + len(keys) + len(args)) + self._evalsha + _bulk_strings((len(keys), *keys, *args))
+        return b"*%d\r\n" % (3 + len(keys) + len(args)) + self._evalsha + _bulk_strings((len(keys), *keys, *args))
+
+    async def call_packed(self, command: bytes) -> Any:
+        """Send a command made by ``pack``: its reply, or EVAL of the script when Redis lost it."""
         reply = await self._call(command)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            # Redis restarted or flushed its scripts: EVAL once, which also caches it again.
-            reply = await self._call(pack(b"EVAL", self.script, len(keys), *keys, *args))
+            # Redis restarted or flushed its scripts: EVAL once, which also caches it again. The
+            # command after EVALSHA's name and digest (the keys and arguments) is EVAL's too.
+            count, _, rest = command.partition(b"\r\n")
+            reply = await self._call(count + b"\r\n" + self._eval + rest[len(self._evalsha) :])
         if isinstance(reply, hiredis.ReplyError):
             message = str(reply)
             raise NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)

@@ -65,11 +65,17 @@ class RouteTable:
     def __init__(self, prefixes: list[str]) -> None:
         # Longest prefix first, so "/api/v1/auth/admin" could override "/api/v1/auth".
         self.routes = [Route(prefix, prefix.rsplit("/", 1)[-1]) for prefix in sorted(prefixes, key=len, reverse=True)]
+        self._by_prefix = {route.prefix: route for route in self.routes}
+        self._depths = sorted({prefix.count("/") for prefix in self._by_prefix}, reverse=True)
 
     def match(self, path: str) -> Route | None:
-        for route in self.routes:
-            if path == route.prefix or path.startswith(route.prefix + "/"):
-                return route
+        """The route whose prefix is the path or its longest leading run of whole segments."""
+        for depth in self._depths:  # one dict lookup per prefix depth (one in practice), deepest first
+            parts = path.split("/", depth + 1)
+            if len(parts) > depth:
+                route = self._by_prefix.get("/".join(parts[: depth + 1]))
+                if route is not None:
+                    return route
         return None
 
 

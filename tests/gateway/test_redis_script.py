@@ -54,6 +54,43 @@ async def test_same_replies_as_redis_py_and_eval_on_noscript(client: Redis, redi
         await fast.aclose()
 
 
+async def test_a_kept_command_is_evaluated_again_after_redis_loses_its_scripts(
+    client: Redis, redis_namespace: str
+) -> None:
+    """The rate limiter packs a client's call once and sends the same bytes again; after a
+    SCRIPT FLUSH (or a Redis restart) those bytes get NOSCRIPT and must be sent as EVAL."""
+    script = ECHO + f" -- {secrets.token_hex(8)}"
+    fast = PipelinedScript.for_client(client, script)
+    assert fast is not None
+    key = f"{redis_namespace}:echo"
+    command = fast.pack([key], [6e-05, "text", 1763830000])
+    expected = [key.encode(), b"6e-05", b"text", 1763830000]
+    try:
+        assert await fast.call_packed(command) == expected  # NOSCRIPT, then EVAL
+        assert await fast.call_packed(command) == expected  # EVALSHA
+        await client.script_flush()
+        assert await fast.call_packed(command) == expected
+    finally:
+        await fast.aclose()
+
+
+async def test_the_limiter_keeps_counting_one_client_across_a_script_flush(
+    client: Redis, redis_url: str, redis_namespace: str
+) -> None:
+    limiter = RateLimiter(Redis.from_url(redis_url, socket_timeout=1), redis_namespace)
+    policy = Policy("kept", limit=10, window=60, burst=10)
+    try:
+        remaining = [(await limiter.hit("203.0.113.9", policy)).remaining for _ in range(3)]
+        await client.script_flush()
+        remaining += [(await limiter.hit("203.0.113.9", policy)).remaining for _ in range(2)]
+        assert remaining == [9, 8, 7, 6, 5]
+        assert not limiter.degraded
+    finally:
+        await limiter.aclose()
+        assert limiter.redis is not None
+        await limiter.redis.aclose()
+
+
 async def test_the_rate_limit_script_answers_alike(client: Redis, redis_namespace: str) -> None:
     fast = PipelinedScript.for_client(client, _SCRIPT)
     assert fast is not None

@@ -11,6 +11,7 @@ from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
 from gateway.app import create_app
+from gateway.routing import RouteTable
 from tests.conftest import app_client
 from tests.gateway.conftest import (
     AUTH,
@@ -60,6 +61,28 @@ async def test_percent_encoded_characters_reach_the_upstream_decoded_in_path_exa
     assert response.status_code == 200, response.text
     assert response.json()["raw_path"] == f"{USERS}/hello%20world"
     assert response.json()["path"] == f"{USERS}/hello world"
+
+
+@pytest.mark.parametrize(
+    ("path", "prefix"),
+    [
+        ("/api/v1/users", "/api/v1/users"),
+        ("/api/v1/users/", "/api/v1/users"),
+        ("/api/v1/users/42/profile", "/api/v1/users"),
+        ("/api/v1/users/admin", "/api/v1/users/admin"),
+        ("/api/v1/users/admin/x", "/api/v1/users/admin"),
+        ("/api/v1/users/administrator", "/api/v1/users"),
+        ("/api/v1/usersx", None),
+        ("/api/v1", None),
+        ("/api/v1/", None),
+        ("/", None),
+        ("", None),
+    ],
+)
+def test_the_longest_prefix_of_whole_segments_wins(path: str, prefix: str | None) -> None:
+    table = RouteTable(["/api/v1/auth", "/api/v1/users", "/api/v1/users/admin"])
+    route = table.match(path)
+    assert (route.prefix if route else None) == prefix
 
 
 @pytest.mark.parametrize(

@@ -272,8 +272,9 @@ class HTTPUpstream:
             framing = b"transfer-encoding: chunked\r\n" if length is None else b"content-length: %d\r\n" % length
         target = self.base_path + upstream_target(request.target)
         line = f"{request.method} {target} HTTP/1.1\r\nhost: ".encode("latin-1")
-        fields = b"".join([name + b": " + value + b"\r\n" for name, value in forwarded_headers(request)])
-        return b"".join((line, self.pool.host_header, b"\r\n", fields, framing, b"\r\n"))
+        # Never empty: the gateway adds its own X-Forwarded-* and X-Request-ID to every request.
+        fields = b"\r\n".join([b": ".join(field) for field in forwarded_headers(request)])
+        return b"".join((line, self.pool.host_header, b"\r\n", fields, b"\r\n", framing, b"\r\n"))
 
     async def _exchange(
         self, head: bytes, request: ForwardRequest, send: Send, extra: list[tuple[bytes, bytes]]

@@ -9,6 +9,7 @@ Policy semantics: a client may send ``burst`` requests at once and at most ``lim
 window of ``window`` seconds (the steady rate is therefore ``limit - burst + 1`` per window).
 """
 
+import functools
 import logging
 import math
 import time
@@ -96,14 +97,21 @@ class Decision(msgspec.Struct, frozen=True):
 
     def raw_headers(self, policy: Policy) -> list[tuple[bytes, bytes]]:
         """``headers`` of an allowed request, as ASGI response headers."""
-        remaining, reset = str(self.remaining).encode(), str(self.reset_seconds).encode()
+        policy_header, name, limit = _policy_bytes(policy)
+        remaining, reset = b"%d" % self.remaining, b"%d" % self.reset_seconds
         return [
-            (b"ratelimit-policy", policy.policy_header.encode()),
-            (b"ratelimit", b'"%b";r=%b;t=%b' % (policy.name.encode(), remaining, reset)),
-            (b"x-ratelimit-limit", str(policy.limit).encode()),
+            (b"ratelimit-policy", policy_header),
+            (b"ratelimit", b'"%b";r=%b;t=%b' % (name, remaining, reset)),
+            (b"x-ratelimit-limit", limit),
             (b"x-ratelimit-remaining", remaining),
             (b"x-ratelimit-reset", reset),
         ]
+
+
+@functools.cache
+def _policy_bytes(policy: Policy) -> tuple[bytes, bytes, bytes]:
+    """A policy's header, name and limit as header bytes, worked out once per policy."""
+    return policy.policy_header.encode(), policy.name.encode(), b"%d" % policy.limit
 
 
 def _decision(
@@ -175,7 +183,11 @@ class RateLimiter:
         """
         if self._script is not None and self.breaker.allow():
             try:
-                result = await self._call_script(key, policy, revocation_keys, iat)
+                command = self._commands.get((policy, key, tuple(revocation_keys) if revocation_keys else (), iat))
+                if command is not None:  # the common case, awaited here: one coroutine fewer to resume
+                    result = await self._script.call_packed(command)
+                else:
+                    result = await self._call_script(key, policy, revocation_keys, iat)
             except (RedisError, OSError) as exc:
                 self._record_failure(exc)
             else:
@@ -193,22 +205,17 @@ class RateLimiter:
 
     async def _call_script(self, key: str, policy: Policy, revocation_keys: list[str] | None, iat: int) -> Any:
         """The script's reply. The same client and token make the same command every time: over the
-        pipelined connection it is packed once and kept (up to ``COMMANDS_KEPT`` of them)."""
-        pipelined = isinstance(self._script, PipelinedScript)
-        if pipelined:
-            cache_key = (policy, key, tuple(revocation_keys) if revocation_keys else (), iat)
-            command = self._commands.get(cache_key)
-            if command is not None:
-                return await self._script.call_packed(command)
+        pipelined connection it is packed once and kept in ``_commands`` (up to ``COMMANDS_KEPT``)."""
         prefix, interval, tolerance = self._script_arguments(policy)
         keys = [prefix + key]
         if revocation_keys:
             keys += [f"{self.namespace}:{k}" for k in revocation_keys]
         args = [interval, tolerance, iat]
-        if not pipelined:
+        if not isinstance(self._script, PipelinedScript):
             return await self._script(keys=keys, args=args)
         if len(self._commands) >= COMMANDS_KEPT:
             self._commands.clear()
+        cache_key = (policy, key, tuple(revocation_keys) if revocation_keys else (), iat)
         command = self._commands[cache_key] = self._script.pack(keys, args)
         return await self._script.call_packed(command)
 

@@ -115,12 +115,23 @@ class _Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(replies)]
         self.pending.extend(futures)
+        self._send(command, loop)
+        return futures
+
+    def request_one(self, command: bytes) -> "asyncio.Future[Any]":
+        """``request(command)[0]``, the per-request case without the lists."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append(future)
+        self._send(command, loop)
+        return future
+
+    def _send(self, command: bytes, loop: asyncio.AbstractEventLoop) -> None:
         # Commands issued in the same turn of the event loop leave in one write: one system call
         # for all the requests that uvicorn handed over together.
         if not self.outgoing:
             loop.call_soon(self._flush)
         self.outgoing.append(command)
-        return futures
 
     def _flush(self) -> None:
         data = b"".join(self.outgoing)
@@ -205,10 +216,7 @@ class PipelinedScript:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
-        (future,) = protocol.request(command)
-        return await self._wait(protocol, future)
-
-    async def _wait(self, protocol: _Protocol, future: "asyncio.Future[Any]") -> Any:
+        future = protocol.request_one(command)
         deadlines = self._deadlines
         if deadlines is None:
             return await future

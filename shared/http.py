@@ -28,10 +28,32 @@ def ensure_request_id(scope: Scope) -> str:
     request_id: str | None = state.get("request_id")
     if request_id is None:
         incoming = header(scope, REQUEST_ID_HEADER.encode())
-        # 128 random bits in 32 hex digits, as uuid4().hex without building a UUID (per request).
-        request_id = incoming if incoming and _WELL_FORMED_ID.match(incoming) else os.urandom(16).hex()
+        request_id = incoming if incoming and _WELL_FORMED_ID.match(incoming) else _new_request_ids.next()
         state["request_id"] = request_id
     return request_id
+
+
+class _RandomIds:
+    """128 random bits in 32 hex digits, as ``uuid4().hex`` without building a UUID, read from the
+    OS for 256 IDs at a time: one system call, not one per request. A forked child starts afresh."""
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.at = 0
+
+    def next(self) -> str:
+        at = self.at
+        if at >= len(self.pool):
+            self.pool, at = os.urandom(16 * 256), 0
+        self.at = at + 16
+        return self.pool[at : at + 16].hex()
+
+    def forget(self) -> None:
+        self.pool, self.at = b"", 0
+
+
+_new_request_ids = _RandomIds()
+os.register_at_fork(after_in_child=_new_request_ids.forget)
 
 
 def header(scope: Scope, name: bytes) -> str | None:

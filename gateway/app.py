@@ -7,7 +7,6 @@ from typing import Any
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.enums import ScopeType
-from litestar.exceptions import InternalServerException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Gauge
 
@@ -25,7 +24,6 @@ from gateway.services import Gatekeeper
 from gateway.usage import usage_emitter
 from shared.events import EventBus
 from shared.http import Degraded, ensure_request_id, header, run_check
-from shared.logs import request_id_var
 from shared.service import create_service_app
 from shared.settings import dev_secret_file, load_settings
 from shared.stores import KeyValueStore, create_redis
@@ -132,17 +130,6 @@ class DirectRoutes:
             return None
         return self.routes.match(scope["path"])
 
-    async def proxy(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = ensure_request_id(scope)
-        token = request_id_var.set(request_id)  # as RequestIdMiddleware does
-        try:
-            await self.endpoints[route.prefix](scope, receive, send)
-        except Exception:  # as Litestar's exception middleware would
-            logger.exception("proxy failed", extra={"route": route.template})
-            await send_problem(send, InternalServerException(), request_id, scope["path"], self.cors)
-        finally:
-            request_id_var.reset(token)
-
 
 class GatewayApp(Litestar):
     """The gateway's Litestar app. Proxied requests go straight to their mount's handler, past
@@ -163,7 +150,7 @@ class GatewayApp(Litestar):
             if route is not None:
                 scope["app"] = scope["litestar_app"] = self
                 scope.setdefault("state", {})
-                await direct.proxy(route, scope, receive, send)
+                await direct.endpoints[route.prefix](scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException, InternalServerException, NotFoundException
 from litestar.handlers import ASGIRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
 from prometheus_client import Gauge
@@ -22,6 +22,7 @@ from gateway.services import Gatekeeper
 from gateway.usage import UsageEmitter
 from shared.errors import PROBLEM_MEDIA_TYPE, problem_for_exception
 from shared.http import client_ip, ensure_request_id
+from shared.logs import request_id_var
 
 logger = logging.getLogger("gateway")
 
@@ -79,6 +80,7 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
         method: str = scope["method"]  # type: ignore[typeddict-item]  # mounts see HTTP scopes only
         status, user_id, request = 500, None, None
         _in_flight[0] += 1
+        log_context = request_id_var.set(request_id)  # as RequestIdMiddleware does on Litestar's way
         try:
             path = checked_path(scope.get("raw_path") or scope["path"].encode())
             if context.routes.match(path) != route:
@@ -112,7 +114,11 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
             # The mount rewrote scope["path"]; the problem names the path the client asked for.
             instance = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
             status = await send_problem(send, exc, request_id, instance, cors)
+        except Exception:  # as Litestar's exception middleware would
+            logger.exception("proxy failed", extra={"route": route.template})
+            status = await send_problem(send, InternalServerException(), request_id, scope["path"], cors)
         finally:
+            request_id_var.reset(log_context)
             _in_flight[0] -= 1
             elapsed = time.perf_counter() - started
             PROXY_METRICS.finished(route.template, method, status, elapsed)

@@ -23,6 +23,7 @@ protocols over real sockets and compares the bytes).
 """
 
 import asyncio
+import operator
 import urllib.parse
 from typing import Any
 
@@ -37,6 +38,9 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 _JOIN_LIMIT = 64 * 1024  # a body piece larger than this leaves in its own write, not copied
+_name = operator.itemgetter(0)
+_value = operator.itemgetter(1)
+_FIELD_JOIN = b": ".join
 
 
 class GatewayCycle(RequestResponseCycle):
@@ -66,6 +70,41 @@ class GatewayCycle(RequestResponseCycle):
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
 
     def _head(self, status: int, headers: Any) -> bytes:
+        head = self._plain_head(status, headers)
+        return head if head is not None else self._any_head(status, headers)
+
+    def _plain_head(self, status: int, headers: Any) -> bytes | None:
+        """The head of a response whose header names are all lower case and which names neither
+        ``Transfer-Encoding`` nor ``Connection`` (every proxied response: those are hop-by-hop),
+        built and checked by C-level joins and searches; None for any other response."""
+        names = b"".join(map(_name, headers))
+        if not names.islower():
+            return None
+        fields = b"\r\n".join(map(_FIELD_JOIN, headers))
+        lines = b"\n" + fields  # each header's name now follows a newline, and only there
+        if b"\ntransfer-encoding: " in lines or b"\nconnection: " in lines:
+            return None
+        if HEADER_RE.search(names):
+            raise RuntimeError("Invalid HTTP header name.")
+        if HEADER_VALUE_RE.search(b"".join(map(_value, headers))):
+            raise RuntimeError("Invalid HTTP header value.")
+        framing = b""
+        length_at = lines.find(b"\ncontent-length: ")
+        if length_at >= 0:
+            start = length_at + len(b"\ncontent-length: ")
+            end = lines.find(b"\r", start)
+            self.expected_content_length = int(lines[start : end if end >= 0 else None].decode())
+            self.chunked_encoding = False
+        elif self.scope["method"] != "HEAD" and status not in (204, 304):
+            self.chunked_encoding = True
+            framing = b"transfer-encoding: chunked\r\n"
+        if not self.keep_alive:
+            framing += b"connection: close\r\n"
+        separator = b"\r\n" if fields else b""
+        return b"".join((STATUS_LINE[status], _default_head(self.default_headers), fields, separator, framing, b"\r\n"))
+
+    def _any_head(self, status: int, headers: Any) -> bytes:
+        """uvicorn's way, header by header."""
         names = []
         values = []
         lines = [STATUS_LINE[status], _default_head(self.default_headers)]

@@ -21,6 +21,18 @@ READ_SECONDS = 5
 DATE = re.compile(rb"date: [^\r]+\r\n")
 
 
+NAMES = {"case": "lower"}  # header names as the app gives them: "lower" or "title" (set per test)
+
+
+async def start(send: Any, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    """``http.response.start`` with an extra header, names in the case the test asked for: the
+    gateway's protocol builds lower-case heads its own quick way and any other the long way."""
+    headers = [*headers, (b"x-case", b"yes")]
+    if NAMES["case"] == "title":
+        headers = [(name.title(), value) for name, value in headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
 async def app(scope: Any, receive: Any, send: Any) -> None:
     """One behaviour per path, covering every way an app frames a response."""
     if scope["type"] == "lifespan":
@@ -31,16 +43,16 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     if path == "/length":
         body = b'{"ok":true,"path":"%b"}' % scope["raw_path"]
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await start(send, 200, headers)
         await send({"type": "http.response.body", "body": body})
     elif path == "/stream":  # no length: chunked, pieces as they come, an empty piece on the way
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"X-Stream", b"yes")]})
+        await start(send, 200, [(b"x-stream", b"yes")])
         for piece in (b"one-", b"", b"two-", b"three"):
             await send({"type": "http.response.body", "body": piece, "more_body": True})
             await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": b""})
     elif path == "/slow-first-piece":  # the head must not wait for a piece that takes its time
-        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await start(send, 200, [])
         await asyncio.sleep(0.3)
         await send({"type": "http.response.body", "body": b"late"})
     elif path == "/echo":  # reads the whole body (100-continue, chunked or sized requests)
@@ -51,24 +63,26 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         headers = [(b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        await start(send, 201, headers)
         await send({"type": "http.response.body", "body": body})
     elif path == "/empty":
-        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await start(send, 204, [])
         await send({"type": "http.response.body", "body": b""})
     elif path == "/close":  # the app asks for the connection to end
         headers = [(b"connection", b"Keep-Alive, Close"), (b"content-length", b"3")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await start(send, 200, headers)
         await send({"type": "http.response.body", "body": b"bye"})
     elif path == "/bad-header":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\r\nb")]})
+        await start(send, 200, [(b"x-bad", b"a\r\nb")])
+    elif path == "/bad-name":
+        await start(send, 200, [(b"x bad", b"1"), (b"content-length", b"0")])
     elif path == "/fails":
         raise RuntimeError("the app failed before answering")
     elif path == "/too-short":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        await start(send, 200, [(b"content-length", b"10")])
         await send({"type": "http.response.body", "body": b"abc"})
     else:
-        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+        await start(send, 404, [(b"content-length", b"0")])
         await send({"type": "http.response.body", "body": b""})
 
 
@@ -149,7 +163,7 @@ GET = b"GET %b HTTP/1.1\r\nHost: example\r\n\r\n"
     [
         pytest.param(GET % b"/length?q=1", b'{"ok":true,"path":"/length"}', id="content-length"),
         pytest.param(GET % b"/stream", b"4\r\none-\r\n4\r\ntwo-\r\n5\r\nthree\r\n0\r\n\r\n", id="chunked"),
-        pytest.param(b"HEAD /length HTTP/1.1\r\nHost: x\r\n\r\n", b"content-length: 28\r\n\r\n", id="head"),
+        pytest.param(b"HEAD /length HTTP/1.1\r\nHost: x\r\n\r\n", b"content-length: 28\r\nx-case: yes\r\n\r\n", id="head"),
         pytest.param(GET % b"/empty", b"HTTP/1.1 204 No Content\r\n", id="no-content"),
         pytest.param(GET % b"/close", b"connection: Keep-Alive, Close\r\n", id="app-closes"),
         pytest.param(b"GET /length HTTP/1.0\r\n\r\n", b"connection: close\r\n", id="http-1.0"),
@@ -167,13 +181,18 @@ GET = b"GET %b HTTP/1.1\r\nHost: example\r\n\r\n"
         ),
         pytest.param(GET % b"/fails", b"HTTP/1.1 500 Internal Server Error\r\n", id="app-error"),
         pytest.param(GET % b"/bad-header", b"", id="invalid-header-value"),
+        pytest.param(GET % b"/bad-name", b"", id="invalid-header-name"),
         pytest.param(GET % b"/too-short", b"abc", id="body-shorter-than-declared"),
         pytest.param(
             b"GET /length HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", b"HTTP/1.1 400 Bad Request", id="bad-request"
         ),
     ],
 )
-async def test_answers_byte_for_byte_as_uvicorn(servers: dict[str, int], request_bytes: bytes, expected: bytes) -> None:
+@pytest.mark.parametrize("case", ["lower", "title"])
+async def test_answers_byte_for_byte_as_uvicorn(
+    servers: dict[str, int], request_bytes: bytes, expected: bytes, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(NAMES, "case", case)
     answer = same_bytes(await exchange_both(servers, request_bytes))
     assert expected in answer
 

@@ -7,6 +7,8 @@ path we forward.
 """
 
 import re
+import unicodedata
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 
@@ -20,6 +22,7 @@ _PLAIN = re.compile(rb"^(?:/[A-Za-z0-9\-_~!$&'()*+,=:@][A-Za-z0-9\-._~!$&'()*+,=
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 # Percent-encodings that would change the path's structure once decoded.
 _FORBIDDEN_ENCODED = {0x2E, 0x2F, 0x5C, 0x25, 0x3B, 0x3F, 0x23} | set(range(0x00, 0x20)) | {0x7F}
+_PATH_SYNTAX = "./\\%;?#"  # characters whose appearance under NFKC would change how a path reads
 
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
     {
@@ -58,7 +61,25 @@ def checked_path(raw_path: bytes) -> str:
 
 
 def _has_forbidden_encoding(raw_path: bytes) -> bool:
-    return any(int(code, 16) in _FORBIDDEN_ENCODED or int(code, 16) >= 0x80 for code in _PERCENT.findall(raw_path))
+    codes = [int(code, 16) for code in _PERCENT.findall(raw_path)]
+    if any(code in _FORBIDDEN_ENCODED for code in codes):
+        return True
+    return any(code >= 0x80 for code in codes) and not _is_plain_text(unquote_to_bytes(raw_path))
+
+
+def _is_plain_text(decoded: bytes) -> bool:
+    """Percent-encoded non-ASCII (a table named "Café") is allowed as well-formed UTF-8 (no overlong
+    forms) without control characters that Unicode compatibility normalisation (NFKC, which a
+    server behind us might apply) does not turn into path syntax: fullwidth dots or solidi are
+    refused like their ASCII forms."""
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    if any(unicodedata.category(character) == "Cc" for character in text):
+        return False
+    normal = unicodedata.normalize("NFKC", text)
+    return all(normal.count(character) == text.count(character) for character in _PATH_SYNTAX)
 
 
 class RouteTable:

@@ -82,6 +82,55 @@ CONFUSING: list[bytes] = [
 ]
 
 
+TEXT_PATHS: list[bytes] = [
+    b"/api/v1/users/Caf%C3%A9",
+    b"/api/v1/users/Caf%c3%a9/records",
+    b"/api/v1/users/%E6%9D%B1%E4%BA%AC%20office",
+    b"/api/v1/users/%F0%9F%93%8A%20Reports",
+    b"/api/v1/users/Stra%C3%9Fe",
+]
+NOT_TEXT_PATHS: list[bytes] = [
+    b"/api/v1/users/%C0%AE%C0%AE/auth/me",  # overlong "."
+    b"/api/v1/users/%E0%80%AE",  # overlong "." in three bytes
+    b"/api/v1/users/%EF%BC%8E%EF%BC%8E/auth/me",  # fullwidth dots
+    b"/api/v1/users/x%EF%BC%8Fy",  # fullwidth solidus
+    b"/api/v1/users/x%EF%BC%BCy",  # fullwidth reverse solidus
+    b"/api/v1/users/x%EF%BC%85%32%65",  # fullwidth percent
+    b"/api/v1/users/x%E2%80%A4%E2%80%A4",  # one dot leaders (NFKC: ".")
+    b"/api/v1/users/%E2%80%A5",  # two dot leader (NFKC: "..")
+    b"/api/v1/users/x%C2%85y",  # C1 control (NEL)
+    b"/api/v1/users/x%FF",  # not UTF-8
+    b"/api/v1/users/x%80",  # a lone continuation byte
+    b"/api/v1/users/x%C3",  # a truncated sequence
+]
+
+
+@pytest.mark.parametrize("target", TEXT_PATHS, ids=[t.decode() for t in TEXT_PATHS])
+async def test_percent_encoded_text_reaches_the_upstream_exactly(
+    both: tuple[Litestar, Echo, Echo], target: bytes
+) -> None:
+    """Airtable table and field names are often not ASCII: encoded as UTF-8 they pass unchanged."""
+    app, _, users_echo = both
+    token = access_token().encode()
+    response = await raw_request(app, target, headers=[(b"authorization", b"Bearer " + token)])
+    assert response.status_code == 200, (response.status_code, response.content)
+    (received,) = users_echo.seen
+    assert received.raw_path.encode("latin-1") == target
+    assert received.path == unquote(target.decode("ascii"))
+
+
+@pytest.mark.parametrize("target", NOT_TEXT_PATHS, ids=[t.decode() for t in NOT_TEXT_PATHS])
+async def test_encoded_bytes_that_are_not_plain_text_are_refused(
+    both: tuple[Litestar, Echo, Echo], target: bytes
+) -> None:
+    app, auth_echo, users_echo = both
+    token = access_token().encode()
+    response = await raw_request(app, target, headers=[(b"authorization", b"Bearer " + token)])
+    assert response.status_code == 400, (response.status_code, response.content)
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert auth_echo.seen == [] and users_echo.seen == []
+
+
 @pytest.fixture
 async def both(make_settings: SettingsFactory) -> AsyncIterator[tuple[Litestar, Echo, Echo]]:
     auth_echo, users_echo = Echo(AUTH), Echo(USERS)

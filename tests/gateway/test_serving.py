@@ -163,7 +163,9 @@ GET = b"GET %b HTTP/1.1\r\nHost: example\r\n\r\n"
     [
         pytest.param(GET % b"/length?q=1", b'{"ok":true,"path":"/length"}', id="content-length"),
         pytest.param(GET % b"/stream", b"4\r\none-\r\n4\r\ntwo-\r\n5\r\nthree\r\n0\r\n\r\n", id="chunked"),
-        pytest.param(b"HEAD /length HTTP/1.1\r\nHost: x\r\n\r\n", b"content-length: 28\r\nx-case: yes\r\n\r\n", id="head"),
+        pytest.param(
+            b"HEAD /length HTTP/1.1\r\nHost: x\r\n\r\n", b"content-length: 28\r\nx-case: yes\r\n\r\n", id="head"
+        ),
         pytest.param(GET % b"/empty", b"HTTP/1.1 204 No Content\r\n", id="no-content"),
         pytest.param(GET % b"/close", b"connection: Keep-Alive, Close\r\n", id="app-closes"),
         pytest.param(b"GET /length HTTP/1.0\r\n\r\n", b"connection: close\r\n", id="http-1.0"),

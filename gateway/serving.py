@@ -14,6 +14,10 @@ A proxied request spent ≈ 40 µs of its ≈ 160 µs of gateway CPU in uvicorn'
 * **The keep-alive timer.** uvicorn cancels it when a request arrives and arms a new one after
   every response. Here one timer per connection notes when the connection fell idle and, when it
   fires on a connection that has been busy since, is armed again for the rest of the timeout.
+  The same timer gives request heads a deadline, which uvicorn has none of: a connection that
+  sends no complete head within ``HEAD_TIMEOUT_SECONDS`` of opening, or of a request's first byte,
+  is closed (with a 408 problem if part of a head came), so slow-header clients (slowloris,
+  RELIABILITY F6) cannot hold connections open.
 * **The scope.** Its constant part is built once per connection.
 
 Behaviour is uvicorn's: the same scope, status lines, framing (``Content-Length``, chunked, none for
@@ -37,6 +41,15 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+HEAD_TIMEOUT_SECONDS = 10.0  # from a connection's start, or a request's first byte, to the end of its head
+_HEAD_TIMEOUT_BODY = (
+    b'{"type":"/problems/request-timeout","title":"Request Timeout","status":408,'
+    b'"detail":"The request head did not arrive in time.","code":"request-timeout"}'
+)
+_HEAD_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY)
+)
 _JOIN_LIMIT = 64 * 1024  # a body piece larger than this leaves in its own write, not copied
 _name = operator.itemgetter(0)
 _value = operator.itemgetter(1)
@@ -197,10 +210,13 @@ def _default_head(default_headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """``uvicorn.run(..., http=GatewayHttpProtocol)``: uvicorn's protocol with ``GatewayCycle``."""
+    """``uvicorn.run(..., http=GatewayHttpProtocol)``: uvicorn's protocol with ``GatewayCycle``,
+    one timer per connection, and a deadline for request heads (RELIABILITY F6, slowloris)."""
 
+    head_since: float | None = None  # since when a request head (or the first) is awaited; None once read
     idle_since: float | None = None  # when the last response finished; None while a request is in progress
-    keep_alive_timer: asyncio.TimerHandle | None = None
+    timer: asyncio.TimerHandle | None = None
+    head_timeout = HEAD_TIMEOUT_SECONDS
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -213,34 +229,27 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "scheme": self.scheme,
             "root_path": self.root_path,
         }
+        self.head_since = self.loop.time()  # a connection that never sends a head is closed too
+        self._arm(self.head_since + self.head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.keep_alive_timer is not None:
-            self.keep_alive_timer.cancel()
-            self.keep_alive_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self.idle_since = None  # busy: the keep-alive timer, when it fires, is armed again
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
 
     def on_message_begin(self) -> None:
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
         self.scope = {**self.scope_base, "headers": self.headers, "state": self.app_state.copy()}  # type: ignore[typeddict-item]
+        self.idle_since = None
+        if self.head_since is None:
+            self.head_since = self.loop.time()
+            self._arm(self.head_since + self.head_timeout)
 
     def on_headers_complete(self) -> None:
+        self.head_since = None
         parser = self.parser
         scope = self.scope
         scope["method"] = parser.get_method().decode("ascii")
@@ -296,18 +305,40 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
             return
         self.idle_since = self.loop.time()
-        if self.keep_alive_timer is None:
-            self.keep_alive_timer = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_expired)
+        self._arm(self.idle_since + self.timeout_keep_alive)
 
-    def _keep_alive_expired(self) -> None:
-        self.keep_alive_timer = None
+    def _arm(self, deadline: float) -> None:
+        """The timer fires at ``deadline`` or before (then it looks again)."""
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self.timer = self.loop.call_at(deadline, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """The timer: a head that takes too long ends the connection (with a 408 if part of it came),
+        as does being idle past the keep-alive timeout; otherwise the timer waits for the next
+        deadline. While a request is answered there is none: its response arms the timer again."""
+        self.timer = None
         if self.transport.is_closing():
             return
-        idle_since = self.idle_since
-        if idle_since is None:  # a request is in progress: its response arms the timer again
-            return
-        left = idle_since + self.timeout_keep_alive - self.loop.time()
-        if left > 0:
-            self.keep_alive_timer = self.loop.call_later(left, self._keep_alive_expired)
+        now = self.loop.time()
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if self.head_since is not None:
+            left = self.head_since + self.head_timeout - now
+            if left <= 0 and answering:  # a pipelined head behind a response under way: after it
+                left = self.head_timeout
+            elif left <= 0:
+                if self.headers is not None:  # a head had begun (the first one had, if any byte came)
+                    self.transport.write(_HEAD_TIMEOUT_RESPONSE)
+                self.transport.close()
+                return
+        elif self.idle_since is not None:
+            left = self.idle_since + self.timeout_keep_alive - now
+            if left <= 0:
+                self.transport.close()
+                return
         else:
-            self.transport.close()
+            return
+        self.timer = self.loop.call_later(left, self._check_deadlines)

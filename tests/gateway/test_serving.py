@@ -249,3 +249,57 @@ async def test_keep_alive_timeout_closes_idle_connections_only() -> None:
         writer.close()
     finally:
         await server.stop()
+
+
+class QuickHeads(GatewayHttpProtocol):
+    head_timeout = 0.5
+
+
+async def test_a_head_that_trickles_in_gets_a_408_and_the_connection_ends() -> None:
+    """Slowloris (RELIABILITY F6): a byte of the head now and then does not keep a connection."""
+    server = Running(QuickHeads, keep_alive=5)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for piece in (b"GET /len", b"gth HTTP/1.1\r\n", b"Host: x\r\n", b"X-Slow: 1\r\n"):
+            writer.write(piece)
+            await asyncio.sleep(0.2)
+        answer = await asyncio.wait_for(reader.read(65536), READ_SECONDS)
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n")
+        assert b'"code":"request-timeout"' in answer
+        assert await asyncio.wait_for(reader.read(65536), READ_SECONDS) == b""  # closed
+        writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_connection_that_sends_nothing_is_closed_silently() -> None:
+    server = Running(QuickHeads, keep_alive=5)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(65536), READ_SECONDS) == b""
+        writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_the_head_deadline_spares_a_slow_response_and_a_client_that_keeps_up() -> None:
+    """The deadline is for heads only: a response that takes longer than it, a head that arrives in
+    pieces within it, and a keep-alive connection's next request all go through."""
+    server = Running(QuickHeads, keep_alive=5)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /slow-first-piece HTTP/1.1\r\nHost: x\r\n\r\n")  # answered after 0.3 s
+        await asyncio.sleep(0.4)
+        writer.write(b"GET /length HTTP/1.1\r\n")
+        await asyncio.sleep(0.2)
+        writer.write(b"Host: x\r\n\r\n")
+        answer = b""
+        while b'"path":"/length"}' not in answer:
+            answer += await asyncio.wait_for(reader.read(65536), READ_SECONDS)
+        assert answer.count(b"HTTP/1.1 200 OK") == 2
+        await asyncio.sleep(0.7)  # idle, past the head timeout but within the keep-alive one
+        writer.write(GET % b"/length")
+        assert (await asyncio.wait_for(reader.read(65536), READ_SECONDS)).startswith(b"HTTP/1.1 200 OK")
+        writer.close()
+    finally:
+        await server.stop()

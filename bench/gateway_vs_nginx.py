@@ -27,7 +27,8 @@ core) while wrk and the upstream share CPU 0. ``--compare-tree DIR`` adds a seco
 another copy of ``gateway/`` and ``shared/`` (target ``gateway-before``), alternating with this one:
 before/after figures from the same machine state. See docs/PERFORMANCE.md, "Gateway vs nginx".
 
-Goals (issue): gateway >= 0.35 x nginx requests/s with one gateway worker, and <= 1 ms added to
+Goals (issue): gateway >= 0.35 x nginx requests/s with one gateway worker (judged at the highest
+connection count, 50 by default, as the issue measured it), and <= 1 ms added to
 p50 at one connection. Every subprocess is stopped and the temp dir and Redis keys removed on
 exit, Ctrl-C or SIGTERM; every wrk run is bounded by ``--seconds``.
 """
@@ -668,12 +669,20 @@ def markdown(report: dict[str, Any]) -> str:
         if spread is not None:
             lines.append(f"| {name} | {spread['median']} [{spread['min']}, {spread['max']}] |")
     lines.append("")
-    low = min(report["connections"])
-    throughput = [s for k, s in ratios.items() if k.startswith("gateway_over_nginx_rps") and s is not None]
-    if throughput:
-        worst = min(s["median"] for s in throughput)
-        verdict = "meets" if worst >= GOAL_THROUGHPUT_RATIO else "MISSES"
-        lines.append(f"* throughput: gateway/nginx {worst} at worst — {verdict} the goal >= {GOAL_THROUGHPUT_RATIO}")
+    low, high = min(report["connections"]), max(report["connections"])
+    loaded = ratios.get(f"gateway_over_nginx_rps@{high}")
+    if loaded is not None:
+        # The issue's throughput figures are wrk at 50 connections; at one connection a request is
+        # three loopback round trips in a row, which the latency goal below is about.
+        verdict = "meets" if loaded["median"] >= GOAL_THROUGHPUT_RATIO else "MISSES"
+        lines.append(
+            f"* throughput: gateway/nginx at {high} connections = {loaded['median']} — {verdict} the goal "
+            f">= {GOAL_THROUGHPUT_RATIO}"
+        )
+    for count in report["connections"]:
+        spread = ratios.get(f"gateway_over_nginx_rps@{count}")
+        if count != high and spread is not None:
+            lines.append(f"* throughput at {count} connection(s), for reference: gateway/nginx = {spread['median']}")
     added = ratios.get(f"gateway_added_p50_ms@{low}")
     if added is not None:
         verdict = "meets" if added["median"] <= GOAL_ADDED_P50_MS else "MISSES"

@@ -18,6 +18,12 @@ A proxied request spent ≈ 40 µs of its ≈ 160 µs of gateway CPU in uvicorn'
   sends no complete head within ``HEAD_TIMEOUT_SECONDS`` of opening, or of a request's first byte,
   is closed (with a 408 problem if part of a head came), so slow-header clients (slowloris,
   RELIABILITY F6) cannot hold connections open.
+* **Heads that cannot be served.** At most ``MAX_HEAD_BYTES`` of request line and header fields and
+  ``MAX_HEADER_FIELDS`` fields (431; uvicorn's httptools protocol has no limit), counted as the
+  parser hands them over and, for a head still arriving, as its bytes come in (F5). A request that
+  is not valid HTTP/1.1 — smuggling attempts such as CL.TE, TE.CL, two lengths or an unknown
+  ``Transfer-Encoding``, all refused by llhttp — gets a 400 (F4). Both are the platform's
+  problem+json instead of uvicorn's plain text, and both end the connection.
 * **The scope.** Its constant part is built once per connection.
 
 Behaviour is uvicorn's: the same scope, status lines, framing (``Content-Length``, chunked, none for
@@ -42,14 +48,39 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 HEAD_TIMEOUT_SECONDS = 10.0  # from a connection's start, or a request's first byte, to the end of its head
-_HEAD_TIMEOUT_BODY = (
-    b'{"type":"/problems/request-timeout","title":"Request Timeout","status":408,'
-    b'"detail":"The request head did not arrive in time.","code":"request-timeout"}'
+MAX_HEAD_BYTES = 32 * 1024  # request line and header fields (a JWT is ≈ 1 KiB, cookies at most 4 KiB)
+MAX_HEADER_FIELDS = 100
+
+
+def _refusal(status: int, code: str, detail: str) -> bytes:
+    """A complete ``Connection: close`` answer with the platform's problem+json body (RFC 9457)."""
+    title = STATUS_LINE[status].split(b" ", 2)[2].strip()
+    body = b'{"type":"/problems/%b","title":"%b","status":%d,"detail":"%b","code":"%b"}' % (
+        code.encode(),
+        title,
+        status,
+        detail.encode(),
+        code.encode(),
+    )
+    return STATUS_LINE[status] + (
+        b"content-type: application/problem+json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%b"
+        % (len(body), body)
+    )
+
+
+_HEAD_TIMEOUT_RESPONSE = _refusal(408, "request-timeout", "The request head did not arrive in time.")
+_BAD_REQUEST_RESPONSE = _refusal(400, "bad-request", "The request is not valid HTTP/1.1.")
+_HEAD_TOO_LARGE_RESPONSE = _refusal(
+    431,
+    "request-header-fields-too-large",
+    f"The request head is limited to {MAX_HEAD_BYTES // 1024} KiB and {MAX_HEADER_FIELDS} header fields.",
 )
-_HEAD_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n"
-    b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY)
-)
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head past the limits."""
+
+
 _JOIN_LIMIT = 64 * 1024  # a body piece larger than this leaves in its own write, not copied
 _name = operator.itemgetter(0)
 _value = operator.itemgetter(1)
@@ -238,7 +269,55 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.timer = None
         super().connection_lost(exc)
 
+    head_received = 0  # bytes fed to the parser while the current head stays incomplete
+    head_size = 0  # the current head's target, names and values, as the parser hands them over
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            if isinstance(error.__context__, _HeadTooLarge):
+                self._refuse(_HEAD_TOO_LARGE_RESPONSE)
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self._refuse(_BAD_REQUEST_RESPONSE)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self.head_since is not None:  # the head is still incomplete: all of this was head
+            self.head_received += len(data)
+            if self.head_received > MAX_HEAD_BYTES:
+                self._refuse(_HEAD_TOO_LARGE_RESPONSE)
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(_BAD_REQUEST_RESPONSE)
+
+    def _refuse(self, response: bytes) -> None:
+        """Answer a request that cannot be read (as problem+json) and end the connection."""
+        if not self.transport.is_closing():
+            cycle = self.cycle
+            if cycle is None or not cycle.response_started or cycle.response_complete:  # not inside an answer
+                self.transport.write(response)
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+        if self.head_size > MAX_HEAD_BYTES:
+            raise _HeadTooLarge()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value)
+        if self.head_size > MAX_HEAD_BYTES or len(self.headers) >= MAX_HEADER_FIELDS:
+            raise _HeadTooLarge()
+        super().on_header(name, value)
+
     def on_message_begin(self) -> None:
+        self.head_size = 0
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -250,6 +329,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_since = None
+        self.head_received = 0
         parser = self.parser
         scope = self.scope
         scope["method"] = parser.get_method().decode("ascii")
@@ -331,7 +411,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 left = self.head_timeout
             elif left <= 0:
                 if self.headers is not None:  # a head had begun (the first one had, if any byte came)
-                    self.transport.write(_HEAD_TIMEOUT_RESPONSE)
+                    self._refuse(_HEAD_TIMEOUT_RESPONSE)
                 self.transport.close()
                 return
         elif self.idle_since is not None:

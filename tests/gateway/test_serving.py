@@ -3,9 +3,13 @@
 Both protocols serve the same ASGI app from real uvicorn servers on loopback; each case writes the
 same raw bytes to both and compares what comes back (the ``Date`` value aside). Then the parts the
 gateway's protocol does its own way: the head and first body piece in one write, a head left alone
-still sent, and the keep-alive timeout (an idle connection closed, a busy one kept)."""
+still sent, the keep-alive timeout (an idle connection closed, a busy one kept), a deadline and
+size limits for request heads, and problem+json for requests that are not valid HTTP/1.1
+(smuggling attempts included, RELIABILITY F4-F6)."""
 
 import asyncio
+import contextlib
+import json
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -185,9 +189,6 @@ GET = b"GET %b HTTP/1.1\r\nHost: example\r\n\r\n"
         pytest.param(GET % b"/bad-header", b"", id="invalid-header-value"),
         pytest.param(GET % b"/bad-name", b"", id="invalid-header-name"),
         pytest.param(GET % b"/too-short", b"abc", id="body-shorter-than-declared"),
-        pytest.param(
-            b"GET /length HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", b"HTTP/1.1 400 Bad Request", id="bad-request"
-        ),
     ],
 )
 @pytest.mark.parametrize("case", ["lower", "title"])
@@ -303,3 +304,74 @@ async def test_the_head_deadline_spares_a_slow_response_and_a_client_that_keeps_
         writer.close()
     finally:
         await server.stop()
+
+
+SMUGGLING = {
+    "CL.TE": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX",
+    "TE.CL": b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+    b"1\r\nX\r\n0\r\n\r\n",
+    "two lengths": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhelloX",
+    "xchunked": b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\nhello",
+    "chunked, identity": b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "bad chunk end": b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+    "obs-fold": b"GET /length HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    "LF in a value": b"GET /length HTTP/1.1\r\nHost: x\r\nX-A: a\nX-B: b\r\n\r\n",
+    "CR in a value": b"GET /length HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+    "space in a name": b"GET /length HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+}
+TOO_LARGE = {
+    "a 40 KiB header": b"GET /length HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40 * 1024 + b"\r\n\r\n",
+    "101 header fields": b"GET /length HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n",
+    "10,000 header fields": b"GET /length HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(10_000)) + b"\r\n",
+    "a 40 KiB target": b"GET /length?" + b"q" * 40 * 1024 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+def problem_answer(answer: bytes, status: int, code: str) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert b"content-type: application/problem+json" in head and b"connection: close" in head
+    assert json.loads(body) == json.loads(body) | {"status": status, "code": code}
+
+
+@pytest.mark.parametrize("attempt", list(SMUGGLING), ids=list(SMUGGLING))
+async def test_a_smuggling_attempt_is_a_400_problem_and_nothing_after_it_is_served(
+    servers: dict[str, int], attempt: str
+) -> None:
+    """RELIABILITY F4: the request after the attempt, on the same connection, is never answered."""
+    answer = await exchange(servers["gateway"], SMUGGLING[attempt] + GET % b"/length?smuggled", until_closed=True)
+    problem_answer(answer, 400, "bad-request")  # the body is all JSON: no second answer follows
+    assert b"smuggled" not in answer
+
+
+@pytest.mark.parametrize("head", list(TOO_LARGE), ids=list(TOO_LARGE))
+async def test_an_oversized_head_is_a_431_problem(servers: dict[str, int], head: str) -> None:
+    """RELIABILITY F5: at most 32 KiB of request line and headers, at most 100 header fields."""
+    answer = await exchange(servers["gateway"], TOO_LARGE[head], until_closed=True)
+    problem_answer(answer, 431, "request-header-fields-too-large")
+
+
+async def test_a_head_at_the_limits_is_served(servers: dict[str, int]) -> None:
+    fields = b"".join(b"X-%d: 1\r\n" % i for i in range(99)) + b"X-Big: " + b"a" * 30 * 1024 + b"\r\n"
+    answer = await exchange(servers["gateway"], b"GET /length HTTP/1.1\r\n" + fields + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_an_oversized_head_sent_in_pieces_is_refused_before_it_ends(servers: dict[str, int]) -> None:
+    """A head that keeps coming is cut off at the limit, not buffered whole."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", servers["gateway"])
+    try:
+        writer.write(b"GET /length HTTP/1.1\r\nX-Big: ")
+        answer = b""
+        for _ in range(64):  # 64 x 1 KiB, never finished
+            writer.write(b"a" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+            with contextlib.suppress(TimeoutError):
+                answer += await asyncio.wait_for(reader.read(65536), 0.005)
+            if answer:
+                break
+        answer += await asyncio.wait_for(reader.read(65536), READ_SECONDS)
+        problem_answer(answer, 431, "request-header-fields-too-large")
+    finally:
+        writer.close()

@@ -314,7 +314,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.head_size += len(name) + len(value)
         if self.head_size > MAX_HEAD_BYTES or len(self.headers) >= MAX_HEADER_FIELDS:
             raise _HeadTooLarge()
-        super().on_header(name, value)
+        name = name.lower()  # as uvicorn's on_header, without a second call per header
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_message_begin(self) -> None:
         self.head_size = 0

@@ -171,12 +171,7 @@ async def _dead_letters(settings: ServiceSettings, consumer: EventConsumer, args
     redis = create_redis(settings, timeout=5.0)
     try:
         dead_letters = DeadLetters(redis, settings.redis_namespace)
-        entries = [
-            entry
-            for event_type in ([args.type] if getattr(args, "type", None) else consumer.event_types)
-            for entry in await dead_letters.list(event_type, consumer.group)
-            if args.action == "list" or args.id is None or args.id == entry.id
-        ]
+        entries = await _select(dead_letters, consumer, getattr(args, "type", None), getattr(args, "id", None))
         if args.action == "list":
             print(_table(entries))
             return 0
@@ -191,6 +186,18 @@ async def _dead_letters(settings: ServiceSettings, consumer: EventConsumer, args
         return await _replay(dead_letters, entries)
     finally:
         await redis.aclose()
+
+
+async def _select(
+    dead_letters: DeadLetters, consumer: EventConsumer, event_type: str | None, event_id: str | None
+) -> list[DeadLetterEntry]:
+    """The group's dead letters; of one type, and with one id, when given."""
+    entries: list[DeadLetterEntry] = []
+    for each_type in [event_type] if event_type else consumer.event_types:
+        entries += [
+            entry for entry in await dead_letters.list(each_type, consumer.group) if event_id in (None, entry.id)
+        ]
+    return entries
 
 
 async def _replay(dead_letters: DeadLetters, entries: list[DeadLetterEntry]) -> int:

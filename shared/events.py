@@ -4,7 +4,9 @@ Delivery is at least once. A handler that changes a database applies the event t
 :func:`idempotent`, which records the event ``id`` in the service's ``processed_events`` table in
 the same transaction as the change, so a redelivered event is applied once. A handler that keeps
 failing is retried ``max_attempts`` times, then its message moves to the dead-letter stream
-``{namespace}:events:{type}:dead`` (in memory: ``InMemoryBus.dead_letters``).
+``{namespace}:events:{type}:dead`` (in memory: ``InMemoryBus.dead_letters``; the Redis ones are
+listed, replayed and dropped with ``shared.dead_letters``). A service declares what it consumes in
+an :class:`EventConsumer`; its processed ids are forgotten after ``EVENT_DEDUP_RETENTION_DAYS``.
 """
 
 import asyncio

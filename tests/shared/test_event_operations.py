@@ -176,6 +176,9 @@ async def test_a_poisoned_event_is_listed_then_replayed_once_the_handler_is_fixe
     poisoned = user_deleted(str(uuid.uuid4()))
     await consumer.bus.publish(poisoned)
     await eventually(lambda: dead_letter_count(redis, consumer), "the dead letter")
+    dead_stream = consumer.bus.dead_letter_stream("user.deleted")
+    another_groups = user_deleted(str(uuid.uuid4()))
+    await redis.xadd(dead_stream, {"event": msgspec.json.encode(another_groups), "group": "audit", "attempts": "5"})
 
     listed = await run_cli(auth_settings, "dead-letters", "list")
 
@@ -192,11 +195,10 @@ async def test_a_poisoned_event_is_listed_then_replayed_once_the_handler_is_fixe
     assert replayed.returncode == 0, replayed.stderr
     assert "replayed 1 dead letter(s)" in replayed.stdout
     await eventually(lambda: consumer.applied, "the replayed event applied")
-    assert await dead_letter_count(redis, consumer) == 0
+    assert await dead_letter_count(redis, consumer) == 1  # another group's, left alone
     assert (await run_cli(auth_settings, "dead-letters", "list")).stdout.strip() == "no dead letters"
 
     # Dead-lettered again somehow and replayed: the processed id makes it harmless.
-    dead_stream = consumer.bus.dead_letter_stream("user.deleted")
     await redis.xadd(dead_stream, {"event": msgspec.json.encode(poisoned), "group": "auth"})
     again = await run_cli(auth_settings, "dead-letters", "replay", "--type", "user.deleted")
     assert again.returncode == 0, again.stderr
@@ -204,6 +206,7 @@ async def test_a_poisoned_event_is_listed_then_replayed_once_the_handler_is_fixe
     await consumer.bus.publish(later)  # handled after the replay: the one consumer keeps the order
     await eventually(lambda: later.id in consumer.applied, "the event after the replay")
     assert consumer.applied == [poisoned.id, later.id]
+    assert another_groups.id not in consumer.seen
 
 
 async def test_drop_removes_a_dead_letter_for_good(

@@ -47,7 +47,7 @@ def test_a_malformed_value_is_named(environ: dict[str, str], variable: str) -> N
         ({"AUTH_JWT_LEEWAY_SECONDS": "3600"}, "AUTH_JWT_LEEWAY_SECONDS"),
         ({"JWT_LEEWAY_SECONDS": "-1"}, "JWT_LEEWAY_SECONDS"),
         ({"AUTH_EVENT_DEDUP_RETENTION_DAYS": "0"}, "AUTH_EVENT_DEDUP_RETENTION_DAYS"),
-        # Redeliveries may come for 5 × 1 day: forgetting ids after 1 day would apply some twice.
+        # Redeliveries may come for 5 x 1 day: forgetting ids after 1 day would apply some twice.
         ({"EVENT_DEDUP_RETENTION_DAYS": "1", "EVENT_RECLAIM_SECONDS": "86400"}, "EVENT_DEDUP_RETENTION_DAYS"),
         ({"EVENT_DEDUP_PRUNE_SECONDS": "0"}, "EVENT_DEDUP_PRUNE_SECONDS"),
     ],

@@ -14,11 +14,14 @@ from auth_service.services import Clock
 from auth_service.throttle import Throttle
 from auth_service.tokens import TokenIssuer
 from shared.db import utcnow
-from shared.events import Event, EventBus, idempotent
+from shared.events import Event, EventBus, EventConsumer
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore
+
+# Users' events this service applies (each once: their ids go into processed_events).
+EVENTS = EventConsumer(group="auth", event_types=("user.deleted",), processed_events=processed_events)
 
 
 def create_app(
@@ -44,11 +47,7 @@ def create_app(
             auth = provide_auth_service(session, app.state)
             await auth.deactivate_deleted_user(uuid.UUID(event.data["user_id"]))
 
-        app.state.bus.subscribe(
-            "user.deleted",
-            "auth",
-            idempotent(app.state.sessionmaker, processed_events, "auth", deactivate_deleted_user),
-        )
+        EVENTS.subscribe(app.state.bus, app.state.sessionmaker, deactivate_deleted_user)
         try:
             yield
         finally:
@@ -61,5 +60,6 @@ def create_app(
         lifespan=[auth_resources],
         store=store,
         bus=bus,
+        consumer=EVENTS,
         state={"clock": clock},
     )

@@ -4,23 +4,27 @@ Delivery is at least once. A handler that changes a database applies the event t
 :func:`idempotent`, which records the event ``id`` in the service's ``processed_events`` table in
 the same transaction as the change, so a redelivered event is applied once. A handler that keeps
 failing is retried ``max_attempts`` times, then its message moves to the dead-letter stream
-``{namespace}:events:{type}:dead`` (in memory: ``InMemoryBus.dead_letters``).
+``{namespace}:events:{type}:dead`` (in memory: ``InMemoryBus.dead_letters``; the Redis ones are
+listed, replayed and dropped with ``shared.dead_letters``). A service declares what it consumes in
+an :class:`EventConsumer`; its processed ids are forgotten after ``EVENT_DEDUP_RETENTION_DAYS``.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import msgspec
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
-from sqlalchemy import Column, MetaData, String, Table, Uuid, delete
+from sqlalchemy import Column, Index, MetaData, String, Table, Uuid, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import UTCDateTime, insert_or_ignore, utcnow
@@ -45,6 +49,10 @@ PENDING = Gauge(
 )
 DEFAULT_MAX_ATTEMPTS = 5
 LAG_REFRESH_SECONDS = 5.0
+PRUNE_BATCH_SIZE = 1000
+MAX_REMEMBERED_ERRORS = 10_000
+# Not at once: a start-up is busy enough, and a service restarting in a loop would prune in a loop.
+FIRST_PRUNE_DELAY_SECONDS = 60.0
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -60,6 +68,14 @@ def new_event(event_type: str, source: str, data: dict[str, Any]) -> Event:
 
 
 Handler = Callable[[Event], Awaitable[None]]
+
+
+def event_stream(namespace: str, event_type: str) -> str:
+    return f"{namespace}:events:{event_type}"
+
+
+def dead_letter_stream(namespace: str, event_type: str) -> str:
+    return f"{event_stream(namespace, event_type)}:dead"
 
 
 class EventBus(Protocol):
@@ -80,6 +96,7 @@ def processed_events_table(metadata: MetaData) -> Table:
         Column("event_id", Uuid, primary_key=True),
         Column("event_type", String(100), nullable=False),
         Column("processed_at", UTCDateTime, nullable=False),
+        Index("ix_processed_events_processed_at", "processed_at"),  # pruning finds the old ids by it
     )
 
 
@@ -94,10 +111,28 @@ async def claim_event(session: AsyncSession, table: Table, event: Event) -> bool
     )
 
 
-async def forget_processed_events(session: AsyncSession, table: Table, before: datetime) -> int:
-    """Drop the ids of events processed before ``before`` (long past any redelivery); how many."""
-    result = await session.execute(delete(table).where(table.c.processed_at < before).returning(table.c.event_id))
+async def forget_processed_events(
+    session: AsyncSession, table: Table, before: datetime, limit: int | None = None
+) -> int:
+    """Drop the ids of events processed before ``before`` (long past any redelivery), at most
+    ``limit`` of them; how many."""
+    old = select(table.c.event_id).where(table.c.processed_at < before).limit(limit)
+    result = await session.execute(delete(table).where(table.c.event_id.in_(old)).returning(table.c.event_id))
     return len(result.all())
+
+
+async def prune_processed_events(
+    sessionmaker: async_sessionmaker[AsyncSession], table: Table, before: datetime, batch_size: int = PRUNE_BATCH_SIZE
+) -> int:
+    """Forget the ids processed before ``before`` in batches, each a short transaction of its own
+    (no long lock on a big table); how many in all."""
+    total = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            deleted = await forget_processed_events(session, table, before, batch_size)
+        total += deleted
+        if deleted < batch_size:
+            return total
 
 
 Apply = Callable[[AsyncSession, Event], Awaitable[None]]
@@ -114,6 +149,71 @@ def idempotent(sessionmaker: async_sessionmaker[AsyncSession], table: Table, gro
             await apply(session, event)
 
     return handle
+
+
+@dataclass(frozen=True)
+class EventConsumer:
+    """What a service consumes: its consumer group, the event types, and its ``processed_events``
+    table. Given to ``create_service_app`` (the table is pruned while the service runs) and to
+    ``run_service_cli`` (the ``dead-letters`` and ``prune-processed-events`` commands)."""
+
+    group: str
+    event_types: tuple[str, ...]
+    processed_events: Table
+
+    def subscribe(self, bus: "EventBus", sessionmaker: async_sessionmaker[AsyncSession], apply: Apply) -> None:
+        """Apply every event of ``event_types`` once, through :func:`idempotent`."""
+        handler = idempotent(sessionmaker, self.processed_events, self.group, apply)
+        for event_type in self.event_types:
+            bus.subscribe(event_type, self.group, handler)
+
+
+class ProcessedEventsPruner:
+    """Forgets processed event ids older than the retention, every ``interval_seconds``."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        table: Table,
+        retention: timedelta,
+        interval_seconds: float,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.table = table
+        self.retention = retention
+        self.interval_seconds = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        delay = min(FIRST_PRUNE_DELAY_SECONDS, self.interval_seconds)
+        while not await self._stopped_within(delay):
+            try:
+                forgotten = await prune_processed_events(self.sessionmaker, self.table, utcnow() - self.retention)
+                if forgotten:
+                    logger.info("processed event ids pruned", extra={"forgotten": forgotten})
+            except Exception as exc:
+                logger.warning("pruning processed event ids failed; will retry", extra={"error": type(exc).__name__})
+            delay = self.interval_seconds
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Let a batch in progress finish (cancelling mid-query can wedge the connection)."""
+        if self._task is not None:
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)  # a lost cancellation must not hang shutdown
+            self._task = None
 
 
 # -- in memory -------------------------------------------------------------------------------------
@@ -210,12 +310,14 @@ class RedisStreamBus:
         self._subscriptions: list[tuple[str, str, Handler]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        # The last error of each message whose handler failed here, for its dead letter's reason.
+        self._last_errors: dict[bytes, str] = {}
 
     def stream(self, event_type: str) -> str:
-        return f"{self.namespace}:events:{event_type}"
+        return event_stream(self.namespace, event_type)
 
     def dead_letter_stream(self, event_type: str) -> str:
-        return f"{self.stream(event_type)}:dead"
+        return dead_letter_stream(self.namespace, event_type)
 
     async def publish(self, event: Event) -> None:
         await self.redis.xadd(
@@ -287,7 +389,9 @@ class RedisStreamBus:
                 continue
             attempts = deliveries.get(message_id, 1)
             if attempts > self.max_attempts:
-                await self._dead_letter(event_type, group, message_id, fields, attempts - 1, "too many attempts")
+                last_error = self._last_errors.pop(message_id, None)
+                reason = f"too many attempts; last error: {last_error}" if last_error else "too many attempts"
+                await self._dead_letter(event_type, group, message_id, fields, attempts - 1, reason)
                 continue
             await self._handle(event_type, group, handler, message_id, fields)
 
@@ -310,13 +414,17 @@ class RedisStreamBus:
             return
         try:
             await handler(event)
-        except Exception:
+        except Exception as exc:
+            if len(self._last_errors) >= MAX_REMEMBERED_ERRORS:
+                self._last_errors.clear()  # those left by messages another consumer finished
+            self._last_errors[message_id] = f"{type(exc).__name__}: {exc}"[:500]
             HANDLED.labels(event_type, group, "failed").inc()
             logger.exception(
                 "event handler failed", extra={"stream": stream, "message_id": message_id, "event_id": event.id}
             )
             return  # left pending: reclaimed and retried after reclaim_after_seconds
         HANDLED.labels(event_type, group, "handled").inc()
+        self._last_errors.pop(message_id, None)
         await self.redis.xack(stream, group, message_id)
 
     async def _dead_letter(

@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from litestar import Litestar
@@ -24,7 +25,7 @@ from redis.exceptions import RedisError
 
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
 from shared.errors import EXCEPTION_HANDLERS
-from shared.events import EventBus, InMemoryBus, RedisStreamBus
+from shared.events import EventBus, EventConsumer, InMemoryBus, ProcessedEventsPruner, RedisStreamBus
 from shared.http import HealthController, RequestIdMiddleware, add_standard_headers
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
 from shared.settings import ServiceSettings
@@ -50,6 +51,7 @@ def create_service_app(
     lifespan: Sequence[Lifespan] = (),
     store: KeyValueStore | None = None,
     bus: EventBus | None = None,
+    consumer: EventConsumer | None = None,
     state: Mapping[str, Any] | None = None,
     database: bool = True,
     cors_config: CORSConfig | None = None,
@@ -57,7 +59,10 @@ def create_service_app(
     before_send: Sequence[Callable[[Message, Scope], Awaitable[None]]] = (),
     app_class: type[Litestar] = Litestar,
 ) -> Litestar:
-    """A Litestar app with the platform's defaults; ``store``/``bus`` may be shared (embedded mode)."""
+    """A Litestar app with the platform's defaults; ``store``/``bus`` may be shared (embedded mode).
+
+    A service that consumes events names them in ``consumer``: its ``processed_events`` table is
+    then pruned while it runs."""
     prometheus = PrometheusConfig(
         app_name=settings.service_name,
         prefix="pyairtable",
@@ -81,7 +86,7 @@ def create_service_app(
         ],
         exception_handlers=handlers,
         before_send=[add_standard_headers, *before_send],
-        lifespan=[_resources(settings, store, bus, database), *lifespan, _event_consumers],
+        lifespan=[_resources(settings, store, bus, database), *lifespan, _event_consumers(settings, consumer)],
         cors_config=cors_config,
         openapi_config=OpenAPIConfig(
             title=title,
@@ -147,8 +152,24 @@ def _create_bus(settings: ServiceSettings, redis: Any) -> EventBus:
     )
 
 
-@asynccontextmanager
-async def _event_consumers(app: Litestar) -> AsyncIterator[None]:
-    """Start consuming after every lifespan has registered its subscriptions."""
-    await app.state.bus.start()
-    yield
+def _event_consumers(settings: ServiceSettings, consumer: EventConsumer | None) -> Lifespan:
+    @asynccontextmanager
+    async def event_consumers(app: Litestar) -> AsyncIterator[None]:
+        """Start consuming after every lifespan has registered its subscriptions."""
+        await app.state.bus.start()
+        pruner = None
+        if consumer is not None:
+            pruner = ProcessedEventsPruner(
+                app.state.sessionmaker,
+                consumer.processed_events,
+                timedelta(days=settings.event_dedup_retention_days),
+                settings.event_dedup_prune_seconds,
+            )
+            pruner.start()
+        try:
+            yield
+        finally:
+            if pruner is not None:
+                await pruner.stop()
+
+    return event_consumers

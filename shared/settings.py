@@ -74,10 +74,19 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     # moved to the dead-letter stream.
     event_reclaim_seconds: float = 30.0
     event_max_attempts: int = 5
+    # A consumer forgets an event id this long after processing it (no redelivery comes that late);
+    # its pruner runs every EVENT_DEDUP_PRUNE_SECONDS.
+    event_dedup_retention_days: int = 30
+    event_dedup_prune_seconds: float = 3600.0
 
     @property
     def is_production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def redelivery_window_seconds(self) -> float:
+        """How late a redelivery of an event can come: every attempt after a reclaim delay."""
+        return self.event_reclaim_seconds * self.event_max_attempts
 
     @property
     def data_path(self) -> Path:
@@ -98,6 +107,16 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
             raise SettingsError(f"JWT_LEEWAY_SECONDS: must be between 0 and {MAX_JWT_LEEWAY_SECONDS}")
         if self.max_body_size <= 0:
             raise SettingsError("MAX_BODY_SIZE: must be positive")
+        if (
+            self.event_dedup_retention_days < 1
+            or self.event_dedup_retention_days * 86400 <= self.redelivery_window_seconds
+        ):
+            raise SettingsError(
+                "EVENT_DEDUP_RETENTION_DAYS: must be at least 1 and longer than a redelivery can come"
+                " (EVENT_RECLAIM_SECONDS * EVENT_MAX_ATTEMPTS)"
+            )
+        if self.event_dedup_prune_seconds <= 0:
+            raise SettingsError("EVENT_DEDUP_PRUNE_SECONDS: must be positive")
         if self.jwt_algorithm == "HS256" and self.jwt_secret:
             check_secret("JWT_SECRET", self.jwt_secret, production=self.is_production)
         if self.is_production:

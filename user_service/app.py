@@ -5,7 +5,7 @@ from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import utcnow
-from shared.events import Event, EventBus, idempotent
+from shared.events import Event, EventBus, EventConsumer
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
@@ -18,6 +18,7 @@ from user_service.services import Clock, ProfileService
 # Auth's events that carry the account: each one creates or refreshes the profile's copy.
 ACCOUNT_EVENTS = ("user.registered", "user.email_changed", "user.logged_in", "user.account_changed")
 GROUP = "users"
+EVENTS = EventConsumer(group=GROUP, event_types=ACCOUNT_EVENTS, processed_events=processed_events)
 
 
 def create_app(
@@ -38,9 +39,7 @@ def create_app(
         async def apply_account_event(session: AsyncSession, event: Event) -> None:
             await ProfileService(session, clock).apply_account_event(event)
 
-        handler = idempotent(app.state.sessionmaker, processed_events, GROUP, apply_account_event)
-        for event_type in ACCOUNT_EVENTS:
-            app.state.bus.subscribe(event_type, GROUP, handler)
+        EVENTS.subscribe(app.state.bus, app.state.sessionmaker, apply_account_event)
         try:
             yield
         finally:
@@ -53,5 +52,6 @@ def create_app(
         lifespan=[user_resources],
         store=store,
         bus=bus,
+        consumer=EVENTS,
         state={"clock": clock},
     )

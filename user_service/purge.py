@@ -3,26 +3,15 @@ forget the ids of events processed that long ago (no redelivery comes that late)
 
 import argparse
 import asyncio
-import re
 from datetime import datetime, timedelta
 
+from shared.cli import parse_duration
 from shared.db import create_engine, create_sessionmaker, utcnow
 from shared.events import forget_processed_events
 from shared.settings import ServiceSettings
 from user_service.config import UserSettings
 from user_service.models import processed_events
 from user_service.services import ProfileService
-
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-_DURATION = re.compile(r"^(\d+)([dhms]?)$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``45m``, ``10s``; a bare number is days."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration such as 30d, 12h, 45m or 10s")
-    return timedelta(**{_UNITS[match.group(2) or "d"]: int(match.group(1))})
 
 
 def add_purge_arguments(parser: argparse.ArgumentParser) -> None:

@@ -46,6 +46,10 @@ def test_a_malformed_value_is_named(environ: dict[str, str], variable: str) -> N
         ({"ARGON2_MEMORY_KIB": "1024"}, "ARGON2_MEMORY_KIB"),
         ({"AUTH_JWT_LEEWAY_SECONDS": "3600"}, "AUTH_JWT_LEEWAY_SECONDS"),
         ({"JWT_LEEWAY_SECONDS": "-1"}, "JWT_LEEWAY_SECONDS"),
+        ({"AUTH_EVENT_DEDUP_RETENTION_DAYS": "0"}, "AUTH_EVENT_DEDUP_RETENTION_DAYS"),
+        # Redeliveries may come for 5 x 1 day: forgetting ids after 1 day would apply some twice.
+        ({"EVENT_DEDUP_RETENTION_DAYS": "1", "EVENT_RECLAIM_SECONDS": "86400"}, "EVENT_DEDUP_RETENTION_DAYS"),
+        ({"EVENT_DEDUP_PRUNE_SECONDS": "0"}, "EVENT_DEDUP_PRUNE_SECONDS"),
     ],
 )
 def test_an_out_of_range_value_names_the_variable_that_was_set(environ: dict[str, str], variable: str) -> None:

@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by every service: request IDs, client IPs, health and readiness."""
+"""HTTP plumbing shared by every service: request IDs, strict JSON bodies, client IPs, health and readiness."""
 
 import asyncio
 import functools

@@ -1,8 +1,8 @@
 """Service defaults: the one call every service's ``create_app`` makes.
 
 It installs health and readiness, Prometheus metrics, request IDs, JSON problem errors, strict
-JSON request bodies, JWT authentication, OpenAPI at ``/schema``, the database session per request, the key-value store
-and the event bus, all owned by the app's lifespan and kept on ``app.state``.
+JSON request bodies, JWT authentication, OpenAPI at ``/schema``, the database session per request,
+the key-value store and the event bus, all owned by the app's lifespan and kept on ``app.state``.
 """
 
 import os

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -29,7 +29,7 @@ from analytics_service.schemas import (
     UsageResponse,
 )
 from analytics_service.services import Client, EventService, MetricService, ReportService
-from shared.errors import PROBLEM_MEDIA_TYPE, Problem, Unprocessable
+from shared.errors import PROBLEM_MEDIA_TYPE, Problem
 from shared.security import Identity
 
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
@@ -52,18 +52,6 @@ WRITE = problems(403, 413, 422)
 READ = problems(403, 422)
 Days = Annotated[int, QueryParameter(ge=1, le=366, description="How many days back, today included")]
 Optional = Annotated[str | None, QueryParameter(max_length=300)]
-
-
-T = TypeVar("T")
-
-
-async def strictly(request: Request[Any, Any, Any], body_type: type[T]) -> T:
-    """The body decoded again with msgspec's strict rules: Litestar converts bodies leniently
-    (a number is taken for a date-time, ``"5"`` for a number), which the schema does not allow."""
-    try:
-        return msgspec.json.decode(await request.body(), type=body_type)
-    except msgspec.ValidationError as exc:
-        raise Unprocessable(str(exc)) from None
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -97,7 +85,7 @@ class AnalyticsController(Controller):
         client: NamedDependency[Client],
     ) -> EventResult:
         """Record one event (``accepted``, or ``duplicate`` when its ``event_id`` is known); 202 once stored."""
-        return await event_service.ingest_one(request.user, client, await strictly(request, EventCreate))
+        return await event_service.ingest_one(request.user, client, data)
 
     @post("/events/batch", operation_id="record_events", status_code=HTTP_202_ACCEPTED, responses=WRITE)
     async def record_events(
@@ -118,7 +106,7 @@ class AnalyticsController(Controller):
         metric_service: NamedDependency[MetricService],
     ) -> MetricRead:
         """Record one metric value."""
-        row = (await metric_service.record(request.user, [await strictly(request, MetricCreate)]))[0]
+        row = (await metric_service.record(request.user, [data]))[0]
         return msgspec.convert(row, MetricRead)
 
     @post("/metrics/batch", operation_id="record_metrics", status_code=HTTP_201_CREATED, responses=WRITE)
@@ -129,8 +117,7 @@ class AnalyticsController(Controller):
         metric_service: NamedDependency[MetricService],
     ) -> MetricBatchResult:
         """Record up to 1000 metric values at once."""
-        batch = await strictly(request, MetricBatch)
-        return MetricBatchResult(created=len(await metric_service.record(request.user, batch.metrics)))
+        return MetricBatchResult(created=len(await metric_service.record(request.user, data.metrics)))
 
     @get("/metrics", operation_id="query_metrics", responses=READ)
     async def query_metrics(

@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by every service: request IDs, client IPs, health and readiness."""
+"""HTTP plumbing shared by every service: request IDs, strict JSON bodies, client IPs, health and readiness."""
 
 import asyncio
 import functools
@@ -6,13 +6,17 @@ import ipaddress
 import os
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
+from litestar.exceptions import SerializationException, ValidationException
+from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.serialization import default_deserializer
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logs import request_id_var
@@ -76,6 +80,41 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
         finally:
             request_id_var.reset(token)
+
+
+class StrictBodyRequest(Request[Any, Any, Any]):
+    """A request whose JSON body is decoded straight into the handler's ``data`` type with msgspec's
+    strict rules. Litestar converts bodies as leniently as query strings (``"5"`` for a number,
+    ``"true"`` for a boolean, a number for a date-time), but JSON has types of its own: a value of
+    the wrong type is a 422 naming the field. Query, path and header parameters are text by nature
+    and keep being converted; Litestar takes the decoded value as it is."""
+
+    async def json(self) -> Any:
+        body_type = _json_body_type(self.route_handler)
+        if body_type is None:
+            return await super().json()
+        dec_hook = partial(default_deserializer, type_decoders=self.route_handler.resolve_type_decoders())
+        try:
+            return msgspec.json.decode(await self.body() or b"null", type=body_type, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:
+            raise _body_validation_error(self, exc) from None
+        except msgspec.DecodeError as exc:
+            raise SerializationException(str(exc)) from exc  # not JSON at all: Litestar's 400
+
+
+def _json_body_type(handler: BaseRouteHandler) -> Any:
+    """The type the handler declares for its body (``data``), ``None`` if it takes none."""
+    data = handler.parsed_fn_signature.parameters.get("data")
+    return None if data is None else data.annotation
+
+
+def _body_validation_error(request: Request[Any, Any, Any], exc: msgspec.ValidationError) -> ValidationException:
+    """The error Litestar raises for a body that fails its schema, with the field's path as key."""
+    message, _, path = str(exc).partition(" - at `$")
+    error: dict[str, str] = {"message": message, "source": "body"}
+    if key := path.rstrip("`").lstrip("."):
+        error["key"] = key
+    return ValidationException(detail=f"Validation failed for {request.method} {request.url.path}", extra=[error])
 
 
 async def add_standard_headers(message: Message, scope: Scope) -> None:

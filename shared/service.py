@@ -1,8 +1,8 @@
 """Service defaults: the one call every service's ``create_app`` makes.
 
-It installs health and readiness, Prometheus metrics, request IDs, JSON problem errors, JWT
-authentication, OpenAPI at ``/schema``, the database session per request, the key-value store
-and the event bus, all owned by the app's lifespan and kept on ``app.state``.
+It installs health and readiness, Prometheus metrics, request IDs, JSON problem errors, strict
+JSON request bodies, JWT authentication, OpenAPI at ``/schema``, the database session per request,
+the key-value store and the event bus, all owned by the app's lifespan and kept on ``app.state``.
 """
 
 import os
@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
 from shared.errors import EXCEPTION_HANDLERS
 from shared.events import EventBus, EventConsumer, InMemoryBus, ProcessedEventsPruner, RedisStreamBus
-from shared.http import HealthController, RequestIdMiddleware, add_standard_headers
+from shared.http import HealthController, RequestIdMiddleware, StrictBodyRequest, add_standard_headers
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore, create_redis, create_store, dependency_unavailable_handler
@@ -96,6 +96,7 @@ def create_service_app(
                 security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),
         ),
+        request_class=StrictBodyRequest,
         request_max_body_size=settings.max_body_size,
         logging_config=None,
         state=State({"settings": settings, "service_name": settings.service_name, "version": VERSION, **(state or {})}),

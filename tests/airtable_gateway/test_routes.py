@@ -124,6 +124,23 @@ async def test_create_one_record_or_a_plain_list(client: httpx.AsyncClient) -> N
     assert [record["fields"]["Name"] for record in legacy.json()["records"]] == ["First", "Second"]
 
 
+async def test_a_value_of_the_wrong_json_type_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, emulator: Emulator
+) -> None:
+    typecast_text = await client.post(TASKS_URL, json={"records": [{"fields": {"Name": "T"}}], "typecast": "true"})
+    numeric_id = await client.patch(TASKS_URL, json={"records": [{"id": 5, "fields": {"Name": "T"}}]})
+
+    for response, field in ((typecast_text, "typecast"), (numeric_id, "records[0].id")):
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == PROBLEM
+        assert [error["key"] for error in response.json()["errors"]] == [field]
+    assert upstream_log(emulator) == []
+    typecast = {"records": [{"fields": {"Name": "T", "Priority": "5"}}], "typecast": True}
+    typed = await client.post(TASKS_URL, json=typecast)
+    assert typed.status_code == 201, typed.text
+    assert typed.json()["records"][0]["fields"] == {"Name": "T", "Priority": 5}  # Airtable's typecast, not ours
+
+
 async def test_a_failing_write_fails_only_its_own_records(client: httpx.AsyncClient) -> None:
     records = [{"fields": {"Name": f"Ok {n}"}} for n in range(15)]
     records[12] = {"fields": {"No such field": "x"}}

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from tests.analytics_service.conftest import API, Clock, User, assert_problem, count_rows
 from tests.conftest import app_client
@@ -119,6 +120,21 @@ async def test_malformed_bodies_are_422(client: httpx.AsyncClient, user: User) -
         f"{API}/events", json={"event_type": "x", "user_id": "someone-else"}, headers=user.headers
     )
     assert_problem(rejected, 422, "event-rejected")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [({"occurred_at": 0}, "occurred_at"), ({"event_type": 5}, "event_type"), ({"properties": "{}"}, "properties")],
+    ids=["number-for-date-time", "number-for-string", "string-for-object"],
+)
+async def test_a_value_of_the_wrong_json_type_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, user: User, clean_analytics_database: str, fields: dict[str, Any], field: str
+) -> None:
+    response = await client.post(f"{API}/events", json=event(**fields), headers=user.headers)
+
+    problem = assert_problem(response, 422, "validation-error")
+    assert [error["key"] for error in problem["errors"]] == [field]
+    assert count_rows(clean_analytics_database, "events") == 0
 
 
 async def test_future_times_are_clamped_and_missing_ones_set_to_the_receive_time(

@@ -116,6 +116,21 @@ async def test_users_see_their_own_metrics_and_admins_everyone(
     assert by_admin.status_code == 201
 
 
+async def test_a_string_for_a_number_is_a_422_naming_the_field_and_query_text_still_converts(
+    client: httpx.AsyncClient, user: User
+) -> None:
+    h = user.headers
+    one = await client.post(f"{API}/metrics", json={"name": "m", "value": "5"}, headers=h)
+    batch = await client.post(f"{API}/metrics/batch", json={"metrics": [{"name": "m", "value": "5"}]}, headers=h)
+    assert [error["key"] for error in assert_problem(one, 422, "validation-error")["errors"]] == ["value"]
+    assert [error["key"] for error in assert_problem(batch, 422, "validation-error")["errors"]] == ["metrics[0].value"]
+
+    assert (await client.post(f"{API}/metrics", json={"name": "m", "value": 5}, headers=h)).status_code == 201
+    listed = await client.get(f"{API}/metrics", params={"name": "m", "limit": "5"}, headers=h)
+    assert listed.status_code == 200, listed.text
+    assert [metric["value"] for metric in listed.json()["metrics"]] == [5]
+
+
 async def test_bad_metric_requests_are_4xx(client: httpx.AsyncClient, user: User) -> None:
     h = user.headers
     assert_problem(await client.post(f"{API}/metrics", json={"name": "m", "value": 1, "type": "x"}, headers=h), 422)

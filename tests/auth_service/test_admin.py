@@ -1,14 +1,18 @@
-"""Bootstrapping an administrator from the command line."""
+"""Administrators: bootstrapped from the command line, changing accounts over HTTP."""
 
 import os
 import subprocess
 import sys
+import uuid
 
 import httpx
+import jwt
 from litestar import Litestar
 
 from auth_service.config import AuthSettings
-from tests.auth_service.conftest import PASSWORD, bearer, register
+from shared.keys import hs256_kid
+from tests.auth_service.conftest import JWT_SECRET, PASSWORD, bearer, register
+from tests.conftest import access_claims
 
 
 def run_create_admin(settings: AuthSettings, email: str, password: str) -> subprocess.CompletedProcess[str]:
@@ -55,3 +59,24 @@ async def test_create_admin_promotes_an_existing_account(
     assert "promoted admin ada@example.com" in result.stdout
     tokens = (await client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD})).json()
     assert "admin" in (await client.get("/api/v1/auth/me", headers=bearer(tokens))).json()["roles"]
+
+
+def admin_headers() -> dict[str, str]:
+    claims = access_claims(sub=str(uuid.uuid4()), roles=["user", "admin"])
+    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_string_for_a_boolean_is_a_422_and_leaves_the_account_as_it_was(client: httpx.AsyncClient) -> None:
+    account = (await register(client, "ada@example.com"))["user"]["id"]
+    path = f"/api/v1/auth/users/{account}"
+
+    refused = await client.patch(path, json={"is_active": "false"}, headers=admin_headers())
+    assert refused.status_code == 422, refused.text
+    assert [error["key"] for error in refused.json()["errors"]] == ["is_active"]
+    login = {"email": "ada@example.com", "password": PASSWORD}
+    assert (await client.post("/api/v1/auth/login", json=login)).status_code == 200
+
+    deactivated = await client.patch(path, json={"is_active": False}, headers=admin_headers())
+    assert deactivated.status_code == 200, deactivated.text
+    assert (await client.post("/api/v1/auth/login", json=login)).status_code == 401

@@ -70,6 +70,28 @@ async def test_register_rejects_bad_input_with_422(
     assert auth_app.state.passwords.computations == 0
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": "ada@example.com", "password": 12345678901}, "password"),
+        ({"email": 5, "password": PASSWORD}, "email"),
+    ],
+)
+async def test_login_with_a_number_for_a_text_field_is_a_422_naming_it(
+    client: httpx.AsyncClient, auth_app: Litestar, body: dict[str, object], field: str
+) -> None:
+    await register(client)
+    computed = auth_app.state.passwords.computations
+
+    response = await client.post(LOGIN, json=body)
+
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "validation-error"
+    assert [error["key"] for error in problem["errors"]] == [field]
+    assert auth_app.state.passwords.computations == computed
+
+
 async def test_a_64_character_passphrase_is_accepted(client: httpx.AsyncClient) -> None:
     passphrase = "correct horse battery staple " * 2 + "abcdef"
     assert len(passphrase) == 64

@@ -10,7 +10,7 @@ import jwt
 import msgspec
 import pytest
 from litestar import Request, get, post
-from litestar.params import JSONBody
+from litestar.params import FromQuery, JSONBody
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
@@ -301,10 +301,21 @@ def echo(data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
     return data
 
 
+class Order(msgspec.Struct, forbid_unknown_fields=True):
+    item: str
+    quantity: int
+    gift: bool = False
+
+
+@post("/orders", opt={"exclude_from_auth": True}, sync_to_thread=False)
+def place_order(data: JSONBody[Order], copies: FromQuery[int] = 1) -> dict[str, Any]:
+    return {"item": data.item, "quantity": data.quantity, "gift": data.gift, "copies": copies}
+
+
 @pytest.fixture
 async def kernel_client(auth_settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:
     settings = msgspec.structs.replace(auth_settings, service_name="kernel-test", max_body_size=4096)
-    app = create_service_app(settings, title="kernel test", route_handlers=[boom, admin_only, echo])
+    app = create_service_app(settings, title="kernel test", route_handlers=[boom, admin_only, echo, place_order])
     async with app_client(app) as client:
         yield client
 
@@ -333,3 +344,38 @@ async def test_a_body_over_the_limit_is_a_413_problem(kernel_client: httpx.Async
     assert small.status_code == 201, small.text
     large = await kernel_client.post("/echo", json={"note": "x" * 10_000})
     assert_problem(large, 413)
+
+
+# -- strict JSON bodies, converted query parameters -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"item": "pen", "quantity": "5"}, "quantity"),
+        ({"item": 5, "quantity": 5}, "item"),
+        ({"item": "pen", "quantity": 5, "gift": "true"}, "gift"),
+    ],
+    ids=["string-for-number", "number-for-string", "string-for-boolean"],
+)
+async def test_a_body_value_of_the_wrong_json_type_is_a_422_naming_the_field(
+    kernel_client: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    problem = assert_problem(await kernel_client.post("/orders", json=body), 422)
+    assert problem["code"] == "validation-error"
+    assert problem["errors"] == [{"message": problem["errors"][0]["message"], "key": field, "source": "body"}]
+    assert problem["detail"].endswith(f"({field})")
+
+
+async def test_a_well_typed_body_and_query_parameters_in_text_are_accepted(kernel_client: httpx.AsyncClient) -> None:
+    response = await kernel_client.post("/orders?copies=5", json={"item": "pen", "quantity": 5, "gift": True})
+    assert response.status_code == 201, response.text
+    assert response.json() == {"item": "pen", "quantity": 5, "gift": True, "copies": 5}
+
+
+async def test_a_body_of_the_wrong_shape_or_not_json_is_still_a_4xx(kernel_client: httpx.AsyncClient) -> None:
+    missing = assert_problem(await kernel_client.post("/orders", json={"item": "pen"}), 422)
+    assert "quantity" in missing["detail"]
+    assert assert_problem(await kernel_client.post("/orders", json=["pen", 5]), 422)["code"] == "validation-error"
+    malformed = await kernel_client.post("/orders", content=b"{pen", headers={"Content-Type": "application/json"})
+    assert assert_problem(malformed, 400)["code"] == "bad-request"

@@ -133,6 +133,19 @@ async def test_invalid_values_are_a_422_in_the_problem_shape(client: httpx.Async
     assert problem["request_id"]
 
 
+async def test_a_value_of_the_wrong_json_type_is_a_422_naming_the_field(client: httpx.AsyncClient) -> None:
+    ada = Caller()
+    for body, field in (({"first_name": 5}, "first_name"), ({"phone": 33123456789}, "phone")):
+        response = await client.patch(f"{USERS}/me", headers=ada.headers, json=body)
+        problem = assert_problem(response, 422, "validation-error")
+        assert [error["key"] for error in problem["errors"]] == [field]
+
+    response = await client.patch(f"{USERS}/me", headers=ada.headers, json={"first_name": "Ada", "phone": "+33 1 23"})
+    assert response.status_code == 200, response.text
+    profile = await me(client, ada)
+    assert (profile["first_name"], profile["phone"]) == ("Ada", "+33 1 23")
+
+
 async def test_preferences_up_to_16_kb_are_kept(client: httpx.AsyncClient) -> None:
     ada = Caller()
     preferences = {"notes": "x" * 16_000, "nested": {"a": [1, 2, {"b": None}]}}

@@ -225,6 +225,9 @@ def token_response(reply: ServiceReply) -> Response[LegacyTokenResponse]:
 
 
 LEGACY = {"exclude_from_auth": True}
+# The older service (pydantic) converted a JSON "5" into the number 5 where its schema said number;
+# its clients keep that. The platform's own routes decode bodies strictly (shared.http.StrictBodyRequest).
+LENIENT_BODIES = Request
 REGISTER_ERRORS = {409: 400, 422: 400}  # the old service answered 400 for a taken email or a weak password
 
 
@@ -233,6 +236,7 @@ class LegacyAuthController(Controller):
 
     tags = ["legacy"]
     guards = [require_api_key, admit_caller]
+    request_class = LENIENT_BODIES
 
     @post(
         ["/auth/register", "/register"], operation_id="legacy_register", opt={**LEGACY, "successor": f"{AUTH}/register"}
@@ -314,6 +318,7 @@ class LegacyAnalyticsController(Controller):
 
     tags = ["legacy"]
     guards = [require_api_key, admit_caller]
+    request_class = LENIENT_BODIES
 
     @post(
         ["/analytics/events", "/events"],

@@ -170,6 +170,20 @@ async def test_metrics_are_recorded_and_listed_newest_first(legacy: httpx.AsyncC
     assert other.json() == {"metrics": [], "count": 0}
 
 
+async def test_a_number_sent_as_text_is_still_accepted_as_the_older_service_did(legacy: httpx.AsyncClient) -> None:
+    """The platform's own routes refuse "5" for a number (422); the legacy ones convert it, as
+    pydantic did for the clients written against them."""
+    caller = Caller()
+    metric = {"metric_name": "as_text", "metric_value": "5", "service_name": "web"}
+
+    response = await legacy.post("/analytics/metrics", json=metric, headers=caller.headers)
+    listed = await legacy.get("/analytics/metrics?metric_name=as_text", headers=caller.headers)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["metric_value"] == 5
+    assert [item["metric_value"] for item in listed.json()["metrics"]] == [5]
+
+
 async def test_a_metric_without_a_value_is_422(legacy: httpx.AsyncClient) -> None:
     response = await legacy.post("/analytics/metrics", json={"metric_name": "x"}, headers=Caller().headers)
 

@@ -85,6 +85,7 @@ def create_app(
                 access_log=access_log,
                 trusted_proxies=settings.trusted_proxy_list,
                 max_body_size=settings.max_body_size,
+                client_body_timeout=settings.client_body_timeout,
             )
             # A gateway with Redis or one upstream down still serves: reported as degraded, still ready.
             checks = app.state.readiness_checks

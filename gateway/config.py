@@ -16,6 +16,8 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
     extra_routes: str = ""
     connect_timeout: float = 2.0
     request_timeout: float = 30.0
+    # The longest wait for the next piece of a request body (a client that stalls mid-body → 408).
+    client_body_timeout: float = 15.0
     upstream_pool_size: int = 200
     retry_idempotent: bool = True
     breaker_failures: int = 5
@@ -38,6 +40,8 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
         super().validate()
         if self.rate_limit_per_minute <= 0 or self.auth_rate_limit_per_minute <= 0:
             raise SettingsError("RATE_LIMIT_PER_MINUTE: must be positive")
+        if self.client_body_timeout <= 0:
+            raise SettingsError("CLIENT_BODY_TIMEOUT: must be positive")
         if self.rate_limit_burst < 1 or self.auth_rate_limit_burst < 1:
             raise SettingsError("RATE_LIMIT_BURST: must be at least 1")
         if "*" in self.cors_origin_list and self.cors_allow_credentials:

@@ -53,6 +53,7 @@ class ProxyContext(msgspec.Struct):
     access_log: AccessLog
     trusted_proxies: list[str]
     max_body_size: int
+    client_body_timeout: float
 
 
 # The request headers the proxy reads (names as ASGI servers give them: lower case).
@@ -100,7 +101,7 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
                 proto=scope.get("scheme", "http"),
                 host=headers.get(b"host", b"").decode("latin-1"),
                 request_id=request_id,
-                body=_request_body(headers, receive, context.max_body_size),
+                body=_request_body(headers, receive, context.max_body_size, context.client_body_timeout),
             )
             upstream_started = time.perf_counter()
             extra = admission.decision.raw_headers(admission.policy)
@@ -139,7 +140,7 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
     )(proxy)
 
 
-def _request_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> RequestBody | None:
+def _request_body(headers: dict[bytes, bytes], receive: Receive, limit: int, timeout: float) -> RequestBody | None:
     length = headers.get(b"content-length")
     chunked = b"transfer-encoding" in headers
     if length is None and not chunked:
@@ -147,7 +148,7 @@ def _request_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> 
     declared = int(length) if length is not None and length.isdigit() and not chunked else None
     if declared is not None and declared > limit:
         raise PayloadTooLarge(limit)
-    return RequestBody(receive, limit, declared)
+    return RequestBody(receive, limit, declared, timeout)
 
 
 async def send_problem(send: Send, exc: HTTPException, request_id: str, path: str, cors: bool = False) -> int:

@@ -19,6 +19,16 @@ class PayloadTooLarge(ProblemError):
         super().__init__(f"The request body is larger than {limit} bytes.")
 
 
+class BodyTimeout(ProblemError):
+    status_code = 408
+    code = "request-timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"The request body stopped arriving (nothing for {seconds:g} s).", headers={"Connection": "close"}
+        )
+
+
 class UpstreamUnavailable(ProblemError):
     status_code = 502
     code = "upstream-unavailable"

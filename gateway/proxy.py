@@ -15,7 +15,7 @@ import msgspec
 from litestar.types import ASGIApp, Message, Receive, Send
 
 from gateway.breaker import CircuitBreaker
-from gateway.errors import CircuitOpen, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import BodyTimeout, CircuitOpen, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.http1 import (
     ConnectFailed,
     Connection,
@@ -176,18 +176,24 @@ def response_headers(headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes
 
 class RequestBody:
     """The client's body as an async iterator, refused past ``limit`` bytes. ``length``: the
-    declared ``Content-Length``, None when the client sent it chunked."""
+    declared ``Content-Length``, None when the client sent it chunked. ``timeout``: the longest
+    wait for each next piece (None: no limit), past which the request ends with a 408."""
 
-    def __init__(self, receive: Receive, limit: int, length: int | None = None) -> None:
+    def __init__(self, receive: Receive, limit: int, length: int | None = None, timeout: float | None = None) -> None:
         self.receive = receive
         self.limit = limit
         self.length = length
+        self.timeout = timeout
 
     async def chunks(self) -> AsyncIterator[bytes]:
         size = 0
         more = True
         while more:
-            message: Any = await self.receive()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    message: Any = await self.receive()
+            except TimeoutError:
+                raise BodyTimeout(self.timeout or 0) from None
             if message["type"] == "http.disconnect":
                 raise asyncio.CancelledError("client disconnected")
             chunk = message.get("body", b"")

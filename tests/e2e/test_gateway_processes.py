@@ -8,6 +8,7 @@ See shared/RELIABILITY.md, sections C (rate limiting) and D (dependency faults).
 import hashlib
 import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -245,6 +246,39 @@ def test_slow_upstream_gives_504_in_time_and_nothing_is_retried(tmp_path: Path, 
         assert_problem(client.get("/api/v1/gone/x"), 502)  # GET: may be retried once on connect failure
         assert_problem(client.post("/api/v1/gone/x", json={}), 502)
         assert time.monotonic() - started < 2.5
+
+
+def test_a_stalled_request_body_gets_408_and_the_gateway_serves_on(tmp_path: Path, processes: Processes) -> None:
+    """A slow POST over a real socket: part of the body, then nothing. It is cut off after
+    CLIENT_BODY_TIMEOUT with a 408 problem while the gateway keeps serving everyone else (the head
+    deadline is tested in tests/gateway/test_serving.py)."""
+    echo = processes.upstream("echo")
+    gateway = processes.gateway("gateway", tmp_path, USER_SERVICE_URL=echo.url, CLIENT_BODY_TIMEOUT="0.5", **GENEROUS)
+    echo.wait_healthy()
+    gateway.wait_healthy()
+    host, port = gateway.url.removeprefix("http://").split(":")
+
+    def read_all(sock: socket.socket) -> bytes:
+        received = b""
+        while piece := sock.recv(65536):
+            received += piece
+        return received
+
+    with socket.create_connection((host, int(port)), timeout=5) as stalled_body:
+        started = time.monotonic()
+        stalled_body.sendall(
+            b"POST /api/v1/users/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + access_token().encode()
+            + b"\r\nContent-Length: 100000\r\n\r\n"
+            + b"x" * 1000
+        )
+        answer = read_all(stalled_body)  # the server closes the connection after its answer
+        assert time.monotonic() - started < 3
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"code":"request-timeout"' in answer
+
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        assert client.get("/api/v1/users/echo/x", headers=bearer()).status_code == 200
 
 
 # 5. Two gateways, one Redis namespace, one limit.

@@ -1,6 +1,8 @@
 """Oversized bodies (F5): refused with 413 problem+json whether announced by Content-Length or
 streamed chunked, and the upstream never gets them."""
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -71,3 +73,28 @@ async def test_an_oversized_body_without_a_token_is_refused_as_unauthorised(
     response = await limited.post(f"{USERS}/upload", content=b"x" * (LIMIT + 1))
     assert response.status_code in (401, 413)
     assert echo.seen == []
+
+
+async def test_a_body_that_stops_arriving_is_408_and_never_reaches_the_upstream(
+    make_settings: SettingsFactory, echo: Echo
+) -> None:
+    """A client that sends part of its body and then nothing (a slow POST) is not waited for."""
+    app: Litestar = create_app(make_settings(client_body_timeout=0.3), services={USERS: echo})
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield b"x" * 100
+        await asyncio.sleep(3)
+        yield b"x" * 100
+
+    async with app_client(app) as client:
+        started = time.monotonic()
+        response = await client.post(f"{USERS}/upload", headers=bearer(access_token()), content=stalling())
+        waited = time.monotonic() - started
+        steady = await client.post(f"{USERS}/upload", headers=bearer(access_token()), content=chunks(LIMIT))
+
+    body = assert_problem(response, 408, "request-timeout")
+    assert "0.3 s" in body["detail"]
+    assert response.headers["connection"] == "close"
+    assert waited < 2.5
+    assert steady.status_code == 200, steady.text  # a body that keeps coming is not cut
+    assert [len(seen.body) for seen in echo.seen] == [LIMIT]

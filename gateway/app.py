@@ -16,6 +16,7 @@ from gateway.compat import LegacyAnalyticsController, LegacyAuthController, mark
 from gateway.config import GatewaySettings
 from gateway.controllers import PlatformDocsController, ProxyContext, proxy_handler, send_problem
 from gateway.errors import CORSRefused
+from gateway.idempotency import Idempotency
 from gateway.openapi import OpenAPIAggregator
 from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream
 from gateway.ratelimit import RateLimiter
@@ -30,6 +31,7 @@ from shared.stores import KeyValueStore, create_redis
 from shared.usage import UsagePublisher
 
 logger = logging.getLogger("gateway")
+IN_FLIGHT_MARGIN_SECONDS = 5.0  # an idempotency key stays locked this long past the upstream timeouts
 
 
 def create_app(
@@ -86,6 +88,9 @@ def create_app(
                 trusted_proxies=settings.trusted_proxy_list,
                 max_body_size=settings.max_body_size,
                 client_body_timeout=settings.client_body_timeout,
+                idempotency=Idempotency(
+                    app.state.store, settings.connect_timeout + settings.request_timeout + IN_FLIGHT_MARGIN_SECONDS
+                ),
             )
             # A gateway with Redis or one upstream down still serves: reported as degraded, still ready.
             checks = app.state.readiness_checks

@@ -20,7 +20,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody, QueryParameter
-from litestar.types import Message, Receive, Scope
+from litestar.types import Message, Scope
 
 from gateway.compat_schemas import (
     LegacyCosts,
@@ -147,7 +147,7 @@ async def call_platform(
         proto=scope.get("scheme", "http"),
         host=request.headers.get("host", ""),
         request_id=ensure_request_id(scope),
-        body=None if payload is None else RequestBody(_receive_once(payload), len(payload)),
+        body=None if payload is None else RequestBody.buffered(payload, len(payload)),
     )
     collected, started = _Collected(), time.perf_counter()
     try:
@@ -171,13 +171,6 @@ async def call_platform(
 def _with_query(path: str, query: dict[str, Any] | None) -> str:
     given = {name: value for name, value in (query or {}).items() if value is not None}
     return f"{path}?{urlencode(given)}" if given else path
-
-
-def _receive_once(payload: bytes) -> Receive:
-    async def receive() -> Any:
-        return {"type": "http.request", "body": payload, "more_body": False}
-
-    return receive
 
 
 class _Collected:

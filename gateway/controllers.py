@@ -14,6 +14,7 @@ from prometheus_client import Gauge
 
 from gateway.accesslog import AccessLog
 from gateway.errors import PayloadTooLarge
+from gateway.idempotency import KEYED_METHODS, Idempotency
 from gateway.metrics import PROXY_METRICS
 from gateway.openapi import DOCS_HTML
 from gateway.proxy import Forward, ForwardRequest, RequestBody, ResponseStarted
@@ -54,10 +55,11 @@ class ProxyContext(msgspec.Struct):
     trusted_proxies: list[str]
     max_body_size: int
     client_body_timeout: float
+    idempotency: Idempotency
 
 
 # The request headers the proxy reads (names as ASGI servers give them: lower case).
-_READ_HEADERS = frozenset({b"authorization", b"host", b"content-length", b"transfer-encoding"})
+_READ_HEADERS = frozenset({b"authorization", b"host", b"content-length", b"transfer-encoding", b"idempotency-key"})
 
 
 def _read_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
@@ -106,7 +108,15 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
             upstream_started = time.perf_counter()
             extra = admission.decision.raw_headers(admission.policy)
             extra += standard_headers(request_id, cors)
-            status = await context.upstreams[route.prefix].forward(request, send, extra)
+            upstream = context.upstreams[route.prefix]
+            idempotency_key = headers.get(b"idempotency-key")
+            if idempotency_key is not None and method in KEYED_METHODS:
+                caller = user_id or "ip:" + ip
+                status = await context.idempotency.forward(
+                    idempotency_key, caller, request, upstream.forward, send, extra
+                )
+            else:
+                status = await upstream.forward(request, send, extra)
             PROXY_METRICS.upstream_answered(route.template, time.perf_counter() - upstream_started)
         except ResponseStarted as exc:
             status = 502

@@ -185,6 +185,15 @@ class RequestBody:
         self.length = length
         self.timeout = timeout
 
+    @classmethod
+    def buffered(cls, data: bytes, limit: int) -> "RequestBody":
+        """A body already read whole, handed over in one piece."""
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        return cls(receive, limit, len(data))
+
     async def chunks(self) -> AsyncIterator[bytes]:
         size = 0
         more = True

@@ -10,6 +10,7 @@ A few paths behave differently, for the upstream-failure tests:
 * ``<prefix>/slow`` sleeps for ``slow_seconds`` before answering;
 * ``<prefix>/crash`` raises before sending anything (the raw ASGI app fails);
 * ``<prefix>/handler-error`` is a Litestar handler that raises (the service's own problem+json 500);
+* ``<prefix>/status/<code>`` answers its echo with that status (a 500 the upstream sends itself);
 * ``/schema/openapi.json`` is Litestar's own document.
 """
 
@@ -79,10 +80,11 @@ class Echo(Litestar):
         if path == f"{self.prefix}/slow":
             await asyncio.sleep(self.slow_seconds)
         payload = msgspec.json.encode(seen)
+        status = int(path.rpartition("/")[2]) if path.startswith(f"{self.prefix}/status/") else 200
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
+                "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
             }
         )

@@ -1,0 +1,183 @@
+"""``Idempotency-Key`` on POST and PATCH, for every service behind the gateway (RELIABILITY E2).
+
+A client that sends ``Idempotency-Key: <key>`` with a POST or PATCH may send the same request again
+(after a timeout, a dropped connection) without the work being done twice, as with Stripe's API:
+
+* the first request with a key is forwarded; its answer, if it is not a 5xx, is kept for
+  ``RETENTION_SECONDS`` (24 h) and sent again, as it was, for every repeat with the same key and
+  the same request (method, path, query and body), marked ``Idempotent-Replayed: true``;
+* the same key with another request is a 422 ``idempotency-key-reused``; a repeat while the first
+  is still being answered is a 409 ``idempotency-key-in-use`` (``Retry-After: 1``);
+* keys belong to the caller (the token's user, else the client IP): another caller's key is theirs;
+* a 5xx is not kept (the work may not have happened: a repeat tries again), nor an answer over
+  ``MAX_KEPT_BODY``; the key is optional, and ignored on other methods;
+* the store is the gateway's (Redis, shared by replicas; in memory in the embedded mode). Without
+  it a keyed request is a 503: the gateway cannot promise what the key asks for.
+"""
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from litestar.types import Message, Send
+from redis.exceptions import RedisError
+
+from gateway.proxy import ForwardRequest, RequestBody
+from shared.errors import ProblemError
+from shared.stores import KeyValueStore
+
+KEYED_METHODS = frozenset({"POST", "PATCH"})
+RETENTION_SECONDS = 24 * 3600
+MAX_KEPT_BODY = 1024 * 1024
+_VALID_KEY = re.compile(rb"[\x21-\x7e]{1,255}")  # visible ASCII, as Stripe's keys (UUIDs in practice)
+# Headers of the first answer that belong to it alone: a replay gets its own.
+_NOT_REPLAYED = frozenset(
+    {
+        b"x-request-id",
+        b"x-content-type-options",
+        b"vary",
+        b"date",
+        b"ratelimit",
+        b"ratelimit-policy",
+        b"x-ratelimit-limit",
+        b"x-ratelimit-remaining",
+        b"x-ratelimit-reset",
+        b"retry-after",
+    }
+)
+
+
+class InvalidIdempotencyKey(ProblemError):
+    status_code = 400
+    code = "invalid-idempotency-key"
+
+    def __init__(self) -> None:
+        super().__init__("Idempotency-Key must be 1 to 255 visible ASCII characters.")
+
+
+class IdempotencyKeyInUse(ProblemError):
+    status_code = 409
+    code = "idempotency-key-in-use"
+
+    def __init__(self) -> None:
+        super().__init__("A request with this Idempotency-Key is still being answered.", headers={"Retry-After": "1"})
+
+
+class IdempotencyKeyReused(ProblemError):
+    status_code = 422
+    code = "idempotency-key-reused"
+
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key was used with a different request.")
+
+
+class IdempotencyUnavailable(ProblemError):
+    status_code = 503
+    code = "dependency-unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("Idempotency keys cannot be checked right now.", headers={"Retry-After": "1"})
+
+
+class KeptAnswer(msgspec.Struct, array_like=True):
+    fingerprint: bytes
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class _Recorder:
+    """Passes the answer on to the client and keeps a copy (up to ``MAX_KEPT_BODY``)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+        self.complete = False
+        self.too_large = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = [(name, value) for name, value in message.get("headers", []) if name not in _NOT_REPLAYED]
+        elif message["type"] == "http.response.body":
+            if not self.too_large:
+                self.body += message.get("body", b"")
+                self.too_large = len(self.body) > MAX_KEPT_BODY
+            self.complete = not message.get("more_body", False)
+        await self.send(message)
+
+
+Forwarder = Callable[[ForwardRequest, Send, list[tuple[bytes, bytes]]], Awaitable[int]]
+
+
+class Idempotency:
+    def __init__(self, store: KeyValueStore, in_flight_seconds: float) -> None:
+        self.store = store
+        self.in_flight_seconds = in_flight_seconds  # how long a key stays locked if its gateway dies
+
+    async def forward(
+        self,
+        key: bytes,
+        caller: str,
+        request: ForwardRequest,
+        forward: Forwarder,
+        send: Send,
+        extra_headers: list[tuple[bytes, bytes]],
+    ) -> int:
+        """Forward ``request`` once per key and caller; answer repeats with the kept answer."""
+        if not _VALID_KEY.fullmatch(key):
+            raise InvalidIdempotencyKey()
+        body = b"".join([chunk async for chunk in request.body.chunks()]) if request.body is not None else b""
+        if request.body is not None:
+            request.body = RequestBody.buffered(body, request.body.limit)
+        fingerprint = hashlib.sha256(b"%b %b\n%b" % (request.method.encode(), request.target.encode(), body)).digest()
+        stored_key = "idempotency:" + hashlib.sha256(caller.encode() + b"\n" + key).hexdigest()
+        try:
+            kept = await self._kept(stored_key)
+            if kept is None and await self.store.incr(stored_key + ":lock", self.in_flight_seconds) > 1:
+                kept = await self._kept(stored_key)  # the first may have finished meanwhile
+                if kept is None:
+                    raise IdempotencyKeyInUse()
+        except (RedisError, OSError) as exc:
+            raise IdempotencyUnavailable() from exc
+        if kept is not None:
+            return await _replay(kept, fingerprint, send, extra_headers)
+        return await self._first(stored_key, fingerprint, request, forward, send, extra_headers)
+
+    async def _first(
+        self,
+        stored_key: str,
+        fingerprint: bytes,
+        request: ForwardRequest,
+        forward: Forwarder,
+        send: Send,
+        extra_headers: list[tuple[bytes, bytes]],
+    ) -> int:
+        recorder = _Recorder(send)
+        try:
+            status = await forward(request, recorder, extra_headers)
+            if status < 500 and recorder.complete and not recorder.too_large:
+                kept = KeptAnswer(fingerprint, recorder.status, recorder.headers, bytes(recorder.body))
+                await self.store.set(stored_key, msgspec.msgpack.encode(kept), RETENTION_SECONDS)
+            return status
+        finally:
+            with contextlib.suppress(RedisError, OSError):  # else it expires after in_flight_seconds
+                await self.store.delete(stored_key + ":lock")
+
+    async def _kept(self, stored_key: str) -> KeptAnswer | None:
+        data = await self.store.get(stored_key)
+        return msgspec.msgpack.decode(data, type=KeptAnswer) if data is not None else None
+
+
+async def _replay(kept: KeptAnswer, fingerprint: bytes, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> int:
+    if kept.fingerprint != fingerprint:
+        raise IdempotencyKeyReused()
+    headers: list[Any] = [*kept.headers, *extra_headers, (b"idempotent-replayed", b"true")]
+    await send({"type": "http.response.start", "status": kept.status, "headers": headers})
+    await send({"type": "http.response.body", "body": kept.body, "more_body": False})
+    return kept.status

@@ -13,7 +13,7 @@ from litestar.types import Receive, Scope, Send
 from prometheus_client import Gauge
 
 from gateway.accesslog import AccessLog
-from gateway.errors import PayloadTooLarge
+from gateway.errors import MethodNotAllowed, PayloadTooLarge
 from gateway.idempotency import KEYED_METHODS, Idempotency
 from gateway.metrics import PROXY_METRICS
 from gateway.openapi import DOCS_HTML
@@ -58,6 +58,9 @@ class ProxyContext(msgspec.Struct):
     idempotency: Idempotency
 
 
+PROXIED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+ALLOW_HEADER = ", ".join(sorted(PROXIED_METHODS))
+
 # The request headers the proxy reads (names as ASGI servers give them: lower case).
 _READ_HEADERS = frozenset({b"authorization", b"host", b"content-length", b"transfer-encoding", b"idempotency-key"})
 
@@ -85,6 +88,8 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
         _in_flight[0] += 1
         log_context = request_id_var.set(request_id)  # as RequestIdMiddleware does on Litestar's way
         try:
+            if method not in PROXIED_METHODS:  # TRACE (cross-site tracing), CONNECT, WebDAV, made-up ones
+                raise MethodNotAllowed(method, ALLOW_HEADER)
             path = checked_path(scope.get("raw_path") or scope["path"].encode())
             if context.routes.match(path) != route:
                 raise NotFoundException()

@@ -11,6 +11,14 @@ class BadPath(ProblemError):
         super().__init__("The request path is not in canonical form.")
 
 
+class MethodNotAllowed(ProblemError):
+    status_code = 405
+    code = "method-not-allowed"
+
+    def __init__(self, method: str, allowed: str) -> None:
+        super().__init__(f"{method} is not served here.", headers={"Allow": allowed})
+
+
 class PayloadTooLarge(ProblemError):
     status_code = 413
     code = "payload-too-large"

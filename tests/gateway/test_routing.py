@@ -63,6 +63,18 @@ async def test_percent_encoded_characters_reach_the_upstream_decoded_in_path_exa
     assert response.json()["path"] == f"{USERS}/hello world"
 
 
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PROPFIND", "BREW"])
+async def test_methods_no_service_serves_are_405_at_the_gateway(
+    client: httpx.AsyncClient, echo: Echo, method: str
+) -> None:
+    """RELIABILITY F10: TRACE (cross-site tracing) and made-up methods never reach a service."""
+    response = await client.request(method, f"{USERS}/7", headers=bearer(access_token()))
+    assert_problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert echo.seen == []
+
+
 @pytest.mark.parametrize(
     ("path", "prefix"),
     [

@@ -1,5 +1,6 @@
 """``python -m user_service purge --older-than 30d``: remove soft-deleted profiles for good, and
-forget the ids of events processed that long ago (no redelivery comes that late)."""
+forget the ids of events processed that long ago, but never before the dedup retention
+(``EVENT_DEDUP_RETENTION_DAYS``): an id forgotten sooner could let a redelivered event apply twice."""
 
 import argparse
 import asyncio
@@ -37,7 +38,8 @@ async def purge(settings: UserSettings, before: datetime) -> tuple[int, int]:
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
             profiles = await ProfileService(session, utcnow).purge(before)
-            event_ids = await forget_processed_events(session, processed_events, before)
+            retained = utcnow() - timedelta(days=settings.event_dedup_retention_days)
+            event_ids = await forget_processed_events(session, processed_events, min(before, retained))
             return profiles, event_ids
     finally:
         await engine.dispose()

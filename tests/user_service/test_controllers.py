@@ -408,6 +408,30 @@ async def test_purge_removes_profiles_deleted_long_enough_ago(
     assert parse_duration("12h") == timedelta(hours=12) and parse_duration("7") == timedelta(days=7)
 
 
+async def test_purge_never_forgets_event_ids_younger_than_the_dedup_retention(
+    client: httpx.AsyncClient, user_settings: UserSettings, clock: Any
+) -> None:
+    """A short --older-than purges profiles that young, but event ids only past the retention (30 d)."""
+    gone = Caller()
+    await me(client, gone)
+    clock.advance(days=-2)
+    await client.delete(profile_url(gone), headers=gone.headers)
+    clock.advance(days=2)
+    kept_event = uuid.uuid4()
+    with psycopg.connect(user_settings.database_url) as conn:
+        conn.execute(
+            "INSERT INTO processed_events VALUES (%s, 'user.registered', now() - '10 days'::interval)", (kept_event,)
+        )
+
+    assert await purge(user_settings, datetime.now(UTC) - parse_duration("1d")) == (1, 0)
+
+    def event_ids() -> set[str]:
+        with psycopg.connect(user_settings.database_url) as conn:
+            return {str(row[0]) for row in conn.execute("SELECT event_id FROM processed_events").fetchall()}
+
+    assert str(kept_event) in await asyncio.to_thread(event_ids)
+
+
 def test_purge_command_line(user_settings: UserSettings, tmp_path: Any) -> None:
     env = {"USERS_DATABASE_URL": user_settings.database_url, "DATA_DIR": str(tmp_path), "PATH": os.environ["PATH"]}
     command = [sys.executable, "-m", "user_service", "purge", "--older-than"]

@@ -44,12 +44,14 @@ def client(app: Litestar, headers: dict[str, str] | None = None) -> ASGIClient:
     return session
 
 
-def fuzz(app: Litestar, session: ASGIClient) -> list[str]:
-    """Every failure found, each naming the operation (e.g. ``POST /api/v1/auth/login (negative)``)."""
+def fuzz(app: Litestar, session: ASGIClient, last: tuple[str, ...] = ()) -> list[str]:
+    """Every failure found, each naming the operation (e.g. ``POST /api/v1/auth/login (negative)``).
+
+    The operations named in ``last`` (e.g. a sign-out that ends the session's token) run last."""
     schema: Any = schemathesis.openapi.from_asgi(SCHEMA_PATH, app)
+    operations = sorted((result.ok() for result in schema.get_all_operations()), key=lambda op: op.label in last)
     failures = []
-    for result in schema.get_all_operations():
-        operation = result.ok()
+    for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @FUZZ_SETTINGS

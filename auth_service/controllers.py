@@ -8,6 +8,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from auth_service.deps import provide_auth_service, provide_client
+from auth_service.errors import EmailTaken, InvalidCredentials, InvalidGrant, TooManyAttempts, WeakPassword
 from auth_service.schemas import (
     AccountUpdate,
     EmailChangeRequest,
@@ -41,21 +42,33 @@ class AuthController(Controller):
         "client": Provide(provide_client, sync_to_thread=False),
     }
 
-    @post("/register", operation_id="register", status_code=HTTP_201_CREATED, opt=PUBLIC)
+    @post(
+        "/register",
+        operation_id="register",
+        status_code=HTTP_201_CREATED,
+        opt=PUBLIC,
+        raises=[EmailTaken, WeakPassword, TooManyAttempts],
+    )
     async def register(
         self, data: JSONBody[RegisterRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
     ) -> TokenResponse:
         """Create an account and sign it in."""
         return await auth.register(data.email, data.password, data.first_name, data.last_name, client)
 
-    @post("/login", operation_id="login", status_code=HTTP_200_OK, opt=PUBLIC)
+    @post(
+        "/login",
+        operation_id="login",
+        status_code=HTTP_200_OK,
+        opt=PUBLIC,
+        raises=[InvalidCredentials, TooManyAttempts],
+    )
     async def login(
         self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
     ) -> TokenResponse:
         """Sign in with email and password."""
         return await auth.login(data.email, data.password, client)
 
-    @post("/refresh", operation_id="refresh", status_code=HTTP_200_OK, opt=PUBLIC)
+    @post("/refresh", operation_id="refresh", status_code=HTTP_200_OK, opt=PUBLIC, raises=[InvalidGrant])
     async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenResponse:
         """Exchange a refresh token for a new pair; the old refresh token stops working."""
         return await auth.refresh(data.refresh_token)
@@ -84,7 +97,13 @@ class AuthController(Controller):
         claims: dict[str, Any] = await request.app.state.verifier.decode(request.auth)
         return VerifyResponse(valid=True, claims=claims)
 
-    @post("/password", operation_id="change_password", status_code=HTTP_204_NO_CONTENT, security=BEARER)
+    @post(
+        "/password",
+        operation_id="change_password",
+        status_code=HTTP_204_NO_CONTENT,
+        security=BEARER,
+        raises=[WeakPassword, TooManyAttempts],
+    )
     async def change_password(
         self,
         data: JSONBody[PasswordChangeRequest],
@@ -94,7 +113,7 @@ class AuthController(Controller):
         """Change the password; every other session is signed out."""
         await auth.change_password(request.user, data.current_password, data.new_password)
 
-    @put("/email", operation_id="change_email", security=BEARER)
+    @put("/email", operation_id="change_email", security=BEARER, raises=[EmailTaken, TooManyAttempts])
     async def change_email(
         self,
         data: JSONBody[EmailChangeRequest],
@@ -119,7 +138,7 @@ class AuthController(Controller):
         """Sign out one of the account's sessions."""
         await auth.revoke_session(request.user, session_id)
 
-    @get("/.well-known/jwks.json", operation_id="jwks", opt=PUBLIC, sync_to_thread=False)
+    @get("/.well-known/jwks.json", operation_id="jwks", opt=PUBLIC, sync_to_thread=False, raises=[NotFound])
     def jwks(self, state: State) -> JWKSResponse:
         """The public keys that verify access tokens (asymmetric algorithms only)."""
         keys = state.issuer.jwks["keys"]

@@ -6,25 +6,28 @@ the key-value store and the event bus, all owned by the app's lifespan and kept 
 """
 
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
+from http import HTTPStatus
 from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ControllerRouterHandler, Message, Scope
 from redis.exceptions import RedisError
 
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
-from shared.errors import EXCEPTION_HANDLERS
+from shared.errors import EXCEPTION_HANDLERS, PROBLEM_MEDIA_TYPE, Problem
 from shared.events import EventBus, EventConsumer, InMemoryBus, ProcessedEventsPruner, RedisStreamBus
 from shared.http import HealthController, RequestIdMiddleware, StrictBodyRequest, add_standard_headers
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
@@ -76,7 +79,7 @@ def create_service_app(
         RedisError: dependency_unavailable_handler,
         **(exception_handlers or {}),
     }
-    return app_class(
+    app = app_class(
         route_handlers=[HealthController, MetricsController, *route_handlers],
         dependencies={"db_session": Provide(provide_db_session), **(dependencies or {})},
         middleware=[
@@ -101,6 +104,45 @@ def create_service_app(
         logging_config=None,
         state=State({"settings": settings, "service_name": settings.service_name, "version": VERSION, **(state or {})}),
     )
+    _document_problems(app)
+    return app
+
+
+def _problem(description: str) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE, generate_examples=False
+    )
+
+
+def _requires_token(path: str, handler: HTTPRouteHandler) -> bool:
+    """Whether JWTAuthenticationMiddleware guards the route (see PUBLIC_PATHS)."""
+    return not handler.opt.get("exclude_from_auth") and not any(re.match(public, path) for public in PUBLIC_PATHS)
+
+
+def _document_problems(app: Litestar) -> None:
+    """Add to each operation's OpenAPI responses the problems the kernel answers for it and those
+    its handler declares in ``raises``, so a client (and the contract fuzz tests) knows every status
+    it can get, each a problem+json body."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if not isinstance(handler, HTTPRouteHandler) or not handler.include_in_schema:
+                continue
+            problems = {
+                400: _problem("The request is malformed"),
+                422: _problem("A parameter or the body fails validation"),
+            }
+            if _requires_token(route.path, handler):
+                problems[401] = _problem("No valid bearer token")
+                problems[403] = _problem("The token's user may not do this")
+            if route.path_parameters:
+                problems[404] = _problem("No such resource")
+            if handler.parsed_fn_signature.parameters.get("data") is not None:
+                problems[413] = _problem("The body is larger than the service accepts")
+                problems[415] = _problem("The body is not JSON")
+            for error in handler.raises or []:  # the handler's own, e.g. raises=[InvalidCredentials]
+                problems[error.status_code] = _problem(HTTPStatus(error.status_code).phrase)
+            problems[503] = _problem("A dependency (database, Redis) is unavailable; retry later")
+            handler.responses = {**problems, **(handler.responses or {})}
 
 
 def _resources(

@@ -7,7 +7,7 @@ from litestar import Litestar
 
 from analytics_service.config import AnalyticsSettings
 from analytics_service.controllers import AnalyticsController
-from analytics_service.services import Clock, PeriodicPurge, UsagePipeline
+from analytics_service.services import Clock, UsagePipeline, periodic_purge
 from shared.db import utcnow
 from shared.events import EventBus
 from shared.service import create_service_app
@@ -49,7 +49,7 @@ def create_app(
             )
             pipeline.start()
         app.state.usage_pipeline = pipeline
-        purger = PeriodicPurge(app.state.sessionmaker, settings, clock)
+        purger = periodic_purge(app.state.sessionmaker, settings, clock)
         purger.start()
         try:
             yield

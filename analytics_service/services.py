@@ -44,6 +44,7 @@ from analytics_service.schemas import (
     UserCost,
     WellFormedBatch,
 )
+from shared.periodic import PeriodicTask
 from shared.security import Identity
 from shared.usage import UsageConsumer, UsageMessage
 
@@ -384,49 +385,15 @@ async def purge(
     return deleted
 
 
-FIRST_PURGE_DELAY_SECONDS = 60.0
+def periodic_purge(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: AnalyticsSettings, clock: Clock
+) -> PeriodicTask:
+    async def purge_once() -> None:
+        deleted = await purge(sessionmaker, settings, clock())
+        if any(deleted.values()):
+            logger.info("retention purge", extra={"deleted": deleted})
 
-
-class PeriodicPurge:
-    def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], settings: AnalyticsSettings, clock: Clock
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.settings = settings
-        self.clock = clock
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-
-    async def run(self) -> None:
-        # Not at once: a start-up is busy enough, and a service restarting in a loop would purge in a loop.
-        delay = min(FIRST_PURGE_DELAY_SECONDS, self.settings.purge_interval_seconds)
-        while not await self._stopped_within(delay):
-            try:
-                deleted = await purge(self.sessionmaker, self.settings, self.clock())
-                if any(deleted.values()):
-                    logger.info("retention purge", extra={"deleted": deleted})
-            except Exception as exc:
-                logger.warning("retention purge failed; will retry", extra={"error": type(exc).__name__})
-            delay = self.settings.purge_interval_seconds
-
-    async def _stopped_within(self, seconds: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run())
-
-    async def stop(self, grace_seconds: float = 5.0) -> None:
-        """Let a purge batch in progress finish (cancelling mid-query can wedge the connection)."""
-        if self._task is not None:
-            self._stopping.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1.0)  # a lost cancellation must not hang shutdown
-            self._task = None
+    return PeriodicTask("retention purge", purge_once, settings.purge_interval_seconds)
 
 
 # -- metrics ------------------------------------------------------------------------------------

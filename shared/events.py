@@ -10,7 +10,6 @@ an :class:`EventConsumer`; its processed ids are forgotten after ``EVENT_DEDUP_R
 """
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -28,6 +27,7 @@ from sqlalchemy import Column, Index, MetaData, String, Table, Uuid, delete, sel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import UTCDateTime, insert_or_ignore, utcnow
+from shared.periodic import PeriodicTask
 
 logger = logging.getLogger("shared.events")
 
@@ -51,8 +51,6 @@ DEFAULT_MAX_ATTEMPTS = 5
 LAG_REFRESH_SECONDS = 5.0
 PRUNE_BATCH_SIZE = 1000
 MAX_REMEMBERED_ERRORS = 10_000
-# Not at once: a start-up is busy enough, and a service restarting in a loop would prune in a loop.
-FIRST_PRUNE_DELAY_SECONDS = 60.0
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -168,52 +166,17 @@ class EventConsumer:
             bus.subscribe(event_type, self.group, handler)
 
 
-class ProcessedEventsPruner:
-    """Forgets processed event ids older than the retention, every ``interval_seconds``."""
+def processed_events_pruner(
+    sessionmaker: async_sessionmaker[AsyncSession], table: Table, retention: timedelta, interval_seconds: float
+) -> PeriodicTask:
+    """Forgets processed event ids older than ``retention``, every ``interval_seconds``."""
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        table: Table,
-        retention: timedelta,
-        interval_seconds: float,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.table = table
-        self.retention = retention
-        self.interval_seconds = interval_seconds
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+    async def prune() -> None:
+        forgotten = await prune_processed_events(sessionmaker, table, utcnow() - retention)
+        if forgotten:
+            logger.info("processed event ids pruned", extra={"forgotten": forgotten})
 
-    async def run(self) -> None:
-        delay = min(FIRST_PRUNE_DELAY_SECONDS, self.interval_seconds)
-        while not await self._stopped_within(delay):
-            try:
-                forgotten = await prune_processed_events(self.sessionmaker, self.table, utcnow() - self.retention)
-                if forgotten:
-                    logger.info("processed event ids pruned", extra={"forgotten": forgotten})
-            except Exception as exc:
-                logger.warning("pruning processed event ids failed; will retry", extra={"error": type(exc).__name__})
-            delay = self.interval_seconds
-
-    async def _stopped_within(self, seconds: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run())
-
-    async def stop(self, grace_seconds: float = 5.0) -> None:
-        """Let a batch in progress finish (cancelling mid-query can wedge the connection)."""
-        if self._task is not None:
-            self._stopping.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1.0)  # a lost cancellation must not hang shutdown
-            self._task = None
+    return PeriodicTask("pruning processed event ids", prune, interval_seconds)
 
 
 # -- in memory -------------------------------------------------------------------------------------

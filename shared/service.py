@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
 from shared.errors import EXCEPTION_HANDLERS, PROBLEM_MEDIA_TYPE, Problem
-from shared.events import EventBus, EventConsumer, InMemoryBus, ProcessedEventsPruner, RedisStreamBus
+from shared.events import EventBus, EventConsumer, InMemoryBus, RedisStreamBus, processed_events_pruner
 from shared.http import HealthController, RequestIdMiddleware, StrictBodyRequest, add_standard_headers
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
 from shared.settings import ServiceSettings
@@ -202,7 +202,7 @@ def _event_consumers(settings: ServiceSettings, consumer: EventConsumer | None) 
         await app.state.bus.start()
         pruner = None
         if consumer is not None:
-            pruner = ProcessedEventsPruner(
+            pruner = processed_events_pruner(
                 app.state.sessionmaker,
                 consumer.processed_events,
                 timedelta(days=settings.event_dedup_retention_days),

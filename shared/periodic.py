@@ -1,0 +1,51 @@
+"""A job run every so often in the background of a service (retention purges, pruning)."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger("shared.periodic")
+
+FIRST_RUN_DELAY_SECONDS = 60.0
+
+
+class PeriodicTask:
+    """Runs ``job`` every ``interval_seconds`` until stopped. The first run waits too (at most
+    ``FIRST_RUN_DELAY_SECONDS``): a start-up is busy enough, and a service restarting in a loop
+    would run the job in a loop. A failure is logged and tried again next time."""
+
+    def __init__(self, name: str, job: Callable[[], Awaitable[None]], interval_seconds: float) -> None:
+        self.name = name
+        self.job = job
+        self.interval_seconds = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        delay = min(FIRST_RUN_DELAY_SECONDS, self.interval_seconds)
+        while not await self._stopped_within(delay):
+            try:
+                await self.job()
+            except Exception as exc:
+                logger.warning(f"{self.name} failed; will retry", extra={"error": type(exc).__name__})
+            delay = self.interval_seconds
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Let a run in progress finish (cancelling mid-query can wedge the connection)."""
+        if self._task is not None:
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)  # a lost cancellation must not hang shutdown
+            self._task = None

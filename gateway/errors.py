@@ -76,3 +76,27 @@ class CORSRefused(ProblemError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"The cross-origin request is not allowed ({reason}).")
+
+
+class InvalidIdempotencyKey(ProblemError):
+    status_code = 400
+    code = "invalid-idempotency-key"
+
+    def __init__(self) -> None:
+        super().__init__("Idempotency-Key must be 1 to 255 visible ASCII characters.")
+
+
+class IdempotencyKeyInUse(ProblemError):
+    status_code = 409
+    code = "idempotency-key-in-use"
+
+    def __init__(self) -> None:
+        super().__init__("A request with this Idempotency-Key is still being answered.", headers={"Retry-After": "1"})
+
+
+class IdempotencyKeyReused(ProblemError):
+    status_code = 422
+    code = "idempotency-key-reused"
+
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key was used with a different request.")

@@ -25,8 +25,9 @@ import msgspec
 from litestar.types import Message, Send
 from redis.exceptions import RedisError
 
+from gateway.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
 from gateway.proxy import ForwardRequest, RequestBody
-from shared.errors import ProblemError
+from shared.errors import ServiceUnavailable
 from shared.stores import KeyValueStore
 
 KEYED_METHODS = frozenset({"POST", "PATCH"})
@@ -48,38 +49,6 @@ _NOT_REPLAYED = frozenset(
         b"retry-after",
     }
 )
-
-
-class InvalidIdempotencyKey(ProblemError):
-    status_code = 400
-    code = "invalid-idempotency-key"
-
-    def __init__(self) -> None:
-        super().__init__("Idempotency-Key must be 1 to 255 visible ASCII characters.")
-
-
-class IdempotencyKeyInUse(ProblemError):
-    status_code = 409
-    code = "idempotency-key-in-use"
-
-    def __init__(self) -> None:
-        super().__init__("A request with this Idempotency-Key is still being answered.", headers={"Retry-After": "1"})
-
-
-class IdempotencyKeyReused(ProblemError):
-    status_code = 422
-    code = "idempotency-key-reused"
-
-    def __init__(self) -> None:
-        super().__init__("This Idempotency-Key was used with a different request.")
-
-
-class IdempotencyUnavailable(ProblemError):
-    status_code = 503
-    code = "dependency-unavailable"
-
-    def __init__(self) -> None:
-        super().__init__("Idempotency keys cannot be checked right now.", headers={"Retry-After": "1"})
 
 
 class KeptAnswer(msgspec.Struct, array_like=True):
@@ -144,7 +113,9 @@ class Idempotency:
                 if kept is None:
                     raise IdempotencyKeyInUse()
         except (RedisError, OSError) as exc:
-            raise IdempotencyUnavailable() from exc
+            raise ServiceUnavailable(
+                "Idempotency keys cannot be checked right now.", code="store-unavailable", headers={"Retry-After": "2"}
+            ) from exc
         if kept is not None:
             return await _replay(kept, fingerprint, send, extra_headers)
         return await self._first(stored_key, fingerprint, request, forward, send, extra_headers)

@@ -11,7 +11,7 @@ from litestar import Litestar
 
 from gateway.app import create_app
 from tests.conftest import app_client
-from tests.gateway.conftest import USERS, SettingsFactory, access_token, assert_problem, bearer
+from tests.gateway.conftest import CLOSED_REDIS, USERS, SettingsFactory, access_token, assert_problem, bearer
 from tests.gateway.echo import Echo
 
 
@@ -141,4 +141,17 @@ async def test_keys_work_with_the_in_memory_store_of_the_embedded_mode(make_sett
     assert (first.status_code, again.status_code) == (200, 200)
     assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
     assert_problem(reused, 422, "idempotency-key-reused")
+    assert len(echo.seen) == 1
+
+
+async def test_with_the_store_down_a_keyed_request_is_503_and_others_pass(make_settings: SettingsFactory) -> None:
+    """The gateway cannot promise what a key asks for without its store: it says so, and does nothing."""
+    echo = Echo(USERS)
+    app: Litestar = create_app(make_settings(redis_url=CLOSED_REDIS), services={USERS: echo})
+    async with app_client(app) as client:
+        keyed_post = await client.post(f"{USERS}/records", json={"n": 1}, headers=keyed("key-down"))
+        plain_post = await client.post(f"{USERS}/records", json={"n": 1}, headers=bearer(TOKEN))
+    assert_problem(keyed_post, 503, "store-unavailable")
+    assert keyed_post.headers["retry-after"] == "2"
+    assert plain_post.status_code == 200, plain_post.text
     assert len(echo.seen) == 1

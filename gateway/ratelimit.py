@@ -183,11 +183,12 @@ class RateLimiter:
         """
         if self._script is not None and self.breaker.allow():
             try:
-                command = self._commands.get((policy, key, tuple(revocation_keys) if revocation_keys else (), iat))
+                kept_as = (policy, key, tuple(revocation_keys) if revocation_keys else (), iat)
+                command = self._commands.get(kept_as)
                 if command is not None:  # the common case, awaited here: one coroutine fewer to resume
                     result = await self._script.call_packed(command)
                 else:
-                    result = await self._call_script(key, policy, revocation_keys, iat)
+                    result = await self._call_script(kept_as, key, policy, revocation_keys, iat)
             except (RedisError, OSError) as exc:
                 self._record_failure(exc)
             else:
@@ -203,7 +204,14 @@ class RateLimiter:
         self._count(policy, decision)
         return decision
 
-    async def _call_script(self, key: str, policy: Policy, revocation_keys: list[str] | None, iat: int) -> Any:
+    async def _call_script(
+        self,
+        kept_as: tuple[Policy, str, tuple[str, ...], int],
+        key: str,
+        policy: Policy,
+        revocation_keys: list[str] | None,
+        iat: int,
+    ) -> Any:
         """The script's reply. The same client and token make the same command every time: over the
         pipelined connection it is packed once and kept in ``_commands`` (up to ``COMMANDS_KEPT``)."""
         prefix, interval, tolerance = self._script_arguments(policy)
@@ -215,8 +223,7 @@ class RateLimiter:
             return await self._script(keys=keys, args=args)
         if len(self._commands) >= COMMANDS_KEPT:
             self._commands.clear()
-        cache_key = (policy, key, tuple(revocation_keys) if revocation_keys else (), iat)
-        command = self._commands[cache_key] = self._script.pack(keys, args)
+        command = self._commands[kept_as] = self._script.pack(keys, args)
         return await self._script.call_packed(command)
 
     def _script_arguments(self, policy: Policy) -> tuple[str, bytes, bytes]:

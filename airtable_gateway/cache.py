@@ -6,8 +6,19 @@ base and a digest of the normalised request. Every write to a base increments th
 write invalidates the base's cached reads at once, on every replica (entry and generation come in
 one MGET). Identical misses running at the same time share one producer call: in the process
 (one task), and across replicas (a short-lived "filling" mark in the store; the others wait for
-the entry). An entry is kept ``stale_seconds`` past its TTL, to be served (marked ``STALE``) while
-Airtable cannot be asked.
+the entry).
+
+Past its TTL an entry is still answered at once (marked ``STALE``):
+
+* up to ``revalidate_seconds`` past it, while one background call refreshes it
+  (stale-while-revalidate): a popular entry never makes its readers wait for Airtable, nor for
+  the queue behind a base's pause;
+* up to ``stale_seconds`` past it, while Airtable cannot be asked (the base is paused, Airtable
+  fails or is out of reach, the caller's turn would come too late).
+
+When the store is the Redis one and Redis does not answer, entries live in the process for the
+while (see resilience.py); writes made meanwhile are replayed as invalidations once it answers,
+so an entry cached in Redis before the outage is never served after a write it missed.
 """
 
 import asyncio
@@ -19,6 +30,7 @@ from typing import Literal
 import msgspec
 
 from airtable_gateway.metrics import CACHE_RESULTS
+from airtable_gateway.resilience import ResilientStore
 from shared.stores import KeyValueStore
 
 CacheState = Literal["HIT", "MISS", "STALE"]
@@ -73,14 +85,33 @@ def token_identity(token: str) -> str:
 
 
 class ResponseCache:
-    def __init__(self, store: KeyValueStore, stale_seconds: float) -> None:
+    def __init__(self, store: KeyValueStore, stale_seconds: float, revalidate_seconds: float = 0.0) -> None:
         self.store = store
         self.stale_seconds = stale_seconds
+        self.revalidate_seconds = min(revalidate_seconds, stale_seconds)
         self._inflight: dict[str, asyncio.Task[Cached]] = {}
+        self._missed_invalidations: set[str] = set()
 
     async def invalidate(self, base: str) -> None:
         """Every cached read of ``base`` (for every token) is void from now on."""
         await self.store.incr(_generation_key(base), GENERATION_TTL_SECONDS)
+        if _degraded(self.store):
+            self._missed_invalidations.add(base)
+
+    async def _replay_missed_invalidations(self) -> None:
+        """Redis answers again: the writes it did not hear of void their bases' entries there too."""
+        for base in list(self._missed_invalidations):
+            await self.store.incr(_generation_key(base), GENERATION_TTL_SECONDS)
+            if _degraded(self.store):
+                return
+            self._missed_invalidations.discard(base)
+
+    async def aclose(self) -> None:
+        """Stop the background refreshes still running (at shutdown)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def fetch(
         self,
@@ -94,23 +125,23 @@ class ResponseCache:
     ) -> Cached:
         digest = hashlib.sha256(request_identity.encode()).hexdigest()[:40]
         key = f"airtable:cache:{token_id}:{base}:{kind}:{digest}"
+        if self._missed_invalidations and not _degraded(self.store):
+            await self._replay_missed_invalidations()
         raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
         generation = int(generation_bytes or 0)
         entry = _decoder.decode(raw) if raw is not None else None
         if entry is not None and entry.generation == generation:
-            if time.time() - entry.stored_at < ttl:
+            age = time.time() - entry.stored_at
+            if age < ttl:
                 return self._answer(entry, "HIT")
             if await paused_for() > 0:
                 return self._answer(entry, "STALE")
+            if age < ttl + self.revalidate_seconds:
+                self._flight(key, generation, ttl, produce)
+                return self._answer(entry, "STALE")
         elif entry is not None:
             entry = None  # written since: neither fresh nor stale
-        flight = f"{key}:{generation}"
-        task = self._inflight.get(flight)
-        leader = task is None
-        if task is None:
-            task = asyncio.ensure_future(self._produce(key, generation, ttl, produce))
-            self._inflight[flight] = task
-            task.add_done_callback(lambda done: self._finished(flight, done))
+        task, leader = self._flight(key, generation, ttl, produce)
         try:
             result = await asyncio.shield(task)
         except StaleAllowed:
@@ -121,6 +152,17 @@ class ResponseCache:
             CACHE_RESULTS.labels("coalesced").inc()
             return msgspec.structs.replace(result, state="HIT")
         return result
+
+    def _flight(self, key: str, generation: int, ttl: float, produce: Producer) -> tuple[asyncio.Task[Cached], bool]:
+        """The call producing this entry: the one already running (False), or a new one (True)."""
+        flight = f"{key}:{generation}"
+        task = self._inflight.get(flight)
+        if task is not None:
+            return task, False
+        task = asyncio.ensure_future(self._produce(key, generation, ttl, produce))
+        self._inflight[flight] = task
+        task.add_done_callback(lambda done: self._finished(flight, done))
+        return task, True
 
     async def _produce(self, key: str, generation: int, ttl: float, produce: Producer) -> Cached:
         filling = f"{key}:filling:{generation}"
@@ -165,6 +207,11 @@ class ResponseCache:
         CACHE_RESULTS.labels(state.lower()).inc()
         age = max(0, int(time.time() - entry.stored_at))
         return Cached(status=entry.status, body=entry.body, etag=entry.etag, state=state, age=age)
+
+
+def _degraded(store: KeyValueStore) -> bool:
+    """Whether the store is answering from its per-process fallback."""
+    return isinstance(store, ResilientStore) and store.degraded
 
 
 def _generation_key(base: str) -> str:

@@ -1,6 +1,6 @@
 """Prometheus metrics of the Airtable gateway (served at /metrics with the service's own)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 CACHE_RESULTS = Counter(
     "pyairtable_airtable_cache_total",
@@ -20,4 +20,16 @@ QUEUE_WAIT = Histogram(
 )
 QUEUE_TIMEOUTS = Counter(
     "pyairtable_airtable_queue_timeouts_total", "Requests refused because their slot came after the deadline"
+)
+FAIR_SHARE_REFUSALS = Counter(
+    "pyairtable_airtable_fair_share_refusals_total",
+    "Requests refused because their user already held their share of the base's queue",
+)
+PAUSE_REFUSALS = Counter(
+    "pyairtable_airtable_pause_refusals_total",
+    "Reads refused at once (503) because their base is paused after an Airtable 429",
+)
+REDIS_DEGRADED = Gauge(
+    "pyairtable_airtable_redis_degraded",
+    "1 while Redis does not answer and the cache and rate limits are per-process ones",
 )

@@ -91,6 +91,7 @@ class ResponseCache:
         self.revalidate_seconds = min(revalidate_seconds, stale_seconds)
         self._inflight: dict[str, asyncio.Task[Cached]] = {}
         self._missed_invalidations: set[str] = set()
+        self._replays = 0
 
     async def invalidate(self, base: str) -> None:
         """Every cached read of ``base`` (for every token) is void from now on."""
@@ -105,6 +106,7 @@ class ResponseCache:
             if _degraded(self.store):
                 return
             self._missed_invalidations.discard(base)
+            self._replays += 1
 
     async def aclose(self) -> None:
         """Stop the background refreshes still running (at shutdown)."""
@@ -125,9 +127,12 @@ class ResponseCache:
     ) -> Cached:
         digest = hashlib.sha256(request_identity.encode()).hexdigest()[:40]
         key = f"airtable:cache:{token_id}:{base}:{kind}:{digest}"
-        if self._missed_invalidations and not _degraded(self.store):
-            await self._replay_missed_invalidations()
+        replays = self._replays
         raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
+        if (self._missed_invalidations or replays != self._replays) and not _degraded(self.store):
+            # Read before the writes missed during an outage were replayed: read again after.
+            await self._replay_missed_invalidations()
+            raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
         generation = int(generation_bytes or 0)
         entry = _decoder.decode(raw) if raw is not None else None
         if entry is not None and entry.generation == generation:

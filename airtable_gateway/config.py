@@ -31,9 +31,10 @@ class AirtableSettings(ServiceSettings, kw_only=True, frozen=True):
     airtable_rate_headroom: float = 0.1
     airtable_penalty_seconds: float = 30.0
     # The most of a base's queue one user may hold (their requests not yet sent, in seconds of the
-    # base's rate: 1.5 s is 6 requests at 5/s less headroom); their surplus gets 503 + Retry-After,
-    # so another user's request on that base waits behind no more than this of theirs.
-    airtable_fair_share_seconds: float = 1.5
+    # base's rate: 1 s is 4 requests at 5/s less headroom, besides the one being sent); their
+    # surplus gets 503 + Retry-After, so another user's request on that base waits behind no more
+    # than this of theirs.
+    airtable_fair_share_seconds: float = 1.0
     airtable_queue_timeout: float = 25.0
     airtable_max_retries: int = 3
     airtable_retry_base_seconds: float = 0.25

@@ -45,7 +45,7 @@ class Breaker:
         self._probing = False
 
     def record_success(self) -> None:
-        if self.consecutive_failures:
+        if self.opened_at is not None:
             logger.warning("redis answers again: shared cache and rate limits resumed")
             REDIS_DEGRADED.set(0)
         self.consecutive_failures = 0
@@ -53,11 +53,15 @@ class Breaker:
         self._probing = False
 
     def record_failure(self, exc: BaseException) -> None:
-        if not self.consecutive_failures:
-            logger.warning("redis unavailable: per-process cache and rate limits", extra={"error": type(exc).__name__})
-            REDIS_DEGRADED.set(1)
+        """A failed call (its own answer came from the fallback); the breaker opens after
+        ``threshold`` in a row, so one slow answer on a busy event loop does not."""
         self.consecutive_failures += 1
         self._probing = False
+        if self.opened_at is None and self.consecutive_failures >= self.threshold:
+            logger.warning(
+                "redis unavailable: per-process cache and rate limits", extra={"error": type(exc).__name__}
+            )
+            REDIS_DEGRADED.set(1)
         if self.opened_at is not None or self.consecutive_failures >= self.threshold:
             self.opened_at = time.monotonic()
 

@@ -37,7 +37,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base_interval, bucket_cap, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local bucket_ms, steps, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local share, refuse_paused = tonumber(ARGV[7]), tonumber(ARGV[8])
+local share, refuse_paused, not_before = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local paused_until = tonumber(redis.call('GET', KEYS[2]) or '0')
 if refuse_paused == 1 and paused_until > now then return {-3, paused_until - now} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -45,7 +45,7 @@ if redis.call('ZCARD', KEYS[3]) >= share then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   return {-2, tonumber(first[2]) - now}
 end
-local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'), paused_until)
+local slot = math.max(now + not_before, tonumber(redis.call('GET', KEYS[1]) or '0'), paused_until)
 local bucket = math.floor(slot / bucket_ms)
 local count = tonumber(redis.call('GET', prefix .. bucket) or '0')
 local step = 0
@@ -151,8 +151,16 @@ class RedisScheduler:
         return f"{self.namespace}:airtable:slot:{base}", f"{self.namespace}:airtable:pause:{base}"
 
     async def reserve(
-        self, base: str, token_id: str, caller: str, max_wait: float, *, refuse_if_paused: bool = False
+        self,
+        base: str,
+        token_id: str,
+        caller: str,
+        max_wait: float,
+        *,
+        refuse_if_paused: bool = False,
+        not_before: float = 0.0,
     ) -> Reservation:
+        """As Scheduler.reserve; no slot earlier than ``not_before`` seconds from now."""
         slot_key, pause_key = self._keys(base)
         held_key = f"{self.namespace}:airtable:held:{base}:{caller}"
         args: list[str | int] = [
@@ -164,6 +172,7 @@ class RedisScheduler:
             f"{self.namespace}:airtable:token:{token_id}:",
             self.limits.share,
             int(refuse_if_paused),
+            int(not_before * 1000),
         ]
         result: Any = await self._reserve(keys=[slot_key, pause_key, held_key], args=args)
         return Reservation(Outcome(int(result[0])), int(result[1]) / 1000)
@@ -214,6 +223,17 @@ class MemoryScheduler:
         self._forget_past(now)
         return Reservation(Outcome.GRANTED, (slot - now) / 1000)
 
+    def observe(self, base: str, caller: str, wait: float) -> None:
+        """A slot the shared scheduler granted ``wait`` seconds from now: were this process to
+        schedule alone, it would not send at the same time."""
+        slot = _now_ms() + int(wait * 1000)
+        self._next_slot[base] = max(self._next_slot.get(base, 0), slot + self.limits.base_interval_ms)
+        self._held.setdefault((base, caller), deque()).append(slot)
+
+    def next_free(self, base: str) -> float:
+        """Seconds from now until the base's next slot this process knows to be free."""
+        return max(0, self._next_slot.get(base, 0) - _now_ms()) / 1000
+
     async def pause(self, base: str, seconds: float) -> None:
         until = _now_ms() + int(seconds * 1000)
         self._paused_until[base] = max(until, self._paused_until.get(base, 0))
@@ -232,8 +252,10 @@ class MemoryScheduler:
 class ResilientScheduler:
     """The shared (Redis) scheduler while Redis answers; per-process limits while it does not.
 
-    Pauses are also kept in the process, so a 429 seen during an outage is still honoured once
-    Redis (which never heard of it, or restarted empty) answers again."""
+    The process keeps its own account of the slots and pauses it learns of, in both directions:
+    a slot granted alone is never granted again by Redis (which did not hear of it, or restarted
+    empty), and one Redis granted is never granted alone, so a Redis call that merely times out
+    (a busy event loop, a blip) does not double a base's rate."""
 
     def __init__(self, shared: RedisScheduler, local: MemoryScheduler, guard: Guard) -> None:
         self.shared = shared
@@ -249,10 +271,25 @@ class ResilientScheduler:
                 return Reservation(Outcome.PAUSED, local_pause)
             # Redis may have lost (or never had) a pause this process saw: tell it again first.
             await self.guard.call(lambda: self.shared.pause(base, local_pause), _nothing)
-        return await self.guard.call(
-            lambda: self.shared.reserve(base, token_id, caller, max_wait, refuse_if_paused=refuse_if_paused),
-            lambda: self.local.reserve(base, token_id, caller, max_wait, refuse_if_paused=refuse_if_paused),
-        )
+
+        async def shared() -> Reservation:
+            # Never before a slot this process granted alone (while Redis did not answer).
+            reservation = await self.shared.reserve(
+                base,
+                token_id,
+                caller,
+                max_wait,
+                refuse_if_paused=refuse_if_paused,
+                not_before=self.local.next_free(base),
+            )
+            if reservation.outcome == Outcome.GRANTED:
+                self.local.observe(base, caller, reservation.wait)
+            return reservation
+
+        async def local() -> Reservation:
+            return await self.local.reserve(base, token_id, caller, max_wait, refuse_if_paused=refuse_if_paused)
+
+        return await self.guard.call(shared, local)
 
     async def pause(self, base: str, seconds: float) -> None:
         await self.local.pause(base, seconds)

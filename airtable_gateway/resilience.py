@@ -21,7 +21,7 @@ logger = logging.getLogger("airtable_gateway")
 class Breaker:
     """Closed → open after ``failures`` consecutive failures → one probe after ``reset_seconds``."""
 
-    def __init__(self, failures: int = 3, reset_seconds: float = 2.0) -> None:
+    def __init__(self, failures: int = 2, reset_seconds: float = 2.0) -> None:
         self.threshold = failures
         self.reset_seconds = reset_seconds
         self.consecutive_failures = 0
@@ -58,9 +58,7 @@ class Breaker:
         self.consecutive_failures += 1
         self._probing = False
         if self.opened_at is None and self.consecutive_failures >= self.threshold:
-            logger.warning(
-                "redis unavailable: per-process cache and rate limits", extra={"error": type(exc).__name__}
-            )
+            logger.warning("redis unavailable: per-process cache and rate limits", extra={"error": type(exc).__name__})
             REDIS_DEGRADED.set(1)
         if self.opened_at is not None or self.consecutive_failures >= self.threshold:
             self.opened_at = time.monotonic()

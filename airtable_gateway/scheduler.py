@@ -103,6 +103,8 @@ class Limits:
     """The per-base interval, per-token bucket capacity and per-caller share, in the scheduler's units."""
 
     def __init__(self, base_rate: float, token_rate: float, headroom: float, share_seconds: float = 1e9) -> None:
+        self.base_rate, self.token_rate = base_rate, token_rate
+        self.headroom, self.share_seconds = headroom, share_seconds
         self.base_interval_ms = math.ceil(1000 / (base_rate * (1 - headroom)))
         buckets_per_second = 1000 // BUCKET_MS + 1
         self.bucket_capacity = max(1, math.floor(token_rate * (1 - headroom) / buckets_per_second))
@@ -110,11 +112,7 @@ class Limits:
 
     def divided(self, replicas: int) -> "Limits":
         """Each of ``replicas`` processes' part of these limits, for when they cannot coordinate."""
-        limits = Limits.__new__(Limits)
-        limits.base_interval_ms = self.base_interval_ms * replicas
-        limits.bucket_capacity = max(1, self.bucket_capacity // replicas)
-        limits.share = self.share
-        return limits
+        return Limits(self.base_rate / replicas, self.token_rate / replicas, self.headroom, self.share_seconds)
 
 
 class Scheduler(Protocol):

@@ -8,7 +8,17 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio import Redis
 
-from airtable_gateway.scheduler import Limits, MemoryScheduler, Outcome, RedisScheduler, Reservation, Scheduler
+from airtable_gateway.resilience import Breaker, Guard
+from airtable_gateway.scheduler import (
+    Limits,
+    MemoryScheduler,
+    Outcome,
+    RedisScheduler,
+    Reservation,
+    ResilientScheduler,
+    Scheduler,
+)
+from tests.private_servers import PrivateRedis
 
 # 223 ms apart per base; per token floor(22 * 0.9 / 11) = 1 slot per 100 ms bucket.
 LIMITS = Limits(base_rate=5, token_rate=22, headroom=0.1)
@@ -43,6 +53,8 @@ async def reserve(scheduler: Scheduler, base: str, token: str, max_wait: float, 
 def test_limits_keep_headroom_below_airtables() -> None:
     assert LIMITS.base_interval_ms == 223
     assert Limits(5, 50, 0.1).bucket_capacity == 4  # 11 buckets touch a second: at most 44 < 50
+    halves = Limits(5, 50, 0.1).divided(2)  # two replicas on their own while Redis is down
+    assert (halves.base_interval_ms, halves.bucket_capacity) == (445, 2)
 
 
 async def test_one_base_gets_evenly_spaced_slots(scheduler: Scheduler) -> None:
@@ -130,3 +142,28 @@ async def test_every_redis_key_expires(redis_url: str, redis_namespace: str) -> 
         assert all([await redis.pttl(key) > 0 for key in keys])
     finally:
         await redis.aclose()
+
+
+async def test_slots_stay_apart_when_redis_goes_and_comes_back_empty() -> None:
+    """Redis granted slots, then fails: the process goes on after the last of them, not at once;
+    Redis comes back empty: it goes on after the slots the process granted alone."""
+    server = PrivateRedis().start()
+    redis = Redis.from_url(server.url, socket_timeout=0.5)
+    try:
+        scheduler = ResilientScheduler(
+            RedisScheduler(redis, "test", LIMITS), MemoryScheduler(LIMITS), Guard(timeout=0.5, breaker=Breaker())
+        )
+        slots = [time.time() + (await reserve(scheduler, "appA", "tok1", max_wait=30)).wait for _ in range(3)]
+        server.kill()
+        alone = [time.time() + (await reserve(scheduler, "appA", "tok1", max_wait=30)).wait for _ in range(3)]
+        assert scheduler.guard.breaker.degraded
+        server.start()
+        scheduler.guard.breaker.opened_at = None  # no need to wait for the probe
+        again = [time.time() + (await reserve(scheduler, "appA", "tok1", max_wait=30)).wait for _ in range(3)]
+        assert not scheduler.guard.breaker.degraded
+        assert await redis.exists("test:airtable:slot:appA")  # granted by Redis again
+    finally:
+        await redis.aclose()
+        server.stop()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(slots + alone + again)]
+    assert all(gap >= 0.2 for gap in gaps), gaps

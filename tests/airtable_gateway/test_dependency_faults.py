@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import msgspec
 import pytest
 import redis as redis_sync
 from litestar import Litestar
@@ -31,6 +32,8 @@ USER_TOKEN = "patUserOwnToken.0123456789abcdef"
 
 
 def kernel_in_process(settings: AirtableSettings) -> Litestar:
+    """The app with the production deadline of its Redis calls, the kernel's stores in process."""
+    settings = msgspec.structs.replace(settings, airtable_redis_timeout=0.05)
     return create_app(settings, store=MemoryStore(), bus=InMemoryBus())
 
 

@@ -594,24 +594,31 @@ class UserTokens:
             loading = self._loading[user_id] = asyncio.ensure_future(self._load(user_id))
             loading.add_done_callback(lambda _: self._loading.pop(user_id, None))
         try:
-            return await asyncio.shield(loading)
-        except DatabaseDown:
+            # Bounded here, whatever the lookup itself waits for (a hung server's close included).
+            async with asyncio.timeout(TOKEN_LOOKUP_SECONDS):
+                return await asyncio.shield(loading)
+        except (DatabaseDown, TimeoutError) as exc:
+            self._database_down(exc)
             if cached is not None:
                 return cached[1]
-            raise
+            raise DatabaseDown() from None
+
+    def _database_down(self, exc: BaseException) -> None:
+        if time.monotonic() >= self._database_down_until:
+            error = str(exc) if isinstance(exc, DatabaseDown) else type(exc).__name__  # a class name, no data
+            logger.warning("database unavailable: users' last known tokens serve", extra={"error": error})
+        self._database_down_until = time.monotonic() + DATABASE_RETRY_SECONDS
 
     async def _load(self, user_id: uuid.UUID) -> str | None:
         if self.cipher is None:
             return None
         try:
-            async with asyncio.timeout(TOKEN_LOOKUP_SECONDS), self.sessionmaker() as session:
+            async with self.sessionmaker() as session:
                 row = await UserTokenRepository(session).get(user_id)
-        except (OperationalError, DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
+        except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
             if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) and not exc.connection_invalidated:
                 raise
-            self._database_down_until = time.monotonic() + DATABASE_RETRY_SECONDS
-            logger.warning("database unavailable: users' last known tokens serve", extra={"error": type(exc).__name__})
-            raise DatabaseDown() from None
+            raise DatabaseDown(type(exc).__name__) from None
         own = self.cipher.decrypt(user_id, row.ciphertext) if row is not None else None
         if row is not None and own is None:
             logger.warning("a stored Airtable token does not decrypt (another key?)", extra={"user_id": str(user_id)})

@@ -153,9 +153,9 @@ def private_database() -> Iterator[tuple[PrivatePostgres, str]]:
 
 
 @pytest.fixture
-async def database_fault_client(
+async def database_fault_app(
     make_settings: SettingsFactory, two_token_emulator: Emulator, private_database: tuple[PrivatePostgres, str]
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[tuple[Litestar, httpx.AsyncClient]]:
     settings = make_settings(
         database_url=private_database[1],
         airtable_api_url=two_token_emulator.url,
@@ -163,23 +163,32 @@ async def database_fault_client(
         token_cache_seconds=0,  # every request would read the database
         db_connect_timeout_seconds=1.0,
     )
-    async with app_client(create_app(settings)) as client:
-        yield client
+    app = create_app(settings)
+    async with app_client(app) as client:
+        yield app, client
 
 
+@pytest.mark.parametrize("fault", ["stopped", "hung"])
 async def test_cached_reads_are_served_while_the_database_is_down(
-    database_fault_client: httpx.AsyncClient,
+    database_fault_app: tuple[Litestar, httpx.AsyncClient],
     private_database: tuple[PrivatePostgres, str],
     two_token_emulator: Emulator,
+    fault: str,
 ) -> None:
-    client, server = database_fault_client, private_database[0]
+    """Stopped: ``pg_ctl stop -m immediate``, every pooled connection gone. Hung: the postmaster
+    SIGSTOPped with a new connection needed (the pool emptied), which is never answered."""
+    (app, client), server = database_fault_app, private_database[0]
     own, platform_user, newcomer = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     assert (await client.put(f"{API}/token", json={"token": USER_TOKEN}, headers=bearer(own))).status_code == 200
     own_cached = await client.get(CONTACTS_URL, params={"page_size": 2}, headers=bearer(own))
     platform_cached = await client.get(CONTACTS_URL, params={"page_size": 2}, headers=bearer(platform_user))
     assert (own_cached.headers["x-cache"], platform_cached.headers["x-cache"]) == ("MISS", "MISS")
 
-    server.stop()  # immediate: every pooled connection gone, as in a crash
+    if fault == "stopped":
+        server.stop()
+    else:
+        server.hang()
+        await app.state.engine.dispose()
     try:
         for user, first in ((own, own_cached), (platform_user, platform_cached)):
             hit = await client.get(CONTACTS_URL, params={"page_size": 2}, headers=bearer(user), timeout=10)
@@ -187,7 +196,7 @@ async def test_cached_reads_are_served_while_the_database_is_down(
         # The platform's token needs no database: an uncached read still goes to Airtable.
         uncached = await client.get(CONTACTS_URL, params={"page_size": 5}, headers=bearer(platform_user), timeout=10)
         assert (uncached.status_code, uncached.headers["x-cache"]) == (200, "MISS")
-        # A user this process never saw, and the token endpoints, need the database: 503, at once.
+        # A user this process never saw, and the token endpoints, need the database: 503.
         for response in (
             await client.get(CONTACTS_URL, params={"page_size": 2}, headers=bearer(newcomer), timeout=10),
             await client.put(f"{API}/token", json={"token": USER_TOKEN}, headers=bearer(newcomer), timeout=10),
@@ -197,12 +206,16 @@ async def test_cached_reads_are_served_while_the_database_is_down(
             assert response.json()["code"] == "database-unavailable"
             assert "retry-after" in response.headers
     finally:
-        server.start()
+        if fault == "stopped":
+            server.start()
+        else:
+            server.resume()
 
-    async def own_token_used_again() -> bool:
-        response = await client.get(CONTACTS_URL, params={"page_size": 7}, headers=bearer(own), timeout=10)
+    async def newcomer_served() -> bool:
+        response = await client.get(CONTACTS_URL, params={"page_size": 2}, headers=bearer(newcomer), timeout=10)
         return response.status_code == 200
 
-    await eventually(own_token_used_again, "the database to be read again")
+    await eventually(newcomer_served, "the database to be read again")
+    assert (await client.get(CONTACTS_URL, params={"page_size": 7}, headers=bearer(own))).status_code == 200
     tokens = {entry["token"] for entry in upstream_log(two_token_emulator, CRM_BASE)}
     assert len(tokens) == 2  # the user's own token and the platform's, never mixed up

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import MAX_PASSWORD_LENGTH, AuthSettings
 from auth_service.errors import (
+    AccountLocked,
     AccountNotFound,
     EmailTaken,
     InvalidCredentials,
@@ -121,18 +122,16 @@ class AuthService:
         await self.throttle.check_ip("login", client.ip)
         email = email.strip().lower()
         user = await self.users.by_email(email)
-        async with self.throttle.verification(email):
-            if user is None:
-                await self.passwords.verify_dummy(password)
-                ok = False
-            else:
-                ok = await self.passwords.verify(user.password_hash, password) and user.is_active
-            if ok:
-                await self.throttle.succeeded(email)
-        if not ok or user is None:
+        user_id = str(user.id) if user else None
+        try:
+            ok = await self._verify_login(email, user, password)
+        except AccountLocked:
             security_log.info(
-                "login failed", extra={"user_id": str(user.id) if user else None, "ip": client.ip, "outcome": "failure"}
+                "login refused: account locked", extra={"user_id": user_id, "ip": client.ip, "outcome": "locked"}
             )
+            raise
+        if not ok or user is None:
+            security_log.info("login failed", extra={"user_id": user_id, "ip": client.ip, "outcome": "failure"})
             raise InvalidCredentials()
         now = self.clock()
         if self.passwords.needs_rehash(user.password_hash):
@@ -208,6 +207,17 @@ class AuthService:
 
     async def me(self, identity: Identity) -> User:
         return await self._active_user(identity)
+
+    async def _verify_login(self, email: str, user: User | None, password: str) -> bool:
+        """Unknown emails are verified against a dummy hash: they cost and answer like real ones."""
+        async with self.throttle.verification(email):
+            if user is None:
+                await self.passwords.verify_dummy(password)
+                return False
+            ok = await self.passwords.verify(user.password_hash, password) and user.is_active
+            if ok:
+                await self.throttle.succeeded(email)
+            return ok
 
     async def _prove_password(self, user: User, password: str) -> None:
         """A signed-in user re-enters the password: throttled like a login to the account."""

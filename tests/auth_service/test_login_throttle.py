@@ -3,6 +3,7 @@
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -100,8 +101,9 @@ async def test_25_parallel_guesses_from_5_addresses_verify_at_most_the_allowance
 
 
 async def test_an_attempt_while_the_account_is_being_verified_is_refused_without_a_hash(
-    throttled_app: Litestar,
+    throttled_app: Litestar, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="auth_service.security")
     async with app_client(throttled_app) as client:
         await register(client)
         before = verifications(throttled_app)
@@ -114,6 +116,9 @@ async def test_an_attempt_while_the_account_is_being_verified_is_refused_without
     assert concurrent.headers["retry-after"] == "1"
     assert concurrent.json()["code"] == "invalid-credentials"
     assert hashed_meanwhile == 0
+    assert [r.getMessage() for r in caplog.records if getattr(r, "outcome", None) == "locked"] == [
+        "login refused: account locked"
+    ]
     assert later.status_code == 200  # the slot is free again and the success cleared the count
 
 

@@ -57,8 +57,9 @@ class Throttle:
         if not await self._take_slot(account):
             raise AccountLocked(await self._retry_after(account))
         try:
-            # The previous holder may have locked the account since we looked; our own lock
-            # (the value is the attempt number, unique per attempt) does not count.
+            # The account may have been locked since we looked, by the previous holder's failure
+            # or by an attempt counted after ours; our own lock (its value is our attempt's
+            # number, which no other attempt has) does not count.
             holder = await self.store.get(_lock_key(account))
             if holder is not None and holder != str(attempt).encode():
                 raise AccountLocked(await self._retry_after(account))

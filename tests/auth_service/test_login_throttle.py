@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -144,3 +145,18 @@ async def test_changing_the_password_is_throttled_like_a_login(throttled_app: Li
     assert statuses == [401] * ALLOWED_FAILURES + [429]
     assert locked.status_code == 429 and "retry-after" in locked.headers
     assert verifications(throttled_app) == before
+
+
+async def test_50_parallel_sprays_from_one_address_get_10_verifications(throttled_app: Litestar) -> None:
+    async with app_client(throttled_app) as client:
+        if time.time() % 60 > 57:  # the limit's window is the clock's minute: all in one
+            await asyncio.sleep(60 - time.time() % 60)
+        before = verifications(throttled_app)
+        answers = await asyncio.gather(
+            *(client.post(LOGIN, json={"email": f"user{i}@example.com", "password": WRONG}) for i in range(50))
+        )
+        verified = verifications(throttled_app) - before
+
+    assert sorted(a.status_code for a in answers) == [401] * 10 + [429] * 40
+    assert {a.json()["code"] for a in answers if a.status_code == 429} == {"too-many-attempts"}
+    assert verified == 10  # IP_ATTEMPTS_PER_MINUTE: counted before anything else

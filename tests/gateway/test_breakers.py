@@ -34,7 +34,8 @@ UNAVAILABLE = b'{"type":"/problems/database-unavailable","status":503,"code":"da
 class Upstream:
     """An HTTP/1.1 server: ``/ready`` answers ``ready_status``; ``<prefix>/unavailable`` a fast 503
     problem; ``<prefix>/mid-answer`` a head and part of the body, then the connection closes;
-    anything else 200 ``ok``. ``broken``: every connection is closed unanswered (a reset)."""
+    anything else 200 ``ok``. ``broken``: every connection is closed unanswered (a reset);
+    ``hang()``: requests are read and left unanswered until ``release()`` (a hung process)."""
 
     def __init__(self) -> None:
         self.port = 0
@@ -43,6 +44,18 @@ class Upstream:
         self.arrivals: list[str] = []
         self.ready_status = 200
         self.broken = False
+        self.answering = asyncio.Event()
+        self.answering.set()
+
+    def requests(self) -> int:
+        """Arrivals other than the gateway's own ``/ready`` probes."""
+        return sum(path != "/ready" for path in self.arrivals)
+
+    def hang(self) -> None:
+        self.answering.clear()
+
+    def release(self) -> None:
+        self.answering.set()
 
     @property
     def url(self) -> str:
@@ -55,6 +68,7 @@ class Upstream:
 
     async def stop(self) -> None:
         """Stop listening and drop every open connection: from now on, connections are refused."""
+        self.release()
         if self.server is None:
             return
         self.server.close()
@@ -81,6 +95,7 @@ class Upstream:
         path = head.split(" ", 2)[1].partition("?")[0]
         await self.skip_body(reader, head.lower())
         self.arrivals.append(path)
+        await self.answering.wait()
         if path == "/ready":
             status = self.ready_status
             writer.write(b"HTTP/1.1 %d Ready?\r\ncontent-length: 2\r\n\r\n{}" % status)
@@ -158,7 +173,7 @@ async def test_a_live_services_fast_503s_are_passed_on_and_never_open_the_breake
         assert await breaker_metric(client, "pyairtable_gateway_upstream_breaker_opened_total") == 0
 
 
-@pytest.mark.parametrize("failure", ["refused", "reset", "closed mid-answer"])
+@pytest.mark.parametrize("failure", ["refused", "reset", "timed out", "closed mid-answer"])
 async def test_transport_failures_open_the_breaker_only_for_that_upstream(
     make_settings: SettingsFactory, upstreams: Callable[[], Awaitable[Upstream]], failure: str
 ) -> None:
@@ -171,19 +186,23 @@ async def test_transport_failures_open_the_breaker_only_for_that_upstream(
             await users.stop()
         elif failure == "reset":
             users.broken = True
+        elif failure == "timed out":
+            users.hang()  # REQUEST_TIMEOUT is 0.5 s here
         for _ in range(3):
             if failure == "closed mid-answer":  # a raw ASGI call: httpx refuses an answer cut short
                 token = access_token().encode()
                 cut = await raw_request(app, path.encode(), headers=[(b"authorization", b"Bearer " + token)])
                 assert (cut.status_code, cut.content) == (200, b"partial")
+            elif failure == "timed out":
+                assert_problem(await client.get(path), 504, "upstream-timeout")
             else:
                 assert_problem(await client.get(path), 502, "upstream-unavailable")
-        arrived = len(users.arrivals)
+        arrived = users.requests()
         refused = await client.get(f"{USERS}/x")
         if failure != "closed mid-answer":  # its /ready answers: the gateway's probe may have closed it already
             assert_problem(refused, 503, "upstream-circuit-open")
             assert int(refused.headers["retry-after"]) >= 1
-            assert len(users.arrivals) == arrived, "a request was let through to an open breaker"
+            assert users.requests() == arrived, "a request was let through to an open breaker"
             assert await breaker_metric(client, "pyairtable_gateway_upstream_breaker_state") == 2
         assert await breaker_metric(client, "pyairtable_gateway_upstream_breaker_opened_total") == 1
         assert (await client.get(f"{THINGS}/x")).status_code == 200  # other routes unaffected
@@ -192,6 +211,7 @@ async def test_transport_failures_open_the_breaker_only_for_that_upstream(
         if failure == "refused":
             await users.start()
         users.broken, users.ready_status = False, 200
+        users.release()
 
         async def serves() -> bool:
             return (await client.get(f"{USERS}/x")).status_code == 200

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from gateway.proxy import Forward, NotReady
+from gateway.proxy import READY_SECONDS, Forward, HTTPUpstream, NotReady
 from shared.http import Degraded, ReadinessCheck
 
 
@@ -56,11 +56,14 @@ class UpstreamReadiness:
 async def _state(upstream: Forward) -> UpstreamState:
     breaker = upstream.breaker
     try:
-        await upstream.ready()
+        async with asyncio.timeout(READY_SECONDS):  # within the kernel's deadline for the whole check
+            await upstream.ready()
     except NotReady as exc:
         breaker.record_success()
         return UpstreamState(True, f"not ready ({exc}): its routes pass on its answers")
     except Exception as exc:
+        if not isinstance(upstream, HTTPUpstream):  # a service in this process is always there
+            return UpstreamState(True, f"not ready ({type(exc).__name__}): its routes pass on its answers")
         problem = f"unreachable ({type(exc).__name__}), breaker {breaker.state}: its routes answer 502/503"
         return UpstreamState(False, problem)
     breaker.record_success()

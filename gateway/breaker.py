@@ -85,7 +85,7 @@ class CircuitBreaker:
     def record_success(self) -> None:
         if self.opened_at is None and not self.consecutive_failures:
             return  # the usual case: nothing to change
-        if self.opened_at is not None:
+        if self.opened_at is not None and self.name:
             logger.info("circuit breaker closed", extra={"upstream": self.name})
         self.consecutive_failures = 0
         self.opened_at = None
@@ -101,7 +101,8 @@ class CircuitBreaker:
         elif self.consecutive_failures >= self.threshold:
             self.opened_at = time.monotonic()
             self.times_opened += 1
-            logger.warning("circuit breaker opened", extra={"upstream": self.name})
+            if self.name:  # an unnamed breaker's owner says what it means (the rate limiter's Redis)
+                logger.warning("circuit breaker opened", extra={"upstream": self.name})
             self._watch()
         self._probing = False
 

@@ -29,13 +29,15 @@ from tests.gateway.conftest import USERS, SettingsFactory, access_token, assert_
 THINGS = "/api/v1/things"
 BILLING = "/api/v1/billing"
 UNAVAILABLE = b'{"type":"/problems/database-unavailable","status":503,"code":"database-unavailable"}'
+INTERNAL_ERROR = b'{"type":"/problems/internal-error","status":500,"code":"internal-error"}'
 
 
 class Upstream:
     """An HTTP/1.1 server: ``/ready`` answers ``ready_status``; ``<prefix>/unavailable`` a fast 503
-    problem; ``<prefix>/mid-answer`` a head and part of the body, then the connection closes;
-    anything else 200 ``ok``. ``broken``: every connection is closed unanswered (a reset);
-    ``hang()``: requests are read and left unanswered until ``release()`` (a hung process)."""
+    problem, ``<prefix>/internal-error`` a 500 one; ``<prefix>/mid-answer`` a head and part of the
+    body, then the connection closes; anything else 200 ``ok``. ``broken``: every connection is
+    closed unanswered (a reset); ``hang()``: requests are read and left unanswered until
+    ``release()`` (a hung process)."""
 
     def __init__(self) -> None:
         self.port = 0
@@ -104,6 +106,11 @@ class Upstream:
                 b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
                 b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%b" % (len(UNAVAILABLE), UNAVAILABLE)
             )
+        elif path.endswith("/internal-error"):
+            writer.write(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/problem+json\r\n"
+                b"content-length: %d\r\n\r\n%b" % (len(INTERNAL_ERROR), INTERNAL_ERROR)
+            )
         elif path.endswith("/mid-answer"):
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
             await writer.drain()
@@ -154,20 +161,27 @@ def assert_relayed_unavailable(answer: httpx.Response) -> None:
     assert answer.headers["retry-after"] == "1"
 
 
+LIVE_ANSWERS = {"unavailable": (503, "database-unavailable"), "internal-error": (500, "internal-error")}
+
+
 # -- what counts ------------------------------------------------------------------------------
 
 
-async def test_a_live_services_fast_503s_are_passed_on_and_never_open_the_breaker(
-    make_settings: SettingsFactory, upstreams: Callable[[], Awaitable[Upstream]]
+@pytest.mark.parametrize("path", list(LIVE_ANSWERS))
+async def test_a_live_services_5xx_answers_are_passed_on_and_never_open_the_breaker(
+    make_settings: SettingsFactory, upstreams: Callable[[], Awaitable[Upstream]], path: str
 ) -> None:
+    """A fast 503 (its database is down) or a 500 some client's input caused (issue 11: five of
+    those took a whole route offline): the service is there, so its answers are passed on."""
     users = await upstreams()
     app = create_app(gateway_settings(make_settings), proxied={USERS: users.url})
+    status, code = LIVE_ANSWERS[path]
     async with app_client(app) as client:
         client.headers.update(bearer(access_token()))
         for _ in range(10):
-            answer = await client.get(f"{USERS}/unavailable")
-            assert_relayed_unavailable(answer)
-        assert users.arrivals == [f"{USERS}/unavailable"] * 10
+            answer = await client.get(f"{USERS}/{path}")
+            assert (answer.status_code, answer.json()["code"]) == (status, code)
+        assert users.arrivals == [f"{USERS}/{path}"] * 10
         assert (await client.get(f"{USERS}/cached")).status_code == 200
         assert await breaker_metric(client, "pyairtable_gateway_upstream_breaker_state") == 0
         assert await breaker_metric(client, "pyairtable_gateway_upstream_breaker_opened_total") == 0

@@ -257,13 +257,13 @@ class HTTPUpstream:
         self.retry_idempotent = retry_idempotent
 
     async def forward(self, request: ForwardRequest, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> int:
-        breaker = self.breaker
-        if not breaker.allow():
-            raise CircuitOpen(self.name, breaker.retry_after())
         # Only a request without a body, of an idempotent method, is tried twice: when no connection
         # could be made, or a pooled one turned out dead before any byte of the response.
         retryable = self.retry_idempotent and request.method in IDEMPOTENT and request.body is None
         head = self._head(request)
+        breaker = self.breaker
+        if not breaker.allow():  # from here on, every way out tells the breaker how the call ended
+            raise CircuitOpen(self.name, breaker.retry_after())
         # The breaker measures the upstream, not the request: only transport failures count
         # against it, and any answer, a 5xx included, shows the service is there.
         for attempt in (1, 2):

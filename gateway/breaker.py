@@ -78,9 +78,14 @@ class CircuitBreaker:
         return False
 
     def retry_after(self) -> int:
+        """Whole seconds until a call may go through: the rest of the open period, or less when the
+        background probe may close the breaker before then."""
         if self.opened_at is None:
             return 0
-        return max(1, math.ceil(self.open_seconds - (time.monotonic() - self.opened_at)))
+        remaining = self.open_seconds - (time.monotonic() - self.opened_at)
+        if self.recovery_probe is not None:
+            remaining = min(remaining, self.probe_interval)
+        return max(1, math.ceil(remaining))
 
     def record_success(self) -> None:
         if self.opened_at is None and not self.consecutive_failures:

@@ -215,7 +215,7 @@ async def test_transport_failures_open_the_breaker_only_for_that_upstream(
         refused = await client.get(f"{USERS}/x")
         if failure != "closed mid-answer":  # its /ready answers: the gateway's probe may have closed it already
             assert_problem(refused, 503, "upstream-circuit-open")
-            assert int(refused.headers["retry-after"]) >= 1
+            assert refused.headers["retry-after"] == "1"  # the gateway itself looks again within a second
             assert users.requests() == arrived, "a request was let through to an open breaker"
             assert await breaker_metric(client, "pyairtable_gateway_upstream_breaker_state") == 2
         assert await breaker_metric(client, "pyairtable_gateway_upstream_breaker_opened_total") == 1

@@ -13,6 +13,7 @@ stop and start again on the same port, break (every connection reset) and repair
 """
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,8 +22,8 @@ import pytest
 
 from gateway.app import create_app
 from gateway.breaker import CircuitBreaker
-from gateway.errors import CircuitOpen
-from gateway.proxy import ForwardRequest, HTTPUpstream, RequestBody
+from gateway.errors import BodyTimeout, CircuitOpen, PayloadTooLarge, UpstreamUnavailable
+from gateway.proxy import ForwardRequest, HTTPUpstream, RequestBody, ResponseStarted
 from tests.conftest import app_client, eventually
 from tests.gateway.conftest import USERS, SettingsFactory, access_token, assert_problem, bearer, raw_request
 
@@ -273,10 +274,9 @@ async def discard(message: Any) -> None:
     pass
 
 
-def chunked_body(
-    receive: Callable[[], Awaitable[Any]], *, limit: int = 1000, timeout: float | None = None
-) -> RequestBody:
-    return RequestBody(receive, limit, None, timeout)
+def chunked_body(receive: Callable[[], Awaitable[Any]], timeout: float | None = None) -> RequestBody:
+    """A body without a length, of at most 1,000 bytes, each piece awaited at most ``timeout``."""
+    return RequestBody(receive, 1000, None, timeout)
 
 
 async def one_big_chunk() -> Any:
@@ -291,14 +291,14 @@ async def nothing_more() -> Any:
     await asyncio.sleep(60)
 
 
-PROBES: dict[str, tuple[Callable[[], ForwardRequest], str]] = {
-    # ending: (the probe, the breaker's state right after it)
-    "success": (lambda: probe_request("/x"), "closed"),
-    "transport failure": (lambda: probe_request("/x"), "open"),
-    "closed mid-answer": (lambda: probe_request("/mid-answer"), "open"),
-    "client disconnect": (lambda: probe_request("/x", chunked_body(client_gone)), "half-open"),
-    "body too large (413)": (lambda: probe_request("/x", chunked_body(one_big_chunk)), "half-open"),
-    "body timeout (408)": (lambda: probe_request("/x", chunked_body(nothing_more, 0.05)), "half-open"),
+PROBES: dict[str, tuple[Callable[[], ForwardRequest], type[BaseException] | None, str]] = {
+    # ending: (the probe, how forwarding it ends, the breaker's state right after it)
+    "success": (lambda: probe_request("/x"), None, "closed"),
+    "transport failure": (lambda: probe_request("/x"), UpstreamUnavailable, "open"),
+    "closed mid-answer": (lambda: probe_request("/mid-answer"), ResponseStarted, "open"),
+    "client disconnect": (lambda: probe_request("/x", chunked_body(client_gone)), asyncio.CancelledError, "half-open"),
+    "body too large (413)": (lambda: probe_request("/x", chunked_body(one_big_chunk)), PayloadTooLarge, "half-open"),
+    "body timeout (408)": (lambda: probe_request("/x", chunked_body(nothing_more, 0.05)), BodyTimeout, "half-open"),
 }
 
 
@@ -309,17 +309,17 @@ async def test_every_way_a_half_open_probe_ends_resolves_it(
     users = await upstreams()
     breaker = CircuitBreaker(1, 10, first_open_seconds=0.5, name="users")  # no background probe here
     proxy = HTTPUpstream("users", users.url, 10, 1.0, 1.0, breaker, retry_idempotent=False)
-    make_probe, state_after = PROBES[ending]
+    make_probe, raised, state_after = PROBES[ending]
     try:
         users.broken = True
-        with pytest.raises(Exception, match="could not be reached"):
+        with pytest.raises(UpstreamUnavailable):
             await proxy.forward(probe_request("/x"), discard, [])
         with pytest.raises(CircuitOpen):
             await proxy.forward(probe_request("/x"), discard, [])
         await eventually(lambda: breaker.state == "half-open", "the open period to pass")
         users.broken = ending == "transport failure"
 
-        with pytest.raises(BaseException) if ending != "success" else _no_error():
+        with pytest.raises(raised) if raised is not None else contextlib.nullcontext():
             await proxy.forward(make_probe(), discard, [])
         assert breaker.state == state_after
         if state_after == "open":
@@ -336,14 +336,6 @@ async def test_every_way_a_half_open_probe_ends_resolves_it(
         assert breaker.state == "closed"
     finally:
         proxy.close()
-
-
-class _no_error:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # -- /ready and /health -----------------------------------------------------------------------

@@ -91,6 +91,7 @@ _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 # Response headers the gateway sets itself (its request ID, nosniff): an upstream's copies are dropped.
 SET_BY_GATEWAY = frozenset({b"x-request-id", b"x-content-type-options"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+READY_SECONDS = 1.5  # the longest wait for an upstream's /ready (the kernel's readiness check allows 2 s)
 # Query bytes kept as the client sent them: printable ASCII but '#'; the rest is percent-encoded.
 _QUERY_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) != "#")
 
@@ -229,6 +230,10 @@ class ResponseStarted(Exception):
     """The upstream failed after its response began: nothing can be sent but the end."""
 
 
+class NotReady(Exception):
+    """The upstream answered, but says it is not ready (its ``/ready`` was not a 200)."""
+
+
 class HTTPUpstream:
     """A service over HTTP: the lean pooled HTTP/1.1 client of ``gateway/http1.py``."""
 
@@ -252,30 +257,36 @@ class HTTPUpstream:
         self.retry_idempotent = retry_idempotent
 
     async def forward(self, request: ForwardRequest, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> int:
-        if not self.breaker.allow():
-            raise CircuitOpen(self.name, self.breaker.retry_after())
         # Only a request without a body, of an idempotent method, is tried twice: when no connection
         # could be made, or a pooled one turned out dead before any byte of the response.
         retryable = self.retry_idempotent and request.method in IDEMPOTENT and request.body is None
         head = self._head(request)
+        breaker = self.breaker
+        if not breaker.allow():  # from here on, every way out tells the breaker how the call ended
+            raise CircuitOpen(self.name, breaker.retry_after())
+        # The breaker measures the upstream, not the request: only transport failures count
+        # against it, and any answer, a 5xx included, shows the service is there.
         for attempt in (1, 2):
             try:
                 status = await self._exchange(head, request, send, extra_headers)
             except (ConnectFailed, StaleConnection):
                 if retryable and attempt == 1:
                     continue
-                self.breaker.record_failure()
+                breaker.record_failure()
                 raise UpstreamUnavailable(self.name) from None
             except (ConnectTimeout, ReadTimeout):
-                self.breaker.record_failure()
+                breaker.record_failure()
                 raise UpstreamTimeout(self.name) from None
-            except UpstreamError:
-                self.breaker.record_failure()
+            except UpstreamError:  # reset, or not an HTTP answer
+                breaker.record_failure()
                 raise UpstreamUnavailable(self.name) from None
-            if status >= 500:
-                self.breaker.record_failure()
-            else:
-                self.breaker.record_success()
+            except ResponseStarted:  # closed mid-answer
+                breaker.record_failure()
+                raise
+            except BaseException:  # the client went away, sent too much or too slowly: no verdict
+                breaker.release_probe()
+                raise
+            breaker.record_success()
             return status
         raise AssertionError("unreachable")
 
@@ -346,9 +357,13 @@ class HTTPUpstream:
             return status, body
 
     async def ready(self) -> None:
-        status, _ = await self._get("/ready", 2)
+        status, _ = await self._get("/ready", READY_SECONDS)
         if status != 200:
-            raise RuntimeError(f"{self.name} is not ready ({status})")
+            raise NotReady(f"answered {status}")
+
+    async def answers(self) -> None:
+        """Returns once the service answers HTTP at all (any status): the breaker's recovery probe."""
+        await self._get("/ready", READY_SECONDS)
 
     async def get_json(self, path: str) -> Any:
         status, body = await self._get(path, 5)
@@ -357,6 +372,7 @@ class HTTPUpstream:
         return msgspec.json.decode(body)
 
     def close(self) -> None:
+        self.breaker.stop_watching()
         self.pool.close()
 
 

@@ -131,6 +131,9 @@ def _normalise(name: bytes) -> str:
 
 _FORWARDED_NAMES: dict[bytes, bytes] = {}  # a client's header name → as forwarded (lower case), b"": never
 _FORWARDED_NAMES_KEPT = 4096  # names beyond these are worked out on every request, not remembered
+# No real header is named longer: a longer name is not forwarded, matched against the patterns (linear
+# in its length) or remembered (the memo stays under 512 KiB of names).
+LONGEST_FORWARDED_NAME = 128
 
 
 def is_identity_header(name: str) -> bool:
@@ -140,6 +143,8 @@ def is_identity_header(name: str) -> bool:
 
 def _forwarded_name(name: bytes) -> bytes:
     """``name`` in lower case if a client may send it on, else b"" (hop-by-hop, identity, ours)."""
+    if len(name) > LONGEST_FORWARDED_NAME:
+        return b""
     key = _normalise(name)
     forwarded = b"" if key in _NOT_FORWARDED or is_identity_header(key) else name.lower()
     if len(_FORWARDED_NAMES) < _FORWARDED_NAMES_KEPT:

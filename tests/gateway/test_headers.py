@@ -433,3 +433,11 @@ async def test_a_header_the_gateway_checks_sent_twice_is_a_400(gateway: Litestar
     assert response.json()["code"] == "repeated-header"
     assert response.headers["content-type"] == PROBLEM
     assert echo.seen == []
+
+
+async def test_a_header_name_longer_than_any_real_one_is_not_forwarded(client: httpx.AsyncClient, echo: Echo) -> None:
+    long_name, usual_name = "X-" + "a" * 200, "X-" + "b" * 100
+    response = await client.get(f"{USERS}/me", headers={**_bearer(), long_name: "1", usual_name: "2"})
+    assert response.status_code == 200, response.text
+    assert echo.seen[-1].header_values(long_name) == []
+    assert echo.seen[-1].header_values(usual_name) == ["2"]

@@ -42,8 +42,11 @@ from shared.stores import KeyValueStore
 KEYED_METHODS = frozenset({"POST", "PATCH"})
 # Route prefixes whose requests and answers are credentials: the key is ignored there.
 CREDENTIAL_ROUTES = ("/api/v1/auth",)
-# An answer holding one of these JSON members is a credential, whatever the route.
-_TOKEN_MEMBERS = (b'"access_token"', b'"refresh_token"', b'"id_token"')
+# An answer naming one of these (a JSON member, quoted or escaped) is a credential, whatever the route.
+_TOKEN_MEMBER = re.compile(rb"\b(?:access|refresh|id)_token\b")
+# Request headers that carry the caller's credentials: an answer that repeats one is not kept.
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie", b"x-api-key"})
+_SHORTEST_SECRET = 8
 RETENTION_SECONDS = 24 * 3600
 MAX_KEPT_BODY = 1024 * 1024
 _VALID_KEY = re.compile(rb"[\x21-\x7e]{1,255}")  # visible ASCII, as Stripe's keys (UUIDs in practice)
@@ -74,8 +77,9 @@ class KeptAnswer(msgspec.Struct, array_like=True):
 class _Recorder:
     """Passes the answer on to the client and keeps a copy (up to ``MAX_KEPT_BODY``)."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, secrets: list[bytes]) -> None:
         self.send = send
+        self.secrets = secrets  # the request's own credentials
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
@@ -98,10 +102,25 @@ class _Recorder:
 
     @property
     def keepable(self) -> bool:
-        """A whole answer the work is done for (not a 5xx), small enough, and holding no credential."""
+        """A whole answer the work is done for (not a 5xx), small enough, and holding no credential:
+        no token, no cookie, nothing of the request's own credentials (an upstream that echoes)."""
         if self.status >= 500 or not self.complete or self.too_large or self.sets_cookie:
             return False
-        return not any(member in self.body for member in _TOKEN_MEMBERS)
+        if _TOKEN_MEMBER.search(self.body):
+            return False
+        headers = b"\n".join(value for _, value in self.headers)
+        return not any(secret in self.body or secret in headers for secret in self.secrets)
+
+
+def _credentials(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The secrets of a request's credential headers: each value, and its part after a scheme."""
+    secrets = []
+    for name, value in headers:
+        if name.lower() in _CREDENTIAL_HEADERS:
+            for secret in (value.strip(), value.strip().rpartition(b" ")[2]):
+                if len(secret) >= _SHORTEST_SECRET:
+                    secrets.append(secret)
+    return secrets
 
 
 def carries_credentials(target: str) -> bool:
@@ -164,7 +183,7 @@ class Idempotency:
         send: Send,
         extra_headers: list[tuple[bytes, bytes]],
     ) -> int:
-        recorder = _Recorder(send)
+        recorder = _Recorder(send, _credentials(request.headers))
         kept = False
         try:
             status = await forward(request, recorder, extra_headers)

@@ -15,12 +15,11 @@ from litestar.datastructures import Cookie, State
 from litestar.types import Receive, Scope, Send
 
 from gateway.app import create_app
-from tests.auth_service.conftest import Clock
+from tests.auth_service.conftest import PASSWORD, Clock
 from tests.conftest import app_client, eventually
 from tests.gateway.conftest import (
     AUTH,
     CLOSED_REDIS,
-    PASSWORD,
     USERS,
     SettingsFactory,
     access_token,
@@ -337,7 +336,7 @@ async def stored_bytes(redis_url: str, namespace: str) -> list[tuple[bytes, byte
     stored = []
     try:
         async for key in redis.scan_iter(match=f"{namespace}:*"):
-            kind = (await redis.type(key)).decode()
+            kind = (await redis.type(key)).decode()  # type: ignore[union-attr]  # bytes: no decode_responses
             value: Any
             if kind == "string":
                 value = await redis.get(key)

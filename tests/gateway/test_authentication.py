@@ -10,6 +10,7 @@ import hmac
 import json
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,18 @@ REJECTED: dict[str, Callable[[], str]] = {
     "non-base64url": lambda: "*" + forge(claims())[1:],
     "16kb-token": oversized,
     "roles-not-a-list": lambda: forge(claims(roles="admin")),
+    # claim shapes: NumericDates are JSON numbers, tid a tenant UUID (issue 11, item 9)
+    **{
+        f"{name}-a-numeric-string": (lambda name=name: forge(claims(**{name: str(claims()[name])})))
+        for name in ("exp", "nbf", "iat")
+    },
+    "exp-true": lambda: forge(claims(exp=True)),
+    "exp-infinity": lambda: forge(claims(exp=float("inf"))),
+    "exp-a-list": lambda: forge(claims(exp=[int(time.time()) + 600])),
+    "tid-not-a-uuid": lambda: forge(claims(tid="not-a-tenant")),
+    "tid-a-number": lambda: forge(claims(tid=7)),
+    "sid-a-number": lambda: forge(claims(sid=7)),
+    "sub-a-32-digit-number": lambda: forge(claims(sub=12345678901234567890123456789012)),
 }
 
 
@@ -303,6 +316,26 @@ async def test_a_forged_stale_or_malformed_token_is_refused_before_the_upstream(
     response = await client.get(f"{USERS}/me", headers=bearer(build()))
     assert_invalid_token(response)
     assert echo.seen == []
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+async def test_a_numeric_string_date_is_refused_on_every_use(client: httpx.AsyncClient, echo: Echo, name: str) -> None:
+    """It once passed on first use and was a 500 on every reuse (the verified-claims cache compared
+    a string with a number)."""
+    token = forge(claims(**{name: str(claims()[name])}))
+    for _ in range(3):
+        assert_invalid_token(await client.get(f"{USERS}/me", headers=bearer(token)))
+    assert echo.seen == []
+
+
+async def test_a_fractional_date_and_a_tenant_uuid_pass(client: httpx.AsyncClient, echo: Echo) -> None:
+    """Positive control: what RFC 7519 allows and the auth service issues still passes, twice (cached)."""
+    now = time.time()
+    token = forge(claims(iat=now, nbf=now, exp=now + 600.5, tid=str(uuid.uuid4())))
+    for _ in range(2):
+        response = await client.get(f"{USERS}/me", headers=bearer(token))
+        assert response.status_code == 200, response.text
+    assert len(echo.seen) == 2
 
 
 async def test_the_forging_helpers_build_a_token_the_gateway_accepts(client: httpx.AsyncClient, echo: Echo) -> None:

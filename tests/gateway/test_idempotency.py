@@ -226,6 +226,20 @@ async def test_keyed_logins_each_reach_the_auth_service(platform_client: httpx.A
     assert logins[0].json()["refresh_token"] != logins[1].json()["refresh_token"]  # two sessions, two tokens
 
 
+@pytest.mark.parametrize("path", ["/auth/login", "/login"])
+async def test_keyed_legacy_logins_each_reach_the_auth_service(
+    make_settings: SettingsFactory, auth_app: Litestar, path: str
+) -> None:
+    app: Litestar = create_app(make_settings(require_api_key=False), services={AUTH: auth_app})
+    async with app_client(app) as client:
+        await register(client)
+        credentials = {"email": "ada@example.com", "password": PASSWORD}
+        logins = [await client.post(path, json=credentials, headers={"Idempotency-Key": "legacy"}) for _ in range(2)]
+    assert [login.status_code for login in logins] == [200, 200], [login.text for login in logins]
+    assert all("idempotent-replayed" not in login.headers for login in logins)
+    assert logins[0].json()["access_token"] != logins[1].json()["access_token"]
+
+
 async def test_the_store_holds_no_usable_token(
     make_settings: SettingsFactory, auth_app: Litestar, redis_url: str, redis_namespace: str
 ) -> None:

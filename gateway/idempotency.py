@@ -14,9 +14,10 @@ A client that sends ``Idempotency-Key: <key>`` with a POST or PATCH may send the
 * credentials are never kept or replayed: on the auth routes (``CREDENTIAL_ROUTES``: register,
   login, refresh, logout, password, email, sessions) the key is ignored, so a rotated refresh token
   sent again is seen by the auth service as the reuse it is; and an answer from any route that
-  carries a token (``access_token``, ``refresh_token``, ``id_token`` in its body) or sets a cookie
-  is not kept, so a repeat is forwarded again, as after a 5xx. The store holds no usable secret:
-  keys and fingerprints are SHA-256 digests, kept answers hold no token;
+  carries a token (``access_token``, ``refresh_token``, ``id_token`` in its body), sets a cookie or
+  repeats the request's own credentials (an upstream that echoes) is not kept, so a repeat is
+  forwarded again, as after a 5xx. The store holds no usable secret: keys and fingerprints are
+  SHA-256 digests, kept answers hold no token;
 * the lock a first request takes is set to expire once, after ``in_flight_seconds`` (the longest
   a forward can take): repeats while it is held get the 409 without pushing the expiry back, so a
   client retrying after its gateway died gets the key back once it expires;

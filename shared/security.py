@@ -146,8 +146,22 @@ class JWKSClient:
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             logger.warning("jwks fetch failed", extra={"url": self.url, "error": "not a JWKS document"})
             return
-        keys = (key_from_jwk(item) for item in document["keys"] if isinstance(item, dict))
-        self.keys = {key.kid: key for key in keys if key is not None}
+        self.keys = _usable_keys(document["keys"])
+
+
+def _usable_keys(entries: list[Any]) -> dict[str, VerificationKey]:
+    """The JWKS entries we can verify with, by ``kid``; a malformed entry does not hide the others."""
+    keys = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
+            continue
+        try:
+            key = key_from_jwk(entry)
+        except jwt.PyJWTError:  # e.g. an RSA key without its modulus
+            continue
+        if key is not None:
+            keys[key.kid] = key
+    return keys
 
 
 class TokenVerifier:

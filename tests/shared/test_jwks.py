@@ -218,7 +218,16 @@ async def test_a_waiter_that_gives_up_does_not_cancel_the_fetch_for_the_others(j
         await impatient
 
 
-@pytest.mark.parametrize("document", [[], {"keys": "none"}, "keys", {"keys": [1, {"kty": "nope"}]}])
+MALFORMED_ENTRIES: list[Any] = [
+    1,
+    {"kty": "nope"},
+    {"kty": "RSA", "kid": "rsa-without-its-modulus"},
+    {"kty": "OKP", "crv": "Ed25519", "kid": ["a", "list"], "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+    {"kty": "OKP", "crv": "Ed25519", "kid": "x-not-a-string", "x": 5},
+]
+
+
+@pytest.mark.parametrize("document", [[], {"keys": "none"}, "keys", {"keys": MALFORMED_ENTRIES}])
 async def test_a_jwks_document_of_the_wrong_shape_means_401(jwks_server: JWKSServer, document: Any) -> None:
     private, jwk = new_key()
     jwks_server.document = lambda: document  # type: ignore[method-assign]
@@ -226,3 +235,13 @@ async def test_a_jwks_document_of_the_wrong_shape_means_401(jwks_server: JWKSSer
 
     with pytest.raises(InvalidToken):
         await verifier.verify(sign(private, jwk["kid"]))
+
+
+async def test_malformed_entries_do_not_hide_a_good_key(jwks_server: JWKSServer) -> None:
+    private, jwk = new_key()
+    jwks_server.keys = [*MALFORMED_ENTRIES, jwk]
+    verifier = verifier_for(jwks_server.url)
+
+    identity = await verifier.verify(sign(private, jwk["kid"]))
+
+    assert identity.email == "ada@example.com"

@@ -170,11 +170,19 @@ def trusted_networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ip
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
-@functools.lru_cache(maxsize=8192)
 def canonical_ip(value: str) -> str | None:
     """``value`` as one spelling of its address, or None if it is not one: an IPv4-mapped IPv6
     address (``::ffff:192.0.2.1``) as the IPv4 address it is, IPv6 in RFC 5952's compressed lower
     case without a zone (``2001:DB8:0::1%eth0`` → ``2001:db8::1``)."""
+    # Longer is no address; and a client's long strings must not fill the cache.
+    return _canonical_ip(value) if len(value) <= _LONGEST_ADDRESS else None
+
+
+_LONGEST_ADDRESS = 64  # 45 characters for the longest IPv6 text, and room for a short zone
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical_ip(value: str) -> str | None:
     try:
         ip = ipaddress.ip_address(value.partition("%")[0])
     except ValueError:
@@ -197,12 +205,14 @@ def address_key(address: str, ipv6_prefix: int = 64) -> str:
         return address
 
 
-@functools.lru_cache(maxsize=8192)
 def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     canonical = canonical_ip(address)
-    if canonical is None:
-        return False
-    ip = ipaddress.ip_address(canonical)
+    return canonical is not None and _canonical_in_networks(canonical, networks)
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical_in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    ip = ipaddress.ip_address(address)
     return any(ip in network for network in networks)
 
 

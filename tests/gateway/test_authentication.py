@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from litestar import Litestar
 
 from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
@@ -41,6 +42,13 @@ from tests.gateway.conftest import (
 from tests.gateway.echo import Echo
 
 ME = f"{AUTH}/me"
+
+
+@pytest.fixture
+def platform(make_settings: SettingsFactory, auth_app: Litestar, echo: Echo) -> Litestar:
+    """The conftest's platform with time for argon2 on a busy machine: its 0.5 s upstream timeout,
+    meant for the echo, turned a slow register into a 504 when other work shared the CPU."""
+    return create_app(make_settings(request_timeout=10), services={AUTH: auth_app, USERS: echo})
 
 
 # -- public and protected -----------------------------------------------------------------------
@@ -170,7 +178,9 @@ async def test_logout_is_seen_without_redis_when_the_store_is_shared(
     """The no-Redis configuration: auth and gateway share one in-memory store."""
     store, bus = MemoryStore(), InMemoryBus()
     auth_app = create_auth_app(msgspec.structs.replace(auth_settings, redis_url=""), store=store, bus=bus)
-    app = create_app(make_settings(redis_url=""), services={AUTH: auth_app, USERS: echo}, store=store, bus=bus)
+    app = create_app(
+        make_settings(redis_url="", request_timeout=10), services={AUTH: auth_app, USERS: echo}, store=store, bus=bus
+    )
     async with app_client(app) as client:
         ready = await client.get("/ready")
         assert ready.status_code == 200
@@ -194,7 +204,7 @@ async def test_the_embedded_composition_root_serves_register_me_and_logout(
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     for name, value in FAST_ARGON2.items():
         monkeypatch.setenv(name.upper(), str(value))
-    app = create_embedded_app(make_settings(redis_url=""))
+    app = create_embedded_app(make_settings(redis_url="", request_timeout=10))
     async with app_client(app) as client:
         tokens = await register(client)
         me = await client.get(ME, headers=bearer(tokens["access_token"]))

@@ -55,6 +55,13 @@ def keyed(key: str, token: str | None = None) -> dict[str, str]:
     return {**bearer(token or TOKEN), "Idempotency-Key": key}
 
 
+@pytest.fixture
+def platform(make_settings: SettingsFactory, auth_app: Litestar, echo: Echo) -> Litestar:
+    """The conftest's platform with time for argon2 on a busy machine: its 0.5 s upstream timeout,
+    meant for the echo, turned a slow register into a 504 when other work shared the CPU."""
+    return create_app(make_settings(request_timeout=10), services={AUTH: auth_app, USERS: echo})
+
+
 TOKEN = access_token()
 RECORDS = "/api/v1/records"  # a second upstream (an EXTRA_ROUTES one)
 
@@ -230,7 +237,7 @@ async def test_keyed_logins_each_reach_the_auth_service(platform_client: httpx.A
 async def test_keyed_legacy_logins_each_reach_the_auth_service(
     make_settings: SettingsFactory, auth_app: Litestar, path: str
 ) -> None:
-    app: Litestar = create_app(make_settings(require_api_key=False), services={AUTH: auth_app})
+    app: Litestar = create_app(make_settings(require_api_key=False, request_timeout=10), services={AUTH: auth_app})
     async with app_client(app) as client:
         await register(client)
         credentials = {"email": "ada@example.com", "password": PASSWORD}
@@ -246,7 +253,9 @@ async def test_the_store_holds_no_usable_token(
     """Every keyed request that carries or returns a token, then every key and value of the
     namespace (gateway and auth service alike) scanned for any of those tokens or their signatures."""
     echo = Echo(USERS)  # repeats the caller's Authorization header in its answer
-    app: Litestar = create_app(make_settings(), services={AUTH: auth_app, USERS: echo, RECORDS: DiscreetEcho(RECORDS)})
+    app: Litestar = create_app(
+        make_settings(request_timeout=10), services={AUTH: auth_app, USERS: echo, RECORDS: DiscreetEcho(RECORDS)}
+    )
     async with app_client(app) as client:
         tokens = await register(client)
         secrets_seen = [tokens["access_token"], tokens["refresh_token"]]

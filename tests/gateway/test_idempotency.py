@@ -330,7 +330,7 @@ async def test_repeats_while_the_first_is_in_flight_do_not_push_the_lock_expiry_
 ) -> None:
     """A gateway that died mid-request leaves its lock behind; a client that keeps retrying must get
     the key back when that lock expires, so a 409 must never re-arm it."""
-    echo = DiscreetEcho(USERS, slow_seconds=1.0)
+    echo = DiscreetEcho(USERS, slow_seconds=3.0)  # in flight for the whole test, on a busy machine too
     app: Litestar = create_app(make_settings(request_timeout=5), services={USERS: echo})
     redis = redis_async.Redis.from_url(redis_url)
     try:

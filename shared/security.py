@@ -6,7 +6,9 @@ demand unknown extensions (``crit``) are refused, and revoked tokens are rejecte
 is a 401 with ``WWW-Authenticate``; none is a 500.
 """
 
+import asyncio
 import logging
+import math
 import re
 import time
 import uuid
@@ -29,6 +31,7 @@ logger = logging.getLogger("shared.security")
 
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 MAX_TOKEN_LENGTH = 8192
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
@@ -94,31 +97,71 @@ def _remaining(expires_at: int) -> float:
 
 
 class JWKSClient:
-    """Fetches and caches a JWKS document; an unknown ``kid`` refetches at most every 30 s."""
+    """Fetches and caches a JWKS document; an unknown ``kid`` refetches at most every 30 s.
+
+    One fetch at a time: while it is in flight, every request with an unknown ``kid`` waits for it
+    (at most ``timeout``) rather than failing, so a key rotation costs no 401s; once it is done,
+    unknown kids wait for the next 30 s window and cannot make a storm of fetches.
+    """
 
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         self.url = url
         self.timeout = timeout
         self.keys: dict[str, VerificationKey] = {}
         self._fetched_at = 0.0
+        self._fetch: asyncio.Task[None] | None = None
 
     async def get(self, kid: str) -> VerificationKey | None:
-        if kid not in self.keys and time.monotonic() - self._fetched_at >= JWKS_MIN_REFRESH_SECONDS:
-            await self.refresh()
+        if kid not in self.keys:
+            fetch = self._fetch
+            if fetch is None and time.monotonic() - self._fetched_at >= JWKS_MIN_REFRESH_SECONDS:
+                fetch = self._start_fetch()
+            if fetch is not None:
+                # Shielded: a waiter that gives up (its client went away) does not cancel it for the others.
+                await asyncio.shield(fetch)
         return self.keys.get(kid)
 
     async def refresh(self) -> None:
+        await asyncio.shield(self._fetch or self._start_fetch())
+
+    def _start_fetch(self) -> "asyncio.Task[None]":
         self._fetched_at = time.monotonic()
+        self._fetch = fetch = asyncio.create_task(self._fetch_keys())
+        fetch.add_done_callback(self._fetch_done)
+        return fetch
+
+    def _fetch_done(self, fetch: "asyncio.Task[None]") -> None:
+        if self._fetch is fetch:
+            self._fetch = None
+
+    async def _fetch_keys(self) -> None:
         try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
+            async with asyncio.timeout(self.timeout), httpx.AsyncClient(timeout=self.timeout) as client:
                 response = await client.get(self.url)
                 response.raise_for_status()
                 document = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            logger.warning("jwks fetch failed", extra={"url": self.url, "error": str(exc)})
+        except (httpx.HTTPError, ValueError, TimeoutError) as exc:
+            logger.warning("jwks fetch failed", extra={"url": self.url, "error": str(exc) or type(exc).__name__})
             return
-        keys = (key_from_jwk(item) for item in document.get("keys", []) if isinstance(item, dict))
-        self.keys = {key.kid: key for key in keys if key is not None}
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            logger.warning("jwks fetch failed", extra={"url": self.url, "error": "not a JWKS document"})
+            return
+        self.keys = _usable_keys(document["keys"])
+
+
+def _usable_keys(entries: list[Any]) -> dict[str, VerificationKey]:
+    """The JWKS entries we can verify with, by ``kid``; a malformed entry does not hide the others."""
+    keys = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
+            continue
+        try:
+            key = key_from_jwk(entry)
+        except jwt.PyJWTError:  # e.g. an RSA key without its modulus
+            continue
+        if key is not None:
+            keys[key.kid] = key
+    return keys
 
 
 class TokenVerifier:
@@ -166,7 +209,7 @@ class TokenVerifier:
             raise InvalidToken("The access token has expired.") from None
         except jwt.PyJWTError:
             raise InvalidToken() from None
-        _check_subject(claims)
+        _check_claims(claims)
         return claims
 
     async def _key_for(self, header: dict[str, Any]) -> VerificationKey:
@@ -185,16 +228,33 @@ class TokenVerifier:
         return key
 
 
-def _check_subject(claims: dict[str, Any]) -> None:
-    try:
-        uuid.UUID(str(claims["sub"]))
-    except ValueError:
-        raise InvalidToken() from None
+def _check_claims(claims: dict[str, Any]) -> None:
+    """Claims of the shapes the platform issues, checked once here for the gateway and the services
+    alike: whatever passes is safe for every later use (caches, comparisons, ``Identity``)."""
+    for name in NUMERIC_DATE_CLAIMS:
+        # PyJWT accepts a numeric string ("1700000000") where a NumericDate (a JSON number) belongs.
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidToken()
+    if not isinstance(claims["sub"], str) or _uuid(claims["sub"]) is None:
+        raise InvalidToken()
     if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("email", ""), str):
+        raise InvalidToken()
+    if not isinstance(claims.get("sid", ""), str | None):
+        raise InvalidToken()
+    tenant = claims.get("tid")
+    if tenant is not None and (not isinstance(tenant, str) or _uuid(tenant) is None):
         raise InvalidToken()
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise InvalidToken()
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
 
 
 def identity_from_claims(claims: dict[str, Any]) -> Identity:
@@ -206,15 +266,8 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
         session_id=claims.get("sid"),
         issued_at=int(claims["iat"]),
         expires_at=int(claims["exp"]),
-        tenant_id=_tenant(claims.get("tid")),
+        tenant_id=uuid.UUID(claims["tid"]) if claims.get("tid") is not None else None,
     )
-
-
-def _tenant(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value else None
-    except ValueError:
-        raise InvalidToken() from None
 
 
 def bearer_token(authorization: str | None) -> str:

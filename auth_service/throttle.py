@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 
 from auth_service.config import AuthSettings
 from auth_service.errors import AccountLocked, TooManyAttempts
+from shared.http import address_key
 from shared.stores import KeyValueStore
 
 FAILURE_MEMORY_SECONDS = 3600
@@ -34,8 +35,9 @@ class Throttle:
         self.settings = settings
 
     async def check_ip(self, action: str, ip: str) -> None:
+        """At most ``ip_attempts_per_minute`` per client address (an IPv6 client per /64, as the gateway counts)."""
         window = int(time.time() // 60)
-        count = await self.store.incr(f"throttle:ip:{action}:{ip}:{window}", 60)
+        count = await self.store.incr(f"throttle:ip:{action}:{address_key(ip)}:{window}", 60)
         if count > self.settings.ip_attempts_per_minute:
             retry_after = 60 - int(time.time() % 60)
             raise TooManyAttempts(retry_after)

@@ -291,6 +291,8 @@ class JWTAuthenticationMiddleware(AbstractAuthenticationMiddleware):
 
 def require_role(role: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.scope.get("method") == "OPTIONS":
+            return  # Litestar's automatic OPTIONS answers only which methods exist, and is never authenticated
         identity = connection.scope.get("user")
         if not isinstance(identity, Identity) or role not in identity.roles:
             raise PermissionDeniedException(detail=f"The {role} role is required.")

@@ -160,3 +160,19 @@ async def test_50_parallel_sprays_from_one_address_get_10_verifications(throttle
     assert sorted(a.status_code for a in answers) == [401] * 10 + [429] * 40
     assert {a.json()["code"] for a in answers if a.status_code == 429} == {"too-many-attempts"}
     assert verified == 10  # IP_ATTEMPTS_PER_MINUTE: counted before anything else
+
+
+async def test_sprays_from_many_addresses_of_one_ipv6_64_share_one_budget(throttled_app: Litestar) -> None:
+    """An IPv6 subscriber holds a whole /64: twenty of its addresses, written every which way,
+    are one client to the per-IP limit, as they are to the gateway's."""
+    addresses = [f"2001:db8:0:7::{n:x}" for n in range(1, 11)]
+    addresses += [f"2001:0db8:0000:0007:0000:0000:0001:{n:04x}" for n in range(10)]
+    async with app_client(throttled_app), clients_from(throttled_app, addresses) as clients:
+        if time.time() % 60 > 57:
+            await asyncio.sleep(60 - time.time() % 60)
+        answers = [
+            await client.post(LOGIN, json={"email": f"v6user{i}@example.com", "password": WRONG})
+            for i, client in enumerate(clients)
+        ]
+
+    assert [a.status_code for a in answers] == [401] * 10 + [429] * 10

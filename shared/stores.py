@@ -216,7 +216,9 @@ class MemoryStore:
     async def close(self) -> None:
         self._data.clear()
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """Keys held, expired ones included until they are next looked at."""
         return len(self._data)
 
     def _make_room(self) -> None:

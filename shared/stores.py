@@ -12,6 +12,7 @@ meanwhile, so throttles and caches keep working per process; what must be shared
 """
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +33,8 @@ logger = logging.getLogger("shared.stores")
 STORE_DEGRADED = Gauge(
     "pyairtable_store_degraded", "1 while Redis is unavailable and per-process stores stand in for it"
 )
-MEMORY_STORE_MAX_KEYS = 100_000
+STAND_IN_MAX_KEYS = 100_000
+SWEEP_EXPIRED_AT_KEYS = 10_000
 T = TypeVar("T")
 
 
@@ -163,11 +165,14 @@ def _millis(seconds: float) -> int:
 
 class MemoryStore:
     """Process-local store for the embedded run mode, and Redis's stand-in while it is down; same
-    semantics as RedisStore. Holds at most ``max_keys`` keys: the expired go first, then the oldest."""
+    semantics as RedisStore. Expired keys are swept once it holds many; a stand-in also has a
+    ``max_keys`` cap (the oldest go first). The embedded store has none: it holds the revocations,
+    which a flood of other keys must never push out."""
 
-    def __init__(self, max_keys: int = MEMORY_STORE_MAX_KEYS) -> None:
+    def __init__(self, max_keys: int | None = None) -> None:
         self._data: dict[str, tuple[bytes, float]] = {}
         self.max_keys = max_keys
+        self._sweep_at = SWEEP_EXPIRED_AT_KEYS
 
     @property
     def shared(self) -> "MemoryStore":
@@ -185,7 +190,7 @@ class MemoryStore:
     def _put(self, key: str, data: bytes, ttl_seconds: float) -> None:
         self._data.pop(key, None)  # re-inserted last: the oldest keys stay first in line
         self._data[key] = (data, time.monotonic() + ttl_seconds)
-        if len(self._data) > self.max_keys:
+        if len(self._data) > min(self._sweep_at, self.max_keys or self._sweep_at):
             self._make_room()
 
     async def get(self, key: str) -> bytes | None:
@@ -225,8 +230,12 @@ class MemoryStore:
         now = time.monotonic()
         for key in [k for k, (_, expires) in self._data.items() if expires <= now]:
             del self._data[key]
-        for key in list(self._data)[: max(0, len(self._data) - self.max_keys)]:
-            del self._data[key]
+        if self.max_keys is not None and len(self._data) > self.max_keys:
+            # Down to 90 %: the next tenth of the cap is set without another pass.
+            for key in list(itertools.islice(self._data, len(self._data) - self.max_keys * 9 // 10)):
+                del self._data[key]
+        # Many live keys: the next sweep waits until there are twice as many (amortised O(1) a set).
+        self._sweep_at = max(SWEEP_EXPIRED_AT_KEYS, 2 * len(self._data))
 
 
 class FallbackStore:
@@ -236,7 +245,7 @@ class FallbackStore:
 
     def __init__(self, shared: RedisStore, local: MemoryStore | None = None) -> None:
         self._shared = shared
-        self.local = local or MemoryStore()
+        self.local = local or MemoryStore(max_keys=STAND_IN_MAX_KEYS)
         self._standing_in = False
 
     @property

@@ -134,13 +134,23 @@ async def test_an_error_answer_from_a_live_redis_never_opens_the_breaker(
     assert in_redis(private_redis, f"{store.shared.namespace}:plain") == b"1"
 
 
-async def test_the_in_process_store_holds_a_bounded_number_of_keys() -> None:
-    memory = MemoryStore(max_keys=100)
+async def test_the_stand_in_holds_a_bounded_number_of_keys(store: FallbackStore, private_redis: PrivateRedis) -> None:
+    store.local.max_keys = 100
+    private_redis.kill()
     for n in range(1000):
-        await memory.set(f"k{n}", b"v", 60)
-    assert memory.size <= 100
-    assert await memory.get("k999") == b"v"
-    assert await memory.get("k0") is None
+        await store.set(f"k{n}", b"v", 60)
+    assert store.local.size <= 100
+    assert await store.get("k999") == b"v"
+    assert await store.get("k0") is None
+
+
+async def test_the_embedded_store_never_pushes_out_a_live_key() -> None:
+    """It holds the revocations: a flood of other keys must not evict one."""
+    memory = MemoryStore()
+    await memory.set("revoked:sid:first", b"1", 600)
+    for n in range(20_000):
+        await memory.set(f"flood{n}", b"v", 600)
+    assert await memory.get("revoked:sid:first") == b"1"
 
 
 async def test_unknowable_revocations_accept_signature_valid_tokens_and_say_so(

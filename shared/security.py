@@ -11,8 +11,8 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import jwt
@@ -37,6 +37,7 @@ FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 MAX_TOKEN_LENGTH = 8192
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 JWKS_MIN_REFRESH_SECONDS = 30.0
+T = TypeVar("T")
 MAX_PENDING_REVOCATIONS = 10_000
 REVOCATION_UNKNOWN = Counter(
     "pyairtable_revocation_unknown",
@@ -135,7 +136,7 @@ class RevocationList:
         try:
             if self._pending:
                 await self.write_pending()
-            values = await self.store.shared.get_many(keys)
+            values = await _retried_once(lambda: self.store.shared.get_many(keys))
         except (RedisError, OSError):
             REVOCATION_UNKNOWN.inc()
             if not self._unknowable:
@@ -160,7 +161,7 @@ class RevocationList:
 
     async def _write(self, key: str, value: bytes, ttl_seconds: float) -> None:
         try:
-            await self.store.shared.set(key, value, ttl_seconds)
+            await _retried_once(lambda: self.store.shared.set(key, value, ttl_seconds))
         except (RedisError, OSError):
             if len(self._pending) >= MAX_PENDING_REVOCATIONS:
                 self._pending.pop(next(iter(self._pending)))
@@ -175,6 +176,15 @@ class RevocationList:
         now = time.time()
         found = [self._pending.get(key) for key in keys]
         return [item[0] if item is not None and item[1] > now else None for item in found]
+
+
+async def _retried_once(operation: Callable[[], Awaitable[T]]) -> T:
+    """One more try: a single reply slower than the 50 ms timeout (a busy machine) must not decide
+    a revocation. While Redis is down its breaker soon makes the second try fail at once."""
+    try:
+        return await operation()
+    except (RedisError, OSError):
+        return await operation()
 
 
 def _revoked_by(claims: dict[str, Any], jti: bytes | None, sid: bytes | None, cutoff: bytes | None) -> bool:

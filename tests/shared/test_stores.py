@@ -296,3 +296,33 @@ async def test_logout_with_redis_down_ends_the_session_and_says_what_it_could_no
 def _session_of(access_token: str) -> str:
     session: str = jwt.decode(access_token, options={"verify_signature": False})["sid"]
     return session
+
+
+async def test_a_global_logout_with_redis_down_keeps_every_session_revocation_to_write(
+    auth_client: httpx.AsyncClient, private_redis: PrivateRedis, redis_auth_settings: AuthSettings
+) -> None:
+    first = await register(auth_client)
+    second = (
+        await auth_client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+    ).json()
+    private_redis.kill()
+
+    logout = await auth_client.post("/api/v1/auth/logout?scope=global", headers=bearer(first))
+    assert logout.status_code == 503 and logout.json()["code"] == "revocation-incomplete"
+    for tokens in (first, second):
+        assert (await auth_client.get("/api/v1/auth/me", headers=bearer(tokens))).status_code == 401
+
+    private_redis.start()
+    other_service = RevocationList(create_store(redis_auth_settings, create_redis(redis_auth_settings)))
+
+    async def both_written() -> bool:
+        await auth_client.get("/ready")
+        return all(
+            [
+                await other_service.is_revoked({**access_claims(), "sid": _session_of(tokens["access_token"])})
+                for tokens in (first, second)
+            ]
+        )
+
+    await eventually(both_written, "both sessions' revocations to reach Redis")
+    await other_service.store.close()

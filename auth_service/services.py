@@ -323,7 +323,6 @@ class AuthService:
 
     async def logout(self, identity: Identity, refresh: str | None, scope: str) -> None:
         now = self.clock()
-        await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
         if scope == "global":
             sessions = await self.sessions.active_for_user(identity.user_id, now)
             # Revoking every session also revokes every access token (they carry their session id),
@@ -336,6 +335,8 @@ class AuthService:
                 if token is not None and token.session.user_id == identity.user_id:
                     targets.append(token.session_id)
             await self._revoke_sessions(targets, now)
+        # Last: with Redis down it raises, and the sessions above must be revoked in the database first.
+        await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
         security_log.info("logout", extra={"user_id": str(identity.user_id), "scope": scope})
 
     async def list_sessions(self, identity: Identity) -> list[SessionRead]:
@@ -362,8 +363,7 @@ class AuthService:
     async def _revoke_sessions(self, session_ids: list[uuid.UUID], now: datetime) -> None:
         """Refresh tokens of these sessions stop working now; so do their access tokens."""
         await self.sessions.revoke(session_ids, now)
-        for session_id in session_ids:
-            await self.revocations.revoke_session(str(session_id), self._access_revocation_ttl)
+        await self.revocations.revoke_sessions([str(s) for s in session_ids], self._access_revocation_ttl)
 
     @property
     def _access_revocation_ttl(self) -> float:

@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SERVICES := auth_service user_service airtable_gateway analytics_service gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox clean $(addprefix run-,$(SERVICES))
+.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES))
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -58,6 +58,9 @@ bench-clients: $(INSTALLED) ## The gateway's upstream HTTP client vs httpx, http
 	$(PY) -m bench.http_clients
 soak-outbox: $(INSTALLED) ## RELIABILITY E1: 1,000 registrations, auth and users SIGKILLed mid-stream; see docs/RELIABILITY.md
 	$(PY) -m bench.outbox_crash_soak $(SOAK_ARGS)
+
+faults: $(INSTALLED) ## Fault harness: Redis, PostgreSQL, a service and Airtable faulted under load; see docs/RELIABILITY.md
+	$(PY) -m bench.faults $(FAULTS_ARGS)
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) data

@@ -8,7 +8,14 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from auth_service.deps import provide_auth_service, provide_client
-from auth_service.errors import EmailTaken, InvalidCredentials, InvalidGrant, TooManyAttempts, WeakPassword
+from auth_service.errors import (
+    AccountLocked,
+    EmailTaken,
+    InvalidCredentials,
+    InvalidGrant,
+    TooManyAttempts,
+    WeakPassword,
+)
 from auth_service.schemas import (
     AccountUpdate,
     EmailChangeRequest,
@@ -60,7 +67,7 @@ class AuthController(Controller):
         operation_id="login",
         status_code=HTTP_200_OK,
         opt=PUBLIC,
-        raises=[InvalidCredentials, TooManyAttempts],
+        raises=[InvalidCredentials, TooManyAttempts, AccountLocked],
     )
     async def login(
         self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
@@ -102,7 +109,7 @@ class AuthController(Controller):
         operation_id="change_password",
         status_code=HTTP_204_NO_CONTENT,
         security=BEARER,
-        raises=[WeakPassword, TooManyAttempts],
+        raises=[WeakPassword, AccountLocked],
     )
     async def change_password(
         self,
@@ -113,7 +120,7 @@ class AuthController(Controller):
         """Change the password; every other session is signed out."""
         await auth.change_password(request.user, data.current_password, data.new_password)
 
-    @put("/email", operation_id="change_email", security=BEARER, raises=[EmailTaken, TooManyAttempts])
+    @put("/email", operation_id="change_email", security=BEARER, raises=[EmailTaken, AccountLocked])
     async def change_email(
         self,
         data: JSONBody[EmailChangeRequest],

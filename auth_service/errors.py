@@ -10,11 +10,14 @@ class EmailTaken(Conflict):
         super().__init__("An account with this email already exists.")
 
 
+INVALID_CREDENTIALS = "Invalid email or password."
+
+
 class InvalidCredentials(Unauthorized):
     code = "invalid-credentials"
 
     def __init__(self) -> None:
-        super().__init__("Invalid email or password.")
+        super().__init__(INVALID_CREDENTIALS)
 
 
 class InvalidGrant(Unauthorized):
@@ -47,6 +50,19 @@ class TooManyAttempts(TooManyRequests):
 
     def __init__(self, retry_after: int) -> None:
         super().__init__("Too many attempts; try again later.", headers={"Retry-After": str(max(1, retry_after))})
+
+
+class AccountLocked(TooManyRequests):
+    """A locked account, or one whose password is being verified for another request.
+
+    The wrong-password answer but for the status and ``Retry-After`` (RELIABILITY B5): it says
+    nothing about the password it did not check, nor whether the account exists.
+    """
+
+    code = InvalidCredentials.code
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(INVALID_CREDENTIALS, headers={"Retry-After": str(max(1, retry_after))})
 
 
 class AccountNotFound(NotFound):

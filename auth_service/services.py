@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import MAX_PASSWORD_LENGTH, AuthSettings
 from auth_service.errors import (
+    AccountLocked,
     AccountNotFound,
     EmailTaken,
     InvalidCredentials,
@@ -120,20 +121,18 @@ class AuthService:
     async def login(self, email: str, password: str, client: Client) -> TokenResponse:
         await self.throttle.check_ip("login", client.ip)
         email = email.strip().lower()
-        await self.throttle.check_account(email)
         user = await self.users.by_email(email)
-        if user is None:
-            await self.passwords.verify_dummy(password)
-            ok = False
-        else:
-            ok = await self.passwords.verify(user.password_hash, password) and user.is_active
-        if not ok or user is None:
-            await self.throttle.record_failure(email)
+        user_id = str(user.id) if user else None
+        try:
+            ok = await self._verify_login(email, user, password)
+        except AccountLocked:
             security_log.info(
-                "login failed", extra={"user_id": str(user.id) if user else None, "ip": client.ip, "outcome": "failure"}
+                "login refused: account locked", extra={"user_id": user_id, "ip": client.ip, "outcome": "locked"}
             )
+            raise
+        if not ok or user is None:
+            security_log.info("login failed", extra={"user_id": user_id, "ip": client.ip, "outcome": "failure"})
             raise InvalidCredentials()
-        await self.throttle.record_success(email)
         now = self.clock()
         if self.passwords.needs_rehash(user.password_hash):
             user.password_hash = await self.passwords.hash(password)
@@ -144,10 +143,7 @@ class AuthService:
 
     async def change_password(self, identity: Identity, current: str, new: str) -> None:
         user = await self._active_user(identity)
-        await self.throttle.check_account(user.email)
-        if not await self.passwords.verify(user.password_hash, current):
-            await self.throttle.record_failure(user.email)
-            raise InvalidCredentials()
+        await self._prove_password(user, current)
         self.check_password_policy(new, user.email)
         now = self.clock()
         user.password_hash = await self.passwords.hash(new)
@@ -159,10 +155,7 @@ class AuthService:
     async def change_email(self, identity: Identity, current_password: str, new_email: str) -> User:
         """Move the account to another address (the password proves it is the owner)."""
         user = await self._active_user(identity)
-        await self.throttle.check_account(user.email)
-        if not await self.passwords.verify(user.password_hash, current_password):
-            await self.throttle.record_failure(user.email)
-            raise InvalidCredentials()
+        await self._prove_password(user, current_password)
         email = normalise_email(new_email)
         if email == user.email:
             return user
@@ -214,6 +207,26 @@ class AuthService:
 
     async def me(self, identity: Identity) -> User:
         return await self._active_user(identity)
+
+    async def _verify_login(self, email: str, user: User | None, password: str) -> bool:
+        """Unknown emails are verified against a dummy hash: they cost and answer like real ones."""
+        async with self.throttle.verification(email):
+            if user is None:
+                await self.passwords.verify_dummy(password)
+                return False
+            ok = await self.passwords.verify(user.password_hash, password) and user.is_active
+            if ok:
+                await self.throttle.succeeded(email)
+            return ok
+
+    async def _prove_password(self, user: User, password: str) -> None:
+        """A signed-in user re-enters the password: throttled like a login to the account."""
+        async with self.throttle.verification(user.email):
+            ok = await self.passwords.verify(user.password_hash, password)
+            if ok:
+                await self.throttle.succeeded(user.email)
+        if not ok:
+            raise InvalidCredentials()
 
     async def _active_user(self, identity: Identity) -> User:
         user = await self.users.by_id(identity.user_id)
@@ -310,7 +323,6 @@ class AuthService:
 
     async def logout(self, identity: Identity, refresh: str | None, scope: str) -> None:
         now = self.clock()
-        await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
         if scope == "global":
             sessions = await self.sessions.active_for_user(identity.user_id, now)
             # Revoking every session also revokes every access token (they carry their session id),
@@ -323,6 +335,8 @@ class AuthService:
                 if token is not None and token.session.user_id == identity.user_id:
                     targets.append(token.session_id)
             await self._revoke_sessions(targets, now)
+        # Last: with Redis down it raises, and the sessions above must be revoked in the database first.
+        await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
         security_log.info("logout", extra={"user_id": str(identity.user_id), "scope": scope})
 
     async def list_sessions(self, identity: Identity) -> list[SessionRead]:
@@ -349,8 +363,7 @@ class AuthService:
     async def _revoke_sessions(self, session_ids: list[uuid.UUID], now: datetime) -> None:
         """Refresh tokens of these sessions stop working now; so do their access tokens."""
         await self.sessions.revoke(session_ids, now)
-        for session_id in session_ids:
-            await self.revocations.revoke_session(str(session_id), self._access_revocation_ttl)
+        await self.revocations.revoke_sessions([str(s) for s in session_ids], self._access_revocation_ttl)
 
     @property
     def _access_revocation_ttl(self) -> float:

@@ -8,18 +8,19 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Gauge
 
 from gateway.accesslog import AccessLog
-from gateway.breaker import CircuitBreaker
+from gateway.breaker import FIRST_OPEN_SECONDS, CircuitBreaker
 from gateway.compat import LegacyAnalyticsController, LegacyAuthController, mark_deprecated
 from gateway.config import GatewaySettings
 from gateway.controllers import PlatformDocsController, ProxyContext, proxy_handler, send_problem
 from gateway.errors import CORSRefused
 from gateway.idempotency import Idempotency
+from gateway.metrics import BREAKER_METRICS
 from gateway.openapi import OpenAPIAggregator
-from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream
+from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream, NotReady
 from gateway.ratelimit import RateLimiter
+from gateway.readiness import UpstreamReadiness
 from gateway.routing import Route, RouteTable
 from gateway.services import Gatekeeper
 from gateway.usage import usage_emitter
@@ -88,16 +89,19 @@ def create_app(
                 trusted_proxies=settings.trusted_proxy_list,
                 max_body_size=settings.max_body_size,
                 client_body_timeout=settings.client_body_timeout,
-                idempotency=Idempotency(
-                    app.state.store, settings.connect_timeout + settings.request_timeout + IN_FLIGHT_MARGIN_SECONDS
+                idempotency=Idempotency(  # shared or nothing: per process, a retry could run twice
+                    app.state.store.shared,
+                    settings.connect_timeout + settings.request_timeout + IN_FLIGHT_MARGIN_SECONDS,
                 ),
             )
-            # A gateway with Redis or one upstream down still serves: reported as degraded, still ready.
+            # A gateway with Redis or some upstreams down still serves: reported as degraded, still
+            # ready; with every upstream unreachable it is not (gateway/readiness.py).
             checks = app.state.readiness_checks
             if settings.redis_url:
                 checks["redis"] = _degraded_when_down(app.state.store.ping, "per-process rate limits in force")
+            readiness = UpstreamReadiness(upstreams.values())
             for upstream in upstreams.values():
-                checks[f"upstream:{upstream.name}"] = _degraded_when_down(upstream.ready, "its routes answer 502/503")
+                checks[f"upstream:{upstream.name}"] = readiness.check(upstream)
             yield
 
     cors = bool(settings.cors_origin_list)
@@ -235,30 +239,31 @@ def _cors(settings: GatewaySettings) -> CORSConfig | None:
     )
 
 
-BREAKER_STATE = Gauge(
-    "pyairtable_gateway_upstream_breaker_state",
-    "Circuit breaker per upstream: 0 closed, 1 half-open, 2 open",
-    ["upstream"],
-)
-_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
-
-
 def _breaker(settings: GatewaySettings, upstream: str) -> CircuitBreaker:
-    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds)
-    BREAKER_STATE.labels(upstream).set_function(lambda: _STATE_VALUES[breaker.state])
+    breaker = CircuitBreaker(
+        settings.breaker_failures,
+        settings.breaker_reset_seconds,
+        first_open_seconds=FIRST_OPEN_SECONDS,
+        name=upstream,
+    )
+    BREAKER_METRICS.track(upstream, breaker)
     return breaker
 
 
 def _over_http(prefix: str, url: str, settings: GatewaySettings) -> HTTPUpstream:
-    return HTTPUpstream(
-        name=prefix.rsplit("/", 1)[-1],
+    name = prefix.rsplit("/", 1)[-1]
+    upstream = HTTPUpstream(
+        name=name,
         base_url=url,
         pool_size=settings.upstream_pool_size,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.request_timeout,
-        breaker=_breaker(settings, prefix.rsplit("/", 1)[-1]),
+        breaker=_breaker(settings, name),
         retry_idempotent=settings.retry_idempotent,
     )
+    # While the breaker is open, the upstream's /ready is asked in the background: any answer closes it.
+    upstream.breaker.recovery_probe = upstream.answers
+    return upstream
 
 
 async def _in_process(stack: AsyncExitStack, prefix: str, service: Litestar, settings: GatewaySettings) -> Forward:
@@ -268,7 +273,7 @@ async def _in_process(stack: AsyncExitStack, prefix: str, service: Litestar, set
         results = [await run_check(check) for check in service.state.readiness_checks.values()]
         failed = [result.error for result in results if result.status == "fail"]
         if failed:
-            raise RuntimeError(", ".join(str(error) for error in failed))
+            raise NotReady(", ".join(str(error) for error in failed))
 
     name = prefix.rsplit("/", 1)[-1]
     return InProcessUpstream(name, service, ready, settings.request_timeout, _breaker(settings, name))

@@ -28,6 +28,8 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
     auth_rate_limit_burst: int = 5
     rate_limit_key: Literal["ip", "user"] = "ip"
     rate_limit_redis_timeout: float = 0.05
+    # IPv6 clients are limited per network of this many bits: one subscriber holds a whole /64.
+    rate_limit_ipv6_prefix: int = 64
     cors_origins: str = ""
     cors_allow_credentials: bool = True
     access_log: bool = True
@@ -44,6 +46,8 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("CLIENT_BODY_TIMEOUT: must be positive")
         if self.rate_limit_burst < 1 or self.auth_rate_limit_burst < 1:
             raise SettingsError("RATE_LIMIT_BURST: must be at least 1")
+        if not 1 <= self.rate_limit_ipv6_prefix <= 128:
+            raise SettingsError("RATE_LIMIT_IPV6_PREFIX: must be between 1 and 128")
         if "*" in self.cors_origin_list and self.cors_allow_credentials:
             raise SettingsError("CORS_ORIGINS: '*' cannot be combined with credentials; list the origins")
         if self.api_key:

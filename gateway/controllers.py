@@ -13,7 +13,7 @@ from litestar.types import Receive, Scope, Send
 from prometheus_client import Gauge
 
 from gateway.accesslog import AccessLog
-from gateway.errors import MethodNotAllowed, PayloadTooLarge
+from gateway.errors import MethodNotAllowed, PayloadTooLarge, RepeatedHeader
 from gateway.idempotency import KEYED_METHODS, Idempotency
 from gateway.metrics import PROXY_METRICS
 from gateway.openapi import DOCS_HTML
@@ -63,15 +63,21 @@ ALLOW_HEADER = ", ".join(sorted(PROXIED_METHODS))
 
 # The request headers the proxy reads (names as ASGI servers give them: lower case).
 _READ_HEADERS = frozenset({b"authorization", b"host", b"content-length", b"transfer-encoding", b"idempotency-key"})
+# Of those, the ones a request may carry once: with two, the gateway would check one and the upstream
+# might read the other (RFC 9110 §5.3: none of them is a list).
+_SINGLE_HEADERS = _READ_HEADERS - {b"transfer-encoding"}
 
 
 def _read_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    """The first value of each of ``_READ_HEADERS`` present, in one pass."""
+    """The value of each of ``_READ_HEADERS`` present, in one pass; RepeatedHeader for a second one."""
     found: dict[bytes, bytes] = {}
     for name, value in headers:
         name = name.lower()
-        if name in _READ_HEADERS and name not in found:
-            found[name] = value
+        if name in _READ_HEADERS:
+            if name not in found:
+                found[name] = value
+            elif name in _SINGLE_HEADERS:
+                raise RepeatedHeader(name.decode().title())
     return found
 
 

@@ -11,6 +11,14 @@ class BadPath(ProblemError):
         super().__init__("The request path is not in canonical form.")
 
 
+class RepeatedHeader(ProblemError):
+    status_code = 400
+    code = "repeated-header"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The {name} header may appear once.")
+
+
 class MethodNotAllowed(ProblemError):
     status_code = 405
     code = "method-not-allowed"

@@ -79,6 +79,7 @@ class Connection(asyncio.Protocol):
         self.head_only = head_only  # a response to HEAD: no body whatever its headers say
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.in_head = True  # False once the final head is parsed: header fields after it are trailers
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.complete = False
@@ -132,7 +133,10 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        # Trailers of a chunked body are dropped: they were sent after the head the client already has,
+        # and the ASGI server in front relays none.
+        if self.in_head:
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -140,6 +144,7 @@ class Connection(asyncio.Protocol):
             self.headers = []
             return
         self.status = status
+        self.in_head = False
         if not self.head_only and status not in (204, 304):
             names = {name for name, _ in self.headers}
             self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
@@ -189,6 +194,9 @@ class Connection(asyncio.Protocol):
             self._fail(ReadTimeout("no data from the upstream in time"))
 
     def start(self, head: bytes, head_only: bool) -> None:
+        if self.closing:
+            # Closed by the upstream since it was pooled: nothing would ever answer (nor wake) this exchange.
+            raise StaleConnection("connection closed before the request")
         self._start_exchange(head_only)
         assert self.transport is not None
         self.transport.write(head)
@@ -239,13 +247,19 @@ class Connection(asyncio.Protocol):
             await self._wait()
 
     @property
+    def closing(self) -> bool:
+        """Closed, or on its way: the upstream's end of the connection may have arrived before
+        ``connection_lost`` says so."""
+        return self.closed or self.transport is None or self.transport.is_closing()
+
+    @property
     def reusable(self) -> bool:
         return (
             self.complete
             and self.keep_alive
             and not self.until_close
             and not self.abandoned
-            and not self.closed
+            and not self.closing
             and self.error is None
         )
 
@@ -279,13 +293,7 @@ class ConnectionPool:
     async def acquire(self, connect_timeout: float) -> Connection:
         while self.idle:
             connection = self.idle.pop()
-            transport = connection.transport
-            if (
-                not connection.closed
-                and transport is not None
-                and not transport.is_closing()
-                and time.monotonic() - connection.idle_since < self.keepalive_seconds
-            ):
+            if not connection.closing and time.monotonic() - connection.idle_since < self.keepalive_seconds:
                 connection.reused = True
                 return connection
             connection.close()
@@ -297,12 +305,13 @@ class ConnectionPool:
                     try:
                         handed = await waiter
                     except BaseException:
-                        if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                            self.release(waiter.result())  # type: ignore[arg-type]
+                        self._pass_on(waiter)
                         raise
-                    if handed is not None:
+                    if handed is not None and not handed.closing:
                         handed.reused = True
                         return handed
+                    # A free slot (None), or a connection the upstream closed after it was handed over
+                    # (its slot is freed by ``lost``): look again.
                 self.open += 1
                 try:
                     _, connection = await self.loop.create_connection(
@@ -343,6 +352,17 @@ class ConnectionPool:
             self.idle.remove(connection)
         self.open -= 1
         self._wake_waiter()
+
+    def _pass_on(self, waiter: "asyncio.Future[Connection | None]") -> None:
+        """A waiter gave up (timed out, cancelled) just as it was woken: what it was handed, a
+        connection or a free slot, goes to the next waiter instead of being lost."""
+        if not waiter.done() or waiter.cancelled():
+            return
+        handed = waiter.result()
+        if handed is not None:
+            self.release(handed)
+        else:
+            self._wake_waiter()
 
     def _wake_waiter(self) -> None:
         while self.waiters:

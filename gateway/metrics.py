@@ -1,4 +1,4 @@
-"""The proxy's per-request metrics, kept without a lock per update.
+"""The proxy's per-request metrics, kept without a lock per update, and the upstreams' breakers.
 
 ``prometheus_client`` takes a lock for every counter increment and two for every histogram
 observation (sum and bucket): six per proxied request here, ≈ 6 µs. Only the event loop's thread
@@ -12,9 +12,11 @@ from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import INF, floatToGoString
+
+from gateway.breaker import CircuitBreaker
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, INF)  # the defaults
 _BUCKET_LABELS = [floatToGoString(bound) for bound in BUCKETS]  # type: ignore[no-untyped-call]
@@ -78,3 +80,36 @@ class ProxyMetrics(Collector):
 
 PROXY_METRICS = ProxyMetrics()
 REGISTRY.register(PROXY_METRICS)
+
+
+class BreakerMetrics(Collector):
+    """Each upstream's circuit breaker, read at scrape time: its state and how often it opened."""
+
+    STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+    def __init__(self) -> None:
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    def track(self, upstream: str, breaker: CircuitBreaker) -> None:
+        self.breakers[upstream] = breaker
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "pyairtable_gateway_upstream_breaker_state",
+            "Circuit breaker per upstream: 0 closed, 1 half-open, 2 open",
+            labels=["upstream"],
+        )
+        opened = CounterMetricFamily(
+            "pyairtable_gateway_upstream_breaker_opened",
+            "Times the upstream's breaker opened after consecutive transport failures",
+            labels=["upstream"],
+        )
+        for upstream, breaker in list(self.breakers.items()):
+            state.add_metric([upstream], self.STATE_VALUES[breaker.state])
+            opened.add_metric([upstream], breaker.times_opened)
+        yield state
+        yield opened
+
+
+BREAKER_METRICS = BreakerMetrics()
+REGISTRY.register(BREAKER_METRICS)

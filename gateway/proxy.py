@@ -6,6 +6,8 @@ service app in the same process (the embedded run mode), called directly as ASGI
 
 import asyncio
 import contextlib
+import fnmatch
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
@@ -41,56 +43,85 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-# Identity a client could try to assert; compared after lower-casing and '_' → '-'.
+# What an upstream may rely on: no header a client sends that could assert an identity (who, which
+# role, tenant, organisation or account, acting as whom) or override what the gateway checked (the
+# target, the method) ever reaches it. Names are compared after lower-casing and '_' → '-' (servers
+# such as nginx, PHP and WSGI read "X_User_Id" as "X-User-Id"). Auth proxies (oauth2-proxy, Kong,
+# Envoy, Pomerium, Grafana, AWS ALB, Google IAP, Cloudflare Access, Azure App Service) use these
+# families, so a client could pass as someone else behind one of them.
 IDENTITY_HEADERS = frozenset(
     {
-        "x-user-id",
-        "x-user-email",
-        "x-user-roles",
-        "x-user-role",
-        "x-user",
-        "x-tenant-id",
-        "x-forwarded-user",
-        "x-forwarded-email",
-        "x-authenticated-user",
-        "x-authenticated-userid",
-        "x-auth-user",
-        "x-auth-request-user",
-        "x-remote-user",
         "remote-user",
-        "x-roles",
-        "x-scopes",
-        "x-consumer-id",
-        "x-consumer-username",
-        "x-client-id",
+        "x-uid",
+        "x-sub",
+        "x-subject",
+        "x-login",
+        "x-owner",
+        "x-superuser",
+        "x-sudo",
+        "x-on-behalf-of",
+        "x-act-as",
+        "x-as-user",
+        "x-acting-user",
+        "x-proxy-user",
+        "x-id-token",
+        "x-access-token",
+        "x-host",
+        "x-http-method",
     }
 )
-# Families of identity headers set by common auth proxies (oauth2-proxy, Kong, AWS ALB, Google IAP,
-# Azure App Service): a client could send them to pass as someone else behind such a proxy.
-IDENTITY_PREFIXES = (
-    "x-user-",
-    "x-auth-",
-    "x-authenticated-",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "x-forwarded-preferred-username",
-    "x-forwarded-access-token",
-    "x-consumer-",
-    "x-credential-",
-    "x-userinfo",
-    "x-amzn-oidc-",
-    "x-goog-authenticated-",
-    "x-ms-client-principal",
+IDENTITY_PATTERNS = (
+    "*user*id*",
+    "*user*name*",
+    "x-user*",
+    "*role*",
+    "*tenant*",
+    "*org*",
+    "*account*",
+    "*principal*",
+    "*impersonat*",
+    "*email*",
+    "*admin*",
+    "*scope*",
+    "*group*",
+    "*permission*",
+    "*identity*",
+    "*method*override*",
+    "*override*method*",
+    "x-auth*",  # x-auth-user, x-auth-request-*, x-authenticated-*, x-authorization
+    "x-forwarded-*",  # the gateway's own: x-forwarded-for/proto/host are replaced, the rest dropped
+    "x-original-*",  # x-original-url, -uri, -method, -host
+    "x-rewrite-*",
+    "x-remote-*",
+    "x-consumer-*",
+    "x-credential-*",
+    "x-jwt*",
+    "x-ssl-client*",
+    "x-client-id",
+    "x-client-cert*",
+    "x-client-verify",
+    "x-client-dn",
+    "x-amzn-oidc-*",
+    "x-goog-authenticated-*",
+    "x-pomerium-*",
+    "x-webauth-*",
+    "x-envoy-original-*",
 )
+_IDENTITY_PATTERN = re.compile("|".join(fnmatch.translate(pattern) for pattern in IDENTITY_PATTERNS))
 REPLACED_BY_GATEWAY = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded", "x-request-id"}
 )
 _NOT_FORWARDED = HOP_BY_HOP | IDENTITY_HEADERS | REPLACED_BY_GATEWAY
+# Headers the gateway reads and acts on: naming them in ``Connection`` does not take them away from
+# the upstream, which would then see another request than the one admitted (one without its token).
+CHECKED_BY_GATEWAY = frozenset(
+    {"authorization", "idempotency-key", "x-api-key", "content-length", "transfer-encoding", "host", "origin"}
+)
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 # Response headers the gateway sets itself (its request ID, nosniff): an upstream's copies are dropped.
 SET_BY_GATEWAY = frozenset({b"x-request-id", b"x-content-type-options"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+READY_SECONDS = 1.5  # the longest wait for an upstream's /ready (the kernel's readiness check allows 2 s)
 # Query bytes kept as the client sent them: printable ASCII but '#'; the rest is percent-encoded.
 _QUERY_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) != "#")
 
@@ -101,12 +132,22 @@ def _normalise(name: bytes) -> str:
 
 _FORWARDED_NAMES: dict[bytes, bytes] = {}  # a client's header name → as forwarded (lower case), b"": never
 _FORWARDED_NAMES_KEPT = 4096  # names beyond these are worked out on every request, not remembered
+# No real header is named longer: a longer name is not forwarded, matched against the patterns (linear
+# in its length) or remembered (the memo stays under 512 KiB of names).
+LONGEST_FORWARDED_NAME = 128
+
+
+def is_identity_header(name: str) -> bool:
+    """Whether a header (its name already normalised) could assert an identity or override a check."""
+    return name in IDENTITY_HEADERS or _IDENTITY_PATTERN.match(name) is not None
 
 
 def _forwarded_name(name: bytes) -> bytes:
     """``name`` in lower case if a client may send it on, else b"" (hop-by-hop, identity, ours)."""
+    if len(name) > LONGEST_FORWARDED_NAME:
+        return b""
     key = _normalise(name)
-    forwarded = b"" if key in _NOT_FORWARDED or key.startswith(IDENTITY_PREFIXES) else name.lower()
+    forwarded = b"" if key in _NOT_FORWARDED or is_identity_header(key) else name.lower()
     if len(_FORWARDED_NAMES) < _FORWARDED_NAMES_KEPT:
         _FORWARDED_NAMES[name] = forwarded
     return forwarded
@@ -147,6 +188,7 @@ def forwarded_headers(request: ForwardRequest) -> list[tuple[bytes, bytes]]:
                 token.strip().lower().replace("_", "-") for token in value.decode("latin-1").split(",")
             }
     connection_listed -= _NOT_FORWARDED  # "keep-alive", "close": gone anyway
+    connection_listed -= CHECKED_BY_GATEWAY
     if connection_listed:
         kept = [(name, value) for name, value in kept if _normalise(name) not in connection_listed]
     kept += [
@@ -229,6 +271,10 @@ class ResponseStarted(Exception):
     """The upstream failed after its response began: nothing can be sent but the end."""
 
 
+class NotReady(Exception):
+    """The upstream answered, but says it is not ready (its ``/ready`` was not a 200)."""
+
+
 class HTTPUpstream:
     """A service over HTTP: the lean pooled HTTP/1.1 client of ``gateway/http1.py``."""
 
@@ -252,30 +298,36 @@ class HTTPUpstream:
         self.retry_idempotent = retry_idempotent
 
     async def forward(self, request: ForwardRequest, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> int:
-        if not self.breaker.allow():
-            raise CircuitOpen(self.name, self.breaker.retry_after())
         # Only a request without a body, of an idempotent method, is tried twice: when no connection
         # could be made, or a pooled one turned out dead before any byte of the response.
         retryable = self.retry_idempotent and request.method in IDEMPOTENT and request.body is None
         head = self._head(request)
+        breaker = self.breaker
+        if not breaker.allow():  # from here on, every way out tells the breaker how the call ended
+            raise CircuitOpen(self.name, breaker.retry_after())
+        # The breaker measures the upstream, not the request: only transport failures count
+        # against it, and any answer, a 5xx included, shows the service is there.
         for attempt in (1, 2):
             try:
                 status = await self._exchange(head, request, send, extra_headers)
             except (ConnectFailed, StaleConnection):
                 if retryable and attempt == 1:
                     continue
-                self.breaker.record_failure()
+                breaker.record_failure()
                 raise UpstreamUnavailable(self.name) from None
             except (ConnectTimeout, ReadTimeout):
-                self.breaker.record_failure()
+                breaker.record_failure()
                 raise UpstreamTimeout(self.name) from None
-            except UpstreamError:
-                self.breaker.record_failure()
+            except UpstreamError:  # reset, or not an HTTP answer
+                breaker.record_failure()
                 raise UpstreamUnavailable(self.name) from None
-            if status >= 500:
-                self.breaker.record_failure()
-            else:
-                self.breaker.record_success()
+            except ResponseStarted:  # closed mid-answer
+                breaker.record_failure()
+                raise
+            except BaseException:  # the client went away, sent too much or too slowly: no verdict
+                breaker.release_probe()
+                raise
+            breaker.record_success()
             return status
         raise AssertionError("unreachable")
 
@@ -346,9 +398,13 @@ class HTTPUpstream:
             return status, body
 
     async def ready(self) -> None:
-        status, _ = await self._get("/ready", 2)
+        status, _ = await self._get("/ready", READY_SECONDS)
         if status != 200:
-            raise RuntimeError(f"{self.name} is not ready ({status})")
+            raise NotReady(f"answered {status}")
+
+    async def answers(self) -> None:
+        """Returns once the service answers HTTP at all (any status): the breaker's recovery probe."""
+        await self._get("/ready", READY_SECONDS)
 
     async def get_json(self, path: str) -> Any:
         status, body = await self._get(path, 5)
@@ -357,6 +413,7 @@ class HTTPUpstream:
         return msgspec.json.decode(body)
 
     def close(self) -> None:
+        self.breaker.stop_watching()
         self.pool.close()
 
 

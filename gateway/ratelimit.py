@@ -191,6 +191,9 @@ class RateLimiter:
                     result = await self._call_script(kept_as, key, policy, revocation_keys, iat)
             except (RedisError, OSError) as exc:
                 self._record_failure(exc)
+            except BaseException:
+                self.breaker.release_probe()  # cancelled mid-call: no verdict on Redis, the next call probes
+                raise
             else:
                 self.breaker.record_success()
                 if self._degraded_reported:

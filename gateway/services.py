@@ -13,6 +13,7 @@ from gateway.config import GatewaySettings
 from gateway.errors import QuotaExceeded
 from gateway.ratelimit import Decision, Policy, RateLimiter
 from gateway.routing import is_public, uses_auth_policy
+from shared.http import address_key
 from shared.security import InvalidToken, RevocationList, TokenVerifier, bearer_token
 
 logger = logging.getLogger("gateway")
@@ -65,6 +66,7 @@ class Gatekeeper:
         self.revocations = revocations
         self.limiter = limiter
         self.key_by_user = settings.rate_limit_key == "user"
+        self.ipv6_prefix = settings.rate_limit_ipv6_prefix
         self.default_policy = Policy("default", settings.rate_limit_per_minute, 60, settings.rate_limit_burst)
         self.auth_policy = Policy("auth", settings.auth_rate_limit_per_minute, 60, settings.auth_rate_limit_burst)
         self.claims_cache = ClaimsCache()
@@ -72,16 +74,17 @@ class Gatekeeper:
     async def admit(self, method: str, path: str, authorization: str | None, client_ip: str) -> Admission:
         """The caller's verified claims (None on public routes) and rate-limit decision; raises on refusal."""
         policy = self.auth_policy if uses_auth_policy(path) else self.default_policy
+        client_key = address_key(client_ip, self.ipv6_prefix)
         try:
             verified = None if is_public(method, path) else await self._verified(authorization)
         except InvalidToken:
             # Requests with a bad token count against the client too: guessing is rate-limited.
-            refused = await self.limiter.hit(client_ip, policy)
+            refused = await self.limiter.hit(client_key, policy)
             if not refused.allowed:
                 raise QuotaExceeded(refused.headers(policy)) from None
             raise
         claims = verified.claims if verified is not None else None
-        key = claims["sub"] if claims and self.key_by_user else client_ip
+        key = claims["sub"] if claims and self.key_by_user else client_key
         revocation_keys = verified.revocation_keys if verified is not None else None
         decision = await self.limiter.hit(key, policy, revocation_keys, int(claims["iat"]) if claims else 0)
         if claims is not None and await self._revoked(claims, decision):

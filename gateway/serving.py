@@ -29,7 +29,10 @@ A proxied request spent ≈ 40 µs of its ≈ 160 µs of gateway CPU in uvicorn'
 Behaviour is uvicorn's: the same scope, status lines, framing (``Content-Length``, chunked, none for
 ``HEAD``/204/304), ``Connection: close`` handling, 100-continue, pipelining, flow control,
 concurrency limit, graceful shutdown and errors (``tests/gateway/test_serving.py`` runs both
-protocols over real sockets and compares the bytes).
+protocols over real sockets and compares the bytes). Two differences, where uvicorn breaks a legal
+answer an upstream gives: a response whose app set ``Date`` (a proxied one, the origin's) gets no
+second ``Date``; and a 204 or 304 that carries its representation's ``Content-Length`` (RFC 9110
+§8.6) is sent without a body instead of failing as "shorter than Content-Length".
 """
 
 import asyncio
@@ -92,6 +95,7 @@ class GatewayCycle(RequestResponseCycle):
 
     held: bytes | None = None
     loop: asyncio.AbstractEventLoop
+    bodiless = False  # an answer to HEAD, a 204 or a 304: never a body, whatever its Content-Length says
 
     async def send(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
@@ -104,7 +108,9 @@ class GatewayCycle(RequestResponseCycle):
                 raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{kind}'.")
             self.response_started = True
             self.waiting_for_100_continue = False
-            self.held = self._head(message["status"], message.get("headers", ()))
+            status = message["status"]
+            self.bodiless = self.scope["method"] == "HEAD" or status in (204, 304)
+            self.held = self._head(status, message.get("headers", ()))
             self.loop.call_soon(self._release)
         elif not self.response_complete:
             if kind != "http.response.body":
@@ -145,13 +151,14 @@ class GatewayCycle(RequestResponseCycle):
         if not self.keep_alive:
             framing += b"connection: close\r\n"
         separator = b"\r\n" if fields else b""
-        return b"".join((STATUS_LINE[status], _default_head(self.default_headers), fields, separator, framing, b"\r\n"))
+        default_head = _default_head(self.default_headers, with_date=b"\ndate: " not in lines)
+        return b"".join((STATUS_LINE[status], default_head, fields, separator, framing, b"\r\n"))
 
     def _any_head(self, status: int, headers: Any) -> bytes:
         """uvicorn's way, header by header."""
         names = []
         values = []
-        lines = [STATUS_LINE[status], _default_head(self.default_headers)]
+        lines = [STATUS_LINE[status], b""]  # the server's own headers go second, once the app's are known
         close_sent = False
         for name, value in headers:
             name = name.lower()
@@ -171,6 +178,7 @@ class GatewayCycle(RequestResponseCycle):
             raise RuntimeError("Invalid HTTP header name.")
         if HEADER_VALUE_RE.search(b"".join(values)):
             raise RuntimeError("Invalid HTTP header value.")
+        lines[1] = _default_head(self.default_headers, with_date=b"date" not in names)
         if not self.keep_alive and not close_sent:
             lines.append(b"connection: close\r\n")
         if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
@@ -180,7 +188,7 @@ class GatewayCycle(RequestResponseCycle):
         return b"".join(lines)
 
     def _send_body(self, body: bytes, more_body: bool) -> None:
-        if self.scope["method"] == "HEAD":
+        if self.bodiless:  # a 304's Content-Length is its representation's (RFC 9110 §8.6), never sent
             self.expected_content_length = 0
             data = b""
         elif self.chunked_encoding:
@@ -223,21 +231,25 @@ class GatewayCycle(RequestResponseCycle):
                 self.transport.write(held)
 
 
-_default_heads: tuple[list[tuple[bytes, bytes]] | None, bytes] = (None, b"")
+_default_heads: tuple[list[tuple[bytes, bytes]] | None, bytes, bytes] = (None, b"", b"")
 
 
-def _default_head(default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """uvicorn's default headers (``Date``, replaced by a new list every second) as head lines."""
+def _default_head(default_headers: list[tuple[bytes, bytes]], with_date: bool) -> bytes:
+    """uvicorn's default headers (``Date``, replaced by a new list every second) as head lines;
+    without ``Date`` when the app gave its own (a proxied answer carries its origin's, RFC 9110 §6.6.1:
+    one ``Date``, as uvicorn would send two)."""
     global _default_heads
-    cached, head = _default_heads
+    cached, head, head_without_date = _default_heads
     if cached is not default_headers:
         if HEADER_RE.search(b"".join(name for name, _ in default_headers)) or HEADER_VALUE_RE.search(
             b"".join(value for _, value in default_headers)
         ):
             raise RuntimeError("Invalid HTTP header.")
-        head = b"".join(name.lower() + b": " + value + b"\r\n" for name, value in default_headers)
-        _default_heads = (default_headers, head)
-    return head
+        lines = [(name.lower(), name.lower() + b": " + value + b"\r\n") for name, value in default_headers]
+        head = b"".join(line for _, line in lines)
+        head_without_date = b"".join(line for name, line in lines if name != b"date")
+        _default_heads = (default_headers, head, head_without_date)
+    return head if with_date else head_without_date
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):

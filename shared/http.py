@@ -146,11 +146,13 @@ def _set_header(message: Message, name: str, value: str) -> None:
 
 def client_ip(scope: Scope, trusted_proxies: list[str]) -> str:
     """The client's address: the peer, or with trusted proxies the rightmost untrusted hop
-    of ``X-Forwarded-For``."""
-    peer = (scope.get("client") or ("127.0.0.1", 0))[0]
+    of ``X-Forwarded-For``; in its canonical spelling (``canonical_ip``), so one address is
+    one key for every limit, log and record however it was written."""
+    raw_peer = str((scope.get("client") or ("127.0.0.1", 0))[0])
+    peer = canonical_ip(raw_peer) or raw_peer  # not an address: a Unix socket's peer, say
     networks = trusted_networks(tuple(trusted_proxies)) if trusted_proxies else ()
     if not networks or not _in_networks(peer, networks):
-        return str(peer)
+        return peer
     # Several header lines are one list (RFC 9110 5.3): a proxy may add its own line.
     forwarded = ",".join(
         value.decode("latin-1") for key, value in scope.get("headers", []) if key.lower() == b"x-forwarded-for"
@@ -158,8 +160,8 @@ def client_ip(scope: Scope, trusted_proxies: list[str]) -> str:
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _in_networks(hop, networks):
-            return hop if _is_ip(hop) else str(peer)
-    return hops[0] if hops and _is_ip(hops[0]) else str(peer)
+            return canonical_ip(hop) or peer
+    return (canonical_ip(hops[0]) if hops else None) or peer
 
 
 @functools.lru_cache(maxsize=16)
@@ -168,19 +170,49 @@ def trusted_networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ip
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
-def _is_ip(value: str) -> bool:
+def canonical_ip(value: str) -> str | None:
+    """``value`` as one spelling of its address, or None if it is not one: an IPv4-mapped IPv6
+    address (``::ffff:192.0.2.1``) as the IPv4 address it is, IPv6 in RFC 5952's compressed lower
+    case without a zone (``2001:DB8:0::1%eth0`` → ``2001:db8::1``)."""
+    # Longer is no address; and a client's long strings must not fill the cache.
+    return _canonical_ip(value) if len(value) <= _LONGEST_ADDRESS else None
+
+
+_LONGEST_ADDRESS = 64  # 45 characters for the longest IPv6 text, and room for a short zone
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical_ip(value: str) -> str | None:
     try:
-        ipaddress.ip_address(value)
+        ip = ipaddress.ip_address(value.partition("%")[0])
     except ValueError:
-        return False
-    return True
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+@functools.lru_cache(maxsize=8192)
+def address_key(address: str, ipv6_prefix: int = 64) -> str:
+    """What a per-address limit counts ``address`` (from ``client_ip``) under: an IPv4 address as
+    it is, an IPv6 address as its network of ``ipv6_prefix`` bits. One subscriber, one host even,
+    holds a whole /64, so keyed per address it would have 2**64 budgets."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+    except ValueError:
+        return address
 
 
 def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
+    canonical = canonical_ip(address)
+    return canonical is not None and _canonical_in_networks(canonical, networks)
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical_in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    ip = ipaddress.ip_address(address)
     return any(ip in network for network in networks)
 
 

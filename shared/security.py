@@ -6,12 +6,14 @@ demand unknown extensions (``crit``) are refused, and revoked tokens are rejecte
 is a 401 with ``WWW-Authenticate``; none is a 500.
 """
 
+import asyncio
 import logging
+import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import jwt
@@ -20,7 +22,10 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
 
+from shared.errors import ServiceUnavailable
 from shared.keys import VerificationKey, key_from_jwk, local_verification_keys
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore
@@ -29,10 +34,20 @@ logger = logging.getLogger("shared.security")
 
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 MAX_TOKEN_LENGTH = 8192
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 JWKS_MIN_REFRESH_SECONDS = 30.0
+T = TypeVar("T")
+MAX_PENDING_REVOCATIONS = 10_000
+REVOCATION_UNKNOWN = Counter(
+    "pyairtable_revocation_unknown",
+    "Signature-valid tokens accepted while the revocation store could not be read",
+)
+REVOCATIONS_PENDING = Gauge(
+    "pyairtable_revocations_pending", "Revocations this process could not write yet; written when the store returns"
+)
 
 
 class InvalidToken(NotAuthorizedException):
@@ -57,21 +72,57 @@ class Identity(msgspec.Struct, frozen=True):
         return "admin" in self.roles
 
 
+class RevocationIncomplete(ServiceUnavailable):
+    """What a revocation changed in the database stands (``commit_before_answer``), but the access
+    tokens it revokes could not be refused everywhere: the revocation store is unavailable."""
+
+    code = "revocation-incomplete"
+    commit_before_answer = True
+
+    def __init__(self, ttl_seconds: float) -> None:
+        super().__init__(
+            "Saved, and refresh tokens of the sessions concerned no longer work; but the revocation store is"
+            " unavailable, so their access tokens stay usable elsewhere until it returns (this service keeps"
+            f" retrying) or they expire (within {math.ceil(ttl_seconds)} s).",
+            headers={"Retry-After": "2"},
+        )
+
+
 class RevocationList:
-    """Revoked token IDs, sessions and per-user cut-offs, each kept only as long as it matters."""
+    """Revoked token IDs, sessions and per-user cut-offs, each kept only as long as it matters.
+
+    They live in the shared store only (``store.shared``: never one process's stand-in). When it
+    cannot be read, a signature-valid token is accepted (the gateway's policy: revocation is
+    unknowable until the store returns), which a metric and a log line say. A revocation that
+    cannot be written raises RevocationIncomplete, is enforced by this process, and is written
+    as soon as the store answers again (``write_pending``)."""
 
     def __init__(self, store: KeyValueStore) -> None:
         self.store = store
+        self._pending: dict[str, tuple[bytes, float]] = {}  # key -> (value, expiry on time.time())
+        self._unknowable = False
 
     async def revoke_token(self, issuer: str, jti: str, expires_at: int) -> None:
-        await self.store.set(f"revoked:jti:{issuer}:{jti}", b"1", _remaining(expires_at))
+        await self._write(f"revoked:jti:{issuer}:{jti}", b"1", _remaining(expires_at))
 
     async def revoke_session(self, session_id: str, ttl_seconds: float) -> None:
-        await self.store.set(f"revoked:sid:{session_id}", b"1", ttl_seconds)
+        await self._write(f"revoked:sid:{session_id}", b"1", ttl_seconds)
+
+    async def revoke_sessions(self, session_ids: Sequence[str], ttl_seconds: float) -> None:
+        """Each session's access tokens; every one is tried (and kept to retry) before one
+        RevocationIncomplete says some could not be written."""
+        incomplete: RevocationIncomplete | None = None
+        for session_id in session_ids:
+            try:
+                await self.revoke_session(session_id, ttl_seconds)
+            except RevocationIncomplete as exc:
+                incomplete = exc
+        if incomplete is not None:
+            raise incomplete
 
     async def revoke_user(self, user_id: uuid.UUID, ttl_seconds: float) -> None:
         """Every access token of the user issued up to now stops working."""
-        await self.store.set(f"revoked:user:{user_id}", str(int(time.time())), ttl_seconds)
+        await self._write(f"revoked:user:{user_id}", str(int(time.time())).encode(), ttl_seconds)
 
     @staticmethod
     def keys_for(claims: dict[str, Any]) -> list[str]:
@@ -83,10 +134,65 @@ class RevocationList:
         ]
 
     async def is_revoked(self, claims: dict[str, Any]) -> bool:
-        jti, sid, cutoff = await self.store.get_many(self.keys_for(claims))
-        if jti is not None or (claims.get("sid") and sid is not None):
-            return True
-        return cutoff is not None and int(claims["iat"]) <= int(cutoff)
+        keys = self.keys_for(claims)
+        try:
+            if self._pending:
+                await self.write_pending()
+            values = await _retried_once(lambda: self.store.shared.get_many(keys))
+        except (RedisError, OSError):
+            REVOCATION_UNKNOWN.inc()
+            if not self._unknowable:
+                self._unknowable = True
+                logger.warning("revocation store unavailable: signature-valid tokens accepted until it returns")
+            return _revoked_by(claims, *self._pending_values(keys))
+        if self._unknowable:
+            self._unknowable = False
+            logger.info("revocation store back: revoked tokens refused again")
+        jti, sid, cutoff = values
+        return _revoked_by(claims, jti, sid, cutoff) or _revoked_by(claims, *self._pending_values(keys))
+
+    async def write_pending(self) -> None:
+        """Write the revocations the store could not take; StoreUnavailable if it still cannot."""
+        now = time.time()
+        for key, (value, expires) in list(self._pending.items()):
+            if expires > now:
+                await self.store.shared.set(key, value, expires - now)
+            del self._pending[key]
+            REVOCATIONS_PENDING.set(len(self._pending))
+            logger.info("pending revocation written", extra={"kind": key.split(":")[1]})
+
+    async def _write(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        try:
+            await _retried_once(lambda: self.store.shared.set(key, value, ttl_seconds))
+        except (RedisError, OSError):
+            if len(self._pending) >= MAX_PENDING_REVOCATIONS:
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[key] = (value, time.time() + ttl_seconds)
+            REVOCATIONS_PENDING.set(len(self._pending))
+            logger.warning(
+                "revocation not written: store unavailable; kept to retry", extra={"kind": key.split(":")[1]}
+            )
+            raise RevocationIncomplete(ttl_seconds) from None
+
+    def _pending_values(self, keys: list[str]) -> list[bytes | None]:
+        now = time.time()
+        found = [self._pending.get(key) for key in keys]
+        return [item[0] if item is not None and item[1] > now else None for item in found]
+
+
+async def _retried_once(operation: Callable[[], Awaitable[T]]) -> T:
+    """One more try: a single reply slower than the 50 ms timeout (a busy machine) must not decide
+    a revocation. While Redis is down its breaker soon makes the second try fail at once."""
+    try:
+        return await operation()
+    except (RedisError, OSError):
+        return await operation()
+
+
+def _revoked_by(claims: dict[str, Any], jti: bytes | None, sid: bytes | None, cutoff: bytes | None) -> bool:
+    if jti is not None or (claims.get("sid") and sid is not None):
+        return True
+    return cutoff is not None and int(claims["iat"]) <= int(cutoff)
 
 
 def _remaining(expires_at: int) -> float:
@@ -94,31 +200,71 @@ def _remaining(expires_at: int) -> float:
 
 
 class JWKSClient:
-    """Fetches and caches a JWKS document; an unknown ``kid`` refetches at most every 30 s."""
+    """Fetches and caches a JWKS document; an unknown ``kid`` refetches at most every 30 s.
+
+    One fetch at a time: while it is in flight, every request with an unknown ``kid`` waits for it
+    (at most ``timeout``) rather than failing, so a key rotation costs no 401s; once it is done,
+    unknown kids wait for the next 30 s window and cannot make a storm of fetches.
+    """
 
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         self.url = url
         self.timeout = timeout
         self.keys: dict[str, VerificationKey] = {}
         self._fetched_at = 0.0
+        self._fetch: asyncio.Task[None] | None = None
 
     async def get(self, kid: str) -> VerificationKey | None:
-        if kid not in self.keys and time.monotonic() - self._fetched_at >= JWKS_MIN_REFRESH_SECONDS:
-            await self.refresh()
+        if kid not in self.keys:
+            fetch = self._fetch
+            if fetch is None and time.monotonic() - self._fetched_at >= JWKS_MIN_REFRESH_SECONDS:
+                fetch = self._start_fetch()
+            if fetch is not None:
+                # Shielded: a waiter that gives up (its client went away) does not cancel it for the others.
+                await asyncio.shield(fetch)
         return self.keys.get(kid)
 
     async def refresh(self) -> None:
+        await asyncio.shield(self._fetch or self._start_fetch())
+
+    def _start_fetch(self) -> "asyncio.Task[None]":
         self._fetched_at = time.monotonic()
+        self._fetch = fetch = asyncio.create_task(self._fetch_keys())
+        fetch.add_done_callback(self._fetch_done)
+        return fetch
+
+    def _fetch_done(self, fetch: "asyncio.Task[None]") -> None:
+        if self._fetch is fetch:
+            self._fetch = None
+
+    async def _fetch_keys(self) -> None:
         try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
+            async with asyncio.timeout(self.timeout), httpx.AsyncClient(timeout=self.timeout) as client:
                 response = await client.get(self.url)
                 response.raise_for_status()
                 document = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            logger.warning("jwks fetch failed", extra={"url": self.url, "error": str(exc)})
+        except (httpx.HTTPError, ValueError, TimeoutError) as exc:
+            logger.warning("jwks fetch failed", extra={"url": self.url, "error": str(exc) or type(exc).__name__})
             return
-        keys = (key_from_jwk(item) for item in document.get("keys", []) if isinstance(item, dict))
-        self.keys = {key.kid: key for key in keys if key is not None}
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            logger.warning("jwks fetch failed", extra={"url": self.url, "error": "not a JWKS document"})
+            return
+        self.keys = _usable_keys(document["keys"])
+
+
+def _usable_keys(entries: list[Any]) -> dict[str, VerificationKey]:
+    """The JWKS entries we can verify with, by ``kid``; a malformed entry does not hide the others."""
+    keys = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
+            continue
+        try:
+            key = key_from_jwk(entry)
+        except jwt.PyJWTError:  # e.g. an RSA key without its modulus
+            continue
+        if key is not None:
+            keys[key.kid] = key
+    return keys
 
 
 class TokenVerifier:
@@ -166,7 +312,7 @@ class TokenVerifier:
             raise InvalidToken("The access token has expired.") from None
         except jwt.PyJWTError:
             raise InvalidToken() from None
-        _check_subject(claims)
+        _check_claims(claims)
         return claims
 
     async def _key_for(self, header: dict[str, Any]) -> VerificationKey:
@@ -185,16 +331,33 @@ class TokenVerifier:
         return key
 
 
-def _check_subject(claims: dict[str, Any]) -> None:
-    try:
-        uuid.UUID(str(claims["sub"]))
-    except ValueError:
-        raise InvalidToken() from None
+def _check_claims(claims: dict[str, Any]) -> None:
+    """Claims of the shapes the platform issues, checked once here for the gateway and the services
+    alike: whatever passes is safe for every later use (caches, comparisons, ``Identity``)."""
+    for name in NUMERIC_DATE_CLAIMS:
+        # PyJWT accepts a numeric string ("1700000000") where a NumericDate (a JSON number) belongs.
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidToken()
+    if not isinstance(claims["sub"], str) or _uuid(claims["sub"]) is None:
+        raise InvalidToken()
     if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("email", ""), str):
+        raise InvalidToken()
+    if not isinstance(claims.get("sid", ""), str | None):
+        raise InvalidToken()
+    tenant = claims.get("tid")
+    if tenant is not None and (not isinstance(tenant, str) or _uuid(tenant) is None):
         raise InvalidToken()
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise InvalidToken()
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
 
 
 def identity_from_claims(claims: dict[str, Any]) -> Identity:
@@ -206,15 +369,8 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
         session_id=claims.get("sid"),
         issued_at=int(claims["iat"]),
         expires_at=int(claims["exp"]),
-        tenant_id=_tenant(claims.get("tid")),
+        tenant_id=uuid.UUID(claims["tid"]) if claims.get("tid") is not None else None,
     )
-
-
-def _tenant(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value else None
-    except ValueError:
-        raise InvalidToken() from None
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -238,6 +394,8 @@ class JWTAuthenticationMiddleware(AbstractAuthenticationMiddleware):
 
 def require_role(role: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.scope.get("method") == "OPTIONS":
+            return  # Litestar's automatic OPTIONS answers only which methods exist, and is never authenticated
         identity = connection.scope.get("user")
         if not isinstance(identity, Identity) or role not in identity.roles:
             raise PermissionDeniedException(detail=f"The {role} role is required.")

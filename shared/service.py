@@ -23,13 +23,14 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler, Message, Scope
 from redis.exceptions import RedisError
 
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
 from shared.errors import EXCEPTION_HANDLERS, PROBLEM_MEDIA_TYPE, Problem
 from shared.events import EventBus, EventConsumer, InMemoryBus, RedisStreamBus, processed_events_pruner
-from shared.http import HealthController, RequestIdMiddleware, StrictBodyRequest, add_standard_headers
+from shared.http import Degraded, HealthController, RequestIdMiddleware, StrictBodyRequest, add_standard_headers
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore, create_redis, create_store, dependency_unavailable_handler
@@ -79,6 +80,7 @@ def create_service_app(
         RedisError: dependency_unavailable_handler,
         **(exception_handlers or {}),
     }
+    allow_by_handler: dict[int, bytes] = {}  # filled once the app's routes are built
     app = app_class(
         route_handlers=[HealthController, MetricsController, *route_handlers],
         dependencies={"db_session": Provide(provide_db_session), **(dependencies or {})},
@@ -88,7 +90,7 @@ def create_service_app(
             DefineMiddleware(JWTAuthenticationMiddleware, exclude=PUBLIC_PATHS),
         ],
         exception_handlers=handlers,
-        before_send=[add_standard_headers, *before_send],
+        before_send=[add_standard_headers, _allow_every_method(allow_by_handler), *before_send],
         lifespan=[_resources(settings, store, bus, database), *lifespan, _event_consumers(settings, consumer)],
         cors_config=cors_config,
         openapi_config=OpenAPIConfig(
@@ -105,7 +107,35 @@ def create_service_app(
         state=State({"settings": settings, "service_name": settings.service_name, "version": VERSION, **(state or {})}),
     )
     _document_problems(app)
+    allow_by_handler.update(_allow_by_options_handler(app))
     return app
+
+
+def _allow_by_options_handler(app: Litestar) -> dict[int, bytes]:
+    """Each route's OPTIONS handler (by ``id``) → every method the route serves, as ``Allow``."""
+    return {
+        id(handler): ", ".join(sorted(route.methods)).encode()
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        if "OPTIONS" in handler.http_methods
+    }
+
+
+def _allow_every_method(allow_by_handler: dict[int, bytes]) -> Callable[[Message, Scope], Awaitable[None]]:
+    """Litestar 2's automatic OPTIONS answer lists only the methods of the first handler registered on
+    a path (GET on ``/users/me``, not PUT or PATCH: litestar#4169, fixed in 3.0); its ``Allow`` is
+    replaced by every method the route serves."""
+
+    async def allow_every_method(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+            return
+        allow = allow_by_handler.get(id(scope.get("route_handler")))
+        if allow is not None:
+            headers = [(name, value) for name, value in message.get("headers", []) if name.lower() != b"allow"]
+            message["headers"] = [*headers, (b"allow", allow)]
+
+    return allow_every_method
 
 
 def _problem(description: str) -> ResponseSpec:
@@ -166,7 +196,7 @@ def _resources(
             app.state.sessionmaker = create_sessionmaker(engine)
             app.state.readiness_checks["database"] = lambda: ping(engine)
         if settings.redis_url:
-            app.state.readiness_checks["redis"] = app.state.store.ping
+            app.state.readiness_checks["redis"] = _redis_readiness(app.state.store, app.state.revocations)
         try:
             yield
         finally:
@@ -180,6 +210,21 @@ def _resources(
                 await engine.dispose()
 
     return resources
+
+
+def _redis_readiness(store: KeyValueStore, revocations: RevocationList) -> Callable[[], Awaitable[None]]:
+    """Redis down or hung leaves the service ready (``degraded``: per-process throttles, revocations
+    unknowable). The check also writes revocations that waited for Redis: readiness probes come
+    every few seconds, so they do not wait for the next authenticated request."""
+
+    async def check() -> None:
+        try:
+            await store.shared.ping()
+            await revocations.write_pending()
+        except (RedisError, OSError) as exc:
+            raise Degraded("per-process throttles in force; token revocation unknowable") from exc
+
+    return check
 
 
 def _create_bus(settings: ServiceSettings, redis: Any) -> EventBus:

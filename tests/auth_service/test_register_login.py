@@ -6,6 +6,7 @@ import pytest
 from argon2 import PasswordHasher
 from litestar import Litestar
 
+from auth_service.throttle import _account, _lock_key
 from tests.auth_service.conftest import PASSWORD, bearer, register
 from tests.conftest import app_client
 
@@ -172,7 +173,7 @@ async def test_account_is_locked_after_five_failures_and_computes_no_hash(
 
     assert locked.status_code == 429
     assert 1 <= int(locked.headers["retry-after"]) <= 900
-    assert locked.json()["code"] == "too-many-attempts"
+    assert locked.json()["code"] == "invalid-credentials"
     assert auth_app.state.passwords.computations == before
 
 
@@ -187,11 +188,14 @@ async def test_unknown_emails_are_locked_out_like_real_ones(client: httpx.AsyncC
 
 
 async def test_lockout_grows_exponentially_and_is_capped(client: httpx.AsyncClient, auth_app: Litestar) -> None:
-    throttle = auth_app.state.throttle
+    throttle, store = auth_app.state.throttle, auth_app.state.store
+    lock = _lock_key(_account("victim@example.com"))
     waits = []
     for _ in range(12):
-        await throttle.record_failure("victim@example.com")
-        waits.append(await auth_app.state.store.ttl(throttle._lock_key("victim@example.com")))
+        await store.delete(lock)  # as if the previous lock had run out
+        async with throttle.verification("victim@example.com"):
+            pass  # a wrong password: the attempt stays a failure
+        waits.append(await store.ttl(lock))
 
     assert waits[:4] == [None, None, None, None]
     locked = [w for w in waits if w is not None]

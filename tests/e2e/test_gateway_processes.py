@@ -201,8 +201,9 @@ def test_upstream_down_gives_502_then_the_breaker_503_then_recovers(tmp_path: Pa
             assert_problem(response, 503)
             time.sleep(0.1)
         assert statuses[-1] == 200, statuses
-        assert len(statuses) > 1, "the breaker should still have been open when the upstream came back"
-        assert arrivals(users) == 1  # every 503 was the gateway's own answer; the probe got through
+        # Every 503 was the gateway's own answer; the breaker closed on the gateway's own /ready
+        # probe (not counted) or on the one request let through (tests/e2e/test_breaker_processes.py).
+        assert arrivals(users) == 1
         assert all(client.get("/api/v1/users/x").status_code == 200 for _ in range(5))
         assert arrivals(users) == 6
 

@@ -5,10 +5,11 @@
 
 Both are bare ASGI apps under uvicorn. Every path answers, except the control paths:
 
-* ``GET /health``: 200, not counted.
+* ``GET /health`` and ``GET /ready``: 200, not counted (the gateway asks ``/ready`` by itself).
 * ``GET /__arrivals``: ``{"count": n, "requests": [[method, path], ...]}`` for every other request.
 * ``.../blob?size=N`` (echo): ``N`` bytes of :func:`blob`, streamed in 64 KiB chunks without a length.
 * ``.../fast`` (slow): answers at once.
+* ``.../status/N`` (echo): the echo with status ``N`` (a live service's own 503, say).
 
 Anything else: the echo app answers with what it received (method, path, raw query, headers,
 body length and SHA-256); the slow app first sleeps ``--sleep`` seconds.
@@ -49,7 +50,7 @@ class Upstream:
             await send({"type": "lifespan.shutdown.complete"})
             return
         path: str = scope["path"]
-        if path == "/health":
+        if path in ("/health", "/ready"):
             await self.answer(send, {"status": "ok"})
             return
         if path == "/__arrivals":
@@ -83,13 +84,14 @@ class Upstream:
                 "body_length": length,
                 "body_sha256": digest.hexdigest(),
             },
+            int(path.rpartition("/")[2]) if "/status/" in path else 200,
         )
 
     @staticmethod
-    async def answer(send: Any, document: dict[str, Any]) -> None:
+    async def answer(send: Any, document: dict[str, Any], status: int = 200) -> None:
         body = json.dumps(document).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

@@ -81,8 +81,11 @@ async def client(gateway: Litestar) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def platform(make_settings: SettingsFactory, auth_app: Litestar, echo: Echo) -> Litestar:  # noqa: F811
-    """The gateway in front of the real auth service and the echo, sharing one Redis namespace."""
-    return create_app(make_settings(), services={AUTH: auth_app, USERS: echo})
+    """The gateway in front of the real auth service and the echo, sharing one Redis namespace.
+
+    A password hash can take well over the echo's 0.5 s on a busy machine: the auth service gets
+    a request timeout that a test never waits out."""
+    return create_app(make_settings(request_timeout=10.0), services={AUTH: auth_app, USERS: echo})
 
 
 @pytest.fixture

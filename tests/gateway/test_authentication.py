@@ -10,6 +10,7 @@ import hmac
 import json
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from litestar import Litestar
 
 from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
@@ -40,6 +42,13 @@ from tests.gateway.conftest import (
 from tests.gateway.echo import Echo
 
 ME = f"{AUTH}/me"
+
+
+@pytest.fixture
+def platform(make_settings: SettingsFactory, auth_app: Litestar, echo: Echo) -> Litestar:
+    """The conftest's platform with time for argon2 on a busy machine: its 0.5 s upstream timeout,
+    meant for the echo, turned a slow register into a 504 when other work shared the CPU."""
+    return create_app(make_settings(request_timeout=10), services={AUTH: auth_app, USERS: echo})
 
 
 # -- public and protected -----------------------------------------------------------------------
@@ -169,7 +178,9 @@ async def test_logout_is_seen_without_redis_when_the_store_is_shared(
     """The no-Redis configuration: auth and gateway share one in-memory store."""
     store, bus = MemoryStore(), InMemoryBus()
     auth_app = create_auth_app(msgspec.structs.replace(auth_settings, redis_url=""), store=store, bus=bus)
-    app = create_app(make_settings(redis_url=""), services={AUTH: auth_app, USERS: echo}, store=store, bus=bus)
+    app = create_app(
+        make_settings(redis_url="", request_timeout=10), services={AUTH: auth_app, USERS: echo}, store=store, bus=bus
+    )
     async with app_client(app) as client:
         ready = await client.get("/ready")
         assert ready.status_code == 200
@@ -193,7 +204,7 @@ async def test_the_embedded_composition_root_serves_register_me_and_logout(
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     for name, value in FAST_ARGON2.items():
         monkeypatch.setenv(name.upper(), str(value))
-    app = create_embedded_app(make_settings(redis_url=""))
+    app = create_embedded_app(make_settings(redis_url="", request_timeout=10))
     async with app_client(app) as client:
         tokens = await register(client)
         me = await client.get(ME, headers=bearer(tokens["access_token"]))
@@ -293,6 +304,18 @@ REJECTED: dict[str, Callable[[], str]] = {
     "non-base64url": lambda: "*" + forge(claims())[1:],
     "16kb-token": oversized,
     "roles-not-a-list": lambda: forge(claims(roles="admin")),
+    # claim shapes: NumericDates are JSON numbers, tid a tenant UUID (issue 11, item 9)
+    **{
+        f"{name}-a-numeric-string": (lambda name=name: forge(claims(**{name: str(claims()[name])})))
+        for name in ("exp", "nbf", "iat")
+    },
+    "exp-true": lambda: forge(claims(exp=True)),
+    "exp-infinity": lambda: forge(claims(exp=float("inf"))),
+    "exp-a-list": lambda: forge(claims(exp=[int(time.time()) + 600])),
+    "tid-not-a-uuid": lambda: forge(claims(tid="not-a-tenant")),
+    "tid-a-number": lambda: forge(claims(tid=7)),
+    "sid-a-number": lambda: forge(claims(sid=7)),
+    "sub-a-32-digit-number": lambda: forge(claims(sub=12345678901234567890123456789012)),
 }
 
 
@@ -303,6 +326,26 @@ async def test_a_forged_stale_or_malformed_token_is_refused_before_the_upstream(
     response = await client.get(f"{USERS}/me", headers=bearer(build()))
     assert_invalid_token(response)
     assert echo.seen == []
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+async def test_a_numeric_string_date_is_refused_on_every_use(client: httpx.AsyncClient, echo: Echo, name: str) -> None:
+    """It once passed on first use and was a 500 on every reuse (the verified-claims cache compared
+    a string with a number)."""
+    token = forge(claims(**{name: str(claims()[name])}))
+    for _ in range(3):
+        assert_invalid_token(await client.get(f"{USERS}/me", headers=bearer(token)))
+    assert echo.seen == []
+
+
+async def test_a_fractional_date_and_a_tenant_uuid_pass(client: httpx.AsyncClient, echo: Echo) -> None:
+    """Positive control: what RFC 7519 allows and the auth service issues still passes, twice (cached)."""
+    now = time.time()
+    token = forge(claims(iat=now, nbf=now, exp=now + 600.5, tid=str(uuid.uuid4())))
+    for _ in range(2):
+        response = await client.get(f"{USERS}/me", headers=bearer(token))
+        assert response.status_code == 200, response.text
+    assert len(echo.seen) == 2
 
 
 async def test_the_forging_helpers_build_a_token_the_gateway_accepts(client: httpx.AsyncClient, echo: Echo) -> None:

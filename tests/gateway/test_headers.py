@@ -7,15 +7,25 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import uvicorn
+from litestar import Litestar
 
 from gateway.app import create_app
-from tests.conftest import app_client
-from tests.gateway.conftest import USERS, SettingsFactory, access_token, assert_invalid_token
+from tests.conftest import app_client, eventually
+from tests.gateway.conftest import (
+    PROBLEM,
+    USERS,
+    SettingsFactory,
+    access_token,
+    assert_invalid_token,
+    raw_request,
+)
 from tests.gateway.echo import Echo
 
 VICTIM = str(uuid.uuid4())
@@ -279,3 +289,155 @@ async def test_the_gateway_request_id_and_nosniff_replace_the_upstreams_own(
     ):
         assert response.headers.get_list("x-request-id") == [request_id], response.headers
         assert response.headers.get_list("x-content-type-options") == ["nosniff"]
+
+
+# -- the rule upstreams may rely on (README, "Identity headers") ----------------------------------
+
+# Each name sent by a hostile client in the issue's test, and more of the same families: who, which
+# role, tenant, organisation or account, acting as whom, and overrides of the target or the method.
+IDENTITY_NAMES = [
+    *("X-UserId", "X-Uid", "X-Role", "X-Admin", "X-Tenant", "X-Org-ID", "X-Account-ID", "X-Principal"),
+    *("X-Email", "X-Impersonate-User", "X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override"),
+    *("X-User-Name", "X-Username", "X-Sub", "X-Subject", "X-Groups", "X-Permissions", "X-Is-Admin"),
+    *("X-Organization", "X-Org", "X-Account", "X-Tenant-Name", "X-Impersonated-By", "X-On-Behalf-Of"),
+    *("X-HTTP-Method", "X-Method-Override", "X-Original-Method", "X-Original-URI", "X-Forwarded-Prefix"),
+    *("X-Forwarded-Uri", "X-Forwarded-Port", "X-Forwarded-Server", "X-Authenticated-Groups", "X-Auth-Token"),
+    *("X-JWT-Assertion", "X-Client-Cert", "X-SSL-Client-DN", "X-Webauth-User", "X-Pomerium-Claim-Email"),
+    *("Cf-Access-Authenticated-User-Email", "X-Envoy-Original-Path", "X-Host", "X-Scope", "X-Identity"),
+    *("X-Login", "X-Proxy-User", "X-Acting-User", "X-Customer-Account-Id", "X-Ms-Client-Principal-Id"),
+]
+SPELLINGS = {
+    "as written": lambda name: name,
+    "lower case": str.lower,
+    "upper case with underscores": lambda name: name.upper().replace("-", "_"),
+}
+# Ordinary end-to-end headers: forwarded as they were sent (the rule must not catch these).
+ORDINARY = [
+    ("User-Agent", "pyairtable-client/1.0"),
+    ("Accept", "application/json"),
+    ("Accept-Language", "fr-CH"),
+    ("Accept-Encoding", "gzip"),
+    ("Cache-Control", "no-cache"),
+    ("If-None-Match", '"v1"'),
+    ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ("tracestate", "congo=t61rcWkgMzE"),
+    ("baggage", "deployment=canary"),
+    ("X-Correlation-ID", "corr-1"),
+    ("X-Requested-With", "XMLHttpRequest"),
+    ("Prefer", "return=minimal"),
+    ("Priority", "u=1"),
+]
+
+
+def identity_request(spelling: str, token: str) -> list[tuple[str, str]]:
+    spell = SPELLINGS[spelling]
+    spoofed = [(spell(name), f"{VICTIM}:{name}") for name in IDENTITY_NAMES]
+    return [("Authorization", f"Bearer {token}"), *spoofed, *ORDINARY]
+
+
+def assert_only_ordinary_headers_arrived(received: list[tuple[str, str]], token: str) -> None:
+    arrived = {(name.replace("_", "-"), value) for name, value in received}
+    smuggled = [(name, value) for name, value in received if VICTIM in value]
+    assert smuggled == [], f"{len(smuggled)} identity headers reached the upstream: {smuggled}"
+    assert ("authorization", f"Bearer {token}") in arrived
+    assert {(name.lower(), value) for name, value in ORDINARY} <= arrived
+
+
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+async def test_identity_and_override_headers_never_reach_an_in_process_upstream(
+    client: httpx.AsyncClient, echo: Echo, spelling: str
+) -> None:
+    token = access_token()
+    response = await client.get(f"{USERS}/me", headers=identity_request(spelling, token))
+    assert response.status_code == 200, response.text
+    assert_only_ordinary_headers_arrived(echo.seen[-1].headers, token)
+
+
+BILLING = "/api/v1/billing"
+
+
+@pytest.fixture
+async def extra_route(make_settings: SettingsFactory) -> AsyncIterator[tuple[httpx.AsyncClient, Echo]]:
+    """The gateway with an ``EXTRA_ROUTES`` upstream: an echo served by uvicorn over HTTP."""
+    billing = Echo(BILLING)
+    listening = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(billing, lifespan="off", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
+    await eventually(lambda: server.started, "the billing echo to listen")
+    settings = make_settings(extra_routes=f"{BILLING}=http://127.0.0.1:{listening.getsockname()[1]}")
+    try:
+        async with app_client(create_app(settings)) as gateway:
+            yield gateway, billing
+    finally:
+        server.should_exit = True
+        await serving
+        listening.close()
+
+
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+async def test_identity_and_override_headers_never_reach_an_extra_routes_upstream(
+    extra_route: tuple[httpx.AsyncClient, Echo], spelling: str
+) -> None:
+    gateway, billing = extra_route
+    token = access_token()
+    response = await gateway.get(f"{BILLING}/invoices", headers=identity_request(spelling, token))
+    assert response.status_code == 200, response.text
+    assert_only_ordinary_headers_arrived(billing.seen[-1].headers, token)
+
+
+@pytest.mark.parametrize(
+    "listed", ["Authorization", "authorization", "close, Authorization", "Idempotency-Key, X-API-Key, Content-Length"]
+)
+async def test_headers_the_gateway_checks_cannot_be_removed_by_naming_them_in_connection(
+    extra_route: tuple[httpx.AsyncClient, Echo], listed: str
+) -> None:
+    gateway, billing = extra_route
+    token = access_token()
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Connection": listed,
+        "Idempotency-Key": f"key-{uuid.uuid4().hex}",
+        "X-API-Key": "client-api-key",
+        "X-Hop-Only": "gone",
+    }
+    response = await gateway.post(
+        f"{BILLING}/invoices", headers={**headers, "Connection": listed + ", X-Hop-Only"}, json={"n": 1}
+    )
+    assert response.status_code == 200, response.text
+    seen = billing.seen[-1]
+    assert seen.header_values("authorization") == [f"Bearer {token}"]
+    assert seen.header_values("idempotency-key") == [headers["Idempotency-Key"]]
+    assert seen.header_values("x-api-key") == ["client-api-key"]
+    assert seen.header_values("x-hop-only") == []  # what Connection names is still hop-by-hop
+    assert json.loads(seen.body) == {"n": 1}
+
+
+REPEATED = {
+    "two tokens": [("Authorization", "Bearer {token}"), ("Authorization", "Bearer forged")],
+    "the same token twice": [("Authorization", "Bearer {token}"), ("Authorization", "Bearer {token}")],
+    "in two cases": [("Authorization", "Bearer {token}"), ("authorization", "Bearer forged")],
+    "an empty second one": [("Authorization", "Bearer {token}"), ("Authorization", "")],
+    "two idempotency keys": [("Authorization", "Bearer {token}"), ("Idempotency-Key", "a"), ("Idempotency-Key", "b")],
+    "two hosts": [("Authorization", "Bearer {token}"), ("Host", "a.example"), ("Host", "b.example")],
+}
+
+
+@pytest.mark.parametrize("repeated", list(REPEATED), ids=list(REPEATED))
+async def test_a_header_the_gateway_checks_sent_twice_is_a_400(gateway: Litestar, echo: Echo, repeated: str) -> None:
+    token = access_token()
+    headers = [(name.encode(), value.format(token=token).encode()) for name, value in REPEATED[repeated]]
+    async with app_client(gateway):
+        response = await raw_request(gateway, f"{USERS}/me".encode(), method="POST", headers=headers, body=b"{}")
+    assert response.status_code == 400
+    assert response.json()["code"] == "repeated-header"
+    assert response.headers["content-type"] == PROBLEM
+    assert echo.seen == []
+
+
+async def test_a_header_name_longer_than_any_real_one_is_not_forwarded(client: httpx.AsyncClient, echo: Echo) -> None:
+    long_name, usual_name = "X-" + "a" * 200, "X-" + "b" * 100
+    response = await client.get(f"{USERS}/me", headers={**_bearer(), long_name: "1", usual_name: "2"})
+    assert response.status_code == 200, response.text
+    assert echo.seen[-1].header_values(long_name) == []
+    assert echo.seen[-1].header_values(usual_name) == ["2"]

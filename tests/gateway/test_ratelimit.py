@@ -12,6 +12,7 @@ import redis as redis_sync
 from litestar import Litestar
 
 from gateway.app import create_app
+from shared.settings import SettingsError
 from tests.conftest import app_client
 from tests.gateway.conftest import (
     AUTH,
@@ -302,3 +303,84 @@ async def test_requests_with_bad_tokens_are_rate_limited_too(make_settings: Sett
 
     assert statuses[:5] == [401] * 5
     assert statuses[5:] == [429] * 3
+
+
+# -- one address, one key (issue 11, item 5) -------------------------------------------------------
+
+
+async def spend(app: Litestar, proxy: httpx.AsyncClient, client_ips: list[str], proxied: bool = True) -> list[int]:
+    """One request from each address in turn, through the trusted ``proxy`` (X-Forwarded-For) or as
+    the peer itself: the statuses. The app's lifespan must be running."""
+    statuses = []
+    for ip in client_ips:
+        if proxied:
+            headers = {**bearer(access_token()), "X-Forwarded-For": ip}
+            statuses.append((await proxy.get(f"{USERS}/me", headers=headers)).status_code)
+        else:
+            async with peer_client(app, ip) as peer:
+                statuses.append((await peer.get(f"{USERS}/me", headers=bearer(access_token()))).status_code)
+    return statuses
+
+
+ONE_IPV6_FOUR_WAYS = ["2001:db8::1", "2001:DB8::1", "2001:db8:0:0:0:0:0:1", "2001:0db8:0000::0001"]
+
+
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ["192.0.2.7", "::ffff:192.0.2.7", "::FFFF:192.0.2.7", "0:0:0:0:0:ffff:c000:0207"],
+        ONE_IPV6_FOUR_WAYS,
+    ],
+    ids=["ipv4-and-its-mapped-forms", "one-ipv6-address-four-ways"],
+)
+@pytest.mark.parametrize("proxied", [False, True], ids=["peer", "x-forwarded-for"])
+async def test_one_address_however_written_has_one_budget(
+    make_settings: SettingsFactory, echo: Echo, spellings: list[str], proxied: bool
+) -> None:
+    app = create_app(make_settings(trusted_proxies="127.0.0.9", **SMALL), services={USERS: echo})
+    async with app_client(app, client_ip="127.0.0.9") as proxy:
+        statuses = await spend(app, proxy, [*spellings, *spellings], proxied)
+    assert statuses == [200] * 5 + [429] * 3, statuses
+    # Upstreams see the one canonical spelling too.
+    assert {seen.header_values("x-forwarded-for")[0] for seen in echo.seen} == {spellings[0].lower()}
+
+
+async def test_ten_addresses_of_one_ipv6_64_share_one_budget_and_another_64_has_its_own(
+    make_settings: SettingsFactory, echo: Echo, redis_keys: Callable[[], list[str]]
+) -> None:
+    app = create_app(make_settings(trusted_proxies="127.0.0.9", **SMALL), services={USERS: echo})
+    async with app_client(app, client_ip="127.0.0.9") as proxy:
+        one_64 = await spend(app, proxy, [f"2001:db8:1:2::{n:x}" for n in range(1, 11)])
+        neighbour = await spend(app, proxy, ["2001:db8:1:3::1"])
+    assert one_64 == [200] * 5 + [429] * 5, one_64
+    assert neighbour == [200]
+    limited = sorted(key.rsplit(":rl:", 1)[1] for key in redis_keys() if ":rl:" in key)
+    assert limited == ["default:2001:db8:1:2::/64", "default:2001:db8:1:3::/64"]
+    # The upstream still learns each client's own address.
+    assert echo.seen[0].header_values("x-forwarded-for") == ["2001:db8:1:2::1"]
+
+
+async def test_the_ipv6_prefix_is_a_setting(make_settings: SettingsFactory, echo: Echo) -> None:
+    app = create_app(
+        make_settings(trusted_proxies="127.0.0.9", rate_limit_ipv6_prefix=128, **SMALL), services={USERS: echo}
+    )
+    async with app_client(app, client_ip="127.0.0.9") as proxy:
+        statuses = await spend(app, proxy, [f"2001:db8:1:2::{n:x}" for n in range(1, 11)])
+    assert statuses == [200] * 10
+
+
+@pytest.mark.parametrize("prefix", [0, 129, -1])
+def test_an_impossible_ipv6_prefix_is_refused_at_start_up(make_settings: SettingsFactory, prefix: int) -> None:
+    with pytest.raises(SettingsError, match="RATE_LIMIT_IPV6_PREFIX"):
+        make_settings(rate_limit_ipv6_prefix=prefix)
+
+
+async def test_a_trusted_proxy_reaching_us_over_ipv6_mapped_ipv4_is_still_trusted(
+    make_settings: SettingsFactory, echo: Echo
+) -> None:
+    """A dual-stack socket reports an IPv4 peer as ``::ffff:a.b.c.d``: still the configured proxy."""
+    app = create_app(make_settings(trusted_proxies="10.0.0.0/8", **SMALL), services={USERS: echo})
+    async with app_client(app, client_ip="::ffff:10.1.2.3") as proxy:
+        response = await proxy.get(f"{USERS}/me", headers={**bearer(access_token()), "X-Forwarded-For": "198.51.100.4"})
+    assert response.status_code == 200
+    assert echo.seen[0].header_values("x-forwarded-for") == ["198.51.100.4"]

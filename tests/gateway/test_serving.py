@@ -82,6 +82,12 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         await start(send, 200, [(b"x bad", b"1"), (b"content-length", b"0")])
     elif path == "/fails":
         raise RuntimeError("the app failed before answering")
+    elif path == "/dated":  # a proxied answer: the origin's Date
+        await start(send, 200, [(b"date", b"Sun, 06 Nov 1994 08:49:37 GMT"), (b"content-length", b"2")])
+        await send({"type": "http.response.body", "body": b"ok"})
+    elif path == "/not-modified":  # the representation's length (RFC 9110 §8.6), no body
+        await start(send, 304, [(b"etag", b'"v1"'), (b"content-length", b"1234")])
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/too-short":
         await start(send, 200, [(b"content-length", b"10")])
         await send({"type": "http.response.body", "body": b"abc"})
@@ -198,6 +204,22 @@ async def test_answers_byte_for_byte_as_uvicorn(
     monkeypatch.setitem(NAMES, "case", case)
     answer = same_bytes(await exchange_both(servers, request_bytes))
     assert expected in answer
+
+
+@pytest.mark.parametrize("case", ["lower", "title"])
+async def test_where_uvicorn_breaks_a_legal_answer(
+    servers: dict[str, int], case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app's own Date is the only one (uvicorn adds a second); a 304 with its representation's
+    Content-Length has no body and the connection answers on (uvicorn fails it as too short)."""
+    monkeypatch.setitem(NAMES, "case", case)
+    answer = await exchange(servers["gateway"], (GET % b"/dated") + (GET % b"/not-modified") + (GET % b"/length"))
+    dated, not_modified, length = answer.split(b"HTTP/1.1 ")[1:]
+    assert DATE.findall(dated) == [b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"], dated
+    assert not_modified.startswith(b"304 Not Modified\r\n") and not_modified.endswith(b"\r\n\r\n"), not_modified
+    assert b"content-length: 1234\r\n" in not_modified.lower()
+    assert length.startswith(b"200 OK\r\n") and length.endswith(b'{"ok":true,"path":"/length"}')
+    assert len(DATE.findall(length)) == 1
 
 
 async def test_pipelined_requests_answered_in_order(servers: dict[str, int]) -> None:

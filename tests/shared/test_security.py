@@ -220,6 +220,19 @@ VARIANTS: dict[str, Callable[[Victim], str]] = {
     "roles-not-a-list": lambda v: forge(v.fresh_claims(roles="admin")),
     "roles-not-strings": lambda v: forge(v.fresh_claims(roles=[1, 2])),
     "email-not-a-string": lambda v: forge(v.fresh_claims(email=["ada@example.com"])),
+    "sub-a-32-digit-number": lambda v: forge(v.fresh_claims(sub=12345678901234567890123456789012)),
+    # NumericDates are JSON numbers (PyJWT alone takes "1700000000"); tid and sid have one shape
+    **{
+        f"{name}-a-numeric-string": (
+            lambda v, name=name: forge(v.fresh_claims(**{name: str(int(time.time()) + 600 * (name == "exp"))}))
+        )
+        for name in ("exp", "nbf", "iat")
+    },
+    "exp-true": lambda v: forge(v.fresh_claims(exp=True)),
+    "exp-infinity": lambda v: forge(v.fresh_claims(exp=float("inf"))),
+    "tid-not-a-uuid": lambda v: forge(v.fresh_claims(tid="not-a-tenant")),
+    "tid-a-number": lambda v: forge(v.fresh_claims(tid=7)),
+    "sid-a-number": lambda v: forge(v.fresh_claims(sid=7)),
 }
 
 

@@ -1,0 +1,204 @@
+"""Admission in the distributed mode: the gateway and the auth service as real processes on
+PostgreSQL and Redis, driven over HTTP on loopback (issue 11, items 3 and 5).
+
+* Idempotency-Key never touches credentials: a keyed refresh sent again past the grace window is
+  the reuse it is (401, the family revoked), and Redis holds none of the tokens.
+* The in-flight lock of a gateway that died mid-request expires: a client that keeps retrying gets
+  its key back, not a 409 forever.
+* Rate limits count one client once: ten addresses of one IPv6 /64 share one budget, an IPv4
+  address and its IPv4-mapped form too.
+
+Time limits are generous deadlines that prove "no hang", never performance claims.
+"""
+
+import contextlib
+import shlex
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import redis as redis_sync
+
+from tests.conftest import DatabaseFactory
+from tests.e2e.processes import (
+    FAST_ARGON2,
+    PYTHON,
+    Processes,
+    Service,
+    access_token,
+    assert_problem,
+    environment,
+    free_port,
+)
+
+CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
+GENEROUS = {"RATE_LIMIT_PER_MINUTE": "10000", "RATE_LIMIT_BURST": "10000"}
+GRACE_SECONDS = 1.0
+
+
+def start_auth(processes: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str) -> Service:
+    """The auth service, migrated then served, with a short refresh-reuse grace window."""
+    port = free_port()
+    env = environment(
+        data_dir,
+        AUTH_DATABASE_URL=database_url,
+        AUTH_PORT=str(port),
+        AUTH_REFRESH_REUSE_GRACE=str(GRACE_SECONDS),
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=namespace,
+        **FAST_ARGON2,
+    )
+    python = shlex.quote(PYTHON)
+    command = f"{python} -m auth_service migrate && exec {python} -m auth_service serve"
+    return processes.start("auth", ["sh", "-c", command], env, port)
+
+
+def stored_bytes(redis_url: str, namespace: str) -> list[tuple[bytes, bytes]]:
+    """Every key of ``namespace`` with its whole value as bytes, whatever the value's type."""
+    client = redis_sync.Redis.from_url(redis_url)
+    readers = {
+        b"string": client.get,
+        b"hash": client.hgetall,
+        b"list": lambda key: client.lrange(key, 0, -1),
+        b"set": client.smembers,
+        b"zset": lambda key: client.zrange(key, 0, -1),
+        b"stream": client.xrange,
+    }
+    stored = []
+    try:
+        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            read = readers.get(client.type(key))  # type: ignore[arg-type]
+            value = read(key) if read is not None else b""
+            stored.append((key, value if isinstance(value, bytes) else repr(value).encode()))
+    finally:
+        client.close()
+    return stored
+
+
+def test_a_keyed_refresh_sent_again_past_the_grace_window_revokes_the_family_and_redis_holds_no_token(
+    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
+) -> None:
+    auth = start_auth(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
+    gateway = processes.gateway(
+        "gateway", tmp_path, AUTH_SERVICE_URL=auth.url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace
+    )
+    auth.wait_healthy(60)
+    gateway.wait_healthy()
+
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        key = {"Idempotency-Key": "the-client-retries-with-this-key"}
+        registered = client.post("/api/v1/auth/register", json=CREDENTIALS, headers={"Idempotency-Key": "register"})
+        assert registered.status_code == 201, registered.text
+        first = registered.json()
+        rotated = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}, headers=key)
+        assert rotated.status_code == 200, rotated.text
+        second = rotated.json()
+        assert client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {second['access_token']}"}).is_success
+
+        time.sleep(GRACE_SECONDS + 0.5)  # past the grace window in which a lost answer may be asked again
+        replayed = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}, headers=key)
+
+        assert_problem(replayed, 401)
+        assert "idempotent-replayed" not in replayed.headers
+        successor = client.post("/api/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})
+        assert_problem(successor, 401)  # the whole family is revoked ...
+        me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {second['access_token']}"})
+        assert_problem(me, 401)  # ... its access token too, at the gateway
+
+    tokens = [first[name] for name in ("access_token", "refresh_token")]
+    tokens += [second[name] for name in ("access_token", "refresh_token")]
+    needles = {part.encode() for token in tokens for part in (token, token.rpartition(".")[2]) if len(part) > 16}
+    stored = stored_bytes(redis_url, redis_namespace)
+    assert stored, "the scan found nothing: wrong namespace?"
+    for stored_key, value in stored:
+        for needle in needles:
+            assert needle not in stored_key and needle not in value, f"a token is stored under {stored_key!r}"
+
+
+def test_a_gateway_that_died_mid_request_leaves_a_lock_that_expires_for_a_retrying_client(
+    tmp_path: Path, processes: Processes, redis_url: str, redis_namespace: str
+) -> None:
+    slow = processes.upstream("slow", sleep=3.0)
+    settings = {
+        "USER_SERVICE_URL": slow.url,
+        "REDIS_URL": redis_url,
+        "REDIS_NAMESPACE": redis_namespace,
+        "CONNECT_TIMEOUT": "0.5",
+        "REQUEST_TIMEOUT": "5",  # the lock lives 0.5 + 5 + 5 s: as long as a forward can take, and a margin
+        **GENEROUS,
+    }
+    doomed = processes.gateway("gateway-1", tmp_path, **settings)
+    slow.wait_healthy()
+    doomed.wait_healthy()
+    headers = {"Authorization": f"Bearer {access_token()}", "Idempotency-Key": "retried-after-a-crash"}
+
+    def first_attempt() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # its gateway dies under it
+            httpx.post(f"{doomed.url}/api/v1/users/slow", json={"n": 1}, headers=headers, timeout=20)
+
+    attempt = threading.Thread(target=first_attempt)
+    attempt.start()
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{slow.url}/__arrivals", timeout=5).json()["count"] < 1:
+        assert time.monotonic() < deadline, "the first attempt never reached the upstream"
+        time.sleep(0.05)
+    processes.stop(doomed, signal.SIGKILL)
+    attempt.join()
+
+    replacement = processes.gateway("gateway-2", tmp_path, **settings)
+    replacement.wait_healthy()
+    statuses = []
+    deadline = time.monotonic() + 40
+    with httpx.Client(base_url=replacement.url, timeout=20) as client:
+        while not statuses or statuses[-1] == 409:
+            assert time.monotonic() < deadline, f"the key stayed locked: {statuses}"
+            retry = client.post("/api/v1/users/slow", json={"n": 1}, headers=headers)
+            statuses.append(retry.status_code)
+            if retry.status_code == 409:
+                assert_problem(retry, 409)
+                time.sleep(float(retry.headers["retry-after"]) / 2)
+
+    assert statuses[0] == 409, statuses  # the dead gateway's lock was still held ...
+    assert statuses[-1] == 200, statuses  # ... and expired although the client kept asking
+    assert set(statuses) == {409, 200}, statuses
+    assert httpx.get(f"{slow.url}/__arrivals", timeout=5).json()["count"] == 2
+
+
+def test_ten_addresses_of_one_ipv6_64_share_one_budget(
+    tmp_path: Path, processes: Processes, redis_url: str, redis_namespace: str
+) -> None:
+    echo = processes.upstream("echo")
+    gateway = processes.gateway(
+        "gateway",
+        tmp_path,
+        USER_SERVICE_URL=echo.url,
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=redis_namespace,
+        RATE_LIMIT_PER_MINUTE="5",
+        RATE_LIMIT_BURST="5",
+        TRUSTED_PROXIES="127.0.0.1",  # so each request can be a client of its own (X-Forwarded-For)
+    )
+    echo.wait_healthy()
+    gateway.wait_healthy()
+    token = access_token()
+
+    def statuses(addresses: list[str]) -> list[int]:
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            return [
+                client.get(
+                    "/api/v1/users/x", headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": address}
+                ).status_code
+                for address in addresses
+            ]
+
+    assert statuses([f"2001:db8:7:7::{n:x}" for n in range(1, 11)]) == [200] * 5 + [429] * 5
+    assert statuses(["2001:db8:7:8::1"]) == [200]  # the next /64 is someone else
+    assert statuses(["198.51.100.7", "::ffff:198.51.100.7"] * 3) == [200] * 5 + [429]
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        assert client.exists(f"{redis_namespace}:rl:default:2001:db8:7:7::/64")
+        assert client.exists(f"{redis_namespace}:rl:default:198.51.100.7")
+    finally:
+        client.close()

@@ -4,20 +4,20 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import msgspec
 from litestar import Litestar
+from redis.asyncio import Redis
 
 from airtable_gateway.cache import ResponseCache
 from airtable_gateway.client import AirtableClient, create_http_client
 from airtable_gateway.config import AirtableSettings
 from airtable_gateway.controllers import AirtableController, MirrorController, TokenController
 from airtable_gateway.errors import EXCEPTION_HANDLERS
-from airtable_gateway.resilience import Guard, ResilientStore
 from airtable_gateway.scheduler import Limits, MemoryScheduler, RedisScheduler, ResilientScheduler, Scheduler
 from airtable_gateway.services import Upstream, UserTokens
 from airtable_gateway.tokens import token_cipher
 from shared.events import EventBus
 from shared.service import create_service_app
 from shared.settings import load_settings
-from shared.stores import KeyValueStore, RedisStore, create_redis
+from shared.stores import KeyValueStore, RedisBreaker, RedisStore
 
 EMULATOR_URL = "http://airtable-emulator"
 EMULATOR_TOKEN = "emulator-token"  # noqa: S105 (the in-process emulator's own token)
@@ -47,8 +47,8 @@ def create_app(
             stack.push_async_callback(client.aclose)
             store: KeyValueStore = app.state.store
             scheduler: Scheduler = MemoryScheduler(_limits(settings))
-            if settings.redis_url:
-                store, scheduler = _resilient_parts(settings, stack)
+            if app.state.redis is not None:
+                scheduler = _resilient_scheduler(settings, app.state.redis, _breaker_of(store, settings))
             cache = ResponseCache(store, settings.cache_stale_seconds, settings.cache_revalidate_seconds)
             stack.push_async_callback(cache.aclose)
             app.state.upstream = Upstream(settings, client, scheduler, cache)
@@ -77,14 +77,16 @@ def _limits(settings: AirtableSettings) -> Limits:
     )
 
 
-def _resilient_parts(settings: AirtableSettings, stack: AsyncExitStack) -> tuple[ResilientStore, ResilientScheduler]:
-    """The cache store and the scheduler on a Redis client of their own, whose every call has a
-    short deadline; while Redis does not answer, both fall back to per-process ones (the limits
-    divided among the replicas that then cannot coordinate)."""
-    redis = create_redis(settings, timeout=settings.airtable_redis_timeout)
-    stack.push_async_callback(redis.aclose)
-    guard = Guard(settings.airtable_redis_timeout)
-    store = ResilientStore(RedisStore(redis, settings.redis_namespace), guard)
+def _breaker_of(store: KeyValueStore, settings: AirtableSettings) -> RedisBreaker:
+    """The store's Redis breaker (one view of Redis's health per process), else one of its own."""
+    if isinstance(store.shared, RedisStore):
+        return store.shared.breaker
+    return RedisBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds)
+
+
+def _resilient_scheduler(settings: AirtableSettings, redis: Redis, breaker: RedisBreaker) -> ResilientScheduler:
+    """Limits shared in Redis, behind the store's breaker; while Redis does not answer each
+    replica keeps its part of them (``AIRTABLE_REPLICAS``) on its own."""
     limits = _limits(settings)
     shared = RedisScheduler(redis, settings.redis_namespace, limits)
-    return store, ResilientScheduler(shared, MemoryScheduler(limits.divided(settings.airtable_replicas)), guard)
+    return ResilientScheduler(shared, MemoryScheduler(limits.divided(settings.airtable_replicas)), breaker)

@@ -16,9 +16,9 @@ Past its TTL an entry is still answered at once (marked ``STALE``):
 * up to ``stale_seconds`` past it, while Airtable cannot be asked (the base is paused, Airtable
   fails or is out of reach, the caller's turn would come too late).
 
-When the store is the Redis one and Redis does not answer, entries live in the process for the
-while (see resilience.py); writes made meanwhile are replayed as invalidations once it answers,
-so an entry cached in Redis before the outage is never served after a write it missed.
+While Redis does not answer, the kernel's store keeps entries in the process; a write made
+meanwhile is replayed as an invalidation once Redis answers, before anything is read from it, so
+an entry cached in Redis before the outage is never served after a write it missed.
 """
 
 import asyncio
@@ -30,8 +30,7 @@ from typing import Literal
 import msgspec
 
 from airtable_gateway.metrics import CACHE_RESULTS
-from airtable_gateway.resilience import ResilientStore
-from shared.stores import KeyValueStore
+from shared.stores import KeyValueStore, StoreUnavailable
 
 CacheState = Literal["HIT", "MISS", "STALE"]
 Kind = Literal["records", "schema"]
@@ -95,15 +94,18 @@ class ResponseCache:
 
     async def invalidate(self, base: str) -> None:
         """Every cached read of ``base`` (for every token) is void from now on."""
-        await self.store.incr(_generation_key(base), GENERATION_TTL_SECONDS)
-        if _degraded(self.store):
+        try:
+            await self.store.shared.incr(_generation_key(base), GENERATION_TTL_SECONDS)
+        except StoreUnavailable:
             self._missed_invalidations.add(base)
+            await self.store.incr(_generation_key(base), GENERATION_TTL_SECONDS)  # the process's stand-in
 
     async def _replay_missed_invalidations(self) -> None:
         """Redis answers again: the writes it did not hear of void their bases' entries there too."""
         for base in list(self._missed_invalidations):
-            await self.store.incr(_generation_key(base), GENERATION_TTL_SECONDS)
-            if _degraded(self.store):
+            try:
+                await self.store.shared.incr(_generation_key(base), GENERATION_TTL_SECONDS)
+            except StoreUnavailable:
                 return
             self._missed_invalidations.discard(base)
             self._replays += 1
@@ -129,9 +131,10 @@ class ResponseCache:
         key = f"airtable:cache:{token_id}:{base}:{kind}:{digest}"
         replays = self._replays
         raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
-        if (self._missed_invalidations or replays != self._replays) and not _degraded(self.store):
-            # Read before the writes missed during an outage were replayed: read again after.
+        if self._missed_invalidations:
             await self._replay_missed_invalidations()
+        if replays != self._replays:
+            # Read before a write missed during an outage was replayed: read again after it.
             raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
         generation = int(generation_bytes or 0)
         entry = _decoder.decode(raw) if raw is not None else None
@@ -212,11 +215,6 @@ class ResponseCache:
         CACHE_RESULTS.labels(state.lower()).inc()
         age = max(0, int(time.time() - entry.stored_at))
         return Cached(status=entry.status, body=entry.body, etag=entry.etag, state=state, age=age)
-
-
-def _degraded(store: KeyValueStore) -> bool:
-    """Whether the store is answering from its per-process fallback."""
-    return isinstance(store, ResilientStore) and store.degraded
 
 
 def _generation_key(base: str) -> str:

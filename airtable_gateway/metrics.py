@@ -1,6 +1,6 @@
 """Prometheus metrics of the Airtable gateway (served at /metrics with the service's own)."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 CACHE_RESULTS = Counter(
     "pyairtable_airtable_cache_total",
@@ -28,8 +28,4 @@ FAIR_SHARE_REFUSALS = Counter(
 PAUSE_REFUSALS = Counter(
     "pyairtable_airtable_pause_refusals_total",
     "Reads refused at once (503) because their base is paused after an Airtable 429",
-)
-REDIS_DEGRADED = Gauge(
-    "pyairtable_airtable_redis_degraded",
-    "1 while Redis does not answer and the cache and rate limits are per-process ones",
 )

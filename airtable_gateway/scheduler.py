@@ -23,12 +23,14 @@ import math
 import random
 import time
 from collections import deque
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from redis.asyncio import Redis
 
-from airtable_gateway.resilience import Guard
+from shared.stores import RedisBreaker, StoreUnavailable
 
+T = TypeVar("T")
 BUCKET_MS = 100
 MAX_BUCKET_STEPS = 200
 
@@ -248,17 +250,24 @@ class MemoryScheduler:
 
 
 class ResilientScheduler:
-    """The shared (Redis) scheduler while Redis answers; per-process limits while it does not.
+    """The shared (Redis) scheduler while Redis answers; per-process limits while it does not
+    (the kernel's Redis breaker decides: a failed call, or none while it is open).
 
     The process keeps its own account of the slots and pauses it learns of, in both directions:
     a slot granted alone is never granted again by Redis (which did not hear of it, or restarted
     empty), and one Redis granted is never granted alone, so a Redis call that merely times out
     (a busy event loop, a blip) does not double a base's rate."""
 
-    def __init__(self, shared: RedisScheduler, local: MemoryScheduler, guard: Guard) -> None:
+    def __init__(self, shared: RedisScheduler, local: MemoryScheduler, breaker: RedisBreaker) -> None:
         self.shared = shared
         self.local = local
-        self.guard = guard
+        self.breaker = breaker
+
+    async def _either(self, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await self.breaker.call(shared)
+        except StoreUnavailable:
+            return await local()
 
     async def reserve(
         self, base: str, token_id: str, caller: str, max_wait: float, *, refuse_if_paused: bool = False
@@ -268,7 +277,7 @@ class ResilientScheduler:
             if refuse_if_paused:
                 return Reservation(Outcome.PAUSED, local_pause)
             # Redis may have lost (or never had) a pause this process saw: tell it again first.
-            await self.guard.call(lambda: self.shared.pause(base, local_pause), _nothing)
+            await self._either(lambda: self.shared.pause(base, local_pause), _nothing)
 
         async def shared() -> Reservation:
             # Never before a slot this process granted alone (while Redis did not answer).
@@ -287,15 +296,15 @@ class ResilientScheduler:
         async def local() -> Reservation:
             return await self.local.reserve(base, token_id, caller, max_wait, refuse_if_paused=refuse_if_paused)
 
-        return await self.guard.call(shared, local)
+        return await self._either(shared, local)
 
     async def pause(self, base: str, seconds: float) -> None:
         await self.local.pause(base, seconds)
-        await self.guard.call(lambda: self.shared.pause(base, seconds), _nothing)
+        await self._either(lambda: self.shared.pause(base, seconds), _nothing)
 
     async def paused_for(self, base: str) -> float:
         local = await self.local.paused_for(base)
-        shared = await self.guard.call(lambda: self.shared.paused_for(base), _zero)
+        shared = await self._either(lambda: self.shared.paused_for(base), _zero)
         return max(local, shared)
 
 

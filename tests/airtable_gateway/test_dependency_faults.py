@@ -1,9 +1,6 @@
-"""Dependency faults (issue 12): the Airtable gateway's own Redis (read cache, upstream rate limits)
-and its own PostgreSQL (users' stored tokens) fail, on private servers this test kills, hangs and
-restarts; Airtable reads keep being served.
-
-The kernel's own Redis use (token revocations) is another part's: these apps keep it in the
-process, so that what is tested here is the Airtable gateway's."""
+"""Dependency faults (issue 12): the Airtable gateway's Redis (read cache, upstream rate limits,
+and the kernel's revocations) and its own PostgreSQL (users' stored tokens) fail, on private
+servers this test kills, hangs and restarts; Airtable reads keep being served."""
 
 import asyncio
 import uuid
@@ -18,8 +15,6 @@ from litestar import Litestar
 from airtable_gateway.app import create_app
 from airtable_gateway.config import AirtableSettings
 from shared import migrations
-from shared.events import InMemoryBus
-from shared.stores import MemoryStore
 from tests.airtable_gateway.conftest import API, PROBLEM, SettingsFactory, bearer, upstream_log
 from tests.airtable_gateway.emulator_fixture import CONTACTS, CRM_BASE, OPS_BASE, TASKS, Emulator, run_emulator
 from tests.airtable_gateway.test_ratelimit import most_in_one_second
@@ -31,10 +26,8 @@ TASKS_URL = f"{API}/bases/{OPS_BASE}/tables/{TASKS}/records"
 USER_TOKEN = "patUserOwnToken.0123456789abcdef"
 
 
-def kernel_in_process(settings: AirtableSettings) -> Litestar:
-    """The app with the production deadline of its Redis calls, the kernel's stores in process."""
-    settings = msgspec.structs.replace(settings, airtable_redis_timeout=0.05)
-    return create_app(settings, store=MemoryStore(), bus=InMemoryBus())
+def with_production_redis_timeout(settings: AirtableSettings) -> Litestar:
+    return create_app(msgspec.structs.replace(settings, redis_timeout_seconds=0.05))
 
 
 @pytest.fixture
@@ -68,7 +61,7 @@ async def test_uncached_reads_keep_working_while_redis_is_down_and_shared_again_
     make_settings: SettingsFactory, emulator: Emulator, private_redis: PrivateRedis, redis_namespace: str
 ) -> None:
     settings = make_settings(redis_url=private_redis.url, airtable_queue_timeout=30.0, airtable_fair_share_seconds=30.0)
-    async with app_client(kernel_in_process(settings)) as client:
+    async with app_client(with_production_redis_timeout(settings)) as client:
         client.headers.update(bearer())
         assert (await client.get(CONTACTS_URL, params={"page_size": 1})).headers["x-cache"] == "MISS"
         assert (await client.get(CONTACTS_URL, params={"page_size": 1})).headers["x-cache"] == "HIT"
@@ -81,7 +74,7 @@ async def test_uncached_reads_keep_working_while_redis_is_down_and_shared_again_
         assert [(r.status_code, r.headers["x-cache"]) for r in reads] == [(200, "MISS")] * 15
         again = await client.get(CONTACTS_URL, params={"page_size": 1, "max_records": 1})
         assert again.headers["x-cache"] == "HIT"  # cached in the process meanwhile
-        assert await metric(client, "pyairtable_airtable_redis_degraded") == 1
+        assert await metric(client, "pyairtable_store_degraded") == 1
         # Airtable's limits held by the process alone.
         log = upstream_log(emulator, CRM_BASE)
         assert most_in_one_second([entry["at"] for entry in log]) <= 5
@@ -94,14 +87,14 @@ async def test_uncached_reads_keep_working_while_redis_is_down_and_shared_again_
             return response.status_code == 200 and bool(redis_keys(private_redis, f"{redis_namespace}:airtable:*"))
 
         await eventually(shared_again, "the cache and the limits to be in Redis again")
-        assert await metric(client, "pyairtable_airtable_redis_degraded") == 0
+        assert await metric(client, "pyairtable_store_degraded") == 0
 
 
 async def test_a_hung_redis_is_left_alone_and_a_write_it_missed_voids_its_entries_after(
     make_settings: SettingsFactory, emulator: Emulator, private_redis: PrivateRedis, redis_namespace: str
 ) -> None:
     settings = make_settings(redis_url=private_redis.url)
-    async with app_client(kernel_in_process(settings)) as client:
+    async with app_client(with_production_redis_timeout(settings)) as client:
         client.headers.update(bearer())
         before = await client.get(TASKS_URL, params={"all": "true"})
         assert (await client.get(TASKS_URL, params={"all": "true"})).headers["x-cache"] == "HIT"
@@ -114,13 +107,13 @@ async def test_a_hung_redis_is_left_alone_and_a_write_it_missed_voids_its_entrie
             assert created.status_code == 201
             during = await client.get(TASKS_URL, params={"all": "true"}, timeout=10)
             assert "Written while hung" in names(during)
-            assert await metric(client, "pyairtable_airtable_redis_degraded") == 1
+            assert await metric(client, "pyairtable_store_degraded") == 1
         finally:
             private_redis.resume()
 
         async def redis_answers_again() -> bool:
             await client.get(CONTACTS_URL, params={"page_size": 4})
-            return await metric(client, "pyairtable_airtable_redis_degraded") == 0
+            return await metric(client, "pyairtable_store_degraded") == 0
 
         await eventually(redis_answers_again, "Redis to be used again")
         # The entry Redis kept from before the hang was read before the write: never served again.

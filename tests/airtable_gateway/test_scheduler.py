@@ -1,6 +1,7 @@
 """The scheduler's reservations, in Redis (shared by replicas) and in memory (embedded mode, or
 while Redis does not answer)."""
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -8,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio import Redis
 
-from airtable_gateway.resilience import Breaker, Guard
 from airtable_gateway.scheduler import (
     Limits,
     MemoryScheduler,
@@ -18,6 +18,7 @@ from airtable_gateway.scheduler import (
     ResilientScheduler,
     Scheduler,
 )
+from shared.stores import RedisBreaker
 from tests.private_servers import PrivateRedis
 
 # 223 ms apart per base; per token floor(22 * 0.9 / 11) = 1 slot per 100 ms bucket.
@@ -150,17 +151,16 @@ async def test_slots_stay_apart_when_redis_goes_and_comes_back_empty() -> None:
     server = PrivateRedis().start()
     redis = Redis.from_url(server.url, socket_timeout=0.5)
     try:
-        scheduler = ResilientScheduler(
-            RedisScheduler(redis, "test", LIMITS), MemoryScheduler(LIMITS), Guard(timeout=0.5, breaker=Breaker())
-        )
+        breaker = RedisBreaker(failures=1, reset_seconds=0.2)
+        scheduler = ResilientScheduler(RedisScheduler(redis, "test", LIMITS), MemoryScheduler(LIMITS), breaker)
         slots = [time.time() + (await reserve(scheduler, "appA", "tok1", max_wait=30)).wait for _ in range(3)]
         server.kill()
         alone = [time.time() + (await reserve(scheduler, "appA", "tok1", max_wait=30)).wait for _ in range(3)]
-        assert scheduler.guard.breaker.degraded
+        assert breaker.is_open
         server.start()
-        scheduler.guard.breaker.opened_at = None  # no need to wait for the probe
+        await asyncio.sleep(0.25)  # the breaker lets a call probe Redis again
         again = [time.time() + (await reserve(scheduler, "appA", "tok1", max_wait=30)).wait for _ in range(3)]
-        assert not scheduler.guard.breaker.degraded
+        assert not breaker.is_open
         assert await redis.exists("test:airtable:slot:appA")  # granted by Redis again
     finally:
         await redis.aclose()

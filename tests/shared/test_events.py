@@ -1,6 +1,7 @@
 """Events between services: Redis Streams with consumer groups, the in-memory bus, the outbox."""
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,7 +10,9 @@ import httpx
 import msgspec
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from auth_service.config import AuthSettings
@@ -17,8 +20,10 @@ from auth_service.models import outbox, processed_events
 from shared.db import create_engine, create_sessionmaker
 from shared.events import Event, InMemoryBus, RedisStreamBus, idempotent, new_event
 from shared.outbox import OutboxRelay, add_event
+from shared.streams import StreamFull
 from tests.auth_service.conftest import register
 from tests.conftest import WAIT_SECONDS, eventually
+from tests.private_servers import private_redis
 
 
 @pytest.fixture
@@ -193,6 +198,135 @@ async def test_only_subscribed_types_are_delivered(redis: Redis, redis_namespace
         assert deleted.handled == [gone]
     finally:
         await bus.close()
+
+
+def groups_recreated(event_type: str, group: str) -> float:
+    labels = {"stream": event_type, "group": group}
+    return REGISTRY.get_sample_value("pyairtable_stream_groups_recreated_total", labels) or 0.0
+
+
+async def publish_when_redis_answers(bus: RedisStreamBus, event: Event) -> bool:
+    with contextlib.suppress(RedisError):
+        await bus.publish(event)
+        return True
+    return False
+
+
+async def test_the_bus_goes_on_by_itself_after_redis_restarts_empty() -> None:
+    with private_redis() as server:
+        client = Redis.from_url(server.url, socket_timeout=2)
+        bus = RedisStreamBus(client, "fault", consumer="users-1")
+        handler = Recorder()
+        bus.subscribe("user.registered", "users", handler)
+        await bus.start()
+        try:
+            before = registered()
+            await bus.publish(before)
+            await eventually(lambda: handler.handled, "the event before the restart")
+
+            server.kill()
+            server.start()  # empty: no stream, no group
+            after = registered()
+            await eventually(lambda: publish_when_redis_answers(bus, after), "a publish after the restart")
+
+            await eventually(lambda: len(handler.handled) == 2, "the event after the restart")
+            assert handler.handled == [before, after]
+            stream = bus.stream("user.registered")
+            await eventually(lambda: all_acknowledged(client, stream, "users"), "the acknowledgement")
+        finally:
+            await bus.close()
+            await client.aclose()
+
+
+async def test_a_group_lost_under_a_running_consumer_is_created_again_and_said_so(
+    redis: Redis, redis_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = f"users-{uuid.uuid4().hex[:6]}"
+    bus = RedisStreamBus(redis, redis_namespace)
+    handler = Recorder()
+    bus.subscribe("user.registered", group, handler)
+    await bus.start()
+    try:
+        await bus.publish(registered())
+        await eventually(lambda: handler.handled, "the first event")
+        recreated_before = groups_recreated("user.registered", group)
+
+        await redis.delete(bus.stream("user.registered"))  # what a Redis restarted empty has lost
+        later = registered()
+        await bus.publish(later)
+
+        await eventually(lambda: len(handler.handled) == 2, "the event published after the loss")
+        assert handler.handled[1] == later
+        assert groups_recreated("user.registered", group) == recreated_before + 1
+        assert any("consumer group created again" in r.getMessage() for r in caplog.records)
+    finally:
+        await bus.close()
+
+
+async def test_events_every_group_acknowledged_are_trimmed_and_the_others_are_kept(
+    redis: Redis, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shared.events.LAG_REFRESH_SECONDS", 0.0)
+    bus = RedisStreamBus(redis, redis_namespace)
+    stream = bus.stream("user.registered")
+    await redis.xgroup_create(stream, "laggard", id="0", mkstream=True)  # a group that reads nothing yet
+    handler = Recorder()
+    bus.subscribe("user.registered", "users", handler)
+    await bus.start()
+    try:
+        for _ in range(5):
+            await bus.publish(registered())
+        await eventually(lambda: len(handler.handled) == 5, "all five")
+        await eventually(lambda: all_acknowledged(redis, stream, "users"), "the acknowledgements")
+        await asyncio.sleep(0.2)  # a few trimming rounds
+        assert await redis.xlen(stream) == 5  # the laggard has read none of them: nothing trimmed
+
+        await redis.xgroup_destroy(stream, "laggard")
+
+        async def trimmed() -> bool:
+            return bool(await redis.xlen(stream) == 1)  # only the last delivered one stays
+
+        await eventually(trimmed, "the acknowledged events to be trimmed")
+    finally:
+        await bus.close()
+
+
+async def test_a_full_stream_refuses_an_event_and_the_outbox_keeps_it_until_there_is_room(
+    relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shared.events.LAG_REFRESH_SECONDS", 0.0)
+    sessionmaker, relay, bus = relay_parts
+    bus.limit = 2
+    stream = bus.stream("user.registered")
+    events = [registered(), registered(), registered()]
+    for event in events:
+        async with sessionmaker() as session, session.begin():
+            await add_event(session, outbox, event)
+        with contextlib.suppress(StreamFull):
+            await relay.publish_pending()
+
+    # Two events no group has acknowledged fill the stream: the third is refused, nothing trimmed.
+    assert [e.id for e in await stream_events(redis, stream)] == [e.id for e in events[:2]]
+    async with sessionmaker() as session:
+        unpublished = (await session.execute(select(outbox.c.id).where(outbox.c.published_at.is_(None)))).scalars()
+        assert [str(event_id) for event_id in unpublished] == [events[2].id]  # kept in the outbox
+
+    consumer = RedisStreamBus(redis, bus.namespace)
+    handler = Recorder()
+    consumer.subscribe("user.registered", "users", handler)
+    await consumer.start()
+    try:
+        await eventually(lambda: len(handler.handled) == 2, "the two on the stream")
+
+        async def room() -> bool:
+            return bool(await redis.xlen(stream) < 2)  # acknowledged, so trimmed
+
+        await eventually(room, "the acknowledged events to be trimmed")
+        assert await relay.publish_pending() == 1
+        await eventually(lambda: len(handler.handled) == 3, "the event the outbox kept")
+        assert [e.id for e in handler.handled] == [e.id for e in events]
+    finally:
+        await consumer.close()
 
 
 # -- in memory -------------------------------------------------------------------------------------

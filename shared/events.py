@@ -9,7 +9,7 @@ listed, replayed and dropped with ``shared.dead_letters``). A service declares w
 an :class:`EventConsumer`; its processed ids are forgotten after ``EVENT_DEDUP_RETENTION_DAYS``.
 
 A Redis stream keeps only what some group has not acknowledged: consumers trim the rest, and a
-publish to a stream holding ``STREAM_LIMIT`` unacknowledged events is refused
+publish that would take a stream past ``STREAM_MAX_BYTES`` of unacknowledged events is refused
 (``shared.streams.StreamFull``; the outbox keeps the event and publishes it later) rather than
 trimming events a group has not read. When Redis comes back without a stream's consumer group
 (restarted empty), the consumer creates the group again and goes on (shared/streams.py).
@@ -62,8 +62,8 @@ PENDING = Gauge(
     ["event_type", "group"],
 )
 DEFAULT_MAX_ATTEMPTS = 5
-# Unacknowledged events a type's stream may hold: far more than a consumer that is down a day falls behind.
-STREAM_LIMIT = 100_000
+# The memory a type's stream may take with events not yet acknowledged (~150,000 events of ~400 bytes).
+STREAM_MAX_BYTES = 64 * 1024 * 1024
 DEAD_LETTER_MAXLEN = 100_000
 LAG_REFRESH_SECONDS = 5.0
 PRUNE_BATCH_SIZE = 1000
@@ -278,14 +278,14 @@ class RedisStreamBus:
         redis: Redis,
         namespace: str,
         consumer: str | None = None,
-        limit: int = STREAM_LIMIT,
+        max_bytes: int = STREAM_MAX_BYTES,
         reclaim_after_seconds: float = 30.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.redis = redis
         self.namespace = namespace
         self.consumer = consumer or f"consumer-{uuid.uuid4().hex[:8]}"
-        self.limit = limit
+        self.max_bytes = max_bytes
         self.reclaim_after_ms = max(1, int(reclaim_after_seconds * 1000))
         self.max_attempts = max(1, max_attempts)
         self._subscriptions: list[tuple[str, str, Handler]] = []
@@ -302,7 +302,8 @@ class RedisStreamBus:
 
     async def publish(self, event: Event) -> None:
         """Raises ``StreamFull`` (a RedisError) when the type's consumers are far behind."""
-        await append(self.redis, self.stream(event.type), "event", [_encoder.encode(event)], self.limit, event.type)
+        payload = _encoder.encode(event)
+        await append(self.redis, self.stream(event.type), "event", [payload], self.max_bytes, event.type)
 
     def subscribe(self, event_type: str, group: str, handler: Handler) -> None:
         self._subscriptions.append((event_type, group, handler))

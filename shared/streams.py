@@ -4,13 +4,15 @@ groups that come back by themselves when Redis has lost them.
 
 Bounded, and never silently lossy. Consumers trim every entry that all groups of the stream have
 acknowledged (:func:`trim_acknowledged`), so a healthy stream holds only what is in flight. An
-append to a stream that already holds ``limit`` entries (its consumers are down or far behind)
-is refused whole with :class:`StreamFull`, counted and logged, instead of trimming entries some
-group has not read (what ``XADD MAXLEN`` would do). What a refusal means is the producer's call:
+append that would take the stream past ``max_bytes`` of memory (its consumers are down or far
+behind) is refused whole with :class:`StreamFull`, counted and logged, instead of trimming entries
+some group has not read (what ``XADD MAXLEN`` would do). The bound is in bytes, not entries: a
+usage message holds 1 to 500 records. What a refusal means is the producer's call:
 the outbox keeps its events and publishes them later, the gateway counts the usage records it drops.
 """
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,10 +41,14 @@ GROUPS_RECREATED = Counter(
     ["stream", "group"],
 )
 
-# Every payload or none: a producer's batch is refused whole, never cut in two.
+# Every payload or none: a producer's batch is refused whole, never cut in two. MEMORY USAGE
+# samples a few of the stream's nodes: cheap, and exact enough for a bound of megabytes.
 _APPEND_IF_ROOM = """
-local limit = tonumber(ARGV[1])
-if redis.call('XLEN', KEYS[1]) + #ARGV - 2 > limit then
+local used = redis.call('MEMORY', 'USAGE', KEYS[1]) or 0
+for i = 3, #ARGV do
+    used = used + #ARGV[i]
+end
+if used > tonumber(ARGV[1]) then
     return 0
 end
 for i = 3, #ARGV do
@@ -50,6 +56,10 @@ for i = 3, #ARGV do
 end
 return #ARGV - 2
 """
+
+
+REFUSAL_LOG_SECONDS = 10.0  # a producer refused 10 times a second logs once per this, with the count
+_refusals_unlogged: dict[str, tuple[float, int]] = {}  # stream label -> (last logged, refused since)
 
 
 class StreamFull(RedisError):
@@ -70,19 +80,30 @@ def is_missing_group(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
 
 
-async def append(redis: Redis, stream: str, field: str, payloads: Sequence[bytes], limit: int, label: str) -> None:
+async def append(redis: Redis, stream: str, field: str, payloads: Sequence[bytes], max_bytes: int, label: str) -> None:
     """Append one entry ``{field: payload}`` per payload, all in one atomic step, unless the stream
-    would then hold more than ``limit`` entries: then :class:`StreamFull` and nothing appended."""
+    would then take more than ``max_bytes``: then :class:`StreamFull` and nothing appended."""
     if not payloads:
         return
-    added: Any = await redis.eval(_APPEND_IF_ROOM, 1, stream, limit, field, *payloads)
+    added: Any = await redis.eval(_APPEND_IF_ROOM, 1, stream, max_bytes, field, *payloads)
     if int(added) == 0:
         REFUSED.labels(label).inc(len(payloads))
-        logger.error(
-            "stream full: its consumers are behind; entries refused, none trimmed",
-            extra={"stream": label, "refused": len(payloads), "limit": limit},
-        )
-        raise StreamFull(f"{label}: {limit} entries not yet acknowledged")
+        _log_refusal(label, len(payloads), max_bytes)
+        raise StreamFull(f"{label}: {max_bytes} bytes of entries not yet acknowledged")
+
+
+def _log_refusal(label: str, refused: int, max_bytes: int) -> None:
+    logged_at, unlogged = _refusals_unlogged.get(label, (0.0, 0))
+    unlogged += refused
+    now = time.monotonic()
+    if now - logged_at < REFUSAL_LOG_SECONDS:
+        _refusals_unlogged[label] = (logged_at, unlogged)
+        return
+    _refusals_unlogged[label] = (now, 0)
+    logger.error(
+        "stream full: its consumer groups are behind; entries refused, none trimmed",
+        extra={"stream": label, "refused": unlogged, "max_bytes": max_bytes},
+    )
 
 
 async def ensure_group(redis: Redis, stream: str, group: str) -> bool:

@@ -7,8 +7,8 @@ once: a message is acknowledged after the consumer has committed it, and message
 by a dead consumer are claimed again), and an in-memory channel for the embedded run mode.
 
 The stream stays short: the consumer trims what every group has acknowledged, and a flush that
-would take the stream past ``STREAM_LIMIT`` messages (analytics down for hours) is refused whole
-and counted by the gateway, so no message a group has not read is ever trimmed (shared/streams.py).
+would take the stream past ``STREAM_MAX_BYTES`` (analytics down for hours) is refused whole and
+counted by the gateway, so no message a group has not read is ever trimmed (shared/streams.py).
 When Redis comes back without the consumer group (restarted empty), the consumer creates it again.
 """
 
@@ -37,9 +37,9 @@ from shared.streams import (
 logger = logging.getLogger("shared.usage")
 
 CONSUMER_GROUP = "analytics"
-# Messages not yet acknowledged that the stream may hold (each up to MESSAGE_RECORDS records; at
-# 100 req/s a flush every 0.1 s carries ~10): about 3 h of analytics downtime, ~150 MB at most.
-STREAM_LIMIT = 100_000
+# The memory the stream may take in Redis with messages not yet acknowledged. At 100 req/s (a
+# message of ~10 records every 0.1 s, ~1.3 KB) that holds ~2.7 h of analytics downtime.
+STREAM_MAX_BYTES = 128 * 1024 * 1024
 MESSAGE_RECORDS = 500
 TRIM_INTERVAL_SECONDS = 1.0
 STREAM_LABEL = "usage"
@@ -103,14 +103,14 @@ class RedisUsagePublisher:
     """Every message of one flush in one round trip; a full stream refuses the flush whole
     (``shared.streams.StreamFull``)."""
 
-    def __init__(self, redis: Redis, namespace: str, limit: int = STREAM_LIMIT) -> None:
+    def __init__(self, redis: Redis, namespace: str, max_bytes: int = STREAM_MAX_BYTES) -> None:
         self.redis = redis
         self.stream = usage_stream(namespace)
-        self.limit = limit
+        self.max_bytes = max_bytes
 
     async def publish(self, records: Sequence[UsageRecord]) -> None:
         payloads = [encode_records(chunk) for chunk in _chunks(records)]
-        await append(self.redis, self.stream, "r", payloads, self.limit, STREAM_LABEL)
+        await append(self.redis, self.stream, "r", payloads, self.max_bytes, STREAM_LABEL)
 
 
 class RedisUsageConsumer:

@@ -160,23 +160,26 @@ async def test_a_full_stream_refuses_a_flush_whole_counts_it_and_trims_nothing_u
     redis: Redis, redis_namespace: str
 ) -> None:
     stream = usage_stream(redis_namespace)
-    publisher = RedisUsagePublisher(redis, redis_namespace, limit=3)
+    publisher = RedisUsagePublisher(redis, redis_namespace)
     consumer = RedisUsageConsumer(redis, redis_namespace, consumer="c1")
     await consumer.read(10, 0.01)
-    await publisher.publish(records(2))
-    await publisher.publish(records(MESSAGE_RECORDS + 1))  # two messages: the stream holds 3
+    first, second = records(MESSAGE_RECORDS), records(MESSAGE_RECORDS)  # ~55 KB each
+    await publisher.publish(first)
+    await publisher.publish(second)
+    publisher.max_bytes = int(await redis.memory_usage(stream) or 0) + 10_000  # no room for another such
     refused_before = counter("pyairtable_stream_refused", stream="usage")
 
     with pytest.raises(StreamFull):
-        await publisher.publish(records(1))
+        await publisher.publish(records(MESSAGE_RECORDS + 1))  # two messages: refused together
 
-    assert counter("pyairtable_stream_refused", stream="usage") == refused_before + 1
-    assert await redis.xlen(stream) == 3  # nothing appended, nothing the group has not read trimmed
+    assert counter("pyairtable_stream_refused", stream="usage") == refused_before + 2
+    assert await redis.xlen(stream) == 2  # nothing appended, nothing the group has not read trimmed
     delivered = await consumer.read(10, 0.5)
-    assert sum(len(m.records) for m in delivered) == 2 + MESSAGE_RECORDS + 1
-    await consumer.ack([m.id for m in delivered])
-    await publisher.publish(records(1))  # acknowledged and trimmed: room again
-    assert [len(m.records) for m in await consumer.read(10, 0.5)] == [1]
+    assert [m.records for m in delivered] == [first, second]
+    await consumer.ack([m.id for m in delivered])  # acknowledged, so trimmed: room again
+    third = records(MESSAGE_RECORDS)
+    await publisher.publish(third)
+    assert [m.records for m in await consumer.read(10, 0.5)] == [third]
 
 
 async def test_a_message_deleted_while_pending_is_acknowledged_as_lost_not_silently(

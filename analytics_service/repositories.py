@@ -67,7 +67,7 @@ _INSERT_EVENTS_FROM_JSON = text(
         FROM json_to_recordset(CAST(:rows AS json)) AS e(
             event_id uuid, user_id text, session_id text, event_type text, properties jsonb, ip text,
             user_agent text, occurred_at timestamptz, received_at timestamptz)
-        ORDER BY e.event_id
+        ORDER BY e.user_id, e.event_id
         ON CONFLICT (user_id, event_id) DO NOTHING
         RETURNING user_id, event_id, event_type, occurred_at,
                   CASE WHEN event_type = 'llm_usage' THEN (properties->>'cost_usd')::numeric END AS cost_usd

@@ -238,6 +238,32 @@ async def test_the_bus_goes_on_by_itself_after_redis_restarts_empty() -> None:
             await client.aclose()
 
 
+async def test_the_bus_goes_on_by_itself_after_redis_hangs_and_resumes() -> None:
+    with private_redis() as server:
+        # A socket timeout above the one-second blocking read, as the services' consumer client has.
+        client = Redis.from_url(server.url, socket_timeout=1.5)
+        bus = RedisStreamBus(client, "fault", consumer="users-1")
+        handler = Recorder()
+        bus.subscribe("user.registered", "users", handler)
+        await bus.start()
+        try:
+            before = registered()
+            await bus.publish(before)
+            await eventually(lambda: handler.handled, "the event before the hang")
+
+            server.hang()  # SIGSTOP: connections stay open, nothing answers
+            await asyncio.sleep(2.0)  # the consumer's blocking read times out meanwhile
+            server.resume()
+            after = registered()
+            await eventually(lambda: publish_when_redis_answers(bus, after), "a publish after the hang")
+
+            await eventually(lambda: len(handler.handled) == 2, "the event after the hang")
+            assert handler.handled == [before, after]
+        finally:
+            await bus.close()
+            await client.aclose()
+
+
 async def test_a_group_lost_under_a_running_consumer_is_created_again_and_said_so(
     redis: Redis, redis_namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:

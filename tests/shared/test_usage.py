@@ -228,3 +228,33 @@ async def test_the_consumer_creates_its_group_again_when_redis_restarts_empty() 
         await consumer.ack([message.id])
         assert counter("pyairtable_stream_groups_recreated", stream="usage", group="analytics") == recreated_before + 1
         await client.aclose()
+
+
+async def test_the_consumer_reads_on_after_redis_hangs_and_resumes() -> None:
+    with private_redis() as server:
+        client = Redis.from_url(server.url, socket_timeout=0.5)
+        publisher = RedisUsagePublisher(client, "fault")
+        consumer = RedisUsageConsumer(client, "fault", consumer="c1")
+        await consumer.read(10, 0.01)
+
+        server.hang()  # SIGSTOP: connections stay open, nothing answers
+        with pytest.raises(RedisError):
+            await consumer.read(10, 0.1)
+        server.resume()
+        await eventually(lambda: publish_when_redis_answers(publisher, records(3)), "a flush after the hang")
+
+        async def flowing() -> list[UsageMessage]:
+            with contextlib.suppress(RedisError):
+                return await consumer.read(10, 0.1)
+            return []
+
+        [message] = await eventually(flowing, "usage read again after the hang")
+        assert len(message.records) == 3
+        await client.aclose()
+
+
+async def publish_when_redis_answers(publisher: RedisUsagePublisher, batch: list[UsageRecord]) -> bool:
+    with contextlib.suppress(RedisError):
+        await publisher.publish(batch)
+        return True
+    return False

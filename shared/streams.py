@@ -56,21 +56,19 @@ for i = 3, #ARGV do
 end
 return #ARGV - 2
 """
-
-
 REFUSAL_LOG_SECONDS = 10.0  # a producer refused 10 times a second logs once per this, with the count
 _refusals_unlogged: dict[str, tuple[float, int]] = {}  # stream label -> (last logged, refused since)
 
 
 class StreamFull(RedisError):
-    """The stream holds as many unacknowledged entries as it may: nothing was appended."""
+    """The stream takes as much memory with unacknowledged entries as it may: nothing was appended."""
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def stream_id(value: Any) -> tuple[int, int]:
+def _stream_id(value: Any) -> tuple[int, int]:
     milliseconds, _, sequence = _text(value).partition("-")
     return int(milliseconds), int(sequence or 0)
 
@@ -168,13 +166,13 @@ async def trim_acknowledged(redis: Redis, stream: str, label: str) -> int:
         return 0
     floor: tuple[int, int] | None = None
     for group in groups:
-        needed = stream_id(group["last-delivered-id"])
+        needed = _stream_id(group["last-delivered-id"])
         if group["pending"]:
             summary: Any = await redis.xpending(stream, _text(group["name"]))
             if summary["min"] is not None:
-                needed = min(needed, stream_id(summary["min"]))
+                needed = min(needed, _stream_id(summary["min"]))
         floor = needed if floor is None else min(floor, needed)
-    if floor is None or floor <= (0, 1):
+    if floor is None or floor == (0, 0):  # no group has been given anything yet
         return 0
     trimmed = int(await redis.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
     if trimmed:

@@ -201,7 +201,9 @@ class _Parser:
         token = self.take()
         if token.kind == "number":
             number = float(token.text)
-            return Literal(_double(int(number)) if number.is_integer() and "." not in token.text else number)
+            if not math.isfinite(number):
+                raise FormulaError(f"the number {token.text[:20]}... is too large")
+            return Literal(_number(int(number)) if number.is_integer() and "." not in token.text else number)
         if token.kind == "string":
             return Literal(_ESCAPE.sub(r"\1", token.text[1:-1]))
         if token.kind == "field":
@@ -378,14 +380,18 @@ def to_text(value: Value) -> str:
     return str(value)
 
 
-def _double(value: int | float) -> int | float:
-    """A number as Airtable holds it, a double: an integer beyond 2**53 becomes a float (infinite
-    past a double's range), so no arithmetic grows without bound."""
-    if isinstance(value, int) and not -MAX_EXACT_INTEGER <= value <= MAX_EXACT_INTEGER:
+def _number(value: int | float) -> int | float:
+    """A number as Airtable holds it, a finite double: an integer beyond 2**53 becomes a float, and
+    one past a double's range (or NaN) is an error value, so no arithmetic grows without bound."""
+    if isinstance(value, int):
+        if -MAX_EXACT_INTEGER <= value <= MAX_EXACT_INTEGER:
+            return value
         try:
-            return float(value)
+            value = float(value)
         except OverflowError:
-            return math.copysign(math.inf, value)
+            raise EvaluationError("a number past a double's range") from None
+    if not math.isfinite(value):
+        raise EvaluationError("a number past a double's range")
     return value
 
 
@@ -395,21 +401,18 @@ def to_number(value: Value) -> float | int:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int | float):
-        return _double(value)
+        return _number(value)
     text = to_text(value).strip().replace(",", "")
     try:
         number = float(text)
     except ValueError:
         raise EvaluationError(f"{text!r} is not a number") from None
-    return _double(int(number)) if number.is_integer() else number
+    return _number(int(number)) if number.is_integer() else _number(number)  # "inf", "nan", "1e400": errors
 
 
 def _integer(value: Value, low: int, high: int) -> int:
-    """A count or position: a number truncated and held within ``low..high`` (an infinite one too)."""
-    number = to_number(value)
-    if isinstance(number, float) and math.isnan(number):
-        raise EvaluationError("not a number")
-    return int(max(low, min(high, number)))
+    """A count or position: a number truncated and held within ``low..high``."""
+    return int(max(low, min(high, to_number(value))))
 
 
 def _text(value: str) -> str:
@@ -462,15 +465,15 @@ def _compare(op: str, left: Value, right: Value) -> bool:
 def _arithmetic(op: str, left: Value, right: Value) -> float | int:
     a, b = to_number(left), to_number(right)
     if op == "+":
-        return _double(a + b)
+        return _number(a + b)
     if op == "-":
-        return _double(a - b)
+        return _number(a - b)
     if op == "*":
-        return _double(a * b)
+        return _number(a * b)
     if b == 0:
         raise EvaluationError("division by zero")
     result = a / b
-    return _double(int(result)) if result.is_integer() else result
+    return _number(int(result)) if result.is_integer() else _number(result)
 
 
 def _binary(op: str, left: Value, right: Value) -> Value:
@@ -621,10 +624,10 @@ def _round(args: Args, context: Context) -> Value:
     digits = _integer(values[1], MIN_ROUND_DIGITS, MAX_ROUND_DIGITS) if len(values) > 1 else 0
     scale = 10.0**digits
     scaled = abs(number) * scale
-    if not math.isfinite(scaled) or scaled >= MAX_EXACT_INTEGER:
-        return number  # nothing below that digit left to round (or not a finite number)
+    if scaled >= MAX_EXACT_INTEGER:
+        return number  # nothing below that digit left to round
     result = math.copysign(math.floor(scaled + 0.5) / scale, number)  # half away from zero, as Airtable
-    return _double(int(result)) if result.is_integer() else result
+    return _number(int(result)) if result.is_integer() else result
 
 
 def _mod(args: Args, context: Context) -> Value:
@@ -680,7 +683,7 @@ FUNCTIONS: dict[str, tuple[Function, tuple[int, int | None]]] = {
     "REGEX_EXTRACT": (_regex_extract, (2, 2)),
     "REGEX_REPLACE": (_regex_replace, (3, 3)),
     "ABS": (_number_function(abs), (1, 1)),
-    "INT": (_number_function(math.floor), (1, 1)),
+    "INT": (_number_function(lambda number: _number(math.floor(number))), (1, 1)),
     "ROUND": (_round, (1, 2)),
     "MOD": (_mod, (2, 2)),
     "DATETIME_PARSE": (_datetime_parse, (1, 1)),

@@ -15,15 +15,25 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
+from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
 from auth_service.models import outbox, processed_events
 from shared.db import create_engine, create_sessionmaker
 from shared.events import Event, InMemoryBus, RedisStreamBus, idempotent, new_event
 from shared.outbox import OutboxRelay, add_event
 from shared.streams import StreamFull
-from tests.auth_service.conftest import register
-from tests.conftest import WAIT_SECONDS, eventually
+from tests.auth_service.conftest import PASSWORD, register
+from tests.conftest import WAIT_SECONDS, app_client, eventually
 from tests.private_servers import private_redis
+from tests.user_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
+    Caller,
+    clean_users_database,
+    profile_url,
+    user_settings,
+    users_database,
+)
+from user_service.app import create_app as create_users_app
+from user_service.config import UserSettings
 
 
 @pytest.fixture
@@ -262,6 +272,36 @@ async def test_the_bus_goes_on_by_itself_after_redis_hangs_and_resumes() -> None
         finally:
             await bus.close()
             await client.aclose()
+
+
+async def test_accounts_registered_after_redis_restarts_empty_get_their_profiles(
+    auth_settings: AuthSettings,
+    user_settings: UserSettings,  # noqa: F811
+) -> None:
+    """The auth → users bus end to end (outbox, relay, stream, consumer group, profile), with no
+    service restarted: Redis killed and started again empty between two registrations."""
+    admin = Caller(roles=["admin", "user"])
+    with private_redis() as server:
+        auth_app = create_auth_app(msgspec.structs.replace(auth_settings, redis_url=server.url))
+        users_app = create_users_app(msgspec.structs.replace(user_settings, redis_url=server.url))
+        async with app_client(auth_app) as auth, app_client(users_app) as users:
+
+            async def registered_once(email: str) -> dict[str, Any] | None:
+                response = await auth.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
+                return response.json()["user"] if response.status_code == 201 else None
+
+            async def profile(user: dict[str, Any]) -> bool:
+                response = await users.get(profile_url(uuid.UUID(user["id"])), headers=admin.headers)
+                return response.status_code == 200
+
+            before = await eventually(lambda: registered_once("before@example.com"), "a registration")
+            await eventually(lambda: profile(before), "the profile of the account registered before")
+
+            server.kill()
+            server.start()  # empty: streams, consumer groups and revocations are gone
+
+            after = await eventually(lambda: registered_once("after@example.com"), "a registration after")
+            await eventually(lambda: profile(after), "the profile of the account registered after")
 
 
 async def test_a_group_lost_under_a_running_consumer_is_created_again_and_said_so(

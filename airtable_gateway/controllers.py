@@ -32,6 +32,7 @@ from airtable_gateway.schemas import (
 )
 from airtable_gateway.services import AirtableService, ListQuery, UserTokens
 from shared.errors import Unprocessable
+from shared.http import refuse_unsafe_json
 from shared.security import Identity
 
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
@@ -332,6 +333,8 @@ class MirrorController(Controller):
         """Any Airtable Web API v0 call; reads cached, writes invalidate their base's reads."""
         method = request.method.upper()
         body = await request.body() if method != "GET" else None
+        if body:
+            refuse_unsafe_json(body)  # passed on as it came: the kernel's door all the same
         query = request.scope.get("query_string", b"").decode("latin-1")
         cached = await airtable.mirror(method, path, query, body)
         if method == "GET" or path.rstrip("/").endswith("/listRecords"):

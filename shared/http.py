@@ -6,8 +6,11 @@ import ipaddress
 import os
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import partial
+from itertools import accumulate
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Controller, Request, Response, get
@@ -82,20 +85,129 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-class StrictBodyRequest(Request[Any, Any, Any]):
+MAX_JSON_DEPTH = 32
+"""How deeply arrays and objects may nest in a JSON body. No route needs more; a body nested a
+thousand deep would exhaust the decoder's (and later the database driver's) recursion."""
+UNSTORABLE_TEXT = "contains the NUL character, which cannot be stored"
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[{]}")
+
+
+def nests_too_deeply(body: bytes) -> bool:
+    """Whether the arrays and objects of a JSON text nest deeper than ``MAX_JSON_DEPTH`` (brackets
+    inside strings not counted). Fewer brackets than the limit in all is the usual, free answer."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    brackets = _JSON_STRING.sub(b"", body).translate(_BRACKETS, delete=_NOT_BRACKETS)
+    return max(accumulate(memoryview(brackets).cast("b")), default=0) > MAX_JSON_DEPTH
+
+
+def refuse_unsafe_json(body: bytes, *, nul: bool = True) -> None:
+    """The kernel's door for a JSON body, also for routes that pass a body on unparsed: a body
+    nested deeper than ``MAX_JSON_DEPTH``, or (unless ``nul`` is false) holding the NUL character
+    in a string or a key (PostgreSQL's text cannot hold it, SQLite's can: refused on both), is a
+    422 naming the field."""
+    if nests_too_deeply(body):
+        raise ValidationException(
+            detail="The JSON body is nested too deeply",
+            extra=[{"message": f"arrays and objects nest more than {MAX_JSON_DEPTH} levels deep", "source": "body"}],
+        )
+    if not nul or b"\\u0000" not in body:  # JSON can only write a NUL character so
+        return
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return  # not JSON: the decoder that follows says so
+    where = _nul_path(value, "")
+    if where is not None:
+        raise unstorable_text(where, "body")
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """Where (as msgspec names it: ``events[0].properties.text``) a NUL character hides, if anywhere."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else key
+            if "\x00" in key:
+                return inner.replace("\x00", "\\u0000")
+            if (found := _nul_path(item, inner)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _nul_path(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
+
+
+def unstorable_text(key: str, source: str) -> ValidationException:
+    """The 422 for a field holding the NUL character (its name cut short: a client may send any)."""
+    return ValidationException(
+        detail="A value cannot be stored", extra=[{"message": UNSTORABLE_TEXT, "key": key[:100], "source": source}]
+    )
+
+
+async def refuse_unstorable_parameters(request: Request[Any, Any, Any]) -> None:
+    """``before_request``: a query or path parameter with the NUL character is a 422 naming it,
+    before any handler or database sees it (query parameters the route does not take included)."""
+    query = request.scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                raise unstorable_text(name.replace("\x00", "\\u0000"), "query")
+    for name, value in (request.scope.get("path_params") or {}).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise unstorable_text(name, "path")
+
+
+def as_utc(moment: datetime | None, name: str) -> datetime | None:
+    """A date-time query parameter in UTC; one without an offset is taken as UTC (a database
+    column of UTC times cannot compare with it otherwise). One that falls outside the years a
+    date-time holds once moved to UTC (``0001-01-01T00:00:00+01:00``) is a 422 naming it."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValidationException(
+            detail="A date-time is out of range",
+            extra=[{"message": "is out of range once moved to UTC", "key": name, "source": "query"}],
+        ) from None
+
+
+class CheckedBodyRequest(Request[Any, Any, Any]):
+    """A request whose JSON body passes the kernel's door (``refuse_unsafe_json``) before Litestar
+    decodes it, with Litestar's own lenient conversion (the legacy routes keep that)."""
+
+    async def json(self) -> Any:
+        refuse_unsafe_json(await self.body())
+        return await super().json()
+
+
+class StrictBodyRequest(CheckedBodyRequest):
     """A request whose JSON body is decoded straight into the handler's ``data`` type with msgspec's
-    strict rules. Litestar converts bodies as leniently as query strings (``"5"`` for a number,
-    ``"true"`` for a boolean, a number for a date-time), but JSON has types of its own: a value of
-    the wrong type is a 422 naming the field. Query, path and header parameters are text by nature
-    and keep being converted; Litestar takes the decoded value as it is."""
+    strict rules, after the kernel's door (``refuse_unsafe_json``). Litestar converts bodies as
+    leniently as query strings (``"5"`` for a number, ``"true"`` for a boolean, a number for a
+    date-time), but JSON has types of its own: a value of the wrong type is a 422 naming the field.
+    Query, path and header parameters are text by nature and keep being converted; Litestar takes
+    the decoded value as it is.
+
+    A route whose handler reports the NUL character per item of a batch (``opt`` ``nul_per_item``)
+    gets its body with them; the nesting limit holds for it too."""
 
     async def json(self) -> Any:
         body_type = _json_body_type(self.route_handler)
         if body_type is None:
             return await super().json()
+        body = await self.body() or b"null"
+        refuse_unsafe_json(body, nul=not self.route_handler.opt.get("nul_per_item"))
         dec_hook = partial(default_deserializer, type_decoders=self.route_handler.resolve_type_decoders())
         try:
-            return msgspec.json.decode(await self.body() or b"null", type=body_type, dec_hook=dec_hook)
+            return msgspec.json.decode(body, type=body_type, dec_hook=dec_hook)
         except msgspec.ValidationError as exc:
             raise _body_validation_error(self, exc) from None
         except msgspec.DecodeError as exc:

@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 from functools import partial
 from itertools import accumulate
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
-from litestar.exceptions import SerializationException, ValidationException
+from litestar.exceptions import ClientException, SerializationException, ValidationException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.serialization import default_deserializer
@@ -105,9 +105,14 @@ def nests_too_deeply(body: bytes) -> bool:
 
 def refuse_unsafe_json(body: bytes, *, nul: bool = True) -> None:
     """The kernel's door for a JSON body, also for routes that pass a body on unparsed: a body
-    nested deeper than ``MAX_JSON_DEPTH``, or (unless ``nul`` is false) holding the NUL character
-    in a string or a key (PostgreSQL's text cannot hold it, SQLite's can: refused on both), is a
-    422 naming the field."""
+    that is not UTF-8 is a 400; one nested deeper than ``MAX_JSON_DEPTH``, or (unless ``nul`` is
+    false) holding the NUL character in a string or a key (PostgreSQL's text cannot hold it,
+    SQLite's can: refused on both), is a 422 naming the field."""
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ClientException("The body is not UTF-8 text (RFC 8259 §8.1).") from None
     if nests_too_deeply(body):
         raise ValidationException(
             detail="The JSON body is nested too deeply",
@@ -143,40 +148,90 @@ def _nul_path(value: Any, path: str) -> str | None:
 
 
 def unstorable_text(key: str, source: str) -> ValidationException:
-    """The 422 for a field holding the NUL character (its name cut short: a client may send any)."""
-    return ValidationException(
-        detail="A value cannot be stored", extra=[{"message": UNSTORABLE_TEXT, "key": key[:100], "source": source}]
-    )
+    """The 422 for a field holding the NUL character."""
+    return _invalid_text(key, UNSTORABLE_TEXT, source)
 
 
 async def refuse_unstorable_parameters(request: Request[Any, Any, Any]) -> None:
-    """``before_request``: a query or path parameter with the NUL character is a 422 naming it,
-    before any handler or database sees it (query parameters the route does not take included)."""
-    query = request.scope.get("query_string", b"")
-    if b"%00" in query or b"\x00" in query:
-        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+    """``before_request``: a query parameter that is not UTF-8 text or holds the NUL character, or
+    a path parameter with the NUL character, is a 422 naming it, before any handler or database
+    sees it (query parameters the route does not take included)."""
+    query: bytes = request.scope.get("query_string", b"")
+    if _SUSPECT_QUERY.search(query):
+        for raw_name, raw_value in _query_pairs(query):
+            name = raw_name.decode("utf-8", "replace")
+            try:
+                value = raw_value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _invalid_text(name, "is not UTF-8 text", "query") from None
             if "\x00" in name or "\x00" in value:
                 raise unstorable_text(name.replace("\x00", "\\u0000"), "query")
+    raw_path: bytes = request.scope.get("raw_path") or b""
+    if _NON_ASCII_ESCAPE.search(raw_path):
+        try:
+            unquote_to_bytes(raw_path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _invalid_text("path", "is not UTF-8 text", "path") from None
     for name, value in (request.scope.get("path_params") or {}).items():
         if isinstance(value, str) and "\x00" in value:
             raise unstorable_text(name, "path")
 
 
+_NON_ASCII_ESCAPE = re.compile(rb"%[89a-fA-F][0-9a-fA-F]|[\x80-\xff]")
+_SUSPECT_QUERY = re.compile(rb"%00|\x00|%[89a-fA-F][0-9a-fA-F]|[\x80-\xff]")
+
+
+def _query_pairs(query: bytes) -> list[tuple[bytes, bytes]]:
+    """``name=value`` pairs of a query string, percent-decoded to bytes (``parse_qsl`` decodes to text)."""
+    pairs = []
+    for part in query.split(b"&"):
+        if part:
+            name, _, value = part.partition(b"=")
+            pairs.append((unquote_to_bytes(name.replace(b"+", b" ")), unquote_to_bytes(value.replace(b"+", b" "))))
+    return pairs
+
+
+def _invalid_text(key: str, message: str, source: str) -> ValidationException:
+    """A 422 naming the field (its name cut short: a client may send any)."""
+    return ValidationException(
+        detail="A parameter is not valid", extra=[{"message": message, "key": key[:100], "source": source}]
+    )
+
+
+# The date-times the platform takes, in UTC: a day short of either end of what a date-time holds,
+# so that a window a query opens a day either side of one (or its move to UTC) stays a date-time.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+OUT_OF_RANGE = "is outside 0001-01-02 to 9999-12-30 (UTC)"
+
+
+def in_utc(moment: datetime) -> datetime | None:
+    """``moment`` in UTC (one without an offset taken as UTC), or None outside EARLIEST..LATEST."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        return None
+    return moment if EARLIEST <= moment <= LATEST else None
+
+
 def as_utc(moment: datetime | None, name: str) -> datetime | None:
-    """A date-time query parameter in UTC; one without an offset is taken as UTC (a database
-    column of UTC times cannot compare with it otherwise). One that falls outside the years a
-    date-time holds once moved to UTC (``0001-01-01T00:00:00+01:00``) is a 422 naming it."""
+    """A date-time query parameter in UTC; one without an offset is taken as UTC (a column of UTC
+    times cannot compare with it otherwise). One outside EARLIEST..LATEST is a 422 naming it."""
     if moment is None:
         return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        raise ValidationException(
-            detail="A date-time is out of range",
-            extra=[{"message": "is out of range once moved to UTC", "key": name, "source": "query"}],
-        ) from None
+    converted = in_utc(moment)
+    if converted is None:
+        raise _invalid_text(name, OUT_OF_RANGE, "query")
+    return converted
+
+
+def check_date_time(moment: datetime | None, name: str) -> None:
+    """For a body's ``__post_init__``: a date-time outside EARLIEST..LATEST fails the body's
+    validation (a 422), as a parameter's does."""
+    if moment is not None and in_utc(moment) is None:
+        raise ValueError(f"{name} {OUT_OF_RANGE}")
 
 
 class CheckedBodyRequest(Request[Any, Any, Any]):

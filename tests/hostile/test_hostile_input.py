@@ -1,0 +1,86 @@
+"""The hostile-input suite (issue 11): every operation of every service's OpenAPI document, sent
+to the service in-process and through the gateway (platform and legacy routes), gets the NUL
+character in each string field and parameter, a body nested 1,000 deep, a 10 MB string, numbers
+and date-times at and past their limits, bytes that are not UTF-8 and values of the wrong type.
+
+Every answer is a 4xx problem+json where the request must be refused, and never a 5xx.
+(``-s`` prints how many requests of each kind were sent.)
+"""
+
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from tests.hostile.conftest import API_KEY, SERVICES, Outcome, Platform, send_all
+from tests.hostile.requests import DEPTH, NUL, Generator, Hostile
+
+MIRROR = "/api/v1/airtable/v0/appHostile/tblHostile"
+
+
+def raw_airtable_bodies() -> list[Hostile]:
+    """The Airtable mirror passes bodies on unparsed (its document declares none): the same door."""
+    deep = b'{"fields":' + b'{"a":' * DEPTH + b"1" + b"}" * DEPTH + b"}"
+    nul = msgspec.json.encode({"fields": {"Name": NUL}})
+    return [
+        Hostile(kind="deep", operation="airtable_v0_post", method="POST", path=MIRROR, body=deep, where="raw body"),
+        Hostile(kind="nul", operation="airtable_v0_patch", method="PATCH", path=MIRROR, body=nul, where="raw body"),
+    ]
+
+
+async def document_of(app: Any, path: str) -> dict[str, Any]:
+    """The app's OpenAPI document (its lifespan already runs: a plain client)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        response = await client.get(path)
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def report(target: str, outcome: Outcome) -> None:
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(outcome.sent.items()))
+    print(
+        f"\n{target}: {sum(outcome.sent.values())} hostile requests ({kinds}); {len(outcome.server_errors)} got a 5xx"
+    )
+
+
+@pytest.mark.parametrize("prefix", list(SERVICES))
+async def test_every_operation_of_a_service_refuses_hostile_input(platform: Platform, prefix: str) -> None:
+    service = platform.services[prefix]
+    requests = list(Generator(await document_of(service, "/schema/openapi.json")).requests())
+    if prefix == "/api/v1/airtable":
+        requests += raw_airtable_bodies()
+
+    outcome = await send_all(service, requests)
+
+    report(prefix, outcome)
+    assert len({hostile.operation for hostile in requests}) >= 5
+    assert not outcome.failures(), outcome.failures()
+
+
+async def test_every_platform_operation_through_the_gateway_refuses_hostile_input(platform: Platform) -> None:
+    document = await document_of(platform.gateway, "/api/v1/openapi.json")
+    assert not document["x-unavailable"]
+    requests = list(Generator(document).requests()) + raw_airtable_bodies()
+
+    outcome = await send_all(platform.gateway, requests)
+
+    report("gateway /api/v1", outcome)
+    assert not outcome.failures(), outcome.failures()
+
+
+async def test_every_legacy_route_refuses_hostile_input(platform: Platform) -> None:
+    document = await document_of(platform.gateway, "/schema/openapi.json")
+    legacy = {
+        path: item
+        for path, item in document["paths"].items()
+        if any("legacy" in operation.get("tags", []) for operation in item.values() if isinstance(operation, dict))
+    }
+    requests = list(Generator({**document, "paths": legacy}).requests())
+
+    outcome = await send_all(platform.gateway, requests, headers={"x-api-key": API_KEY})
+
+    report("gateway legacy", outcome)
+    assert len(legacy) >= 10
+    assert not outcome.failures(), outcome.failures()

@@ -248,12 +248,11 @@ class Generator:
         base_body = sample(self.schemas, body_schema) if body_schema is not None else None
         encoded = None if base_body is None else msgspec.json.encode(base_body)
 
-        for name, parameter in path_params.items():
-            yield build("nul", path={name: NUL}, query=query, body=encoded, where=f"path {name}")
-            yield build(
-                "long", path={name: "x" * LONG}, query=query, body=encoded, where=f"path {name}", must_refuse=False
-            )
-            yield build("invalid-utf8", path={name: "\udcff"}, query=query, body=encoded, where=f"path {name}")
+        for name in path_params:
+            where = f"path {name}"
+            yield build("nul", path={name: NUL}, query=query, body=encoded, where=where)
+            yield build("long", path={name: "x" * LONG}, query=query, body=encoded, where=where, must_refuse=False)
+            yield build("invalid-utf8", path={name: "\udcff"}, query=query, body=encoded, where=where)
         for parameter in query_params:
             yield from self._query_variants(build, parameter, query, encoded)
         if body_schema is not None:

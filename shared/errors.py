@@ -1,7 +1,6 @@
 """One error shape for every 4xx/5xx: RFC 9457 problem+json with the request ID."""
 
 import logging
-import traceback
 from http import HTTPStatus
 from typing import Any
 
@@ -16,7 +15,7 @@ from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTI
 from sqlalchemy.exc import DataError, IntegrityError
 
 from shared.http import ensure_request_id
-from shared.logs import request_id_var
+from shared.logs import request_id_var, stack_without_messages
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 logger = logging.getLogger("shared.errors")
@@ -203,19 +202,6 @@ def _route_of(request: Request[Any, Any, Any]) -> str | None:
     """The route's template (``/api/v1/users/{user_id:uuid}``), not the path a client filled in."""
     template: str | None = request.scope.get("path_template")
     return template
-
-
-def stack_without_messages(exc: BaseException) -> str:
-    """The traceback of ``exc`` and the exceptions chained to it, each exception by type only."""
-    parts: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        frames = "".join(traceback.format_list(traceback.extract_tb(current.__traceback__)))
-        parts.append(f"{frames}{type(current).__module__}.{type(current).__qualname__}")
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
-    return "\n-- caused by --\n".join(parts)
 
 
 def unstorable_value_handler(request: Request[Any, Any, Any], exc: DataError) -> Response[Problem]:

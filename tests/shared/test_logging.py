@@ -202,11 +202,23 @@ async def test_a_failing_statement_never_shows_its_parameters(
     secret = "$argon2id$v=19$m=65536,t=3,p=4$c2VjcmV0"
     try:
         async with engine.connect() as connection:
-            await connection.execute(text("CREATE TABLE holder (value INTEGER NOT NULL CHECK (value > 0))"))
-            with pytest.raises(DBAPIError) as failed:
-                await connection.execute(text("INSERT INTO holder (value) VALUES (:value)"), {"value": secret})
+            with pytest.raises(DBAPIError) as failed:  # an overflow: the database's message quotes no value
+                await connection.execute(text("SELECT :secret, abs(:lowest)"), {"secret": secret, "lowest": -(2**63)})
     finally:
         await engine.dispose()
 
     assert secret not in str(failed.value)
     assert "hidden due to hide_parameters" in str(failed.value)
+
+
+def test_a_database_error_is_logged_without_the_values_it_quotes(capture: Capture) -> None:
+    try:
+        try:
+            raise RuntimeError("new row violates check constraint DETAIL: Failing row contains (ada@example.com)")
+        except RuntimeError as driver_error:
+            raise DBAPIError("INSERT INTO profiles ...", None, driver_error) from driver_error
+    except DBAPIError:
+        capture.logger.exception("write failed")
+    [entry] = capture.entries()
+    assert "ada@example.com" not in entry["exc"]
+    assert "sqlalchemy.exc.DBAPIError" in entry["exc"] and "test_logging.py" in entry["exc"]

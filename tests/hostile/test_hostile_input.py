@@ -88,3 +88,21 @@ async def test_every_legacy_route_refuses_hostile_input(platform: Platform) -> N
     report("gateway legacy", outcome)
     assert len(legacy) >= 10
     assert not outcome.failures(), outcome.failures()
+
+
+async def test_the_gateway_serves_its_own_openapi_document(platform: Platform) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=platform.gateway), base_url="http://x") as client:
+        page = await client.get("/schema")
+        document = await client.get("/schema/openapi.json")
+
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert document.status_code == 200, document.text
+    operations = [
+        (operation["operationId"], path)
+        for path, item in document.json()["paths"].items()
+        for operation in item.values()
+        if isinstance(operation, dict) and "operationId" in operation
+    ]
+    ids = [operation_id for operation_id, _ in operations]
+    assert len(ids) == len(set(ids))
+    assert ("legacy_login", "/auth/login") in operations and ("legacy_login_unprefixed", "/login") in operations

@@ -38,6 +38,8 @@ from shared.security import Identity
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
 Formula = Annotated[str | None, QueryParameter(max_length=10_000, description="Airtable formula")]
 AnyRequest = Request[Identity, str, State]
+# Far more than any page or the all-pages cap returns, and a number every upstream can parse.
+MAX_RECORDS_PARAMETER = 2**31 - 1
 
 
 PARTIAL = {207: ResponseSpec(data_container=BatchResponse, description="Some records failed (see results)")}
@@ -118,7 +120,7 @@ class AirtableController(Controller):
         sort_direction: FromQuery[Literal["asc", "desc"]] = "asc",
         page_size: Annotated[int | None, QueryParameter(ge=1, le=100)] = None,
         offset: Annotated[str | None, QueryParameter(max_length=200)] = None,
-        max_records: Annotated[int | None, QueryParameter(ge=1)] = None,
+        max_records: Annotated[int | None, QueryParameter(ge=1, le=MAX_RECORDS_PARAMETER)] = None,
         all_pages: Annotated[bool, QueryParameter(name="all", description="follow every page, up to the cap")] = False,
     ) -> Response[bytes]:
         """Records of a table: ``{records, offset, hasMore}``."""

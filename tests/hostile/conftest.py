@@ -132,6 +132,7 @@ class Outcome:
     """What the suite sent (by kind) and every answer that broke the rule."""
 
     sent: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     server_errors: list[str] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
     not_problems: list[str] = field(default_factory=list)
@@ -174,6 +175,7 @@ async def send_all(app: Litestar, requests: list[Hostile], headers: dict[str, st
 def judge(outcome: Outcome, hostile: Hostile, response: httpx.Response) -> None:
     status, media_type = response.status_code, response.headers.get("content-type", "")
     what = f"{hostile.label()} -> {status} {response.text[:160]}"
+    outcome.statuses[hostile.kind, status] += 1
     if status >= 500:
         outcome.server_errors.append(what)
     elif hostile.must_refuse and status < 400:

@@ -39,10 +39,11 @@ async def document_of(app: Any, path: str) -> dict[str, Any]:
 
 
 def report(target: str, outcome: Outcome) -> None:
+    """What was sent, by kind, and what came back (``-s`` shows it; docs/RELIABILITY.md records it)."""
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(outcome.sent.items()))
-    print(
-        f"\n{target}: {sum(outcome.sent.values())} hostile requests ({kinds}); {len(outcome.server_errors)} got a 5xx"
-    )
+    total, errors = sum(outcome.sent.values()), len(outcome.server_errors)
+    answers = ", ".join(f"{kind} {status}: {count}" for (kind, status), count in sorted(outcome.statuses.items()))
+    print(f"\n{target}: {total} hostile requests ({kinds}); {errors} got a 5xx\n  answers: {answers}")
 
 
 @pytest.mark.parametrize("prefix", list(SERVICES))

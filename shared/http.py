@@ -92,6 +92,9 @@ UNSTORABLE_TEXT = "contains the NUL character, which cannot be stored"
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[{]}")
+# What may make a query string or path not UTF-8 text, or hold a NUL character, once decoded.
+_NON_ASCII_ESCAPE = re.compile(rb"%[89a-fA-F][0-9a-fA-F]|[\x80-\xff]")
+_SUSPECT_QUERY = re.compile(rb"%00|\x00|%[89a-fA-F][0-9a-fA-F]|[\x80-\xff]")
 
 
 def nests_too_deeply(body: bytes) -> bool:
@@ -177,10 +180,6 @@ async def refuse_unstorable_parameters(request: Request[Any, Any, Any]) -> None:
             raise unstorable_text(name, "path")
 
 
-_NON_ASCII_ESCAPE = re.compile(rb"%[89a-fA-F][0-9a-fA-F]|[\x80-\xff]")
-_SUSPECT_QUERY = re.compile(rb"%00|\x00|%[89a-fA-F][0-9a-fA-F]|[\x80-\xff]")
-
-
 def _query_pairs(query: bytes) -> list[tuple[bytes, bytes]]:
     """``name=value`` pairs of a query string, percent-decoded to bytes (``parse_qsl`` decodes to text)."""
     pairs = []
@@ -194,7 +193,7 @@ def _query_pairs(query: bytes) -> list[tuple[bytes, bytes]]:
 def _invalid_text(key: str, message: str, source: str) -> ValidationException:
     """A 422 naming the field (its name cut short: a client may send any)."""
     return ValidationException(
-        detail="A parameter is not valid", extra=[{"message": message, "key": key[:100], "source": source}]
+        detail="A value is not valid", extra=[{"message": message, "key": key[:100], "source": source}]
     )
 
 

@@ -7,12 +7,19 @@ Every answer is a 4xx problem+json where the request must be refused, and never 
 (``-s`` prints how many requests of each kind were sent.)
 """
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
+from auth_service.app import create_app as create_auth_app
+from auth_service.config import AuthSettings
+from shared import migrations
+from shared.http import UNSTORABLE_TEXT
+from shared.settings import load_settings
+from tests.conftest import app_client
 from tests.hostile.conftest import API_KEY, SERVICES, Outcome, Platform, send_all
 from tests.hostile.requests import DEPTH, NUL, Generator, Hostile
 
@@ -107,3 +114,33 @@ async def test_the_gateway_serves_its_own_openapi_document(platform: Platform) -
     ids = [operation_id for operation_id, _ in operations]
     assert len(ids) == len(set(ids))
     assert ("legacy_login", "/auth/login") in operations and ("legacy_login_unprefixed", "/login") in operations
+
+
+@pytest.fixture
+def sqlite_auth_settings(environ: dict[str, str], tmp_path: Path) -> AuthSettings:
+    """The auth service's settings on a migrated SQLite file instead of PostgreSQL."""
+    settings = load_settings(AuthSettings, {**environ, "AUTH_DATABASE_URL": "", "DATA_DIR": str(tmp_path / "lite")})
+    migrations.upgrade(settings, "auth_service")
+    return settings
+
+
+async def nul_answers(client: httpx.AsyncClient) -> list[tuple[int, Any]]:
+    body = {"email": NUL + "@example.com", "password": "a long enough passphrase"}
+    answers = []
+    for path in ("/api/v1/auth/login", "/api/v1/auth/register"):
+        response = await client.post(path, json=body)
+        answers.append((response.status_code, response.json()["errors"]))
+    return answers
+
+
+async def test_the_nul_character_gets_the_same_answer_on_sqlite_as_on_postgresql(
+    platform: Platform, sqlite_auth_settings: AuthSettings
+) -> None:
+    transport = httpx.ASGITransport(app=platform.services["/api/v1/auth"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        postgresql = await nul_answers(client)
+    async with app_client(create_auth_app(sqlite_auth_settings)) as client:
+        sqlite = await nul_answers(client)
+
+    assert sqlite == postgresql
+    assert sqlite == [(422, [{"message": UNSTORABLE_TEXT, "key": "email", "source": "body"}])] * 2

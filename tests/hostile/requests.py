@@ -321,6 +321,10 @@ class Generator:
             if kind in ("object", None):
                 nested = placed(slot.path, "DEEP").replace(b'"DEEP"', b'{"a":' * DEPTH + b"1" + b"}" * DEPTH)
                 yield one("deep", nested, where)
+                # A field that takes any JSON: numbers no column type holds, which it may still take.
+                for number in (b"1e400", b"-1e400", str(10**30).encode()):
+                    huge_number = placed(slot.path, {"n": "NUMBER"}).replace(b'"NUMBER"', number)
+                    yield one("number-past-limit", huge_number, where, must_refuse=False)
             if kind in ("integer", "number"):
                 at, past = _number_values(slot.schema, kind == "integer")
                 yield from (one("number-at-limit", placed(slot.path, value), where, False) for value in at)

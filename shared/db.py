@@ -52,11 +52,12 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
     url = settings.sqlalchemy_url()
     if url.startswith("sqlite"):
         settings.data_path.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 15})
+        engine = create_async_engine(url, connect_args={"timeout": 15}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
         url,
+        hide_parameters=True,  # an error's SQL parameters (hashes, emails) never reach a log line
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,  # a connection PostgreSQL dropped (a restart) is replaced, not used

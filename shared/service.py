@@ -30,7 +30,14 @@ from redis.exceptions import RedisError
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
 from shared.errors import EXCEPTION_HANDLERS, PROBLEM_MEDIA_TYPE, Problem
 from shared.events import EventBus, EventConsumer, InMemoryBus, RedisStreamBus, processed_events_pruner
-from shared.http import Degraded, HealthController, RequestIdMiddleware, StrictBodyRequest, add_standard_headers
+from shared.http import (
+    Degraded,
+    HealthController,
+    RequestIdMiddleware,
+    StrictBodyRequest,
+    add_standard_headers,
+    refuse_unstorable_parameters,
+)
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore, create_redis, create_store, dependency_unavailable_handler
@@ -91,6 +98,7 @@ def create_service_app(
         ],
         exception_handlers=handlers,
         before_send=[add_standard_headers, _allow_every_method(allow_by_handler), *before_send],
+        before_request=refuse_unstorable_parameters,
         lifespan=[_resources(settings, store, bus, database), *lifespan, _event_consumers(settings, consumer)],
         cors_config=cors_config,
         openapi_config=OpenAPIConfig(

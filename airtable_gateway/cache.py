@@ -16,14 +16,18 @@ Past its TTL an entry is still answered at once (marked ``STALE``):
 * up to ``stale_seconds`` past it, while Airtable cannot be asked (the base is paused, Airtable
   fails or is out of reach, the caller's turn would come too late).
 
-While Redis does not answer, the kernel's store keeps entries in the process; a write made
-meanwhile is replayed as an invalidation once Redis answers, before anything is read from it, so
-an entry cached in Redis before the outage is never served after a write it missed.
+While Redis does not answer, the entries this process last read from or wrote to Redis answer
+from its own bounded copy (a near cache, consulted only then: a popular read stays a hit instead
+of waiting its turn in Airtable's 5 requests/s), unless the base was written since; other reads
+are kept in the kernel store's per-process stand-in. A write made meanwhile is replayed as an
+invalidation once Redis answers, before anything is read from it, so an entry cached in Redis
+before the outage is never served after a write it missed.
 """
 
 import asyncio
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -38,6 +42,9 @@ GENERATION_TTL_SECONDS = 7 * 86400
 # While one replica fetches a read, the others wait for its entry instead of asking Airtable too.
 FILL_LOCK_SECONDS = 30.0
 FILL_POLL_SECONDS = 0.05
+# The near cache: what answers while Redis cannot, bounded in entries and in bytes.
+NEAR_ENTRIES = 1_000
+NEAR_BYTES = 32 * 1024 * 1024
 
 
 class CacheEntry(msgspec.Struct, array_like=True):
@@ -91,9 +98,12 @@ class ResponseCache:
         self._inflight: dict[str, asyncio.Task[Cached]] = {}
         self._missed_invalidations: set[str] = set()
         self._replays = 0
+        self._near: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._near_bytes = 0
 
     async def invalidate(self, base: str) -> None:
         """Every cached read of ``base`` (for every token) is void from now on."""
+        self._forget_base(base)
         try:
             await self.store.shared.incr(_generation_key(base), GENERATION_TTL_SECONDS)
         except StoreUnavailable:
@@ -130,14 +140,12 @@ class ResponseCache:
         digest = hashlib.sha256(request_identity.encode()).hexdigest()[:40]
         key = f"airtable:cache:{token_id}:{base}:{kind}:{digest}"
         replays = self._replays
-        raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
+        entry, generation = await self._read(key, base)
         if self._missed_invalidations:
             await self._replay_missed_invalidations()
         if replays != self._replays:
             # Read before a write missed during an outage was replayed: read again after it.
-            raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
-        generation = int(generation_bytes or 0)
-        entry = _decoder.decode(raw) if raw is not None else None
+            entry, generation = await self._read(key, base)
         if entry is not None and entry.generation == generation:
             age = time.time() - entry.stored_at
             if age < ttl:
@@ -160,6 +168,45 @@ class ResponseCache:
             CACHE_RESULTS.labels("coalesced").inc()
             return msgspec.structs.replace(result, state="HIT")
         return result
+
+    async def _read(self, key: str, base: str) -> tuple[CacheEntry | None, int]:
+        """The entry and the base's generation, from Redis; while Redis cannot answer, the near
+        cache's copy (unless the base was written since), else the store's per-process stand-in."""
+        keys = [key, _generation_key(base)]
+        try:
+            raw, generation_bytes = await self.store.shared.get_many(keys)
+        except StoreUnavailable:
+            near = self._near.get(key)
+            if near is not None and base not in self._missed_invalidations:
+                return near, near.generation
+            raw, generation_bytes = await self.store.get_many(keys)
+            return (_decoder.decode(raw) if raw is not None else None), int(generation_bytes or 0)
+        entry = _decoder.decode(raw) if raw is not None else None
+        generation = int(generation_bytes or 0)
+        if entry is not None and entry.generation == generation:
+            self._remember(key, entry)
+        else:
+            self._forget(key)  # gone from Redis, or written since (maybe by another replica)
+        return entry, generation
+
+    def _remember(self, key: str, entry: CacheEntry) -> None:
+        self._forget(key)
+        if len(entry.body) > NEAR_BYTES // 8:
+            return  # one huge answer must not push out everything else
+        self._near[key] = entry
+        self._near_bytes += len(entry.body)
+        while len(self._near) > NEAR_ENTRIES or self._near_bytes > NEAR_BYTES:
+            _, dropped = self._near.popitem(last=False)
+            self._near_bytes -= len(dropped.body)
+
+    def _forget(self, key: str) -> None:
+        previous = self._near.pop(key, None)
+        if previous is not None:
+            self._near_bytes -= len(previous.body)
+
+    def _forget_base(self, base: str) -> None:
+        for key in [key for key in self._near if f":{base}:" in key]:
+            self._forget(key)
 
     def _flight(self, key: str, generation: int, ttl: float, produce: Producer) -> tuple[asyncio.Task[Cached], bool]:
         """The call producing this entry: the one already running (False), or a new one (True)."""
@@ -186,6 +233,7 @@ class ResponseCache:
             if produced.status == 200 and ttl > 0:
                 entry = CacheEntry(produced.status, produced.body, etag, time.time(), generation)
                 await self.store.set(key, _encoder.encode(entry), ttl + self.stale_seconds)
+                self._remember(key, entry)
         finally:
             if ttl > 0:
                 await self.store.delete(filling)

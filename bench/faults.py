@@ -433,6 +433,7 @@ class Outcome:
         return all(ok for _, ok, _ in self.checks)
 
 
+WARMUP_SECONDS = 8.0
 BASELINE_SECONDS = 6.0
 RECOVERY_SECONDS = 15.0
 
@@ -449,9 +450,27 @@ class Harness:
         baseline = Window("baseline", baseline_start, self.load.now())
         say(f"  {name}: fault")
         fault, back = await action()
+        usage_lag = asyncio.create_task(self.usage_flowing_again(back))
         await asyncio.sleep(RECOVERY_SECONDS)
         await asyncio.sleep(REQUEST_TIMEOUT)  # every request of the window has its answer
-        return judge(name, self.load, baseline, fault, back, self)
+        outcome = judge(name, self.load, baseline, fault, back)
+        if name.startswith("redis"):
+            lag = await usage_lag
+            outcome.check("usage counted again ≤ 10 s after Redis is back", lag is not None and lag <= 10, f"{lag}")
+        else:
+            usage_lag.cancel()
+        return outcome
+
+    async def usage_flowing_again(self, back: float) -> float | None:
+        """Seconds from ``back`` until analytics has counted every usage record the gateway had
+        published one second after it (None: not within 30 s)."""
+        await asyncio.sleep(1.0)
+        target = await asyncio.to_thread(gateway_usage_sent, self.platform)
+        while self.load.now() - back < 30:
+            if await asyncio.to_thread(usage_counted, self.platform) >= target:
+                return self.load.now() - back
+            await asyncio.sleep(0.25)
+        return None
 
     # Each fault returns (the fault's window, when the dependency was back and ready).
 
@@ -542,7 +561,7 @@ def _recovered_at(results: list[Result], after: float, kinds: tuple[str, ...]) -
     return later[0] if later else None
 
 
-def judge(name: str, load: Load, baseline: Window, fault: Window, back: float, harness: Harness) -> Outcome:
+def judge(name: str, load: Load, baseline: Window, fault: Window, back: float) -> Outcome:
     outcome = Outcome(name)
     results = load.results
     during = _in(results, fault)
@@ -558,10 +577,11 @@ def judge(name: str, load: Load, baseline: Window, fault: Window, back: float, h
         outcome.check("≤ 1 % 5xx while Redis is out", share <= 0.01, f"{len(errors)} of {len(during)} ({share:.2%})")
         blocked = [r for r in during if r.latency > base_p99[r.kind] + 0.2]
         worst = max((r.latency for r in during), default=0.0)
+        where = ", ".join(f"{r.kind} +{r.started - fault.start:.2f} s: {r.latency * 1000:.0f} ms" for r in blocked[:10])
         outcome.check(
             "no request blocked > 200 ms beyond its baseline p99",
             not blocked,
-            f"{len(blocked)} blocked; slowest {worst * 1000:.0f} ms",
+            f"{len(blocked)} blocked; slowest {worst * 1000:.0f} ms; {where}",
         )
         recovered = _recovered_at(results, back, tuple(MIX))
         lag = None if recovered is None else max(0.0, recovered - back)
@@ -666,24 +686,28 @@ def _update_kept(account: Account, stored: str | None) -> bool:
 
 
 async def usage_counts(platform: Platform) -> tuple[int, int]:
+    """(records the gateway published, records analytics counted), once analytics has caught up
+    or after 30 s."""
     deadline = time.monotonic() + 30
     sent = counted = 0
-    async with httpx.AsyncClient(timeout=5) as client:
-        while time.monotonic() < deadline:
-            text = (await client.get(f"{platform.url}/metrics")).text
-            sent = int(
-                sum(
-                    float(line.split()[-1])
-                    for line in text.splitlines()
-                    if line.startswith("pyairtable_gateway_usage_sent_total")
-                )
-            )
-            rows = _query(platform.databases["ANALYTICS"], "SELECT coalesce(sum(calls), 0) FROM endpoint_hourly")
-            counted = int(rows[0][0])
-            if counted >= sent:
-                break
-            await asyncio.sleep(1)
+    while time.monotonic() < deadline:
+        sent = await asyncio.to_thread(gateway_usage_sent, platform)
+        counted = await asyncio.to_thread(usage_counted, platform)
+        if counted >= sent:
+            break
+        await asyncio.sleep(1)
     return sent, counted
+
+
+def gateway_usage_sent(platform: Platform) -> int:
+    text = httpx.get(f"{platform.url}/metrics", timeout=5).text
+    prefix = "pyairtable_gateway_usage_sent_total"
+    return int(sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)))
+
+
+def usage_counted(platform: Platform) -> int:
+    rows = _query(platform.databases["ANALYTICS"], "SELECT coalesce(sum(calls), 0) FROM endpoint_hourly")
+    return int(rows[0][0])
 
 
 def _query(url: str, statement: str) -> list[tuple[Any, ...]]:
@@ -702,6 +726,7 @@ async def run_scenarios(platform: Platform, args: argparse.Namespace) -> list[Ou
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits) as client:
         await load.prepare(client)
         runner = asyncio.create_task(load.run(client))
+        await asyncio.sleep(WARMUP_SECONDS)  # first connections and cold caches are not the baseline
         harness = Harness(platform, load)
         outcomes = []
         for name in args.scenarios:

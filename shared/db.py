@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import math
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -72,22 +73,62 @@ def _bounded_connect(settings: ServiceSettings) -> Callable[[], Awaitable[psycop
 
     libpq's ``connect_timeout`` has a floor of 2 s and a hung server (postmaster stopped) would hold
     the request that long or longer, so the connect is bounded here; a connect that times out is an
-    OperationalError like a refused one, which the kernel answers with a 503."""
+    OperationalError like a refused one, which the kernel answers with a 503. After a failed
+    connect, one connect at a time probes the server and the others fail at once: requests queued
+    behind connects that will time out (pool wait + connect) would otherwise take longer than 2 s."""
     conninfo = make_url(settings.sqlalchemy_url()).set(drivername="postgresql").render_as_string(hide_password=False)
     timeout = settings.db_connect_timeout_seconds
+    gate = _ConnectGate()
 
     async def connect() -> psycopg.AsyncConnection[Any]:
+        gate.enter()
         try:
             async with asyncio.timeout(timeout):
-                return await psycopg.AsyncConnection.connect(
+                connection = await psycopg.AsyncConnection.connect(
                     conninfo,
                     connect_timeout=max(2, math.ceil(timeout)),
                     options=f"-c statement_timeout={settings.db_statement_timeout_ms}",
                 )
         except TimeoutError:
+            gate.failed()
             raise psycopg.OperationalError(f"connection not made within {timeout} s") from None
+        except BaseException:
+            gate.failed()
+            raise
+        gate.succeeded()
+        return connection
 
     return connect
+
+
+class _ConnectGate:
+    """After a failed connect, connects are refused at once (as a refused connect would be) for
+    ``PROBE_INTERVAL_SECONDS``, then one at a time goes to the server as a probe until one succeeds.
+    (SQLAlchemy reconnects a second time within one checkout: without the pause, one request could
+    wait out two connect timeouts.)"""
+
+    PROBE_INTERVAL_SECONDS = 0.5
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.probing = False
+        self.next_probe = 0.0
+
+    def enter(self) -> None:
+        if not self.failing:
+            return
+        if self.probing or time.monotonic() < self.next_probe:
+            raise psycopg.OperationalError("the database did not answer the last connect; retry later")
+        self.probing = True
+
+    def failed(self) -> None:
+        self.failing = True
+        self.probing = False
+        self.next_probe = time.monotonic() + self.PROBE_INTERVAL_SECONDS
+
+    def succeeded(self) -> None:
+        self.failing = False
+        self.probing = False
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -24,6 +24,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import ServiceUnavailable
 from shared.keys import VerificationKey, key_from_jwk, local_verification_keys
@@ -138,7 +139,7 @@ class RevocationList:
         try:
             if self._pending:
                 await self.write_pending()
-            values = await _retried_once(lambda: self.store.shared.get_many(keys))
+            values = await _retried_unless_slow(lambda: self.store.shared.get_many(keys))
         except (RedisError, OSError):
             REVOCATION_UNKNOWN.inc()
             if not self._unknowable:
@@ -186,6 +187,19 @@ async def _retried_once(operation: Callable[[], Awaitable[T]]) -> T:
     try:
         return await operation()
     except (RedisError, OSError):
+        return await operation()
+
+
+async def _retried_unless_slow(operation: Callable[[], Awaitable[T]]) -> T:
+    """One more try after a failed connection (a pooled connection that a restarted Redis closed),
+    not after a timeout: every request would wait twice the timeout while Redis hangs."""
+    try:
+        return await operation()
+    except (RedisError, OSError) as exc:
+        if isinstance(exc, TimeoutError | RedisTimeoutError) or isinstance(
+            exc.__cause__, TimeoutError | RedisTimeoutError
+        ):
+            raise
         return await operation()
 
 

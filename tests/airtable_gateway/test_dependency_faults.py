@@ -124,6 +124,27 @@ async def test_a_hung_redis_is_left_alone_and_a_write_it_missed_voids_its_entrie
         assert redis_get(private_redis, f"{redis_namespace}:airtable:generation:{OPS_BASE}") == b"1"  # replayed
 
 
+async def test_a_read_cached_before_redis_went_away_stays_a_hit_until_its_base_is_written(
+    make_settings: SettingsFactory, emulator: Emulator, private_redis: PrivateRedis
+) -> None:
+    settings = make_settings(redis_url=private_redis.url)
+    async with app_client(with_production_redis_timeout(settings)) as client:
+        client.headers.update(bearer())
+        assert (await client.get(TASKS_URL, params={"page_size": 5})).headers["x-cache"] == "MISS"
+        assert (await client.get(TASKS_URL, params={"page_size": 5})).headers["x-cache"] == "HIT"
+        calls_before = len(upstream_log(emulator, OPS_BASE))
+
+        private_redis.kill()
+        during = [await client.get(TASKS_URL, params={"page_size": 5}) for _ in range(3)]
+        assert [(r.status_code, r.headers["x-cache"]) for r in during] == [(200, "HIT")] * 3
+        assert len(upstream_log(emulator, OPS_BASE)) == calls_before  # Airtable was not asked again
+
+        created = await client.post(TASKS_URL, json={"fields": {"Name": "Written while Redis was down"}})
+        assert created.status_code == 201
+        after_write = await client.get(TASKS_URL, params={"page_size": 5})
+        assert after_write.headers["x-cache"] == "MISS"  # the copy from before the write is void
+
+
 def names(response: httpx.Response) -> set[str]:
     return {record["fields"].get("Name") for record in response.json()["records"]}
 

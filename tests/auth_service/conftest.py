@@ -44,7 +44,7 @@ def auth_database(databases: DatabaseFactory) -> str:
 def clean_auth_database(auth_database: str) -> Iterator[str]:
     yield auth_database
     with psycopg.connect(auth_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE users, sessions, refresh_tokens, outbox, processed_events CASCADE")
+        conn.execute("TRUNCATE users, sessions, refresh_tokens, one_time_tokens, outbox, mail_outbox, processed_events CASCADE")
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def create_app(
         app.state.outbox_relay = relay
         relay.start()
         mail_relay = MailRelay(
-            app.state.sessionmaker, mail_outbox, mailer, settings.mail_from, settings.outbox_poll_seconds
+            app.state.sessionmaker, mail_outbox, mailer, settings.mail_from, settings.outbox_poll_seconds, clock
         )
         app.state.mail_relay = mail_relay
         mail_relay.start()

@@ -18,6 +18,7 @@ import logging
 import ssl
 import string
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
@@ -186,12 +187,14 @@ class MailRelay:
         mailer: Mailer,
         mail_from: str,
         poll_seconds: float = 1.0,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.table = table
         self.mailer = mailer
         self.mail_from = mail_from
         self.poll_seconds = poll_seconds
+        self.clock = clock
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -205,7 +208,7 @@ class MailRelay:
     async def send_next(self) -> bool:
         """Send the oldest due message; False when none is due."""
         table = self.table
-        now = utcnow()
+        now = self.clock()
         async with self.sessionmaker() as session, session.begin():
             row = (
                 await session.execute(
@@ -228,7 +231,7 @@ class MailRelay:
             await session.execute(
                 update(table)
                 .where(table.c.id == row.id)
-                .values(sent_at=utcnow(), attempts=row.attempts + 1, text_body="", html_body="")
+                .values(sent_at=self.clock(), attempts=row.attempts + 1, text_body="", html_body="")
             )
         SENT.labels(row.template).inc()
         return True

@@ -34,7 +34,7 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         self.messages.append(parsed)
@@ -114,6 +114,9 @@ def serve_mail(folder: Path, implicit_tls: bool) -> Iterator[MailServer]:
     port = free_port()
     options: dict[str, Any] = {"authenticator": authenticate, "auth_required": True, "auth_require_tls": True}
     if implicit_tls:
+        # aiosmtpd does not count a connection that began with TLS as encrypted: AUTH is allowed, the
+        # client having no way to speak anything but TLS to this port.
+        options["auth_require_tls"] = False
         controller = Controller(inbox, hostname="127.0.0.1", port=port, ssl_context=context, **options)
         scheme = "smtps"
     else:

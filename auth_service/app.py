@@ -11,7 +11,7 @@ from auth_service.controllers import AccountAdminController, AuthController
 from auth_service.deps import provide_auth_service
 from auth_service.models import mail_outbox, outbox, processed_events
 from auth_service.passwords import Passwords
-from auth_service.services import Clock
+from auth_service.services import PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, Clock
 from auth_service.throttle import Throttle
 from auth_service.tokens import TokenIssuer
 from shared.db import utcnow
@@ -23,8 +23,13 @@ from shared.settings import load_settings
 from shared.stores import KeyValueStore
 
 logger = logging.getLogger("auth_service")
-# Users' events this service applies (each once: their ids go into processed_events).
-EVENTS = EventConsumer(group="auth", event_types=("user.deleted",), processed_events=processed_events)
+# Events this service applies, each once (their ids go into processed_events): the users' and its
+# own requests for mail.
+EVENTS = EventConsumer(
+    group="auth",
+    event_types=("user.deleted", PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED),
+    processed_events=processed_events,
+)
 
 
 def create_app(
@@ -55,11 +60,16 @@ def create_app(
         if settings.is_production and not settings.smtp_url:
             logger.warning("no SMTP_URL: mail (password resets, verifications) is only logged, never sent")
 
-        async def deactivate_deleted_user(session: AsyncSession, event: Event) -> None:
+        async def apply_event(session: AsyncSession, event: Event) -> None:
             auth = provide_auth_service(session, app.state)
-            await auth.deactivate_deleted_user(uuid.UUID(event.data["user_id"]))
+            if event.type == PASSWORD_RESET_REQUESTED:
+                await auth.send_password_reset(event.data["email"])
+            elif event.type == VERIFICATION_REQUESTED:
+                await auth.send_verification(event.data["email"])
+            else:
+                await auth.deactivate_deleted_user(uuid.UUID(event.data["user_id"]))
 
-        EVENTS.subscribe(app.state.bus, app.state.sessionmaker, deactivate_deleted_user)
+        EVENTS.subscribe(app.state.bus, app.state.sessionmaker, apply_event)
         try:
             yield
         finally:

@@ -45,6 +45,11 @@ Clock = Callable[[], datetime]
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s.\x00-\x1f\x7f]+$")
 PASSWORD_RESET = "password-reset"  # noqa: S105 - a token purpose, not a secret
 VERIFY_EMAIL = "verify-email"
+# An anonymous request for a mail is answered before anyone looks the address up: the request only
+# records it (the same work whether or not an account has the address), and the service's own
+# consumer of these events makes the token and the mail, once per event.
+PASSWORD_RESET_REQUESTED = "auth.password_reset_requested"  # noqa: S105 - an event type, not a secret
+VERIFICATION_REQUESTED = "auth.verification_requested"
 MAIL_TEMPLATES = MailTemplates("auth_service")
 
 
@@ -204,16 +209,20 @@ class AuthService:
     # -- mailed tokens: password reset and address verification ---------------------------
 
     async def forgot_password(self, email: str, client: Client) -> None:
-        """Mail a reset link if an active account has the address; the caller learns nothing."""
+        """Ask for a reset link to the address (``send_password_reset``); the caller learns nothing."""
         await self.throttle.check_ip("forgot", client.ip)
         email = normalise_email(email)
         await self.throttle.check_address("forgot", email)
+        await add_event(self.db, outbox, new_event(PASSWORD_RESET_REQUESTED, "auth", {"email": email}))
+        security_log.info("password reset asked", extra={"ip": client.ip})
+
+    async def send_password_reset(self, email: str) -> None:
+        """Mail a reset link if an active account has the address."""
         user = await self.users.by_email(email)
         if user is None or not user.is_active:
-            security_log.info("password reset asked for no active account", extra={"ip": client.ip})
             return
         await self._mail_token(user, PASSWORD_RESET, user.email, "password_reset")
-        security_log.info("password reset link mailed", extra={"user_id": str(user.id), "ip": client.ip})
+        security_log.info("password reset link mailed", extra={"user_id": str(user.id)})
 
     async def reset_password(self, token: str, new_password: str) -> None:
         """Set a new password with a mailed token; every session and access token ends."""
@@ -260,10 +269,14 @@ class AuthService:
         return user
 
     async def resend_verification(self, email: str, client: Client) -> None:
-        """A new verification link for an unverified account; the caller learns nothing."""
+        """Ask for a new verification link (``send_verification``); the caller learns nothing."""
         await self.throttle.check_ip("resend", client.ip)
         email = normalise_email(email)
         await self.throttle.check_address("resend", email)
+        await add_event(self.db, outbox, new_event(VERIFICATION_REQUESTED, "auth", {"email": email}))
+
+    async def send_verification(self, email: str) -> None:
+        """A new verification link for an unverified account with the address."""
         user = await self.users.by_email(email)
         if user is None or not user.is_active or user.email_verified:
             return

@@ -41,7 +41,7 @@ def create_app(
     mailer: Mailer | None = None,
 ) -> Litestar:
     settings = settings or load_settings(AuthSettings)
-    mailer = mailer or create_mailer(settings.smtp_url, settings.smtp_ca_file)
+    mailer = mailer or create_mailer(settings.smtp_url, settings.smtp_ca_file, production=settings.is_production)
 
     @asynccontextmanager
     async def auth_resources(app: Litestar) -> AsyncIterator[None]:
@@ -58,7 +58,7 @@ def create_app(
         app.state.mail_relay = mail_relay
         mail_relay.start()
         if settings.is_production and not settings.smtp_url:
-            logger.warning("no SMTP_URL: mail (password resets, verifications) is only logged, never sent")
+            logger.warning("no SMTP_URL: mail (password resets, verifications) is not sent")
 
         async def apply_event(session: AsyncSession, event: Event) -> None:
             auth = provide_auth_service(session, app.state)

@@ -61,9 +61,18 @@ class Mailer(Protocol):
 
 
 class LoggingMailer:
-    """Development: the message (with its link) goes to the log instead of a mail server."""
+    """No mail server: in development the message (with its link) goes to the log instead; in
+    production, where logs never hold tokens or addresses, only that it was not sent."""
+
+    def __init__(self, log_contents: bool = True) -> None:
+        self.log_contents = log_contents
 
     async def send(self, message: MailMessage, mail_from: str) -> None:
+        if not self.log_contents:
+            logger.warning(
+                "mail not sent: no SMTP_URL", extra={"message_id": str(message.id), "template": message.template}
+            )
+            return
         logger.info(
             "mail not sent (no SMTP_URL): logged instead",
             extra={"message_id": str(message.id), "to": message.to, "subject": message.subject, "text": message.text},
@@ -101,8 +110,8 @@ class SmtpMailer:
         )
 
 
-def create_mailer(smtp_url: str, ca_file: str = "") -> Mailer:
-    return SmtpMailer(smtp_url, ca_file) if smtp_url else LoggingMailer()
+def create_mailer(smtp_url: str, ca_file: str = "", *, production: bool = False) -> Mailer:
+    return SmtpMailer(smtp_url, ca_file) if smtp_url else LoggingMailer(log_contents=not production)
 
 
 def _email(message: MailMessage, mail_from: str) -> EmailMessage:

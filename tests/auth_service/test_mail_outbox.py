@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from auth_service.config import AuthSettings
 from auth_service.models import mail_outbox
 from shared.db import create_engine, create_sessionmaker, utcnow
-from shared.mail import LoggingMailer, MailMessage, MailRelay, MailTemplates, SmtpMailer, queue_mail
+from shared.mail import LoggingMailer, MailMessage, MailRelay, MailTemplates, SmtpMailer, create_mailer, queue_mail
 from shared.settings import SettingsError
 from tests.mail_server import MailServer, serve_mail, text_of
 from tests.private_servers import free_port
@@ -144,6 +144,19 @@ async def test_the_development_mailer_logs_each_message_with_its_link(caplog: py
 
     [record] = caplog.records
     assert "https://app.example.com/reset-password?token=" in record.text  # type: ignore[attr-defined]
+
+
+async def test_without_a_mail_server_production_logs_neither_link_nor_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    message = reset_mail("ada@example.com")
+
+    with caplog.at_level(logging.INFO, logger="shared.mail"):
+        await create_mailer("", production=True).send(message, "no-reply@example.com")
+
+    [record] = caplog.records
+    assert record.message == "mail not sent: no SMTP_URL"
+    assert "token=" not in str(record.__dict__) and "ada@example.com" not in str(record.__dict__)
 
 
 @pytest.mark.parametrize("url", ["http://mail.example.com", "smtp://", "mail.example.com:25"])

@@ -19,7 +19,7 @@ from auth_service.errors import (
     WeakPassword,
 )
 from auth_service.schemas import (
-    Accepted,
+    AcceptedResponse,
     AccountUpdate,
     EmailChangeRequest,
     EmailVerifyRequest,
@@ -45,8 +45,8 @@ from shared.security import Identity, bearer_token, require_admin
 PUBLIC = {"exclude_from_auth": True}
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
 BEARER_OR_NONE: list[dict[str, list[str]]] = [{"BearerAuth": []}, {}]
-CHECK_INBOX = Accepted(detail="If an account has this address, a message is on its way to it.")
-REGISTERED_CHECK_INBOX = Accepted(detail="Check your inbox: a message is on its way to this address.")
+CHECK_INBOX = AcceptedResponse(detail="If an account has this address, a message is on its way to it.")
+REGISTERED_CHECK_INBOX = AcceptedResponse(detail="Check your inbox: a message is on its way to this address.")
 Lifetime = Annotated[
     Literal["default", "legacy"],
     QueryParameter(description="legacy: access tokens live JWT_EXPIRES_IN, as the older platform's did"),
@@ -76,7 +76,7 @@ class AuthController(Controller):
         auth: NamedDependency[AuthService],
         client: NamedDependency[Client],
         lifetime: Lifetime = "default",
-    ) -> Response[TokenResponse | Accepted]:
+    ) -> Response[TokenResponse | AcceptedResponse]:
         """Create an account and sign it in; a verification link is mailed to the address.
 
         With ``REQUIRE_VERIFIED_EMAIL`` the answer is 202 and the same whether or not the address
@@ -196,7 +196,7 @@ class AuthController(Controller):
         data: JSONBody[ForgotPasswordRequest],
         auth: NamedDependency[AuthService],
         client: NamedDependency[Client],
-    ) -> Accepted:
+    ) -> AcceptedResponse:
         """Mail a password-reset link (valid 30 minutes, once) if an account has the address;
         the answer is the same either way."""
         await auth.forgot_password(data.email, client)
@@ -236,7 +236,7 @@ class AuthController(Controller):
         data: JSONBody[ResendVerificationRequest],
         auth: NamedDependency[AuthService],
         client: NamedDependency[Client],
-    ) -> Accepted:
+    ) -> AcceptedResponse:
         """Mail a new verification link if an unverified account has the address; the answer is
         the same either way."""
         await auth.resend_verification(data.email, client)

@@ -52,7 +52,7 @@ class ResendVerificationRequest(Struct):
     email: Email
 
 
-class Accepted(Struct):
+class AcceptedResponse(Struct):
     """The same answer whatever the address: it says nothing about whether an account has it."""
 
     detail: str

@@ -321,3 +321,25 @@ async def test_a_refresh_token_alone_logs_out_through_the_gateway(legacy: httpx.
     assert logout.status_code == 204, logout.text
     assert_problem(renewed, 401)
     assert_problem(verified, 401)
+
+
+async def test_legacy_register_answers_202_while_addresses_must_be_verified(
+    make_settings: SettingsFactory,
+    auth_settings: AuthSettings,
+    clock: Clock,
+    users_app: Litestar,  # noqa: F811
+) -> None:
+    auth_app = create_auth_app(msgspec.structs.replace(auth_settings, require_verified_email=True), clock=clock)
+    gateway = create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app, USERS: users_app})
+    async with app_client(gateway) as client:
+        first = await legacy_register(client)
+        again = await legacy_register(client)
+        login = await client.post("/login", json={"email": "ada@example.com", "password": PASSWORD}, headers=KEY)
+
+    for response in (first, again):
+        assert response.status_code == 202, response.text
+        assert set(response.json()) == {"message"}
+        assert_deprecated(response, f"{AUTH}/register")
+    assert first.json() == again.json()
+    assert login.status_code == 403
+    assert login.json()["code"] == "email-unverified"

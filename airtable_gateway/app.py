@@ -4,19 +4,20 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import msgspec
 from litestar import Litestar
+from redis.asyncio import Redis
 
 from airtable_gateway.cache import ResponseCache
 from airtable_gateway.client import AirtableClient, create_http_client
 from airtable_gateway.config import AirtableSettings
 from airtable_gateway.controllers import AirtableController, MirrorController, TokenController
 from airtable_gateway.errors import EXCEPTION_HANDLERS
-from airtable_gateway.scheduler import Limits, MemoryScheduler, RedisScheduler, Scheduler
+from airtable_gateway.scheduler import Limits, MemoryScheduler, RedisScheduler, ResilientScheduler, Scheduler
 from airtable_gateway.services import Upstream, UserTokens
 from airtable_gateway.tokens import token_cipher
 from shared.events import EventBus
 from shared.service import create_service_app
 from shared.settings import load_settings
-from shared.stores import KeyValueStore
+from shared.stores import KeyValueStore, RedisBreaker, RedisStore
 
 EMULATOR_URL = "http://airtable-emulator"
 EMULATOR_TOKEN = "emulator-token"  # noqa: S105 (the in-process emulator's own token)
@@ -44,14 +45,15 @@ def create_app(
                 platform_token = EMULATOR_TOKEN
             client = AirtableClient(create_http_client(api_settings, transport))
             stack.push_async_callback(client.aclose)
-            app.state.upstream = Upstream(
-                settings,
-                client,
-                _scheduler(app, settings),
-                ResponseCache(app.state.store, settings.cache_stale_seconds),
-            )
+            store: KeyValueStore = app.state.store
+            scheduler: Scheduler = MemoryScheduler(_limits(settings))
+            if app.state.redis is not None:
+                scheduler = _resilient_scheduler(settings, app.state.redis, _breaker_of(store, settings))
+            cache = ResponseCache(store, settings.cache_stale_seconds, settings.cache_revalidate_seconds)
+            stack.push_async_callback(cache.aclose)
+            app.state.upstream = Upstream(settings, client, scheduler, cache)
             app.state.user_tokens = UserTokens(
-                app.state.sessionmaker, token_cipher(settings), platform_token, settings.token_cache_seconds
+                app.state.sessionmaker, token_cipher(settings), platform_token, settings.token_cache_seconds, store
             )
             yield
 
@@ -66,8 +68,25 @@ def create_app(
     )
 
 
-def _scheduler(app: Litestar, settings: AirtableSettings) -> Scheduler:
-    limits = Limits(settings.airtable_rate_limit, settings.airtable_token_rate_limit, settings.airtable_rate_headroom)
-    if app.state.redis is not None:
-        return RedisScheduler(app.state.redis, settings.redis_namespace, limits)
-    return MemoryScheduler(limits)
+def _limits(settings: AirtableSettings) -> Limits:
+    return Limits(
+        settings.airtable_rate_limit,
+        settings.airtable_token_rate_limit,
+        settings.airtable_rate_headroom,
+        settings.airtable_fair_share_seconds,
+    )
+
+
+def _breaker_of(store: KeyValueStore, settings: AirtableSettings) -> RedisBreaker:
+    """The store's Redis breaker (one view of Redis's health per process), else one of its own."""
+    if isinstance(store.shared, RedisStore):
+        return store.shared.breaker
+    return RedisBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds)
+
+
+def _resilient_scheduler(settings: AirtableSettings, redis: Redis, breaker: RedisBreaker) -> ResilientScheduler:
+    """Limits shared in Redis, behind the store's breaker; while Redis does not answer each
+    replica keeps its part of them (``AIRTABLE_REPLICAS``) on its own."""
+    limits = _limits(settings)
+    shared = RedisScheduler(redis, settings.redis_namespace, limits)
+    return ResilientScheduler(shared, MemoryScheduler(limits.divided(settings.airtable_replicas)), breaker)

@@ -6,8 +6,19 @@ base and a digest of the normalised request. Every write to a base increments th
 write invalidates the base's cached reads at once, on every replica (entry and generation come in
 one MGET). Identical misses running at the same time share one producer call: in the process
 (one task), and across replicas (a short-lived "filling" mark in the store; the others wait for
-the entry). An entry is kept ``stale_seconds`` past its TTL, to be served (marked ``STALE``) while
-Airtable cannot be asked.
+the entry).
+
+Past its TTL an entry is still answered at once (marked ``STALE``):
+
+* up to ``revalidate_seconds`` past it, while one background call refreshes it
+  (stale-while-revalidate): a popular entry never makes its readers wait for Airtable, nor for
+  the queue behind a base's pause;
+* up to ``stale_seconds`` past it, while Airtable cannot be asked (the base is paused, Airtable
+  fails or is out of reach, the caller's turn would come too late).
+
+While Redis does not answer, the kernel's store keeps entries in the process; a write made
+meanwhile is replayed as an invalidation once Redis answers, before anything is read from it, so
+an entry cached in Redis before the outage is never served after a write it missed.
 """
 
 import asyncio
@@ -19,7 +30,7 @@ from typing import Literal
 import msgspec
 
 from airtable_gateway.metrics import CACHE_RESULTS
-from shared.stores import KeyValueStore
+from shared.stores import KeyValueStore, StoreUnavailable
 
 CacheState = Literal["HIT", "MISS", "STALE"]
 Kind = Literal["records", "schema"]
@@ -73,14 +84,38 @@ def token_identity(token: str) -> str:
 
 
 class ResponseCache:
-    def __init__(self, store: KeyValueStore, stale_seconds: float) -> None:
+    def __init__(self, store: KeyValueStore, stale_seconds: float, revalidate_seconds: float = 0.0) -> None:
         self.store = store
         self.stale_seconds = stale_seconds
+        self.revalidate_seconds = min(revalidate_seconds, stale_seconds)
         self._inflight: dict[str, asyncio.Task[Cached]] = {}
+        self._missed_invalidations: set[str] = set()
+        self._replays = 0
 
     async def invalidate(self, base: str) -> None:
         """Every cached read of ``base`` (for every token) is void from now on."""
-        await self.store.incr(_generation_key(base), GENERATION_TTL_SECONDS)
+        try:
+            await self.store.shared.incr(_generation_key(base), GENERATION_TTL_SECONDS)
+        except StoreUnavailable:
+            self._missed_invalidations.add(base)
+            await self.store.incr(_generation_key(base), GENERATION_TTL_SECONDS)  # the process's stand-in
+
+    async def _replay_missed_invalidations(self) -> None:
+        """Redis answers again: the writes it did not hear of void their bases' entries there too."""
+        for base in list(self._missed_invalidations):
+            try:
+                await self.store.shared.incr(_generation_key(base), GENERATION_TTL_SECONDS)
+            except StoreUnavailable:
+                return
+            self._missed_invalidations.discard(base)
+            self._replays += 1
+
+    async def aclose(self) -> None:
+        """Stop the background refreshes still running (at shutdown)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def fetch(
         self,
@@ -94,23 +129,27 @@ class ResponseCache:
     ) -> Cached:
         digest = hashlib.sha256(request_identity.encode()).hexdigest()[:40]
         key = f"airtable:cache:{token_id}:{base}:{kind}:{digest}"
+        replays = self._replays
         raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
+        if self._missed_invalidations:
+            await self._replay_missed_invalidations()
+        if replays != self._replays:
+            # Read before a write missed during an outage was replayed: read again after it.
+            raw, generation_bytes = await self.store.get_many([key, _generation_key(base)])
         generation = int(generation_bytes or 0)
         entry = _decoder.decode(raw) if raw is not None else None
         if entry is not None and entry.generation == generation:
-            if time.time() - entry.stored_at < ttl:
+            age = time.time() - entry.stored_at
+            if age < ttl:
                 return self._answer(entry, "HIT")
             if await paused_for() > 0:
                 return self._answer(entry, "STALE")
+            if age < ttl + self.revalidate_seconds:
+                self._flight(key, generation, ttl, produce)
+                return self._answer(entry, "STALE")
         elif entry is not None:
             entry = None  # written since: neither fresh nor stale
-        flight = f"{key}:{generation}"
-        task = self._inflight.get(flight)
-        leader = task is None
-        if task is None:
-            task = asyncio.ensure_future(self._produce(key, generation, ttl, produce))
-            self._inflight[flight] = task
-            task.add_done_callback(lambda done: self._finished(flight, done))
+        task, leader = self._flight(key, generation, ttl, produce)
         try:
             result = await asyncio.shield(task)
         except StaleAllowed:
@@ -121,6 +160,17 @@ class ResponseCache:
             CACHE_RESULTS.labels("coalesced").inc()
             return msgspec.structs.replace(result, state="HIT")
         return result
+
+    def _flight(self, key: str, generation: int, ttl: float, produce: Producer) -> tuple[asyncio.Task[Cached], bool]:
+        """The call producing this entry: the one already running (False), or a new one (True)."""
+        flight = f"{key}:{generation}"
+        task = self._inflight.get(flight)
+        if task is not None:
+            return task, False
+        task = asyncio.ensure_future(self._produce(key, generation, ttl, produce))
+        self._inflight[flight] = task
+        task.add_done_callback(lambda done: self._finished(flight, done))
+        return task, True
 
     async def _produce(self, key: str, generation: int, ttl: float, produce: Producer) -> Cached:
         filling = f"{key}:filling:{generation}"

@@ -17,6 +17,11 @@ class UpstreamRequest(msgspec.Struct, frozen=True):
     # Safe to send again after a 5xx or a lost connection (reads, PUT/PATCH/DELETE without upsert).
     retryable: bool = False
 
+    @property
+    def read(self) -> bool:
+        """Whether the call only reads (a GET, or Airtable's POST listRecords)."""
+        return self.method == "GET" or (self.method == "POST" and self.path.endswith("/listRecords"))
+
 
 class UpstreamResponse(msgspec.Struct):
     status: int

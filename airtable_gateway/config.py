@@ -17,6 +17,9 @@ class AirtableSettings(ServiceSettings, kw_only=True, frozen=True):
 
     service_name: str = "airtable"
     port: int = 8003
+    # An uncached read makes several Redis calls (revocations, cache, limits): 2 failures in a row
+    # are enough to stop calling a hung Redis, so it costs one request ~100 ms, not ~250.
+    redis_breaker_failures: int = 2
     # The platform's Airtable token; a user's own token (PUT /token) wins for that user's requests.
     airtable_token: str = ""
     airtable_api_url: str = AIRTABLE_API_URL
@@ -30,6 +33,11 @@ class AirtableSettings(ServiceSettings, kw_only=True, frozen=True):
     # Fraction of each limit kept unused, so network jitter never pushes a second over the limit.
     airtable_rate_headroom: float = 0.1
     airtable_penalty_seconds: float = 30.0
+    # The most of a base's queue one user may hold (their requests not yet sent, in seconds of the
+    # base's rate: 1 s is 4 requests at 5/s less headroom, besides the one being sent); their
+    # surplus gets 503 + Retry-After, so another user's request on that base waits behind no more
+    # than this of theirs.
+    airtable_fair_share_seconds: float = 1.0
     airtable_queue_timeout: float = 25.0
     airtable_max_retries: int = 3
     airtable_retry_base_seconds: float = 0.25
@@ -37,10 +45,14 @@ class AirtableSettings(ServiceSettings, kw_only=True, frozen=True):
     airtable_bases: str = ""
     airtable_max_all_records: int = 10_000
     airtable_pool_size: int = 100
+    # How many replicas share the Airtable token: while Redis is down each keeps 1/n of the limits.
+    airtable_replicas: int = 1
     cache_ttl: float = 30.0
     schema_cache_ttl: float = 300.0
     # How long past its TTL an entry is kept to be served (marked STALE) while Airtable cannot be asked.
     cache_stale_seconds: float = 600.0
+    # How long past its TTL an entry is still answered at once while one background call refreshes it.
+    cache_revalidate_seconds: float = 60.0
     token_cache_seconds: float = 5.0
 
     @property
@@ -57,12 +69,18 @@ class AirtableSettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("AIRTABLE_TOKEN_RATE_LIMIT: must be at least 11 (requests per second)")
         if not 0 <= self.airtable_rate_headroom < 0.9:
             raise SettingsError("AIRTABLE_RATE_HEADROOM: must be between 0 and 0.9")
+        if self.airtable_fair_share_seconds <= 0:
+            raise SettingsError("AIRTABLE_FAIR_SHARE_SECONDS: must be positive")
+        if self.airtable_replicas < 1:
+            raise SettingsError("AIRTABLE_REPLICAS: must be at least 1")
         if self.airtable_queue_timeout <= 0 or self.airtable_timeout <= 0:
             raise SettingsError("AIRTABLE_QUEUE_TIMEOUT: must be positive (and AIRTABLE_TIMEOUT too)")
         if self.airtable_penalty_seconds < 0 or self.airtable_max_retries < 0:
             raise SettingsError("AIRTABLE_PENALTY_SECONDS: must not be negative (nor AIRTABLE_MAX_RETRIES)")
-        if self.cache_ttl < 0 or self.schema_cache_ttl < 0 or self.cache_stale_seconds < 0:
-            raise SettingsError("CACHE_TTL: must not be negative (nor SCHEMA_CACHE_TTL, CACHE_STALE_SECONDS)")
+        if min(self.cache_ttl, self.schema_cache_ttl, self.cache_stale_seconds, self.cache_revalidate_seconds) < 0:
+            raise SettingsError(
+                "CACHE_TTL: must not be negative (nor SCHEMA_CACHE_TTL, CACHE_STALE_SECONDS, CACHE_REVALIDATE_SECONDS)"
+            )
         if self.airtable_max_all_records < 1:
             raise SettingsError("AIRTABLE_MAX_ALL_RECORDS: must be at least 1")
         if self.airtable_token_encryption_key:

@@ -32,11 +32,14 @@ from airtable_gateway.schemas import (
 )
 from airtable_gateway.services import AirtableService, ListQuery, UserTokens
 from shared.errors import Unprocessable
+from shared.http import refuse_unsafe_json
 from shared.security import Identity
 
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
 Formula = Annotated[str | None, QueryParameter(max_length=10_000, description="Airtable formula")]
 AnyRequest = Request[Identity, str, State]
+# Far more than any page or the all-pages cap returns, and a number every upstream can parse.
+MAX_RECORDS_PARAMETER = 2**31 - 1
 
 
 PARTIAL = {207: ResponseSpec(data_container=BatchResponse, description="Some records failed (see results)")}
@@ -117,7 +120,7 @@ class AirtableController(Controller):
         sort_direction: FromQuery[Literal["asc", "desc"]] = "asc",
         page_size: Annotated[int | None, QueryParameter(ge=1, le=100)] = None,
         offset: Annotated[str | None, QueryParameter(max_length=200)] = None,
-        max_records: Annotated[int | None, QueryParameter(ge=1)] = None,
+        max_records: Annotated[int | None, QueryParameter(ge=1, le=MAX_RECORDS_PARAMETER)] = None,
         all_pages: Annotated[bool, QueryParameter(name="all", description="follow every page, up to the cap")] = False,
     ) -> Response[bytes]:
         """Records of a table: ``{records, offset, hasMore}``."""
@@ -332,6 +335,8 @@ class MirrorController(Controller):
         """Any Airtable Web API v0 call; reads cached, writes invalidate their base's reads."""
         method = request.method.upper()
         body = await request.body() if method != "GET" else None
+        if body:
+            refuse_unsafe_json(body)  # passed on as it came: the kernel's door all the same
         query = request.scope.get("query_string", b"").decode("latin-1")
         cached = await airtable.mirror(method, path, query, body)
         if method == "GET" or path.rstrip("/").endswith("/listRecords"):

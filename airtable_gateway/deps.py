@@ -11,5 +11,5 @@ from shared.security import Identity
 
 async def provide_airtable(request: Request[Identity, Any, Any], state: State) -> AirtableService:
     """The caller's view of Airtable: their own token when they set one, else the platform's."""
-    token = await state.user_tokens.token_for(request.user.user_id)
-    return AirtableService(state.upstream, token, state.settings.base_allow_list)
+    caller = await state.user_tokens.caller(request.user.user_id)
+    return AirtableService(state.upstream, caller, state.settings.base_allow_list)

@@ -5,6 +5,7 @@ Airtable's own errors keep their status (a 5xx becomes 502) and carry Airtable's
 ``error.type`` still find it.
 """
 
+import math
 from typing import Any
 
 import msgspec
@@ -68,12 +69,48 @@ class QueueTimeout(ServiceUnavailable, StaleAllowed):
     """The request's turn under Airtable's rate limits would come after its deadline."""
 
     code = "airtable-rate-limited"
+    message = "Airtable's rate limit for this base is in use; try again later."
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(self.message, headers={"Retry-After": _seconds(retry_after)})
+
+
+class AirtablePaused(QueueTimeout):
+    """The base is paused after an Airtable 429: a read the cache cannot answer is refused at once,
+    for the whole pause, rather than queued behind it."""
+
+    message = "Airtable asked for a pause on this base; try again after Retry-After."
+
+
+class FairShareExceeded(ServiceUnavailable, StaleAllowed):
+    """The caller already holds their share of the base's queue: their surplus is refused so that
+    others never wait behind it."""
+
+    code = "airtable-fair-share"
 
     def __init__(self, retry_after: float) -> None:
         super().__init__(
-            "Airtable's rate limit for this base is in use; try again later.",
-            headers={"Retry-After": str(max(1, round(retry_after + 0.5)))},
+            "You have as many requests waiting for this base as one user may; try again later.",
+            headers={"Retry-After": _seconds(retry_after)},
         )
+
+
+class StoredTokenUnavailable(ServiceUnavailable, StaleAllowed):
+    """The caller's own Airtable token is in the database, which cannot be read now: cached
+    reads still answer, anything that must reach Airtable cannot."""
+
+    code = "database-unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Your Airtable token is stored in a database that is unavailable; try again shortly.",
+            headers={"Retry-After": "2"},
+        )
+
+
+def _seconds(value: float) -> str:
+    """A Retry-After value: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(value)))
 
 
 class BaseNotAllowed(Forbidden):

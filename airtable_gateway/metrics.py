@@ -21,3 +21,11 @@ QUEUE_WAIT = Histogram(
 QUEUE_TIMEOUTS = Counter(
     "pyairtable_airtable_queue_timeouts_total", "Requests refused because their slot came after the deadline"
 )
+FAIR_SHARE_REFUSALS = Counter(
+    "pyairtable_airtable_fair_share_refusals_total",
+    "Requests refused because their user already held their share of the base's queue",
+)
+PAUSE_REFUSALS = Counter(
+    "pyairtable_airtable_pause_refusals_total",
+    "Reads refused at once (503) because their base is paused after an Airtable 429",
+)

@@ -2,6 +2,7 @@
 operations the routes offer on top of them. No Litestar imports."""
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -12,6 +13,9 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import msgspec
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from airtable_gateway.cache import Cached, Kind, Produced, ResponseCache, StaleAllowed, etag_of, token_identity
@@ -20,16 +24,26 @@ from airtable_gateway.config import AirtableSettings
 from airtable_gateway.errors import (
     AirtableError,
     AirtableNotConfigured,
+    AirtablePaused,
     AirtableServerError,
     AirtableTimeout,
     AirtableUnavailable,
     BaseNotAllowed,
+    FairShareExceeded,
     QueueTimeout,
+    StoredTokenUnavailable,
     UserTokensDisabled,
 )
-from airtable_gateway.metrics import QUEUE_TIMEOUTS, QUEUE_WAIT, UPSTREAM_REQUESTS, UPSTREAM_THROTTLED
+from airtable_gateway.metrics import (
+    FAIR_SHARE_REFUSALS,
+    PAUSE_REFUSALS,
+    QUEUE_TIMEOUTS,
+    QUEUE_WAIT,
+    UPSTREAM_REQUESTS,
+    UPSTREAM_THROTTLED,
+)
 from airtable_gateway.repositories import UserTokenRepository
-from airtable_gateway.scheduler import Scheduler, jittered
+from airtable_gateway.scheduler import Outcome, Scheduler, jittered
 from airtable_gateway.schemas import (
     BatchResponse,
     Deleted,
@@ -42,6 +56,7 @@ from airtable_gateway.schemas import (
 )
 from airtable_gateway.tokens import TokenCipher
 from shared.errors import NotFound
+from shared.stores import KeyValueStore
 
 WRITE_CHUNK = 10
 PAGE_SIZE = 100
@@ -49,9 +64,26 @@ META_BASE = "_meta"  # the scheduler's key for calls that concern no base (the l
 RETRYABLE_METHODS = frozenset({"GET", "DELETE", "PUT", "PATCH"})
 MAX_BASE_PAGES = 50
 PAUSE_SKEW_SECONDS = 0.05
+# A stored token's lookup, bounded so that a hung database answers (from what is known) in time;
+# after a failure the database is left alone this long and the last known tokens serve.
+TOKEN_LOOKUP_SECONDS = 1.5
+DATABASE_RETRY_SECONDS = 5.0
+NO_OWN_TOKEN = "-"  # noqa: S105 (a marker: "this user has no token of their own")
+IDENTITY_TTL = 30 * 86400
 logger = logging.getLogger("airtable_gateway")
 
 _json = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whom a request is for: the platform user (whose fair share of a base's queue it counts
+    against) and the Airtable token it uses, known at least by its identity (what cache keys hold)."""
+
+    user: str
+    token_id: str
+    # None: the user's own token, stored in a database that cannot be read now (cache hits only).
+    token: str | None
 
 
 class Upstream:
@@ -66,17 +98,19 @@ class Upstream:
         self.scheduler = scheduler
         self.cache = cache
 
-    async def send(self, token: str, request: UpstreamRequest) -> UpstreamResponse:
-        """Airtable's answer. 429s pause the base (every replica) and the request goes again
-        after the pause; 5xx and lost connections are retried only for ``retryable`` requests;
-        a request whose turn would come after its deadline is a QueueTimeout (503)."""
+    async def send(self, caller: Caller, request: UpstreamRequest) -> UpstreamResponse:
+        """Airtable's answer. A 429 pauses the base (every replica): a read is then refused (503
+        with the time left), a write goes again after the pause; 5xx and lost connections are
+        retried only for ``retryable`` requests; a request whose turn would come after its
+        deadline is a QueueTimeout (503), one past the caller's share a FairShareExceeded (503)."""
+        if caller.token is None:
+            raise StoredTokenUnavailable()
         deadline = time.monotonic() + self.settings.airtable_queue_timeout
-        token_id = token_identity(token)
         attempt = 0
         while True:
-            await self._wait_for_slot(request.base, token_id, deadline)
+            await self._wait_for_slot(caller, request, deadline)
             try:
-                response = await self.client.send(token, request)
+                response = await self.client.send(caller.token, request)
             except NotSent:
                 UPSTREAM_REQUESTS.labels(request.method, "0").inc()
                 failure: Exception = AirtableUnavailable()
@@ -93,6 +127,9 @@ class Upstream:
                     pause = jittered(max(self.settings.airtable_penalty_seconds, response.retry_after or 0))
                     await self.scheduler.pause(request.base, pause)
                     logger.warning("airtable answered 429: base paused", extra={"base": request.base, "seconds": pause})
+                    if request.read:
+                        PAUSE_REFUSALS.inc()
+                        raise AirtablePaused(pause)
                     attempt += 1
                     if attempt > self.settings.airtable_max_retries:
                         raise QueueTimeout(await self.scheduler.paused_for(request.base))
@@ -106,20 +143,38 @@ class Upstream:
                 raise failure
             await asyncio.sleep(delay)
 
-    async def _wait_for_slot(self, base: str, token_id: str, deadline: float) -> None:
+    async def _wait_for_slot(self, caller: Caller, request: UpstreamRequest, deadline: float) -> None:
         started = time.monotonic()
         while True:
-            granted, wait = await self.scheduler.reserve(base, token_id, max(0.0, deadline - time.monotonic()))
-            if not granted:
+            reservation = await self.scheduler.reserve(
+                request.base,
+                caller.token_id,
+                caller.user,
+                max(0.0, deadline - time.monotonic()),
+                refuse_if_paused=request.read,
+            )
+            if reservation.outcome == Outcome.PAUSED:
+                PAUSE_REFUSALS.inc()
+                raise AirtablePaused(reservation.wait)
+            if reservation.outcome == Outcome.SHARE:
+                FAIR_SHARE_REFUSALS.inc()
+                raise FairShareExceeded(reservation.wait)
+            if reservation.outcome == Outcome.DEADLINE:
                 QUEUE_TIMEOUTS.inc()
-                raise QueueTimeout(max(wait, await self.scheduler.paused_for(base)))
-            if wait > 0:
-                await asyncio.sleep(wait)
-            # A 429 that paused the base while this request waited: its slot is void, it goes after
-            # the pause. (A few ms left of a pause its slot already followed is only clock skew.)
-            if wait == 0 or await self.scheduler.paused_for(base) <= PAUSE_SKEW_SECONDS:
-                QUEUE_WAIT.observe(time.monotonic() - started)
-                return
+                raise QueueTimeout(max(reservation.wait, await self.scheduler.paused_for(request.base)))
+            if reservation.wait > 0:
+                await asyncio.sleep(reservation.wait)
+                # A 429 that paused the base while this request waited voids its slot: a read is
+                # refused, a write goes after the pause. (A few ms left of a pause its slot already
+                # followed is only clock skew.)
+                left = await self.scheduler.paused_for(request.base)
+                if left > PAUSE_SKEW_SECONDS:
+                    if request.read:
+                        PAUSE_REFUSALS.inc()
+                        raise AirtablePaused(left)
+                    continue
+            QUEUE_WAIT.observe(time.monotonic() - started)
+            return
 
     def _backoff(self, attempt: int) -> float:
         base = self.settings.airtable_retry_base_seconds * 2 ** (attempt - 1)
@@ -127,7 +182,7 @@ class Upstream:
 
     async def read(
         self,
-        token: str,
+        caller: Caller,
         request: UpstreamRequest,
         kind: Kind,
         identity: str,
@@ -136,7 +191,7 @@ class Upstream:
         """A cached read: ``identity`` is the normalised request, ``produce`` what a miss runs."""
         ttl = self.settings.cache_ttl if kind == "records" else self.settings.schema_cache_ttl
         return await self.cache.fetch(
-            token_identity(token),
+            caller.token_id,
             request.base,
             kind,
             identity,
@@ -145,9 +200,9 @@ class Upstream:
             lambda: self.scheduler.paused_for(request.base),
         )
 
-    async def checked(self, token: str, request: UpstreamRequest) -> Any:
+    async def checked(self, caller: Caller, request: UpstreamRequest) -> Any:
         """Airtable's JSON answer, or its error raised as an AirtableError."""
-        response = await self.send(token, request)
+        response = await self.send(caller, request)
         if response.status >= 400:
             raise airtable_error(response)
         return json_object(response.body)
@@ -211,9 +266,9 @@ class ListQuery:
 class AirtableService:
     """What one caller may do, with the Airtable token their requests use."""
 
-    def __init__(self, upstream: Upstream, token: str, allowed_bases: frozenset[str]) -> None:
+    def __init__(self, upstream: Upstream, caller: Caller, allowed_bases: frozenset[str]) -> None:
         self.upstream = upstream
-        self.token = token
+        self.caller = caller
         self.allowed_bases = allowed_bases
         self.settings = upstream.settings
 
@@ -228,12 +283,12 @@ class AirtableService:
         request = UpstreamRequest("GET", "/v0/meta/bases", META_BASE, query, retryable=True)
 
         async def produce() -> Produced:
-            document = await self.upstream.checked(self.token, request)
+            document = await self.upstream.checked(self.caller, request)
             if self.allowed_bases:
                 document["bases"] = [base for base in document.get("bases", []) if base.get("id") in self.allowed_bases]
             return Produced(200, _json.encode(document))
 
-        return await self.upstream.read(self.token, request, "schema", f"bases?{query}", produce)
+        return await self.upstream.read(self.caller, request, "schema", f"bases?{query}", produce)
 
     async def base(self, base_id: str) -> Cached:
         self._check_base(base_id)
@@ -254,9 +309,9 @@ class AirtableService:
         request = UpstreamRequest("GET", f"/v0/meta/bases/{_segment(base_id)}/tables", base_id, retryable=True)
 
         async def produce() -> Produced:
-            return Produced(200, _json.encode(await self.upstream.checked(self.token, request)))
+            return Produced(200, _json.encode(await self.upstream.checked(self.caller, request)))
 
-        return await self.upstream.read(self.token, request, "schema", "tables", produce)
+        return await self.upstream.read(self.caller, request, "schema", "tables", produce)
 
     async def table(self, base_id: str, table: str) -> Cached:
         listing = await self.tables(base_id)
@@ -278,12 +333,12 @@ class AirtableService:
             if query.all:
                 return Produced(200, _json.encode(await self._all_pages(path, base_id, query, params)))
             request = _with_offset(first, params, query.offset)
-            page = await self.upstream.checked(self.token, request)
+            page = await self.upstream.checked(self.caller, request)
             offset = page.get("offset")
             body = {"records": page.get("records", []), "offset": offset, "hasMore": offset is not None}
             return Produced(200, _json.encode(body))
 
-        return await self.upstream.read(self.token, first, "records", identity, produce)
+        return await self.upstream.read(self.caller, first, "records", identity, produce)
 
     async def _all_pages(
         self, path: str, base_id: str, query: ListQuery, params: list[tuple[str, str]]
@@ -295,7 +350,7 @@ class AirtableService:
         offset = query.offset
         while True:
             request = _with_offset(UpstreamRequest("GET", path, base_id, retryable=True), params, offset)
-            page = await self.upstream.checked(self.token, request)
+            page = await self.upstream.checked(self.caller, request)
             records.extend(page.get("records", []))
             offset = page.get("offset")
             if not offset or len(records) >= cap:
@@ -313,9 +368,9 @@ class AirtableService:
         )
 
         async def produce() -> Produced:
-            return Produced(200, _json.encode(await self.upstream.checked(self.token, request)))
+            return Produced(200, _json.encode(await self.upstream.checked(self.caller, request)))
 
-        return await self.upstream.read(self.token, request, "records", f"get:{table}:{record_id}", produce)
+        return await self.upstream.read(self.caller, request, "records", f"get:{table}:{record_id}", produce)
 
     async def create_records(self, base_id: str, table: str, records: list[Fields], typecast: bool) -> BatchResponse:
         self._check_base(base_id)
@@ -364,7 +419,7 @@ class AirtableService:
         path = f"{_table_path(base_id, table)}/{_segment(record_id)}"
         request = UpstreamRequest("PUT" if replace else "PATCH", path, base_id, body=body, retryable=True)
         try:
-            return _json.encode(await self.upstream.checked(self.token, request))
+            return _json.encode(await self.upstream.checked(self.caller, request))
         finally:
             await self.upstream.cache.invalidate(base_id)
 
@@ -373,7 +428,7 @@ class AirtableService:
         path = f"{_table_path(base_id, table)}/{_segment(record_id)}"
         request = UpstreamRequest("DELETE", path, base_id, retryable=True)
         try:
-            return _json.encode(await self.upstream.checked(self.token, request))
+            return _json.encode(await self.upstream.checked(self.caller, request))
         finally:
             await self.upstream.cache.invalidate(base_id)
 
@@ -412,7 +467,7 @@ class AirtableService:
                 try:
                     if stopped is not None:
                         raise stopped
-                    document = await self.upstream.checked(self.token, request_for(chunk))
+                    document = await self.upstream.checked(self.caller, request_for(chunk))
                 except (AirtableError, StaleAllowed) as exc:
                     if isinstance(exc, StaleAllowed):
                         stopped = exc
@@ -457,7 +512,7 @@ class AirtableService:
         if is_read:
             return await self._mirror_read(request, kind, segments)
         try:
-            response = await self.upstream.send(self.token, request)
+            response = await self.upstream.send(self.caller, request)
         finally:
             await self.upstream.cache.invalidate(base)  # records or schema: both are read again
         if response.status >= 400:
@@ -470,7 +525,7 @@ class AirtableService:
         identity = f"v0:{request.method}:{request.path}?{canonical_query}:{_canonical_body(request.body)}"
 
         async def produce() -> Produced:
-            response = await self.upstream.send(self.token, request)
+            response = await self.upstream.send(self.caller, request)
             if response.status >= 400:
                 raise airtable_error(response)
             if not listing_bases:
@@ -479,12 +534,20 @@ class AirtableService:
             document["bases"] = [base for base in document.get("bases", []) if base.get("id") in self.allowed_bases]
             return Produced(response.status, _json.encode(document))
 
-        return await self.upstream.read(self.token, request, kind, identity, produce)
+        return await self.upstream.read(self.caller, request, kind, identity, produce)
+
+
+class DatabaseDown(Exception):
+    """The user's stored token could not be read."""
 
 
 class UserTokens:
     """Users' own Airtable tokens: stored encrypted, looked up on every request through a short
-    per-process cache (a change made on another replica is seen within ``token_cache_seconds``)."""
+    per-process cache (a change made on another replica is seen within ``token_cache_seconds``).
+
+    While the database cannot be read, a user's last known token serves on; failing that, the
+    shared store remembers whether the user has a token of their own (and its identity, never the
+    token), so their cached reads still answer and, without one, so do their uncached reads."""
 
     def __init__(
         self,
@@ -492,43 +555,97 @@ class UserTokens:
         cipher: TokenCipher | None,
         platform_token: str,
         cache_seconds: float,
+        store: KeyValueStore,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.cipher = cipher
         self.platform_token = platform_token
         self.cache_seconds = cache_seconds
+        self.store = store
+        # user -> (fresh until, their own token); kept past freshness as the last known one.
         self._cache: dict[uuid.UUID, tuple[float, str | None]] = {}
         self._loading: dict[uuid.UUID, asyncio.Future[str | None]] = {}
+        self._database_down_until = 0.0
 
-    async def token_for(self, user_id: uuid.UUID) -> str:
-        """The Airtable token the user's requests use: their own, else the platform's."""
-        cached = self._cache.get(user_id)
-        if cached is not None and cached[0] > time.monotonic():
-            own = cached[1]
-        else:
-            # One database read per user at a time, however many of their requests arrive together.
-            loading = self._loading.get(user_id)
-            if loading is None:
-                loading = self._loading[user_id] = asyncio.ensure_future(self._load(user_id))
-                loading.add_done_callback(lambda _: self._loading.pop(user_id, None))
-            own = await asyncio.shield(loading)
+    async def caller(self, user_id: uuid.UUID) -> Caller:
+        """The user's requests' Caller: their own token, else the platform's."""
+        try:
+            own = await self._own_token(user_id)
+        except DatabaseDown:
+            own_identity = await self._remembered_identity(user_id)
+            if own_identity:
+                return Caller(str(user_id), own_identity, None)
+            own = None
         token = own or self.platform_token
         if not token:
             raise AirtableNotConfigured()
-        return token
+        return Caller(str(user_id), token_identity(token), token)
+
+    async def _own_token(self, user_id: uuid.UUID) -> str | None:
+        cached = self._cache.get(user_id)
+        now = time.monotonic()
+        if cached is not None and (cached[0] > now or now < self._database_down_until):
+            return cached[1]  # fresh, or the last known while the database is down
+        if now < self._database_down_until:
+            raise DatabaseDown()
+        # One database read per user at a time, however many of their requests arrive together.
+        loading = self._loading.get(user_id)
+        if loading is None:
+            loading = self._loading[user_id] = asyncio.ensure_future(self._load(user_id))
+            loading.add_done_callback(lambda _: self._loading.pop(user_id, None))
+        try:
+            # Bounded here, whatever the lookup itself waits for (a hung server's close included).
+            async with asyncio.timeout(TOKEN_LOOKUP_SECONDS):
+                return await asyncio.shield(loading)
+        except (DatabaseDown, TimeoutError) as exc:
+            self._database_down(exc)
+            if cached is not None:
+                return cached[1]
+            raise DatabaseDown() from None
+
+    def _database_down(self, exc: BaseException) -> None:
+        if time.monotonic() >= self._database_down_until:
+            error = str(exc) if isinstance(exc, DatabaseDown) else type(exc).__name__  # a class name, no data
+            logger.warning("database unavailable: users' last known tokens serve", extra={"error": error})
+        self._database_down_until = time.monotonic() + DATABASE_RETRY_SECONDS
 
     async def _load(self, user_id: uuid.UUID) -> str | None:
         if self.cipher is None:
             return None
-        async with self.sessionmaker() as session:
-            row = await UserTokenRepository(session).get(user_id)
+        try:
+            async with self.sessionmaker() as session:
+                row = await UserTokenRepository(session).get(user_id)
+        except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
+            if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+                raise
+            raise DatabaseDown(type(exc).__name__) from None
         own = self.cipher.decrypt(user_id, row.ciphertext) if row is not None else None
         if row is not None and own is None:
             logger.warning("a stored Airtable token does not decrypt (another key?)", extra={"user_id": str(user_id)})
+        previous = self._cache.get(user_id)
+        if previous is None or previous[1] != own:
+            await self._remember_identity(user_id, own)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[user_id] = (time.monotonic() + self.cache_seconds, own)
         return own
+
+    async def _remember_identity(self, user_id: uuid.UUID, own: str | None) -> None:
+        """Whether the user has a token of their own, and its identity, for when the database is down."""
+        # Only needed during a database outage; a failure here is repaired by the next load.
+        with contextlib.suppress(RedisError):
+            await self.store.set(_identity_key(user_id), token_identity(own) if own else NO_OWN_TOKEN, IDENTITY_TTL)
+
+    async def _remembered_identity(self, user_id: uuid.UUID) -> str | None:
+        """The identity of the user's own token, None when they have none; StoredTokenUnavailable
+        when nobody knows."""
+        try:
+            value = await self.store.get(_identity_key(user_id))
+        except RedisError:
+            value = None
+        if value is None:
+            raise StoredTokenUnavailable()
+        return None if value == NO_OWN_TOKEN.encode() else value.decode()
 
     async def status(self, session: AsyncSession, user_id: uuid.UUID) -> TokenStatus:
         row = await UserTokenRepository(session).get(user_id)
@@ -541,12 +658,18 @@ class UserTokens:
             raise UserTokensDisabled()
         row = await UserTokenRepository(session).save(user_id, self.cipher.encrypt(user_id, token), token[-4:])
         self._cache.pop(user_id, None)
+        await self._remember_identity(user_id, token)
         return TokenStatus(configured=True, hint=row.hint, updated_at=row.updated_at)
 
     async def delete(self, session: AsyncSession, user_id: uuid.UUID) -> bool:
         deleted = await UserTokenRepository(session).delete(user_id)
         self._cache.pop(user_id, None)
+        await self._remember_identity(user_id, None)
         return deleted
+
+
+def _identity_key(user_id: uuid.UUID) -> str:
+    return f"airtable:token-of:{user_id}"
 
 
 def _segment(value: str) -> str:

@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated
 
@@ -30,6 +30,7 @@ from analytics_service.schemas import (
 )
 from analytics_service.services import Client, EventService, MetricService, ReportService
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
+from shared.http import as_utc
 from shared.security import Identity
 
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
@@ -52,13 +53,6 @@ WRITE = problems(403, 413, 422)
 READ = problems(403, 422)
 Days = Annotated[int, QueryParameter(ge=1, le=366, description="How many days back, today included")]
 Optional = Annotated[str | None, QueryParameter(max_length=300)]
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """A time without an offset is taken as UTC."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class AnalyticsController(Controller):
@@ -87,7 +81,14 @@ class AnalyticsController(Controller):
         """Record one event (``accepted``, or ``duplicate`` when its ``event_id`` is known); 202 once stored."""
         return await event_service.ingest_one(request.user, client, data)
 
-    @post("/events/batch", operation_id="record_events", status_code=HTTP_202_ACCEPTED, responses=WRITE)
+    # Each item is accepted or rejected on its own, an item with the NUL character too.
+    @post(
+        "/events/batch",
+        operation_id="record_events",
+        status_code=HTTP_202_ACCEPTED,
+        responses=WRITE,
+        opt={"nul_per_item": True},
+    )
     async def record_events(
         self,
         data: JSONBody[EventBatch],
@@ -141,8 +142,8 @@ class AnalyticsController(Controller):
             service=service,
             endpoint=endpoint,
             user_id=user_id,
-            start=_utc(start),
-            end=_utc(end),
+            start=as_utc(start, "from"),
+            end=as_utc(end, "to"),
             aggregation=aggregation,
             interval=interval,
             limit=limit,

@@ -32,7 +32,8 @@ class Base(DeclarativeBase):
 
 
 class Event(Base):
-    """One client event; ``event_id`` (client-supplied or generated) is the dedup key."""
+    """One client event. ``event_id`` (client-supplied or generated) is unique per user: one user's
+    retry is a duplicate, another user's event with the same id is an event of its own."""
 
     __tablename__ = "events"
     __table_args__ = (
@@ -40,8 +41,8 @@ class Event(Base):
         Index("ix_events_user_id_occurred_at", "user_id", "occurred_at"),
     )
 
+    user_id: Mapped[str] = mapped_column(UserId, primary_key=True)
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    user_id: Mapped[str | None] = mapped_column(UserId)
     session_id: Mapped[str | None] = mapped_column(String(128))
     event_type: Mapped[str] = mapped_column(String(100))
     properties: Mapped[dict[str, Any]] = mapped_column(JSONDocument)

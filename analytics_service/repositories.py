@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Table, delete, distinct, func, literal_column, select, text
+from sqlalchemy import ColumnElement, Table, delete, distinct, func, literal_column, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,14 +44,16 @@ def _insert(session: AsyncSession, table: Table) -> Any:
     return (postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert)(table)
 
 
-async def insert_new(session: AsyncSession, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> set[Any]:
-    """Insert the rows whose ``key`` is not stored yet; the keys of those inserted."""
+async def insert_new(
+    session: AsyncSession, table: Table, keys: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> set[tuple[Any, ...]]:
+    """Insert the rows whose key (the ``keys`` columns) is not stored yet; the keys of those inserted."""
     if not rows:
         return set()
-    column = table.c[key]
-    statement = _insert(session, table).on_conflict_do_nothing(index_elements=[column]).returning(column)
+    columns = [table.c[key] for key in keys]
+    statement = _insert(session, table).on_conflict_do_nothing(index_elements=columns).returning(*columns)
     result = await session.execute(statement, list(rows))
-    return {row[0] for row in result}
+    return {tuple(row) for row in result}
 
 
 # The new events and, in the same statement, their counts per hour and type (``event_hourly``).
@@ -65,9 +67,9 @@ _INSERT_EVENTS_FROM_JSON = text(
         FROM json_to_recordset(CAST(:rows AS json)) AS e(
             event_id uuid, user_id text, session_id text, event_type text, properties jsonb, ip text,
             user_agent text, occurred_at timestamptz, received_at timestamptz)
-        ORDER BY e.event_id
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id, event_type, occurred_at,
+        ORDER BY e.user_id, e.event_id
+        ON CONFLICT (user_id, event_id) DO NOTHING
+        RETURNING user_id, event_id, event_type, occurred_at,
                   CASE WHEN event_type = 'llm_usage' THEN (properties->>'cost_usd')::numeric END AS cost_usd
     ), hourly AS (
         INSERT INTO event_hourly (hour, event_type, shard, events, cost_usd)
@@ -79,14 +81,21 @@ _INSERT_EVENTS_FROM_JSON = text(
         ON CONFLICT (hour, event_type, shard) DO UPDATE
         SET events = event_hourly.events + excluded.events, cost_usd = event_hourly.cost_usd + excluded.cost_usd
     )
-    SELECT coalesce(array_agg(event_id::text), '{}') FROM inserted
+    SELECT user_id, event_id::text FROM inserted
     """
 )
 _json = msgspec.json.Encoder()
 
 
-async def insert_new_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
-    """The events not stored yet, inserted and counted in ``event_hourly``; their ids.
+EventKey = tuple[str, str]  # (user_id, event_id): an event id is unique per user
+
+
+def event_key(row: dict[str, Any]) -> EventKey:
+    return row["user_id"], row["event_id"]
+
+
+async def insert_new_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[EventKey]:
+    """The events not stored yet, inserted and counted in ``event_hourly``; their keys.
 
     On PostgreSQL the whole batch is one JSON parameter (encoded in C by msgspec, parsed in C by
     PostgreSQL) and one statement: per-value parameter binding in Python would cost more than the
@@ -95,7 +104,8 @@ async def insert_new_events(session: AsyncSession, rows: Sequence[dict[str, Any]
         return set()
     if dialect_name(session) != "postgresql":
         typed = [{**row, "event_id": uuid.UUID(row["event_id"])} for row in rows]
-        accepted = {str(event_id) for event_id in await insert_new(session, EVENTS, "event_id", typed)}
+        inserted = await insert_new(session, EVENTS, ["user_id", "event_id"], typed)
+        accepted = {(user_id, str(event_id)) for user_id, event_id in inserted}
         await upsert_add(
             session,
             EVENT_HOURLY,
@@ -104,14 +114,14 @@ async def insert_new_events(session: AsyncSession, rows: Sequence[dict[str, Any]
             event_hourly_rows(rows, accepted),
         )
         return accepted
-    inserted = await session.scalar(_INSERT_EVENTS_FROM_JSON, {"rows": _json.encode(rows).decode()})
-    return set(inserted or ())
+    result = await session.execute(_INSERT_EVENTS_FROM_JSON, {"rows": _json.encode(rows).decode()})
+    return {(user_id, event_id) for user_id, event_id in result}
 
 
-def event_hourly_rows(rows: Sequence[dict[str, Any]], accepted: set[str]) -> list[dict[str, Any]]:
+def event_hourly_rows(rows: Sequence[dict[str, Any]], accepted: set[EventKey]) -> list[dict[str, Any]]:
     hourly: dict[tuple[datetime, str], dict[str, Any]] = {}
     for row in rows:
-        if row["event_id"] not in accepted:
+        if event_key(row) not in accepted:
             continue
         hour = row["occurred_at"].replace(minute=0, second=0, microsecond=0)
         bucket = hourly.setdefault(
@@ -147,13 +157,9 @@ async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[s
 
 async def delete_older(session: AsyncSession, table: Table, column: str, cutoff: Any, limit: int) -> int:
     """Delete up to ``limit`` rows older than ``cutoff`` (by an indexed column); how many went."""
-    keys = [c for c in table.primary_key.columns]
-    time_column = table.c[column]
-    if len(keys) == 1:
-        victims = select(keys[0]).where(time_column < cutoff).limit(limit).scalar_subquery()
-        result = await session.execute(delete(table).where(keys[0].in_(victims)))
-    else:  # the rollups: small tables, one statement
-        result = await session.execute(delete(table).where(time_column < cutoff))
+    keys = list(table.primary_key.columns)
+    victims = select(*keys).where(table.c[column] < cutoff).limit(limit)
+    result = await session.execute(delete(table).where(tuple_(*keys).in_(victims)))
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from msgspec import Meta, Struct
 
 from analytics_service.config import MAX_BATCH_ITEMS
+from shared.http import check_date_time
 
 EventType = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:\-/]+$")]
 UserRef = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -36,6 +37,9 @@ class EventCreate(Struct, forbid_unknown_fields=True):
     session_id: SessionRef | None = None
     properties: dict[str, Any] = {}
     occurred_at: AwareDateTime | None = None
+
+    def __post_init__(self) -> None:
+        check_date_time(self.occurred_at, "occurred_at")
 
 
 class LLMUsage(Struct):
@@ -97,6 +101,9 @@ class MetricCreate(Struct, forbid_unknown_fields=True):
     endpoint: Annotated[str, Meta(max_length=300)] | None = None
     labels: dict[str, Any] = {}
     timestamp: AwareDateTime | None = None
+
+    def __post_init__(self) -> None:
+        check_date_time(self.timestamp, "timestamp")
 
 
 class MetricBatch(Struct):

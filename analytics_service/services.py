@@ -130,8 +130,9 @@ class EventService:
             with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
                 parsed = _well_formed.decode(body).events
         check_nul = body is None or b"\\u0000" in body  # JSON writes a NUL character only so
-        outcomes: list[tuple[str | None, str | None]] = []  # (event id, reason it was rejected)
-        rows: dict[str, dict[str, Any]] = {}
+        # Per item: its event id, its key when acceptable, else the reason it was rejected.
+        outcomes: list[tuple[str | None, repo.EventKey | None, str | None]] = []
+        rows: dict[repo.EventKey, dict[str, Any]] = {}
         for index, raw in enumerate(items):
             try:
                 item = parsed[index] if parsed is not None else msgspec.convert(raw, EventCreate)
@@ -139,20 +140,21 @@ class EventService:
                     raise ValueError("a text value contains the NUL character, which cannot be stored")
                 row = self._row(caller, item)
             except (msgspec.ValidationError, ValueError) as exc:
-                outcomes.append((_event_id_of(raw), str(exc)))
+                outcomes.append((_event_id_of(raw), None, str(exc)))
                 continue
-            rows.setdefault(row["event_id"], row)
-            outcomes.append((row["event_id"], None))
+            key = repo.event_key(row)
+            rows.setdefault(key, row)
+            outcomes.append((row["event_id"], key, None))
         accepted = await repo.insert_new_events(self.db, list(rows.values()))
-        await self._roll_up([row for event_id, row in rows.items() if event_id in accepted])
+        await self._roll_up([row for key, row in rows.items() if key in accepted])
         await self.db.commit()
         results, counts = [], {"accepted": 0, "duplicate": 0, "rejected": 0}
-        for index, (event_id, reason) in enumerate(outcomes):
-            if reason is not None:
+        for index, (event_id, stored_as, reason) in enumerate(outcomes):
+            if stored_as is None:
                 status: ItemStatus = "rejected"
-            elif event_id in accepted:
+            elif stored_as in accepted:
                 status = "accepted"
-                accepted.discard(event_id)  # the same id again later in the batch is a duplicate
+                accepted.discard(stored_as)  # the same id again later in the batch is a duplicate
             else:
                 status = "duplicate"
             counts[status] += 1
@@ -263,9 +265,9 @@ async def apply_usage(session: AsyncSession, messages: Sequence[UsageMessage], n
     """Roll the messages not applied before into the usage and endpoint rollups, in the caller's
     transaction; how many records were counted."""
     fresh = await repo.insert_new(
-        session, repo.USAGE_APPLIED, "message_id", [{"message_id": m.id, "applied_at": now} for m in messages]
+        session, repo.USAGE_APPLIED, ["message_id"], [{"message_id": m.id, "applied_at": now} for m in messages]
     )
-    records = [record for message in messages if message.id in fresh for record in message.records]
+    records = [record for message in messages if (message.id,) in fresh for record in message.records]
     usage: dict[tuple[str, date], dict[str, Any]] = {}
     endpoints: dict[tuple[datetime, str], dict[str, Any]] = {}
     for record in records:

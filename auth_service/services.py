@@ -156,8 +156,7 @@ class AuthService:
     async def login(self, email: str, password: str, client: Client, legacy_lifetime: bool = False) -> TokenResponse:
         await self.throttle.check_ip("login", client.ip)
         email = email.strip().lower()
-        # No account holds a NUL (registration refuses control characters), and the database cannot compare one.
-        user = await self.users.by_email(email) if "\x00" not in email else None
+        user = await self.users.by_email(email)
         user_id = str(user.id) if user else None
         try:
             ok = await self._verify_login(email, user, password)
@@ -235,13 +234,14 @@ class AuthService:
         user.password_hash = await self.passwords.hash(new_password)
         user.password_changed_at = user.updated_at = now
         await self.tokens.void_unused(user.id, PASSWORD_RESET, now)
-        # Revoking every session revokes every access token too: each carries its session id.
-        sessions = [s.id for s in await self.sessions.active_for_user(user.id, now)]
-        await self._revoke_sessions(sessions, now)
-        await self.throttle.succeeded(user.email)
         if not user.email_verified:  # the link came to the address: it is the owner's
             user.email_verified = True
             await add_event(self.db, outbox, new_event("user.email_verified", "auth", user_event_data(user)))
+        await self.throttle.succeeded(user.email)
+        # Revoking every session revokes every access token too: each carries its session id. Last:
+        # with Redis down it raises RevocationIncomplete, and what is above stands (committed).
+        sessions = [s.id for s in await self.sessions.active_for_user(user.id, now)]
+        await self._revoke_sessions(sessions, now)
         security_log.info("password reset", extra={"user_id": str(user.id), "revoked_sessions": len(sessions)})
 
     async def verify_email(self, token: str) -> User:
@@ -474,7 +474,6 @@ class AuthService:
 
     async def logout(self, identity: Identity, refresh: str | None, scope: str) -> None:
         now = self.clock()
-        await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
         if scope == "global":
             sessions = await self.sessions.active_for_user(identity.user_id, now)
             # Revoking every session also revokes every access token (they carry their session id),
@@ -487,6 +486,8 @@ class AuthService:
                 if token is not None and token.session.user_id == identity.user_id:
                     targets.append(token.session_id)
             await self._revoke_sessions(targets, now)
+        # Last: with Redis down it raises, and the sessions above must be revoked in the database first.
+        await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
         security_log.info("logout", extra={"user_id": str(identity.user_id), "scope": scope})
 
     async def revoke_refresh_token(self, refresh: str) -> None:
@@ -521,8 +522,7 @@ class AuthService:
     async def _revoke_sessions(self, session_ids: list[uuid.UUID], now: datetime) -> None:
         """Refresh tokens of these sessions stop working now; so do their access tokens."""
         await self.sessions.revoke(session_ids, now)
-        for session_id in session_ids:
-            await self.revocations.revoke_session(str(session_id), self._access_revocation_ttl)
+        await self.revocations.revoke_sessions([str(s) for s in session_ids], self._access_revocation_ttl)
 
     @property
     def _access_revocation_ttl(self) -> float:

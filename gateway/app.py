@@ -89,8 +89,9 @@ def create_app(
                 trusted_proxies=settings.trusted_proxy_list,
                 max_body_size=settings.max_body_size,
                 client_body_timeout=settings.client_body_timeout,
-                idempotency=Idempotency(
-                    app.state.store, settings.connect_timeout + settings.request_timeout + IN_FLIGHT_MARGIN_SECONDS
+                idempotency=Idempotency(  # shared or nothing: per process, a retry could run twice
+                    app.state.store.shared,
+                    settings.connect_timeout + settings.request_timeout + IN_FLIGHT_MARGIN_SECONDS,
                 ),
             )
             # A gateway with Redis or some upstreams down still serves: reported as degraded, still

@@ -20,7 +20,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody, QueryParameter
-from litestar.types import Message, Scope
+from litestar.types import Message, OperationIDCreator, Scope
 
 from gateway.compat_schemas import (
     LegacyCosts,
@@ -52,7 +52,7 @@ from gateway.compat_schemas import (
 from gateway.proxy import ForwardRequest, RequestBody
 from gateway.services import Admission
 from shared.errors import Forbidden, ProblemError, ServiceUnavailable, Unauthorized
-from shared.http import client_ip, ensure_request_id
+from shared.http import CheckedBodyRequest, client_ip, ensure_request_id
 
 # RFC 9745: the date from which these routes are deprecated (2026-12-01), and where to go instead.
 DEPRECATION = "@1796083200"
@@ -227,9 +227,25 @@ def token_response(reply: ServiceReply) -> Response[LegacyTokenResponse | Legacy
 
 
 LEGACY = {"exclude_from_auth": True}
+PREFIXES = ("auth", "analytics")
+
+
+def per_path(operation_id: str) -> OperationIDCreator:
+    """A route served at two paths (``/auth/login`` and ``/login``) is two OpenAPI operations, each
+    needing its own id: ``operation_id`` for the prefixed path, ``<operation_id>_unprefixed`` for
+    the other."""
+
+    def for_path(_handler: Any, _method: Any, components: list[Any]) -> str:
+        prefixed = bool(components) and components[0] in PREFIXES
+        return operation_id if prefixed else f"{operation_id}_unprefixed"
+
+    return for_path
+
+
 # The older service (pydantic) converted a JSON "5" into the number 5 where its schema said number;
-# its clients keep that. The platform's own routes decode bodies strictly (shared.http.StrictBodyRequest).
-LENIENT_BODIES = Request
+# its clients keep that. The platform's own routes decode bodies strictly (shared.http.StrictBodyRequest);
+# both pass the kernel's door first (nesting limit, no NUL character).
+LENIENT_BODIES = CheckedBodyRequest
 REGISTER_ERRORS = {409: 400, 422: 400}  # the old service answered 400 for a taken email or a weak password
 
 
@@ -241,7 +257,9 @@ class LegacyAuthController(Controller):
     request_class = LENIENT_BODIES
 
     @post(
-        ["/auth/register", "/register"], operation_id="legacy_register", opt={**LEGACY, "successor": f"{AUTH}/register"}
+        ["/auth/register", "/register"],
+        operation_id=per_path("legacy_register"),
+        opt={**LEGACY, "successor": f"{AUTH}/register"},
     )
     async def register(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyRegisterRequest]
@@ -252,7 +270,9 @@ class LegacyAuthController(Controller):
         raise_for_status(reply, REGISTER_ERRORS)
         return token_response(reply)
 
-    @post(["/auth/login", "/login"], operation_id="legacy_login", opt={**LEGACY, "successor": f"{AUTH}/login"})
+    @post(
+        ["/auth/login", "/login"], operation_id=per_path("legacy_login"), opt={**LEGACY, "successor": f"{AUTH}/login"}
+    )
     async def login(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyLoginRequest]
     ) -> Response[LegacyTokenResponse | LegacyMessage]:
@@ -261,7 +281,11 @@ class LegacyAuthController(Controller):
         raise_for_status(reply, detail="Invalid credentials" if reply.status == 401 else None)
         return token_response(reply)
 
-    @get(["/auth/verify", "/verify"], operation_id="legacy_verify", opt={**LEGACY, "successor": f"{AUTH}/verify"})
+    @get(
+        ["/auth/verify", "/verify"],
+        operation_id=per_path("legacy_verify"),
+        opt={**LEGACY, "successor": f"{AUTH}/verify"},
+    )
     async def verify(self, request: Request[Any, Any, State]) -> Response[LegacyVerifyResponse]:
         """Whether the bearer token is valid, with its user."""
         reply = await call_platform(request, "GET", f"{AUTH}/me")
@@ -269,7 +293,11 @@ class LegacyAuthController(Controller):
         verified = LegacyVerifyResponse(valid=True, user=legacy_user(reply.body))
         return Response(verified, headers=reply.rate_limit_headers)
 
-    @get(["/auth/profile", "/profile"], operation_id="legacy_get_profile", opt={**LEGACY, "successor": f"{USERS}/me"})
+    @get(
+        ["/auth/profile", "/profile"],
+        operation_id=per_path("legacy_get_profile"),
+        opt={**LEGACY, "successor": f"{USERS}/me"},
+    )
     async def profile(self, request: Request[Any, Any, State]) -> Response[LegacyUser]:
         """The caller's profile."""
         reply = await call_platform(request, "GET", f"{USERS}/me")
@@ -277,7 +305,9 @@ class LegacyAuthController(Controller):
         return Response(legacy_user(reply.body), headers=reply.rate_limit_headers)
 
     @put(
-        ["/auth/profile", "/profile"], operation_id="legacy_update_profile", opt={**LEGACY, "successor": f"{USERS}/me"}
+        ["/auth/profile", "/profile"],
+        operation_id=per_path("legacy_update_profile"),
+        opt={**LEGACY, "successor": f"{USERS}/me"},
     )
     async def update_profile(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyProfileUpdate]
@@ -325,7 +355,7 @@ class LegacyAnalyticsController(Controller):
 
     @post(
         ["/analytics/events", "/events"],
-        operation_id="legacy_track_event",
+        operation_id=per_path("legacy_track_event"),
         opt={**LEGACY, "successor": f"{ANALYTICS}/events"},
     )
     async def track_event(
@@ -394,7 +424,7 @@ class LegacyAnalyticsController(Controller):
 
     @get(
         ["/analytics/usage/{user_id:str}", "/usage/{user_id:str}"],
-        operation_id="legacy_usage",
+        operation_id=per_path("legacy_usage"),
         opt={**LEGACY, "successor": f"{ANALYTICS}/usage/{{user_id}}"},
     )
     async def usage(
@@ -421,7 +451,11 @@ class LegacyAnalyticsController(Controller):
         ]
         return _answer(usage, reply)
 
-    @get(["/analytics/costs", "/costs"], operation_id="legacy_costs", opt={**LEGACY, "successor": f"{ANALYTICS}/costs"})
+    @get(
+        ["/analytics/costs", "/costs"],
+        operation_id=per_path("legacy_costs"),
+        opt={**LEGACY, "successor": f"{ANALYTICS}/costs"},
+    )
     async def costs(
         self,
         request: Request[Any, Any, State],

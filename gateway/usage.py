@@ -2,8 +2,9 @@
 
 ``record()`` only appends to a bounded in-process buffer; a background task publishes the buffer
 every ``FLUSH_SECONDS`` (sooner once ``FLUSH_RECORDS`` are waiting) in one pipelined round trip,
-with a short timeout. A full buffer or a failed flush (Redis down, hung or slow) drops records and
-counts them in ``pyairtable_gateway_usage_dropped_total``: a request is never slowed or failed.
+with a short timeout. A full buffer or a failed flush (Redis down, hung or slow, or the stream full
+because analytics is far behind: ``shared.streams.StreamFull``) drops records and counts them in
+``pyairtable_gateway_usage_dropped_total``: a request is never slowed or failed.
 
 Bytes: ``bytes_in`` is the request's ``Content-Length`` (0 for a chunked body); ``bytes_out`` is not
 measured (0): the proxy streams the response and counting it would cost on every chunk.

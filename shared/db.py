@@ -1,13 +1,16 @@
 """Async SQLAlchemy for PostgreSQL (psycopg 3) and SQLite (aiosqlite); one transaction per request."""
 
+import asyncio
 import logging
-from collections.abc import AsyncGenerator
+import math
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from litestar import Request, Response
 from litestar.datastructures import State
-from sqlalchemy import DateTime, Table, event, text
+from sqlalchemy import DateTime, Table, event, make_url, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -49,22 +52,42 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
     url = settings.sqlalchemy_url()
     if url.startswith("sqlite"):
         settings.data_path.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 15})
+        engine = create_async_engine(url, connect_args={"timeout": 15}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    timeout = max(1, int(settings.db_connect_timeout_seconds))
     return create_async_engine(
         url,
+        hide_parameters=True,  # an error's SQL parameters (hashes, emails) never reach a log line
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=True,  # a connection PostgreSQL dropped (a restart) is replaced, not used
         pool_timeout=settings.db_connect_timeout_seconds,
         pool_recycle=1800,
-        connect_args={
-            "connect_timeout": timeout,
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
-        },
+        async_creator=_bounded_connect(settings),
     )
+
+
+def _bounded_connect(settings: ServiceSettings) -> Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]:
+    """Connections made within DB_CONNECT_TIMEOUT_SECONDS, with the statement timeout set.
+
+    libpq's ``connect_timeout`` has a floor of 2 s and a hung server (postmaster stopped) would hold
+    the request that long or longer, so the connect is bounded here; a connect that times out is an
+    OperationalError like a refused one, which the kernel answers with a 503."""
+    conninfo = make_url(settings.sqlalchemy_url()).set(drivername="postgresql").render_as_string(hide_password=False)
+    timeout = settings.db_connect_timeout_seconds
+
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                return await psycopg.AsyncConnection.connect(
+                    conninfo,
+                    connect_timeout=max(2, math.ceil(timeout)),
+                    options=f"-c statement_timeout={settings.db_statement_timeout_ms}",
+                )
+        except TimeoutError:
+            raise psycopg.OperationalError(f"connection not made within {timeout} s") from None
+
+    return connect
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -82,13 +105,18 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 async def provide_db_session(state: State) -> AsyncGenerator[AsyncSession, None]:
-    """One transaction per request: committed after the handler, rolled back if it raises."""
+    """One transaction per request: committed after the handler, rolled back if it raises, unless
+    the error says the work done so far must stand (``commit_before_answer``, e.g. a logout whose
+    sessions are revoked in the database though Redis could not record it)."""
     sessionmaker: async_sessionmaker[AsyncSession] = state.sessionmaker
     async with sessionmaker() as session:
         try:
             yield session
-        except BaseException:
-            await session.rollback()
+        except BaseException as exc:
+            if getattr(exc, "commit_before_answer", False):
+                await session.commit()
+            else:
+                await session.rollback()
             raise
         await session.commit()
 

@@ -33,10 +33,9 @@ class DeadLetterEntry(msgspec.Struct, frozen=True):
 
 
 class DeadLetters:
-    def __init__(self, redis: Redis, namespace: str, maxlen: int = 100_000) -> None:
+    def __init__(self, redis: Redis, namespace: str) -> None:
         self.redis = redis
         self.namespace = namespace
-        self.maxlen = maxlen
 
     async def list(self, event_type: str, group: str) -> list[DeadLetterEntry]:
         """The dead letters of ``group`` for ``event_type``, oldest first."""
@@ -53,14 +52,10 @@ class DeadLetters:
             start = "(" + page[-1][0].decode()
 
     async def replay(self, entry: DeadLetterEntry) -> None:
-        """Back on its stream and out of the dead letters, in one transaction."""
+        """Back on its stream and out of the dead letters, in one transaction. No MAXLEN on the
+        stream: that would trim events a group has not read (its consumers trim what all acknowledged)."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                event_stream(self.namespace, entry.event_type),
-                {b"event": entry.fields[b"event"]},
-                maxlen=self.maxlen,
-                approximate=True,
-            )
+            pipe.xadd(event_stream(self.namespace, entry.event_type), {b"event": entry.fields[b"event"]})
             pipe.xdel(dead_letter_stream(self.namespace, entry.event_type), entry.entry_id)
             await pipe.execute()
 

@@ -11,10 +11,11 @@ from litestar.exceptions import (
     NotAuthorizedException,
     ValidationException,
 )
-from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy.exc import DataError, IntegrityError
 
 from shared.http import ensure_request_id
-from shared.logs import request_id_var
+from shared.logs import request_id_var, stack_without_messages
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 logger = logging.getLogger("shared.errors")
@@ -187,11 +188,51 @@ def _validation_detail(detail: str, errors: list[dict[str, Any]] | None) -> str:
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
-    logger.exception("unhandled error", extra={"path": request.scope.get("path")})
+    """A 500: logged with the request ID (the log line carries it), the route and where it failed,
+    and nothing of the request's data: exception messages (which may quote a value, an SQL
+    statement's parameters, a token) are left out, only their types and stack frames kept."""
+    logger.error(
+        "unhandled error",
+        extra={"route": _route_of(request), "error": type(exc).__name__, "stack": stack_without_messages(exc)},
+    )
     return problem_response(request, HTTP_500_INTERNAL_SERVER_ERROR, "An unexpected error occurred.")
+
+
+def _route_of(request: Request[Any, Any, Any]) -> str | None:
+    """The route's template (``/api/v1/users/{user_id:uuid}``), not the path a client filled in."""
+    template: str | None = request.scope.get("path_template")
+    return template
+
+
+def unstorable_value_handler(request: Request[Any, Any, Any], exc: DataError) -> Response[Problem]:
+    """A value the database refuses (too long, out of range, text it cannot hold) came from the
+    client: a 422, never a 500. The driver's message, which may quote the value, is not logged."""
+    logger.warning("the database refused a value", extra={"route": _route_of(request), **_sqlstate(exc)})
+    return problem_response(
+        request, HTTP_422_UNPROCESSABLE_ENTITY, "A value is not one the service can store.", code="unstorable-value"
+    )
+
+
+def constraint_conflict_handler(request: Request[Any, Any, Any], exc: IntegrityError) -> Response[Problem]:
+    """A constraint the request broke (a duplicate that a concurrent request created first, a
+    reference to a row just deleted) is a 409 the client can act on, not a 500."""
+    logger.warning("a database constraint refused a change", extra={"route": _route_of(request), **_sqlstate(exc)})
+    return problem_response(request, HTTP_409_CONFLICT, "The change conflicts with the current state.")
+
+
+def _sqlstate(exc: DataError | IntegrityError) -> dict[str, Any]:
+    """The error's SQLSTATE and constraint name (codes, never values) where the driver gives them."""
+    diag = getattr(exc.orig, "diag", None)
+    return {
+        "error": type(exc.orig).__name__,
+        "sqlstate": getattr(exc.orig, "sqlstate", None),
+        "constraint": getattr(diag, "constraint_name", None),
+    }
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
     HTTPException: http_exception_handler,
+    DataError: unstorable_value_handler,
+    IntegrityError: constraint_conflict_handler,
     Exception: internal_error_handler,
 }

@@ -7,6 +7,12 @@ failing is retried ``max_attempts`` times, then its message moves to the dead-le
 ``{namespace}:events:{type}:dead`` (in memory: ``InMemoryBus.dead_letters``; the Redis ones are
 listed, replayed and dropped with ``shared.dead_letters``). A service declares what it consumes in
 an :class:`EventConsumer`; its processed ids are forgotten after ``EVENT_DEDUP_RETENTION_DAYS``.
+
+A Redis stream keeps only what some group has not acknowledged: consumers trim the rest, and a
+publish that would take a stream past ``STREAM_MAX_BYTES`` of unacknowledged events is refused
+(``shared.streams.StreamFull``; the outbox keeps the event and publishes it later) rather than
+trimming events a group has not read. When Redis comes back without a stream's consumer group
+(restarted empty), the consumer creates the group again and goes on (shared/streams.py).
 """
 
 import asyncio
@@ -22,12 +28,20 @@ from typing import Any, Protocol
 import msgspec
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from sqlalchemy import Column, Index, MetaData, String, Table, Uuid, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import UTCDateTime, insert_or_ignore, utcnow
 from shared.periodic import PeriodicTask
+from shared.streams import (
+    append,
+    claimed_entries,
+    ensure_group,
+    group_recreated,
+    is_missing_group,
+    trim_acknowledged,
+)
 
 logger = logging.getLogger("shared.events")
 
@@ -48,6 +62,9 @@ PENDING = Gauge(
     ["event_type", "group"],
 )
 DEFAULT_MAX_ATTEMPTS = 5
+# The memory a type's stream may take with events not yet acknowledged (~150,000 events of ~400 bytes).
+STREAM_MAX_BYTES = 64 * 1024 * 1024
+DEAD_LETTER_MAXLEN = 100_000
 LAG_REFRESH_SECONDS = 5.0
 PRUNE_BATCH_SIZE = 1000
 MAX_REMEMBERED_ERRORS = 10_000
@@ -252,7 +269,8 @@ class RedisStreamBus:
     A message whose handler failed, or whose consumer died before acknowledging it, is claimed
     again (by any consumer of the group) once it has been pending ``reclaim_after_seconds``.
     A message delivered more than ``max_attempts`` times, or one that cannot be decoded, is moved
-    to ``{namespace}:events:{type}:dead`` and acknowledged.
+    to ``{namespace}:events:{type}:dead`` and acknowledged. Every ``LAG_REFRESH_SECONDS`` a consumer
+    measures its group's lag and trims what every group of the stream has acknowledged.
     """
 
     def __init__(
@@ -260,14 +278,14 @@ class RedisStreamBus:
         redis: Redis,
         namespace: str,
         consumer: str | None = None,
-        maxlen: int = 100_000,
+        max_bytes: int = STREAM_MAX_BYTES,
         reclaim_after_seconds: float = 30.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.redis = redis
         self.namespace = namespace
         self.consumer = consumer or f"consumer-{uuid.uuid4().hex[:8]}"
-        self.maxlen = maxlen
+        self.max_bytes = max_bytes
         self.reclaim_after_ms = max(1, int(reclaim_after_seconds * 1000))
         self.max_attempts = max(1, max_attempts)
         self._subscriptions: list[tuple[str, str, Handler]] = []
@@ -283,9 +301,9 @@ class RedisStreamBus:
         return dead_letter_stream(self.namespace, event_type)
 
     async def publish(self, event: Event) -> None:
-        await self.redis.xadd(
-            self.stream(event.type), {"event": _encoder.encode(event)}, maxlen=self.maxlen, approximate=True
-        )
+        """Raises ``StreamFull`` (a RedisError) when the type's consumers are far behind."""
+        payload = _encoder.encode(event)
+        await append(self.redis, self.stream(event.type), "event", [payload], self.max_bytes, event.type)
 
     def subscribe(self, event_type: str, group: str, handler: Handler) -> None:
         self._subscriptions.append((event_type, group, handler))
@@ -304,22 +322,22 @@ class RedisStreamBus:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    async def _ensure_group(self, stream: str, group: str) -> None:
-        try:
-            await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
     async def _consume(self, event_type: str, group: str, handler: Handler) -> None:
+        """Read until closed. Every round starts by creating the group if it is missing, so a group
+        Redis lost (NOGROUP: restarted empty) is back at once, and after an outage at the next try."""
         stream = self.stream(event_type)
+        group_known = False
         while not self._closing:
             try:
-                await self._ensure_group(stream, group)
+                if await ensure_group(self.redis, stream, group) and group_known:
+                    group_recreated(event_type, group)
+                group_known = True
                 await self._read_batches(event_type, group, handler)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                if is_missing_group(exc):
+                    continue  # the next round creates the group again
                 logger.warning("event stream unavailable", extra={"stream": stream, "error": str(exc)})
                 await asyncio.sleep(1.0)
 
@@ -335,6 +353,7 @@ class RedisStreamBus:
             if time.monotonic() - lag_measured >= LAG_REFRESH_SECONDS:
                 lag_measured = time.monotonic()
                 await self._measure_lag(event_type, group)
+                await trim_acknowledged(self.redis, stream, event_type)
 
     async def _reclaim(self, event_type: str, group: str, handler: Handler) -> None:
         """Take over messages left unacknowledged too long: a failed handler, a dead consumer."""
@@ -342,14 +361,13 @@ class RedisStreamBus:
         reply: Any = await self.redis.xautoclaim(
             stream, group, self.consumer, min_idle_time=self.reclaim_after_ms, start_id="0-0", count=100
         )
-        claimed: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[1]
+        claimed, gone = claimed_entries(reply, event_type, group)
+        if gone:
+            await self.redis.xack(stream, group, *gone)
         if not claimed:
             return
         deliveries = await self._delivery_counts(stream, group, claimed[0][0], claimed[-1][0])
         for message_id, fields in claimed:
-            if fields is None:  # trimmed from the stream meanwhile (Redis 6.2)
-                await self.redis.xack(stream, group, message_id)
-                continue
             attempts = deliveries.get(message_id, 1)
             if attempts > self.max_attempts:
                 last_error = self._last_errors.pop(message_id, None)
@@ -408,7 +426,7 @@ class RedisStreamBus:
             b"reason": reason.encode(),
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.dead_letter_stream(event_type), entry, maxlen=self.maxlen, approximate=True)
+            pipe.xadd(self.dead_letter_stream(event_type), entry, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
             pipe.xack(self.stream(event_type), group, message_id)
             await pipe.execute()
         HANDLED.labels(event_type, group, "dead_lettered").inc()

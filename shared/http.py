@@ -6,14 +6,17 @@ import ipaddress
 import os
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import partial
+from itertools import accumulate
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
-from litestar.exceptions import SerializationException, ValidationException
+from litestar.exceptions import ClientException, SerializationException, ValidationException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.serialization import default_deserializer
@@ -82,20 +85,183 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-class StrictBodyRequest(Request[Any, Any, Any]):
+MAX_JSON_DEPTH = 32
+"""How deeply arrays and objects may nest in a JSON body. No route needs more; a body nested a
+thousand deep would exhaust the decoder's (and later the database driver's) recursion."""
+UNSTORABLE_TEXT = "contains the NUL character, which cannot be stored"
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[{]}")
+# What may make a query string or path not UTF-8 text, or hold a NUL character, once decoded.
+_NON_ASCII_ESCAPE = re.compile(rb"%[89a-fA-F][0-9a-fA-F]|[\x80-\xff]")
+_SUSPECT_QUERY = re.compile(rb"%00|\x00|%[89a-fA-F][0-9a-fA-F]|[\x80-\xff]")
+
+
+def nests_too_deeply(body: bytes) -> bool:
+    """Whether the arrays and objects of a JSON text nest deeper than ``MAX_JSON_DEPTH`` (brackets
+    inside strings not counted). Fewer brackets than the limit in all is the usual, free answer."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    brackets = _JSON_STRING.sub(b"", body).translate(_BRACKETS, delete=_NOT_BRACKETS)
+    return max(accumulate(memoryview(brackets).cast("b")), default=0) > MAX_JSON_DEPTH
+
+
+def refuse_unsafe_json(body: bytes, *, nul: bool = True) -> None:
+    """The kernel's door for a JSON body, also for routes that pass a body on unparsed: a body
+    that is not UTF-8 is a 400; one nested deeper than ``MAX_JSON_DEPTH``, or (unless ``nul`` is
+    false) holding the NUL character in a string or a key (PostgreSQL's text cannot hold it,
+    SQLite's can: refused on both), is a 422 naming the field."""
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ClientException("The body is not UTF-8 text (RFC 8259 §8.1).") from None
+    if nests_too_deeply(body):
+        raise ValidationException(
+            detail="The JSON body is nested too deeply",
+            extra=[{"message": f"arrays and objects nest more than {MAX_JSON_DEPTH} levels deep", "source": "body"}],
+        )
+    if not nul or b"\\u0000" not in body:  # JSON can only write a NUL character so
+        return
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return  # not JSON: the decoder that follows says so
+    where = _nul_path(value, "")
+    if where is not None:
+        raise unstorable_text(where, "body")
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """Where (as msgspec names it: ``events[0].properties.text``) a NUL character hides, if anywhere."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else key
+            if "\x00" in key:
+                return inner.replace("\x00", "\\u0000")
+            if (found := _nul_path(item, inner)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _nul_path(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
+
+
+def unstorable_text(key: str, source: str) -> ValidationException:
+    """The 422 for a field holding the NUL character."""
+    return _invalid_text(key, UNSTORABLE_TEXT, source)
+
+
+async def refuse_unstorable_parameters(request: Request[Any, Any, Any]) -> None:
+    """``before_request``: a query parameter that is not UTF-8 text or holds the NUL character, or
+    a path parameter with the NUL character, is a 422 naming it, before any handler or database
+    sees it (query parameters the route does not take included)."""
+    query: bytes = request.scope.get("query_string", b"")
+    if _SUSPECT_QUERY.search(query):
+        for raw_name, raw_value in _query_pairs(query):
+            name = raw_name.decode("utf-8", "replace")
+            try:
+                value = raw_value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _invalid_text(name, "is not UTF-8 text", "query") from None
+            if "\x00" in name or "\x00" in value:
+                raise unstorable_text(name.replace("\x00", "\\u0000"), "query")
+    raw_path: bytes = request.scope.get("raw_path") or b""
+    if _NON_ASCII_ESCAPE.search(raw_path):
+        try:
+            unquote_to_bytes(raw_path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _invalid_text("path", "is not UTF-8 text", "path") from None
+    for name, value in (request.scope.get("path_params") or {}).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise unstorable_text(name, "path")
+
+
+def _query_pairs(query: bytes) -> list[tuple[bytes, bytes]]:
+    """``name=value`` pairs of a query string, percent-decoded to bytes (``parse_qsl`` decodes to text)."""
+    pairs = []
+    for part in query.split(b"&"):
+        if part:
+            name, _, value = part.partition(b"=")
+            pairs.append((unquote_to_bytes(name.replace(b"+", b" ")), unquote_to_bytes(value.replace(b"+", b" "))))
+    return pairs
+
+
+def _invalid_text(key: str, message: str, source: str) -> ValidationException:
+    """A 422 naming the field (its name cut short: a client may send any)."""
+    return ValidationException(
+        detail="A value is not valid", extra=[{"message": message, "key": key[:100], "source": source}]
+    )
+
+
+# The date-times the platform takes, in UTC: a day short of either end of what a date-time holds,
+# so that a window a query opens a day either side of one (or its move to UTC) stays a date-time.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+OUT_OF_RANGE = "is outside 0001-01-02 to 9999-12-30 (UTC)"
+
+
+def in_utc(moment: datetime) -> datetime | None:
+    """``moment`` in UTC (one without an offset taken as UTC), or None outside EARLIEST..LATEST."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        return None
+    return moment if EARLIEST <= moment <= LATEST else None
+
+
+def as_utc(moment: datetime | None, name: str) -> datetime | None:
+    """A date-time query parameter in UTC; one without an offset is taken as UTC (a column of UTC
+    times cannot compare with it otherwise). One outside EARLIEST..LATEST is a 422 naming it."""
+    if moment is None:
+        return None
+    converted = in_utc(moment)
+    if converted is None:
+        raise _invalid_text(name, OUT_OF_RANGE, "query")
+    return converted
+
+
+def check_date_time(moment: datetime | None, name: str) -> None:
+    """For a body's ``__post_init__``: a date-time outside EARLIEST..LATEST fails the body's
+    validation (a 422), as a parameter's does."""
+    if moment is not None and in_utc(moment) is None:
+        raise ValueError(f"{name} {OUT_OF_RANGE}")
+
+
+class CheckedBodyRequest(Request[Any, Any, Any]):
+    """A request whose JSON body passes the kernel's door (``refuse_unsafe_json``) before Litestar
+    decodes it, with Litestar's own lenient conversion (the legacy routes keep that)."""
+
+    async def json(self) -> Any:
+        refuse_unsafe_json(await self.body())
+        return await super().json()
+
+
+class StrictBodyRequest(CheckedBodyRequest):
     """A request whose JSON body is decoded straight into the handler's ``data`` type with msgspec's
-    strict rules. Litestar converts bodies as leniently as query strings (``"5"`` for a number,
-    ``"true"`` for a boolean, a number for a date-time), but JSON has types of its own: a value of
-    the wrong type is a 422 naming the field. Query, path and header parameters are text by nature
-    and keep being converted; Litestar takes the decoded value as it is."""
+    strict rules, after the kernel's door (``refuse_unsafe_json``). Litestar converts bodies as
+    leniently as query strings (``"5"`` for a number, ``"true"`` for a boolean, a number for a
+    date-time), but JSON has types of its own: a value of the wrong type is a 422 naming the field.
+    Query, path and header parameters are text by nature and keep being converted; Litestar takes
+    the decoded value as it is.
+
+    A route whose handler reports the NUL character per item of a batch (``opt`` ``nul_per_item``)
+    gets its body with them; the nesting limit holds for it too."""
 
     async def json(self) -> Any:
         body_type = _json_body_type(self.route_handler)
         if body_type is None:
             return await super().json()
+        body = await self.body() or b"null"
+        refuse_unsafe_json(body, nul=not self.route_handler.opt.get("nul_per_item"))
         dec_hook = partial(default_deserializer, type_decoders=self.route_handler.resolve_type_decoders())
         try:
-            return msgspec.json.decode(await self.body() or b"null", type=body_type, dec_hook=dec_hook)
+            return msgspec.json.decode(body, type=body_type, dec_hook=dec_hook)
         except msgspec.ValidationError as exc:
             raise _body_validation_error(self, exc) from None
         except msgspec.DecodeError as exc:

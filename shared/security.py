@@ -12,8 +12,8 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import jwt
@@ -22,7 +22,10 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
 
+from shared.errors import ServiceUnavailable
 from shared.keys import VerificationKey, key_from_jwk, local_verification_keys
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore
@@ -36,6 +39,15 @@ FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 MAX_TOKEN_LENGTH = 8192
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 JWKS_MIN_REFRESH_SECONDS = 30.0
+T = TypeVar("T")
+MAX_PENDING_REVOCATIONS = 10_000
+REVOCATION_UNKNOWN = Counter(
+    "pyairtable_revocation_unknown",
+    "Signature-valid tokens accepted while the revocation store could not be read",
+)
+REVOCATIONS_PENDING = Gauge(
+    "pyairtable_revocations_pending", "Revocations this process could not write yet; written when the store returns"
+)
 
 
 class InvalidToken(NotAuthorizedException):
@@ -60,21 +72,57 @@ class Identity(msgspec.Struct, frozen=True):
         return "admin" in self.roles
 
 
+class RevocationIncomplete(ServiceUnavailable):
+    """What a revocation changed in the database stands (``commit_before_answer``), but the access
+    tokens it revokes could not be refused everywhere: the revocation store is unavailable."""
+
+    code = "revocation-incomplete"
+    commit_before_answer = True
+
+    def __init__(self, ttl_seconds: float) -> None:
+        super().__init__(
+            "Saved, and refresh tokens of the sessions concerned no longer work; but the revocation store is"
+            " unavailable, so their access tokens stay usable elsewhere until it returns (this service keeps"
+            f" retrying) or they expire (within {math.ceil(ttl_seconds)} s).",
+            headers={"Retry-After": "2"},
+        )
+
+
 class RevocationList:
-    """Revoked token IDs, sessions and per-user cut-offs, each kept only as long as it matters."""
+    """Revoked token IDs, sessions and per-user cut-offs, each kept only as long as it matters.
+
+    They live in the shared store only (``store.shared``: never one process's stand-in). When it
+    cannot be read, a signature-valid token is accepted (the gateway's policy: revocation is
+    unknowable until the store returns), which a metric and a log line say. A revocation that
+    cannot be written raises RevocationIncomplete, is enforced by this process, and is written
+    as soon as the store answers again (``write_pending``)."""
 
     def __init__(self, store: KeyValueStore) -> None:
         self.store = store
+        self._pending: dict[str, tuple[bytes, float]] = {}  # key -> (value, expiry on time.time())
+        self._unknowable = False
 
     async def revoke_token(self, issuer: str, jti: str, expires_at: int) -> None:
-        await self.store.set(f"revoked:jti:{issuer}:{jti}", b"1", _remaining(expires_at))
+        await self._write(f"revoked:jti:{issuer}:{jti}", b"1", _remaining(expires_at))
 
     async def revoke_session(self, session_id: str, ttl_seconds: float) -> None:
-        await self.store.set(f"revoked:sid:{session_id}", b"1", ttl_seconds)
+        await self._write(f"revoked:sid:{session_id}", b"1", ttl_seconds)
+
+    async def revoke_sessions(self, session_ids: Sequence[str], ttl_seconds: float) -> None:
+        """Each session's access tokens; every one is tried (and kept to retry) before one
+        RevocationIncomplete says some could not be written."""
+        incomplete: RevocationIncomplete | None = None
+        for session_id in session_ids:
+            try:
+                await self.revoke_session(session_id, ttl_seconds)
+            except RevocationIncomplete as exc:
+                incomplete = exc
+        if incomplete is not None:
+            raise incomplete
 
     async def revoke_user(self, user_id: uuid.UUID, ttl_seconds: float) -> None:
         """Every access token of the user issued up to now stops working."""
-        await self.store.set(f"revoked:user:{user_id}", str(int(time.time())), ttl_seconds)
+        await self._write(f"revoked:user:{user_id}", str(int(time.time())).encode(), ttl_seconds)
 
     @staticmethod
     def keys_for(claims: dict[str, Any]) -> list[str]:
@@ -86,10 +134,65 @@ class RevocationList:
         ]
 
     async def is_revoked(self, claims: dict[str, Any]) -> bool:
-        jti, sid, cutoff = await self.store.get_many(self.keys_for(claims))
-        if jti is not None or (claims.get("sid") and sid is not None):
-            return True
-        return cutoff is not None and int(claims["iat"]) <= int(cutoff)
+        keys = self.keys_for(claims)
+        try:
+            if self._pending:
+                await self.write_pending()
+            values = await _retried_once(lambda: self.store.shared.get_many(keys))
+        except (RedisError, OSError):
+            REVOCATION_UNKNOWN.inc()
+            if not self._unknowable:
+                self._unknowable = True
+                logger.warning("revocation store unavailable: signature-valid tokens accepted until it returns")
+            return _revoked_by(claims, *self._pending_values(keys))
+        if self._unknowable:
+            self._unknowable = False
+            logger.info("revocation store back: revoked tokens refused again")
+        jti, sid, cutoff = values
+        return _revoked_by(claims, jti, sid, cutoff) or _revoked_by(claims, *self._pending_values(keys))
+
+    async def write_pending(self) -> None:
+        """Write the revocations the store could not take; StoreUnavailable if it still cannot."""
+        now = time.time()
+        for key, (value, expires) in list(self._pending.items()):
+            if expires > now:
+                await self.store.shared.set(key, value, expires - now)
+            del self._pending[key]
+            REVOCATIONS_PENDING.set(len(self._pending))
+            logger.info("pending revocation written", extra={"kind": key.split(":")[1]})
+
+    async def _write(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        try:
+            await _retried_once(lambda: self.store.shared.set(key, value, ttl_seconds))
+        except (RedisError, OSError):
+            if len(self._pending) >= MAX_PENDING_REVOCATIONS:
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[key] = (value, time.time() + ttl_seconds)
+            REVOCATIONS_PENDING.set(len(self._pending))
+            logger.warning(
+                "revocation not written: store unavailable; kept to retry", extra={"kind": key.split(":")[1]}
+            )
+            raise RevocationIncomplete(ttl_seconds) from None
+
+    def _pending_values(self, keys: list[str]) -> list[bytes | None]:
+        now = time.time()
+        found = [self._pending.get(key) for key in keys]
+        return [item[0] if item is not None and item[1] > now else None for item in found]
+
+
+async def _retried_once(operation: Callable[[], Awaitable[T]]) -> T:
+    """One more try: a single reply slower than the 50 ms timeout (a busy machine) must not decide
+    a revocation. While Redis is down its breaker soon makes the second try fail at once."""
+    try:
+        return await operation()
+    except (RedisError, OSError):
+        return await operation()
+
+
+def _revoked_by(claims: dict[str, Any], jti: bytes | None, sid: bytes | None, cutoff: bytes | None) -> bool:
+    if jti is not None or (claims.get("sid") and sid is not None):
+        return True
+    return cutoff is not None and int(claims["iat"]) <= int(cutoff)
 
 
 def _remaining(expires_at: int) -> float:

@@ -30,7 +30,14 @@ from redis.exceptions import RedisError
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
 from shared.errors import EXCEPTION_HANDLERS, PROBLEM_MEDIA_TYPE, Problem
 from shared.events import EventBus, EventConsumer, InMemoryBus, RedisStreamBus, processed_events_pruner
-from shared.http import HealthController, RequestIdMiddleware, StrictBodyRequest, add_standard_headers
+from shared.http import (
+    Degraded,
+    HealthController,
+    RequestIdMiddleware,
+    StrictBodyRequest,
+    add_standard_headers,
+    refuse_unstorable_parameters,
+)
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore, create_redis, create_store, dependency_unavailable_handler
@@ -91,6 +98,7 @@ def create_service_app(
         ],
         exception_handlers=handlers,
         before_send=[add_standard_headers, _allow_every_method(allow_by_handler), *before_send],
+        before_request=refuse_unstorable_parameters,
         lifespan=[_resources(settings, store, bus, database), *lifespan, _event_consumers(settings, consumer)],
         cors_config=cors_config,
         openapi_config=OpenAPIConfig(
@@ -196,7 +204,7 @@ def _resources(
             app.state.sessionmaker = create_sessionmaker(engine)
             app.state.readiness_checks["database"] = lambda: ping(engine)
         if settings.redis_url:
-            app.state.readiness_checks["redis"] = app.state.store.ping
+            app.state.readiness_checks["redis"] = _redis_readiness(app.state.store, app.state.revocations)
         try:
             yield
         finally:
@@ -210,6 +218,21 @@ def _resources(
                 await engine.dispose()
 
     return resources
+
+
+def _redis_readiness(store: KeyValueStore, revocations: RevocationList) -> Callable[[], Awaitable[None]]:
+    """Redis down or hung leaves the service ready (``degraded``: per-process throttles, revocations
+    unknowable). The check also writes revocations that waited for Redis: readiness probes come
+    every few seconds, so they do not wait for the next authenticated request."""
+
+    async def check() -> None:
+        try:
+            await store.shared.ping()
+            await revocations.write_pending()
+        except (RedisError, OSError) as exc:
+            raise Degraded("per-process throttles in force; token revocation unknowable") from exc
+
+    return check
 
 
 def _create_bus(settings: ServiceSettings, redis: Any) -> EventBus:

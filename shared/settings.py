@@ -54,9 +54,15 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     database_url: str = ""
     redis_url: str = ""
     redis_namespace: str = "pyairtable"
-    redis_timeout_seconds: float = 0.5
-    db_connect_timeout_seconds: float = 3.0
-    db_statement_timeout_ms: int = 5000
+    # Redis is an accelerator: a call slower than this fails, and after REDIS_BREAKER_FAILURES
+    # failures in a row it is not called for REDIS_BREAKER_RESET_SECONDS (per-process fallbacks).
+    redis_timeout_seconds: float = 0.05
+    redis_breaker_failures: int = 5
+    redis_breaker_reset_seconds: float = 3.0
+    # A PostgreSQL fault answers 503 within about 2 s: a connection is made (or waited for in the
+    # pool) within DB_CONNECT_TIMEOUT_SECONDS, a statement runs at most DB_STATEMENT_TIMEOUT_MS.
+    db_connect_timeout_seconds: float = 1.0
+    db_statement_timeout_ms: int = 1500
     db_pool_size: int = 10
     jwt_algorithm: JWTAlgorithm = "HS256"
     jwt_secret: str = ""
@@ -117,6 +123,13 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
             )
         if self.event_dedup_prune_seconds <= 0:
             raise SettingsError("EVENT_DEDUP_PRUNE_SECONDS: must be positive")
+        for name in ("redis_timeout_seconds", "redis_breaker_reset_seconds", "db_connect_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()}: must be positive")
+        if self.redis_breaker_failures < 1:
+            raise SettingsError("REDIS_BREAKER_FAILURES: must be at least 1")
+        if self.db_statement_timeout_ms < 1:
+            raise SettingsError("DB_STATEMENT_TIMEOUT_MS: must be positive")
         if self.jwt_algorithm == "HS256" and self.jwt_secret:
             check_secret("JWT_SECRET", self.jwt_secret, production=self.is_production)
         if self.is_production:

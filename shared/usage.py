@@ -5,11 +5,17 @@ message (a list of records), so a busy gateway sends a few messages per second, 
 request. Two transports: a Redis stream ``{namespace}:usage`` read by a consumer group (at least
 once: a message is acknowledged after the consumer has committed it, and messages left pending
 by a dead consumer are claimed again), and an in-memory channel for the embedded run mode.
+
+The stream stays short: the consumer trims what every group has acknowledged, and a flush that
+would take the stream past ``STREAM_MAX_BYTES`` (analytics down for hours) is refused whole and
+counted by the gateway, so no message a group has not read is ever trimmed (shared/streams.py).
+When Redis comes back without the consumer group (restarted empty), the consumer creates it again.
 """
 
 import asyncio
 import collections
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -18,11 +24,25 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from shared.streams import (
+    Entry,
+    append,
+    claimed_entries,
+    ensure_group,
+    group_recreated,
+    is_missing_group,
+    trim_acknowledged,
+)
+
 logger = logging.getLogger("shared.usage")
 
 CONSUMER_GROUP = "analytics"
-STREAM_MAXLEN = 100_000  # messages (each up to MESSAGE_RECORDS records), trimmed approximately
+# The memory the stream may take in Redis with messages not yet acknowledged. At 100 req/s (a
+# message of ~10 records every 0.1 s, ~1.3 KB) that holds ~2.7 h of analytics downtime.
+STREAM_MAX_BYTES = 128 * 1024 * 1024
 MESSAGE_RECORDS = 500
+TRIM_INTERVAL_SECONDS = 1.0
+STREAM_LABEL = "usage"
 
 
 class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
@@ -67,6 +87,10 @@ class UsageConsumer(Protocol):
     async def ack(self, message_ids: Sequence[str]) -> None: ...
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def usage_stream(namespace: str) -> str:
     return f"{namespace}:usage"
 
@@ -76,25 +100,23 @@ def _chunks(records: Sequence[UsageRecord]) -> list[Sequence[UsageRecord]]:
 
 
 class RedisUsagePublisher:
-    """Every message of one flush in one pipelined round trip."""
+    """Every message of one flush in one round trip; a full stream refuses the flush whole
+    (``shared.streams.StreamFull``)."""
 
-    def __init__(self, redis: Redis, namespace: str, maxlen: int = STREAM_MAXLEN) -> None:
+    def __init__(self, redis: Redis, namespace: str, max_bytes: int = STREAM_MAX_BYTES) -> None:
         self.redis = redis
         self.stream = usage_stream(namespace)
-        self.maxlen = maxlen
+        self.max_bytes = max_bytes
 
     async def publish(self, records: Sequence[UsageRecord]) -> None:
-        if not records:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(records):
-                pipe.xadd(self.stream, {"r": encode_records(chunk)}, maxlen=self.maxlen, approximate=True)
-            await pipe.execute()
+        payloads = [encode_records(chunk) for chunk in _chunks(records)]
+        await append(self.redis, self.stream, "r", payloads, self.max_bytes, STREAM_LABEL)
 
 
 class RedisUsageConsumer:
     """Reads the stream with a consumer group; messages pending longer than ``reclaim_after_seconds``
-    (their consumer died before acknowledging) are claimed again first."""
+    (their consumer died before acknowledging) are claimed again first. After acknowledging, it
+    trims what every group has acknowledged (at most once a ``TRIM_INTERVAL_SECONDS``)."""
 
     def __init__(
         self,
@@ -110,23 +132,30 @@ class RedisUsageConsumer:
         self.consumer = consumer or f"analytics-{uuid.uuid4().hex[:8]}"
         self.reclaim_after_ms = max(1, int(reclaim_after_seconds * 1000))
         self._group_ready = False
-
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
+        self._group_known = False  # created or found once: creating it again means Redis lost it
+        self._trimmed_at = 0.0
 
     async def read(self, count: int, block_seconds: float) -> list[UsageMessage]:
-        await self._ensure_group()
+        """The next messages; none while the group is being created again after Redis lost it."""
+        try:
+            return await self._read(count, block_seconds)
+        except ResponseError as exc:
+            if not is_missing_group(exc):
+                raise
+            self._group_ready = False  # the next read creates it again
+            return []
+
+    async def _read(self, count: int, block_seconds: float) -> list[UsageMessage]:
+        if not self._group_ready:
+            if await ensure_group(self.redis, self.stream, self.group) and self._group_known:
+                group_recreated(STREAM_LABEL, self.group)
+            self._group_ready = self._group_known = True
         reclaimed: Any = await self.redis.xautoclaim(
             self.stream, self.group, self.consumer, min_idle_time=self.reclaim_after_ms, start_id="0-0", count=count
         )
-        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = list(reclaimed[1])
+        entries, gone = claimed_entries(reclaimed, STREAM_LABEL, self.group)
+        if gone:
+            await self.ack([_text(entry_id) for entry_id in gone])
         if not entries:
             replies: Any = await self.redis.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=count, block=max(1, int(block_seconds * 1000))
@@ -135,13 +164,11 @@ class RedisUsageConsumer:
                 entries.extend(messages)
         return await self._decode(entries)
 
-    async def _decode(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> list[UsageMessage]:
+    async def _decode(self, entries: list[Entry]) -> list[UsageMessage]:
         messages, unusable = [], []
         for raw_id, fields in entries:
-            message_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            message_id = _text(raw_id)
             try:
-                if fields is None:  # trimmed from the stream meanwhile
-                    raise ValueError("trimmed")
                 messages.append(UsageMessage(message_id, decode_records(fields[b"r"])))
             except (KeyError, ValueError, msgspec.DecodeError):
                 logger.warning("unreadable usage message dropped", extra={"message_id": message_id})
@@ -151,8 +178,12 @@ class RedisUsageConsumer:
         return messages
 
     async def ack(self, message_ids: Sequence[str]) -> None:
-        if message_ids:
-            await self.redis.xack(self.stream, self.group, *message_ids)
+        if not message_ids:
+            return
+        await self.redis.xack(self.stream, self.group, *message_ids)
+        if time.monotonic() - self._trimmed_at >= TRIM_INTERVAL_SECONDS:
+            self._trimmed_at = time.monotonic()
+            await trim_acknowledged(self.redis, self.stream, STREAM_LABEL)
 
 
 class UsageChannelFull(Exception):

@@ -7,6 +7,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from shared.http import as_utc
 from shared.security import Identity, require_admin
 from user_service.deps import provide_profile_service
 from user_service.schemas import (
@@ -58,8 +59,8 @@ class UserController(Controller):
             role=role,
             is_active=is_active,
             tenant_id=tenant_id,
-            created_after=created_after,
-            created_before=created_before,
+            created_after=as_utc(created_after, "created_after"),
+            created_before=as_utc(created_before, "created_before"),
             sort_by=sort_by,
             sort_order=sort_order,
         )

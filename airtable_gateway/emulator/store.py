@@ -483,11 +483,13 @@ def filter_records(table: Table, records: Iterable[Record], node: formula.Node) 
         f = table.field(name)
         return record.cells.get(f.id) if f is not None else None
 
-    return [
-        record
-        for record in records
-        if formula.matches(node, formula.Context(record.id, functools.partial(value_of_field, record)))
-    ]
+    def context_of(record: Record) -> formula.Context:
+        return formula.Context(record.id, functools.partial(value_of_field, record))
+
+    try:
+        return formula.select(node, records, context_of)
+    except formula.FormulaError as error:  # too costly to evaluate: 422, as a formula it cannot parse
+        raise errors.invalid_formula(str(error)) from None
 
 
 @dataclass

@@ -87,6 +87,7 @@ def run_emulator(
     seed: Path | None = None,
     tokens: Sequence[str] = (TOKEN,),
     requests_per_second: int = 5,
+    requests_per_second_per_token: int = 50,
     penalty_seconds: float = 30.0,
 ) -> Iterator[Emulator]:
     """``python -m airtable_gateway emulator`` on a free port; stopped when the block ends."""
@@ -94,6 +95,7 @@ def run_emulator(
     port = free_port()
     args = ["-m", "airtable_gateway", "emulator", "--port", str(port)]
     args += ["--requests-per-second", str(requests_per_second), "--penalty-seconds", str(penalty_seconds)]
+    args += ["--requests-per-second-per-token", str(requests_per_second_per_token)]
     for token in tokens:
         args += ["--token", token]
     if seed is not None:

@@ -1,10 +1,11 @@
 """The read cache: hits, ETags, invalidation by writes, coalesced misses, token isolation, stale
-answers during a 429 pause."""
+answers during a 429 pause and while an expired entry is refreshed (stale-while-revalidate)."""
 
 import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from airtable_gateway.app import create_app
 from tests.airtable_gateway.conftest import API, SettingsFactory, bearer, upstream_log, wait_for
 from tests.airtable_gateway.emulator_fixture import CONTACTS, CRM_BASE, OPS_BASE, TASKS, Emulator, run_emulator
-from tests.conftest import app_client
+from tests.conftest import app_client, eventually
 
 CONTACTS_URL = f"{API}/bases/{CRM_BASE}/tables/{CONTACTS}/records"
 TASKS_URL = f"{API}/bases/{OPS_BASE}/tables/{TASKS}/records"
@@ -110,10 +111,10 @@ async def test_users_with_their_own_token_never_share_cache_entries(
     assert log[0]["token"] != log[1]["token"]
 
 
-async def test_stale_entries_answer_while_the_base_is_paused(
+async def test_stale_entries_answer_while_the_base_is_paused_and_are_refreshed_after_it(
     make_settings: SettingsFactory, emulator: Emulator
 ) -> None:
-    settings = make_settings(cache_ttl=0.3, airtable_penalty_seconds=3.0)
+    settings = make_settings(cache_ttl=0.3, airtable_penalty_seconds=2.0)
     async with app_client(create_app(settings)) as client:
         client.headers.update(bearer())
         first = await client.get(CONTACTS_URL, params={"page_size": 4})
@@ -121,25 +122,57 @@ async def test_stale_entries_answer_while_the_base_is_paused(
         await asyncio.sleep(0.4)  # past its TTL
 
         emulator.fail(CRM_BASE, 429)
-        other_read = asyncio.create_task(client.get(CONTACTS_URL, params={"page_size": 6}))
-        await asyncio.to_thread(wait_for, lambda: any(e["status"] == 429 for e in upstream_log(emulator, CRM_BASE)))
+        throttled = await client.get(CONTACTS_URL, params={"page_size": 6})
+        assert throttled.status_code == 503
         calls = len(upstream_log(emulator, CRM_BASE))
 
         stale = await client.get(CONTACTS_URL, params={"page_size": 4})
         assert stale.status_code == 200
         assert stale.headers["x-cache"] == "STALE"
         assert stale.content == first.content
-        assert len(upstream_log(emulator, CRM_BASE)) == calls  # answered without asking Airtable
+        uncached = await client.get(CONTACTS_URL, params={"page_size": 7})
+        assert uncached.status_code == 503  # at once, with the time left of the pause
+        assert 1 <= int(uncached.headers["retry-after"]) <= 3
+        assert len(upstream_log(emulator, CRM_BASE)) == calls  # neither asked Airtable
 
-        waited = await other_read  # went again after the pause
-        assert waited.status_code == 200
-        assert waited.headers["x-cache"] == "MISS"
-    statuses = [entry["status"] for entry in upstream_log(emulator, CRM_BASE)]
-    assert statuses == [200, 429, 200]
+        await asyncio.sleep(float(throttled.headers["retry-after"]))  # the pause is over
+        after = await client.get(CONTACTS_URL, params={"page_size": 4})
+        assert (after.headers["x-cache"], after.content) == ("STALE", first.content)  # answered at once
+        await asyncio.to_thread(wait_for, lambda: len(upstream_log(emulator, CRM_BASE)) == calls + 1)
+        refreshed = await eventually_a_hit(client, {"page_size": 4})
+        assert refreshed.json()["records"] == first.json()["records"]
+        assert refreshed.headers["etag"] != first.headers["etag"]  # a new answer (a new offset token)
+    assert [entry["status"] for entry in upstream_log(emulator, CRM_BASE)] == [200, 429, 200]
+
+
+async def eventually_a_hit(client: httpx.AsyncClient, params: dict[str, Any]) -> httpx.Response:
+    async def hit() -> httpx.Response | None:
+        response = await client.get(CONTACTS_URL, params=params)
+        return response if response.headers["x-cache"] == "HIT" else None
+
+    result: httpx.Response = await eventually(hit, "the refreshed entry")
+    return result
+
+
+async def test_an_expired_entry_answers_at_once_while_one_call_refreshes_it(
+    make_settings: SettingsFactory, emulator: Emulator
+) -> None:
+    async with app_client(create_app(make_settings(cache_ttl=0.3))) as client:
+        client.headers.update(bearer())
+        first = await client.get(CONTACTS_URL, params={"page_size": 4})
+        await asyncio.sleep(0.4)  # past its TTL
+        emulator.set_latency(1.0)  # a slow refresh, which no reader waits for
+        readers = await asyncio.gather(*(client.get(CONTACTS_URL, params={"page_size": 4}) for _ in range(10)))
+        assert {(r.status_code, r.headers["x-cache"], r.content) for r in readers} == {(200, "STALE", first.content)}
+        await asyncio.to_thread(wait_for, lambda: len(upstream_log(emulator, CRM_BASE)) == 2)
+        emulator.set_latency(0)
+        await eventually_a_hit(client, {"page_size": 4})
+    assert len(upstream_log(emulator, CRM_BASE)) == 2  # one refresh for all ten readers
 
 
 async def test_a_stale_entry_answers_when_airtable_fails(make_settings: SettingsFactory, emulator: Emulator) -> None:
-    async with app_client(create_app(make_settings(cache_ttl=0.2, airtable_max_retries=1))) as client:
+    settings = make_settings(cache_ttl=0.2, cache_revalidate_seconds=0, airtable_max_retries=1)
+    async with app_client(create_app(settings)) as client:
         client.headers.update(bearer())
         fresh = await client.get(CONTACTS_URL, params={"page_size": 4})
         await asyncio.sleep(0.3)

@@ -1,5 +1,6 @@
 """Airtable's limits made invisible: requests wait their turn (never more than 5/s per base), a
-429 pauses the base, 5xx on reads are retried, creates never blindly, a deadline gives 503."""
+429 pauses the base (reads the cache cannot answer get 503 for the whole pause, writes wait for
+its end), 5xx on reads are retried, creates never blindly, a deadline gives 503."""
 
 import asyncio
 
@@ -22,7 +23,9 @@ def most_in_one_second(times: list[float]) -> int:
 async def test_a_burst_of_50_reads_on_one_base_waits_its_turn(
     make_settings: SettingsFactory, emulator: Emulator
 ) -> None:
-    async with app_client(create_app(make_settings(airtable_queue_timeout=30.0))) as client:
+    # One user allowed the whole queue (see test_fair_share.py for the default share).
+    settings = make_settings(airtable_queue_timeout=30.0, airtable_fair_share_seconds=30.0)
+    async with app_client(create_app(settings)) as client:
         client.headers.update(bearer())
         responses = await asyncio.gather(
             *(client.get(CONTACTS_URL, params={"page_size": 1, "max_records": n}) for n in range(1, 51))
@@ -37,20 +40,29 @@ async def test_a_burst_of_50_reads_on_one_base_waits_its_turn(
     assert most_in_one_second([entry["at"] for entry in log]) <= 5
 
 
-async def test_after_a_429_no_call_to_the_base_during_the_pause(client: httpx.AsyncClient, emulator: Emulator) -> None:
+async def test_after_a_429_reads_are_refused_and_writes_wait_for_the_whole_pause(
+    client: httpx.AsyncClient, emulator: Emulator
+) -> None:
     emulator.fail(CRM_BASE, 429)
+    throttled = await client.get(CONTACTS_URL, params={"page_size": 1})
+    assert throttled.status_code == 503
+    assert throttled.headers["content-type"] == PROBLEM
+    assert throttled.json()["code"] == "airtable-rate-limited"
+    assert 1 <= int(throttled.headers["retry-after"]) <= 2  # the pause: PENALTY_SECONDS, jittered
+
     reads = [client.get(CONTACTS_URL, params={"page_size": 1, "max_records": n}) for n in range(1, 5)]
     other_base = [client.get(TASKS_URL, params={"page_size": 1, "max_records": n}) for n in range(1, 5)]
-    responses = await asyncio.gather(*reads, *other_base)
-    assert [response.status_code for response in responses] == [200] * 8
+    write = client.post(CONTACTS_URL, json={"fields": {"Name": "After the pause"}})
+    *answers, written = await asyncio.gather(*reads, *other_base, write)
+    assert [response.status_code for response in answers] == [503] * 4 + [200] * 4
+    assert all(1 <= int(response.headers["retry-after"]) <= 2 for response in answers[:4])
+    assert written.status_code == 201  # waited for the end of the pause, then went
 
     log = upstream_log(emulator, CRM_BASE)
-    throttled = [entry["at"] for entry in log if entry["status"] == 429]
-    assert len(throttled) == 1
-    during_pause = [entry for entry in log if throttled[0] < entry["at"] < throttled[0] + PENALTY_SECONDS]
-    assert during_pause == []
-    assert len([entry for entry in log if entry["status"] == 200]) == 4
+    assert [(entry["method"], entry["status"]) for entry in log] == [("GET", 429), ("POST", 200)]
+    assert log[1]["at"] - log[0]["at"] >= PENALTY_SECONDS  # nothing reached the base during the pause
     assert all(entry["status"] == 200 for entry in upstream_log(emulator, OPS_BASE))  # not paused
+    assert (await client.get(CONTACTS_URL, params={"page_size": 1})).status_code == 200  # after it
 
 
 async def test_server_errors_on_reads_are_retried(client: httpx.AsyncClient, emulator: Emulator) -> None:
@@ -124,7 +136,7 @@ async def test_airtable_too_slow_is_a_504_and_a_create_goes_once(
 
 
 async def test_replicas_share_the_limits_and_the_pauses(make_settings: SettingsFactory, emulator: Emulator) -> None:
-    settings = make_settings(airtable_queue_timeout=30.0)
+    settings = make_settings(airtable_queue_timeout=30.0, airtable_fair_share_seconds=30.0)
     async with app_client(create_app(settings)) as first, app_client(create_app(settings)) as second:
         for client in (first, second):
             client.headers.update(bearer())
@@ -140,9 +152,11 @@ async def test_replicas_share_the_limits_and_the_pauses(make_settings: SettingsF
         assert most_in_one_second([entry["at"] for entry in log]) <= 5
 
         emulator.fail(CRM_BASE, 429)
-        assert (await first.get(CONTACTS_URL, params={"page_size": 2})).status_code == 200  # after the pause
-        assert (await second.get(CONTACTS_URL, params={"page_size": 3})).status_code == 200
+        assert (await first.get(CONTACTS_URL, params={"page_size": 2})).status_code == 503
+        assert (await second.get(CONTACTS_URL, params={"page_size": 3})).status_code == 503  # knew of the pause
+        written = await second.post(CONTACTS_URL, json={"fields": {"Name": "After the pause"}})
+        assert written.status_code == 201
     after = upstream_log(emulator, CRM_BASE)[20:]
-    assert [entry["status"] for entry in after] == [429, 200, 200]
+    assert [entry["status"] for entry in after] == [429, 200]
     assert after[1]["at"] - after[0]["at"] >= PENALTY_SECONDS
     assert emulator.stats()["throttled"].get(CRM_BASE, 0) == 1  # only the injected one

@@ -22,7 +22,9 @@ FAST = 10_000
 @pytest.fixture(scope="module")
 def emulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     log_dir: Path = tmp_path_factory.mktemp("airtable-emulator-fuzz")
-    with run_emulator(log_dir, requests_per_second=FAST, penalty_seconds=0) as running:
+    with run_emulator(
+        log_dir, requests_per_second=FAST, requests_per_second_per_token=FAST, penalty_seconds=0
+    ) as running:
         yield running
 
 

@@ -35,6 +35,31 @@ async def test_one_event_is_accepted_then_reported_duplicate(
     assert row == (user.id, "s-1", {"page": "/bases"})
 
 
+async def test_an_event_id_is_unique_per_user_so_another_users_event_with_it_is_counted(
+    client: httpx.AsyncClient, user: User, admin: User, clean_analytics_database: str
+) -> None:
+    """Another user's id neither suppresses an event nor tells the caller that the id exists."""
+    body = event()
+    other = User()
+
+    mine = await client.post(f"{API}/events", json=body, headers=user.headers)
+    theirs = await client.post(f"{API}/events", json=body, headers=other.headers)
+    theirs_again = await client.post(f"{API}/events/batch", json={"events": [body, body]}, headers=other.headers)
+
+    assert mine.json()["status"] == "accepted"
+    assert theirs.json() == {"index": 0, "status": "accepted", "event_id": body["event_id"]}
+    assert [r["status"] for r in theirs_again.json()["results"]] == ["duplicate", "duplicate"]
+    for_both = await client.post(
+        f"{API}/events/batch",
+        json={"events": [event(event_id=body["event_id"], user_id=uid) for uid in (user.id, str(uuid.uuid4()))]},
+        headers=admin.headers,
+    )
+    assert [r["status"] for r in for_both.json()["results"]] == ["duplicate", "accepted"]
+    assert count_rows(clean_analytics_database, "events", f"event_id = '{body['event_id']}'") == 3
+    with psycopg.connect(clean_analytics_database) as conn:
+        assert conn.execute("SELECT sum(events) FROM event_hourly").fetchone() == (3,)
+
+
 async def test_an_event_id_is_generated_when_absent(client: httpx.AsyncClient, user: User) -> None:
     response = await client.post(f"{API}/events", json={"event_type": "login"}, headers=user.headers)
     assert response.status_code == 202
@@ -240,7 +265,7 @@ async def test_a_nul_character_is_rejected_not_a_server_error(
     assert [r["status"] for r in response.json()["results"]] == ["rejected", "rejected", "rejected", "accepted"]
     assert "NUL" in response.json()["results"][0]["reason"]
     single = await client.post(f"{API}/events", json=event(session_id="\u0000"), headers=user.headers)
-    assert "NUL" in assert_problem(single, 422, "event-rejected")["detail"]
+    assert "NUL" in assert_problem(single, 422, "validation-error")["detail"]  # the kernel's door
     metric = await client.post(f"{API}/metrics", json={"name": "m\u0000", "value": 1}, headers=user.headers)
     assert_problem(metric, 422)
     assert count_rows(clean_analytics_database, "events") == 1

@@ -1,5 +1,6 @@
 """The usage pipeline end to end: the gateway's records arrive and roll up into /usage/me, over
-Redis and in the embedded run mode; with Redis gone the gateway still serves and counts drops."""
+Redis and in the embedded run mode; with Redis gone the gateway still serves and counts drops; when
+Redis comes back empty, usage flows again by itself."""
 
 import asyncio
 import contextlib
@@ -14,16 +15,18 @@ import pytest
 import redis as redis_sync
 from litestar import Litestar
 
+from analytics_service.app import create_app as create_analytics_app
 from analytics_service.config import AnalyticsSettings
 from embedded.app import create_app as create_embedded_app
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewaySettings
 from shared import migrations
 from shared.settings import load_settings
-from tests.analytics_service.conftest import API, JWT_SECRET, User
-from tests.conftest import app_client
+from tests.analytics_service.conftest import API, JWT_SECRET, SettingsFactory, User
+from tests.conftest import WAIT_SECONDS, app_client
 from tests.e2e.processes import Processes, environment, free_port
 from tests.gateway.echo import Echo
+from tests.private_servers import private_redis
 
 AIRTABLE = "/api/v1/airtable"
 GENEROUS = {"rate_limit_per_minute": 100_000, "rate_limit_burst": 100_000}
@@ -76,6 +79,39 @@ async def test_requests_through_the_gateway_roll_up_into_usage_me_over_redis(
     pending = stream.xpending(f"{redis_namespace}:usage", "analytics")
     stream.close()
     assert pending["pending"] == 0  # every message acknowledged once committed
+
+
+async def test_usage_flows_again_by_itself_after_redis_restarts_empty(
+    tmp_path: Path, make_settings: SettingsFactory
+) -> None:
+    """Redis killed and started again empty: the analytics consumer creates its group again and the
+    requests made after the restart are counted, with no restart of any service."""
+    user = User()
+    with private_redis() as server:
+        analytics = create_analytics_app(make_settings(redis_url=server.url, redis_namespace="restart"))
+        gateway = create_gateway_app(
+            gateway_settings(tmp_path, redis_url=server.url, redis_namespace="restart"),
+            services={"/api/v1/analytics": analytics, AIRTABLE: Echo(AIRTABLE)},
+        )
+        async with app_client(gateway) as client:
+
+            async def airtable_calls() -> int:
+                usage = await client.get(f"{API}/usage/me", params={"days": 1}, headers=user.headers)
+                return int(usage.json()["totals"]["airtable_calls"]) if usage.status_code == 200 else -1
+
+            await client.get(f"{AIRTABLE}/bases", headers=user.headers)
+            await eventually(lambda: _equals(airtable_calls, 1))
+
+            server.kill()
+            server.start()  # empty: the stream and the analytics group are gone
+            for _ in range(3):
+                assert (await client.get(f"{AIRTABLE}/bases", headers=user.headers)).status_code == 200
+
+            await eventually(lambda: _equals(airtable_calls, 4), within=WAIT_SECONDS)
+
+
+async def _equals(read: Callable[[], Awaitable[int]], expected: int) -> bool:
+    return await read() == expected
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ def seed(database_url: str, now: datetime) -> None:
     with psycopg.connect(database_url) as conn:
         for days, count in ((100, 7), (10, 3)):
             conn.execute(
-                "INSERT INTO events (event_id, event_type, properties, occurred_at, received_at)"
-                " SELECT gen_random_uuid(), 'x', '{}', %(at)s, %(at)s FROM generate_series(1, %(n)s)",
+                "INSERT INTO events (user_id, event_id, event_type, properties, occurred_at, received_at)"
+                " SELECT 'u', gen_random_uuid(), 'x', '{}', %(at)s, %(at)s FROM generate_series(1, %(n)s)",
                 {"at": now - timedelta(days=days), "n": count},
             )
         for days in (95, 91, 1):

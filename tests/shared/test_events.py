@@ -1,6 +1,7 @@
 """Events between services: Redis Streams with consumer groups, the in-memory bus, the outbox."""
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,16 +10,30 @@ import httpx
 import msgspec
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
+from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
 from auth_service.models import outbox, processed_events
 from shared.db import create_engine, create_sessionmaker
 from shared.events import Event, InMemoryBus, RedisStreamBus, idempotent, new_event
 from shared.outbox import OutboxRelay, add_event
-from tests.auth_service.conftest import register
-from tests.conftest import WAIT_SECONDS, eventually
+from shared.streams import StreamFull
+from tests.auth_service.conftest import PASSWORD, register
+from tests.conftest import WAIT_SECONDS, app_client, eventually
+from tests.private_servers import private_redis
+from tests.user_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
+    Caller,
+    clean_users_database,
+    profile_url,
+    user_settings,
+    users_database,
+)
+from user_service.app import create_app as create_users_app
+from user_service.config import UserSettings
 
 
 @pytest.fixture
@@ -193,6 +208,193 @@ async def test_only_subscribed_types_are_delivered(redis: Redis, redis_namespace
         assert deleted.handled == [gone]
     finally:
         await bus.close()
+
+
+def groups_recreated(event_type: str, group: str) -> float:
+    labels = {"stream": event_type, "group": group}
+    return REGISTRY.get_sample_value("pyairtable_stream_groups_recreated_total", labels) or 0.0
+
+
+async def publish_when_redis_answers(bus: RedisStreamBus, event: Event) -> bool:
+    with contextlib.suppress(RedisError):
+        await bus.publish(event)
+        return True
+    return False
+
+
+async def test_the_bus_goes_on_by_itself_after_redis_restarts_empty() -> None:
+    with private_redis() as server:
+        client = Redis.from_url(server.url, socket_timeout=2)
+        bus = RedisStreamBus(client, "fault", consumer="users-1")
+        handler = Recorder()
+        bus.subscribe("user.registered", "users", handler)
+        await bus.start()
+        try:
+            before = registered()
+            await bus.publish(before)
+            await eventually(lambda: handler.handled, "the event before the restart")
+
+            server.kill()
+            server.start()  # empty: no stream, no group
+            after = registered()
+            await eventually(lambda: publish_when_redis_answers(bus, after), "a publish after the restart")
+
+            await eventually(lambda: len(handler.handled) == 2, "the event after the restart")
+            assert handler.handled == [before, after]
+            stream = bus.stream("user.registered")
+            await eventually(lambda: all_acknowledged(client, stream, "users"), "the acknowledgement")
+        finally:
+            await bus.close()
+            await client.aclose()
+
+
+async def test_the_bus_goes_on_by_itself_after_redis_hangs_and_resumes() -> None:
+    with private_redis() as server:
+        # A socket timeout above the one-second blocking read, as the services' consumer client has.
+        client = Redis.from_url(server.url, socket_timeout=1.5)
+        bus = RedisStreamBus(client, "fault", consumer="users-1")
+        handler = Recorder()
+        bus.subscribe("user.registered", "users", handler)
+        await bus.start()
+        try:
+            before = registered()
+            await bus.publish(before)
+            await eventually(lambda: handler.handled, "the event before the hang")
+
+            server.hang()  # SIGSTOP: connections stay open, nothing answers
+            await asyncio.sleep(2.0)  # the consumer's blocking read times out meanwhile
+            server.resume()
+            after = registered()
+            await eventually(lambda: publish_when_redis_answers(bus, after), "a publish after the hang")
+
+            await eventually(lambda: len(handler.handled) == 2, "the event after the hang")
+            assert handler.handled == [before, after]
+        finally:
+            await bus.close()
+            await client.aclose()
+
+
+async def test_accounts_registered_after_redis_restarts_empty_get_their_profiles(
+    auth_settings: AuthSettings,
+    user_settings: UserSettings,  # noqa: F811
+) -> None:
+    """The auth → users bus end to end (outbox, relay, stream, consumer group, profile), with no
+    service restarted: Redis killed and started again empty between two registrations."""
+    admin = Caller(roles=["admin", "user"])
+    with private_redis() as server:
+        auth_app = create_auth_app(msgspec.structs.replace(auth_settings, redis_url=server.url))
+        users_app = create_users_app(msgspec.structs.replace(user_settings, redis_url=server.url))
+        async with app_client(auth_app) as auth, app_client(users_app) as users:
+
+            async def registered_once(email: str) -> dict[str, Any] | None:
+                response = await auth.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
+                return response.json()["user"] if response.status_code == 201 else None
+
+            async def profile(user: dict[str, Any]) -> bool:
+                response = await users.get(profile_url(uuid.UUID(user["id"])), headers=admin.headers)
+                return response.status_code == 200
+
+            before = await eventually(lambda: registered_once("before@example.com"), "a registration")
+            await eventually(lambda: profile(before), "the profile of the account registered before")
+
+            server.kill()
+            server.start()  # empty: streams, consumer groups and revocations are gone
+
+            after = await eventually(lambda: registered_once("after@example.com"), "a registration after")
+            await eventually(lambda: profile(after), "the profile of the account registered after")
+
+
+async def test_a_group_lost_under_a_running_consumer_is_created_again_and_said_so(
+    redis: Redis, redis_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = f"users-{uuid.uuid4().hex[:6]}"
+    bus = RedisStreamBus(redis, redis_namespace)
+    handler = Recorder()
+    bus.subscribe("user.registered", group, handler)
+    await bus.start()
+    try:
+        await bus.publish(registered())
+        await eventually(lambda: handler.handled, "the first event")
+        recreated_before = groups_recreated("user.registered", group)
+
+        await redis.delete(bus.stream("user.registered"))  # what a Redis restarted empty has lost
+        later = registered()
+        await bus.publish(later)
+
+        await eventually(lambda: len(handler.handled) == 2, "the event published after the loss")
+        assert handler.handled[1] == later
+        assert groups_recreated("user.registered", group) == recreated_before + 1
+        assert any("consumer group created again" in r.getMessage() for r in caplog.records)
+    finally:
+        await bus.close()
+
+
+async def test_events_every_group_acknowledged_are_trimmed_and_the_others_are_kept(
+    redis: Redis, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shared.events.LAG_REFRESH_SECONDS", 0.0)
+    bus = RedisStreamBus(redis, redis_namespace)
+    stream = bus.stream("user.registered")
+    await redis.xgroup_create(stream, "laggard", id="0", mkstream=True)  # a group that reads nothing yet
+    handler = Recorder()
+    bus.subscribe("user.registered", "users", handler)
+    await bus.start()
+    try:
+        for _ in range(5):
+            await bus.publish(registered())
+        await eventually(lambda: len(handler.handled) == 5, "all five")
+        await eventually(lambda: all_acknowledged(redis, stream, "users"), "the acknowledgements")
+        await asyncio.sleep(0.2)  # a few trimming rounds
+        assert await redis.xlen(stream) == 5  # the laggard has read none of them: nothing trimmed
+
+        await redis.xgroup_destroy(stream, "laggard")
+
+        async def trimmed() -> bool:
+            return bool(await redis.xlen(stream) == 1)  # only the last delivered one stays
+
+        await eventually(trimmed, "the acknowledged events to be trimmed")
+    finally:
+        await bus.close()
+
+
+async def test_a_full_stream_refuses_an_event_and_the_outbox_keeps_it_until_there_is_room(
+    relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shared.events.LAG_REFRESH_SECONDS", 0.0)
+    sessionmaker, relay, bus = relay_parts
+    stream = bus.stream("user.registered")
+    # Events of ~5 KB: each takes a stream node of its own, which trimming frees.
+    events = [registered(user_id=str(uuid.uuid4()) + "x" * 5000) for _ in range(3)]
+    for event in events:
+        async with sessionmaker() as session, session.begin():
+            await add_event(session, outbox, event)
+        with contextlib.suppress(StreamFull):
+            await relay.publish_pending()
+        if await redis.xlen(stream) == 2:
+            bus.max_bytes = int(await redis.memory_usage(stream) or 0) + 1000  # full: no group read them
+
+    # The third event is refused: nothing the (absent) groups have not read is trimmed for it.
+    assert [e.id for e in await stream_events(redis, stream)] == [e.id for e in events[:2]]
+    async with sessionmaker() as session:
+        unpublished = (await session.execute(select(outbox.c.id).where(outbox.c.published_at.is_(None)))).scalars()
+        assert [str(event_id) for event_id in unpublished] == [events[2].id]  # kept in the outbox
+
+    consumer = RedisStreamBus(redis, bus.namespace)
+    handler = Recorder()
+    consumer.subscribe("user.registered", "users", handler)
+    await consumer.start()
+    try:
+        await eventually(lambda: len(handler.handled) == 2, "the two on the stream")
+
+        async def room() -> bool:
+            return bool(await redis.xlen(stream) == 1)  # acknowledged, so trimmed
+
+        await eventually(room, "the acknowledged events to be trimmed")
+        assert await relay.publish_pending() == 1
+        await eventually(lambda: len(handler.handled) == 3, "the event the outbox kept")
+        assert [e.id for e in handler.handled] == [e.id for e in events]
+    finally:
+        await consumer.close()
 
 
 # -- in memory -------------------------------------------------------------------------------------

@@ -11,9 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar, post
+from litestar.params import FromPath, JSONBody
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
+from auth_service.config import AuthSettings
+from shared.db import create_engine
+from shared.errors import EXCEPTION_HANDLERS
+from shared.http import RequestIdMiddleware, StrictBodyRequest
 from shared.logs import JSONFormatter, request_id_var
 from tests.auth_service.conftest import PASSWORD, register
+from tests.conftest import DatabaseFactory, app_client
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -151,3 +160,66 @@ async def test_failed_logins_never_log_the_password(client: httpx.AsyncClient, r
     assert failures, "a failed login is worth a log line"
     assert failures[0]["request_id"] == refused.headers["x-request-id"]
     assert all(line.startswith("{") for line in root_capture.lines())
+
+
+async def test_a_500_is_logged_with_its_request_id_and_nothing_of_the_request(root_capture: Capture) -> None:
+    secret = "s3cret-value-from-the-body"
+
+    @post("/boom/{name:str}", status_code=200)
+    async def boom(name: FromPath[str], data: JSONBody[dict[str, str]]) -> None:
+        raise ValueError(f"cannot use {data['password']} for {name}")  # a careless message
+
+    app = Litestar(
+        [boom],
+        middleware=[RequestIdMiddleware],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_class=StrictBodyRequest,
+        logging_config=None,  # as every service: the platform's JSON lines only
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the test's client logs the URLs it calls
+    async with app_client(app) as client:
+        response = await client.post(
+            "/boom/ada@example.com", json={"password": secret}, headers={"X-Request-ID": "req-boom-0001"}
+        )
+
+    assert response.status_code == 500
+    assert secret not in response.text
+    text = root_capture.buffer.getvalue()
+    assert secret not in text and "ada@example.com" not in text
+    [entry] = [entry for entry in root_capture.entries() if entry["msg"] == "unhandled error"]
+    assert entry["request_id"] == "req-boom-0001"
+    assert entry["route"] == "/boom/{name}"
+    assert entry["error"] == "ValueError"
+    assert "builtins.ValueError" in entry["stack"] and "in boom" in entry["stack"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+async def test_a_failing_statement_never_shows_its_parameters(
+    backend: str, databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    url = databases.create("hide_parameters") if backend == "postgresql" else ""
+    engine = create_engine(AuthSettings(database_url=url, data_dir=str(tmp_path)))
+    secret = "$argon2id$v=19$m=65536,t=3,p=4$c2VjcmV0"
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(DBAPIError) as failed:  # an overflow: the database's message quotes no value
+                await connection.execute(text("SELECT :secret, abs(:lowest)"), {"secret": secret, "lowest": -(2**63)})
+    finally:
+        await engine.dispose()
+
+    assert secret not in str(failed.value)
+    assert "hidden due to hide_parameters" in str(failed.value)
+
+
+def test_a_database_error_is_logged_without_the_values_it_quotes(capture: Capture) -> None:
+    email = "ada" + "@example.com"  # built here: the traceback's source lines must not show it either
+    try:
+        try:
+            raise RuntimeError(f"new row violates check constraint DETAIL: Failing row contains ({email})")
+        except RuntimeError as driver_error:
+            raise DBAPIError("INSERT INTO profiles ...", None, driver_error) from driver_error
+    except DBAPIError:
+        capture.logger.exception("write failed")
+    [entry] = capture.entries()
+    assert "ada@example.com" not in entry["exc"]
+    assert "sqlalchemy.exc.DBAPIError" in entry["exc"] and "test_logging.py" in entry["exc"]

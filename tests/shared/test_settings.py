@@ -50,6 +50,11 @@ def test_a_malformed_value_is_named(environ: dict[str, str], variable: str) -> N
         # Redeliveries may come for 5 x 1 day: forgetting ids after 1 day would apply some twice.
         ({"EVENT_DEDUP_RETENTION_DAYS": "1", "EVENT_RECLAIM_SECONDS": "86400"}, "EVENT_DEDUP_RETENTION_DAYS"),
         ({"EVENT_DEDUP_PRUNE_SECONDS": "0"}, "EVENT_DEDUP_PRUNE_SECONDS"),
+        ({"REDIS_TIMEOUT_SECONDS": "0"}, "REDIS_TIMEOUT_SECONDS"),
+        ({"AUTH_REDIS_BREAKER_FAILURES": "0"}, "AUTH_REDIS_BREAKER_FAILURES"),
+        ({"REDIS_BREAKER_RESET_SECONDS": "-1"}, "REDIS_BREAKER_RESET_SECONDS"),
+        ({"DB_CONNECT_TIMEOUT_SECONDS": "0"}, "DB_CONNECT_TIMEOUT_SECONDS"),
+        ({"DB_STATEMENT_TIMEOUT_MS": "0"}, "DB_STATEMENT_TIMEOUT_MS"),
     ],
 )
 def test_an_out_of_range_value_names_the_variable_that_was_set(environ: dict[str, str], variable: str) -> None:
@@ -74,6 +79,15 @@ def test_defaults_work_without_any_environment() -> None:
     assert settings.port == 8001
     assert settings.service_name == "auth"
     assert settings.environment == "development"
+
+
+def test_dependency_timeouts_default_to_answers_within_the_targets() -> None:
+    """Redis at most 50 ms a call; a PostgreSQL fault answered within 2 s: a connection waited for
+    in the pool or made (below libpq's 2 s floor: the kernel bounds it), a statement cancelled."""
+    settings = load_settings(AuthSettings, {})
+    assert settings.redis_timeout_seconds <= 0.05
+    assert settings.db_connect_timeout_seconds < 2
+    assert settings.db_statement_timeout_ms < 2000
 
 
 def test_prefixed_variables_win_over_plain_ones() -> None:

@@ -1,22 +1,30 @@
-"""Usage records over a Redis stream (consumer group, ack, reclaim) and the in-memory channel."""
+"""Usage records over a Redis stream (consumer group, ack, reclaim, trimming, a bounded stream,
+a group Redis lost) and the in-memory channel."""
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from shared.streams import StreamFull
 from shared.usage import (
     MESSAGE_RECORDS,
     InMemoryUsageChannel,
     RedisUsageConsumer,
     RedisUsagePublisher,
     UsageChannelFull,
+    UsageMessage,
     UsageRecord,
     usage_stream,
 )
+from tests.conftest import eventually
+from tests.private_servers import private_redis
 
 
 def records(count: int, user_id: str | None = "u-1") -> list[UsageRecord]:
@@ -102,3 +110,151 @@ async def test_the_in_memory_channel_delivers_in_order_again_until_acknowledged_
     await asyncio.sleep(0.01)
     await channel.publish(records(2))
     assert [len(m.records) for m in await waiter] == [2]
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(f"{name}_total", labels) or 0.0
+
+
+async def read_all(consumer: RedisUsageConsumer) -> list[str]:
+    """Read and acknowledge everything there is; the ids read."""
+    ids: list[str] = []
+    while messages := await consumer.read(100, 0.05):
+        ids.extend(m.id for m in messages)
+        await consumer.ack([m.id for m in messages])
+    return ids
+
+
+async def test_acknowledged_messages_are_trimmed_and_those_a_group_has_not_acknowledged_are_kept(
+    redis: Redis, redis_namespace: str
+) -> None:
+    stream = usage_stream(redis_namespace)
+    publisher = RedisUsagePublisher(redis, redis_namespace)
+    analytics = RedisUsageConsumer(redis, redis_namespace, consumer="a")
+    audit = RedisUsageConsumer(redis, redis_namespace, consumer="b", group="audit")
+    await analytics.read(10, 0.01)
+    await audit.read(10, 0.01)
+    for _ in range(10):
+        await publisher.publish(records(1))
+
+    audit_has = await audit.read(4, 0.5)  # the second group is behind: 4 read, none acknowledged
+    assert len(await read_all(analytics)) == 10
+    assert await redis.xlen(stream) == 10  # nothing trimmed: "audit" still needs all ten
+
+    await audit.ack([m.id for m in audit_has[:3]])
+    analytics._trimmed_at = 0.0  # the next acknowledgement trims (at most once a second otherwise)
+    await publisher.publish(records(1))
+    assert len(await read_all(analytics)) == 1
+    assert await redis.xlen(stream) == 8  # the three both groups acknowledged went, the rest stay
+
+    rest = await audit.read(100, 0.5)  # every message audit had not read is still there
+    assert len(rest) == 7
+    pending = await redis.xpending_range(stream, "audit", min="-", max="+", count=100)
+    assert pending[0]["message_id"].decode() == audit_has[3].id
+    audit._trimmed_at = 0.0
+    await audit.ack([audit_has[3].id, *(m.id for m in rest)])
+    assert await redis.xlen(stream) == 1  # all acknowledged by all: only the last delivered stays
+
+
+async def test_a_full_stream_refuses_a_flush_whole_counts_it_and_trims_nothing_unread(
+    redis: Redis, redis_namespace: str
+) -> None:
+    stream = usage_stream(redis_namespace)
+    publisher = RedisUsagePublisher(redis, redis_namespace)
+    consumer = RedisUsageConsumer(redis, redis_namespace, consumer="c1")
+    await consumer.read(10, 0.01)
+    first, second = records(MESSAGE_RECORDS), records(MESSAGE_RECORDS)  # ~55 KB each
+    await publisher.publish(first)
+    await publisher.publish(second)
+    publisher.max_bytes = int(await redis.memory_usage(stream) or 0) + 10_000  # no room for another such
+    refused_before = counter("pyairtable_stream_refused", stream="usage")
+
+    with pytest.raises(StreamFull):
+        await publisher.publish(records(MESSAGE_RECORDS + 1))  # two messages: refused together
+
+    assert counter("pyairtable_stream_refused", stream="usage") == refused_before + 2
+    assert await redis.xlen(stream) == 2  # nothing appended, nothing the group has not read trimmed
+    delivered = await consumer.read(10, 0.5)
+    assert [m.records for m in delivered] == [first, second]
+    await consumer.ack([m.id for m in delivered])  # acknowledged, so trimmed: room again
+    third = records(MESSAGE_RECORDS)
+    await publisher.publish(third)
+    assert [m.records for m in await consumer.read(10, 0.5)] == [third]
+
+
+async def test_a_message_deleted_while_pending_is_acknowledged_as_lost_not_silently(
+    redis: Redis, redis_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = usage_stream(redis_namespace)
+    dying = RedisUsageConsumer(redis, redis_namespace, consumer="dying", reclaim_after_seconds=0.1)
+    survivor = RedisUsageConsumer(redis, redis_namespace, consumer="survivor", reclaim_after_seconds=0.1)
+    await dying.read(10, 0.01)
+    await RedisUsagePublisher(redis, redis_namespace).publish(records(1))
+    [taken] = await dying.read(10, 0.5)
+    await redis.xdel(stream, taken.id)  # an operator's XDEL / XTRIM while it was pending
+    lost_before = counter("pyairtable_stream_lost", stream="usage", group="analytics")
+    await asyncio.sleep(0.2)
+
+    assert await survivor.read(10, 0.05) == []
+
+    assert counter("pyairtable_stream_lost", stream="usage", group="analytics") == lost_before + 1
+    assert any(r.levelname == "ERROR" and "lost" in r.getMessage() for r in caplog.records)
+    assert (await redis.xpending(stream, "analytics"))["pending"] == 0
+
+
+async def test_the_consumer_creates_its_group_again_when_redis_restarts_empty() -> None:
+    with private_redis() as server:
+        client = Redis.from_url(server.url, socket_timeout=2)
+        publisher = RedisUsagePublisher(client, "fault")
+        consumer = RedisUsageConsumer(client, "fault", consumer="c1")
+        await consumer.read(10, 0.01)
+        await publisher.publish(records(1))
+        assert len(await read_all(consumer)) == 1
+        recreated_before = counter("pyairtable_stream_groups_recreated", stream="usage", group="analytics")
+
+        server.kill()
+        with pytest.raises(RedisError):
+            await consumer.read(10, 0.01)
+        server.start()  # empty: no stream, no group
+        await publisher.publish(records(2))  # the gateway's next flush makes the stream, without a group
+
+        async def flowing() -> list[UsageMessage]:
+            with contextlib.suppress(RedisError):
+                return await consumer.read(10, 0.1)
+            return []
+
+        [message] = await eventually(flowing, "usage read again after the restart")
+        assert len(message.records) == 2  # what was published before the group was back is read too
+        await consumer.ack([message.id])
+        assert counter("pyairtable_stream_groups_recreated", stream="usage", group="analytics") == recreated_before + 1
+        await client.aclose()
+
+
+async def test_the_consumer_reads_on_after_redis_hangs_and_resumes() -> None:
+    with private_redis() as server:
+        client = Redis.from_url(server.url, socket_timeout=0.5)
+        publisher = RedisUsagePublisher(client, "fault")
+        consumer = RedisUsageConsumer(client, "fault", consumer="c1")
+        await consumer.read(10, 0.01)
+
+        server.hang()  # SIGSTOP: connections stay open, nothing answers
+        with pytest.raises(RedisError):
+            await consumer.read(10, 0.1)
+        server.resume()
+        await eventually(lambda: publish_when_redis_answers(publisher, records(3)), "a flush after the hang")
+
+        async def flowing() -> list[UsageMessage]:
+            with contextlib.suppress(RedisError):
+                return await consumer.read(10, 0.1)
+            return []
+
+        [message] = await eventually(flowing, "usage read again after the hang")
+        assert len(message.records) == 3
+        await client.aclose()
+
+
+async def publish_when_redis_answers(publisher: RedisUsagePublisher, batch: list[UsageRecord]) -> bool:
+    with contextlib.suppress(RedisError):
+        await publisher.publish(batch)
+        return True
+    return False

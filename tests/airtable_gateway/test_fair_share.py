@@ -1,0 +1,64 @@
+"""Fair share of a base's queue (issue 11): one user's burst of uncached reads cannot make another
+user's read on the same base wait behind it; the heavy user's surplus gets 503 + Retry-After.
+
+Run with ``-s`` to see the other user's measured wait (docs/RELIABILITY.md quotes it)."""
+
+import asyncio
+import time
+import uuid
+
+import httpx
+
+from airtable_gateway.app import create_app
+from tests.airtable_gateway.conftest import API, PROBLEM, SettingsFactory, bearer, upstream_log
+from tests.airtable_gateway.emulator_fixture import COMPANIES, CONTACTS, CRM_BASE, Emulator
+from tests.conftest import app_client, eventually
+
+CONTACTS_URL = f"{API}/bases/{CRM_BASE}/tables/{CONTACTS}/records"
+COMPANIES_URL = f"{API}/bases/{CRM_BASE}/tables/{COMPANIES}/records"
+HEAVY_READS = 120
+
+
+async def heavy_burst_then_another_users_read(
+    client: httpx.AsyncClient,
+) -> tuple[list[httpx.Response], httpx.Response, float]:
+    """120 distinct (uncached) reads from one user at once; once they are all answered or queued,
+    another user's read on the same base. Its answer and how long it took."""
+    heavy = bearer(uuid.uuid4())
+    burst = [
+        asyncio.create_task(client.get(CONTACTS_URL, params={"page_size": 1, "max_records": n}, headers=heavy))
+        for n in range(1, HEAVY_READS + 1)
+    ]
+    await eventually(lambda: sum(task.done() for task in burst) >= HEAVY_READS // 2, "the burst to be queued")
+    started = time.monotonic()
+    other = await client.get(COMPANIES_URL, params={"page_size": 2}, headers=bearer(uuid.uuid4()))
+    waited = time.monotonic() - started
+    return await asyncio.gather(*burst), other, waited
+
+
+async def test_a_heavy_users_surplus_is_refused_and_another_users_read_is_served(
+    make_settings: SettingsFactory, emulator: Emulator
+) -> None:
+    # A 10 s queue deadline: behind the whole burst (120 reads at 4.5/s: ~27 s) the other user's
+    # read could only time out; served, it was queued behind the heavy user's share alone.
+    settings = make_settings(airtable_queue_timeout=10.0)
+    async with app_client(create_app(settings)) as client:
+        heavy, other, waited = await heavy_burst_then_another_users_read(client)
+
+    assert other.status_code == 200, other.text
+    assert other.headers["x-cache"] == "MISS"
+    served = [response for response in heavy if response.status_code == 200]
+    refused = [response for response in heavy if response.status_code != 200]
+    # At any moment at most 1 + the share (1 s at 4.5/s: 4) of theirs were admitted; more as
+    # their slots were sent while the burst was still arriving, but never most of it.
+    assert 1 <= len(served) <= HEAVY_READS // 4
+    assert len(served) + len(refused) == HEAVY_READS
+    for response in refused:
+        assert response.status_code == 503
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json()["code"] == "airtable-fair-share"
+        assert int(response.headers["retry-after"]) >= 1
+    log = upstream_log(emulator, CRM_BASE)
+    assert len(log) == len(served) + 1  # the surplus never reached Airtable
+    assert emulator.stats()["throttled"].get(CRM_BASE, 0) == 0
+    print(f"\nfair share: the other user's read waited {waited:.2f} s behind {len(served)} of {HEAVY_READS} reads")

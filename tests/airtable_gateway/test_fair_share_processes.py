@@ -1,0 +1,103 @@
+"""Issue 11's run, as real processes: the API gateway in front of the Airtable gateway (PostgreSQL,
+Redis) in front of the Airtable emulator; one account sends 120 uncached reads of one base from 6
+client addresses at once, then another account reads the same base. The other read is served while
+the heavy account's surplus gets 503 + Retry-After (run with ``-s`` to see the measured wait)."""
+
+import asyncio
+import shlex
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.airtable_gateway.emulator_fixture import COMPANIES, CONTACTS, CRM_BASE, Emulator
+from tests.conftest import DatabaseFactory, eventually
+from tests.e2e.processes import PROBLEM, PYTHON, Processes, Service, access_token, environment, free_port
+
+API = "/api/v1/airtable"
+CONTACTS_URL = f"{API}/bases/{CRM_BASE}/tables/{CONTACTS}/records"
+COMPANIES_URL = f"{API}/bases/{CRM_BASE}/tables/{COMPANIES}/records"
+HEAVY_READS = 120
+ADDRESSES = [f"127.0.0.{n}" for n in range(2, 8)]
+
+
+@pytest.fixture
+def platform(
+    tmp_path: Path, databases: DatabaseFactory, redis_url: str, redis_namespace: str, emulator: Emulator
+) -> Iterator[Service]:
+    """The API gateway routing /api/v1/airtable to the Airtable gateway; its per-address limits
+    raised, since they are not what this run is about."""
+    processes = Processes(tmp_path)
+    try:
+        port = free_port()
+        env = environment(
+            tmp_path,
+            AIRTABLE_GATEWAY_DATABASE_URL=databases.create("pyairtable_airtable"),
+            AIRTABLE_GATEWAY_PORT=str(port),
+            REDIS_URL=redis_url,
+            REDIS_NAMESPACE=redis_namespace,
+            AIRTABLE_TOKEN=emulator.token,
+            AIRTABLE_API_URL=emulator.url,
+            AIRTABLE_QUEUE_TIMEOUT="10",
+        )
+        python = shlex.quote(PYTHON)
+        command = f"{python} -m airtable_gateway migrate && exec {python} -m airtable_gateway serve"
+        airtable = processes.start("airtable", ["sh", "-c", command], env, port).wait_healthy()
+        gateway = processes.gateway(
+            "gateway",
+            tmp_path,
+            AIRTABLE_GATEWAY_URL=airtable.url,
+            REDIS_URL=redis_url,
+            REDIS_NAMESPACE=redis_namespace,
+            RATE_LIMIT_PER_MINUTE="6000",
+            RATE_LIMIT_BURST="200",
+        ).wait_healthy()
+        yield gateway
+    finally:
+        processes.stop_all()
+
+
+async def test_one_account_on_six_addresses_cannot_starve_a_base(platform: Service, emulator: Emulator) -> None:
+    heavy = {"Authorization": f"Bearer {access_token()}"}
+    clients = [
+        httpx.AsyncClient(
+            base_url=platform.url,
+            transport=httpx.AsyncHTTPTransport(local_address=address),
+            timeout=30,
+            limits=httpx.Limits(max_connections=HEAVY_READS),
+        )
+        for address in ADDRESSES
+    ]
+    try:
+        burst = [
+            asyncio.create_task(
+                clients[n % len(clients)].get(
+                    CONTACTS_URL, params={"page_size": 1, "max_records": n + 1}, headers=heavy
+                )
+            )
+            for n in range(HEAVY_READS)
+        ]
+        await eventually(lambda: sum(task.done() for task in burst) >= HEAVY_READS // 2, "the burst to be queued")
+        started = time.monotonic()
+        other = await clients[0].get(
+            COMPANIES_URL, params={"page_size": 2}, headers={"Authorization": f"Bearer {access_token()}"}
+        )
+        waited = time.monotonic() - started
+        answers = await asyncio.gather(*burst)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+    assert other.status_code == 200, other.text
+    served = [response for response in answers if response.status_code == 200]
+    refused = [response for response in answers if response.status_code != 200]
+    assert 1 <= len(served) <= HEAVY_READS // 4
+    for response in refused:
+        assert response.status_code == 503
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json()["code"] == "airtable-fair-share"
+        assert int(response.headers["retry-after"]) >= 1
+    assert emulator.stats()["throttled"].get(CRM_BASE, 0) == 0
+    print(f"\nthrough the gateway: the other user's read waited {waited:.2f} s behind {len(served)} of {HEAVY_READS}")

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import re
 import ssl
 import string
 import uuid
@@ -45,6 +46,7 @@ ABANDONED = Counter("pyairtable_mail_abandoned_total", "Mail messages given up a
 MAX_ATTEMPTS = 8
 MAX_BACKOFF_SECONDS = 3600
 SMTP_TIMEOUT_SECONDS = 10.0
+_LINK = re.compile(r"https?://\S+")
 
 
 class MailMessage(msgspec.Struct, frozen=True):
@@ -61,8 +63,9 @@ class Mailer(Protocol):
 
 
 class LoggingMailer:
-    """No mail server: in development the message (with its link) goes to the log instead; in
-    production, where logs never hold tokens or addresses, only that it was not sent."""
+    """No mail server: in development the message's subject and link go to the log instead (never
+    its address or body: logs hold no personal data); in production, where logs never hold a
+    token either, only that it was not sent."""
 
     def __init__(self, log_contents: bool = True) -> None:
         self.log_contents = log_contents
@@ -74,8 +77,8 @@ class LoggingMailer:
             )
             return
         logger.info(
-            "mail not sent (no SMTP_URL): logged instead",
-            extra={"message_id": str(message.id), "to": message.to, "subject": message.subject, "text": message.text},
+            "mail not sent (no SMTP_URL): its link logged instead (development)",
+            extra={"message_id": str(message.id), "subject": message.subject, "links": _LINK.findall(message.text)},
         )
 
 

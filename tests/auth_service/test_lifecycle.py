@@ -1,7 +1,7 @@
 """Password reset, email verification and address changes, each driven through the HTTP API with
 the mail read from a real SMTP server (STARTTLS, password) in process."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -14,6 +14,7 @@ from auth_service.config import AuthSettings
 from tests.auth_service.conftest import PASSWORD, Clock, bearer, mail_to, register
 from tests.conftest import app_client
 from tests.mail_server import Inbox, html_of, text_of, token_in
+from tests.private_servers import PrivateRedis
 
 AUTH = "/api/v1/auth"
 NEW_PASSWORD = "a brand new passphrase"
@@ -313,3 +314,37 @@ async def test_a_new_address_taken_meanwhile_is_refused(client: httpx.AsyncClien
 
 def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if key != "request_id"}
+
+
+# -- Redis is an accelerator --------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_with_redis_down_forgot_still_answers_and_the_link_comes_once_it_returns(
+    mail_settings: AuthSettings, clock: Clock, inbox: Inbox, private_redis: PrivateRedis
+) -> None:
+    settings = msgspec.structs.replace(
+        mail_settings, redis_url=private_redis.url, redis_breaker_failures=2, redis_breaker_reset_seconds=0.5
+    )
+    async with app_client(create_app(settings, clock=clock)) as client:
+        await register(client, "ada@example.com")
+        await mail_to(inbox, "ada@example.com")
+        private_redis.kill()
+
+        forgot = await client.post(f"{AUTH}/password/forgot", json={"email": "ada@example.com"})
+        assert forgot.status_code == 202, forgot.text
+        assert without_request_id(forgot.json()) == CHECK_INBOX
+
+        private_redis.start()
+        token = token_in(await mail_to(inbox, "ada@example.com", 2))
+        reset = await client.post(f"{AUTH}/password/reset", json={"token": token, "new_password": NEW_PASSWORD})
+
+    assert reset.status_code == 204, reset.text

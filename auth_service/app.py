@@ -1,3 +1,4 @@
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -8,20 +9,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from auth_service.config import AuthSettings
 from auth_service.controllers import AccountAdminController, AuthController
 from auth_service.deps import provide_auth_service
-from auth_service.models import outbox, processed_events
+from auth_service.models import mail_outbox, outbox, processed_events
 from auth_service.passwords import Passwords
-from auth_service.services import Clock
+from auth_service.services import PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, Clock
 from auth_service.throttle import Throttle
 from auth_service.tokens import TokenIssuer
 from shared.db import utcnow
 from shared.events import Event, EventBus, EventConsumer
+from shared.mail import Mailer, MailRelay, create_mailer
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore
 
-# Users' events this service applies (each once: their ids go into processed_events).
-EVENTS = EventConsumer(group="auth", event_types=("user.deleted",), processed_events=processed_events)
+logger = logging.getLogger("auth_service")
+# Events this service applies, each once (their ids go into processed_events): the users' and its
+# own requests for mail.
+EVENTS = EventConsumer(
+    group="auth",
+    event_types=("user.deleted", PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED),
+    processed_events=processed_events,
+)
 
 
 def create_app(
@@ -30,8 +38,10 @@ def create_app(
     clock: Clock = utcnow,
     store: KeyValueStore | None = None,
     bus: EventBus | None = None,
+    mailer: Mailer | None = None,
 ) -> Litestar:
     settings = settings or load_settings(AuthSettings)
+    mailer = mailer or create_mailer(settings.smtp_url, settings.smtp_ca_file, production=settings.is_production)
 
     @asynccontextmanager
     async def auth_resources(app: Litestar) -> AsyncIterator[None]:
@@ -42,15 +52,28 @@ def create_app(
         relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
         app.state.outbox_relay = relay
         relay.start()
+        mail_relay = MailRelay(
+            app.state.sessionmaker, mail_outbox, mailer, settings.mail_from, settings.outbox_poll_seconds, clock
+        )
+        app.state.mail_relay = mail_relay
+        mail_relay.start()
+        if settings.is_production and not settings.smtp_url:
+            logger.warning("no SMTP_URL: mail (password resets, verifications) is not sent")
 
-        async def deactivate_deleted_user(session: AsyncSession, event: Event) -> None:
+        async def apply_event(session: AsyncSession, event: Event) -> None:
             auth = provide_auth_service(session, app.state)
-            await auth.deactivate_deleted_user(uuid.UUID(event.data["user_id"]))
+            if event.type == PASSWORD_RESET_REQUESTED:
+                await auth.send_password_reset(event.data["email"])
+            elif event.type == VERIFICATION_REQUESTED:
+                await auth.send_verification(event.data["email"])
+            else:
+                await auth.deactivate_deleted_user(uuid.UUID(event.data["user_id"]))
 
-        EVENTS.subscribe(app.state.bus, app.state.sessionmaker, deactivate_deleted_user)
+        EVENTS.subscribe(app.state.bus, app.state.sessionmaker, apply_event)
         try:
             yield
         finally:
+            await mail_relay.stop()
             await relay.stop()
 
     return create_service_app(

@@ -1,5 +1,7 @@
 import os
+import re
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from shared.settings import ServiceSettings, SettingsError
 
@@ -7,6 +9,18 @@ from shared.settings import ServiceSettings, SettingsError
 MIN_ARGON2_MEMORY_KIB = 19456
 MIN_ARGON2_TIME_COST = 2
 MAX_PASSWORD_LENGTH = 128
+# JWT_EXPIRES_IN: "24h", "7d", "30m" or seconds, as the older platform service read it.
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_LEGACY_TOKEN_TTL = 30 * 86400
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``24h``, ``7d``, ``30m``, ``90s`` or ``3600``; ValueError otherwise."""
+    match = _DURATION.match(text.lower())
+    if match is None:
+        raise ValueError(text)
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
@@ -28,6 +42,26 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
     lockout_max_seconds: int = 900
     ip_attempts_per_minute: int = 10
     jwt_private_key_file: str = ""
+    # The lifetime of the access tokens the older platform's routes issue (empty: ACCESS_TOKEN_TTL).
+    jwt_expires_in: str = ""
+    # Mail: SMTP_URL empty logs each message instead (development); links point into SITE_URL.
+    smtp_url: str = ""
+    smtp_ca_file: str = ""
+    mail_from: str = "PyAirtable <no-reply@localhost>"
+    site_url: str = "http://localhost:8080"
+    require_verified_email: bool = False
+    password_reset_ttl: int = 1800
+    email_verification_ttl: int = 86400
+    # Mails one address may be sent per hour by forgot-password and resend (each counted apart).
+    mail_per_address_per_hour: int = 5
+
+    @property
+    def legacy_token_ttl(self) -> int:
+        return parse_duration(self.jwt_expires_in) if self.jwt_expires_in else self.access_token_ttl
+
+    @property
+    def longest_access_token_ttl(self) -> int:
+        return max(self.access_token_ttl, self.legacy_token_ttl)
 
     def validate(self) -> None:
         super().validate()
@@ -45,3 +79,20 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("REFRESH_IDLE_TTL: must not exceed REFRESH_ABSOLUTE_TTL")
         if not 0 <= self.refresh_reuse_grace <= 60:
             raise SettingsError("REFRESH_REUSE_GRACE: must be between 0 and 60 seconds")
+        self._validate_lifecycle()
+
+    def _validate_lifecycle(self) -> None:
+        try:
+            legacy_ttl = self.legacy_token_ttl
+        except ValueError:
+            raise SettingsError("JWT_EXPIRES_IN: must be like 24h, 7d, 30m or a number of seconds") from None
+        if not 0 < legacy_ttl <= MAX_LEGACY_TOKEN_TTL:
+            raise SettingsError("JWT_EXPIRES_IN: must be between 1 second and 30 days")
+        if self.smtp_url and urlsplit(self.smtp_url).scheme not in ("smtp", "smtps"):
+            raise SettingsError("SMTP_URL: must be smtp://[user:password@]host[:port] or smtps://...")
+        if not self.site_url.startswith(("http://", "https://")):
+            raise SettingsError("SITE_URL: must be an http:// or https:// URL")
+        if not 60 <= self.password_reset_ttl <= 86400 or not 60 <= self.email_verification_ttl <= 7 * 86400:
+            raise SettingsError("PASSWORD_RESET_TTL: 1 min to 1 day; EMAIL_VERIFICATION_TTL: 1 min to 7 days")
+        if self.mail_per_address_per_hour < 1:
+            raise SettingsError("MAIL_PER_ADDRESS_PER_HOUR: must be at least 1")

@@ -1,30 +1,37 @@
 import uuid
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, delete, get, patch, post, put
+from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from auth_service.deps import provide_auth_service, provide_client
 from auth_service.errors import (
     AccountLocked,
     EmailTaken,
+    EmailUnverified,
     InvalidCredentials,
     InvalidGrant,
+    InvalidLinkToken,
     TooManyAttempts,
     WeakPassword,
 )
 from auth_service.schemas import (
+    AcceptedResponse,
     AccountUpdate,
     EmailChangeRequest,
+    EmailVerifyRequest,
+    ForgotPasswordRequest,
     JWKSResponse,
     LoginRequest,
     LogoutRequest,
     PasswordChangeRequest,
+    PasswordResetRequest,
     RefreshRequest,
     RegisterRequest,
+    ResendVerificationRequest,
     SessionList,
     TokenResponse,
     UserRead,
@@ -32,11 +39,18 @@ from auth_service.schemas import (
     user_read,
 )
 from auth_service.services import AuthService, Client
-from shared.errors import NotFound
-from shared.security import Identity, require_admin
+from shared.errors import NotFound, Unauthorized
+from shared.security import Identity, bearer_token, require_admin
 
 PUBLIC = {"exclude_from_auth": True}
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
+BEARER_OR_NONE: list[dict[str, list[str]]] = [{"BearerAuth": []}, {}]
+CHECK_INBOX = AcceptedResponse(detail="If an account has this address, a message is on its way to it.")
+REGISTERED_CHECK_INBOX = AcceptedResponse(detail="Check your inbox: a message is on its way to this address.")
+Lifetime = Annotated[
+    Literal["default", "legacy"],
+    QueryParameter(description="legacy: access tokens live JWT_EXPIRES_IN, as the older platform's did"),
+]
 
 
 class AuthController(Controller):
@@ -57,41 +71,74 @@ class AuthController(Controller):
         raises=[EmailTaken, WeakPassword, TooManyAttempts],
     )
     async def register(
-        self, data: JSONBody[RegisterRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
-    ) -> TokenResponse:
-        """Create an account and sign it in."""
-        return await auth.register(data.email, data.password, data.first_name, data.last_name, client)
+        self,
+        data: JSONBody[RegisterRequest],
+        auth: NamedDependency[AuthService],
+        client: NamedDependency[Client],
+        lifetime: Lifetime = "default",
+    ) -> Response[TokenResponse | AcceptedResponse]:
+        """Create an account and sign it in; a verification link is mailed to the address.
+
+        With ``REQUIRE_VERIFIED_EMAIL`` the answer is 202 and the same whether or not the address
+        already has an account (its owner is told by mail); sign in once the address is verified."""
+        tokens = await auth.register(
+            data.email, data.password, data.first_name, data.last_name, client, lifetime == "legacy"
+        )
+        if tokens is None:
+            return Response(REGISTERED_CHECK_INBOX, status_code=HTTP_202_ACCEPTED)
+        return Response(tokens, status_code=HTTP_201_CREATED)
 
     @post(
         "/login",
         operation_id="login",
         status_code=HTTP_200_OK,
         opt=PUBLIC,
-        raises=[InvalidCredentials, TooManyAttempts, AccountLocked],
+        raises=[InvalidCredentials, TooManyAttempts, AccountLocked, EmailUnverified],
     )
     async def login(
-        self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
+        self,
+        data: JSONBody[LoginRequest],
+        auth: NamedDependency[AuthService],
+        client: NamedDependency[Client],
+        lifetime: Lifetime = "default",
     ) -> TokenResponse:
-        """Sign in with email and password."""
-        return await auth.login(data.email, data.password, client)
+        """Sign in with email and password (403 ``email-unverified`` while ``REQUIRE_VERIFIED_EMAIL``
+        waits for the address to be confirmed)."""
+        return await auth.login(data.email, data.password, client, lifetime == "legacy")
 
     @post("/refresh", operation_id="refresh", status_code=HTTP_200_OK, opt=PUBLIC, raises=[InvalidGrant])
     async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenResponse:
         """Exchange a refresh token for a new pair; the old refresh token stops working."""
         return await auth.refresh(data.refresh_token)
 
-    @post("/logout", operation_id="logout", status_code=HTTP_204_NO_CONTENT, security=BEARER)
+    @post(
+        "/logout",
+        operation_id="logout",
+        status_code=HTTP_204_NO_CONTENT,
+        opt=PUBLIC,
+        security=BEARER_OR_NONE,
+        raises=[Unauthorized],
+    )
     async def logout(
         self,
-        request: Request[Identity, str, State],
+        request: Request[Any, Any, State],
         auth: NamedDependency[AuthService],
         data: JSONBody[LogoutRequest | None] = None,
         logout_scope: Annotated[
             Literal["local", "global"], QueryParameter(name="scope", description="local: this session; global: all")
         ] = "local",
     ) -> None:
-        """Sign out this session (``scope=local``) or every session of the user (``global``)."""
-        await auth.logout(request.user, data.refresh_token if data else None, logout_scope)
+        """Sign out this session (``scope=local``) or every session of the user (``global``).
+
+        Without a bearer token, ``{"refresh_token": ...}`` alone signs out that token's session
+        (RFC 7009: 204 whether or not the token was known)."""
+        refresh = data.refresh_token if data else None
+        authorization = request.headers.get("authorization")
+        if authorization is None and refresh:
+            await auth.revoke_refresh_token(refresh)
+            return
+        identity = await request.app.state.verifier.verify(bearer_token(authorization))
+        await auth.logout(identity, refresh, logout_scope)
 
     @get("/me", operation_id="me", security=BEARER)
     async def me(self, request: Request[Identity, str, State], auth: NamedDependency[AuthService]) -> UserRead:
@@ -120,15 +167,80 @@ class AuthController(Controller):
         """Change the password; every other session is signed out."""
         await auth.change_password(request.user, data.current_password, data.new_password)
 
-    @put("/email", operation_id="change_email", security=BEARER, raises=[EmailTaken, AccountLocked])
+    @put(
+        "/email",
+        operation_id="change_email",
+        status_code=HTTP_202_ACCEPTED,
+        security=BEARER,
+        raises=[EmailTaken, AccountLocked],
+    )
     async def change_email(
         self,
         data: JSONBody[EmailChangeRequest],
         request: Request[Identity, str, State],
         auth: NamedDependency[AuthService],
     ) -> UserRead:
-        """Change the account's email address (``user.email_changed`` tells the other services)."""
+        """Ask to change the account's address: it changes when the link mailed to the new address
+        is opened (``POST /email/verify``); the account is answered as it still is."""
         return user_read(await auth.change_email(request.user, data.current_password, data.new_email))
+
+    @post(
+        "/password/forgot",
+        operation_id="forgot_password",
+        status_code=HTTP_202_ACCEPTED,
+        opt=PUBLIC,
+        raises=[TooManyAttempts],
+    )
+    async def forgot_password(
+        self,
+        data: JSONBody[ForgotPasswordRequest],
+        auth: NamedDependency[AuthService],
+        client: NamedDependency[Client],
+    ) -> AcceptedResponse:
+        """Mail a password-reset link (valid 30 minutes, once) if an account has the address;
+        the answer is the same either way."""
+        await auth.forgot_password(data.email, client)
+        return CHECK_INBOX
+
+    @post(
+        "/password/reset",
+        operation_id="reset_password",
+        status_code=HTTP_204_NO_CONTENT,
+        opt=PUBLIC,
+        raises=[InvalidLinkToken, WeakPassword],
+    )
+    async def reset_password(self, data: JSONBody[PasswordResetRequest], auth: NamedDependency[AuthService]) -> None:
+        """Set a new password with the mailed token; every session and access token of the account ends."""
+        await auth.reset_password(data.token, data.new_password)
+
+    @post(
+        "/email/verify",
+        operation_id="verify_email",
+        status_code=HTTP_200_OK,
+        opt=PUBLIC,
+        raises=[InvalidLinkToken, EmailTaken],
+    )
+    async def verify_email(self, data: JSONBody[EmailVerifyRequest], auth: NamedDependency[AuthService]) -> UserRead:
+        """Confirm an address with the mailed token (a new address then replaces the old one)."""
+        return user_read(await auth.verify_email(data.token))
+
+    @post(
+        "/email/verify/resend",
+        operation_id="resend_verification",
+        status_code=HTTP_202_ACCEPTED,
+        opt=PUBLIC,
+        raises=[TooManyAttempts],
+    )
+    async def resend_verification(
+        self,
+        data: JSONBody[ResendVerificationRequest],
+        auth: NamedDependency[AuthService],
+        client: NamedDependency[Client],
+    ) -> AcceptedResponse:
+        """Mail a new verification link if an unverified account has the address; the answer is
+        the same either way."""
+        await auth.resend_verification(data.email, client)
+        return CHECK_INBOX
 
     @get("/sessions", operation_id="list_sessions", security=BEARER)
     async def sessions(self, request: Request[Identity, str, State], auth: NamedDependency[AuthService]) -> SessionList:

@@ -1,6 +1,6 @@
 """The auth service's domain errors and their status codes."""
 
-from shared.errors import Conflict, NotFound, TooManyRequests, Unauthorized, Unprocessable
+from shared.errors import Conflict, Forbidden, NotFound, ProblemError, TooManyRequests, Unauthorized, Unprocessable
 
 
 class EmailTaken(Conflict):
@@ -70,3 +70,20 @@ class AccountNotFound(NotFound):
 
     def __init__(self) -> None:
         super().__init__("No such account.")
+
+
+class InvalidLinkToken(ProblemError):
+    """A reset or verification token that is unknown, expired, used, or made void since."""
+
+    status_code = 400
+    code = "invalid-token"
+
+    def __init__(self) -> None:
+        super().__init__("The link is invalid, has expired or has been used; ask for a new one.")
+
+
+class EmailUnverified(Forbidden):
+    code = "email-unverified"
+
+    def __init__(self) -> None:
+        super().__init__("Confirm your email address first: open the link we sent, or ask for a new one.")

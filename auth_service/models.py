@@ -1,11 +1,12 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, MetaData, String, Uuid
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, MetaData, String, Uuid, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db import UTCDateTime, utcnow
 from shared.events import processed_events_table
+from shared.mail import mail_outbox_table
 from shared.outbox import outbox_table
 
 NAMING_CONVENTION = {
@@ -32,6 +33,7 @@ class User(Base):
     roles: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["user"])
     tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, default=uuid.uuid4)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -51,6 +53,8 @@ class AuthSession(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     user_agent: Mapped[str | None] = mapped_column(String(512))
     ip: Mapped[str | None] = mapped_column(String(64))
+    # The access tokens' lifetime when the session asked for the older platform's (JWT_EXPIRES_IN).
+    access_token_ttl: Mapped[int | None] = mapped_column(Integer)
 
     user: Mapped[User] = relationship(lazy="joined")
 
@@ -70,5 +74,26 @@ class RefreshToken(Base):
     session: Mapped[AuthSession] = relationship(lazy="joined")
 
 
+class OneTimeToken(Base):
+    """A password-reset or email-verification token sent by mail, stored only as its SHA-256.
+
+    ``email`` is the address the token proves (for a change of address, the new one).
+    ``used_at`` is set when it is used or made void (a newer token, a password change).
+    """
+
+    __tablename__ = "one_time_tokens"
+    __table_args__ = (Index("ix_one_time_tokens_user_id_purpose", "user_id", "purpose"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 outbox = outbox_table(Base.metadata)
+mail_outbox = mail_outbox_table(Base.metadata)
 processed_events = processed_events_table(Base.metadata)

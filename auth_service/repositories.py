@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth_service.models import AuthSession, RefreshToken, User
+from auth_service.models import AuthSession, OneTimeToken, RefreshToken, User
 
 
 class UserRepository:
@@ -75,3 +75,42 @@ class SessionRepository:
                 .values(revoked_at=now)
                 .execution_options(synchronize_session=False)
             )
+
+
+class OneTimeTokenRepository:
+    """Tokens sent by mail: usable once, until they expire or a newer one voids them."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, token: OneTimeToken) -> None:
+        self.session.add(token)
+        await self.session.flush()
+
+    async def usable(self, token_hash: str, purpose: str, now: datetime) -> OneTimeToken | None:
+        return await self.session.scalar(
+            select(OneTimeToken).where(
+                OneTimeToken.token_hash == token_hash,
+                OneTimeToken.purpose == purpose,
+                OneTimeToken.used_at.is_(None),
+                OneTimeToken.expires_at > now,
+            )
+        )
+
+    async def consume(self, token_id: uuid.UUID, now: datetime) -> bool:
+        """Mark the token used; False when a concurrent request used it first."""
+        result = await self.session.execute(
+            update(OneTimeToken)
+            .where(OneTimeToken.id == token_id, OneTimeToken.used_at.is_(None))
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def void_unused(self, user_id: uuid.UUID, purpose: str, now: datetime) -> None:
+        await self.session.execute(
+            update(OneTimeToken)
+            .where(OneTimeToken.user_id == user_id, OneTimeToken.purpose == purpose, OneTimeToken.used_at.is_(None))
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )

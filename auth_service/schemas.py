@@ -35,6 +35,29 @@ class LogoutRequest(Struct):
     refresh_token: OpaqueToken | None = None
 
 
+class ForgotPasswordRequest(Struct):
+    email: Email
+
+
+class PasswordResetRequest(Struct):
+    token: OpaqueToken
+    new_password: Password
+
+
+class EmailVerifyRequest(Struct):
+    token: OpaqueToken
+
+
+class ResendVerificationRequest(Struct):
+    email: Email
+
+
+class AcceptedResponse(Struct):
+    """The same answer whatever the address: it says nothing about whether an account has it."""
+
+    detail: str
+
+
 class PasswordChangeRequest(Struct):
     current_password: Password
     new_password: Password
@@ -63,6 +86,7 @@ class UserRead(Struct):
     roles: list[str]
     tenant_id: uuid.UUID
     is_active: bool
+    email_verified: bool
     created_at: datetime
     last_login_at: datetime | None
 

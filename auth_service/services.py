@@ -19,19 +19,22 @@ from auth_service.errors import (
     AccountLocked,
     AccountNotFound,
     EmailTaken,
+    EmailUnverified,
     InvalidCredentials,
     InvalidEmail,
     InvalidGrant,
+    InvalidLinkToken,
     SessionNotFound,
     WeakPassword,
 )
-from auth_service.models import AuthSession, RefreshToken, User, outbox
+from auth_service.models import AuthSession, OneTimeToken, RefreshToken, User, mail_outbox, outbox
 from auth_service.passwords import Passwords
-from auth_service.repositories import SessionRepository, UserRepository
+from auth_service.repositories import OneTimeTokenRepository, SessionRepository, UserRepository
 from auth_service.schemas import SessionRead, TokenResponse, user_read
 from auth_service.throttle import Throttle
 from auth_service.tokens import TokenIssuer, new_refresh_token, refresh_token_hash
 from shared.events import new_event
+from shared.mail import MailTemplates, queue_mail
 from shared.outbox import add_event
 from shared.security import Identity, RevocationList
 from shared.stores import KeyValueStore
@@ -39,7 +42,15 @@ from shared.stores import KeyValueStore
 logger = logging.getLogger("auth_service")
 security_log = logging.getLogger("auth_service.security")
 Clock = Callable[[], datetime]
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s.\x00-\x1f\x7f]+$")
+PASSWORD_RESET = "password-reset"  # noqa: S105 - a token purpose, not a secret
+VERIFY_EMAIL = "verify-email"
+# An anonymous request for a mail is answered before anyone looks the address up: the request only
+# records it (the same work whether or not an account has the address), and the service's own
+# consumer of these events makes the token and the mail, once per event.
+PASSWORD_RESET_REQUESTED = "auth.password_reset_requested"  # noqa: S105 - an event type, not a secret
+VERIFICATION_REQUESTED = "auth.verification_requested"
+MAIL_TEMPLATES = MailTemplates("auth_service")
 
 
 class Client(msgspec.Struct, frozen=True):
@@ -71,6 +82,7 @@ class AuthService:
         self.db = db
         self.users = UserRepository(db)
         self.sessions = SessionRepository(db)
+        self.tokens = OneTimeTokenRepository(db)
         self.settings = settings
         self.passwords = passwords
         self.issuer = issuer
@@ -82,13 +94,32 @@ class AuthService:
     # -- accounts ------------------------------------------------------------------------
 
     async def register(
-        self, email: str, password: str, first_name: str | None, last_name: str | None, client: Client
-    ) -> TokenResponse:
+        self,
+        email: str,
+        password: str,
+        first_name: str | None,
+        last_name: str | None,
+        client: Client,
+        legacy_lifetime: bool = False,
+    ) -> TokenResponse | None:
+        """A new account, signed in; None (and a mail) when addresses must be verified first.
+
+        With REQUIRE_VERIFIED_EMAIL a taken address gets the same answer, at the same cost (one
+        password hash), and its owner a mail, so registering tells nobody who has an account.
+        """
         await self.throttle.check_ip("register", client.ip)
         email = normalise_email(email)
         self.check_password_policy(password, email)
+        hidden = self.settings.require_verified_email
+        if hidden:
+            await self.throttle.check_address("register", email)
         if await self.users.by_email(email) is not None:
-            raise EmailTaken()
+            if not hidden:
+                raise EmailTaken()
+            await self.passwords.hash(password)
+            await self._send("account_exists", email, email=email, link=self._link("/forgot-password", None))
+            security_log.info("registration with a taken address: owner told", extra={"ip": client.ip})
+            return None
         now = self.clock()
         user = User(
             id=uuid.uuid4(),
@@ -99,6 +130,7 @@ class AuthService:
             roles=["user"],
             tenant_id=uuid.uuid4(),
             is_active=True,
+            email_verified=False,
             created_at=now,
             updated_at=now,
         )
@@ -107,8 +139,11 @@ class AuthService:
         except IntegrityError:
             raise EmailTaken() from None
         await add_event(self.db, outbox, new_event("user.registered", "auth", user_event_data(user)))
+        await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
         logger.info("user registered", extra={"user_id": str(user.id), "ip": client.ip})
-        return await self._start_session(user, client, now)
+        if hidden:
+            return None
+        return await self._start_session(user, client, now, legacy_lifetime)
 
     def check_password_policy(self, password: str, email: str) -> None:
         if len(password) < self.settings.password_min_length:
@@ -118,7 +153,7 @@ class AuthService:
         if password.strip().lower() == email:
             raise WeakPassword("The password must not be the email address.")
 
-    async def login(self, email: str, password: str, client: Client) -> TokenResponse:
+    async def login(self, email: str, password: str, client: Client, legacy_lifetime: bool = False) -> TokenResponse:
         await self.throttle.check_ip("login", client.ip)
         email = email.strip().lower()
         user = await self.users.by_email(email)
@@ -133,13 +168,16 @@ class AuthService:
         if not ok or user is None:
             security_log.info("login failed", extra={"user_id": user_id, "ip": client.ip, "outcome": "failure"})
             raise InvalidCredentials()
+        if self.settings.require_verified_email and not user.email_verified:
+            security_log.info("login refused: email unverified", extra={"user_id": user_id, "ip": client.ip})
+            raise EmailUnverified()
         now = self.clock()
         if self.passwords.needs_rehash(user.password_hash):
             user.password_hash = await self.passwords.hash(password)
         user.last_login_at = now
         await add_event(self.db, outbox, new_event("user.logged_in", "auth", user_event_data(user)))
         security_log.info("login succeeded", extra={"user_id": str(user.id), "ip": client.ip, "outcome": "success"})
-        return await self._start_session(user, client, now)
+        return await self._start_session(user, client, now, legacy_lifetime)
 
     async def change_password(self, identity: Identity, current: str, new: str) -> None:
         user = await self._active_user(identity)
@@ -148,12 +186,14 @@ class AuthService:
         now = self.clock()
         user.password_hash = await self.passwords.hash(new)
         user.password_changed_at = now
+        await self.tokens.void_unused(user.id, PASSWORD_RESET, now)
         others = [s.id for s in await self.sessions.active_for_user(user.id, now) if str(s.id) != identity.session_id]
         await self._revoke_sessions(others, now)
         security_log.info("password changed", extra={"user_id": str(user.id), "revoked_sessions": len(others)})
 
     async def change_email(self, identity: Identity, current_password: str, new_email: str) -> User:
-        """Move the account to another address (the password proves it is the owner)."""
+        """Ask to move the account to another address (the password proves it is the owner): the
+        new address gets a link, and the change takes effect when it is opened (``verify_email``)."""
         user = await self._active_user(identity)
         await self._prove_password(user, current_password)
         email = normalise_email(new_email)
@@ -161,15 +201,123 @@ class AuthService:
             return user
         if await self.users.by_email(email) is not None:
             raise EmailTaken()
-        previous, user.email, user.updated_at = user.email, email, self.clock()
+        await self._mail_token(user, VERIFY_EMAIL, email, "confirm_new_email")
+        security_log.info("email change asked: new address to confirm", extra={"user_id": str(user.id)})
+        return user
+
+    # -- mailed tokens: password reset and address verification ---------------------------
+
+    async def forgot_password(self, email: str, client: Client) -> None:
+        """Ask for a reset link to the address (``send_password_reset``); the caller learns nothing."""
+        await self.throttle.check_ip("forgot", client.ip)
+        email = normalise_email(email)
+        await self.throttle.check_address("forgot", email)
+        await add_event(self.db, outbox, new_event(PASSWORD_RESET_REQUESTED, "auth", {"email": email}))
+        security_log.info("password reset asked", extra={"ip": client.ip})
+
+    async def send_password_reset(self, email: str) -> None:
+        """Mail a reset link if an active account has the address."""
+        user = await self.users.by_email(email)
+        if user is None or not user.is_active:
+            return
+        await self._mail_token(user, PASSWORD_RESET, user.email, "password_reset")
+        security_log.info("password reset link mailed", extra={"user_id": str(user.id)})
+
+    async def reset_password(self, token: str, new_password: str) -> None:
+        """Set a new password with a mailed token; every session and access token ends."""
+        now = self.clock()
+        user, reset = await self._redeemable(token, PASSWORD_RESET, now)
+        if reset.email != user.email:
+            raise InvalidLinkToken()
+        self.check_password_policy(new_password, user.email)
+        await self._consume(reset, now)
+        user.password_hash = await self.passwords.hash(new_password)
+        user.password_changed_at = user.updated_at = now
+        await self.tokens.void_unused(user.id, PASSWORD_RESET, now)
+        if not user.email_verified:  # the link came to the address: it is the owner's
+            user.email_verified = True
+            await add_event(self.db, outbox, new_event("user.email_verified", "auth", user_event_data(user)))
+        await self.throttle.succeeded(user.email)
+        # Revoking every session revokes every access token too: each carries its session id. Last:
+        # with Redis down it raises RevocationIncomplete, and what is above stands (committed).
+        sessions = [s.id for s in await self.sessions.active_for_user(user.id, now)]
+        await self._revoke_sessions(sessions, now)
+        security_log.info("password reset", extra={"user_id": str(user.id), "revoked_sessions": len(sessions)})
+
+    async def verify_email(self, token: str) -> User:
+        """Confirm the address a mailed token was sent to: the account's own, or the new one it
+        asked to move to (which then takes effect, and the old address is told)."""
+        now = self.clock()
+        user, verification = await self._redeemable(token, VERIFY_EMAIL, now)
+        previous = user.email
+        if verification.email != previous and await self.users.by_email(verification.email) is not None:
+            raise EmailTaken()
+        await self._consume(verification, now)
+        user.email, user.email_verified, user.updated_at = verification.email, True, now
         try:
             await self.db.flush()
         except IntegrityError:
             raise EmailTaken() from None
+        if previous == user.email:
+            await add_event(self.db, outbox, new_event("user.email_verified", "auth", user_event_data(user)))
+            security_log.info("email verified", extra={"user_id": str(user.id)})
+            return user
         data = {**user_event_data(user), "previous_email": previous}
         await add_event(self.db, outbox, new_event("user.email_changed", "auth", data))
+        await self._send("email_changed", previous, new_email=user.email)
         security_log.info("email changed", extra={"user_id": str(user.id)})
         return user
+
+    async def resend_verification(self, email: str, client: Client) -> None:
+        """Ask for a new verification link (``send_verification``); the caller learns nothing."""
+        await self.throttle.check_ip("resend", client.ip)
+        email = normalise_email(email)
+        await self.throttle.check_address("resend", email)
+        await add_event(self.db, outbox, new_event(VERIFICATION_REQUESTED, "auth", {"email": email}))
+
+    async def send_verification(self, email: str) -> None:
+        """A new verification link for an unverified account with the address."""
+        user = await self.users.by_email(email)
+        if user is None or not user.is_active or user.email_verified:
+            return
+        await self._mail_token(user, VERIFY_EMAIL, user.email, "verify_email")
+
+    async def _redeemable(self, token: str, purpose: str, now: datetime) -> tuple[User, OneTimeToken]:
+        found = await self.tokens.usable(refresh_token_hash(token), purpose, now)
+        user = await self.users.by_id(found.user_id) if found is not None else None
+        if found is None or user is None or not user.is_active:
+            raise InvalidLinkToken()
+        return user, found
+
+    async def _consume(self, token: OneTimeToken, now: datetime) -> None:
+        if not await self.tokens.consume(token.id, now):
+            raise InvalidLinkToken()
+
+    async def _mail_token(self, user: User, purpose: str, email: str, template: str) -> None:
+        """A new token for ``purpose`` (older unused ones become void), mailed to ``email`` as a link."""
+        now = self.clock()
+        ttl = self.settings.password_reset_ttl if purpose == PASSWORD_RESET else self.settings.email_verification_ttl
+        await self.tokens.void_unused(user.id, purpose, now)
+        secret = new_refresh_token()
+        await self.tokens.add(
+            OneTimeToken(
+                id=uuid.uuid4(),
+                user_id=user.id,
+                purpose=purpose,
+                token_hash=refresh_token_hash(secret),
+                email=email,
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+            )
+        )
+        page = "/reset-password" if purpose == PASSWORD_RESET else "/verify-email"
+        await self._send(template, email, email=email, link=self._link(page, secret), valid_for=_in_words(ttl))
+
+    def _link(self, page: str, token: str | None) -> str:
+        return self.settings.site_url.rstrip("/") + page + (f"?token={token}" if token else "")
+
+    async def _send(self, template: str, to: str, **values: str) -> None:
+        await queue_mail(self.db, mail_outbox, MAIL_TEMPLATES.render(template, to, **values), self.clock())
 
     async def update_account(
         self, admin: Identity, user_id: uuid.UUID, roles: list[str] | None, is_active: bool | None
@@ -236,7 +384,9 @@ class AuthService:
 
     # -- sessions and tokens -------------------------------------------------------------
 
-    async def _start_session(self, user: User, client: Client, now: datetime) -> TokenResponse:
+    async def _start_session(
+        self, user: User, client: Client, now: datetime, legacy_lifetime: bool = False
+    ) -> TokenResponse:
         auth_session = AuthSession(
             id=uuid.uuid4(),
             user_id=user.id,
@@ -245,16 +395,17 @@ class AuthService:
             expires_at=now + timedelta(seconds=self.settings.refresh_absolute_ttl),
             user_agent=(client.user_agent or "")[:512] or None,
             ip=client.ip,
+            access_token_ttl=self.settings.legacy_token_ttl if legacy_lifetime else None,
         )
         refresh = new_refresh_token()
         token = RefreshToken(
             id=uuid.uuid4(), session_id=auth_session.id, token_hash=refresh_token_hash(refresh), created_at=now
         )
         await self.sessions.add(auth_session, token)
-        return self._token_response(user, auth_session.id, refresh, now)
+        return self._token_response(user, auth_session, refresh, now)
 
-    def _token_response(self, user: User, session_id: uuid.UUID, refresh: str, now: datetime) -> TokenResponse:
-        access, ttl = self.issuer.access_token(user, session_id, now)
+    def _token_response(self, user: User, auth_session: AuthSession, refresh: str, now: datetime) -> TokenResponse:
+        access, ttl = self.issuer.access_token(user, auth_session.id, now, auth_session.access_token_ttl)
         return TokenResponse(user=user_read(user), access_token=access, refresh_token=refresh, expires_in=ttl)
 
     async def refresh(self, refresh: str) -> TokenResponse:
@@ -278,7 +429,7 @@ class AuthService:
                 id=uuid.uuid4(), session_id=family.id, token_hash=refresh_token_hash(successor), created_at=now
             )
         )
-        response = self._token_response(family.user, family.id, successor, now)
+        response = self._token_response(family.user, family, successor, now)
         await self._remember_for_grace(refresh, response)
         return response
 
@@ -339,6 +490,14 @@ class AuthService:
         await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
         security_log.info("logout", extra={"user_id": str(identity.user_id), "scope": scope})
 
+    async def revoke_refresh_token(self, refresh: str) -> None:
+        """RFC 7009: the session the refresh token belongs to ends; an unknown token is no error."""
+        token = await self.sessions.token_by_hash(refresh_token_hash(refresh))
+        if token is None:
+            return
+        await self._revoke_sessions([token.session_id], self.clock())
+        security_log.info("logout by refresh token", extra={"user_id": str(token.session.user_id), "scope": "local"})
+
     async def list_sessions(self, identity: Identity) -> list[SessionRead]:
         sessions = await self.sessions.active_for_user(identity.user_id, self.clock())
         return [
@@ -367,7 +526,7 @@ class AuthService:
 
     @property
     def _access_revocation_ttl(self) -> float:
-        return self.settings.access_token_ttl + self.settings.jwt_leeway_seconds + 60
+        return self.settings.longest_access_token_ttl + self.settings.jwt_leeway_seconds + 60
 
 
 def _grace_key(refresh: str) -> bytes:
@@ -376,6 +535,14 @@ def _grace_key(refresh: str) -> bytes:
 
 def _grace_slot(refresh: str) -> str:
     return "refresh-grace:" + hashlib.sha256(b"grace-slot:" + refresh.encode()).hexdigest()
+
+
+def _in_words(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} day" + ("s" if seconds > 86400 else "")
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} hour" + ("s" if seconds > 3600 else "")
+    return f"{max(1, seconds // 60)} minutes"
 
 
 def _clean_name(name: str | None) -> str | None:
@@ -393,6 +560,7 @@ def user_event_data(user: User) -> dict[str, object]:
         "tenant_id": str(user.tenant_id),
         "roles": list(user.roles),
         "is_active": user.is_active,
+        "email_verified": bool(user.email_verified),
         "created_at": user.created_at.isoformat(),
         "last_login_at": user.last_login_at.isoformat() if user.last_login_at else None,
     }

@@ -42,6 +42,13 @@ class Throttle:
             retry_after = 60 - int(time.time() % 60)
             raise TooManyAttempts(retry_after)
 
+    async def check_address(self, action: str, email: str) -> None:
+        """At most ``mail_per_address_per_hour`` mails of one kind to one address (known or not)."""
+        window = int(time.time() // 3600)
+        count = await self.store.incr(f"throttle:mail:{action}:{_account(email)}:{window}", 3600)
+        if count > self.settings.mail_per_address_per_hour:
+            raise TooManyAttempts(3600 - int(time.time() % 3600))
+
     @asynccontextmanager
     async def verification(self, email: str) -> AsyncIterator[None]:
         """Hold the account's one verification slot, with this attempt already counted as a

@@ -30,15 +30,16 @@ class TokenIssuer:
             self.signing_key, self.kid = private_key, jwk["kid"]
             self.jwks = {"keys": [jwk]}
 
-    def access_token(self, user: User, session_id: uuid.UUID, now: datetime) -> tuple[str, int]:
-        """A signed access token and its lifetime in seconds."""
+    def access_token(self, user: User, session_id: uuid.UUID, now: datetime, ttl: int | None = None) -> tuple[str, int]:
+        """A signed access token and its lifetime in seconds (ACCESS_TOKEN_TTL unless ``ttl``)."""
         issued = int(now.timestamp())
-        ttl = self.settings.access_token_ttl
+        ttl = ttl or self.settings.access_token_ttl
         claims = {
             "iss": self.settings.jwt_issuer,
             "aud": self.settings.jwt_audience,
             "sub": str(user.id),
             "email": user.email,
+            "email_verified": bool(user.email_verified),
             "roles": list(user.roles),
             "tid": str(user.tenant_id),
             "sid": str(session_id),

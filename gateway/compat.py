@@ -209,10 +209,19 @@ def raise_for_status(reply: ServiceReply, statuses: dict[int, int] | None = None
     )
 
 
-def token_response(reply: ServiceReply) -> Response[LegacyTokenResponse]:
+# The auth service issues the older platform's token lifetime (its JWT_EXPIRES_IN) to these routes.
+LEGACY_LIFETIME = {"lifetime": "legacy"}
+
+
+def token_response(reply: ServiceReply) -> Response[LegacyTokenResponse | LegacyMessage]:
     body = reply.body
+    if reply.status == 202:  # REQUIRE_VERIFIED_EMAIL: no tokens until the address is confirmed
+        return Response(LegacyMessage(message=body["detail"]), status_code=202, headers=reply.rate_limit_headers)
     tokens = LegacyTokenResponse(
-        access_token=body["access_token"], expires_in=body["expires_in"], user=legacy_user(body["user"])
+        access_token=body["access_token"],
+        expires_in=body["expires_in"],
+        user=legacy_user(body["user"]),
+        refresh_token=body["refresh_token"],
     )
     return Response(tokens, status_code=200, headers=reply.rate_limit_headers)
 
@@ -254,9 +263,10 @@ class LegacyAuthController(Controller):
     )
     async def register(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyRegisterRequest]
-    ) -> Response[LegacyTokenResponse]:
-        """Create an account; answers with an access token and the user."""
-        reply = await call_platform(request, "POST", f"{AUTH}/register", data)
+    ) -> Response[LegacyTokenResponse | LegacyMessage]:
+        """Create an account; answers with an access token and the user (202 and a message instead
+        when addresses must be verified first)."""
+        reply = await call_platform(request, "POST", f"{AUTH}/register", data, LEGACY_LIFETIME)
         raise_for_status(reply, REGISTER_ERRORS)
         return token_response(reply)
 
@@ -265,9 +275,9 @@ class LegacyAuthController(Controller):
     )
     async def login(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyLoginRequest]
-    ) -> Response[LegacyTokenResponse]:
+    ) -> Response[LegacyTokenResponse | LegacyMessage]:
         """Sign in; a wrong email or password is 401 ``Invalid credentials``."""
-        reply = await call_platform(request, "POST", f"{AUTH}/login", data)
+        reply = await call_platform(request, "POST", f"{AUTH}/login", data, LEGACY_LIFETIME)
         raise_for_status(reply, detail="Invalid credentials" if reply.status == 401 else None)
         return token_response(reply)
 

@@ -21,6 +21,8 @@ class LegacyTokenResponse(msgspec.Struct):
     access_token: str
     expires_in: int
     user: LegacyUser
+    # Not in the older service's answers: its clients ignore it, newer ones renew with it.
+    refresh_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 - a token type, not a secret
 
 

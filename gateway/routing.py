@@ -24,15 +24,27 @@ _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _FORBIDDEN_ENCODED = {0x2E, 0x2F, 0x5C, 0x25, 0x3B, 0x3F, 0x23} | set(range(0x00, 0x20)) | {0x7F}
 _PATH_SYNTAX = "./\\%;?#"  # characters whose appearance under NFKC would change how a path reads
 
-PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
+# Anonymous routes that take a credential or an address: the strict ``auth`` rate-limit policy.
+AUTH_POLICY_ROUTES: frozenset[str] = frozenset(
     {
-        ("POST", "/api/v1/auth/register"),
-        ("POST", "/api/v1/auth/login"),
-        ("POST", "/api/v1/auth/refresh"),
-        ("GET", "/api/v1/auth/.well-known/jwks.json"),
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/api/v1/auth/password/forgot",
+        "/api/v1/auth/password/reset",
+        "/api/v1/auth/email/verify",
+        "/api/v1/auth/email/verify/resend",
     }
 )
-AUTH_POLICY_ROUTES: frozenset[str] = frozenset({"/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/auth/refresh"})
+PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
+    {
+        *(("POST", path) for path in AUTH_POLICY_ROUTES),
+        ("GET", "/api/v1/auth/.well-known/jwks.json"),
+        # A refresh token alone signs its session out (RFC 7009); a bearer sent along is verified
+        # by the auth service, revocations included.
+        ("POST", "/api/v1/auth/logout"),
+    }
+)
 
 
 class Route(msgspec.Struct, frozen=True):

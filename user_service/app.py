@@ -16,7 +16,13 @@ from user_service.models import outbox, processed_events
 from user_service.services import Clock, ProfileService
 
 # Auth's events that carry the account: each one creates or refreshes the profile's copy.
-ACCOUNT_EVENTS = ("user.registered", "user.email_changed", "user.logged_in", "user.account_changed")
+ACCOUNT_EVENTS = (
+    "user.registered",
+    "user.email_verified",
+    "user.email_changed",
+    "user.logged_in",
+    "user.account_changed",
+)
 GROUP = "users"
 EVENTS = EventConsumer(group=GROUP, event_types=ACCOUNT_EVENTS, processed_events=processed_events)
 

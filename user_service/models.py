@@ -2,7 +2,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Index, MetaData, String, Uuid
+from sqlalchemy import JSON, Boolean, Index, MetaData, String, Uuid, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime, utcnow
@@ -25,7 +25,7 @@ class Base(DeclarativeBase):
 class Profile(Base):
     """A user's profile; ``id`` is the auth service's user id.
 
-    ``email``, ``role``, ``tenant_id``, ``is_active`` and ``last_login_at`` are copies of the
+    ``email``, ``email_verified``, ``role``, ``tenant_id``, ``is_active`` and ``last_login_at`` are copies of the
     account, kept up to date by auth's ``user.*`` events (``account_synced_at`` is the time of the
     latest one applied, so an older event arriving late changes nothing).
     """
@@ -51,6 +51,7 @@ class Profile(Base):
     tenant_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     role: Mapped[str] = mapped_column(String(20), default="user")
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     account_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -95,6 +95,7 @@ class ProfileRead(Struct):
     tenant_id: uuid.UUID | None
     role: str
     is_active: bool
+    email_verified: bool
     last_login_at: datetime | None
     created_at: datetime
     updated_at: datetime

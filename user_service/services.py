@@ -136,7 +136,7 @@ class ProfileService:
     # -- events from the auth service --------------------------------------------------------
 
     async def apply_account_event(self, event: Event) -> None:
-        """``user.registered`` / ``.email_changed`` / ``.logged_in`` / ``.account_changed``: each
+        """``user.registered`` / ``.email_verified`` / ``.email_changed`` / ``.logged_in`` / ``.account_changed``: each
         carries the account as it was; the profile copies it unless a newer one was applied."""
         data = event.data
         user_id = uuid.UUID(str(data["user_id"]))
@@ -145,6 +145,7 @@ class ProfileService:
             "tenant_id": uuid.UUID(str(data["tenant_id"])) if data.get("tenant_id") else None,
             "role": primary_role(data.get("roles")),
             "is_active": bool(data.get("is_active", True)),
+            "email_verified": bool(data.get("email_verified", False)),
             "last_login_at": _datetime(data.get("last_login_at")),
             "account_synced_at": event.occurred_at,
         }

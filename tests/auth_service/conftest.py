@@ -1,10 +1,12 @@
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import psycopg
 import pytest
 from litestar import Litestar
@@ -12,7 +14,8 @@ from litestar import Litestar
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
 from shared import migrations
-from tests.conftest import DatabaseFactory, app_client
+from tests.conftest import DatabaseFactory, app_client, eventually
+from tests.mail_server import Inbox, MailServer, serve_mail
 
 JWT_SECRET = secrets.token_urlsafe(48)
 PASSWORD = "correct horse battery staple"
@@ -44,7 +47,9 @@ def auth_database(databases: DatabaseFactory) -> str:
 def clean_auth_database(auth_database: str) -> Iterator[str]:
     yield auth_database
     with psycopg.connect(auth_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE users, sessions, refresh_tokens, outbox, processed_events CASCADE")
+        conn.execute(
+            "TRUNCATE users, sessions, refresh_tokens, one_time_tokens, outbox, mail_outbox, processed_events CASCADE"
+        )
 
 
 @pytest.fixture
@@ -88,3 +93,27 @@ async def register(
 
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+@pytest.fixture
+def mail_server(tmp_path: Path) -> Iterator[MailServer]:
+    """A real SMTP server in process: STARTTLS, a user and a password (``smtp://``)."""
+    yield from serve_mail(tmp_path, implicit_tls=False)
+
+
+@pytest.fixture
+def mail_settings(auth_settings: AuthSettings, mail_server: MailServer) -> AuthSettings:
+    return msgspec.structs.replace(
+        auth_settings, smtp_url=mail_server.url, smtp_ca_file=mail_server.ca_file, site_url="https://app.example.com"
+    )
+
+
+@pytest.fixture
+def inbox(mail_server: MailServer) -> Inbox:
+    return mail_server.inbox
+
+
+async def mail_to(inbox: Inbox, address: str, count: int = 1) -> EmailMessage:
+    """The ``count``-th message to ``address``, once it has arrived."""
+    await eventually(lambda: len(inbox.to(address)) >= count, f"mail #{count} to {address}")
+    return inbox.to(address)[count - 1]

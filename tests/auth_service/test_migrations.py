@@ -18,6 +18,6 @@ def test_upgrade_downgrade_upgrade_leaves_no_drift(database: str, databases: Dat
         settings,
         "auth_service",
         Base.metadata,
-        {"users", "sessions", "refresh_tokens", "outbox", "processed_events"},
+        {"users", "sessions", "refresh_tokens", "one_time_tokens", "outbox", "mail_outbox", "processed_events"},
         "alembic_version_auth",
     )

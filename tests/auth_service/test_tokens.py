@@ -4,11 +4,18 @@ import asyncio
 from typing import Any
 
 import httpx
+import jwt
+import msgspec
+import pytest
 from litestar import Litestar
 from sqlalchemy import func, select
 
+from auth_service.app import create_app
+from auth_service.config import AuthSettings
 from auth_service.models import AuthSession
+from shared.settings import SettingsError, load_settings
 from tests.auth_service.conftest import PASSWORD, Clock, bearer, register
+from tests.conftest import app_client
 
 REFRESH = "/api/v1/auth/refresh"
 LOGIN = "/api/v1/auth/login"
@@ -239,3 +246,64 @@ async def test_jwks_is_absent_with_a_shared_secret(client: httpx.AsyncClient) ->
 
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_logout_with_a_refresh_token_alone_ends_its_session(client: httpx.AsyncClient) -> None:
+    """The Go services' clients sign out with ``{"refresh_token": ...}`` and no bearer (RFC 7009)."""
+    tokens = await register(client)
+    other = await login(client)
+
+    response = await client.post("/api/v1/auth/logout", json={"refresh_token": tokens["refresh_token"]})
+
+    assert response.status_code == 204
+    assert (await refresh(client, tokens["refresh_token"])).status_code == 401
+    assert (await client.get(ME, headers=bearer(tokens))).status_code == 401
+    assert (await client.get(ME, headers=bearer(other))).status_code == 200
+
+
+async def test_logout_with_an_unknown_refresh_token_answers_alike(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/v1/auth/logout", json={"refresh_token": "not-a-token-we-issued"})
+
+    assert response.status_code == 204
+
+
+async def test_logout_with_a_bearer_still_checks_it(client: httpx.AsyncClient) -> None:
+    tokens = await register(client)
+
+    response = await client.post(
+        "/api/v1/auth/logout",
+        headers={"Authorization": "Bearer not.a.jwt"},
+        json={"refresh_token": tokens["refresh_token"]},
+    )
+
+    assert response.status_code == 401
+    assert (await refresh(client, tokens["refresh_token"])).status_code == 200
+
+
+async def test_the_legacy_lifetime_follows_jwt_expires_in(auth_settings: AuthSettings, clock: Clock) -> None:
+    settings = msgspec.structs.replace(auth_settings, jwt_expires_in="24h")
+    async with app_client(create_app(settings, clock=clock)) as client:
+        await register(client)
+        legacy = await client.post(f"{LOGIN}?lifetime=legacy", json={"email": "ada@example.com", "password": PASSWORD})
+        platform = await client.post(LOGIN, json={"email": "ada@example.com", "password": PASSWORD})
+        clock.advance(hours=2)
+        refreshed = await refresh(client, legacy.json()["refresh_token"])
+        still_valid = await client.get(ME, headers=bearer(legacy.json()))
+
+    assert legacy.json()["expires_in"] == 86400
+    access = jwt.decode(legacy.json()["access_token"], options={"verify_signature": False})
+    assert access["exp"] - access["iat"] == 86400
+    assert platform.json()["expires_in"] == 900
+    assert refreshed.json()["expires_in"] == 86400  # the session keeps the lifetime it asked for
+    assert still_valid.status_code == 200
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("24h", 86400), ("7d", 604800), ("30m", 1800), ("3600", 3600)])
+def test_jwt_expires_in_reads_the_older_platforms_forms(value: str, seconds: int) -> None:
+    assert load_settings(AuthSettings, {"JWT_EXPIRES_IN": value}).legacy_token_ttl == seconds
+
+
+@pytest.mark.parametrize("value", ["24x", "h", "-1h", "31d", "0"])
+def test_jwt_expires_in_refuses_what_it_cannot_read(value: str) -> None:
+    with pytest.raises(SettingsError, match="JWT_EXPIRES_IN"):
+        load_settings(AuthSettings, {"JWT_EXPIRES_IN": value})

@@ -103,3 +103,8 @@ def test_make_run_serves_the_platform_on_one_port(tmp_path: Path, started: list[
     ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
     assert ready.status_code == 200
     assert "redis" not in ready.json()["checks"]
+    # No mail server: the verification mail, link included, is in the log.
+    deadline = time.monotonic() + 30
+    while "/verify-email?token=" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "/verify-email?token=" in log.read_text()

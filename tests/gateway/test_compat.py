@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
+import msgspec
 import pytest
 from litestar import Litestar
 
+from auth_service.app import create_app as create_auth_app
+from auth_service.config import AuthSettings
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from shared.settings import SettingsError
+from tests.auth_service.conftest import Clock
 from tests.conftest import app_client
 from tests.gateway.conftest import AUTH, PASSWORD, USERS, SettingsFactory, assert_problem, bearer
 from tests.user_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
@@ -68,7 +73,7 @@ async def test_register_answers_the_old_token_shape(legacy: httpx.AsyncClient, p
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in", "user"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "user", "refresh_token"}
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 900
     assert set(body["user"]) == USER_FIELDS
@@ -278,3 +283,63 @@ def test_production_refuses_to_start_without_an_api_key_when_one_is_required() -
         GatewaySettings(environment="production", jwt_secret=secret, api_key="your-secure-api-key").validate()
     GatewaySettings(environment="production", jwt_secret=secret, require_api_key=False).validate()
     GatewaySettings(environment="production", jwt_secret=secret, api_key=API_KEY).validate()
+
+
+async def test_jwt_expires_in_sets_the_lifetime_of_the_legacy_tokens(
+    make_settings: SettingsFactory,
+    auth_settings: AuthSettings,
+    clock: Clock,
+    users_app: Litestar,  # noqa: F811
+) -> None:
+    """The older platform's deployments set JWT_EXPIRES_IN=24h: its routes issue day-long tokens,
+    renewable with the refresh token they now carry, while the platform's own stay short."""
+    auth_app = create_auth_app(msgspec.structs.replace(auth_settings, jwt_expires_in="24h"), clock=clock)
+    gateway = create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app, USERS: users_app})
+    async with app_client(gateway) as client:
+        registered = await legacy_register(client)
+        legacy = await client.post("/auth/login", json={"email": "ada@example.com", "password": PASSWORD}, headers=KEY)
+        platform = await client.post(f"{AUTH}/login", json={"email": "ada@example.com", "password": PASSWORD})
+        renewed = await client.post(f"{AUTH}/refresh", json={"refresh_token": legacy.json()["refresh_token"]})
+
+    for response in (registered, legacy):
+        assert response.status_code == 200, response.text
+        assert response.json()["expires_in"] == 86400
+        claims = jwt.decode(response.json()["access_token"], options={"verify_signature": False})
+        assert claims["exp"] - claims["iat"] == 86400
+    assert platform.json()["expires_in"] == 900
+    assert renewed.json()["expires_in"] == 86400
+
+
+async def test_a_refresh_token_alone_logs_out_through_the_gateway(legacy: httpx.AsyncClient) -> None:
+    """The Go services' clients: ``POST /api/v1/auth/logout {"refresh_token": ...}``, no bearer."""
+    registered = (await legacy_register(legacy)).json()
+
+    logout = await legacy.post(f"{AUTH}/logout", json={"refresh_token": registered["refresh_token"]})
+    renewed = await legacy.post(f"{AUTH}/refresh", json={"refresh_token": registered["refresh_token"]})
+    verified = await legacy.get("/auth/verify", headers={**KEY, **bearer(registered["access_token"])})
+
+    assert logout.status_code == 204, logout.text
+    assert_problem(renewed, 401)
+    assert_problem(verified, 401)
+
+
+async def test_legacy_register_answers_202_while_addresses_must_be_verified(
+    make_settings: SettingsFactory,
+    auth_settings: AuthSettings,
+    clock: Clock,
+    users_app: Litestar,  # noqa: F811
+) -> None:
+    auth_app = create_auth_app(msgspec.structs.replace(auth_settings, require_verified_email=True), clock=clock)
+    gateway = create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app, USERS: users_app})
+    async with app_client(gateway) as client:
+        first = await legacy_register(client)
+        again = await legacy_register(client)
+        login = await client.post("/login", json={"email": "ada@example.com", "password": PASSWORD}, headers=KEY)
+
+    for response in (first, again):
+        assert response.status_code == 202, response.text
+        assert set(response.json()) == {"message"}
+        assert_deprecated(response, f"{AUTH}/register")
+    assert first.json() == again.json()
+    assert login.status_code == 403
+    assert login.json()["code"] == "email-unverified"

@@ -31,7 +31,13 @@ SHORT_BEFORE = {
 async def platform(make_settings: SettingsFactory, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The embedded platform: every service in-process on SQLite, no Redis."""
     environ = {"DATA_DIR": str(tmp_path), "JWT_SECRET": JWT_SECRET, "REDIS_URL": ""}
-    settings = make_settings(redis_url="", rate_limit_burst=1000, rate_limit_per_minute=10_000)
+    settings = make_settings(
+        redis_url="",
+        rate_limit_burst=1000,
+        rate_limit_per_minute=10_000,
+        auth_rate_limit_burst=1000,  # one OPTIONS to each of the seven auth-policy paths
+        auth_rate_limit_per_minute=10_000,
+    )
     async with app_client(create_app(settings, environ=environ)) as client:
         client.headers.update(bearer(access_token(roles=["admin"])))
         yield client

@@ -384,3 +384,20 @@ async def test_a_trusted_proxy_reaching_us_over_ipv6_mapped_ipv4_is_still_truste
         response = await proxy.get(f"{USERS}/me", headers={**bearer(access_token()), "X-Forwarded-For": "198.51.100.4"})
     assert response.status_code == 200
     assert echo.seen[0].header_values("x-forwarded-for") == ["198.51.100.4"]
+
+
+async def test_the_mailing_routes_share_the_stricter_auth_policy(make_settings: SettingsFactory, echo: Echo) -> None:
+    auth_echo = Echo(AUTH)
+    settings = make_settings(auth_rate_limit_per_minute=4, auth_rate_limit_burst=4, **SMALL)
+    app = create_app(settings, services={AUTH: auth_echo, USERS: echo})
+    async with app_client(app) as client:
+        counts = []
+        for path in ("password/forgot", "password/reset", "email/verify", "email/verify/resend"):
+            response = await client.post(f"{AUTH}/{path}", json={})
+            assert response.status_code == 200, response.text
+            limits = rate_limit(response)
+            assert (limits["name"], limits["q"]) == ("auth", 4)
+            counts.append(limits["r"])
+        assert counts == [3, 2, 1, 0]
+        assert_quota_exceeded(await client.post(f"{AUTH}/password/forgot", json={}))
+        assert len(auth_echo.seen) == 4

@@ -16,6 +16,8 @@ import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
+from auth_service.app import create_app as create_auth_app
+from auth_service.config import AuthSettings
 from shared.events import Event, new_event
 from shared.keys import hs256_kid
 from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
@@ -25,8 +27,13 @@ from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures 
     auth_database,
     auth_settings,
     clean_auth_database,
+    inbox,
+    mail_server,
+    mail_settings,
+    mail_to,
 )
 from tests.conftest import access_claims, app_client, eventually
+from tests.mail_server import Inbox, token_in
 from tests.user_service.conftest import USERS, Caller, profile_url
 from user_service.app import create_app
 from user_service.config import UserSettings
@@ -37,10 +44,10 @@ AUTH = "/api/v1/auth"
 
 @pytest.fixture
 async def both(
-    auth_app: Litestar,  # noqa: F811
+    mail_settings: AuthSettings,  # noqa: F811
     users_app: Litestar,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-    async with app_client(auth_app) as auth, app_client(users_app) as users:
+    async with app_client(create_auth_app(mail_settings)) as auth, app_client(users_app) as users:
         yield auth, users
 
 
@@ -101,17 +108,24 @@ async def _named(pending: Any) -> Any:
 
 async def test_email_change_login_and_role_change_follow_to_the_profile(
     both: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    inbox: Inbox,  # noqa: F811
 ) -> None:
     auth, users = both
     tokens = await register(auth)
     user_id = tokens["user"]["id"]
-    await eventually(lambda: profile_of(users, user_id), "the profile")
+    profile = await eventually(lambda: profile_of(users, user_id), "the profile")
+    assert profile["email_verified"] is False
+    verification = token_in(await mail_to(inbox, "ada@example.com"))
+    assert (await auth.post(f"{AUTH}/email/verify", json={"token": verification})).status_code == 200
+    await eventually(lambda: _where(profile_of(users, user_id), lambda p: p["email_verified"]), "the verification")
 
     changed = await auth.put(
         f"{AUTH}/email", headers=bearer(tokens), json={"current_password": PASSWORD, "new_email": "Ada@Lovelace.org"}
     )
-    assert changed.status_code == 200, changed.text
-    assert changed.json()["email"] == "ada@lovelace.org"
+    assert changed.status_code == 202, changed.text
+    assert changed.json()["email"] == "ada@example.com"  # until the new address is confirmed
+    confirmation = token_in(await mail_to(inbox, "ada@lovelace.org"))
+    assert (await auth.post(f"{AUTH}/email/verify", json={"token": confirmation})).status_code == 200
     await eventually(
         lambda: _where(profile_of(users, user_id), lambda p: p["email"] == "ada@lovelace.org"), "the new email"
     )

@@ -22,6 +22,9 @@ import redis as redis_sync
 from litestar import Litestar
 from psycopg import sql
 
+from tests import private_servers
+from tests.private_servers import PrivateRedis
+
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 RUN_ID = uuid.uuid4().hex[:10]
@@ -127,6 +130,13 @@ def redis_namespace(redis_url: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A ``redis-server`` of the test's own, which it may kill, hang and restart (empty)."""
+    with private_servers.private_redis() as server:
+        yield server
 
 
 @contextlib.asynccontextmanager

@@ -30,15 +30,6 @@ def with_production_redis_timeout(settings: AirtableSettings) -> Litestar:
     return create_app(msgspec.structs.replace(settings, redis_timeout_seconds=0.05))
 
 
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def redis_keys(server: PrivateRedis, pattern: str) -> list[bytes]:
     with redis_sync.Redis.from_url(server.url, socket_timeout=2) as client:
         return list(client.scan_iter(match=pattern))

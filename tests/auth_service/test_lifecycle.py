@@ -1,7 +1,7 @@
 """Password reset, email verification and address changes, each driven through the HTTP API with
 the mail read from a real SMTP server (STARTTLS, password) in process."""
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -317,15 +317,6 @@ def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- Redis is an accelerator --------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_with_redis_down_forgot_still_answers_and_the_link_comes_once_it_returns(

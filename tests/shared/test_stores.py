@@ -8,7 +8,7 @@ timeouts that prove "no hang", never performance claims.
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -30,15 +30,6 @@ from tests.private_servers import PrivateRedis
 
 GENEROUS_SECONDS = 5.0  # far above the 50 ms timeout: a bound that proves "no hang"
 FAILURES = 3
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def store_settings(server: PrivateRedis) -> ServiceSettings:

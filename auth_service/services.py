@@ -255,12 +255,17 @@ class AuthService:
         user = await self._active_user(identity)
         await self._prove_password(user, password)
         await self.two_factor.disable(user, code, self.clock())
+        await self._send("two_factor_off", user.email, how="by you")
 
     async def reset_two_factor(self, admin: Identity, user_id: uuid.UUID) -> None:
-        """An administrator turns a user's two-factor off (a lost authenticator and recovery codes)."""
-        if await self.users.by_id(user_id) is None:
+        """An administrator turns a user's two-factor off (a lost authenticator and recovery codes);
+        the account's address is told, as it is when the user turns it off."""
+        user = await self.users.by_id(user_id)
+        if user is None:
             raise AccountNotFound()
         removed = await self.two_factor.reset(user_id)
+        if removed:  # the owner hears of it, whoever did it
+            await self._send("two_factor_off", user.email, how="by an administrator")
         security_log.info(
             "two-factor reset by an administrator",
             extra={"user_id": str(user_id), "admin_id": str(admin.user_id), "removed": removed},

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import logging
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +22,9 @@ from auth_service.app import create_app
 from auth_service.config import AuthSettings
 from shared.keys import hs256_kid
 from tests.auth_service.conftest import JWT_SECRET, PASSWORD, Clock, bearer, register
-from tests.conftest import access_claims, app_client
+from tests.conftest import access_claims, app_client, eventually
+from tests.mail_server import Inbox
+from tests.private_servers import PrivateRedis
 
 AUTH = "/api/v1/auth"
 LOGIN = {"email": "ada@example.com", "password": PASSWORD}
@@ -54,11 +57,16 @@ async def turn_on(client: httpx.AsyncClient, clock: Clock) -> tuple[dict[str, An
     """Ada, registered, with two-factor on: her tokens, TOTP secret and recovery codes. The clock
     has moved on a step, so the confirmation's code is spent and the next one is fresh."""
     tokens = await register(client)
+    secret, codes = await enable(client, tokens, clock)
+    return tokens, secret, codes
+
+
+async def enable(client: httpx.AsyncClient, tokens: dict[str, Any], clock: Clock) -> tuple[str, list[str]]:
     secret = (await enrol(client, tokens))["secret"]
     confirmed = await client.post(f"{AUTH}/2fa/confirm", json={"code": code_at(secret, clock)}, headers=bearer(tokens))
     assert confirmed.status_code == 200, confirmed.text
     clock.advance(seconds=30)
-    return tokens, secret, confirmed.json()["recovery_codes"]
+    return secret, confirmed.json()["recovery_codes"]
 
 
 async def challenge(client: httpx.AsyncClient, query: str = "") -> str:
@@ -186,6 +194,18 @@ async def test_a_code_works_once(client: httpx.AsyncClient, clock: Clock) -> Non
     assert replayed.json()["code"] == "invalid-code"
     clock.advance(seconds=30)
     assert (await second_step(client, await challenge(client), code_at(secret, clock))).status_code == 200
+
+
+async def test_one_code_sent_on_several_challenges_at_once_signs_in_once(
+    client: httpx.AsyncClient, clock: Clock
+) -> None:
+    _, secret, _ = await turn_on(client, clock)
+    challenges = [await challenge(client) for _ in range(5)]
+    code = code_at(secret, clock)
+
+    answers = await asyncio.gather(*(second_step(client, c, code) for c in challenges))
+
+    assert [a.status_code for a in answers].count(200) == 1
 
 
 async def test_a_challenge_works_once_and_expires(client: httpx.AsyncClient, clock: Clock) -> None:
@@ -392,3 +412,53 @@ async def test_malformed_second_steps_are_4xx(client: httpx.AsyncClient, body: d
     response = await client.post(f"{AUTH}/login/mfa", json=body)
 
     assert 400 <= response.status_code < 500, response.text
+
+
+async def test_turning_two_factor_off_is_told_to_the_address(
+    mail_settings: AuthSettings, clock: Clock, inbox: Inbox
+) -> None:
+    async with app_client(create_app(mail_settings, clock=clock)) as client:
+        tokens, secret, _ = await turn_on(client, clock)
+        disabled = await client.post(
+            f"{AUTH}/2fa/disable", json={"password": PASSWORD, "code": code_at(secret, clock)}, headers=bearer(tokens)
+        )
+        assert disabled.status_code == 204
+        by_the_user = await eventually(lambda: told_of_two_factor_off(inbox), "the mail of the user's disable")
+        await enable(client, tokens, clock)
+        reset = await client.delete(f"{AUTH}/users/{tokens['user']['id']}/2fa", headers=admin_headers())
+        assert reset.status_code == 204
+        await eventually(lambda: len(told_of_two_factor_off(inbox)) == 2, "the mail of the admin's reset")
+
+    assert "by you" in by_the_user[0].get_body(("plain",)).get_content()
+    assert "by an administrator" in told_of_two_factor_off(inbox)[1].get_body(("plain",)).get_content()
+    assert secret not in str(told_of_two_factor_off(inbox)[0])
+
+
+def told_of_two_factor_off(inbox: Inbox) -> list[Any]:
+    return [m for m in inbox.to("ada@example.com") if m["Subject"] == "Two-factor sign-in was turned off"]
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_with_redis_down_two_factor_sign_in_still_works(
+    auth_settings: AuthSettings, clock: Clock, private_redis: PrivateRedis
+) -> None:
+    settings = msgspec.structs.replace(
+        auth_settings, redis_url=private_redis.url, redis_breaker_failures=2, redis_breaker_reset_seconds=0.5
+    )
+    async with app_client(create_app(settings, clock=clock)) as client:
+        _, secret, _ = await turn_on(client, clock)
+        private_redis.kill()
+
+        signed_in = await second_step(client, await challenge(client), code_at(secret, clock))
+        replayed = await second_step(client, await challenge(client), code_at(secret, clock))
+
+    assert signed_in.status_code == 200, signed_in.text
+    assert replayed.status_code == 401  # the used step lives in PostgreSQL, not in Redis

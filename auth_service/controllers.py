@@ -43,9 +43,9 @@ from auth_service.schemas import (
     SessionList,
     TokenResponse,
     TwoFactorConfirmRequest,
-    TwoFactorDisableRequest,
     TwoFactorEnrolment,
     TwoFactorEnrolRequest,
+    TwoFactorProofRequest,
     TwoFactorStatus,
     UserRead,
     VerifyResponse,
@@ -376,6 +376,22 @@ class TwoFactorController(Controller):
         return RecoveryCodes(recovery_codes=await auth.confirm_two_factor(request.user, data.code))
 
     @post(
+        "/recovery-codes",
+        operation_id="renew_recovery_codes",
+        status_code=HTTP_200_OK,
+        security=BEARER,
+        raises=[InvalidCredentials, AccountLocked, InvalidCode, TooManyAttempts, TwoFactorNotEnabled],
+    )
+    async def renew_recovery_codes(
+        self,
+        data: JSONBody[TwoFactorProofRequest],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
+    ) -> RecoveryCodes:
+        """Ten new recovery codes, shown once, with the password and a code; the earlier ones stop working."""
+        return RecoveryCodes(recovery_codes=await auth.renew_recovery_codes(request.user, data.password, data.code))
+
+    @post(
         "/disable",
         operation_id="disable_two_factor",
         status_code=HTTP_204_NO_CONTENT,
@@ -384,7 +400,7 @@ class TwoFactorController(Controller):
     )
     async def disable(
         self,
-        data: JSONBody[TwoFactorDisableRequest],
+        data: JSONBody[TwoFactorProofRequest],
         request: Request[Identity, str, State],
         auth: NamedDependency[AuthService],
     ) -> None:

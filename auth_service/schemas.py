@@ -167,7 +167,10 @@ class RecoveryCodes(Struct):
     recovery_codes: list[str]
 
 
-class TwoFactorDisableRequest(Struct):
+class TwoFactorProofRequest(Struct):
+    """The password and a code (or a recovery code): what turning two-factor off or renewing the
+    recovery codes asks for."""
+
     password: Password
     code: SecondFactorCode
 

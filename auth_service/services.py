@@ -251,6 +251,11 @@ class AuthService:
         user = await self._active_user(identity)
         return await self.two_factor.confirm(user, code, self.clock())
 
+    async def renew_recovery_codes(self, identity: Identity, password: str, code: str) -> list[str]:
+        user = await self._active_user(identity)
+        await self._prove_password(user, password)
+        return await self.two_factor.renew_recovery_codes(user, code, self.clock())
+
     async def disable_two_factor(self, identity: Identity, password: str, code: str) -> None:
         user = await self._active_user(identity)
         await self._prove_password(user, password)

@@ -226,9 +226,20 @@ class TwoFactorService:
             raise TwoFactorNotEnabled("No authenticator is waiting for confirmation; enrol first.")
         await self.check_code(user, code, now, recovery_allowed=False)
         factor.confirmed_at = now
+        security_log.info("two-factor turned on", extra={"user_id": str(user.id)})
+        return await self._new_recovery_codes(user, now)
+
+    async def renew_recovery_codes(self, user: User, code: str, now: datetime) -> list[str]:
+        """Ten new recovery codes, after a code; the earlier ones stop working."""
+        if not await self.enabled(user.id):
+            raise TwoFactorNotEnabled()
+        await self.check_code(user, code, now)
+        security_log.info("recovery codes renewed", extra={"user_id": str(user.id)})
+        return await self._new_recovery_codes(user, now)
+
+    async def _new_recovery_codes(self, user: User, now: datetime) -> list[str]:
         codes = [new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
         await self.factors.replace_recovery_codes(user.id, [recovery_code_hash(_normalise(c)) for c in codes], now)
-        security_log.info("two-factor turned on", extra={"user_id": str(user.id)})
         return codes
 
     async def check_code(self, user: User, code: str, now: datetime, *, recovery_allowed: bool = True) -> None:

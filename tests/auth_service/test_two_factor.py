@@ -249,6 +249,23 @@ async def test_a_recovery_code_signs_in_once(client: httpx.AsyncClient, clock: C
     assert (await client.get(f"{AUTH}/2fa", headers=bearer(tokens))).json()["recovery_codes_left"] == 8
 
 
+async def test_renewed_recovery_codes_replace_the_earlier_ones(client: httpx.AsyncClient, clock: Clock) -> None:
+    tokens, secret, old_codes = await turn_on(client, clock)
+    renew = f"{AUTH}/2fa/recovery-codes"
+
+    wrong_password = await client.post(
+        renew, json={"password": "not the password", "code": code_at(secret, clock)}, headers=bearer(tokens)
+    )
+    renewed = await client.post(renew, json={"password": PASSWORD, "code": old_codes[0]}, headers=bearer(tokens))
+
+    assert wrong_password.status_code == 401
+    assert renewed.status_code == 200, renewed.text
+    new_codes = renewed.json()["recovery_codes"]
+    assert len(new_codes) == 10 and not set(new_codes) & set(old_codes)
+    assert (await second_step(client, await challenge(client), old_codes[1])).status_code == 401
+    assert (await second_step(client, await challenge(client), new_codes[0])).status_code == 200
+
+
 async def test_a_recovery_code_of_another_account_is_refused(client: httpx.AsyncClient, clock: Clock) -> None:
     await turn_on(client, clock)
     grace = await register(client, "grace@example.com")

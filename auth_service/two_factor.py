@@ -224,7 +224,7 @@ class TwoFactorService:
         factor = await self.factors.get(user.id)
         if factor is None or factor.confirmed_at is not None:
             raise TwoFactorNotEnabled("No authenticator is waiting for confirmation; enrol first.")
-        await self.check_code(user, code, now, recovery_allowed=False)
+        await self.check_code(user, code, now, confirming=True)
         factor.confirmed_at = now
         security_log.info("two-factor turned on", extra={"user_id": str(user.id)})
         return await self._new_recovery_codes(user, now)
@@ -242,13 +242,16 @@ class TwoFactorService:
         await self.factors.replace_recovery_codes(user.id, [recovery_code_hash(_normalise(c)) for c in codes], now)
         return codes
 
-    async def check_code(self, user: User, code: str, now: datetime, *, recovery_allowed: bool = True) -> None:
+    async def check_code(self, user: User, code: str, now: datetime, *, confirming: bool = False) -> None:
         """Accept ``code`` once (a TOTP code of an unused step, or an unused recovery code), under
-        the account's two-factor throttle; InvalidCode, or TooManyAttempts while it is locked."""
+        the account's two-factor throttle; InvalidCode, or TooManyAttempts while it is locked.
+
+        ``confirming``: the code of a pending authenticator (no recovery codes yet); otherwise
+        only a confirmed one's counts."""
         key = f"two-factor:{user.id}"
         try:
             async with self.throttle.verification(key):
-                accepted = await self._accept(user, _normalise(code), now, recovery_allowed)
+                accepted = await self._accept(user, _normalise(code), now, confirming)
                 if accepted:
                     await self.throttle.succeeded(key)
         except AccountLocked as locked:
@@ -258,9 +261,9 @@ class TwoFactorService:
             security_log.info("two-factor code refused", extra={"user_id": str(user.id), "outcome": "failure"})
             raise InvalidCode()
 
-    async def _accept(self, user: User, code: str, now: datetime, recovery_allowed: bool) -> bool:
+    async def _accept(self, user: User, code: str, now: datetime, confirming: bool) -> bool:
         factor = await self.factors.get(user.id)
-        if factor is None:
+        if factor is None or (factor.confirmed_at is None) != confirming:
             return False
         if _is_totp_code(code):
             totp_secret = self._cipher().decrypt(user.id, factor.secret)
@@ -269,7 +272,7 @@ class TwoFactorService:
                 raise TwoFactorUnavailable()
             step = matching_step(totp_secret, code, now)
             return step is not None and await self.factors.claim_step(user.id, step)
-        if not recovery_allowed or factor.confirmed_at is None:
+        if confirming:
             return False
         used = await self.factors.use_recovery_code(user.id, recovery_code_hash(code), now)
         if used:

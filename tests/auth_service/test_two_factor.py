@@ -208,6 +208,23 @@ async def test_one_code_sent_on_several_challenges_at_once_signs_in_once(
     assert [a.status_code for a in answers].count(200) == 1
 
 
+async def test_a_challenge_does_not_take_the_code_of_an_authenticator_not_yet_confirmed(
+    client: httpx.AsyncClient, clock: Clock
+) -> None:
+    tokens, secret, _ = await turn_on(client, clock)
+    pending = await challenge(client)
+    disabled = await client.post(
+        f"{AUTH}/2fa/disable", json={"password": PASSWORD, "code": code_at(secret, clock)}, headers=bearer(tokens)
+    )
+    assert disabled.status_code == 204
+    clock.advance(seconds=30)
+    new_secret = (await enrol(client, tokens))["secret"]
+
+    response = await second_step(client, pending, code_at(new_secret, clock))
+
+    assert response.status_code == 401
+
+
 async def test_a_challenge_works_once_and_expires(client: httpx.AsyncClient, clock: Clock) -> None:
     _, secret, _ = await turn_on(client, clock)
     used = await challenge(client)

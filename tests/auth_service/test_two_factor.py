@@ -6,6 +6,7 @@ import base64
 import logging
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from litestar import Litestar
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
+from shared import migrations
 from shared.keys import hs256_kid
 from tests.auth_service.conftest import JWT_SECRET, PASSWORD, Clock, bearer, register
 from tests.conftest import access_claims, app_client, eventually
@@ -496,3 +498,27 @@ async def test_with_redis_down_two_factor_sign_in_still_works(
 
     assert signed_in.status_code == 200, signed_in.text
     assert replayed.status_code == 401  # the used step lives in PostgreSQL, not in Redis
+
+
+@pytest.fixture
+def sqlite_settings(auth_settings: AuthSettings, tmp_path: Path) -> AuthSettings:
+    """The auth service on a migrated SQLite file and the in-process store, as the embedded mode runs it."""
+    settings = msgspec.structs.replace(
+        auth_settings, database_url=f"sqlite:///{tmp_path}/auth.sqlite3", redis_url="", data_dir=str(tmp_path)
+    )
+    migrations.upgrade(settings, "auth_service")
+    return settings
+
+
+async def test_two_factor_works_on_sqlite_as_the_embedded_mode_runs_it(
+    sqlite_settings: AuthSettings, clock: Clock, tmp_path: Path
+) -> None:
+    async with app_client(create_app(sqlite_settings, clock=clock)) as client:
+        _, secret, codes = await turn_on(client, clock)
+
+        signed_in = await second_step(client, await challenge(client), code_at(secret, clock))
+        replayed = await second_step(client, await challenge(client), code_at(secret, clock))
+        recovered = await second_step(client, await challenge(client), codes[0])
+
+    assert (signed_in.status_code, replayed.status_code, recovered.status_code) == (200, 401, 200)
+    assert (tmp_path / "totp_key").exists()  # development: the key generated into DATA_DIR

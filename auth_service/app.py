@@ -7,13 +7,14 @@ from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import AuthSettings
-from auth_service.controllers import AccountAdminController, AuthController
+from auth_service.controllers import AccountAdminController, AuthController, TwoFactorController
 from auth_service.deps import provide_auth_service
 from auth_service.models import mail_outbox, outbox, processed_events
 from auth_service.passwords import Passwords
 from auth_service.services import PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, Clock
 from auth_service.throttle import Throttle
 from auth_service.tokens import TokenIssuer
+from auth_service.two_factor import secret_cipher
 from shared.db import utcnow
 from shared.events import Event, EventBus, EventConsumer
 from shared.mail import Mailer, MailRelay, create_mailer
@@ -49,6 +50,9 @@ def create_app(
         app.state.passwords = Passwords(settings)
         await app.state.passwords.prepare()
         app.state.throttle = Throttle(app.state.store, settings)
+        app.state.totp_cipher = secret_cipher(settings)
+        if app.state.totp_cipher is None:
+            logger.warning("no TOTP_ENCRYPTION_KEY: two-factor enrolment is refused")
         relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
         app.state.outbox_relay = relay
         relay.start()
@@ -79,7 +83,7 @@ def create_app(
     return create_service_app(
         settings,
         title="PyAirtable auth service",
-        route_handlers=[AuthController, AccountAdminController],
+        route_handlers=[AuthController, AccountAdminController, TwoFactorController],
         lifespan=[auth_resources],
         store=store,
         bus=bus,

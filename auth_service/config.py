@@ -3,7 +3,7 @@ import re
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from shared.settings import ServiceSettings, SettingsError
+from shared.settings import ServiceSettings, SettingsError, check_secret
 
 # OWASP Password Storage Cheat Sheet minimum for argon2id.
 MIN_ARGON2_MEMORY_KIB = 19456
@@ -54,6 +54,13 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
     email_verification_ttl: int = 86400
     # Mails one address may be sent per hour by forgot-password and resend (each counted apart).
     mail_per_address_per_hour: int = 5
+    # Two-factor: the TOTP secrets are stored encrypted under this key (any secret of at least 32
+    # bytes; development generates one into DATA_DIR/totp_key; production without it offers no
+    # enrolment). The issuer names the account in authenticator apps.
+    totp_encryption_key: str = ""
+    totp_issuer: str = "PyAirtable"
+    # How long the challenge of a password sign-in waits for its second factor.
+    mfa_challenge_ttl: int = 300
 
     @property
     def legacy_token_ttl(self) -> int:
@@ -96,3 +103,9 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("PASSWORD_RESET_TTL: 1 min to 1 day; EMAIL_VERIFICATION_TTL: 1 min to 7 days")
         if self.mail_per_address_per_hour < 1:
             raise SettingsError("MAIL_PER_ADDRESS_PER_HOUR: must be at least 1")
+        if self.totp_encryption_key:
+            check_secret("TOTP_ENCRYPTION_KEY", self.totp_encryption_key, production=self.is_production)
+        if not 30 <= self.mfa_challenge_ttl <= 1800:
+            raise SettingsError("MFA_CHALLENGE_TTL: must be between 30 and 1800 seconds")
+        if not 1 <= len(self.totp_issuer) <= 64 or ":" in self.totp_issuer:
+            raise SettingsError("TOTP_ISSUER: 1 to 64 characters, no ':'")

@@ -12,10 +12,15 @@ from auth_service.errors import (
     AccountLocked,
     EmailTaken,
     EmailUnverified,
+    InvalidChallenge,
+    InvalidCode,
     InvalidCredentials,
     InvalidGrant,
     InvalidLinkToken,
     TooManyAttempts,
+    TwoFactorEnabled,
+    TwoFactorNotEnabled,
+    TwoFactorUnavailable,
     WeakPassword,
 )
 from auth_service.schemas import (
@@ -27,13 +32,21 @@ from auth_service.schemas import (
     JWKSResponse,
     LoginRequest,
     LogoutRequest,
+    MfaLoginRequest,
+    MfaRequiredResponse,
     PasswordChangeRequest,
     PasswordResetRequest,
+    RecoveryCodes,
     RefreshRequest,
     RegisterRequest,
     ResendVerificationRequest,
     SessionList,
     TokenResponse,
+    TwoFactorConfirmRequest,
+    TwoFactorEnrolment,
+    TwoFactorEnrolRequest,
+    TwoFactorProofRequest,
+    TwoFactorStatus,
     UserRead,
     VerifyResponse,
     user_read,
@@ -101,10 +114,26 @@ class AuthController(Controller):
         auth: NamedDependency[AuthService],
         client: NamedDependency[Client],
         lifetime: Lifetime = "default",
-    ) -> TokenResponse:
+    ) -> TokenResponse | MfaRequiredResponse:
         """Sign in with email and password (403 ``email-unverified`` while ``REQUIRE_VERIFIED_EMAIL``
-        waits for the address to be confirmed)."""
+        waits for the address to be confirmed). With two-factor on, the answer is
+        ``{mfa_required: true, challenge, expires_in}`` and no tokens: see ``POST /login/mfa``."""
         return await auth.login(data.email, data.password, client, lifetime == "legacy")
+
+    @post(
+        "/login/mfa",
+        operation_id="login_mfa",
+        status_code=HTTP_200_OK,
+        opt=PUBLIC,
+        raises=[InvalidChallenge, InvalidCode, TooManyAttempts, TwoFactorUnavailable],
+    )
+    async def login_mfa(
+        self, data: JSONBody[MfaLoginRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
+    ) -> TokenResponse:
+        """The second step of a sign-in with two-factor on: the challenge from ``POST /login`` and
+        a code from the authenticator (or a recovery code). Each code works once; wrong codes lock
+        the account's second factor out as wrong passwords lock its password."""
+        return await auth.login_mfa(data.challenge, data.code, client)
 
     @post("/refresh", operation_id="refresh", status_code=HTTP_200_OK, opt=PUBLIC, raises=[InvalidGrant])
     async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenResponse:
@@ -285,3 +314,95 @@ class AccountAdminController(Controller):
         """Set an account's roles or deactivate it (admins only); the account's sessions end."""
         roles = [str(role) for role in data.roles] if data.roles is not None else None
         return user_read(await auth.update_account(request.user, user_id, roles, data.is_active))
+
+    @delete("/{user_id:uuid}/2fa", operation_id="reset_two_factor", security=BEARER)
+    async def reset_two_factor(
+        self,
+        user_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
+    ) -> None:
+        """Turn an account's two-factor off (admins only: a user who lost the authenticator and the
+        recovery codes); it signs in with the password alone until it enrols again."""
+        await auth.reset_two_factor(request.user, user_id)
+
+
+class TwoFactorController(Controller):
+    """The signed-in user's second factor: a TOTP authenticator and recovery codes."""
+
+    path = "/api/v1/auth/2fa"
+    tags = ["auth"]
+    dependencies = {"auth": Provide(provide_auth_service, sync_to_thread=False)}
+
+    @get("/", operation_id="two_factor_status", security=BEARER)
+    async def status(
+        self, request: Request[Identity, str, State], auth: NamedDependency[AuthService]
+    ) -> TwoFactorStatus:
+        """Whether two-factor is on (or an enrolment waits for its code), and the recovery codes left."""
+        return await auth.two_factor_status(request.user)
+
+    @post(
+        "/enroll",
+        operation_id="enroll_two_factor",
+        status_code=HTTP_201_CREATED,
+        security=BEARER,
+        raises=[InvalidCredentials, AccountLocked, TwoFactorEnabled, TwoFactorUnavailable],
+    )
+    async def enroll(
+        self,
+        data: JSONBody[TwoFactorEnrolRequest],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
+    ) -> TwoFactorEnrolment:
+        """Start enrolling an authenticator (the password re-entered): its secret, ``otpauth://`` URI
+        and QR code, shown once; two-factor is on once ``POST /2fa/confirm`` gets a code of it."""
+        return await auth.enrol_two_factor(request.user, data.password)
+
+    @post(
+        "/confirm",
+        operation_id="confirm_two_factor",
+        status_code=HTTP_200_OK,
+        security=BEARER,
+        raises=[InvalidCode, TooManyAttempts, TwoFactorNotEnabled, TwoFactorUnavailable],
+    )
+    async def confirm(
+        self,
+        data: JSONBody[TwoFactorConfirmRequest],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
+    ) -> RecoveryCodes:
+        """Turn two-factor on with a first code from the enrolled authenticator; the answer holds
+        ten recovery codes, shown once."""
+        return RecoveryCodes(recovery_codes=await auth.confirm_two_factor(request.user, data.code))
+
+    @post(
+        "/recovery-codes",
+        operation_id="renew_recovery_codes",
+        status_code=HTTP_200_OK,
+        security=BEARER,
+        raises=[InvalidCredentials, AccountLocked, InvalidCode, TooManyAttempts, TwoFactorNotEnabled],
+    )
+    async def renew_recovery_codes(
+        self,
+        data: JSONBody[TwoFactorProofRequest],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
+    ) -> RecoveryCodes:
+        """Ten new recovery codes, shown once, with the password and a code; the earlier ones stop working."""
+        return RecoveryCodes(recovery_codes=await auth.renew_recovery_codes(request.user, data.password, data.code))
+
+    @post(
+        "/disable",
+        operation_id="disable_two_factor",
+        status_code=HTTP_204_NO_CONTENT,
+        security=BEARER,
+        raises=[InvalidCredentials, AccountLocked, InvalidCode, TooManyAttempts, TwoFactorNotEnabled],
+    )
+    async def disable(
+        self,
+        data: JSONBody[TwoFactorProofRequest],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
+    ) -> None:
+        """Turn two-factor off with the password and a code (or a recovery code)."""
+        await auth.disable_two_factor(request.user, data.password, data.code)

@@ -21,6 +21,7 @@ def provide_auth_service(db_session: NamedDependency[AsyncSession], state: State
         revocations=state.revocations,
         store=state.store,
         clock=state.clock,
+        totp_cipher=state.totp_cipher,
     )
 
 

@@ -1,6 +1,15 @@
 """The auth service's domain errors and their status codes."""
 
-from shared.errors import Conflict, Forbidden, NotFound, ProblemError, TooManyRequests, Unauthorized, Unprocessable
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ProblemError,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    Unprocessable,
+)
 
 
 class EmailTaken(Conflict):
@@ -87,3 +96,42 @@ class EmailUnverified(Forbidden):
 
     def __init__(self) -> None:
         super().__init__("Confirm your email address first: open the link we sent, or ask for a new one.")
+
+
+class InvalidCode(Unauthorized):
+    """A second-factor code that is wrong, expired, already used, or not the account's."""
+
+    code = "invalid-code"
+
+    def __init__(self) -> None:
+        super().__init__("The code is not valid.")
+
+
+class InvalidChallenge(Unauthorized):
+    code = "invalid-challenge"
+
+    def __init__(self) -> None:
+        super().__init__("The sign-in challenge is invalid, has expired or has been used; sign in again.")
+
+
+class TwoFactorEnabled(Conflict):
+    code = "two-factor-enabled"
+
+    def __init__(self) -> None:
+        super().__init__("Two-factor sign-in is already on; turn it off first to enrol another authenticator.")
+
+
+class TwoFactorNotEnabled(Conflict):
+    code = "two-factor-not-enabled"
+
+    def __init__(self, detail: str = "Two-factor sign-in is not on for this account.") -> None:
+        super().__init__(detail)
+
+
+class TwoFactorUnavailable(ServiceUnavailable):
+    """Production without TOTP_ENCRYPTION_KEY: no secret can be stored or read."""
+
+    code = "two-factor-unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("Two-factor sign-in is not configured on this server.", headers={"Retry-After": "3600"})

@@ -124,3 +124,58 @@ class JWKSResponse(Struct):
 
 def user_read(user: Any) -> UserRead:
     return msgspec.convert(user, UserRead, from_attributes=True)
+
+
+SecondFactorCode = Annotated[
+    str, Meta(min_length=1, max_length=64, description="The authenticator's 6-digit code, or a recovery code")
+]
+
+
+class MfaRequiredResponse(Struct):
+    """The password was right and the account has two-factor on: no tokens yet; send a code with
+    the challenge to ``POST /login/mfa`` within ``expires_in`` seconds."""
+
+    challenge: str
+    expires_in: int
+    mfa_required: bool = True
+
+
+class MfaLoginRequest(Struct):
+    challenge: OpaqueToken
+    code: SecondFactorCode
+
+
+class TwoFactorEnrolRequest(Struct):
+    password: Password
+
+
+class TwoFactorEnrolment(Struct):
+    """Shown once: the secret for manual entry, the otpauth:// URI and a QR code (PNG data URI) of it."""
+
+    secret: str
+    otpauth_uri: str
+    qr_code: str
+
+
+class TwoFactorConfirmRequest(Struct):
+    code: SecondFactorCode
+
+
+class RecoveryCodes(Struct):
+    """Shown once: each code signs in once in place of an authenticator code."""
+
+    recovery_codes: list[str]
+
+
+class TwoFactorProofRequest(Struct):
+    """The password and a code (or a recovery code): what turning two-factor off or renewing the
+    recovery codes asks for."""
+
+    password: Password
+    code: SecondFactorCode
+
+
+class TwoFactorStatus(Struct):
+    enabled: bool
+    pending: bool
+    recovery_codes_left: int

@@ -20,6 +20,7 @@ from auth_service.errors import (
     AccountNotFound,
     EmailTaken,
     EmailUnverified,
+    InvalidChallenge,
     InvalidCredentials,
     InvalidEmail,
     InvalidGrant,
@@ -30,9 +31,17 @@ from auth_service.errors import (
 from auth_service.models import AuthSession, OneTimeToken, RefreshToken, User, mail_outbox, outbox
 from auth_service.passwords import Passwords
 from auth_service.repositories import OneTimeTokenRepository, SessionRepository, UserRepository
-from auth_service.schemas import SessionRead, TokenResponse, user_read
+from auth_service.schemas import (
+    MfaRequiredResponse,
+    SessionRead,
+    TokenResponse,
+    TwoFactorEnrolment,
+    TwoFactorStatus,
+    user_read,
+)
 from auth_service.throttle import Throttle
 from auth_service.tokens import TokenIssuer, new_refresh_token, refresh_token_hash
+from auth_service.two_factor import SecretCipher, TwoFactorService
 from shared.events import new_event
 from shared.mail import MailTemplates, queue_mail
 from shared.outbox import add_event
@@ -45,6 +54,9 @@ Clock = Callable[[], datetime]
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s.\x00-\x1f\x7f]+$")
 PASSWORD_RESET = "password-reset"  # noqa: S105 - a token purpose, not a secret
 VERIFY_EMAIL = "verify-email"
+# The challenge between a right password and the second factor: a one-time token, single use.
+MFA_LOGIN = "mfa-login"
+MFA_LOGIN_LEGACY = "mfa-login-legacy"  # the session then asked for the older platform's lifetime
 # An anonymous request for a mail is answered before anyone looks the address up: the request only
 # records it (the same work whether or not an account has the address), and the service's own
 # consumer of these events makes the token and the mail, once per event.
@@ -78,6 +90,7 @@ class AuthService:
         revocations: RevocationList,
         store: KeyValueStore,
         clock: Clock,
+        totp_cipher: SecretCipher | None = None,
     ) -> None:
         self.db = db
         self.users = UserRepository(db)
@@ -90,6 +103,7 @@ class AuthService:
         self.revocations = revocations
         self.store = store
         self.clock = clock
+        self.two_factor = TwoFactorService(db, settings, throttle, totp_cipher)
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -153,7 +167,10 @@ class AuthService:
         if password.strip().lower() == email:
             raise WeakPassword("The password must not be the email address.")
 
-    async def login(self, email: str, password: str, client: Client, legacy_lifetime: bool = False) -> TokenResponse:
+    async def login(
+        self, email: str, password: str, client: Client, legacy_lifetime: bool = False
+    ) -> TokenResponse | MfaRequiredResponse:
+        """Tokens for the right password; with two-factor on, a challenge for ``login_mfa`` instead."""
         await self.throttle.check_ip("login", client.ip)
         email = email.strip().lower()
         user = await self.users.by_email(email)
@@ -174,10 +191,92 @@ class AuthService:
         now = self.clock()
         if self.passwords.needs_rehash(user.password_hash):
             user.password_hash = await self.passwords.hash(password)
+        if await self.two_factor.enabled(user.id):
+            security_log.info("login: second factor asked", extra={"user_id": user_id, "ip": client.ip})
+            return await self._mfa_challenge(user, now, legacy_lifetime)
+        return await self._signed_in(user, client, now, legacy_lifetime)
+
+    async def _signed_in(self, user: User, client: Client, now: datetime, legacy_lifetime: bool) -> TokenResponse:
         user.last_login_at = now
         await add_event(self.db, outbox, new_event("user.logged_in", "auth", user_event_data(user)))
         security_log.info("login succeeded", extra={"user_id": str(user.id), "ip": client.ip, "outcome": "success"})
         return await self._start_session(user, client, now, legacy_lifetime)
+
+    # -- two-factor ----------------------------------------------------------------------
+
+    async def _mfa_challenge(self, user: User, now: datetime, legacy_lifetime: bool) -> MfaRequiredResponse:
+        challenge = new_refresh_token()
+        ttl = self.settings.mfa_challenge_ttl
+        await self.tokens.add(
+            OneTimeToken(
+                id=uuid.uuid4(),
+                user_id=user.id,
+                purpose=MFA_LOGIN_LEGACY if legacy_lifetime else MFA_LOGIN,
+                token_hash=refresh_token_hash(challenge),
+                email=user.email,
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+            )
+        )
+        return MfaRequiredResponse(challenge=challenge, expires_in=ttl)
+
+    async def login_mfa(self, challenge: str, code: str, client: Client) -> TokenResponse:
+        """The second step of a sign-in: the challenge of a right password and a code, once each."""
+        await self.throttle.check_ip("login", client.ip)
+        now = self.clock()
+        token_hash = refresh_token_hash(challenge)
+        found = await self.tokens.usable(token_hash, MFA_LOGIN, now) or await self.tokens.usable(
+            token_hash, MFA_LOGIN_LEGACY, now
+        )
+        user = await self.users.by_id(found.user_id) if found is not None else None
+        if found is None or user is None or not user.is_active or found.email != user.email:
+            raise InvalidChallenge()
+        await self.two_factor.check_code(user, code, now)
+        if not await self.tokens.consume(found.id, now):
+            raise InvalidChallenge()
+        return await self._signed_in(user, client, now, found.purpose == MFA_LOGIN_LEGACY)
+
+    async def two_factor_status(self, identity: Identity) -> TwoFactorStatus:
+        user = await self._active_user(identity)
+        return await self.two_factor.status(user.id)
+
+    async def enrol_two_factor(self, identity: Identity, password: str) -> TwoFactorEnrolment:
+        """A new authenticator secret for the signed-in user, who re-enters the password: a stolen
+        access token alone cannot put the attacker's authenticator on the account."""
+        user = await self._active_user(identity)
+        await self._prove_password(user, password)
+        return await self.two_factor.enrol(user, self.clock())
+
+    async def confirm_two_factor(self, identity: Identity, code: str) -> list[str]:
+        user = await self._active_user(identity)
+        return await self.two_factor.confirm(user, code, self.clock())
+
+    async def renew_recovery_codes(self, identity: Identity, password: str, code: str) -> list[str]:
+        user = await self._active_user(identity)
+        await self._prove_password(user, password)
+        return await self.two_factor.renew_recovery_codes(user, code, self.clock())
+
+    async def disable_two_factor(self, identity: Identity, password: str, code: str) -> None:
+        user = await self._active_user(identity)
+        await self._prove_password(user, password)
+        await self.two_factor.disable(user, code, self.clock())
+        await self._send("two_factor_off", user.email, how="by you")
+
+    async def reset_two_factor(self, admin: Identity, user_id: uuid.UUID) -> None:
+        """An administrator turns a user's two-factor off (a lost authenticator and recovery codes);
+        the account's address is told, as it is when the user turns it off."""
+        user = await self.users.by_id(user_id)
+        if user is None:
+            raise AccountNotFound()
+        removed = await self.two_factor.reset(user_id)
+        if removed:  # the owner hears of it, whoever did it
+            await self._send("two_factor_off", user.email, how="by an administrator")
+        security_log.info(
+            "two-factor reset by an administrator",
+            extra={"user_id": str(user_id), "admin_id": str(admin.user_id), "removed": removed},
+        )
+
+    # -- passwords -----------------------------------------------------------------------
 
     async def change_password(self, identity: Identity, current: str, new: str) -> None:
         user = await self._active_user(identity)

@@ -217,6 +217,12 @@ def token_response(reply: ServiceReply) -> Response[LegacyTokenResponse | Legacy
     body = reply.body
     if reply.status == 202:  # REQUIRE_VERIFIED_EMAIL: no tokens until the address is confirmed
         return Response(LegacyMessage(message=body["detail"]), status_code=202, headers=reply.rate_limit_headers)
+    if body.get("mfa_required"):  # the older service had no second factor: its clients get no challenge
+        raise Forbidden(
+            "Two-factor sign-in is on for this account: sign in at POST /api/v1/auth/login, then "
+            "POST /api/v1/auth/login/mfa.",
+            code="mfa-required",
+        )
     tokens = LegacyTokenResponse(
         access_token=body["access_token"],
         expires_in=body["expires_in"],

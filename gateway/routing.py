@@ -29,6 +29,7 @@ AUTH_POLICY_ROUTES: frozenset[str] = frozenset(
     {
         "/api/v1/auth/register",
         "/api/v1/auth/login",
+        "/api/v1/auth/login/mfa",
         "/api/v1/auth/refresh",
         "/api/v1/auth/password/forgot",
         "/api/v1/auth/password/reset",

@@ -1,5 +1,6 @@
 """Administrators: bootstrapped from the command line, changing accounts over HTTP."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,6 +14,12 @@ from auth_service.config import AuthSettings
 from shared.keys import hs256_kid
 from tests.auth_service.conftest import JWT_SECRET, PASSWORD, bearer, register
 from tests.conftest import access_claims
+
+
+async def create_admin_aside(settings: AuthSettings, email: str, password: str) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own, waited for in a thread: the app under test keeps its
+    event loop (blocked for the command's second or so, its database connects would time out)."""
+    return await asyncio.to_thread(run_create_admin, settings, email, password)
 
 
 def run_create_admin(settings: AuthSettings, email: str, password: str) -> subprocess.CompletedProcess[str]:
@@ -39,7 +46,7 @@ def run_create_admin(settings: AuthSettings, email: str, password: str) -> subpr
 async def test_create_admin_makes_an_account_that_can_sign_in_with_the_admin_role(
     client: httpx.AsyncClient, auth_settings: AuthSettings
 ) -> None:
-    result = run_create_admin(auth_settings, "Root@Example.com", PASSWORD)
+    result = await create_admin_aside(auth_settings, "Root@Example.com", PASSWORD)
 
     assert result.returncode == 0, result.stderr
     assert "created admin root@example.com" in result.stdout
@@ -53,7 +60,7 @@ async def test_create_admin_promotes_an_existing_account(
 ) -> None:
     await register(client, "ada@example.com")
 
-    result = run_create_admin(auth_settings, "ada@example.com", "ignored for existing accounts")
+    result = await create_admin_aside(auth_settings, "ada@example.com", "ignored for existing accounts")
 
     assert result.returncode == 0, result.stderr
     assert "promoted admin ada@example.com" in result.stdout

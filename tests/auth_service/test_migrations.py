@@ -18,6 +18,16 @@ def test_upgrade_downgrade_upgrade_leaves_no_drift(database: str, databases: Dat
         settings,
         "auth_service",
         Base.metadata,
-        {"users", "sessions", "refresh_tokens", "one_time_tokens", "outbox", "mail_outbox", "processed_events"},
+        {
+            "users",
+            "sessions",
+            "refresh_tokens",
+            "one_time_tokens",
+            "outbox",
+            "mail_outbox",
+            "processed_events",
+            "two_factor",
+            "recovery_codes",
+        },
         "alembic_version_auth",
     )

@@ -84,6 +84,7 @@ async def echoes(make_settings: SettingsFactory) -> AsyncIterator[tuple[httpx.As
         ("POST", f"{AUTH}/refresh"),
         ("GET", f"{AUTH}/.well-known/jwks.json"),
         ("POST", f"{AUTH}/login/"),
+        ("POST", f"{AUTH}/login/mfa"),
         ("POST", f"{AUTH}/password/forgot"),
         ("POST", f"{AUTH}/password/reset"),
         ("POST", f"{AUTH}/email/verify"),

@@ -52,6 +52,13 @@ async def clients_from(app: Litestar, addresses: list[str]) -> AsyncIterator[lis
         yield clients
 
 
+async def within_one_window() -> None:
+    """The per-IP limit's window is the clock's minute: start early in one, so that a burst slowed
+    down by a busy machine still lands in it whole."""
+    if time.time() % 60 > 45:
+        await asyncio.sleep(60.5 - time.time() % 60)
+
+
 def verifications(app: Litestar) -> int:
     computations: int = app.state.passwords.computations
     return computations
@@ -149,8 +156,7 @@ async def test_changing_the_password_is_throttled_like_a_login(throttled_app: Li
 
 async def test_50_parallel_sprays_from_one_address_get_10_verifications(throttled_app: Litestar) -> None:
     async with app_client(throttled_app) as client:
-        if time.time() % 60 > 57:  # the limit's window is the clock's minute: all in one
-            await asyncio.sleep(60 - time.time() % 60)
+        await within_one_window()
         before = verifications(throttled_app)
         answers = await asyncio.gather(
             *(client.post(LOGIN, json={"email": f"user{i}@example.com", "password": WRONG}) for i in range(50))
@@ -168,8 +174,7 @@ async def test_sprays_from_many_addresses_of_one_ipv6_64_share_one_budget(thrott
     addresses = [f"2001:db8:0:7::{n:x}" for n in range(1, 11)]
     addresses += [f"2001:0db8:0000:0007:0000:0000:0001:{n:04x}" for n in range(10)]
     async with app_client(throttled_app), clients_from(throttled_app, addresses) as clients:
-        if time.time() % 60 > 57:
-            await asyncio.sleep(60 - time.time() % 60)
+        await within_one_window()
         answers = [
             await client.post(LOGIN, json={"email": f"v6user{i}@example.com", "password": WRONG})
             for i, client in enumerate(clients)

@@ -3,7 +3,7 @@ import re
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from shared.settings import ServiceSettings, SettingsError
+from shared.settings import ServiceSettings, SettingsError, check_secret
 
 # OWASP Password Storage Cheat Sheet minimum for argon2id.
 MIN_ARGON2_MEMORY_KIB = 19456
@@ -54,6 +54,13 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
     email_verification_ttl: int = 86400
     # Mails one address may be sent per hour by forgot-password and resend (each counted apart).
     mail_per_address_per_hour: int = 5
+    # API keys: the HMAC key their secrets are hashed with (empty: one kept in DATA_DIR outside
+    # production, a fixed label in production), and the lifetime of the token the gateway gets for a key.
+    api_key_pepper: str = ""
+    api_key_token_ttl: int = 120
+    # The deployment's legacy key (the gateway's API_KEY): exchanged for a token of the deployment.
+    api_key: str = ""
+    require_api_key: bool = True
 
     @property
     def legacy_token_ttl(self) -> int:
@@ -96,3 +103,10 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("PASSWORD_RESET_TTL: 1 min to 1 day; EMAIL_VERIFICATION_TTL: 1 min to 7 days")
         if self.mail_per_address_per_hour < 1:
             raise SettingsError("MAIL_PER_ADDRESS_PER_HOUR: must be at least 1")
+        self._validate_api_keys()
+
+    def _validate_api_keys(self) -> None:
+        if not 10 <= self.api_key_token_ttl <= 900:
+            raise SettingsError("API_KEY_TOKEN_TTL: must be between 10 and 900 seconds")
+        if self.api_key_pepper:
+            check_secret("API_KEY_PEPPER", self.api_key_pepper, production=self.is_production)

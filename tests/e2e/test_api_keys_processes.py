@@ -1,0 +1,76 @@
+"""API keys across gateway replicas: a real auth-service process and two gateway processes in
+front of an echo upstream. A revoked key stops working on both: on the replica that reads the
+auth service's Redis through the revocation mark, on the replica without Redis through its key
+cache (at most API_KEY_CACHE_SECONDS = 5 s). No timing assertion: ``eventually`` bounds the wait."""
+
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import WAIT_SECONDS, DatabaseFactory
+from tests.e2e.processes import Processes, assert_problem, start_auth_service
+
+AUTH = "/api/v1/auth"
+USERS = "/api/v1/users"
+POLLING = {"RATE_LIMIT_PER_MINUTE": "1000", "RATE_LIMIT_BURST": "500"}  # a key polled until refused
+CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
+
+
+def eventually_refused(gateway_url: str, key: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        answer = httpx.get(f"{gateway_url}{USERS}/me", headers={"X-API-Key": key}, timeout=5)
+        if answer.status_code == 401:
+            assert_problem(answer, 401)
+            return
+        assert answer.status_code == 200, answer.text
+        assert time.monotonic() < deadline, f"{gateway_url} still accepts the revoked key"
+        time.sleep(0.1)
+
+
+def test_a_revoked_key_is_refused_by_every_gateway_replica(
+    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
+) -> None:
+    auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
+    echo = processes.upstream("echo")
+    with_redis = processes.gateway(
+        "gateway-redis",
+        tmp_path,
+        AUTH_SERVICE_URL=auth.url,
+        USER_SERVICE_URL=echo.url,
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=redis_namespace,
+        REQUIRE_API_KEY="false",
+        **POLLING,
+    )
+    without_redis = processes.gateway(
+        "gateway-no-redis",
+        tmp_path,
+        AUTH_SERVICE_URL=auth.url,
+        USER_SERVICE_URL=echo.url,
+        REQUIRE_API_KEY="false",
+        **POLLING,
+    )
+    auth.wait_healthy(60)
+    echo.wait_healthy()
+    with_redis.wait_healthy()
+    without_redis.wait_healthy()
+
+    with httpx.Client(base_url=with_redis.url, timeout=10) as client:
+        registered = client.post(f"{AUTH}/register", json=CREDENTIALS)
+        assert registered.status_code == 201, registered.text
+        owner = {"Authorization": f"Bearer {registered.json()['access_token']}"}
+        created = client.post(f"{AUTH}/api-keys", json={"name": "ci", "scopes": ["users:read"]}, headers=owner)
+        assert created.status_code == 201, created.text
+        key = created.json()["key"]
+
+        for gateway in (with_redis, without_redis):
+            accepted = httpx.get(f"{gateway.url}{USERS}/me", headers={"X-API-Key": key}, timeout=10)
+            assert accepted.status_code == 200, (gateway.name, accepted.text)
+
+        revoked = client.delete(f"{AUTH}/api-keys/{created.json()['id']}", headers=owner)
+        assert revoked.status_code == 204, revoked.text
+
+    eventually_refused(with_redis.url, key)
+    eventually_refused(without_redis.url, key)

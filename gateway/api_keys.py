@@ -113,8 +113,8 @@ class KeyExchange:
         return fresh.access_token
 
     async def _introspect(self, key: str, request_id: str) -> KeyToken:
-        if self.auth is None:
-            raise ServiceUnavailable("No auth service on this gateway checks API keys.")
+        if self.auth is None:  # a gateway without the auth service: keys are no credential there
+            raise InvalidToken("An access token is required: no auth service on this gateway checks API keys.")
         payload = msgspec.json.encode({"key": key})
         request = ForwardRequest(
             method="POST",

@@ -198,9 +198,10 @@ class ApiKeyService:
         return self._token(owner.id, str(row.id), row.scopes, ["user"], owner.email, owner.tenant_id)
 
     def _is_deployment_key(self, key: str) -> bool:
-        expected = self.settings.api_key or (
-            dev_secret_file(self.settings, "api_key") if self.settings.require_api_key else ""
-        )
+        settings = self.settings
+        expected = settings.api_key
+        if not expected and settings.require_api_key and not settings.is_production:
+            expected = dev_secret_file(settings, "api_key")  # the gateway's own, in development
         return bool(expected) and hmac.compare_digest(key.encode(), expected.encode())
 
     async def _valid_row(self, key: str) -> ApiKey | None:

@@ -110,3 +110,5 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("API_KEY_TOKEN_TTL: must be between 10 and 900 seconds")
         if self.api_key_pepper:
             check_secret("API_KEY_PEPPER", self.api_key_pepper, production=self.is_production)
+        if self.api_key:
+            check_secret("API_KEY", self.api_key, production=self.is_production, min_length=16)

@@ -33,6 +33,7 @@ from auth_service.config import AuthSettings
 from auth_service.models import ApiKey, User
 from auth_service.tokens import ACCESS_TOKEN_TYPE, TokenIssuer
 from shared.errors import NotFound, Unauthorized, Unprocessable
+from shared.http import check_date_time
 from shared.security import Identity, RevocationList, require_admin
 from shared.settings import dev_secret_file
 
@@ -65,6 +66,9 @@ class ApiKeyCreate(Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
     scopes: Annotated[list[Scope], Meta(min_length=1, max_length=len(SCOPES))]
     expires_at: Annotated[datetime, Meta(tz=True)] | None = None
+
+    def __post_init__(self) -> None:
+        check_date_time(self.expires_at, "expires_at")
 
 
 class ApiKeyRead(Struct):

@@ -74,3 +74,41 @@ def test_a_revoked_key_is_refused_by_every_gateway_replica(
 
     eventually_refused(with_redis.url, key)
     eventually_refused(without_redis.url, key)
+
+
+def test_with_the_auth_service_down_a_known_key_degrades_and_an_unknown_one_is_a_503(
+    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
+) -> None:
+    auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
+    echo = processes.upstream("echo")
+    # Every request asks the auth service again: with it gone, only a kept, unexpired token can serve.
+    gateway = processes.gateway(
+        "gateway",
+        tmp_path,
+        AUTH_SERVICE_URL=auth.url,
+        USER_SERVICE_URL=echo.url,
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=redis_namespace,
+        REQUIRE_API_KEY="false",
+        API_KEY_CACHE_SECONDS="0",
+    )
+    auth.wait_healthy(60)
+    echo.wait_healthy()
+    gateway.wait_healthy()
+
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        registered = client.post(f"{AUTH}/register", json=CREDENTIALS)
+        assert registered.status_code == 201, registered.text
+        owner = {"Authorization": f"Bearer {registered.json()['access_token']}"}
+        keys = [
+            client.post(f"{AUTH}/api-keys", json={"name": name, "scopes": ["users:read"]}, headers=owner).json()["key"]
+            for name in ("used", "never used")
+        ]
+        assert client.get(f"{USERS}/me", headers={"X-API-Key": keys[0]}).status_code == 200
+
+        processes.stop(auth)
+
+        assert client.get(f"{USERS}/me", headers={"X-API-Key": keys[0]}).status_code == 200
+        refused = client.get(f"{USERS}/me", headers={"X-API-Key": keys[1]})
+        assert_problem(refused, 503)
+        assert client.get(f"{USERS}/me", headers=owner).status_code == 200  # tokens are checked locally

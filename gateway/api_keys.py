@@ -3,7 +3,7 @@ key for the short-lived access token the gateway forwards in its place.
 
 A key is exchanged at the auth service (``POST /api/v1/auth/internal/api-keys/introspect``, a
 route the gateway never proxies for clients). The answer is kept at most ``API_KEY_CACHE_SECONDS``
-(≤ 5 s), so a revoked key stops working on every replica within that time even if the revocation
+(4 s, at most 5), so a revoked key stops working on every replica within that time even if the revocation
 mark in Redis (the token's ``sid`` is the key's id) cannot be read. While the auth service cannot
 answer, a key whose token is still valid keeps working (the revocation mark still applies): a
 dependency fault degrades, never stops.

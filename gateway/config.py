@@ -39,7 +39,7 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
     require_api_key: bool = True
     # How long a key's check at the auth service is trusted: the longest a revoked key keeps working
     # when Redis (its revocation mark) cannot be read.
-    api_key_cache_seconds: float = 5.0
+    api_key_cache_seconds: float = 4.0
 
     def validate(self) -> None:
         super().validate()

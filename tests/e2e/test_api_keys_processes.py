@@ -1,7 +1,7 @@
 """API keys across gateway replicas: a real auth-service process and two gateway processes in
 front of an echo upstream. A revoked key stops working on both: on the replica that reads the
 auth service's Redis through the revocation mark, on the replica without Redis through its key
-cache (at most API_KEY_CACHE_SECONDS = 5 s). No timing assertion: ``eventually`` bounds the wait."""
+cache (API_KEY_CACHE_SECONDS: 4 s, at most 5). No timing assertion: ``eventually`` bounds the wait."""
 
 import time
 from pathlib import Path
@@ -17,13 +17,15 @@ POLLING = {"RATE_LIMIT_PER_MINUTE": "1000", "RATE_LIMIT_BURST": "500"}  # a key 
 CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
 
 
-def eventually_refused(gateway_url: str, key: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
+def eventually_refused(gateway_url: str, key: str) -> float:
+    """Seconds until the gateway refused the key (reported, never asserted)."""
+    started = time.monotonic()
+    deadline = started + WAIT_SECONDS
     while True:
         answer = httpx.get(f"{gateway_url}{USERS}/me", headers={"X-API-Key": key}, timeout=5)
         if answer.status_code == 401:
             assert_problem(answer, 401)
-            return
+            return time.monotonic() - started
         assert answer.status_code == 200, answer.text
         assert time.monotonic() < deadline, f"{gateway_url} still accepts the revoked key"
         time.sleep(0.1)
@@ -72,8 +74,8 @@ def test_a_revoked_key_is_refused_by_every_gateway_replica(
         revoked = client.delete(f"{AUTH}/api-keys/{created.json()['id']}", headers=owner)
         assert revoked.status_code == 204, revoked.text
 
-    eventually_refused(with_redis.url, key)
-    eventually_refused(without_redis.url, key)
+    waited = {gateway.name: eventually_refused(gateway.url, key) for gateway in (with_redis, without_redis)}
+    print(f"revoked key refused after: {waited}")
 
 
 def test_with_the_auth_service_down_a_known_key_degrades_and_an_unknown_one_is_a_503(

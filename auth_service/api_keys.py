@@ -21,8 +21,10 @@ from typing import Annotated, Any, Literal
 import jwt
 import msgspec
 from litestar import Controller, Request, delete, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from msgspec import Meta, Struct
@@ -32,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from auth_service.config import AuthSettings
 from auth_service.models import ApiKey, User
 from auth_service.tokens import ACCESS_TOKEN_TYPE, TokenIssuer
-from shared.errors import NotFound, Unauthorized, Unprocessable
+from shared.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from shared.http import check_date_time
 from shared.security import Identity, RevocationList, require_admin
 from shared.settings import dev_secret_file
@@ -270,11 +272,20 @@ def provide_api_keys(db_session: NamedDependency[AsyncSession], state: State) ->
 KEY_DEPENDENCIES = {"api_keys": Provide(provide_api_keys, sync_to_thread=False)}
 
 
+def refuse_key_tokens(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A key's token (it carries ``key_id``) never manages keys: a leaked key cannot make another.
+    The gateway already keeps keys out of ``/api/v1/auth``; this holds behind it too."""
+    token = connection.scope.get("auth")
+    if isinstance(token, str) and "key_id" in jwt.decode(token, options={"verify_signature": False}):
+        raise Forbidden("API keys are managed with a signed-in user's token, not with a key.", code="key-token")
+
+
 class PersonalKeyController(Controller):
     """The signed-in user's own API keys."""
 
     path = "/api/v1/auth/api-keys"
     tags = ["auth", "api-keys"]
+    guards = [refuse_key_tokens]
     dependencies = KEY_DEPENDENCIES
 
     @post("/", operation_id="create_api_key", status_code=HTTP_201_CREATED, security=BEARER)
@@ -310,7 +321,7 @@ class ServiceKeyController(Controller):
 
     path = "/api/v1/auth/service-keys"
     tags = ["auth", "api-keys", "admin"]
-    guards = [require_admin]
+    guards = [require_admin, refuse_key_tokens]
     dependencies = KEY_DEPENDENCIES
 
     @post("/", operation_id="create_service_key", status_code=HTTP_201_CREATED, security=BEARER)

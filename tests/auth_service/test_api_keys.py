@@ -11,6 +11,8 @@ import jwt
 import psycopg
 import pytest
 
+from auth_service.config import AuthSettings
+from shared.settings import SettingsError
 from tests.auth_service.conftest import JWT_SECRET, Clock, bearer, register
 from tests.auth_service.test_admin import admin_headers
 
@@ -166,3 +168,21 @@ async def test_service_keys_are_the_platforms_and_managed_by_admins_only(client:
     assert (await client.delete(f"{SERVICE_KEYS}/{created['id']}", headers=user)).status_code == 403
     assert (await client.delete(f"{SERVICE_KEYS}/{created['id']}", headers=admin_headers())).status_code == 204
     assert (await introspect(client, created["key"])).status_code == 401
+
+
+async def test_a_keys_token_cannot_manage_keys(client: httpx.AsyncClient) -> None:
+    created = await create_key(client, bearer(await register(client)), scopes=["users:write"])
+    key_token = {"Authorization": f"Bearer {(await introspect(client, created['key'])).json()['access_token']}"}
+    refused = await client.post(KEYS, json={"name": "more", "scopes": ["users:write"]}, headers=key_token)
+    assert refused.status_code == 403 and refused.json()["code"] == "key-token"
+    assert (await client.get(KEYS, headers=key_token)).status_code == 403
+    assert (await client.delete(f"{KEYS}/{created['id']}", headers=key_token)).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"api_key_token_ttl": 5}, {"api_key_token_ttl": 901}, {"api_key_pepper": "short"}, {"api_key": "short"}],
+)
+def test_key_settings_out_of_bounds_are_refused_at_start(settings: dict[str, Any]) -> None:
+    with pytest.raises(SettingsError):
+        AuthSettings(**settings).validate()

@@ -10,6 +10,7 @@ dependency fault degrades, never stops.
 """
 
 import logging
+import re
 import time
 from collections import OrderedDict
 
@@ -26,6 +27,8 @@ logger = logging.getLogger("gateway.api_keys")
 INTROSPECT = "/api/v1/auth/internal/api-keys/introspect"
 INTERNAL_PREFIX = "/api/v1/auth/internal"
 KEY_PREFIXES = ("pat_", "psk_")
+# What the auth service issues: anything else is refused here, without a round trip.
+WELL_FORMED_KEY = re.compile(r"^(?:pat|psk)_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$")
 STALE_MARGIN_SECONDS = 10  # a kept token is not forwarded this close to its expiry
 # Route prefix → (scope for reads, scope for writes). Anything else is out of a key's reach.
 SCOPED_ROUTES = {
@@ -82,14 +85,19 @@ class _Kept(msgspec.Struct):
 class KeyExchange:
     """A key's access token, from the auth service, kept a few seconds."""
 
-    def __init__(self, auth: Forward | None, cache_seconds: float, size: int = 10_000) -> None:
+    def __init__(
+        self, auth: Forward | None, cache_seconds: float, deployment_key: str | None = None, size: int = 10_000
+    ) -> None:
         self.auth = auth
+        self.deployment_key = deployment_key
         self.cache_seconds = cache_seconds
         self.size = size
         self.kept: OrderedDict[str, _Kept] = OrderedDict()
 
     async def token_for(self, key: str, request_id: str) -> str:
         """The access token to forward for ``key``; InvalidToken if the auth service refuses it."""
+        if not WELL_FORMED_KEY.match(key) and key != self.deployment_key:
+            raise InvalidToken("The API key is invalid, expired or revoked.")
         now = time.monotonic()
         kept = self.kept.get(key)
         if kept is not None and now - kept.fetched < self.cache_seconds and now < kept.expires:

@@ -80,7 +80,7 @@ class Gatekeeper:
         self.auth_policy = Policy("auth", settings.auth_rate_limit_per_minute, 60, settings.auth_rate_limit_burst)
         self.claims_cache = ClaimsCache()
         self.legacy_api_key = legacy_api_key
-        self.keys = KeyExchange(None, settings.api_key_cache_seconds)
+        self.keys = KeyExchange(None, settings.api_key_cache_seconds, legacy_api_key)
 
     async def admit(
         self,

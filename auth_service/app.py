@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from auth_service.api_keys import KeyIntrospectionController, PersonalKeyController, ServiceKeyController
 from auth_service.config import AuthSettings
 from auth_service.controllers import AccountAdminController, AuthController, TwoFactorController
 from auth_service.deps import provide_auth_service
@@ -83,7 +84,14 @@ def create_app(
     return create_service_app(
         settings,
         title="PyAirtable auth service",
-        route_handlers=[AuthController, AccountAdminController, TwoFactorController],
+        route_handlers=[
+            AuthController,
+            AccountAdminController,
+            TwoFactorController,
+            PersonalKeyController,
+            ServiceKeyController,
+            KeyIntrospectionController,
+        ],
         lifespan=[auth_resources],
         store=store,
         bus=bus,

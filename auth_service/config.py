@@ -61,6 +61,13 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
     totp_issuer: str = "PyAirtable"
     # How long the challenge of a password sign-in waits for its second factor.
     mfa_challenge_ttl: int = 300
+    # API keys: the HMAC key their secrets are hashed with (empty: one kept in DATA_DIR outside
+    # production, a fixed label in production), and the lifetime of the token the gateway gets for a key.
+    api_key_pepper: str = ""
+    api_key_token_ttl: int = 120
+    # The deployment's legacy key (the gateway's API_KEY): exchanged for a token of the deployment.
+    api_key: str = ""
+    require_api_key: bool = True
 
     @property
     def legacy_token_ttl(self) -> int:
@@ -109,3 +116,12 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("MFA_CHALLENGE_TTL: must be between 30 and 1800 seconds")
         if not 1 <= len(self.totp_issuer) <= 64 or ":" in self.totp_issuer:
             raise SettingsError("TOTP_ISSUER: 1 to 64 characters, no ':'")
+        self._validate_api_keys()
+
+    def _validate_api_keys(self) -> None:
+        if not 10 <= self.api_key_token_ttl <= 900:
+            raise SettingsError("API_KEY_TOKEN_TTL: must be between 10 and 900 seconds")
+        if self.api_key_pepper:
+            check_secret("API_KEY_PEPPER", self.api_key_pepper, production=self.is_production)
+        if self.api_key:
+            check_secret("API_KEY", self.api_key, production=self.is_production, min_length=16)

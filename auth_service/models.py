@@ -127,3 +127,25 @@ class RecoveryCode(Base):
 outbox = outbox_table(Base.metadata)
 mail_outbox = mail_outbox_table(Base.metadata)
 processed_events = processed_events_table(Base.metadata)
+
+
+class ApiKey(Base):
+    """A personal (``pat_``) or service (``psk_``) API key, stored only as a keyed hash of its secret.
+
+    Personal keys belong to ``owner_id``; service keys belong to the platform (``owner_id`` empty)
+    and are managed by administrators."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_owner_id", "owner_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(10))
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -32,6 +32,7 @@ from shared.stores import KeyValueStore, create_redis
 from shared.usage import UsagePublisher
 
 logger = logging.getLogger("gateway")
+AUTH_PREFIX = "/api/v1/auth"  # the upstream that checks API keys
 IN_FLIGHT_MARGIN_SECONDS = 5.0  # an idempotency key stays locked this long past the upstream timeouts
 
 
@@ -77,7 +78,10 @@ def create_app(
             app.state.upstreams = upstreams
             app.state.limiter = limiter
             app.state.usage = await stack.enter_async_context(usage_emitter(settings, usage))
-            app.state.gatekeeper = Gatekeeper(settings, app.state.verifier, app.state.revocations, limiter)
+            app.state.gatekeeper = gatekeeper = Gatekeeper(
+                settings, app.state.verifier, app.state.revocations, limiter, app.state.api_key
+            )
+            gatekeeper.keys.auth = upstreams.get(AUTH_PREFIX)
             app.state.openapi = OpenAPIAggregator(upstreams, settings.openapi_cache_seconds)
             assert isinstance(app, GatewayApp)
             app.proxy_context = ProxyContext(

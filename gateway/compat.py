@@ -57,7 +57,9 @@ from shared.http import CheckedBodyRequest, client_ip, ensure_request_id
 # RFC 9745: the date from which these routes are deprecated (2026-12-01), and where to go instead.
 DEPRECATION = "@1796083200"
 AUTH = "/api/v1/auth"
+ANALYTICS = "/api/v1/analytics"
 ADMISSION = "legacy_admission"
+DEPLOYMENT_KEY_ID = "deployment"  # the key_id of the tokens the auth service issues for API_KEY
 USERS = "/api/v1/users"
 
 
@@ -108,7 +110,14 @@ async def admit_caller(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     ip = client_ip(connection.scope, state.settings.trusted_proxy_list)
     method = connection.scope["method"]  # type: ignore[typeddict-item]  # guards of HTTP routes see HTTP scopes
     admission: Admission = await state.gatekeeper.admit(
-        method, handler.opt["successor"], connection.headers.get("authorization"), ip
+        method,
+        handler.opt["successor"],
+        connection.headers.get("authorization"),
+        ip,
+        connection.headers.get("x-api-key"),
+        ensure_request_id(connection.scope),
+        # The deployment's key alone reaches the old analytics routes, as the older service's backends used it.
+        legacy=handler.opt["successor"].startswith(ANALYTICS),
     )
     connection.scope["state"][ADMISSION] = admission
 
@@ -135,7 +144,7 @@ async def call_platform(
     headers = [(b"accept", b"application/json")]
     if payload is not None:
         headers.append((b"content-type", b"application/json"))
-    if authorization := request.headers.get("authorization"):
+    if authorization := admission.authorization or request.headers.get("authorization"):
         headers.append((b"authorization", authorization.encode("latin-1")))
     if user_agent := request.headers.get("user-agent"):
         headers.append((b"user-agent", user_agent.encode("latin-1")))
@@ -343,9 +352,30 @@ class LegacyAuthController(Controller):
 
 # -- the old analytics routes -----------------------------------------------------------------
 
-ANALYTICS = "/api/v1/analytics"
 PERIODS = {"daily": "day", "weekly": "week", "monthly": "month"}
 Days = Annotated[int, QueryParameter(ge=1, le=366)]
+
+
+# The older service's backends send their own users' ids (integers there). With the deployment's
+# API_KEY alone the caller is the deployment, not a platform user: such an id is kept as
+# ``external_user_id`` (an event property, a metric label) and never taken for a platform user's.
+EXTERNAL_USER = "external_user_id"
+
+
+def is_deployment(request: Request[Any, Any, State]) -> bool:
+    claims = admission_of(request).claims
+    return claims is not None and claims.get("key_id") == DEPLOYMENT_KEY_ID
+
+
+def with_external_user(values: dict[str, Any], user_id: str | int | None) -> dict[str, Any]:
+    return values if user_id is None else {**values, EXTERNAL_USER: as_text(user_id)}
+
+
+def caller_metric(request: Request[Any, Any, State], metric: LegacyMetricCreate) -> dict[str, Any]:
+    platform = platform_metric(metric)
+    if is_deployment(request):
+        platform.update(user_id=None, labels=with_external_user(metric.labels, metric.user_id))
+    return platform
 
 
 def _answer(content: Any, reply: ServiceReply) -> Response[Any]:
@@ -377,7 +407,10 @@ class LegacyAnalyticsController(Controller):
             "properties": data.event_data,
             "occurred_at": now,
         }
-        reply = await call_platform(request, "POST", f"{ANALYTICS}/events", event)
+        stored = event
+        if is_deployment(request):
+            stored = {**event, "user_id": None, "properties": with_external_user(data.event_data, data.user_id)}
+        reply = await call_platform(request, "POST", f"{ANALYTICS}/events", stored)
         raise_for_status(reply)
         return _answer(legacy_event({**event, "user_id": event["user_id"] or admission_of(request).user_id}), reply)
 
@@ -388,8 +421,10 @@ class LegacyAnalyticsController(Controller):
         self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricCreate]
     ) -> Response[LegacyMetric]:
         """Record one metric value."""
-        reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics", platform_metric(data))
+        reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics", caller_metric(request, data))
         raise_for_status(reply)
+        if is_deployment(request):
+            return _answer(legacy_metric({**reply.body, "user_id": as_text(data.user_id)}), reply)
         return _answer(legacy_metric(reply.body), reply)
 
     @post(
@@ -401,7 +436,7 @@ class LegacyAnalyticsController(Controller):
         self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricBatch]
     ) -> Response[LegacyMessage]:
         """Record several metric values at once."""
-        batch = {"metrics": [platform_metric(metric) for metric in data.metrics]}
+        batch = {"metrics": [caller_metric(request, metric) for metric in data.metrics]}
         reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics/batch", batch)
         raise_for_status(reply)
         return _answer(LegacyMessage(f"Created {reply.body['created']} metrics successfully"), reply)

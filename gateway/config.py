@@ -37,6 +37,9 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
     # The older platform service's clients send X-API-Key on its routes (/auth/*, /login, ...).
     api_key: str = ""
     require_api_key: bool = True
+    # How long a key's check at the auth service is trusted: the longest a revoked key keeps working
+    # when Redis (its revocation mark) cannot be read.
+    api_key_cache_seconds: float = 4.0
 
     def validate(self) -> None:
         super().validate()
@@ -54,6 +57,8 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
             check_secret("API_KEY", self.api_key, production=self.is_production, min_length=16)
         elif self.is_production and self.require_api_key:
             raise SettingsError("API_KEY: required when REQUIRE_API_KEY=true in production")
+        if not 0 <= self.api_key_cache_seconds <= 5:
+            raise SettingsError("API_KEY_CACHE_SECONDS: must be between 0 and 5")
         for prefix, _ in self.extra_route_pairs:
             if not prefix.startswith("/api/v1/"):
                 raise SettingsError("EXTRA_ROUTES: every prefix must start with /api/v1/")

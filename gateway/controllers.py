@@ -13,6 +13,7 @@ from litestar.types import Receive, Scope, Send
 from prometheus_client import Gauge
 
 from gateway.accesslog import AccessLog
+from gateway.api_keys import is_internal
 from gateway.errors import MethodNotAllowed, PayloadTooLarge, RepeatedHeader
 from gateway.idempotency import KEYED_METHODS, Idempotency
 from gateway.metrics import PROXY_METRICS
@@ -62,7 +63,9 @@ PROXIED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "O
 ALLOW_HEADER = ", ".join(sorted(PROXIED_METHODS))
 
 # The request headers the proxy reads (names as ASGI servers give them: lower case).
-_READ_HEADERS = frozenset({b"authorization", b"host", b"content-length", b"transfer-encoding", b"idempotency-key"})
+_READ_HEADERS = frozenset(
+    {b"authorization", b"x-api-key", b"host", b"content-length", b"transfer-encoding", b"idempotency-key"}
+)
 # Of those, the ones a request may carry once: with two, the gateway would check one and the upstream
 # might read the other (RFC 9110 §5.3: none of them is a list).
 _SINGLE_HEADERS = _READ_HEADERS - {b"transfer-encoding"}
@@ -97,19 +100,24 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
             if method not in PROXIED_METHODS:  # TRACE (cross-site tracing), CONNECT, WebDAV, made-up ones
                 raise MethodNotAllowed(method, ALLOW_HEADER)
             path = checked_path(scope.get("raw_path") or scope["path"].encode())
-            if context.routes.match(path) != route:
+            if context.routes.match(path) != route or is_internal(path):
                 raise NotFoundException()
             headers = _read_headers(scope["headers"])
-            authorization = headers.get(b"authorization")
+            authorization, api_key = headers.get(b"authorization"), headers.get(b"x-api-key")
             admission = await context.gatekeeper.admit(
-                method, path, authorization.decode("latin-1") if authorization is not None else None, ip
+                method,
+                path,
+                authorization.decode("latin-1") if authorization is not None else None,
+                ip,
+                api_key.decode("latin-1") if api_key is not None else None,
+                request_id,
             )
             user_id = admission.user_id
             query: bytes = scope["query_string"]
             request = ForwardRequest(
                 method=method,
                 target=path + "?" + query.decode("latin-1") if query else path,
-                headers=list(scope["headers"]),
+                headers=_with_credential(scope["headers"], admission.authorization),
                 client_ip=ip,
                 proto=scope.get("scheme", "http"),
                 host=headers.get(b"host", b"").decode("latin-1"),
@@ -159,6 +167,14 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
         name=f"proxy:{route.name}",
         opt={"exclude_from_auth": True, "exclude_from_metrics": True},
     )(proxy)
+
+
+def _with_credential(headers: Iterable[tuple[bytes, bytes]], authorization: str | None) -> list[tuple[bytes, bytes]]:
+    """The client's headers; with an API key, the key's access token takes the place of the key."""
+    if authorization is None:
+        return list(headers)
+    kept = [(name, value) for name, value in headers if name.lower() not in (b"authorization", b"x-api-key")]
+    return [*kept, (b"authorization", authorization.encode("latin-1"))]
 
 
 def _request_body(headers: dict[bytes, bytes], receive: Receive, limit: int, timeout: float) -> RequestBody | None:

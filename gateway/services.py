@@ -1,6 +1,7 @@
 """Admission: who is calling (JWT verified locally), whether the token is revoked, and whether
 the client is within its rate limit. No Litestar imports."""
 
+import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -9,6 +10,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
+from gateway.api_keys import KeyExchange, check_scope, is_api_key
 from gateway.config import GatewaySettings
 from gateway.errors import QuotaExceeded
 from gateway.ratelimit import Decision, Policy, RateLimiter
@@ -23,6 +25,8 @@ class Admission(msgspec.Struct, frozen=True):
     claims: dict[str, Any] | None
     policy: Policy
     decision: Decision
+    # With an API key: "Bearer <the key's access token>", forwarded in place of what the client sent.
+    authorization: str | None = None
 
     @property
     def user_id(self) -> str | None:
@@ -60,7 +64,12 @@ class ClaimsCache:
 
 class Gatekeeper:
     def __init__(
-        self, settings: GatewaySettings, verifier: TokenVerifier, revocations: RevocationList, limiter: RateLimiter
+        self,
+        settings: GatewaySettings,
+        verifier: TokenVerifier,
+        revocations: RevocationList,
+        limiter: RateLimiter,
+        legacy_api_key: str | None = None,
     ) -> None:
         self.verifier = verifier
         self.revocations = revocations
@@ -70,13 +79,36 @@ class Gatekeeper:
         self.default_policy = Policy("default", settings.rate_limit_per_minute, 60, settings.rate_limit_burst)
         self.auth_policy = Policy("auth", settings.auth_rate_limit_per_minute, 60, settings.auth_rate_limit_burst)
         self.claims_cache = ClaimsCache()
+        self.legacy_api_key = legacy_api_key
+        self.keys = KeyExchange(None, settings.api_key_cache_seconds, legacy_api_key)
 
-    async def admit(self, method: str, path: str, authorization: str | None, client_ip: str) -> Admission:
-        """The caller's verified claims (None on public routes) and rate-limit decision; raises on refusal."""
+    async def admit(
+        self,
+        method: str,
+        path: str,
+        authorization: str | None,
+        client_ip: str,
+        api_key: str | None = None,
+        request_id: str = "",
+        legacy: bool = False,
+    ) -> Admission:
+        """The caller's verified claims (None on public routes) and rate-limit decision; raises on refusal.
+
+        ``api_key`` is the ``X-API-Key`` header: a credential when there is no ``Authorization``
+        and it is not the deployment's legacy ``API_KEY`` (which only ``legacy`` routes exchange)."""
         policy = self.auth_policy if uses_auth_policy(path) else self.default_policy
         client_key = address_key(client_ip, self.ipv6_prefix)
+        forwarded = None
         try:
-            verified = None if is_public(method, path) else await self._verified(authorization)
+            if is_public(method, path):
+                verified = None
+            else:
+                key = self._api_key(authorization, api_key, legacy)
+                if key is not None:
+                    forwarded = "Bearer " + await self.keys.token_for(key, request_id)
+                verified = await self._verified(forwarded or authorization)
+                if "scopes" in verified.claims:  # a key's token, however it came: the key's reach only
+                    check_scope(verified.claims["scopes"], method, path)
         except InvalidToken:
             # Requests with a bad token count against the client too: guessing is rate-limited.
             refused = await self.limiter.hit(client_key, policy)
@@ -84,14 +116,26 @@ class Gatekeeper:
                 raise QuotaExceeded(refused.headers(policy)) from None
             raise
         claims = verified.claims if verified is not None else None
-        key = claims["sub"] if claims and self.key_by_user else client_key
+        key = _rate_limit_key(claims, self.key_by_user, client_key)
         revocation_keys = verified.revocation_keys if verified is not None else None
         decision = await self.limiter.hit(key, policy, revocation_keys, int(claims["iat"]) if claims else 0)
         if claims is not None and await self._revoked(claims, decision):
             raise InvalidToken("The access token has been revoked.")
         if not decision.allowed:
             raise QuotaExceeded(decision.headers(policy))
-        return Admission(claims, policy, decision)
+        return Admission(claims, policy, decision, forwarded)
+
+    def _api_key(self, authorization: str | None, api_key: str | None, legacy: bool) -> str | None:
+        """The API key the request presents, if it presents one."""
+        if authorization is not None:
+            scheme, _, credential = authorization.partition(" ")
+            credential = credential.strip()
+            return credential if scheme.lower() == "bearer" and is_api_key(credential) else None
+        if not api_key:
+            return None
+        if self.legacy_api_key is not None and hmac.compare_digest(api_key.encode(), self.legacy_api_key.encode()):
+            return api_key if legacy else None
+        return api_key
 
     async def _verified(self, authorization: str | None) -> VerifiedToken:
         token = bearer_token(authorization)
@@ -114,3 +158,10 @@ class Gatekeeper:
             # Redis is down: tokens stay valid until they expire (at most ACCESS_TOKEN_TTL).
             logger.warning("revocation check unavailable; accepting a signature-valid token")
             return False
+
+
+def _rate_limit_key(claims: dict[str, Any] | None, key_by_user: bool, client_key: str) -> str:
+    """Each API key has a limit of its own; users share theirs across clients with RATE_LIMIT_KEY=user."""
+    if claims is not None and "key_id" in claims:
+        return f"key:{claims['key_id']}"
+    return claims["sub"] if claims and key_by_user else client_key

@@ -28,6 +28,7 @@ def test_upgrade_downgrade_upgrade_leaves_no_drift(database: str, databases: Dat
             "processed_events",
             "two_factor",
             "recovery_codes",
+            "api_keys",
         },
         "alembic_version_auth",
     )

@@ -58,6 +58,15 @@ async def test_no_log_line_holds_a_secret_or_an_email(
             json={"first_name": "Ada\u0000", "preferences": {"a": 1}},
             headers={"Authorization": f"Bearer {tokens['access_token']}"},
         )
+        bearer = {"Authorization": f"Bearer {rotated.json()['access_token']}"}
+        created = await client.post(
+            "/api/v1/auth/api-keys", json={"name": "ci", "scopes": ["users:read"]}, headers=bearer
+        )
+        api_key = created.json()["key"]
+        keyed = await client.get("/api/v1/users/me", headers={"X-API-Key": api_key})
+        await client.delete(f"/api/v1/auth/api-keys/{created.json()['id']}", headers=bearer)
+        revoked = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {api_key}"})
+    assert (created.status_code, keyed.status_code, revoked.status_code) == (201, 200, 401)
     assert (twice.status_code, wrong.status_code, nul.status_code) == (409, 401, 422)
     assert (rotated.status_code, legacy.status_code, profile.status_code) == (200, 422, 422)
     # And the hostile suite's auth and users operations, through the gateway.
@@ -84,6 +93,8 @@ async def test_no_log_line_holds_a_secret_or_an_email(
         tokens["access_token"],
         tokens["refresh_token"],
         rotated.json()["refresh_token"],
+        api_key,
+        api_key.split("_", 2)[2],  # the key's secret part
     ]
     leaked = [secret for secret in secrets if secret in text]
     lines = [line for line in text.splitlines() if any(secret in line for secret in leaked)]

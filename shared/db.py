@@ -1,6 +1,7 @@
 """Async SQLAlchemy for PostgreSQL (psycopg 3) and SQLite (aiosqlite); one transaction per request."""
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -14,7 +15,7 @@ from litestar.datastructures import State
 from sqlalchemy import DateTime, Table, event, make_url, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
@@ -160,6 +161,26 @@ async def provide_db_session(state: State) -> AsyncGenerator[AsyncSession, None]
                 await session.rollback()
             raise
         await session.commit()
+
+
+def wake_after_commit(
+    sessionmaker: async_sessionmaker[AsyncSession], flag: str, wake: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``wake`` after each commit of a session whose ``info`` holds ``flag`` (set in the
+    transaction that wrote something for a relay to send) and drop the flag; returns what stops it."""
+    session_class = sessionmaker.kw.get("sync_session_class", Session)
+
+    def after_commit(session: Session) -> None:
+        if session.info.pop(flag, False):
+            wake()
+
+    event.listen(session_class, "after_commit", after_commit)
+
+    def stop() -> None:
+        with contextlib.suppress(InvalidRequestError):  # stopped already
+            event.remove(session_class, "after_commit", after_commit)
+
+    return stop
 
 
 async def insert_or_ignore(session: AsyncSession, table: Table, values: dict[str, Any]) -> bool:

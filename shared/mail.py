@@ -11,8 +11,6 @@ bodies (which hold one-time links) are erased. Each message carries its outbox i
 acceptance and that commit, and then with the same ``Message-ID``.
 """
 
-import asyncio
-import contextlib
 import html
 import logging
 import re
@@ -31,11 +29,10 @@ import aiosmtplib
 import msgspec
 from prometheus_client import Counter
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, Uuid, select, update
-from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
-from shared.db import UTCDateTime, utcnow
+from shared.db import UTCDateTime, utcnow, wake_after_commit
+from shared.periodic import PeriodicTask
 from shared.settings import SettingsError
 
 logger = logging.getLogger("shared.mail")
@@ -205,17 +202,9 @@ class MailRelay:
         self.table = table
         self.mailer = mailer
         self.mail_from = mail_from
-        self.poll_seconds = poll_seconds
         self.clock = clock
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._session_class = sessionmaker.kw.get("sync_session_class", Session)
-        sa_event.listen(self._session_class, "after_commit", self._after_commit)
-
-    def _after_commit(self, session: Session) -> None:
-        if session.info.pop(MAIL_PENDING_FLAG, False):
-            self._wakeup.set()
+        self._loop = PeriodicTask("mail relay", self._send_all, poll_seconds, first_run_delay_seconds=0)
+        self._stop_listening = wake_after_commit(sessionmaker, MAIL_PENDING_FLAG, self._loop.wake)
 
     async def send_next(self) -> bool:
         """Send the oldest due message; False when none is due."""
@@ -248,36 +237,18 @@ class MailRelay:
         SENT.labels(row.template).inc()
         return True
 
-    async def run(self) -> None:
-        while not self._stopping:
-            try:
-                while not self._stopping and await self.send_next():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("mail relay failed; will retry", extra={"error": type(exc).__name__})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
-            self._wakeup.clear()
+    async def _send_all(self) -> None:
+        while not self._loop.stopping and await self.send_next():
+            pass
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run())
+        """Send at once, then whenever a message is committed, and every ``poll_seconds``."""
+        self._loop.start()
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Let the current message finish (cancelling mid-send could send it twice)."""
-        if self._task is not None:
-            self._stopping = True
-            self._wakeup.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
-        with contextlib.suppress(Exception):
-            sa_event.remove(self._session_class, "after_commit", self._after_commit)
+        await self._loop.stop(grace_seconds)
+        self._stop_listening()
 
 
 def _message_from_row(row: Any) -> MailMessage:

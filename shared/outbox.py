@@ -4,20 +4,17 @@ announces, and a relay publishes it afterwards (at least once).
 Several relays may run side by side: rows are claimed with ``FOR UPDATE SKIP LOCKED``.
 """
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, Uuid, select, update
-from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
-from shared.db import UTCDateTime, utcnow
+from shared.db import UTCDateTime, utcnow, wake_after_commit
 from shared.events import Event, EventBus
+from shared.periodic import PeriodicTask
 
 logger = logging.getLogger("shared.outbox")
 PENDING_FLAG = "outbox_pending"
@@ -68,17 +65,9 @@ class OutboxRelay:
         self.sessionmaker = sessionmaker
         self.table = table
         self.bus = bus
-        self.poll_seconds = poll_seconds
         self.batch_size = batch_size
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        session_class = sessionmaker.kw.get("sync_session_class", Session)
-        sa_event.listen(session_class, "after_commit", self._after_commit)
-
-    def _after_commit(self, session: Session) -> None:
-        if session.info.pop(PENDING_FLAG, False):
-            self._wakeup.set()
+        self._loop = PeriodicTask("outbox relay", self._publish_all, poll_seconds, first_run_delay_seconds=0)
+        self._stop_listening = wake_after_commit(sessionmaker, PENDING_FLAG, self._loop.wake)
 
     async def publish_pending(self) -> int:
         """Publish one batch of unpublished events; returns how many were sent."""
@@ -104,38 +93,24 @@ class OutboxRelay:
                 )
         return len(rows)
 
-    async def run(self) -> None:
-        while not self._stopping:
-            try:
-                while await self.publish_pending() == self.batch_size:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                RELAY_FAILURES.inc()
-                # By type only: a database error's message may quote the event's data.
-                logger.warning("outbox relay failed; will retry", extra={"error": type(exc).__name__})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
-            self._wakeup.clear()
+    async def _publish_all(self) -> None:
+        """Batch after batch until the outbox is empty. A failure is logged by its type only (a
+        database error's message may quote the event's data) and retried at the next wake-up."""
+        try:
+            while await self.publish_pending() == self.batch_size:
+                pass
+        except Exception:
+            RELAY_FAILURES.inc()
+            raise
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run())
+        """Publish at once, then whenever an event is committed, and every ``poll_seconds``."""
+        self._loop.start()
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Let the current batch finish (cancelling mid-query can wedge the connection)."""
-        if self._task is not None:
-            self._stopping = True
-            self._wakeup.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
-        session_class = self.sessionmaker.kw.get("sync_session_class", Session)
-        sa_event.remove(session_class, "after_commit", self._after_commit)
+        await self._loop.stop(grace_seconds)
+        self._stop_listening()
 
 
 def _event_from_row(row: Any) -> Event:

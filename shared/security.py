@@ -156,11 +156,11 @@ class RevocationList:
         """Write the revocations the store could not take; StoreUnavailable if it still cannot."""
         now = time.time()
         for key, (value, expires) in list(self._pending.items()):
-            if expires > now:
+            if expires > now:  # else its tokens have expired meanwhile: nothing left to revoke
                 await self.store.shared.set(key, value, expires - now)
+                logger.info("pending revocation written", extra={"kind": key.split(":")[1]})
             del self._pending[key]
             REVOCATIONS_PENDING.set(len(self._pending))
-            logger.info("pending revocation written", extra={"kind": key.split(":")[1]})
 
     async def _write(self, key: str, value: bytes, ttl_seconds: float) -> None:
         try:

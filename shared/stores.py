@@ -115,10 +115,10 @@ class RedisStore:
     # INCR and (re)arm the expiry in one round trip, atomically.
     _INCR = "local n = redis.call('INCR', KEYS[1]); redis.call('PEXPIRE', KEYS[1], ARGV[1]); return n"
 
-    def __init__(self, redis: Redis, namespace: str, breaker: RedisBreaker | None = None) -> None:
+    def __init__(self, redis: Redis, namespace: str, breaker: RedisBreaker) -> None:
         self.redis = redis
         self.namespace = namespace
-        self.breaker = breaker or RedisBreaker(failures=5, reset_seconds=3.0)
+        self.breaker = breaker
         self._incr = redis.register_script(self._INCR)
 
     @property

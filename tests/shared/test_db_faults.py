@@ -22,6 +22,7 @@ from auth_service.config import AuthSettings
 from shared import migrations
 from shared.db import create_engine, ping
 from shared.settings import ServiceSettings
+from tests import private_servers
 from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD, register
 from tests.conftest import DatabaseFactory, app_client, eventually
 from tests.private_servers import PrivatePostgres
@@ -33,11 +34,8 @@ CLIENT_BOUND_SECONDS = 10.0
 
 @pytest.fixture(scope="module")
 def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres().start()
-    try:
+    with private_servers.private_postgres() as server:
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture

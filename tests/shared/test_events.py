@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,7 +24,7 @@ from shared.outbox import OutboxRelay, add_event
 from shared.streams import StreamFull
 from tests.auth_service.conftest import PASSWORD, register
 from tests.conftest import WAIT_SECONDS, app_client, eventually
-from tests.private_servers import private_redis
+from tests.private_servers import PrivateRedis, private_redis
 from tests.user_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
     Caller,
     clean_users_database,
@@ -222,9 +222,14 @@ async def publish_when_redis_answers(bus: RedisStreamBus, event: Event) -> bool:
     return False
 
 
-async def test_the_bus_goes_on_by_itself_after_redis_restarts_empty() -> None:
+@contextlib.asynccontextmanager
+async def events_across(
+    fault: Callable[[PrivateRedis], Awaitable[None]], what: str, socket_timeout: float
+) -> AsyncIterator[tuple[Redis, RedisStreamBus]]:
+    """An event handled before ``fault`` (done to a private Redis) and one published after it are
+    both handled, in order; then the caller checks more with the bus's client and the bus."""
     with private_redis() as server:
-        client = Redis.from_url(server.url, socket_timeout=2)
+        client = Redis.from_url(server.url, socket_timeout=socket_timeout)
         bus = RedisStreamBus(client, "fault", consumer="users-1")
         handler = Recorder()
         bus.subscribe("user.registered", "users", handler)
@@ -232,46 +237,39 @@ async def test_the_bus_goes_on_by_itself_after_redis_restarts_empty() -> None:
         try:
             before = registered()
             await bus.publish(before)
-            await eventually(lambda: handler.handled, "the event before the restart")
+            await eventually(lambda: handler.handled, f"the event before the {what}")
 
-            server.kill()
-            server.start()  # empty: no stream, no group
+            await fault(server)
             after = registered()
-            await eventually(lambda: publish_when_redis_answers(bus, after), "a publish after the restart")
+            await eventually(lambda: publish_when_redis_answers(bus, after), f"a publish after the {what}")
 
-            await eventually(lambda: len(handler.handled) == 2, "the event after the restart")
+            await eventually(lambda: len(handler.handled) == 2, f"the event after the {what}")
             assert handler.handled == [before, after]
-            stream = bus.stream("user.registered")
-            await eventually(lambda: all_acknowledged(client, stream, "users"), "the acknowledgement")
+            yield client, bus
         finally:
             await bus.close()
             await client.aclose()
+
+
+async def test_the_bus_goes_on_by_itself_after_redis_restarts_empty() -> None:
+    async def restart_empty(server: PrivateRedis) -> None:
+        server.kill()
+        server.start()  # empty: no stream, no group
+
+    async with events_across(restart_empty, "restart", socket_timeout=2) as (client, bus):
+        stream = bus.stream("user.registered")
+        await eventually(lambda: all_acknowledged(client, stream, "users"), "the acknowledgement")
 
 
 async def test_the_bus_goes_on_by_itself_after_redis_hangs_and_resumes() -> None:
-    with private_redis() as server:
-        # A socket timeout above the one-second blocking read, as the services' consumer client has.
-        client = Redis.from_url(server.url, socket_timeout=1.5)
-        bus = RedisStreamBus(client, "fault", consumer="users-1")
-        handler = Recorder()
-        bus.subscribe("user.registered", "users", handler)
-        await bus.start()
-        try:
-            before = registered()
-            await bus.publish(before)
-            await eventually(lambda: handler.handled, "the event before the hang")
+    async def hang_and_resume(server: PrivateRedis) -> None:
+        server.hang()  # SIGSTOP: connections stay open, nothing answers
+        await asyncio.sleep(2.0)  # the consumer's blocking read times out meanwhile
+        server.resume()
 
-            server.hang()  # SIGSTOP: connections stay open, nothing answers
-            await asyncio.sleep(2.0)  # the consumer's blocking read times out meanwhile
-            server.resume()
-            after = registered()
-            await eventually(lambda: publish_when_redis_answers(bus, after), "a publish after the hang")
-
-            await eventually(lambda: len(handler.handled) == 2, "the event after the hang")
-            assert handler.handled == [before, after]
-        finally:
-            await bus.close()
-            await client.aclose()
+    # A socket timeout above the one-second blocking read, as the services' consumer client has.
+    async with events_across(hang_and_resume, "hang", socket_timeout=1.5):
+        pass
 
 
 async def test_accounts_registered_after_redis_restarts_empty_get_their_profiles(

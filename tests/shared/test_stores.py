@@ -43,7 +43,8 @@ def store_settings(server: PrivateRedis) -> ServiceSettings:
 
 @pytest.fixture
 async def store(private_redis: PrivateRedis) -> AsyncIterator[FallbackStore]:
-    created = create_store(store_settings(private_redis), create_redis(store_settings(private_redis)))
+    settings = store_settings(private_redis)
+    created = create_store(settings, create_redis(settings))
     assert isinstance(created, FallbackStore)
     try:
         yield created
@@ -271,22 +272,34 @@ async def test_logout_with_redis_down_ends_the_session_and_says_what_it_could_no
     assert (await auth_client.get("/api/v1/auth/me", headers=bearer(tokens))).status_code == 401
 
     private_redis.start()
-    other_service = RevocationList(
-        create_store(redis_auth_settings, create_redis(redis_auth_settings))
-    )  # another process, same Redis
-    claims = {**access_claims(), "sid": _session_of(tokens["access_token"])}
-
-    async def written_and_seen() -> bool:
-        await auth_client.get("/ready")  # readiness probes write what waited for Redis
-        return await other_service.is_revoked(claims)
-
-    await eventually(written_and_seen, "the session's revocation to reach Redis")
-    await other_service.store.close()
+    await revoked_elsewhere(auth_client, redis_auth_settings, [tokens], "the session's revocation to reach Redis")
 
 
 def _session_of(access_token: str) -> str:
     session: str = jwt.decode(access_token, options={"verify_signature": False})["sid"]
     return session
+
+
+async def revoked_elsewhere(
+    auth_client: httpx.AsyncClient, settings: AuthSettings, sessions: list[dict[str, Any]], what: str
+) -> None:
+    """Wait until another process's revocation list on the same Redis sees every one of
+    ``sessions`` revoked."""
+    other_service = RevocationList(create_store(settings, create_redis(settings)))
+
+    async def written_and_seen() -> bool:
+        await auth_client.get("/ready")  # readiness probes write what waited for Redis
+        return all(
+            [
+                await other_service.is_revoked({**access_claims(), "sid": _session_of(tokens["access_token"])})
+                for tokens in sessions
+            ]
+        )
+
+    try:
+        await eventually(written_and_seen, what)
+    finally:
+        await other_service.store.close()
 
 
 async def test_a_global_logout_with_redis_down_keeps_every_session_revocation_to_write(
@@ -304,16 +317,6 @@ async def test_a_global_logout_with_redis_down_keeps_every_session_revocation_to
         assert (await auth_client.get("/api/v1/auth/me", headers=bearer(tokens))).status_code == 401
 
     private_redis.start()
-    other_service = RevocationList(create_store(redis_auth_settings, create_redis(redis_auth_settings)))
-
-    async def both_written() -> bool:
-        await auth_client.get("/ready")
-        return all(
-            [
-                await other_service.is_revoked({**access_claims(), "sid": _session_of(tokens["access_token"])})
-                for tokens in (first, second)
-            ]
-        )
-
-    await eventually(both_written, "both sessions' revocations to reach Redis")
-    await other_service.store.close()
+    await revoked_elsewhere(
+        auth_client, redis_auth_settings, [first, second], "both sessions' revocations to reach Redis"
+    )

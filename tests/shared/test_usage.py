@@ -218,12 +218,7 @@ async def test_the_consumer_creates_its_group_again_when_redis_restarts_empty() 
         server.start()  # empty: no stream, no group
         await publisher.publish(records(2))  # the gateway's next flush makes the stream, without a group
 
-        async def flowing() -> list[UsageMessage]:
-            with contextlib.suppress(RedisError):
-                return await consumer.read(10, 0.1)
-            return []
-
-        [message] = await eventually(flowing, "usage read again after the restart")
+        [message] = await eventually(lambda: read_when_redis_answers(consumer), "usage read again after the restart")
         assert len(message.records) == 2  # what was published before the group was back is read too
         await consumer.ack([message.id])
         assert counter("pyairtable_stream_groups_recreated", stream="usage", group="analytics") == recreated_before + 1
@@ -243,12 +238,7 @@ async def test_the_consumer_reads_on_after_redis_hangs_and_resumes() -> None:
         server.resume()
         await eventually(lambda: publish_when_redis_answers(publisher, records(3)), "a flush after the hang")
 
-        async def flowing() -> list[UsageMessage]:
-            with contextlib.suppress(RedisError):
-                return await consumer.read(10, 0.1)
-            return []
-
-        [message] = await eventually(flowing, "usage read again after the hang")
+        [message] = await eventually(lambda: read_when_redis_answers(consumer), "usage read again after the hang")
         assert len(message.records) == 3
         await client.aclose()
 
@@ -258,3 +248,9 @@ async def publish_when_redis_answers(publisher: RedisUsagePublisher, batch: list
         await publisher.publish(batch)
         return True
     return False
+
+
+async def read_when_redis_answers(consumer: RedisUsageConsumer) -> list[UsageMessage]:
+    with contextlib.suppress(RedisError):
+        return await consumer.read(10, 0.1)
+    return []

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import AuthSettings
 from auth_service.models import ApiKey, User
-from auth_service.tokens import ACCESS_TOKEN_TYPE, TokenIssuer
+from auth_service.tokens import TokenIssuer
 from shared.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from shared.http import check_date_time
 from shared.security import Identity, RevocationList, require_admin
@@ -253,26 +253,18 @@ class ApiKeyService:
         email: str,
         tenant_id: uuid.UUID | None = None,
     ) -> KeyToken:
-        issued = int(self.clock().timestamp())
         ttl = self.settings.api_key_token_ttl
         claims: dict[str, Any] = {
-            "iss": self.settings.jwt_issuer,
-            "aud": self.settings.jwt_audience,
             "sub": str(subject),
             "email": email,
             "roles": roles,
             "sid": key_id,
             "key_id": key_id,
             "scopes": list(scopes),
-            "jti": uuid.uuid4().hex,
-            "iat": issued,
-            "nbf": issued,
-            "exp": issued + ttl,
         }
         if tenant_id is not None:
             claims["tid"] = str(tenant_id)
-        headers = {"typ": ACCESS_TOKEN_TYPE, "kid": self.issuer.kid}
-        token = jwt.encode(claims, self.issuer.signing_key, algorithm=self.settings.jwt_algorithm, headers=headers)
+        token = self.issuer.sign(claims, self.clock(), ttl)
         return KeyToken(access_token=token, expires_in=ttl, key_id=key_id, sub=str(subject), scopes=list(scopes))
 
 

@@ -467,12 +467,8 @@ class AuthService:
             return ok
 
     async def _prove_password(self, user: User, password: str) -> None:
-        """A signed-in user re-enters the password: throttled like a login to the account."""
-        async with self.throttle.verification(user.email):
-            ok = await self.passwords.verify(user.password_hash, password)
-            if ok:
-                await self.throttle.succeeded(user.email)
-        if not ok:
+        """A signed-in (so active) user re-enters the password: throttled like a login to the account."""
+        if not await self._verify_login(user.email, user, password):
             raise InvalidCredentials()
 
     async def _active_user(self, identity: Identity) -> User:

@@ -205,19 +205,9 @@ class AuthService:
     # -- two-factor ----------------------------------------------------------------------
 
     async def _mfa_challenge(self, user: User, now: datetime, legacy_lifetime: bool) -> MfaRequiredResponse:
-        challenge = new_refresh_token()
         ttl = self.settings.mfa_challenge_ttl
-        await self.tokens.add(
-            OneTimeToken(
-                id=uuid.uuid4(),
-                user_id=user.id,
-                purpose=MFA_LOGIN_LEGACY if legacy_lifetime else MFA_LOGIN,
-                token_hash=refresh_token_hash(challenge),
-                email=user.email,
-                created_at=now,
-                expires_at=now + timedelta(seconds=ttl),
-            )
-        )
+        purpose = MFA_LOGIN_LEGACY if legacy_lifetime else MFA_LOGIN
+        challenge = await self._new_one_time_token(user, purpose, user.email, ttl, now)
         return MfaRequiredResponse(challenge=challenge, expires_in=ttl)
 
     async def login_mfa(self, challenge: str, code: str, client: Client) -> TokenResponse:
@@ -397,6 +387,12 @@ class AuthService:
         now = self.clock()
         ttl = self.settings.password_reset_ttl if purpose == PASSWORD_RESET else self.settings.email_verification_ttl
         await self.tokens.void_unused(user.id, purpose, now)
+        secret = await self._new_one_time_token(user, purpose, email, ttl, now)
+        page = "/reset-password" if purpose == PASSWORD_RESET else "/verify-email"
+        await self._send(template, email, email=email, link=self._link(page, secret), valid_for=_in_words(ttl))
+
+    async def _new_one_time_token(self, user: User, purpose: str, email: str, ttl: int, now: datetime) -> str:
+        """A single-use token for ``purpose`` proving ``email``, valid ``ttl`` seconds; only its hash is kept."""
         secret = new_refresh_token()
         await self.tokens.add(
             OneTimeToken(
@@ -409,8 +405,7 @@ class AuthService:
                 expires_at=now + timedelta(seconds=ttl),
             )
         )
-        page = "/reset-password" if purpose == PASSWORD_RESET else "/verify-email"
-        await self._send(template, email, email=email, link=self._link(page, secret), valid_for=_in_words(ttl))
+        return secret
 
     def _link(self, page: str, token: str | None) -> str:
         return self.settings.site_url.rstrip("/") + page + (f"?token={token}" if token else "")

@@ -214,10 +214,7 @@ class AuthService:
         """The second step of a sign-in: the challenge of a right password and a code, once each."""
         await self.throttle.check_ip("login", client.ip)
         now = self.clock()
-        token_hash = refresh_token_hash(challenge)
-        found = await self.tokens.usable(token_hash, MFA_LOGIN, now) or await self.tokens.usable(
-            token_hash, MFA_LOGIN_LEGACY, now
-        )
+        found = await self.tokens.usable(refresh_token_hash(challenge), (MFA_LOGIN, MFA_LOGIN_LEGACY), now)
         user = await self.users.by_id(found.user_id) if found is not None else None
         if found is None or user is None or not user.is_active or found.email != user.email:
             raise InvalidChallenge()
@@ -372,7 +369,7 @@ class AuthService:
         await self._mail_token(user, VERIFY_EMAIL, user.email, "verify_email")
 
     async def _redeemable(self, token: str, purpose: str, now: datetime) -> tuple[User, OneTimeToken]:
-        found = await self.tokens.usable(refresh_token_hash(token), purpose, now)
+        found = await self.tokens.usable(refresh_token_hash(token), (purpose,), now)
         user = await self.users.by_id(found.user_id) if found is not None else None
         if found is None or user is None or not user.is_active:
             raise InvalidLinkToken()

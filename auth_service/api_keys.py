@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import AuthSettings
 from auth_service.models import ApiKey, User
-from auth_service.tokens import ACCESS_TOKEN_TYPE, TokenIssuer
+from auth_service.tokens import TokenIssuer
 from shared.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from shared.http import check_date_time
 from shared.security import Identity, RevocationList, require_admin
@@ -127,6 +127,25 @@ def key_read(row: ApiKey) -> ApiKeyRead:
     )
 
 
+class KeySecrets(Struct, frozen=True):
+    """What keys are checked against, read once at start-up (outside production, from DATA_DIR)."""
+
+    pepper: bytes  # the HMAC key of the secrets' hashes
+    deployment_key: bytes  # the deployment's legacy API_KEY; empty: none
+
+    @classmethod
+    def load(cls, settings: AuthSettings) -> "KeySecrets":
+        # Without API_KEY_PEPPER, production hashes under a fixed label (a 256-bit secret is out of reach
+        # of guessing either way); elsewhere a pepper is kept in DATA_DIR.
+        pepper = settings.api_key_pepper or (
+            "pyairtable-api-keys" if settings.is_production else dev_secret_file(settings, "api_key_pepper")
+        )
+        deployment_key = settings.api_key
+        if not deployment_key and settings.require_api_key and not settings.is_production:
+            deployment_key = dev_secret_file(settings, "api_key")  # the gateway's own, in development
+        return cls(pepper=pepper.encode(), deployment_key=deployment_key.encode())
+
+
 class ApiKeyService:
     def __init__(
         self,
@@ -135,13 +154,15 @@ class ApiKeyService:
         issuer: TokenIssuer,
         revocations: RevocationList,
         clock: Any,
+        key_secrets: KeySecrets,
     ) -> None:
         self.db = db
         self.settings = settings
         self.issuer = issuer
         self.revocations = revocations
         self.clock = clock
-        self.pepper = (settings.api_key_pepper or _default_pepper(settings)).encode()
+        self.pepper = key_secrets.pepper
+        self.deployment_key = key_secrets.deployment_key
 
     def secret_hash(self, secret: str) -> str:
         return hmac.new(self.pepper, secret.encode(), hashlib.sha256).hexdigest()
@@ -204,11 +225,7 @@ class ApiKeyService:
         return self._token(owner.id, str(row.id), row.scopes, ["user"], owner.email, owner.tenant_id)
 
     def _is_deployment_key(self, key: str) -> bool:
-        settings = self.settings
-        expected = settings.api_key
-        if not expected and settings.require_api_key and not settings.is_production:
-            expected = dev_secret_file(settings, "api_key")  # the gateway's own, in development
-        return bool(expected) and hmac.compare_digest(key.encode(), expected.encode())
+        return bool(self.deployment_key) and hmac.compare_digest(key.encode(), self.deployment_key)
 
     async def _valid_row(self, key: str) -> ApiKey | None:
         kind, _, rest = key.partition("_")
@@ -236,37 +253,23 @@ class ApiKeyService:
         email: str,
         tenant_id: uuid.UUID | None = None,
     ) -> KeyToken:
-        issued = int(self.clock().timestamp())
         ttl = self.settings.api_key_token_ttl
         claims: dict[str, Any] = {
-            "iss": self.settings.jwt_issuer,
-            "aud": self.settings.jwt_audience,
             "sub": str(subject),
             "email": email,
             "roles": roles,
             "sid": key_id,
             "key_id": key_id,
             "scopes": list(scopes),
-            "jti": uuid.uuid4().hex,
-            "iat": issued,
-            "nbf": issued,
-            "exp": issued + ttl,
         }
         if tenant_id is not None:
             claims["tid"] = str(tenant_id)
-        headers = {"typ": ACCESS_TOKEN_TYPE, "kid": self.issuer.kid}
-        token = jwt.encode(claims, self.issuer.signing_key, algorithm=self.settings.jwt_algorithm, headers=headers)
+        token = self.issuer.sign(claims, self.clock(), ttl)
         return KeyToken(access_token=token, expires_in=ttl, key_id=key_id, sub=str(subject), scopes=list(scopes))
 
 
-def _default_pepper(settings: AuthSettings) -> str:
-    # Without API_KEY_PEPPER, production hashes under a fixed label (a 256-bit secret is out of reach of
-    # guessing either way); elsewhere a pepper is kept in DATA_DIR.
-    return "pyairtable-api-keys" if settings.is_production else dev_secret_file(settings, "api_key_pepper")
-
-
 def provide_api_keys(db_session: NamedDependency[AsyncSession], state: State) -> ApiKeyService:
-    return ApiKeyService(db_session, state.settings, state.issuer, state.revocations, state.clock)
+    return ApiKeyService(db_session, state.settings, state.issuer, state.revocations, state.clock, state.key_secrets)
 
 
 KEY_DEPENDENCIES = {"api_keys": Provide(provide_api_keys, sync_to_thread=False)}

@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth_service.api_keys import KeyIntrospectionController, PersonalKeyController, ServiceKeyController
+from auth_service.api_keys import KeyIntrospectionController, KeySecrets, PersonalKeyController, ServiceKeyController
 from auth_service.config import AuthSettings
 from auth_service.controllers import AccountAdminController, AuthController, TwoFactorController
 from auth_service.deps import provide_auth_service
@@ -48,6 +48,7 @@ def create_app(
     @asynccontextmanager
     async def auth_resources(app: Litestar) -> AsyncIterator[None]:
         app.state.issuer = TokenIssuer(settings)
+        app.state.key_secrets = KeySecrets.load(settings)
         app.state.passwords = Passwords(settings)
         await app.state.passwords.prepare()
         app.state.throttle = Throttle(app.state.store, settings)

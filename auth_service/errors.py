@@ -71,7 +71,8 @@ class AccountLocked(TooManyRequests):
     code = InvalidCredentials.code
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(INVALID_CREDENTIALS, headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = max(1, retry_after)
+        super().__init__(INVALID_CREDENTIALS, headers={"Retry-After": str(self.retry_after)})
 
 
 class AccountNotFound(NotFound):

@@ -87,11 +87,12 @@ class OneTimeTokenRepository:
         self.session.add(token)
         await self.session.flush()
 
-    async def usable(self, token_hash: str, purpose: str, now: datetime) -> OneTimeToken | None:
+    async def usable(self, token_hash: str, purposes: tuple[str, ...], now: datetime) -> OneTimeToken | None:
+        """The unused, unexpired token with this hash, if it was made for one of ``purposes``."""
         return await self.session.scalar(
             select(OneTimeToken).where(
                 OneTimeToken.token_hash == token_hash,
-                OneTimeToken.purpose == purpose,
+                OneTimeToken.purpose.in_(purposes),
                 OneTimeToken.used_at.is_(None),
                 OneTimeToken.expires_at > now,
             )

@@ -205,29 +205,16 @@ class AuthService:
     # -- two-factor ----------------------------------------------------------------------
 
     async def _mfa_challenge(self, user: User, now: datetime, legacy_lifetime: bool) -> MfaRequiredResponse:
-        challenge = new_refresh_token()
         ttl = self.settings.mfa_challenge_ttl
-        await self.tokens.add(
-            OneTimeToken(
-                id=uuid.uuid4(),
-                user_id=user.id,
-                purpose=MFA_LOGIN_LEGACY if legacy_lifetime else MFA_LOGIN,
-                token_hash=refresh_token_hash(challenge),
-                email=user.email,
-                created_at=now,
-                expires_at=now + timedelta(seconds=ttl),
-            )
-        )
+        purpose = MFA_LOGIN_LEGACY if legacy_lifetime else MFA_LOGIN
+        challenge = await self._new_one_time_token(user, purpose, user.email, ttl, now)
         return MfaRequiredResponse(challenge=challenge, expires_in=ttl)
 
     async def login_mfa(self, challenge: str, code: str, client: Client) -> TokenResponse:
         """The second step of a sign-in: the challenge of a right password and a code, once each."""
         await self.throttle.check_ip("login", client.ip)
         now = self.clock()
-        token_hash = refresh_token_hash(challenge)
-        found = await self.tokens.usable(token_hash, MFA_LOGIN, now) or await self.tokens.usable(
-            token_hash, MFA_LOGIN_LEGACY, now
-        )
+        found = await self.tokens.usable(refresh_token_hash(challenge), (MFA_LOGIN, MFA_LOGIN_LEGACY), now)
         user = await self.users.by_id(found.user_id) if found is not None else None
         if found is None or user is None or not user.is_active or found.email != user.email:
             raise InvalidChallenge()
@@ -382,7 +369,7 @@ class AuthService:
         await self._mail_token(user, VERIFY_EMAIL, user.email, "verify_email")
 
     async def _redeemable(self, token: str, purpose: str, now: datetime) -> tuple[User, OneTimeToken]:
-        found = await self.tokens.usable(refresh_token_hash(token), purpose, now)
+        found = await self.tokens.usable(refresh_token_hash(token), (purpose,), now)
         user = await self.users.by_id(found.user_id) if found is not None else None
         if found is None or user is None or not user.is_active:
             raise InvalidLinkToken()
@@ -397,6 +384,12 @@ class AuthService:
         now = self.clock()
         ttl = self.settings.password_reset_ttl if purpose == PASSWORD_RESET else self.settings.email_verification_ttl
         await self.tokens.void_unused(user.id, purpose, now)
+        secret = await self._new_one_time_token(user, purpose, email, ttl, now)
+        page = "/reset-password" if purpose == PASSWORD_RESET else "/verify-email"
+        await self._send(template, email, email=email, link=self._link(page, secret), valid_for=_in_words(ttl))
+
+    async def _new_one_time_token(self, user: User, purpose: str, email: str, ttl: int, now: datetime) -> str:
+        """A single-use token for ``purpose`` proving ``email``, valid ``ttl`` seconds; only its hash is kept."""
         secret = new_refresh_token()
         await self.tokens.add(
             OneTimeToken(
@@ -409,8 +402,7 @@ class AuthService:
                 expires_at=now + timedelta(seconds=ttl),
             )
         )
-        page = "/reset-password" if purpose == PASSWORD_RESET else "/verify-email"
-        await self._send(template, email, email=email, link=self._link(page, secret), valid_for=_in_words(ttl))
+        return secret
 
     def _link(self, page: str, token: str | None) -> str:
         return self.settings.site_url.rstrip("/") + page + (f"?token={token}" if token else "")
@@ -467,12 +459,8 @@ class AuthService:
             return ok
 
     async def _prove_password(self, user: User, password: str) -> None:
-        """A signed-in user re-enters the password: throttled like a login to the account."""
-        async with self.throttle.verification(user.email):
-            ok = await self.passwords.verify(user.password_hash, password)
-            if ok:
-                await self.throttle.succeeded(user.email)
-        if not ok:
+        """A signed-in (so active) user re-enters the password: throttled like a login to the account."""
+        if not await self._verify_login(user.email, user, password):
             raise InvalidCredentials()
 
     async def _active_user(self, identity: Identity) -> User:

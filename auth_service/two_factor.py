@@ -256,7 +256,7 @@ class TwoFactorService:
                     await self.throttle.succeeded(key)
         except AccountLocked as locked:
             security_log.info("two-factor code refused: locked", extra={"user_id": str(user.id), "outcome": "locked"})
-            raise TooManyAttempts(int((locked.headers or {}).get("Retry-After", "1"))) from None
+            raise TooManyAttempts(locked.retry_after) from None
         if not accepted:
             security_log.info("two-factor code refused", extra={"user_id": str(user.id), "outcome": "failure"})
             raise InvalidCode()

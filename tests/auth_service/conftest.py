@@ -1,4 +1,5 @@
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import msgspec
 import psycopg
 import pytest
@@ -14,7 +16,8 @@ from litestar import Litestar
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
 from shared import migrations
-from tests.conftest import DatabaseFactory, app_client, eventually
+from shared.keys import hs256_kid
+from tests.conftest import DatabaseFactory, access_claims, app_client, eventually
 from tests.mail_server import Inbox, MailServer, serve_mail
 
 JWT_SECRET = secrets.token_urlsafe(48)
@@ -96,6 +99,17 @@ async def register(
 
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+def admin_headers() -> dict[str, str]:
+    """A bearer of an administrator the service has no account for (as an admin's token looks)."""
+    claims = access_claims(sub=str(uuid.uuid4()), roles=["user", "admin"])
+    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
+    return {"Authorization": f"Bearer {token}"}
+
+
+def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key != "request_id"}
 
 
 @pytest.fixture

@@ -4,16 +4,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 
 import httpx
-import jwt
 from litestar import Litestar
 
 from auth_service.config import AuthSettings
-from shared.keys import hs256_kid
-from tests.auth_service.conftest import JWT_SECRET, PASSWORD, bearer, register
-from tests.conftest import access_claims
+from tests.auth_service.conftest import PASSWORD, admin_headers, bearer, register
 
 
 async def create_admin_aside(settings: AuthSettings, email: str, password: str) -> subprocess.CompletedProcess[str]:
@@ -66,12 +62,6 @@ async def test_create_admin_promotes_an_existing_account(
     assert "promoted admin ada@example.com" in result.stdout
     tokens = (await client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD})).json()
     assert "admin" in (await client.get("/api/v1/auth/me", headers=bearer(tokens))).json()["roles"]
-
-
-def admin_headers() -> dict[str, str]:
-    claims = access_claims(sub=str(uuid.uuid4()), roles=["user", "admin"])
-    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_a_string_for_a_boolean_is_a_422_and_leaves_the_account_as_it_was(client: httpx.AsyncClient) -> None:

@@ -13,8 +13,7 @@ import pytest
 
 from auth_service.config import AuthSettings
 from shared.settings import SettingsError
-from tests.auth_service.conftest import JWT_SECRET, Clock, bearer, register
-from tests.auth_service.test_admin import admin_headers
+from tests.auth_service.conftest import JWT_SECRET, Clock, admin_headers, bearer, register
 
 KEYS = "/api/v1/auth/api-keys"
 SERVICE_KEYS = "/api/v1/auth/service-keys"

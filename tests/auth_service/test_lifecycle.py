@@ -11,7 +11,7 @@ import pytest
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
-from tests.auth_service.conftest import PASSWORD, Clock, bearer, mail_to, register
+from tests.auth_service.conftest import PASSWORD, Clock, bearer, mail_to, register, without_request_id
 from tests.conftest import app_client
 from tests.mail_server import Inbox, html_of, text_of, token_in
 from tests.private_servers import PrivateRedis
@@ -310,10 +310,6 @@ async def test_a_new_address_taken_meanwhile_is_refused(client: httpx.AsyncClien
     assert response.status_code == 409
     assert response.json()["code"] == "email-taken"
     assert (await client.get(f"{AUTH}/me", headers=bearer(tokens))).json()["email"] == "ada@example.com"
-
-
-def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in body.items() if key != "request_id"}
 
 
 # -- Redis is an accelerator --------------------------------------------------------------------

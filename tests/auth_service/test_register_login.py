@@ -7,15 +7,11 @@ from argon2 import PasswordHasher
 from litestar import Litestar
 
 from auth_service.throttle import _account, _lock_key
-from tests.auth_service.conftest import PASSWORD, bearer, register
+from tests.auth_service.conftest import PASSWORD, bearer, register, without_request_id
 from tests.conftest import app_client
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"
-
-
-def without_request_id(body: dict[str, object]) -> dict[str, object]:
-    return {key: value for key, value in body.items() if key != "request_id"}
 
 
 async def test_register_returns_user_and_token_pair(client: httpx.AsyncClient) -> None:

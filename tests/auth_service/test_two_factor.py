@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import msgspec
 import png  # type: ignore[import-untyped]
 import psycopg
@@ -22,9 +21,8 @@ from litestar import Litestar
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
 from shared import migrations
-from shared.keys import hs256_kid
-from tests.auth_service.conftest import JWT_SECRET, PASSWORD, Clock, bearer, register
-from tests.conftest import access_claims, app_client, eventually
+from tests.auth_service.conftest import PASSWORD, Clock, admin_headers, bearer, register
+from tests.conftest import app_client, eventually
 from tests.mail_server import Inbox
 from tests.private_servers import PrivateRedis
 
@@ -83,12 +81,6 @@ async def challenge(client: httpx.AsyncClient, query: str = "") -> str:
 
 async def second_step(client: httpx.AsyncClient, challenge_: str, code: str) -> httpx.Response:
     return await client.post(f"{AUTH}/login/mfa", json={"challenge": challenge_, "code": code})
-
-
-def admin_headers() -> dict[str, str]:
-    claims = access_claims(sub=str(uuid.uuid4()), roles=["user", "admin"])
-    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_enrolment_gives_a_secret_its_uri_and_a_qr_code_of_it(client: httpx.AsyncClient) -> None:

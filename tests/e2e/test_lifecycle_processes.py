@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import WAIT_SECONDS, DatabaseFactory
-from tests.e2e.processes import Processes, assert_problem, environment, free_port
+from tests.e2e.processes import FAST_ARGON2, Processes, assert_problem, environment, free_port
 from tests.mail_server import Inbox, serve_mail, token_in
 
 AUTH = "/api/v1/auth"
@@ -44,9 +44,7 @@ def test_verify_reset_and_sign_out_through_the_gateway(
             SMTP_CA_FILE=server.ca_file,
             SITE_URL="https://app.example.com",
             JWT_EXPIRES_IN="24h",
-            ARGON2_MEMORY_KIB="19456",
-            ARGON2_TIME_COST="2",
-            ARGON2_PARALLELISM="1",
+            **FAST_ARGON2,
         )
         processes.python("auth-migrate", ["-m", "auth_service", "migrate"], env, port).process.wait(120)
         auth = processes.python("auth", ["-m", "auth_service", "serve"], env, port)

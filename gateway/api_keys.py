@@ -9,6 +9,7 @@ answer, a key whose token is still valid keeps working (the revocation mark stil
 dependency fault degrades, never stops.
 """
 
+import hmac
 import logging
 import re
 import time
@@ -94,9 +95,13 @@ class KeyExchange:
         self.size = size
         self.kept: OrderedDict[str, _Kept] = OrderedDict()
 
+    def is_deployment_key(self, key: str) -> bool:
+        """Whether ``key`` is the deployment's ``API_KEY`` (compared in constant time: it is a secret)."""
+        return self.deployment_key is not None and hmac.compare_digest(key.encode(), self.deployment_key.encode())
+
     async def token_for(self, key: str, request_id: str) -> str:
         """The access token to forward for ``key``; InvalidToken if the auth service refuses it."""
-        if not WELL_FORMED_KEY.match(key) and key != self.deployment_key:
+        if not WELL_FORMED_KEY.match(key) and not self.is_deployment_key(key):
             raise InvalidToken("The API key is invalid, expired or revoked.")
         now = time.monotonic()
         kept = self.kept.get(key)

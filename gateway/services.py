@@ -1,7 +1,6 @@
 """Admission: who is calling (JWT verified locally), whether the token is revoked, and whether
 the client is within its rate limit. No Litestar imports."""
 
-import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -85,7 +84,6 @@ class Gatekeeper:
         self.default_policy = Policy("default", settings.rate_limit_per_minute, 60, settings.rate_limit_burst)
         self.auth_policy = Policy("auth", settings.auth_rate_limit_per_minute, 60, settings.auth_rate_limit_burst)
         self.claims_cache = ClaimsCache()
-        self.legacy_api_key = legacy_api_key
         self.keys = KeyExchange(None, settings.api_key_cache_seconds, legacy_api_key)
 
     async def admit(
@@ -142,12 +140,9 @@ class Gatekeeper:
     def _key_header(self, api_key: str | None, legacy: bool) -> str:
         """The ``X-API-Key`` of a request without ``Authorization``, when it is a credential: the
         deployment's ``API_KEY`` is one on ``legacy`` routes only. InvalidToken without one."""
-        if api_key and (legacy or not self._is_deployment_key(api_key)):
+        if api_key and (legacy or not self.keys.is_deployment_key(api_key)):
             return api_key
         raise InvalidToken("An access token is required.")
-
-    def _is_deployment_key(self, api_key: str) -> bool:
-        return self.legacy_api_key is not None and hmac.compare_digest(api_key.encode(), self.legacy_api_key.encode())
 
     async def _verified(self, token: str) -> VerifiedToken:
         verified = self.claims_cache.get(token)

@@ -371,9 +371,11 @@ def with_external_user(values: dict[str, Any], user_id: str | int | None) -> dic
     return values if user_id is None else {**values, EXTERNAL_USER: as_text(user_id)}
 
 
-def caller_metric(request: Request[Any, Any, State], metric: LegacyMetricCreate) -> dict[str, Any]:
+def caller_metric(metric: LegacyMetricCreate, deployment: bool) -> dict[str, Any]:
+    """The platform's metric for ``metric``; sent by the deployment (``is_deployment``), its
+    ``user_id`` is the caller's own system's and becomes a label."""
     platform = platform_metric(metric)
-    if is_deployment(request):
+    if deployment:
         platform.update(user_id=None, labels=with_external_user(metric.labels, metric.user_id))
     return platform
 
@@ -421,9 +423,10 @@ class LegacyAnalyticsController(Controller):
         self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricCreate]
     ) -> Response[LegacyMetric]:
         """Record one metric value."""
-        reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics", caller_metric(request, data))
+        deployment = is_deployment(request)
+        reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics", caller_metric(data, deployment))
         raise_for_status(reply)
-        if is_deployment(request):
+        if deployment:
             return _answer(legacy_metric({**reply.body, "user_id": as_text(data.user_id)}), reply)
         return _answer(legacy_metric(reply.body), reply)
 
@@ -436,7 +439,8 @@ class LegacyAnalyticsController(Controller):
         self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricBatch]
     ) -> Response[LegacyMessage]:
         """Record several metric values at once."""
-        batch = {"metrics": [caller_metric(request, metric) for metric in data.metrics]}
+        deployment = is_deployment(request)
+        batch = {"metrics": [caller_metric(metric, deployment) for metric in data.metrics]}
         reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics/batch", batch)
         raise_for_status(reply)
         return _answer(LegacyMessage(f"Created {reply.body['created']} metrics successfully"), reply)

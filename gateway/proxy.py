@@ -117,6 +117,8 @@ _NOT_FORWARDED = HOP_BY_HOP | IDENTITY_HEADERS | REPLACED_BY_GATEWAY
 CHECKED_BY_GATEWAY = frozenset(
     {"authorization", "idempotency-key", "x-api-key", "content-length", "transfer-encoding", "host", "origin"}
 )
+# Names a client's ``Connection`` header cannot take away: gone anyway ("keep-alive", "close"), or checked.
+_NOT_REMOVED_BY_CONNECTION = _NOT_FORWARDED | CHECKED_BY_GATEWAY
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 # Response headers the gateway sets itself (its request ID, nosniff): an upstream's copies are dropped.
 SET_BY_GATEWAY = frozenset({b"x-request-id", b"x-content-type-options"})
@@ -187,8 +189,7 @@ def forwarded_headers(request: ForwardRequest) -> list[tuple[bytes, bytes]]:
             connection_listed |= {
                 token.strip().lower().replace("_", "-") for token in value.decode("latin-1").split(",")
             }
-    connection_listed -= _NOT_FORWARDED  # "keep-alive", "close": gone anyway
-    connection_listed -= CHECKED_BY_GATEWAY
+    connection_listed -= _NOT_REMOVED_BY_CONNECTION
     if connection_listed:
         kept = [(name, value) for name, value in kept if _normalise(name) not in connection_listed]
     kept += [

@@ -17,9 +17,8 @@ from collections import OrderedDict
 
 import msgspec
 from litestar.exceptions import HTTPException
-from litestar.types import Message
 
-from gateway.proxy import Forward, ForwardRequest, RequestBody
+from gateway.proxy import CollectedAnswer, Forward, ForwardRequest, RequestBody
 from shared.errors import Forbidden, ServiceUnavailable
 from shared.security import InvalidToken
 
@@ -139,22 +138,10 @@ class KeyExchange:
             request_id=request_id,
             body=RequestBody.buffered(payload, len(payload)),
         )
-        answer = _Answer()
+        answer = CollectedAnswer()
         await self.auth.forward(request, answer.send, [])
         if answer.status in (401, 422):
             raise InvalidToken("The API key is invalid, expired or revoked.")
         if answer.status != 200:
             raise ServiceUnavailable(f"The auth service answered {answer.status} to a key check.")
-        return msgspec.json.decode(b"".join(answer.chunks), type=KeyToken)
-
-
-class _Answer:
-    def __init__(self) -> None:
-        self.status = 0
-        self.chunks: list[bytes] = []
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        elif message["type"] == "http.response.body":
-            self.chunks.append(message.get("body", b""))
+        return msgspec.json.decode(answer.body, type=KeyToken)

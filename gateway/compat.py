@@ -49,7 +49,7 @@ from gateway.compat_schemas import (
     legacy_user,
     platform_metric,
 )
-from gateway.proxy import ForwardRequest, RequestBody
+from gateway.proxy import CollectedAnswer, ForwardRequest, RequestBody
 from gateway.services import Admission
 from shared.errors import Forbidden, ProblemError, ServiceUnavailable, Unauthorized
 from shared.http import CheckedBodyRequest, client_ip, ensure_request_id
@@ -158,7 +158,7 @@ async def call_platform(
         request_id=ensure_request_id(scope),
         body=None if payload is None else RequestBody.buffered(payload, len(payload)),
     )
-    collected, started = _Collected(), time.perf_counter()
+    collected, started = CollectedAnswer(), time.perf_counter()
     try:
         await state.upstreams[route.prefix].forward(outgoing, collected.send, [])
     except HTTPException as exc:
@@ -180,24 +180,6 @@ async def call_platform(
 def _with_query(path: str, query: dict[str, Any] | None) -> str:
     given = {name: value for name, value in (query or {}).items() if value is not None}
     return f"{path}?{urlencode(given)}" if given else path
-
-
-class _Collected:
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.chunks: list[bytes] = []
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
-        elif message["type"] == "http.response.body":
-            self.chunks.append(message.get("body", b""))
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.chunks)
 
 
 def raise_for_status(reply: ServiceReply, statuses: dict[int, int] | None = None, detail: str | None = None) -> None:

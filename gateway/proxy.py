@@ -174,6 +174,27 @@ class ForwardRequest(msgspec.Struct):
     response_bytes: int = 0  # of the upstream's response body relayed so far (set by ``forward``)
 
 
+class CollectedAnswer:
+    """A ``send`` that keeps a service's whole answer, for the gateway's own calls (legacy routes,
+    API-key checks) rather than a client's."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
+        elif message["type"] == "http.response.body":
+            self.chunks.append(message.get("body", b""))
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
 def forwarded_headers(request: ForwardRequest) -> list[tuple[bytes, bytes]]:
     """The client's headers minus hop-by-hop and identity ones, plus the gateway's own (names in
     lower case, as ASGI and HTTP/1.1 both accept)."""

@@ -55,13 +55,6 @@ def keyed(key: str, token: str | None = None) -> dict[str, str]:
     return {**bearer(token or TOKEN), "Idempotency-Key": key}
 
 
-@pytest.fixture
-def platform(make_settings: SettingsFactory, auth_app: Litestar, echo: Echo) -> Litestar:
-    """The conftest's platform with time for argon2 on a busy machine: its 0.5 s upstream timeout,
-    meant for the echo, turned a slow register into a 504 when other work shared the CPU."""
-    return create_app(make_settings(request_timeout=10), services={AUTH: auth_app, USERS: echo})
-
-
 TOKEN = access_token()
 RECORDS = "/api/v1/records"  # a second upstream (an EXTRA_ROUTES one)
 

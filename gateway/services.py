@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from gateway.api_keys import KeyExchange, check_scope, is_api_key
 from gateway.config import GatewaySettings
 from gateway.errors import QuotaExceeded
+from gateway.proxy import Forward
 from gateway.ratelimit import Decision, Policy, RateLimiter
 from gateway.routing import is_public, uses_auth_policy
 from shared.http import address_key
@@ -75,7 +76,9 @@ class Gatekeeper:
         revocations: RevocationList,
         limiter: RateLimiter,
         legacy_api_key: str | None = None,
+        key_checker: Forward | None = None,
     ) -> None:
+        """``key_checker``: the auth service, which exchanges API keys (None: keys are no credential)."""
         self.verifier = verifier
         self.revocations = revocations
         self.limiter = limiter
@@ -84,7 +87,7 @@ class Gatekeeper:
         self.default_policy = Policy("default", settings.rate_limit_per_minute, 60, settings.rate_limit_burst)
         self.auth_policy = Policy("auth", settings.auth_rate_limit_per_minute, 60, settings.auth_rate_limit_burst)
         self.claims_cache = ClaimsCache()
-        self.keys = KeyExchange(None, settings.api_key_cache_seconds, legacy_api_key)
+        self.keys = KeyExchange(key_checker, settings.api_key_cache_seconds, legacy_api_key)
 
     async def admit(
         self,

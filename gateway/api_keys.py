@@ -9,6 +9,7 @@ answer, a key whose token is still valid keeps working (the revocation mark stil
 dependency fault degrades, never stops.
 """
 
+import hmac
 import logging
 import re
 import time
@@ -16,9 +17,8 @@ from collections import OrderedDict
 
 import msgspec
 from litestar.exceptions import HTTPException
-from litestar.types import Message
 
-from gateway.proxy import Forward, ForwardRequest, RequestBody
+from gateway.proxy import CollectedAnswer, Forward, ForwardRequest, RequestBody
 from shared.errors import Forbidden, ServiceUnavailable
 from shared.security import InvalidToken
 
@@ -94,9 +94,13 @@ class KeyExchange:
         self.size = size
         self.kept: OrderedDict[str, _Kept] = OrderedDict()
 
+    def is_deployment_key(self, key: str) -> bool:
+        """Whether ``key`` is the deployment's ``API_KEY`` (compared in constant time: it is a secret)."""
+        return self.deployment_key is not None and hmac.compare_digest(key.encode(), self.deployment_key.encode())
+
     async def token_for(self, key: str, request_id: str) -> str:
         """The access token to forward for ``key``; InvalidToken if the auth service refuses it."""
-        if not WELL_FORMED_KEY.match(key) and key != self.deployment_key:
+        if not WELL_FORMED_KEY.match(key) and not self.is_deployment_key(key):
             raise InvalidToken("The API key is invalid, expired or revoked.")
         now = time.monotonic()
         kept = self.kept.get(key)
@@ -134,22 +138,10 @@ class KeyExchange:
             request_id=request_id,
             body=RequestBody.buffered(payload, len(payload)),
         )
-        answer = _Answer()
+        answer = CollectedAnswer()
         await self.auth.forward(request, answer.send, [])
         if answer.status in (401, 422):
             raise InvalidToken("The API key is invalid, expired or revoked.")
         if answer.status != 200:
             raise ServiceUnavailable(f"The auth service answered {answer.status} to a key check.")
-        return msgspec.json.decode(b"".join(answer.chunks), type=KeyToken)
-
-
-class _Answer:
-    def __init__(self) -> None:
-        self.status = 0
-        self.chunks: list[bytes] = []
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        elif message["type"] == "http.response.body":
-            self.chunks.append(message.get("body", b""))
+        return msgspec.json.decode(answer.body, type=KeyToken)

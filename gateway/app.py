@@ -78,10 +78,14 @@ def create_app(
             app.state.upstreams = upstreams
             app.state.limiter = limiter
             app.state.usage = await stack.enter_async_context(usage_emitter(settings, usage))
-            app.state.gatekeeper = gatekeeper = Gatekeeper(
-                settings, app.state.verifier, app.state.revocations, limiter, app.state.api_key
+            app.state.gatekeeper = Gatekeeper(
+                settings,
+                app.state.verifier,
+                app.state.revocations,
+                limiter,
+                app.state.api_key,
+                key_checker=upstreams.get(AUTH_PREFIX),
             )
-            gatekeeper.keys.auth = upstreams.get(AUTH_PREFIX)
             app.state.openapi = OpenAPIAggregator(upstreams, settings.openapi_cache_seconds)
             assert isinstance(app, GatewayApp)
             app.proxy_context = ProxyContext(

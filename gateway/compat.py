@@ -49,7 +49,7 @@ from gateway.compat_schemas import (
     legacy_user,
     platform_metric,
 )
-from gateway.proxy import ForwardRequest, RequestBody
+from gateway.proxy import CollectedAnswer, ForwardRequest, RequestBody
 from gateway.services import Admission
 from shared.errors import Forbidden, ProblemError, ServiceUnavailable, Unauthorized
 from shared.http import CheckedBodyRequest, client_ip, ensure_request_id
@@ -158,7 +158,7 @@ async def call_platform(
         request_id=ensure_request_id(scope),
         body=None if payload is None else RequestBody.buffered(payload, len(payload)),
     )
-    collected, started = _Collected(), time.perf_counter()
+    collected, started = CollectedAnswer(), time.perf_counter()
     try:
         await state.upstreams[route.prefix].forward(outgoing, collected.send, [])
     except HTTPException as exc:
@@ -180,24 +180,6 @@ async def call_platform(
 def _with_query(path: str, query: dict[str, Any] | None) -> str:
     given = {name: value for name, value in (query or {}).items() if value is not None}
     return f"{path}?{urlencode(given)}" if given else path
-
-
-class _Collected:
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.chunks: list[bytes] = []
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
-        elif message["type"] == "http.response.body":
-            self.chunks.append(message.get("body", b""))
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.chunks)
 
 
 def raise_for_status(reply: ServiceReply, statuses: dict[int, int] | None = None, detail: str | None = None) -> None:
@@ -371,9 +353,11 @@ def with_external_user(values: dict[str, Any], user_id: str | int | None) -> dic
     return values if user_id is None else {**values, EXTERNAL_USER: as_text(user_id)}
 
 
-def caller_metric(request: Request[Any, Any, State], metric: LegacyMetricCreate) -> dict[str, Any]:
+def caller_metric(metric: LegacyMetricCreate, deployment: bool) -> dict[str, Any]:
+    """The platform's metric for ``metric``; sent by the deployment (``is_deployment``), its
+    ``user_id`` is the caller's own system's and becomes a label."""
     platform = platform_metric(metric)
-    if is_deployment(request):
+    if deployment:
         platform.update(user_id=None, labels=with_external_user(metric.labels, metric.user_id))
     return platform
 
@@ -421,9 +405,10 @@ class LegacyAnalyticsController(Controller):
         self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricCreate]
     ) -> Response[LegacyMetric]:
         """Record one metric value."""
-        reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics", caller_metric(request, data))
+        deployment = is_deployment(request)
+        reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics", caller_metric(data, deployment))
         raise_for_status(reply)
-        if is_deployment(request):
+        if deployment:
             return _answer(legacy_metric({**reply.body, "user_id": as_text(data.user_id)}), reply)
         return _answer(legacy_metric(reply.body), reply)
 
@@ -436,7 +421,8 @@ class LegacyAnalyticsController(Controller):
         self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricBatch]
     ) -> Response[LegacyMessage]:
         """Record several metric values at once."""
-        batch = {"metrics": [caller_metric(request, metric) for metric in data.metrics]}
+        deployment = is_deployment(request)
+        batch = {"metrics": [caller_metric(metric, deployment) for metric in data.metrics]}
         reply = await call_platform(request, "POST", f"{ANALYTICS}/metrics/batch", batch)
         raise_for_status(reply)
         return _answer(LegacyMessage(f"Created {reply.body['created']} metrics successfully"), reply)

@@ -13,7 +13,7 @@ from litestar.types import Receive, Scope, Send
 from prometheus_client import Gauge
 
 from gateway.accesslog import AccessLog
-from gateway.api_keys import is_internal
+from gateway.api_keys import INTERNAL_PREFIX, is_internal
 from gateway.errors import MethodNotAllowed, PayloadTooLarge, RepeatedHeader
 from gateway.idempotency import KEYED_METHODS, Idempotency
 from gateway.metrics import PROXY_METRICS
@@ -86,6 +86,8 @@ def _read_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
 
 def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
     """A mount that admits and forwards everything under ``route.prefix`` (``cors``: CORS is on)."""
+    # Only a mount at or above the services' internal routes can be asked for one: the others skip the check.
+    guards_internal = is_internal(route.prefix) or INTERNAL_PREFIX.startswith(route.prefix + "/")
 
     async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
         context: ProxyContext = scope["app"].proxy_context  # type: ignore[attr-defined]  # a GatewayApp
@@ -100,7 +102,7 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
             if method not in PROXIED_METHODS:  # TRACE (cross-site tracing), CONNECT, WebDAV, made-up ones
                 raise MethodNotAllowed(method, ALLOW_HEADER)
             path = checked_path(scope.get("raw_path") or scope["path"].encode())
-            if context.routes.match(path) != route or is_internal(path):
+            if context.routes.match(path) != route or (guards_internal and is_internal(path)):
                 raise NotFoundException()
             headers = _read_headers(scope["headers"])
             authorization, api_key = headers.get(b"authorization"), headers.get(b"x-api-key")

@@ -117,6 +117,8 @@ _NOT_FORWARDED = HOP_BY_HOP | IDENTITY_HEADERS | REPLACED_BY_GATEWAY
 CHECKED_BY_GATEWAY = frozenset(
     {"authorization", "idempotency-key", "x-api-key", "content-length", "transfer-encoding", "host", "origin"}
 )
+# Names a client's ``Connection`` header cannot take away: gone anyway ("keep-alive", "close"), or checked.
+_NOT_REMOVED_BY_CONNECTION = _NOT_FORWARDED | CHECKED_BY_GATEWAY
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 # Response headers the gateway sets itself (its request ID, nosniff): an upstream's copies are dropped.
 SET_BY_GATEWAY = frozenset({b"x-request-id", b"x-content-type-options"})
@@ -172,6 +174,27 @@ class ForwardRequest(msgspec.Struct):
     response_bytes: int = 0  # of the upstream's response body relayed so far (set by ``forward``)
 
 
+class CollectedAnswer:
+    """A ``send`` that keeps a service's whole answer, for the gateway's own calls (legacy routes,
+    API-key checks) rather than a client's."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
+        elif message["type"] == "http.response.body":
+            self.chunks.append(message.get("body", b""))
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
 def forwarded_headers(request: ForwardRequest) -> list[tuple[bytes, bytes]]:
     """The client's headers minus hop-by-hop and identity ones, plus the gateway's own (names in
     lower case, as ASGI and HTTP/1.1 both accept)."""
@@ -187,8 +210,7 @@ def forwarded_headers(request: ForwardRequest) -> list[tuple[bytes, bytes]]:
             connection_listed |= {
                 token.strip().lower().replace("_", "-") for token in value.decode("latin-1").split(",")
             }
-    connection_listed -= _NOT_FORWARDED  # "keep-alive", "close": gone anyway
-    connection_listed -= CHECKED_BY_GATEWAY
+    connection_listed -= _NOT_REMOVED_BY_CONNECTION
     if connection_listed:
         kept = [(name, value) for name, value in kept if _normalise(name) not in connection_listed]
     kept += [

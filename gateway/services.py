@@ -1,7 +1,6 @@
 """Admission: who is calling (JWT verified locally), whether the token is revoked, and whether
 the client is within its rate limit. No Litestar imports."""
 
-import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -13,6 +12,7 @@ from redis.exceptions import RedisError
 from gateway.api_keys import KeyExchange, check_scope, is_api_key
 from gateway.config import GatewaySettings
 from gateway.errors import QuotaExceeded
+from gateway.proxy import Forward
 from gateway.ratelimit import Decision, Policy, RateLimiter
 from gateway.routing import is_public, uses_auth_policy
 from shared.http import address_key
@@ -34,8 +34,12 @@ class Admission(msgspec.Struct, frozen=True):
 
 
 class VerifiedToken(msgspec.Struct, frozen=True):
+    """A token's claims and what admission derives from them, worked out once per token."""
+
     claims: dict[str, Any]
-    revocation_keys: list[str]  # the store keys that would revoke it, worked out once
+    revocation_keys: list[str]  # the store keys that would revoke it
+    scoped: bool  # an API key's token (it carries scopes): it reaches only what they allow
+    key_limit: str | None  # an API key's token: "key:<key id>", the key's own rate-limit budget
 
 
 class ClaimsCache:
@@ -56,7 +60,9 @@ class ClaimsCache:
         return verified
 
     def put(self, token: str, claims: dict[str, Any]) -> VerifiedToken:
-        verified = self.entries[token] = VerifiedToken(claims, RevocationList.keys_for(claims))
+        key_limit = f"key:{claims['key_id']}" if "key_id" in claims else None
+        verified = VerifiedToken(claims, RevocationList.keys_for(claims), "scopes" in claims, key_limit)
+        self.entries[token] = verified
         if len(self.entries) > self.size:
             self.entries.popitem(last=False)
         return verified
@@ -70,7 +76,9 @@ class Gatekeeper:
         revocations: RevocationList,
         limiter: RateLimiter,
         legacy_api_key: str | None = None,
+        key_checker: Forward | None = None,
     ) -> None:
+        """``key_checker``: the auth service, which exchanges API keys (None: keys are no credential)."""
         self.verifier = verifier
         self.revocations = revocations
         self.limiter = limiter
@@ -79,8 +87,7 @@ class Gatekeeper:
         self.default_policy = Policy("default", settings.rate_limit_per_minute, 60, settings.rate_limit_burst)
         self.auth_policy = Policy("auth", settings.auth_rate_limit_per_minute, 60, settings.auth_rate_limit_burst)
         self.claims_cache = ClaimsCache()
-        self.legacy_api_key = legacy_api_key
-        self.keys = KeyExchange(None, settings.api_key_cache_seconds, legacy_api_key)
+        self.keys = KeyExchange(key_checker, settings.api_key_cache_seconds, legacy_api_key)
 
     async def admit(
         self,
@@ -103,11 +110,16 @@ class Gatekeeper:
             if is_public(method, path):
                 verified = None
             else:
-                key = self._api_key(authorization, api_key, legacy)
-                if key is not None:
-                    forwarded = "Bearer " + await self.keys.token_for(key, request_id)
-                verified = await self._verified(forwarded or authorization)
-                if "scopes" in verified.claims:  # a key's token, however it came: the key's reach only
+                if authorization is not None:
+                    token = bearer_token(authorization)
+                    exchanged = is_api_key(token)
+                else:
+                    token, exchanged = self._key_header(api_key, legacy), True
+                if exchanged:  # an API key: its access token is verified and forwarded in its place
+                    token = await self.keys.token_for(token, request_id)
+                    forwarded = "Bearer " + token
+                verified = await self._verified(token)
+                if verified.scoped:  # a key's token, however it came: the key's reach only
                     check_scope(verified.claims["scopes"], method, path)
         except InvalidToken:
             # Requests with a bad token count against the client too: guessing is rate-limited.
@@ -115,9 +127,12 @@ class Gatekeeper:
             if not refused.allowed:
                 raise QuotaExceeded(refused.headers(policy)) from None
             raise
-        claims = verified.claims if verified is not None else None
-        key = _rate_limit_key(claims, self.key_by_user, client_key)
-        revocation_keys = verified.revocation_keys if verified is not None else None
+        if verified is None:
+            claims, key, revocation_keys = None, client_key, None
+        else:
+            # Each API key has a limit of its own; users share theirs across clients with RATE_LIMIT_KEY=user.
+            claims, revocation_keys = verified.claims, verified.revocation_keys
+            key = verified.key_limit or (claims["sub"] if self.key_by_user else client_key)
         decision = await self.limiter.hit(key, policy, revocation_keys, int(claims["iat"]) if claims else 0)
         if claims is not None and await self._revoked(claims, decision):
             raise InvalidToken("The access token has been revoked.")
@@ -125,20 +140,14 @@ class Gatekeeper:
             raise QuotaExceeded(decision.headers(policy))
         return Admission(claims, policy, decision, forwarded)
 
-    def _api_key(self, authorization: str | None, api_key: str | None, legacy: bool) -> str | None:
-        """The API key the request presents, if it presents one."""
-        if authorization is not None:
-            scheme, _, credential = authorization.partition(" ")
-            credential = credential.strip()
-            return credential if scheme.lower() == "bearer" and is_api_key(credential) else None
-        if not api_key:
-            return None
-        if self.legacy_api_key is not None and hmac.compare_digest(api_key.encode(), self.legacy_api_key.encode()):
-            return api_key if legacy else None
-        return api_key
+    def _key_header(self, api_key: str | None, legacy: bool) -> str:
+        """The ``X-API-Key`` of a request without ``Authorization``, when it is a credential: the
+        deployment's ``API_KEY`` is one on ``legacy`` routes only. InvalidToken without one."""
+        if api_key and (legacy or not self.keys.is_deployment_key(api_key)):
+            return api_key
+        raise InvalidToken("An access token is required.")
 
-    async def _verified(self, authorization: str | None) -> VerifiedToken:
-        token = bearer_token(authorization)
+    async def _verified(self, token: str) -> VerifiedToken:
         verified = self.claims_cache.get(token)
         if verified is None:
             verified = self.claims_cache.put(token, await self.verifier.decode(token))
@@ -158,10 +167,3 @@ class Gatekeeper:
             # Redis is down: tokens stay valid until they expire (at most ACCESS_TOKEN_TTL).
             logger.warning("revocation check unavailable; accepting a signature-valid token")
             return False
-
-
-def _rate_limit_key(claims: dict[str, Any] | None, key_by_user: bool, client_key: str) -> str:
-    """Each API key has a limit of its own; users share theirs across clients with RATE_LIMIT_KEY=user."""
-    if claims is not None and "key_id" in claims:
-        return f"key:{claims['key_id']}"
-    return claims["sub"] if claims and key_by_user else client_key

@@ -145,7 +145,7 @@ class GatewayCycle(RequestResponseCycle):
             end = lines.find(b"\r", start)
             self.expected_content_length = int(lines[start : end if end >= 0 else None].decode())
             self.chunked_encoding = False
-        elif self.scope["method"] != "HEAD" and status not in (204, 304):
+        elif not self.bodiless:
             self.chunked_encoding = True
             framing = b"transfer-encoding: chunked\r\n"
         if not self.keep_alive:
@@ -181,7 +181,7 @@ class GatewayCycle(RequestResponseCycle):
         lines[1] = _default_head(self.default_headers, with_date=b"date" not in names)
         if not self.keep_alive and not close_sent:
             lines.append(b"connection: close\r\n")
-        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
+        if self.chunked_encoding is None and not self.bodiless:
             self.chunked_encoding = True
             lines.append(b"transfer-encoding: chunked\r\n")
         lines.append(b"\r\n")

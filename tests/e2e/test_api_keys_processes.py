@@ -9,12 +9,42 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import WAIT_SECONDS, DatabaseFactory
-from tests.e2e.processes import Processes, assert_problem, start_auth_service
+from tests.e2e.processes import Processes, Service, assert_problem, start_auth_service
 
 AUTH = "/api/v1/auth"
 USERS = "/api/v1/users"
 POLLING = {"RATE_LIMIT_PER_MINUTE": "1000", "RATE_LIMIT_BURST": "500"}  # a key polled until refused
 CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
+
+
+def start_auth_and_echo(
+    processes: Processes, data_dir: Path, databases: DatabaseFactory, redis_url: str, namespace: str
+) -> tuple[Service, Service]:
+    """The auth service (its own database, the test's Redis) and an echo upstream for the users routes."""
+    auth = start_auth_service(processes, data_dir, databases.create("auth"), redis_url, namespace)
+    return auth, processes.upstream("echo")
+
+
+def start_gateway(
+    processes: Processes, data_dir: Path, name: str, auth: Service, echo: Service, **settings: str
+) -> Service:
+    """A gateway that checks API keys at ``auth`` and proxies the users routes to ``echo``."""
+    return processes.gateway(
+        name, data_dir, AUTH_SERVICE_URL=auth.url, USER_SERVICE_URL=echo.url, REQUIRE_API_KEY="false", **settings
+    )
+
+
+def wait_healthy(auth: Service, *others: Service) -> None:
+    auth.wait_healthy(60)  # migrations first
+    for service in others:
+        service.wait_healthy()
+
+
+def register_owner(client: httpx.Client) -> dict[str, str]:
+    """A new account's bearer header, to manage its keys with."""
+    registered = client.post(f"{AUTH}/register", json=CREDENTIALS)
+    assert registered.status_code == 201, registered.text
+    return {"Authorization": f"Bearer {registered.json()['access_token']}"}
 
 
 def eventually_refused(gateway_url: str, key: str) -> float:
@@ -34,35 +64,14 @@ def eventually_refused(gateway_url: str, key: str) -> float:
 def test_a_revoked_key_is_refused_by_every_gateway_replica(
     tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
 ) -> None:
-    auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
-    echo = processes.upstream("echo")
-    with_redis = processes.gateway(
-        "gateway-redis",
-        tmp_path,
-        AUTH_SERVICE_URL=auth.url,
-        USER_SERVICE_URL=echo.url,
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-        REQUIRE_API_KEY="false",
-        **POLLING,
-    )
-    without_redis = processes.gateway(
-        "gateway-no-redis",
-        tmp_path,
-        AUTH_SERVICE_URL=auth.url,
-        USER_SERVICE_URL=echo.url,
-        REQUIRE_API_KEY="false",
-        **POLLING,
-    )
-    auth.wait_healthy(60)
-    echo.wait_healthy()
-    with_redis.wait_healthy()
-    without_redis.wait_healthy()
+    auth, echo = start_auth_and_echo(processes, tmp_path, databases, redis_url, redis_namespace)
+    redis = {"REDIS_URL": redis_url, "REDIS_NAMESPACE": redis_namespace}
+    with_redis = start_gateway(processes, tmp_path, "gateway-redis", auth, echo, **redis, **POLLING)
+    without_redis = start_gateway(processes, tmp_path, "gateway-no-redis", auth, echo, **POLLING)
+    wait_healthy(auth, echo, with_redis, without_redis)
 
     with httpx.Client(base_url=with_redis.url, timeout=10) as client:
-        registered = client.post(f"{AUTH}/register", json=CREDENTIALS)
-        assert registered.status_code == 201, registered.text
-        owner = {"Authorization": f"Bearer {registered.json()['access_token']}"}
+        owner = register_owner(client)
         created = client.post(f"{AUTH}/api-keys", json={"name": "ci", "scopes": ["users:read"]}, headers=owner)
         assert created.status_code == 201, created.text
         key = created.json()["key"]
@@ -81,27 +90,14 @@ def test_a_revoked_key_is_refused_by_every_gateway_replica(
 def test_with_the_auth_service_down_a_known_key_degrades_and_an_unknown_one_is_a_503(
     tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
 ) -> None:
-    auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
-    echo = processes.upstream("echo")
+    auth, echo = start_auth_and_echo(processes, tmp_path, databases, redis_url, redis_namespace)
     # Every request asks the auth service again: with it gone, only a kept, unexpired token can serve.
-    gateway = processes.gateway(
-        "gateway",
-        tmp_path,
-        AUTH_SERVICE_URL=auth.url,
-        USER_SERVICE_URL=echo.url,
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-        REQUIRE_API_KEY="false",
-        API_KEY_CACHE_SECONDS="0",
-    )
-    auth.wait_healthy(60)
-    echo.wait_healthy()
-    gateway.wait_healthy()
+    redis = {"REDIS_URL": redis_url, "REDIS_NAMESPACE": redis_namespace}
+    gateway = start_gateway(processes, tmp_path, "gateway", auth, echo, **redis, API_KEY_CACHE_SECONDS="0")
+    wait_healthy(auth, echo, gateway)
 
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
-        registered = client.post(f"{AUTH}/register", json=CREDENTIALS)
-        assert registered.status_code == 201, registered.text
-        owner = {"Authorization": f"Bearer {registered.json()['access_token']}"}
+        owner = register_owner(client)
         keys = [
             client.post(f"{AUTH}/api-keys", json={"name": name, "scopes": ["users:read"]}, headers=owner).json()["key"]
             for name in ("used", "never used")

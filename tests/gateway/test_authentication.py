@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from litestar import Litestar
 
 from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
@@ -42,13 +41,6 @@ from tests.gateway.conftest import (
 from tests.gateway.echo import Echo
 
 ME = f"{AUTH}/me"
-
-
-@pytest.fixture
-def platform(make_settings: SettingsFactory, auth_app: Litestar, echo: Echo) -> Litestar:
-    """The conftest's platform with time for argon2 on a busy machine: its 0.5 s upstream timeout,
-    meant for the echo, turned a slow register into a 504 when other work shared the CPU."""
-    return create_app(make_settings(request_timeout=10), services={AUTH: auth_app, USERS: echo})
 
 
 # -- public and protected -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from gateway.errors import BodyTimeout, CircuitOpen, PayloadTooLarge, UpstreamUn
 from gateway.proxy import ForwardRequest, HTTPUpstream, RequestBody, ResponseStarted
 from tests.conftest import app_client, eventually
 from tests.gateway.conftest import USERS, SettingsFactory, access_token, assert_problem, bearer, raw_request
+from tests.gateway.loopback import LoopbackServer
 
 THINGS = "/api/v1/things"
 BILLING = "/api/v1/billing"
@@ -33,7 +34,7 @@ UNAVAILABLE = b'{"type":"/problems/database-unavailable","status":503,"code":"da
 INTERNAL_ERROR = b'{"type":"/problems/internal-error","status":500,"code":"internal-error"}'
 
 
-class Upstream:
+class Upstream(LoopbackServer):
     """An HTTP/1.1 server: ``/ready`` answers ``ready_status``; ``<prefix>/unavailable`` a fast 503
     problem, ``<prefix>/internal-error`` a 500 one; ``<prefix>/mid-answer`` a head and part of the
     body, then the connection closes; anything else 200 ``ok``. ``broken``: every connection is
@@ -41,9 +42,7 @@ class Upstream:
     ``release()`` (a hung process)."""
 
     def __init__(self) -> None:
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
+        super().__init__()
         self.arrivals: list[str] = []
         self.ready_status = 200
         self.broken = False
@@ -60,36 +59,14 @@ class Upstream:
     def release(self) -> None:
         self.answering.set()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> "Upstream":
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", self.port, reuse_address=True)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
     async def stop(self) -> None:
-        """Stop listening and drop every open connection: from now on, connections are refused."""
         self.release()
-        if self.server is None:
-            return
-        self.server.close()
-        for writer in list(self.writers):
-            writer.close()
-        await self.server.wait_closed()
-        self.server = None
+        await super().stop()
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
-        try:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             while not self.broken and await self.answer_one(reader, writer):
                 pass
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
-            pass
-        finally:
-            self.writers.discard(writer)
-            writer.close()
 
     async def answer_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")

@@ -20,6 +20,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.proxy import ForwardRequest, HTTPUpstream, ResponseStarted
 from tests.conftest import app_client
 from tests.gateway.conftest import USERS, SettingsFactory, access_token, assert_problem, bearer
+from tests.gateway.loopback import LoopbackServer, next_head, serving
 
 HANG_GUARD_SECONDS = 10
 CHUNKS = [b"first-", b"second-" * 100, b"third"]
@@ -37,52 +38,24 @@ class Arrival:
         return next((value for key, value in self.headers if key == name), None)
 
 
-class RawUpstream:
+class RawUpstream(LoopbackServer):
     """An HTTP/1.1 server with one behaviour per path (see ``respond``)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.arrivals: list[Arrival] = []
-        self.connections = 0
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.Server | None = None
 
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self.writers:
-            writer.close()
-        await self.server.wait_closed()
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.add(writer)
-        number, served = self.connections, 0
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                line, *fields = head.decode("latin-1").split("\r\n")[:-2]
-                headers = [(name.lower(), value.strip()) for name, _, value in (f.partition(":") for f in fields)]
-                arrival = Arrival(number, line, headers, b"", False)
-                arrival.body, arrival.chunked = await self.read_body(reader, arrival)
-                self.arrivals.append(arrival)
-                served += 1
-                if not await self.respond(arrival, writer, served):
-                    return
-        finally:
-            self.writers.discard(writer)
-            writer.close()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        served = 0
+        while (head := await next_head(reader)) is not None:
+            line, *fields = head.decode("latin-1").split("\r\n")[:-2]
+            headers = [(name.lower(), value.strip()) for name, _, value in (f.partition(":") for f in fields)]
+            arrival = Arrival(number, line, headers, b"", False)
+            arrival.body, arrival.chunked = await self.read_body(reader, arrival)
+            self.arrivals.append(arrival)
+            served += 1
+            if not await self.respond(arrival, writer, served):
+                return
 
     async def read_body(self, reader: asyncio.StreamReader, arrival: Arrival) -> tuple[bytes, bool]:
         if arrival.header("transfer-encoding") == "chunked":
@@ -143,12 +116,8 @@ class RawUpstream:
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[RawUpstream]:
-    server = RawUpstream()
-    await server.start()
-    try:
+    async with serving(RawUpstream()) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from gateway.http1 import Connection, ConnectionPool
 from gateway.serving import GatewayHttpProtocol
 from tests.conftest import eventually
 from tests.gateway.conftest import USERS, SettingsFactory, access_token
+from tests.gateway.loopback import LoopbackServer, next_head, serving
 
 HANG_GUARD_SECONDS = 10
 READ_TIMEOUT_SECONDS = 3.0  # a request handed a dead connection would wait this long, then fail
@@ -39,56 +40,22 @@ ANSWERS = {
 }
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackServer):
     """Reads each request head (no bodies) and writes ``ANSWERS[path]``."""
 
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.connections = 0
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self.writers:
-            writer.close()
-        await self.server.wait_closed()
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.add(writer)
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                path = head.split(b" ", 2)[1].decode().partition("?")[0].removeprefix(USERS)
-                writer.write(ANSWERS[path])
-                await writer.drain()
-                if path == "/close-after":
-                    return  # a keep-alive answer, then the upstream closes (a restart, an idle timeout)
-        finally:
-            self.writers.discard(writer)
-            writer.close()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        while (head := await next_head(reader)) is not None:
+            path = head.split(b" ", 2)[1].decode().partition("?")[0].removeprefix(USERS)
+            writer.write(ANSWERS[path])
+            await writer.drain()
+            if path == "/close-after":
+                return  # a keep-alive answer, then the upstream closes (a restart, an idle timeout)
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[ScriptedUpstream]:
-    server = ScriptedUpstream()
-    await server.start()
-    try:
+    async with serving(ScriptedUpstream()) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

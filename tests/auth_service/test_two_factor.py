@@ -5,7 +5,6 @@ import asyncio
 import base64
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -464,15 +463,6 @@ async def test_turning_two_factor_off_is_told_to_the_address(
 
 def told_of_two_factor_off(inbox: Inbox) -> list[Any]:
     return [m for m in inbox.to("ada@example.com") if m["Subject"] == "Two-factor sign-in was turned off"]
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_with_redis_down_two_factor_sign_in_still_works(

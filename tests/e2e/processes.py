@@ -9,11 +9,11 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +22,8 @@ import jwt
 import pytest
 
 from shared.keys import hs256_kid
+from tests.conftest import WAIT_SECONDS
+from tests.private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -35,12 +37,6 @@ JWT_SECRET = "e2e-gateway-processes-secret-" + "x" * 32
 PROBLEM = "application/problem+json"
 # The cheapest argon2id parameters the auth service accepts (OWASP's minimum): fast sign-ins.
 FAST_ARGON2 = {"ARGON2_MEMORY_KIB": "19456", "ARGON2_TIME_COST": "2", "ARGON2_PARALLELISM": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def environment(data_dir: Path, **settings: str) -> dict[str, str]:
@@ -182,9 +178,10 @@ def metric(base_url: str, name: str) -> float:
 
 
 def start_auth_service(
-    processes: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str
+    processes: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str, **settings: str
 ) -> Service:
-    """The auth service, migrated then served, on its own database and the test's Redis namespace."""
+    """The auth service, migrated then served, on its own database and the test's Redis namespace
+    (``settings``: more of its environment)."""
     port = free_port()
     env = environment(
         data_dir,
@@ -193,7 +190,25 @@ def start_auth_service(
         REDIS_URL=redis_url,
         REDIS_NAMESPACE=namespace,
         **FAST_ARGON2,
+        **settings,
     )
     python = shlex.quote(PYTHON)
     command = f"{python} -m auth_service migrate && exec {python} -m auth_service serve"
     return processes.start("auth", ["sh", "-c", command], env, port)
+
+
+def arrivals(url: str) -> int:
+    """How many requests an upstream of ``tests.e2e.upstreams`` has received."""
+    count: int = httpx.get(f"{url}/__arrivals", timeout=5).json()["count"]
+    return count
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
+    """Poll ``check`` until it returns something truthy: a bound on waiting for something
+    eventually true (a process's state), never a timing test."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+    return result

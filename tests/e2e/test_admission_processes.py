@@ -12,7 +12,6 @@ Time limits are generous deadlines that prove "no hang", never performance claim
 """
 
 import contextlib
-import shlex
 import signal
 import threading
 import time
@@ -23,14 +22,11 @@ import redis as redis_sync
 
 from tests.conftest import DatabaseFactory
 from tests.e2e.processes import (
-    FAST_ARGON2,
-    PYTHON,
     Processes,
-    Service,
     access_token,
+    arrivals,
     assert_problem,
-    environment,
-    free_port,
+    start_auth_service,
 )
 from tests.gateway.stored_tokens import assert_no_token_in, stored_bytes
 
@@ -39,27 +35,17 @@ GENEROUS = {"RATE_LIMIT_PER_MINUTE": "10000", "RATE_LIMIT_BURST": "10000"}
 GRACE_SECONDS = 1.0
 
 
-def start_auth(processes: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str) -> Service:
-    """The auth service, migrated then served, with a short refresh-reuse grace window."""
-    port = free_port()
-    env = environment(
-        data_dir,
-        AUTH_DATABASE_URL=database_url,
-        AUTH_PORT=str(port),
-        AUTH_REFRESH_REUSE_GRACE=str(GRACE_SECONDS),
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=namespace,
-        **FAST_ARGON2,
-    )
-    python = shlex.quote(PYTHON)
-    command = f"{python} -m auth_service migrate && exec {python} -m auth_service serve"
-    return processes.start("auth", ["sh", "-c", command], env, port)
-
-
 def test_a_keyed_refresh_sent_again_past_the_grace_window_revokes_the_family_and_redis_holds_no_token(
     tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
 ) -> None:
-    auth = start_auth(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
+    auth = start_auth_service(
+        processes,
+        tmp_path,
+        databases.create("auth"),
+        redis_url,
+        redis_namespace,
+        AUTH_REFRESH_REUSE_GRACE=str(GRACE_SECONDS),
+    )
     gateway = processes.gateway(
         "gateway", tmp_path, AUTH_SERVICE_URL=auth.url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace
     )
@@ -117,7 +103,7 @@ def test_a_gateway_that_died_mid_request_leaves_a_lock_that_expires_for_a_retryi
     attempt = threading.Thread(target=first_attempt)
     attempt.start()
     deadline = time.monotonic() + 10
-    while httpx.get(f"{slow.url}/__arrivals", timeout=5).json()["count"] < 1:
+    while arrivals(slow.url) < 1:
         assert time.monotonic() < deadline, "the first attempt never reached the upstream"
         time.sleep(0.05)
     processes.stop(doomed, signal.SIGKILL)
@@ -139,7 +125,7 @@ def test_a_gateway_that_died_mid_request_leaves_a_lock_that_expires_for_a_retryi
     assert statuses[0] == 409, statuses  # the dead gateway's lock was still held ...
     assert statuses[-1] == 200, statuses  # ... and expired although the client kept asking
     assert set(statuses) == {409, 200}, statuses
-    assert httpx.get(f"{slow.url}/__arrivals", timeout=5).json()["count"] == 2
+    assert arrivals(slow.url) == 2
 
 
 def test_ten_addresses_of_one_ipv6_64_share_one_budget(

@@ -7,30 +7,13 @@ the recovery time measured is printed (docs/RELIABILITY.md, "Breakers").
 
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from tests.e2e.processes import Processes, access_token, assert_problem, free_port
+from tests.e2e.processes import Processes, access_token, arrivals, assert_problem, free_port, wait_for
 
 GENEROUS = {"RATE_LIMIT_PER_MINUTE": "10000", "RATE_LIMIT_BURST": "10000"}
-BOUND_SECONDS = 10.0
-
-
-def until(check: Callable[[], Any], what: str) -> Any:
-    """Poll ``check`` until it returns something truthy, within ``BOUND_SECONDS``."""
-    deadline = time.monotonic() + BOUND_SECONDS
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-    return result
-
-
-def arrivals(url: str) -> int:
-    count: int = httpx.get(f"{url}/__arrivals", timeout=5).json()["count"]
-    return count
 
 
 def test_an_upstream_killed_and_restarted_is_refused_fast_then_used_again_once_ready(
@@ -88,7 +71,7 @@ def test_an_upstream_killed_and_restarted_is_refused_fast_then_used_again_once_r
         restarted = processes.upstream("echo", port)
         restarted.wait_healthy()
         healthy_at = time.monotonic()
-        until(lambda: client.get("/api/v1/users/x").status_code == 200, "the users route to serve again")
+        wait_for(lambda: client.get("/api/v1/users/x").status_code == 200, "the users route to serve again")
         print(f"users route served again {time.monotonic() - healthy_at:.2f} s after the upstream was healthy")
         assert all(client.get("/api/v1/users/x").status_code == 200 for _ in range(5))
         assert client.get("/ready").json()["checks"]["upstream:users"] == {"status": "ok", "error": None}

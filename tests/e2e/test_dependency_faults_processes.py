@@ -9,9 +9,9 @@ revocations are enforced again — those that waited for it included. A PostgreS
 Deadlines are generous client bounds that prove "no hang", never performance claims.
 """
 
+import functools
 import shlex
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,13 @@ from tests.e2e.processes import (
     environment,
     free_port,
     metric,
+    wait_for,
 )
 from tests.private_servers import PrivatePostgres, PrivateRedis
 
 CLIENT_BOUND_SECONDS = 10.0
 WAIT_SECONDS = 20.0
+eventually = functools.partial(wait_for, timeout=WAIT_SECONDS)
 PASSWORD = "a long enough passphrase"
 
 
@@ -79,17 +81,6 @@ class Platform:
 
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
-
-
-def eventually(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
 
 
 def start_service(

@@ -23,6 +23,7 @@ from tests.e2e.processes import (
     Processes,
     Service,
     access_token,
+    arrivals,
     assert_problem,
     environment,
     free_port,
@@ -37,11 +38,6 @@ GENEROUS = {"RATE_LIMIT_PER_MINUTE": "10000", "RATE_LIMIT_BURST": "10000"}
 
 def bearer(token: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token or access_token()}"}
-
-
-def arrivals(upstream: Service) -> int:
-    count: int = httpx.get(f"{upstream.url}/__arrivals", timeout=5).json()["count"]
-    return count
 
 
 # 1. Gateway + auth service: sign-in through the gateway, logout revokes at the gateway at once.
@@ -203,9 +199,9 @@ def test_upstream_down_gives_502_then_the_breaker_503_then_recovers(tmp_path: Pa
         assert statuses[-1] == 200, statuses
         # Every 503 was the gateway's own answer; the breaker closed on the gateway's own /ready
         # probe (not counted) or on the one request let through (tests/e2e/test_breaker_processes.py).
-        assert arrivals(users) == 1
+        assert arrivals(users.url) == 1
         assert all(client.get("/api/v1/users/x").status_code == 200 for _ in range(5))
-        assert arrivals(users) == 6
+        assert arrivals(users.url) == 6
 
 
 # 4. A slow upstream: 504 in time, and what is (not) retried.
@@ -235,13 +231,13 @@ def test_slow_upstream_gives_504_in_time_and_nothing_is_retried(tmp_path: Path, 
         timed_out = pending.result(timeout=10)
         assert time.monotonic() - started < 2.5
         assert_problem(timed_out, 504)
-        assert arrivals(slow) == 2  # the POST once (never retried) and the fast GET
+        assert arrivals(slow.url) == 2  # the POST once (never retried) and the fast GET
 
         started = time.monotonic()
         assert_problem(client.get("/api/v1/slow/work"), 504)
         assert time.monotonic() - started < 2.5
         time.sleep(0.3)
-        assert arrivals(slow) == 3  # a timed-out GET is not retried either: only connect failures are
+        assert arrivals(slow.url) == 3  # a timed-out GET is not retried either: only connect failures are
 
         started = time.monotonic()
         assert_problem(client.get("/api/v1/gone/x"), 502)  # GET: may be retried once on connect failure
@@ -308,7 +304,7 @@ def test_two_gateways_sharing_a_redis_namespace_enforce_one_limit(
         refused = httpx.get(f"{gateway.url}/api/v1/users/x", headers=headers, timeout=5)
         assert assert_problem(refused, 429)["code"] == "quota-exceeded"
         assert int(refused.headers["retry-after"]) >= 1
-    assert arrivals(echo) == 10
+    assert arrivals(echo.url) == 10
 
 
 # 6. Redis killed mid-run and restarted.

@@ -6,7 +6,6 @@ used to be verified all 25 (the lock was checked before the hash, the failure re
 """
 
 import itertools
-import shlex
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -15,14 +14,10 @@ import httpx
 
 from tests.conftest import DatabaseFactory
 from tests.e2e.processes import (
-    FAST_ARGON2,
-    PYTHON,
     Processes,
-    Service,
     assert_problem,
-    environment,
-    free_port,
     metric,
+    start_auth_service,
 )
 
 LOGIN = "/api/v1/auth/login"
@@ -31,26 +26,6 @@ WRONG = "not the passphrase at all"
 SOURCES = [f"127.0.0.{n}" for n in range(2, 7)]
 ALLOWED_FAILURES = 5  # LOGIN_FAILURES_BEFORE_LOCKOUT's default
 VERIFICATIONS = 'pyairtable_auth_password_hash_computations_total{operation="verify"}'
-
-
-def start_auth_behind_the_gateway(
-    processes: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str
-) -> Service:
-    """The auth service, migrated then served, believing the gateway's ``X-Forwarded-For``
-    (which is how it tells the clients' addresses apart)."""
-    port = free_port()
-    env = environment(
-        data_dir,
-        AUTH_DATABASE_URL=database_url,
-        AUTH_PORT=str(port),
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=namespace,
-        TRUSTED_PROXIES="127.0.0.1/32",
-        **FAST_ARGON2,
-    )
-    python = shlex.quote(PYTHON)
-    command = f"{python} -m auth_service migrate && exec {python} -m auth_service serve"
-    return processes.start("auth", ["sh", "-c", command], env, port)
 
 
 def client_from(source: str, base_url: str) -> httpx.Client:
@@ -85,7 +60,10 @@ def guesses_then_the_password(base_url: str) -> list[httpx.Response]:
 def test_25_parallel_guesses_from_5_addresses_get_at_most_5_verifications_and_no_login(
     tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
 ) -> None:
-    auth = start_auth_behind_the_gateway(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
+    # It believes the gateway's X-Forwarded-For: that is how it tells the clients' addresses apart.
+    auth = start_auth_service(
+        processes, tmp_path, databases.create("auth"), redis_url, redis_namespace, TRUSTED_PROXIES="127.0.0.1/32"
+    )
     gateway = processes.gateway(
         "gateway",
         tmp_path,

@@ -3,7 +3,6 @@ SQLite files in DATA_DIR, in-memory stores, a generated development secret."""
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,14 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.private_servers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PLATFORM_VARIABLES = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "PORT", "HOST", "ENVIRONMENT")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_environment(data_dir: Path, **extra: str) -> dict[str, str]:

@@ -4,12 +4,11 @@ HTTP on loopback, Redis streams between them, and processes SIGKILLed half way t
 Deadlines are generous bounds that prove "no hang" on a busy machine, never performance claims.
 """
 
+import functools
 import shlex
 import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,11 @@ from tests.e2e.processes import (
     free_port,
     metric,
     start_auth_service,
+    wait_for,
 )
 
 WAIT_SECONDS = 20.0
+eventually = functools.partial(wait_for, timeout=WAIT_SECONDS)
 PASSWORD = "a long enough passphrase"
 
 
@@ -42,17 +43,6 @@ GENEROUS = {"RATE_LIMIT_PER_MINUTE": "10000", "RATE_LIMIT_BURST": "10000"}
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
 
 
 def user_env(data_dir: Path, database_url: str, redis_url: str, namespace: str, **extra: str) -> dict[str, str]:
@@ -79,7 +69,7 @@ def start_user_service(started: Processes, env: dict[str, str], migrate: bool = 
 
 
 def wait_for_line(service: Service, line: str, timeout: float = 60.0) -> None:
-    eventually(
+    wait_for(
         lambda: line in service.log_tail() or service.process.poll() is not None, f"{line} from {service.name}", timeout
     )
     assert service.process.poll() is None, service.log_tail()

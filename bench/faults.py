@@ -128,10 +128,11 @@ class Platform:
         return self.gateway.base_url
 
 
-def _service_env(prefix: str, database_url: str, port: int, redis_url: str, data_dir: Path) -> dict[str, str]:
-    env = scrubbed_environ(SHARED_SETTING_NAMES, (f"{prefix}_",))
+def _env(prefix: str, redis_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
+    """A service's or the gateway's environment: none of this process's settings for it, the
+    platform's shared ones, and its own."""
+    env = scrubbed_environ(SHARED_SETTING_NAMES, (prefix,))
     env.update(
-        {f"{prefix}_DATABASE_URL": database_url, f"{prefix}_PORT": str(port)},
         REDIS_URL=redis_url,
         REDIS_NAMESPACE="faults",
         DATA_DIR=str(data_dir),
@@ -139,6 +140,7 @@ def _service_env(prefix: str, database_url: str, port: int, redis_url: str, data
         PYTHONUNBUFFERED="1",
         LOG_LEVEL="WARNING",
         ACCESS_LOG="false",
+        **settings,
     )
     return env
 
@@ -175,7 +177,8 @@ def platform(workdir: Path) -> Iterator[Platform]:
         services: dict[str, Process] = {}
         for prefix, module in modules.items():
             port = free_port()
-            env = _service_env(prefix, databases[prefix], port, redis_server.url, workdir)
+            own = {f"{prefix}_DATABASE_URL": databases[prefix], f"{prefix}_PORT": str(port)}
+            env = _env(f"{prefix}_", redis_server.url, workdir, **own)
             if prefix == "AUTH":
                 env.update(FAST_ARGON2, IP_ATTEMPTS_PER_MINUTE="100000", AUTH_IP_ATTEMPTS_PER_MINUTE="100000")
             if prefix == "AIRTABLE_GATEWAY":
@@ -191,25 +194,21 @@ def platform(workdir: Path) -> Iterator[Platform]:
             services[module] = Process(module, ["-m", module, "serve"], env, port, workdir)
         processes.extend(services.values())
         gateway_port = free_port()
-        gateway_env = scrubbed_environ(SHARED_SETTING_NAMES, ("GATEWAY_",)) | {
-            "GATEWAY_PORT": str(gateway_port),
-            "REDIS_URL": redis_server.url,
-            "REDIS_NAMESPACE": "faults",
-            "DATA_DIR": str(workdir),
-            "JWT_SECRET": JWT_SECRET,
-            "PYTHONUNBUFFERED": "1",
-            "LOG_LEVEL": "WARNING",
-            "ACCESS_LOG": "false",
-            "AUTH_SERVICE_URL": services["auth_service"].base_url,
-            "USER_SERVICE_URL": services["user_service"].base_url,
-            "AIRTABLE_GATEWAY_URL": services["airtable_gateway"].base_url,
-            "ANALYTICS_SERVICE_URL": services["analytics_service"].base_url,
+        gateway_env = _env(
+            "GATEWAY_",
+            redis_server.url,
+            workdir,
+            GATEWAY_PORT=str(gateway_port),
+            AUTH_SERVICE_URL=services["auth_service"].base_url,
+            USER_SERVICE_URL=services["user_service"].base_url,
+            AIRTABLE_GATEWAY_URL=services["airtable_gateway"].base_url,
+            ANALYTICS_SERVICE_URL=services["analytics_service"].base_url,
             # One client address sends the whole load: the limits must not be what is measured.
-            "RATE_LIMIT_PER_MINUTE": "1000000",
-            "RATE_LIMIT_BURST": "100000",
-            "AUTH_RATE_LIMIT_PER_MINUTE": "1000000",
-            "AUTH_RATE_LIMIT_BURST": "100000",
-        }
+            RATE_LIMIT_PER_MINUTE="1000000",
+            RATE_LIMIT_BURST="100000",
+            AUTH_RATE_LIMIT_PER_MINUTE="1000000",
+            AUTH_RATE_LIMIT_BURST="100000",
+        )
         gateway = Process("gateway", ["-m", "gateway", "serve"], gateway_env, gateway_port, workdir)
         processes.append(gateway)
         asyncio.run(_start_all(emulator, [*services.values(), gateway]))

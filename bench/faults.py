@@ -55,7 +55,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.common import HOST, SHARED_SETTING_NAMES, free_port, say, scrubbed_environ, utc_timestamp
+from bench.common import SHARED_SETTING_NAMES, LoggedServer, free_port, say, scrubbed_environ, utc_timestamp
 from tests.private_servers import PrivatePostgres, PrivateRedis
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,57 +84,33 @@ POPULAR_PATHS = [f"/api/v1/airtable/v0/{BASE}/{TABLE}?pageSize={size}" for size 
 # -- processes -------------------------------------------------------------------------------
 
 
-class Process:
-    """One program on loopback that can be SIGKILLed and started again with the same settings."""
+class Process(LoggedServer):
+    """One program on loopback (bench.common's LoggedServer) that can also be SIGKILLed and started
+    again with the same settings."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], port: int, logs: Path) -> None:
-        self.name = name
-        self.args = args
-        self.env = env
-        self.port = port
-        self.url = f"http://{HOST}:{port}"
-        self.log = logs / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, *self.args],
-                cwd=REPO,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    async def wait_answering(self, path: str = "/health") -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        async with httpx.AsyncClient(timeout=1) as client:
-            while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    break
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}{path}")).status_code == 200:
-                        return
-                await asyncio.sleep(0.05)
-        tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-        raise RuntimeError(f"{self.name} did not answer {path}:\n{tail}")
+        super().__init__(
+            name,
+            [sys.executable, *args],
+            env,
+            port,
+            logs / f"{name}.log",
+            startup_timeout=STARTUP_SECONDS,
+            stop_timeout=10,
+            tail_chars=3000,
+            cwd=REPO,
+        )
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.kill()
+    async def restart(self, ready_path: str) -> None:
+        """Started again once killed, in a log of its own (the first one's is kept); back when
+        ``ready_path`` answers 200."""
+        self.log_path = self.log_path.with_name(f"{self.name}-restarted.log")
+        await asyncio.to_thread(self.start, ready_path)
 
 
 @dataclass
@@ -149,13 +125,14 @@ class Platform:
 
     @property
     def url(self) -> str:
-        return self.gateway.url
+        return self.gateway.base_url
 
 
-def _service_env(prefix: str, database_url: str, port: int, redis_url: str, data_dir: Path) -> dict[str, str]:
-    env = scrubbed_environ(SHARED_SETTING_NAMES, (f"{prefix}_",))
+def _env(prefix: str, redis_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
+    """A service's or the gateway's environment: none of this process's settings for it, the
+    platform's shared ones, and its own."""
+    env = scrubbed_environ(SHARED_SETTING_NAMES, (prefix,))
     env.update(
-        {f"{prefix}_DATABASE_URL": database_url, f"{prefix}_PORT": str(port)},
         REDIS_URL=redis_url,
         REDIS_NAMESPACE="faults",
         DATA_DIR=str(data_dir),
@@ -163,6 +140,7 @@ def _service_env(prefix: str, database_url: str, port: int, redis_url: str, data
         PYTHONUNBUFFERED="1",
         LOG_LEVEL="WARNING",
         ACCESS_LOG="false",
+        **settings,
     )
     return env
 
@@ -199,13 +177,14 @@ def platform(workdir: Path) -> Iterator[Platform]:
         services: dict[str, Process] = {}
         for prefix, module in modules.items():
             port = free_port()
-            env = _service_env(prefix, databases[prefix], port, redis_server.url, workdir)
+            own = {f"{prefix}_DATABASE_URL": databases[prefix], f"{prefix}_PORT": str(port)}
+            env = _env(f"{prefix}_", redis_server.url, workdir, **own)
             if prefix == "AUTH":
                 env.update(FAST_ARGON2, IP_ATTEMPTS_PER_MINUTE="100000", AUTH_IP_ATTEMPTS_PER_MINUTE="100000")
             if prefix == "AIRTABLE_GATEWAY":
                 env.update(
                     AIRTABLE_TOKEN=EMULATOR_TOKEN,
-                    AIRTABLE_API_URL=emulator.url,
+                    AIRTABLE_API_URL=emulator.base_url,
                     AIRTABLE_TOKEN_ENCRYPTION_KEY=secrets.token_hex(32),
                     CACHE_TTL="3",  # popular entries expire during the 30 s pause: served stale
                 )
@@ -215,30 +194,24 @@ def platform(workdir: Path) -> Iterator[Platform]:
             services[module] = Process(module, ["-m", module, "serve"], env, port, workdir)
         processes.extend(services.values())
         gateway_port = free_port()
-        gateway_env = scrubbed_environ(SHARED_SETTING_NAMES, ("GATEWAY_",)) | {
-            "GATEWAY_PORT": str(gateway_port),
-            "REDIS_URL": redis_server.url,
-            "REDIS_NAMESPACE": "faults",
-            "DATA_DIR": str(workdir),
-            "JWT_SECRET": JWT_SECRET,
-            "PYTHONUNBUFFERED": "1",
-            "LOG_LEVEL": "WARNING",
-            "ACCESS_LOG": "false",
-            "AUTH_SERVICE_URL": services["auth_service"].url,
-            "USER_SERVICE_URL": services["user_service"].url,
-            "AIRTABLE_GATEWAY_URL": services["airtable_gateway"].url,
-            "ANALYTICS_SERVICE_URL": services["analytics_service"].url,
+        gateway_env = _env(
+            "GATEWAY_",
+            redis_server.url,
+            workdir,
+            GATEWAY_PORT=str(gateway_port),
+            AUTH_SERVICE_URL=services["auth_service"].base_url,
+            USER_SERVICE_URL=services["user_service"].base_url,
+            AIRTABLE_GATEWAY_URL=services["airtable_gateway"].base_url,
+            ANALYTICS_SERVICE_URL=services["analytics_service"].base_url,
             # One client address sends the whole load: the limits must not be what is measured.
-            "RATE_LIMIT_PER_MINUTE": "1000000",
-            "RATE_LIMIT_BURST": "100000",
-            "AUTH_RATE_LIMIT_PER_MINUTE": "1000000",
-            "AUTH_RATE_LIMIT_BURST": "100000",
-        }
+            RATE_LIMIT_PER_MINUTE="1000000",
+            RATE_LIMIT_BURST="100000",
+            AUTH_RATE_LIMIT_PER_MINUTE="1000000",
+            AUTH_RATE_LIMIT_BURST="100000",
+        )
         gateway = Process("gateway", ["-m", "gateway", "serve"], gateway_env, gateway_port, workdir)
         processes.append(gateway)
-        for process in processes:
-            process.start()
-        asyncio.run(_wait_all(emulator, [*services.values(), gateway]))
+        asyncio.run(_start_all(emulator, [*services.values(), gateway]))
         yield Platform(redis_server, users_pg, main_pg, databases, emulator, services, gateway)
     finally:
         for process in reversed(processes):
@@ -248,9 +221,12 @@ def platform(workdir: Path) -> Iterator[Platform]:
         main_pg.destroy()
 
 
-async def _wait_all(emulator: Process, others: list[Process]) -> None:
-    await emulator.wait_answering("/_emulator/health")
-    await asyncio.gather(*(process.wait_answering() for process in others))
+async def _start_all(emulator: Process, others: list[Process]) -> None:
+    """Every process started and answering, all at once."""
+    await asyncio.gather(
+        asyncio.to_thread(emulator.start, "/_emulator/health"),
+        *(asyncio.to_thread(process.start, "/health") for process in others),
+    )
 
 
 # -- the load --------------------------------------------------------------------------------
@@ -516,8 +492,7 @@ class Harness:
         start = self.load.now()
         users.kill()
         await asyncio.sleep(10)
-        users.start()
-        await users.wait_answering("/ready")
+        await users.restart("/ready")
         ready = self.load.now()
         return Window("user service killed", start, ready), ready
 
@@ -527,7 +502,7 @@ class Harness:
         start = self.load.now()
         async with httpx.AsyncClient(timeout=5) as client:
             response = await client.post(
-                f"{self.platform.emulator.url}/_emulator/fail", json={"base": BASE, "status": 429, "count": 1}
+                f"{self.platform.emulator.base_url}/_emulator/fail", json={"base": BASE, "status": 429, "count": 1}
             )
             response.raise_for_status()
         await asyncio.sleep(32)  # the 30 s pause and a little after
@@ -535,7 +510,7 @@ class Harness:
 
     async def emulator_stats(self) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=5) as client:
-            return dict((await client.get(f"{self.platform.emulator.url}/_emulator/stats")).json())
+            return dict((await client.get(f"{self.platform.emulator.base_url}/_emulator/stats")).json())
 
 
 def _in(results: list[Result], window: Window, kinds: tuple[str, ...] | None = None) -> list[Result]:

@@ -3,23 +3,18 @@ Redis) in front of the Airtable emulator; one account sends 120 uncached reads o
 client addresses at once, then another account reads the same base. The other read is served while
 the heavy account's surplus gets 503 + Retry-After (run with ``-s`` to see the measured wait)."""
 
-import asyncio
 import shlex
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.airtable_gateway.emulator_fixture import COMPANIES, CONTACTS, CRM_BASE, Emulator
-from tests.conftest import DatabaseFactory, eventually
-from tests.e2e.processes import PROBLEM, PYTHON, Processes, Service, access_token, environment, free_port
+from tests.airtable_gateway.emulator_fixture import CRM_BASE, Emulator
+from tests.airtable_gateway.test_fair_share import HEAVY_READS, heavy_burst_then_another_users_read, served_and_refused
+from tests.conftest import DatabaseFactory
+from tests.e2e.processes import PYTHON, Processes, Service, access_token, environment, free_port
 
-API = "/api/v1/airtable"
-CONTACTS_URL = f"{API}/bases/{CRM_BASE}/tables/{CONTACTS}/records"
-COMPANIES_URL = f"{API}/bases/{CRM_BASE}/tables/{COMPANIES}/records"
-HEAVY_READS = 120
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 8)]
 
 
@@ -71,33 +66,14 @@ async def test_one_account_on_six_addresses_cannot_starve_a_base(platform: Servi
         for address in ADDRESSES
     ]
     try:
-        burst = [
-            asyncio.create_task(
-                clients[n % len(clients)].get(
-                    CONTACTS_URL, params={"page_size": 1, "max_records": n + 1}, headers=heavy
-                )
-            )
-            for n in range(HEAVY_READS)
-        ]
-        await eventually(lambda: sum(task.done() for task in burst) >= HEAVY_READS // 2, "the burst to be queued")
-        started = time.monotonic()
-        other = await clients[0].get(
-            COMPANIES_URL, params={"page_size": 2}, headers={"Authorization": f"Bearer {access_token()}"}
+        answers, other, waited = await heavy_burst_then_another_users_read(
+            clients, heavy, {"Authorization": f"Bearer {access_token()}"}
         )
-        waited = time.monotonic() - started
-        answers = await asyncio.gather(*burst)
     finally:
         for client in clients:
             await client.aclose()
 
     assert other.status_code == 200, other.text
-    served = [response for response in answers if response.status_code == 200]
-    refused = [response for response in answers if response.status_code != 200]
-    assert 1 <= len(served) <= HEAVY_READS // 4
-    for response in refused:
-        assert response.status_code == 503
-        assert response.headers["content-type"] == PROBLEM
-        assert response.json()["code"] == "airtable-fair-share"
-        assert int(response.headers["retry-after"]) >= 1
+    served, _ = served_and_refused(answers)
     assert emulator.stats()["throttled"].get(CRM_BASE, 0) == 0
     print(f"\nthrough the gateway: the other user's read waited {waited:.2f} s behind {len(served)} of {HEAVY_READS}")

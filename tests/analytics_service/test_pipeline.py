@@ -5,9 +5,8 @@ Redis comes back empty, usage flows again by itself."""
 import asyncio
 import contextlib
 import re
-import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,8 @@ from shared import migrations
 from shared.settings import load_settings
 from tests.analytics_service.conftest import API, JWT_SECRET, SettingsFactory, User
 from tests.conftest import WAIT_SECONDS, app_client
-from tests.e2e.processes import Processes, environment, free_port
 from tests.gateway.echo import Echo
-from tests.private_servers import private_redis
+from tests.private_servers import PrivateRedis
 
 AIRTABLE = "/api/v1/airtable"
 GENEROUS = {"rate_limit_per_minute": 100_000, "rate_limit_burst": 100_000}
@@ -82,32 +80,31 @@ async def test_requests_through_the_gateway_roll_up_into_usage_me_over_redis(
 
 
 async def test_usage_flows_again_by_itself_after_redis_restarts_empty(
-    tmp_path: Path, make_settings: SettingsFactory
+    tmp_path: Path, make_settings: SettingsFactory, private_redis: PrivateRedis
 ) -> None:
     """Redis killed and started again empty: the analytics consumer creates its group again and the
     requests made after the restart are counted, with no restart of any service."""
     user = User()
-    with private_redis() as server:
-        analytics = create_analytics_app(make_settings(redis_url=server.url, redis_namespace="restart"))
-        gateway = create_gateway_app(
-            gateway_settings(tmp_path, redis_url=server.url, redis_namespace="restart"),
-            services={"/api/v1/analytics": analytics, AIRTABLE: Echo(AIRTABLE)},
-        )
-        async with app_client(gateway) as client:
+    analytics = create_analytics_app(make_settings(redis_url=private_redis.url, redis_namespace="restart"))
+    gateway = create_gateway_app(
+        gateway_settings(tmp_path, redis_url=private_redis.url, redis_namespace="restart"),
+        services={"/api/v1/analytics": analytics, AIRTABLE: Echo(AIRTABLE)},
+    )
+    async with app_client(gateway) as client:
 
-            async def airtable_calls() -> int:
-                usage = await client.get(f"{API}/usage/me", params={"days": 1}, headers=user.headers)
-                return int(usage.json()["totals"]["airtable_calls"]) if usage.status_code == 200 else -1
+        async def airtable_calls() -> int:
+            usage = await client.get(f"{API}/usage/me", params={"days": 1}, headers=user.headers)
+            return int(usage.json()["totals"]["airtable_calls"]) if usage.status_code == 200 else -1
 
-            await client.get(f"{AIRTABLE}/bases", headers=user.headers)
-            await eventually(lambda: _equals(airtable_calls, 1))
+        await client.get(f"{AIRTABLE}/bases", headers=user.headers)
+        await eventually(lambda: _equals(airtable_calls, 1))
 
-            server.kill()
-            server.start()  # empty: the stream and the analytics group are gone
-            for _ in range(3):
-                assert (await client.get(f"{AIRTABLE}/bases", headers=user.headers)).status_code == 200
+        private_redis.kill()
+        private_redis.start()  # empty: the stream and the analytics group are gone
+        for _ in range(3):
+            assert (await client.get(f"{AIRTABLE}/bases", headers=user.headers)).status_code == 200
 
-            await eventually(lambda: _equals(airtable_calls, 4), within=WAIT_SECONDS)
+        await eventually(lambda: _equals(airtable_calls, 4), within=WAIT_SECONDS)
 
 
 async def _equals(read: Callable[[], Awaitable[int]], expected: int) -> bool:
@@ -142,33 +139,10 @@ async def test_the_embedded_platform_rolls_usage_up_in_process(
         await eventually(rolled_up)
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    started = Processes(tmp_path)
-    yield started
-    started.stop_all()
-
-
-def start_private_redis(processes: Processes) -> tuple[Any, str]:
-    port = free_port()
-    assert port != 6379  # never the machine's shared Redis
-    command = ["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = processes.start(f"redis-{port}", command, environment(processes.logs), port)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            if redis_sync.Redis.from_url(url, socket_timeout=0.5).ping():
-                return server, url
-        except redis_sync.RedisError:
-            assert time.monotonic() < deadline, "the private redis-server never answered"
-            time.sleep(0.05)
-
-
 async def test_with_redis_gone_requests_still_succeed_and_dropped_records_are_counted(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
-    server, url = start_private_redis(processes)
+    url = private_redis.url
     user = User()
     echo = Echo(AIRTABLE)
     gateway = create_gateway_app(
@@ -184,7 +158,7 @@ async def test_with_redis_gone_requests_still_succeed_and_dropped_records_are_co
         await eventually(published)
         dropped_before = metric((await client.get("/metrics")).text, "pyairtable_gateway_usage_dropped_total")
 
-        processes.stop(server, signal.SIGKILL)
+        private_redis.kill()
         for _ in range(20):
             started = time.monotonic()
             response = await client.get(f"{AIRTABLE}/bases", headers=user.headers)

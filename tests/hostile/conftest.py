@@ -8,7 +8,6 @@ per-address throttles do not answer in place of the validation under test.
 """
 
 import itertools
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -35,7 +34,7 @@ from shared.keys import hs256_kid
 from shared.settings import ServiceSettings, load_settings
 from shared.stores import MemoryStore
 from shared.usage import InMemoryUsageChannel
-from tests.conftest import DatabaseFactory, app_client
+from tests.conftest import DatabaseFactory, access_claims, app_client
 from tests.hostile.requests import Hostile
 from user_service.app import create_app as create_user_app
 from user_service.config import UserSettings
@@ -110,20 +109,7 @@ async def platform(environ: dict[str, str]) -> AsyncIterator[Platform]:
 
 def admin_token() -> str:
     """A new admin's access token, as the auth service signs them."""
-    now = int(time.time())
-    claims = {
-        "iss": "pyairtable-auth",
-        "aud": "pyairtable-api",
-        "sub": str(uuid.uuid4()),
-        "email": "hostile-admin@example.com",
-        "roles": ["user", "admin"],
-        "tid": str(uuid.uuid4()),
-        "jti": uuid.uuid4().hex,
-        "sid": uuid.uuid4().hex,
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-    }
+    claims = access_claims(email="hostile-admin@example.com", roles=["user", "admin"], tid=str(uuid.uuid4()))
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
 
 

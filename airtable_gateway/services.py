@@ -55,6 +55,7 @@ from airtable_gateway.schemas import (
     TokenStatus,
 )
 from airtable_gateway.tokens import TokenCipher
+from shared.db import is_database_unavailable
 from shared.errors import NotFound
 from shared.stores import KeyValueStore
 
@@ -616,7 +617,7 @@ class UserTokens:
             async with self.sessionmaker() as session:
                 row = await UserTokenRepository(session).get(user_id)
         except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
-            if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+            if not is_database_unavailable(exc):
                 raise
             raise DatabaseDown(type(exc).__name__) from None
         own = self.cipher.decrypt(user_id, row.ciphertext) if row is not None else None

@@ -687,7 +687,7 @@ def usage_counted(platform: Platform) -> int:
 
 def _query(url: str, statement: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, connect_timeout=5) as connection:
-        return list(connection.execute(statement).fetchall())  # type: ignore[arg-type]
+        return list(connection.execute(statement).fetchall())
 
 
 # -- the run ---------------------------------------------------------------------------------

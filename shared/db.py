@@ -196,9 +196,17 @@ async def ping(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether a database error says the database is down, hung or unreachable (a 503 to retry)
+    rather than that a statement was wrong (a bug)."""
+    if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError):
+        return bool(exc.connection_invalidated)
+    return True
+
+
 def database_unavailable_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """A database that is down or too slow is a 503 the client may retry, never a 500."""
-    if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+    if not is_database_unavailable(exc):
         return internal_error_handler(request, exc)
     logger.warning("database unavailable", extra={"error": type(exc).__name__})
     return problem_response(

@@ -337,7 +337,7 @@ class UsagePipeline:
                 raise
             except Exception as exc:
                 # Unacknowledged messages stay pending and are claimed again later.
-                logger.warning("usage pipeline failed; will retry", extra={"error": f"{type(exc).__name__}: {exc}"})
+                logger.warning("usage pipeline failed; will retry", extra={"error": type(exc).__name__})
                 await asyncio.sleep(1.0)
 
     def start(self) -> None:

@@ -258,6 +258,26 @@ class Generator:
         if body_schema is not None:
             yield from self._body_variants(build, body_schema, base_body, query)
 
+    def well_formed(self) -> Iterator[Hostile]:
+        """One plain request per operation, as the document describes it (path and required query
+        parameters, the body): nothing hostile in it but how often it may be sent."""
+        for template, method, operation in self.operations():
+            parameters = operation.get("parameters", [])
+            path = template
+            for parameter in parameters:
+                if parameter.get("in") == "path":
+                    value = self._path_value(parameter["name"], parameter.get("schema", {}))
+                    path = path.replace("{" + parameter["name"] + "}", _escape(value))
+            query = [
+                (p["name"], str(sample(self.schemas, p.get("schema", {}))))
+                for p in parameters
+                if p.get("in") == "query" and p.get("required")
+            ]
+            body_schema = self._body_schema(operation)
+            body = None if body_schema is None else msgspec.json.encode(sample(self.schemas, body_schema))
+            label = operation.get("operationId", f"{method} {template}")
+            yield Hostile("well-formed", label, method, path, query, body, must_refuse=False)
+
     def _path_value(self, name: str, schema: dict[str, Any]) -> str:
         if name in self.path_values:
             return self.path_values[name]

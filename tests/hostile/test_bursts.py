@@ -9,37 +9,14 @@ queue is refused at once with ``airtable-fair-share`` and ``Retry-After`` rather
 base's other users wait."""
 
 import asyncio
-from collections.abc import Iterator
 
 import httpx
-import msgspec
 
 from tests.hostile.conftest import PROBLEM, Platform, admin_token
-from tests.hostile.requests import Generator, Hostile, sample
+from tests.hostile.requests import Generator
 from tests.hostile.test_hostile_input import document_of
 
 COPIES = 25
-
-
-def well_formed(generator: Generator) -> Iterator[Hostile]:
-    """One plain request per operation: path and required query parameters and the body as the
-    document describes them."""
-    for template, method, operation in generator.operations():
-        parameters = operation.get("parameters", [])
-        path = template
-        for parameter in parameters:
-            if parameter.get("in") == "path":
-                value = generator._path_value(parameter["name"], parameter.get("schema", {}))
-                path = path.replace("{" + parameter["name"] + "}", value)
-        query = [
-            (p["name"], str(sample(generator.schemas, p.get("schema", {}))))
-            for p in parameters
-            if p.get("in") == "query" and p.get("required")
-        ]
-        body_schema = generator._body_schema(operation)
-        body = None if body_schema is None else msgspec.json.encode(sample(generator.schemas, body_schema))
-        label = operation.get("operationId", f"{method} {template}")
-        yield Hostile("burst", label, method, path, query, body, must_refuse=False)
 
 
 def acceptable(answer: httpx.Response) -> bool:
@@ -54,7 +31,7 @@ def acceptable(answer: httpx.Response) -> bool:
 
 async def test_25_identical_requests_at_once_to_every_operation_get_no_5xx(platform: Platform) -> None:
     document = await document_of(platform.gateway, "/api/v1/openapi.json")
-    requests = list(well_formed(Generator(document)))
+    requests = list(Generator(document).well_formed())
     transport = httpx.ASGITransport(app=platform.gateway, client=("127.0.3.1", 50000))
     broken: list[str] = []
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:

@@ -47,5 +47,6 @@ async def test_25_identical_requests_at_once_to_every_operation_get_no_5xx(platf
             )
             broken += [f"{request.label()} -> {a.status_code} {a.text[:160]}" for a in answers if not acceptable(a)]
 
+    print(f"\nbursts: {len(requests)} operations x {COPIES} identical requests at once; {len(broken)} broke the rule")
     assert len(requests) >= 60  # every service's operations were there
     assert not broken, "\n".join(broken[:40])

@@ -38,6 +38,9 @@ REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
 NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 MAX_TOKEN_LENGTH = 8192
+# An organisation member's roles, strongest first (claim ``org_role``); see the README's roles table.
+ORG_ROLES = ("owner", "admin", "member", "viewer")
+ORG_MANAGERS = ("owner", "admin")
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 JWKS_MIN_REFRESH_SECONDS = 30.0
 T = TypeVar("T")
@@ -66,11 +69,17 @@ class Identity(msgspec.Struct, frozen=True):
     session_id: str | None
     issued_at: int
     expires_at: int
-    tenant_id: uuid.UUID | None = None
+    tenant_id: uuid.UUID | None = None  # the active organisation (claim ``tid``)
+    org_role: str | None = None  # the caller's role in it (claim ``org_role``): one of ORG_ROLES
 
     @property
     def is_admin(self) -> bool:
+        """A platform administrator (the ``admin`` platform role), not an organisation's admin."""
         return "admin" in self.roles
+
+    def has_org_role(self, organization_id: uuid.UUID, *allowed: str) -> bool:
+        """Whether the caller acts in ``organization_id`` (its active organisation) with one of these roles."""
+        return self.tenant_id == organization_id and self.org_role in allowed
 
 
 class RevocationIncomplete(ServiceUnavailable):
@@ -362,6 +371,9 @@ def _check_claims(claims: dict[str, Any]) -> None:
     tenant = claims.get("tid")
     if tenant is not None and (not isinstance(tenant, str) or _uuid(tenant) is None):
         raise InvalidToken()
+    org_role = claims.get("org_role")
+    if org_role is not None and (org_role not in ORG_ROLES or tenant is None):
+        raise InvalidToken()
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise InvalidToken()
@@ -384,6 +396,7 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
         issued_at=int(claims["iat"]),
         expires_at=int(claims["exp"]),
         tenant_id=uuid.UUID(claims["tid"]) if claims.get("tid") is not None else None,
+        org_role=claims.get("org_role"),
     )
 
 

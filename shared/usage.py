@@ -57,6 +57,9 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     bytes_out: int
     request_id: str
     at: float  # epoch seconds
+    # Added later: records of older gateways decode without them (trailing fields with defaults).
+    organization_id: str | None = None  # the caller's active organisation (claim ``tid``)
+    key_id: str | None = None  # the API key the request came with, if any
 
 
 class UsageMessage(msgspec.Struct, frozen=True):

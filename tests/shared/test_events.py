@@ -24,6 +24,7 @@ from shared.outbox import OutboxRelay, add_event
 from shared.streams import StreamFull
 from tests.auth_service.conftest import PASSWORD, register
 from tests.conftest import WAIT_SECONDS, app_client, eventually
+from tests.metrics import local_sample
 from tests.private_servers import PrivateRedis, private_redis
 from tests.user_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
     Caller,
@@ -34,6 +35,9 @@ from tests.user_service.conftest import (  # noqa: F401  (pytest finds fixtures 
 )
 from user_service.app import create_app as create_users_app
 from user_service.config import UserSettings
+
+HANDLED = "pyairtable_events_handled_total"
+PUBLISHED = "pyairtable_outbox_published_total"
 
 
 @pytest.fixture
@@ -543,6 +547,8 @@ async def test_a_poisoned_message_lands_in_the_dead_letter_stream(redis: Redis, 
         handled.append(event)
 
     bus.subscribe("user.registered", "users", handler)
+    dead_lettered = {"event_type": "user.registered", "group": "users", "outcome": "dead_lettered"}
+    dead_lettered_before = local_sample(HANDLED, **dead_lettered)
     await bus.start()
     try:
         await bus.publish(poisoned)
@@ -556,7 +562,7 @@ async def test_a_poisoned_message_lands_in_the_dead_letter_stream(redis: Redis, 
     assert dead[b"attempts"] == b"3"
     assert calls.count(poisoned.id) == 3
     assert handled == [healthy]
-    assert 'outcome="dead_lettered"' in metrics_text()
+    assert local_sample(HANDLED, **dead_lettered) == dead_lettered_before + 1
 
 
 async def test_a_message_that_does_not_decode_is_dead_lettered_at_once(redis: Redis, redis_namespace: str) -> None:
@@ -673,6 +679,7 @@ async def test_relays_side_by_side_publish_each_event_once(
     second = OutboxRelay(sessionmaker, outbox, bus, poll_seconds=3600, batch_size=7)
     first.batch_size = 7
     events = [registered() for _ in range(60)]
+    published_before = local_sample(PUBLISHED, event_type="user.registered")
     async with sessionmaker() as session, session.begin():
         for event in events:
             await add_event(session, outbox, event)
@@ -690,4 +697,4 @@ async def test_relays_side_by_side_publish_each_event_once(
     assert sum(counts) == 60
     published = [e.id for e in await stream_events(redis, bus.stream("user.registered"))]
     assert sorted(published) == sorted(e.id for e in events)
-    assert 'pyairtable_outbox_published_total{event_type="user.registered"}' in metrics_text()
+    assert local_sample(PUBLISHED, event_type="user.registered") == published_before + 60

@@ -4,6 +4,7 @@ repeat in flight a 409, another caller's key is theirs, a 5xx is not kept; crede
 routes, answers with tokens or cookies) are never kept, and a repeat never re-arms the lock."""
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -52,10 +53,17 @@ async def client(make_settings: SettingsFactory, slow_echo: Echo) -> AsyncIterat
 
 
 def keyed(key: str, token: str | None = None) -> dict[str, str]:
-    return {**bearer(token or TOKEN), "Idempotency-Key": key}
+    return {**bearer(token or user_token()), "Idempotency-Key": key}
 
 
-TOKEN = access_token()
+USER_ID = str(uuid.uuid4())  # one caller for the module: idempotency keys are kept per user
+
+
+def user_token() -> str:
+    """A token of that caller, minted when the test runs (one minted at import expires mid-run)."""
+    return access_token(sub=USER_ID)
+
+
 RECORDS = "/api/v1/records"  # a second upstream (an EXTRA_ROUTES one)
 
 
@@ -84,7 +92,9 @@ async def test_patch_is_keyed_too_and_other_methods_ignore_the_key(client: httpx
 
 async def test_without_a_key_every_post_is_forwarded(client: httpx.AsyncClient, slow_echo: Echo) -> None:
     for _ in range(2):
-        assert (await client.post(f"{USERS}/records", json={"name": "Ada"}, headers=bearer(TOKEN))).status_code == 200
+        assert (
+            await client.post(f"{USERS}/records", json={"name": "Ada"}, headers=bearer(user_token()))
+        ).status_code == 200
     assert len(slow_echo.seen) == 2
 
 
@@ -149,7 +159,7 @@ async def test_a_4xx_is_kept_like_any_answer(client: httpx.AsyncClient, slow_ech
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "has space", "caf\u00e9"])
 async def test_a_malformed_key_is_400(client: httpx.AsyncClient, slow_echo: Echo, key: str) -> None:
-    headers = [("Authorization", f"Bearer {TOKEN}"), ("Idempotency-Key", key)]
+    headers = [("Authorization", f"Bearer {user_token()}"), ("Idempotency-Key", key)]
     response = await client.post(f"{USERS}/records", json={}, headers=httpx.Headers(headers, encoding="utf-8"))
 
     assert_problem(response, 400, "invalid-idempotency-key")
@@ -175,7 +185,7 @@ async def test_with_the_store_down_a_keyed_request_is_503_and_others_pass(make_s
     app: Litestar = create_app(make_settings(redis_url=CLOSED_REDIS), services={USERS: echo})
     async with app_client(app) as client:
         keyed_post = await client.post(f"{USERS}/records", json={"n": 1}, headers=keyed("key-down"))
-        plain_post = await client.post(f"{USERS}/records", json={"n": 1}, headers=bearer(TOKEN))
+        plain_post = await client.post(f"{USERS}/records", json={"n": 1}, headers=bearer(user_token()))
     assert_problem(keyed_post, 503, "store-unavailable")
     assert keyed_post.headers["retry-after"] == "2"
     assert plain_post.status_code == 200, plain_post.text
@@ -278,9 +288,10 @@ async def test_an_answer_repeating_the_callers_token_is_not_kept(make_settings: 
     echo = Echo(USERS)  # answers with every header it got, Authorization included
     app: Litestar = create_app(make_settings(), services={USERS: echo})
     async with app_client(app) as client:
-        answers = [await client.post(f"{USERS}/records", json={}, headers=keyed("echoed")) for _ in range(2)]
+        token = user_token()
+        answers = [await client.post(f"{USERS}/records", json={}, headers=keyed("echoed", token)) for _ in range(2)]
     assert [answer.status_code for answer in answers] == [200, 200]
-    assert TOKEN in answers[0].text and "idempotent-replayed" not in answers[1].headers
+    assert token in answers[0].text and "idempotent-replayed" not in answers[1].headers
     assert len(echo.seen) == 2
 
 

@@ -63,19 +63,25 @@ async def client(users_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
 
 
 class Caller:
-    """A made-up signed-in user: its id, tenant, and a bearer header."""
+    """A made-up signed-in user: its id, tenant, and a bearer header (a token minted when it is read,
+    so a Caller made at import time never hands out a token that expired mid-run)."""
 
     def __init__(self, roles: list[str] | None = None, tenant_id: uuid.UUID | None = None, **claims: Any) -> None:
         self.id = uuid.uuid4()
         self.tenant_id = tenant_id or uuid.uuid4()
         self.email = claims.pop("email", f"{self.id.hex[:8]}@example.com")
+        self.roles = roles or ["user"]
+        self.claims = claims
+
+    @property
+    def headers(self) -> dict[str, str]:
         values = access_claims(
-            sub=str(self.id), email=self.email, roles=roles or ["user"], tid=str(self.tenant_id), **claims
+            sub=str(self.id), email=self.email, roles=self.roles, tid=str(self.tenant_id), **self.claims
         )
         token = jwt.encode(
             values, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
         )
-        self.headers = {"Authorization": f"Bearer {token}"}
+        return {"Authorization": f"Bearer {token}"}
 
 
 def profile_url(caller: Caller | uuid.UUID) -> str:

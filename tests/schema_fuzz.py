@@ -62,7 +62,11 @@ def fuzz(app: Litestar, session: ASGIClient, last: tuple[str, ...] = ()) -> list
             try:
                 exchange()
             except Unsatisfiable:
-                pass  # nothing to get wrong: the operation takes no input (negative mode only)
+                # Nothing to get wrong: the operation takes no input. A conforming request can always
+                # be made, so in positive mode an unsatisfiable strategy is a failure (an operation
+                # that would otherwise go unfuzzed silently).
+                if mode is GenerationMode.POSITIVE:
+                    failures.append(f"{operation.label} (positive): no conforming request could be generated")
             except (Exception, BaseExceptionGroup) as error:  # reported; the other operations still run
                 failures.append(f"{operation.label} ({mode.value}): {error}")
     return failures

@@ -8,8 +8,11 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from analytics_service.app import create_app
 from analytics_service.services import purge
@@ -18,6 +21,19 @@ from tests.analytics_service.conftest import SettingsFactory, count_rows
 from tests.conftest import app_client
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def statement_log(engine: AsyncEngine) -> list[str]:
+    """ "DELETE <table>" for each delete statement and "COMMIT" for each commit, in order."""
+    log: list[str] = []
+
+    def on_statement(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM"):
+            log.append(f"DELETE {statement.split()[2]}")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_statement)
+    event.listen(engine.sync_engine, "commit", lambda conn: log.append("COMMIT"))
+    return log
 
 
 def seed(database_url: str, now: datetime) -> None:
@@ -48,12 +64,18 @@ async def test_purge_deletes_raw_rows_past_retention_in_batches_and_keeps_recent
     seed(clean_analytics_database, now)
     settings = make_settings(purge_batch_size=3)
     engine = create_engine(settings)
+    log = statement_log(engine)
     try:
         deleted = await purge(create_sessionmaker(engine), settings, now)
     finally:
         await engine.dispose()
 
     assert deleted["events"] == 7
+    # Seven old events with batches of three: three deletes (3, 3, 1), each committed on its own
+    # (short locks), rather than one statement holding every row.
+    events_log = [entry for entry in log if entry in ("DELETE events", "COMMIT")]
+    assert "".join(entry[0] for entry in events_log).count("DC") == 3
+    assert events_log.count("DELETE events") == 3
     assert deleted["metrics"] == 2
     assert deleted["usage_daily"] == 1  # 500 days old; the 100-day-old rollup stays (400 days)
     assert count_rows(clean_analytics_database, "events") == 3

@@ -181,20 +181,36 @@ async def test_each_group_gets_every_event_once(redis: Redis, redis_namespace: s
 
 
 async def test_consumers_of_one_group_share_the_work(redis: Redis, redis_namespace: str) -> None:
+    """While one consumer of a group is busy with an event, the next event goes to the other one;
+    each event is handled once by the group."""
     one = RedisStreamBus(redis, redis_namespace, consumer="a")
     two = RedisStreamBus(redis, redis_namespace, consumer="b")
-    first, second = Recorder(), Recorder()
-    one.subscribe("user.registered", "users", first)
-    two.subscribe("user.registered", "users", second)
+    release = asyncio.Event()
+    handled_by: dict[str, list[str]] = {"a": [], "b": []}
+
+    def busy_until_released(consumer: str) -> Callable[[Event], Awaitable[None]]:
+        async def handle(event: Event) -> None:
+            handled_by[consumer].append(event.id)
+            await release.wait()
+
+        return handle
+
+    one.subscribe("user.registered", "users", busy_until_released("a"))
+    two.subscribe("user.registered", "users", busy_until_released("b"))
     await one.start()
     await two.start()
     try:
-        events = [registered() for _ in range(10)]
-        for event in events:
-            await one.publish(event)
-        await eventually(lambda: len(first.handled) + len(second.handled) == 10, "all ten")
-        assert sorted(e.id for e in first.handled + second.handled) == sorted(e.id for e in events)
+        first, second = registered(), registered()
+        await one.publish(first)
+        await eventually(lambda: handled_by["a"] or handled_by["b"], "the first event taken")
+        await one.publish(second)  # the consumer holding the first is busy: the other takes it
+        await eventually(lambda: handled_by["a"] and handled_by["b"], "the second event taken by the other")
+        release.set()
+        await eventually(lambda: all_acknowledged(redis, one.stream("user.registered"), "users"), "the acks")
+        assert sorted(handled_by["a"] + handled_by["b"]) == sorted([first.id, second.id])
+        assert len(handled_by["a"]) == len(handled_by["b"]) == 1
     finally:
+        release.set()
         await one.close()
         await two.close()
 

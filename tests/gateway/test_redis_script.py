@@ -15,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.ratelimit import _SCRIPT, Policy, RateLimiter
 from gateway.redis_script import PipelinedScript, pack
+from tests.private_servers import PrivateRedis
 
 ECHO = "return {KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])}"
 
@@ -22,6 +23,15 @@ ECHO = "return {KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])}"
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[Redis]:
     redis = Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    yield redis
+    await redis.aclose()
+
+
+@pytest.fixture
+async def own_client(private_redis: PrivateRedis) -> AsyncIterator[Redis]:
+    """A client of a redis-server of the test's own: SCRIPT FLUSH empties every script of a server,
+    so it is never sent to the shared one."""
+    redis = Redis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=1)
     yield redis
     await redis.aclose()
 
@@ -55,11 +65,12 @@ async def test_same_replies_as_redis_py_and_eval_on_noscript(client: Redis, redi
 
 
 async def test_a_kept_command_is_evaluated_again_after_redis_loses_its_scripts(
-    client: Redis, redis_namespace: str
+    own_client: Redis, redis_namespace: str
 ) -> None:
     """The rate limiter packs a client's call once and sends the same bytes again; after a
     SCRIPT FLUSH (or a Redis restart) those bytes get NOSCRIPT and must be sent as EVAL."""
     script = ECHO + f" -- {secrets.token_hex(8)}"
+    client = own_client
     fast = PipelinedScript.for_client(client, script)
     assert fast is not None
     key = f"{redis_namespace}:echo"
@@ -75,9 +86,10 @@ async def test_a_kept_command_is_evaluated_again_after_redis_loses_its_scripts(
 
 
 async def test_the_limiter_keeps_counting_one_client_across_a_script_flush(
-    client: Redis, redis_url: str, redis_namespace: str
+    own_client: Redis, private_redis: PrivateRedis, redis_namespace: str
 ) -> None:
-    limiter = RateLimiter(Redis.from_url(redis_url, socket_timeout=1), redis_namespace)
+    client = own_client
+    limiter = RateLimiter(Redis.from_url(private_redis.url, socket_timeout=1), redis_namespace)
     policy = Policy("kept", limit=10, window=60, burst=10)
     try:
         remaining = [(await limiter.hit("203.0.113.9", policy)).remaining for _ in range(3)]

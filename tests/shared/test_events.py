@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
@@ -489,6 +490,49 @@ async def relay_parts(
     yield sessionmaker, relay, bus
     await relay.stop()
     await engine.dispose()
+
+
+class FailingOnce:
+    """The bus, except that its ``fail_at``-th publish raises (Redis went away mid-batch)."""
+
+    def __init__(self, bus: RedisStreamBus, fail_at: int) -> None:
+        self.bus, self.fail_at, self.calls = bus, fail_at, 0
+
+    async def publish(self, event: Event) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RedisConnectionError("connection lost")
+        await self.bus.publish(event)
+
+
+async def test_a_batch_that_fails_mid_publish_stays_pending_and_is_published_on_the_next_pass(
+    relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis
+) -> None:
+    """At least once: what was sent before the failure is sent again, nothing is lost, and the
+    relay's loop (one pass a second) gets there by itself."""
+    sessionmaker, _, bus = relay_parts
+    flaky = FailingOnce(bus, fail_at=2)
+    relay = OutboxRelay(sessionmaker, outbox, flaky, poll_seconds=0.05)  # type: ignore[arg-type]
+    events = [registered() for _ in range(3)]
+    async with sessionmaker() as session, session.begin():
+        for event in events:
+            await add_event(session, outbox, event)
+    failures_before = local_sample("pyairtable_outbox_relay_failures_total")
+
+    relay.start()
+    try:
+        await eventually(lambda: all_published(sessionmaker), "every row marked published")
+    finally:
+        await relay.stop()
+    published = [e.id for e in await stream_events(redis, bus.stream("user.registered"))]
+    assert published == [events[0].id] + [e.id for e in events], "the first again, then all three in order"
+    assert local_sample("pyairtable_outbox_relay_failures_total") == failures_before + 1
+
+
+async def all_published(sessionmaker: Any) -> bool:
+    async with sessionmaker() as session:
+        rows = await session.execute(select(outbox.c.id).where(outbox.c.published_at.is_(None)))
+        return not rows.all()
 
 
 async def test_relay_publishes_events_left_unpublished(

@@ -26,7 +26,7 @@ from gateway.app import create_app
 from shared.events import InMemoryBus
 from shared.stores import MemoryStore
 from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD
-from tests.conftest import app_client
+from tests.conftest import app_client, eventually
 from tests.gateway.conftest import (
     AUTH,
     KID,
@@ -364,3 +364,24 @@ async def test_a_gateway_with_another_secret_refuses_the_auth_services_tokens(
     other = create_app(make_settings(jwt_secret=secrets.token_urlsafe(48)), services={USERS: Echo(USERS)})
     async with app_client(other) as client:
         assert_invalid_token(await client.get(f"{USERS}/me", headers=bearer(tokens["access_token"])))
+
+
+async def test_a_token_accepted_and_kept_is_refused_once_it_expires(make_settings: SettingsFactory, echo: Echo) -> None:
+    """The gateway keeps verified claims per token; the kept entry never outlives the token."""
+    app = create_app(make_settings(jwt_leeway_seconds=0), services={USERS: echo})
+    now = int(time.time())
+    short_lived = access_token(iat=now, nbf=now, exp=now + 2)
+    async with app_client(app) as client:
+        first = await client.get(f"{USERS}/me", headers=bearer(short_lived))
+        second = await client.get(f"{USERS}/me", headers=bearer(short_lived))  # from the kept entry
+        refused = await eventually(
+            lambda: expired_answer(client, short_lived), "the kept token to be refused after it expired"
+        )
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert_invalid_token(refused)
+    assert len(echo.seen) >= 2 and all(seen.path == f"{USERS}/me" for seen in echo.seen)
+
+
+async def expired_answer(client: httpx.AsyncClient, token: str) -> httpx.Response | None:
+    response = await client.get(f"{USERS}/me", headers=bearer(token))
+    return response if response.status_code == 401 else None

@@ -384,3 +384,22 @@ async def test_the_mailing_routes_share_the_stricter_auth_policy(make_settings: 
         assert counts == [3, 2, 1, 0]
         assert_quota_exceeded(await client.post(f"{AUTH}/password/forgot", json={}))
         assert len(auth_echo.seen) == 4
+
+
+async def test_keyed_by_user_one_user_shares_a_budget_across_addresses_and_users_have_their_own(
+    make_settings: SettingsFactory, echo: Echo
+) -> None:
+    app = create_app(make_settings(rate_limit_key="user", **SMALL), services={USERS: echo})
+    ada, grace = bearer(access_token()), bearer(access_token())
+    async with app_client(app, client_ip="198.51.100.1") as office, peer_client(app, "203.0.113.7") as phone:
+        ada_counts = [rate_limit(await c.get(f"{USERS}/me", headers=ada))["r"] for c in (office, phone, office, phone)]
+        grace_first = rate_limit(await office.get(f"{USERS}/me", headers=grace))["r"]
+        assert rate_limit(await phone.get(f"{USERS}/me", headers=ada))["r"] == 0
+        assert_quota_exceeded(await office.get(f"{USERS}/me", headers=ada))
+        assert_quota_exceeded(await phone.get(f"{USERS}/me", headers=ada))
+        # Without a (valid) token there is no user: the address's own budget, untouched so far.
+        anonymous = [(await office.get(f"{USERS}/me")).status_code for _ in range(5)]
+        assert_quota_exceeded(await office.get(f"{USERS}/me"))
+    assert ada_counts == [4, 3, 2, 1], "one budget for the user, whichever address"
+    assert grace_first == 4, "another user behind the same address has a budget of her own"
+    assert anonymous == [401] * 5

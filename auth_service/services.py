@@ -470,7 +470,9 @@ class AuthService:
         if user is not None:
             user.is_active = False
             user.updated_at = now
-            await self._revoke_sessions([s.id for s in await self.sessions.active_for_user(user_id, now)], now)
+            sessions = [s.id for s in await self.sessions.active_for_user(user_id, now)]
+            await self._audit_all_revoked(None, _about(user), "account_deleted", sessions)
+            await self._revoke_sessions(sessions, now)
         security_log.info("account deactivated: profile deleted", extra={"user_id": str(user_id)})
 
     async def me(self, identity: Identity) -> User:
@@ -507,19 +509,24 @@ class AuthService:
         await record_audit(self.db, outbox, "auth", action, ip=self.client_ip, **fields)
 
     async def _audit_revoked(
-        self, actor_id: uuid.UUID, organization_id: str | uuid.UUID | None, session_id: uuid.UUID
+        self,
+        actor_id: uuid.UUID | None,
+        organization_id: str | uuid.UUID | None,
+        session_id: uuid.UUID,
+        **details: str,
     ) -> None:
-        """``session.revoked``: one session of the actor's own ends."""
+        """``session.revoked``: one session ends, by its user's hand (or, without an actor, the service's)."""
         await self._audit(
             "session.revoked",
             actor_id=actor_id,
             organization_id=organization_id,
             target_type="session",
             target_id=session_id,
+            details=details,
         )
 
     async def _audit_all_revoked(
-        self, actor_id: uuid.UUID, about: dict[str, Any], cause: str, sessions: list[uuid.UUID]
+        self, actor_id: uuid.UUID | None, about: dict[str, Any], cause: str, sessions: list[uuid.UUID]
     ) -> None:
         """``sessions.revoked_all``: every (other) session of an account ends; why, and how many
         (none: nothing to record)."""
@@ -592,8 +599,9 @@ class AuthService:
                 return cached
             raise InvalidGrant()
         family = token.session
+        await self._audit_revoked(None, family.user.tenant_id, family.id, cause="refresh_token_reuse")
         await self._revoke_sessions([family.id], now)
-        await self.db.commit()  # the revocation must stand although the request fails
+        await self.db.commit()  # the revocation (and its audit entry) must stand although the request fails
         security_log.warning(
             "refresh token reuse: session family revoked",
             extra={"user_id": str(family.user_id), "session_id": str(family.id), "outcome": "reuse-detected"},

@@ -11,10 +11,12 @@ import jwt
 import psycopg
 import pyotp
 import pytest
+from litestar import Litestar
 from redis.asyncio import Redis
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
+from shared.events import new_event
 from tests.auth_service.conftest import PASSWORD, Clock, admin_headers, bearer, mail_to, register
 from tests.conftest import app_client, eventually
 from tests.mail_server import Inbox, token_in
@@ -28,8 +30,13 @@ ALLOWED_FAILURES = 5  # LOGIN_FAILURES_BEFORE_LOCKOUT's default
 
 
 @pytest.fixture
-async def client(mail_settings: AuthSettings, clock: Clock) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(create_app(mail_settings, clock=clock), client_ip=CLIENT_IP) as test_client:
+def app(mail_settings: AuthSettings, clock: Clock) -> Litestar:
+    return create_app(mail_settings, clock=clock)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(app, client_ip=CLIENT_IP) as test_client:
         yield test_client
 
 
@@ -320,6 +327,39 @@ async def test_signing_out_everywhere_is_recorded_once_with_how_many_sessions(
     revoked = only(database, "sessions.revoked_all")
     assert_entry(revoked, user_id(tokens), details={"cause": "logout", "sessions": 3}, **about(tokens))
     assert count(database, "session.revoked") == 0
+
+
+async def test_a_stolen_refresh_token_coming_back_records_the_session_it_ends_without_an_actor(
+    client: httpx.AsyncClient, database: str, clock: Clock
+) -> None:
+    tokens = await register(client)
+    rotated = await client.post(f"{AUTH}/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert rotated.status_code == 200
+    clock.advance(seconds=11)  # past the grace window: a rotated token back is a theft
+
+    reused = await client.post(f"{AUTH}/refresh", json={"refresh_token": tokens["refresh_token"]})
+
+    assert reused.status_code == 401
+    entry = only(database, "session.revoked")
+    assert_entry(entry, None, target_type="session", target_id=claims(tokens)["sid"])
+    assert entry["details"] == {"cause": "refresh_token_reuse"}
+    assert_no_secrets(database, tokens["refresh_token"], rotated.json()["refresh_token"])
+
+
+async def test_a_deleted_profile_ends_every_session_and_that_is_recorded(
+    app: Litestar, client: httpx.AsyncClient, database: str
+) -> None:
+    """``user.deleted`` from the users service: applied from the bus, so no client address."""
+    tokens = await register(client)
+    await login(client)
+
+    await app.state.bus.publish(new_event("user.deleted", "users", {"user_id": user_id(tokens)}))
+
+    await eventually(lambda: count(database, "sessions.revoked_all"), "the deletion applied")
+    entry = only(database, "sessions.revoked_all")
+    assert entry["actor_id"] is None and entry["ip"] is None
+    assert entry["details"] == {"cause": "account_deleted", "sessions": 2}
+    assert (entry["target_type"], entry["target_id"]) == ("user", user_id(tokens))
 
 
 # -- administration -------------------------------------------------------------------------------

@@ -3,11 +3,14 @@ leaves exactly one ``audit.recorded`` row in the real ``outbox`` table (who, wha
 audit payload holds a secret or an address, and the outbox relay puts the events on the bus."""
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
+import msgspec
 import psycopg
 import pyotp
 import pytest
@@ -16,6 +19,7 @@ from redis.asyncio import Redis
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
+from shared import migrations
 from shared.events import new_event
 from tests.auth_service.conftest import PASSWORD, Clock, admin_headers, bearer, mail_to, register
 from tests.conftest import app_client, eventually
@@ -466,3 +470,35 @@ async def test_audit_events_reach_the_event_bus(
         return row is not None and row[0] is not None
 
     await eventually(marked_published, "the outbox row marked published")
+
+
+# -- SQLite -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_settings(auth_settings: AuthSettings, tmp_path: Path) -> AuthSettings:
+    """The auth service on a migrated SQLite file and the in-process store."""
+    url = f"sqlite:///{tmp_path}/auth.sqlite3"
+    settings = msgspec.structs.replace(auth_settings, database_url=url, redis_url="")
+    migrations.upgrade(settings, "auth_service")
+    return settings
+
+
+async def test_sign_ins_are_recorded_on_sqlite_as_the_embedded_mode_runs_it(
+    sqlite_settings: AuthSettings, clock: Clock, tmp_path: Path
+) -> None:
+    database = tmp_path / "auth.sqlite3"
+    async with app_client(create_app(sqlite_settings, clock=clock), client_ip=CLIENT_IP) as client:
+        tokens = await register(client)
+        refused = await login(client, "not the password at all")
+        signed_in = await login(client)
+
+    assert (refused.status_code, signed_in.status_code) == (401, 200)
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute("SELECT payload FROM outbox WHERE event_type = 'audit.recorded' ORDER BY occurred_at")
+        entries = [json.loads(payload) for (payload,) in rows]
+    assert [(entry["action"], entry["actor_id"], entry["ip"]) for entry in entries] == [
+        ("login.failed", None, CLIENT_IP),
+        ("login.succeeded", user_id(tokens), CLIENT_IP),
+    ]
+    assert all(entry["target_id"] == user_id(tokens) for entry in entries)

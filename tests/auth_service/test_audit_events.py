@@ -171,6 +171,28 @@ async def test_the_failure_that_locks_an_account_is_recorded_once(client: httpx.
     assert_no_secrets(database, "wrong password")
 
 
+async def test_wrong_current_passwords_that_lock_an_account_are_recorded_too(
+    client: httpx.AsyncClient, database: str
+) -> None:
+    tokens = await register(client)
+
+    answers = [
+        (
+            await client.post(
+                f"{AUTH}/password",
+                json={"current_password": f"wrong password {n}", "new_password": NEW_PASSWORD},
+                headers=bearer(tokens),
+            )
+        ).status_code
+        for n in range(ALLOWED_FAILURES + 1)
+    ]
+
+    assert answers == [401] * ALLOWED_FAILURES + [429]
+    assert_entry(only(database, "login.locked"), None, **about(tokens))
+    assert count(database, "password.changed") == 0
+    assert_no_secrets(database, "wrong password")
+
+
 async def test_a_wrong_second_factor_is_recorded_and_a_right_one_signs_in(
     client: httpx.AsyncClient, database: str, clock: Clock
 ) -> None:

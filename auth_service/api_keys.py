@@ -32,8 +32,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import AuthSettings
-from auth_service.models import ApiKey, User
+from auth_service.models import ApiKey, User, outbox
+from auth_service.services import Client
 from auth_service.tokens import TokenIssuer
+from shared.audit import record_audit
 from shared.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from shared.http import check_date_time
 from shared.security import Identity, RevocationList, require_admin
@@ -155,8 +157,10 @@ class ApiKeyService:
         revocations: RevocationList,
         clock: Any,
         key_secrets: KeySecrets,
+        client_ip: str | None = None,
     ) -> None:
         self.db = db
+        self.client_ip = client_ip  # what audit entries say the request came from
         self.settings = settings
         self.issuer = issuer
         self.revocations = revocations
@@ -189,12 +193,13 @@ class ApiKeyService:
         )
         self.db.add(row)
         await self.db.flush()
+        await self._audit("api_key.created", creator, row)
         return ApiKeyCreated(**msgspec.structs.asdict(key_read(row)), key=f"{key_prefix(row)}_{secret}")
 
     async def listing(self, kind: str, owner_id: uuid.UUID | None) -> ApiKeyList:
         return ApiKeyList(keys=[key_read(row) for row in await self._listed(kind, owner_id)])
 
-    async def revoke(self, kind: str, owner_id: uuid.UUID | None, key_id: uuid.UUID) -> None:
+    async def revoke(self, kind: str, owner_id: uuid.UUID | None, key_id: uuid.UUID, revoker: Identity) -> None:
         """The key stops working: at once at the auth service, within seconds at every gateway
         (its tokens' session is revoked, and gateways re-check keys every few seconds)."""
         row = await self.db.get(ApiKey, key_id)
@@ -202,7 +207,24 @@ class ApiKeyService:
             raise ApiKeyNotFound()
         row.revoked_at = self.clock()
         await self.db.flush()
+        await self._audit("api_key.revoked", revoker, row)
         await self.revocations.revoke_session(str(row.id), self.settings.api_key_token_ttl + 60)
+
+    async def _audit(self, action: str, actor: Identity, row: ApiKey) -> None:
+        """Which key, of what kind and scopes: never its secret, its prefix or its name (user text).
+        A personal key is in its owner's organisation; a service key, the platform's, in none."""
+        await record_audit(
+            self.db,
+            outbox,
+            "auth",
+            action,
+            actor_id=actor.user_id,
+            organization_id=actor.tenant_id if row.kind == KINDS[PERSONAL] else None,
+            target_type="api_key",
+            target_id=row.id,
+            ip=self.client_ip,
+            details={"kind": row.kind, "scopes": list(row.scopes)},
+        )
 
     async def _listed(self, kind: str, owner_id: uuid.UUID | None) -> list[ApiKey]:
         query = select(ApiKey).where(ApiKey.kind == kind, ApiKey.revoked_at.is_(None))
@@ -268,8 +290,12 @@ class ApiKeyService:
         return KeyToken(access_token=token, expires_in=ttl, key_id=key_id, sub=str(subject), scopes=list(scopes))
 
 
-def provide_api_keys(db_session: NamedDependency[AsyncSession], state: State) -> ApiKeyService:
-    return ApiKeyService(db_session, state.settings, state.issuer, state.revocations, state.clock, state.key_secrets)
+def provide_api_keys(
+    db_session: NamedDependency[AsyncSession], state: State, client: NamedDependency[Client]
+) -> ApiKeyService:
+    return ApiKeyService(
+        db_session, state.settings, state.issuer, state.revocations, state.clock, state.key_secrets, client.ip
+    )
 
 
 KEY_DEPENDENCIES = {"api_keys": Provide(provide_api_keys, sync_to_thread=False)}
@@ -316,7 +342,7 @@ class PersonalKeyController(Controller):
         api_keys: NamedDependency[ApiKeyService],
     ) -> None:
         """Revoke one of the caller's keys (every gateway refuses it within 5 s)."""
-        await api_keys.revoke(KINDS[PERSONAL], request.user.user_id, key_id)
+        await api_keys.revoke(KINDS[PERSONAL], request.user.user_id, key_id, request.user)
 
 
 class ServiceKeyController(Controller):
@@ -343,9 +369,14 @@ class ServiceKeyController(Controller):
         return await api_keys.listing(KINDS[SERVICE], None)
 
     @delete("/{key_id:uuid}", operation_id="revoke_service_key", security=BEARER, raises=[ApiKeyNotFound])
-    async def revoke(self, key_id: FromPath[uuid.UUID], api_keys: NamedDependency[ApiKeyService]) -> None:
+    async def revoke(
+        self,
+        key_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        api_keys: NamedDependency[ApiKeyService],
+    ) -> None:
         """Revoke a service key (every gateway refuses it within 5 s)."""
-        await api_keys.revoke(KINDS[SERVICE], None, key_id)
+        await api_keys.revoke(KINDS[SERVICE], None, key_id, request.user)
 
 
 class KeyIntrospectionController(Controller):

@@ -4,12 +4,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.api_keys import KeyIntrospectionController, KeySecrets, PersonalKeyController, ServiceKeyController
 from auth_service.config import AuthSettings
 from auth_service.controllers import AccountAdminController, AuthController, TwoFactorController
-from auth_service.deps import provide_auth_service
+from auth_service.deps import auth_service, provide_client
 from auth_service.models import mail_outbox, outbox, processed_events
 from auth_service.passwords import Passwords
 from auth_service.services import PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, Clock
@@ -67,7 +68,7 @@ def create_app(
             logger.warning("no SMTP_URL: mail (password resets, verifications) is not sent")
 
         async def apply_event(session: AsyncSession, event: Event) -> None:
-            auth = provide_auth_service(session, app.state)
+            auth = auth_service(session, app.state)
             if event.type == PASSWORD_RESET_REQUESTED:
                 await auth.send_password_reset(event.data["email"])
             elif event.type == VERIFICATION_REQUESTED:
@@ -93,6 +94,8 @@ def create_app(
             ServiceKeyController,
             KeyIntrospectionController,
         ],
+        # Every handler may know its client: its address goes into audit entries.
+        dependencies={"client": Provide(provide_client, sync_to_thread=False)},
         lifespan=[auth_resources],
         store=store,
         bus=bus,

@@ -7,7 +7,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
-from auth_service.deps import provide_auth_service, provide_client
+from auth_service.deps import provide_auth_service
 from auth_service.errors import (
     AccountLocked,
     EmailTaken,
@@ -71,10 +71,8 @@ class AuthController(Controller):
 
     path = "/api/v1/auth"
     tags = ["auth"]
-    dependencies = {
-        "auth": Provide(provide_auth_service, sync_to_thread=False),
-        "client": Provide(provide_client, sync_to_thread=False),
-    }
+    # ``client`` (where a request came from) is the app's: every handler's audit entries need it.
+    dependencies = {"auth": Provide(provide_auth_service, sync_to_thread=False)}
 
     @post(
         "/register",

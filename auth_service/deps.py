@@ -11,9 +11,18 @@ from auth_service.services import AuthService, Client
 from shared.http import client_ip
 
 
-def provide_auth_service(db_session: NamedDependency[AsyncSession], state: State) -> AuthService:
+def provide_auth_service(
+    db_session: NamedDependency[AsyncSession], state: State, client: NamedDependency[Client]
+) -> AuthService:
+    """The service for one request: the client's address goes into its audit entries."""
+    return auth_service(db_session, state, client)
+
+
+def auth_service(db: AsyncSession, state: State, client: Client | None = None) -> AuthService:
+    """The service in a transaction of ``db``; without a client (an event being applied) audit
+    entries have no address."""
     return AuthService(
-        db=db_session,
+        db=db,
         settings=state.settings,
         passwords=state.passwords,
         issuer=state.issuer,
@@ -22,6 +31,7 @@ def provide_auth_service(db_session: NamedDependency[AsyncSession], state: State
         store=state.store,
         clock=state.clock,
         totp_cipher=state.totp_cipher,
+        client=client,
     )
 
 

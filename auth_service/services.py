@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -21,6 +22,7 @@ from auth_service.errors import (
     EmailTaken,
     EmailUnverified,
     InvalidChallenge,
+    InvalidCode,
     InvalidCredentials,
     InvalidEmail,
     InvalidGrant,
@@ -42,6 +44,7 @@ from auth_service.schemas import (
 from auth_service.throttle import Throttle
 from auth_service.tokens import TokenIssuer, new_refresh_token, refresh_token_hash
 from auth_service.two_factor import SecretCipher, TwoFactorService
+from shared.audit import record_audit
 from shared.events import new_event
 from shared.mail import MailTemplates, queue_mail
 from shared.outbox import add_event
@@ -91,8 +94,10 @@ class AuthService:
         store: KeyValueStore,
         clock: Clock,
         totp_cipher: SecretCipher | None = None,
+        client: Client | None = None,
     ) -> None:
         self.db = db
+        self.client_ip = client.ip if client else None  # what audit entries say the request came from
         self.users = UserRepository(db)
         self.sessions = SessionRepository(db)
         self.tokens = OneTimeTokenRepository(db)
@@ -184,6 +189,9 @@ class AuthService:
             raise
         if not ok or user is None:
             security_log.info("login failed", extra={"user_id": user_id, "ip": client.ip, "outcome": "failure"})
+            # An unknown address is recorded without a target: never the address itself.
+            await self._audit("login.failed", actor_id=None, **_about(user))
+            await self.db.commit()  # the failure's audit entries must stand although the request fails
             raise InvalidCredentials()
         if self.settings.require_verified_email and not user.email_verified:
             security_log.info("login refused: email unverified", extra={"user_id": user_id, "ip": client.ip})
@@ -199,6 +207,7 @@ class AuthService:
     async def _signed_in(self, user: User, client: Client, now: datetime, legacy_lifetime: bool) -> TokenResponse:
         user.last_login_at = now
         await add_event(self.db, outbox, new_event("user.logged_in", "auth", user_event_data(user)))
+        await self._audit("login.succeeded", actor_id=user.id, **_about(user))
         security_log.info("login succeeded", extra={"user_id": str(user.id), "ip": client.ip, "outcome": "success"})
         return await self._start_session(user, client, now, legacy_lifetime)
 
@@ -218,7 +227,12 @@ class AuthService:
         user = await self.users.by_id(found.user_id) if found is not None else None
         if found is None or user is None or not user.is_active or found.email != user.email:
             raise InvalidChallenge()
-        await self.two_factor.check_code(user, code, now)
+        try:
+            await self.two_factor.check_code(user, code, now)
+        except InvalidCode:
+            await self._audit("login.mfa_failed", actor_id=None, **_about(user))
+            await self.db.commit()  # as for a wrong password: the entry stands although the request fails
+            raise
         if not await self.tokens.consume(found.id, now):
             raise InvalidChallenge()
         return await self._signed_in(user, client, now, found.purpose == MFA_LOGIN_LEGACY)
@@ -236,7 +250,9 @@ class AuthService:
 
     async def confirm_two_factor(self, identity: Identity, code: str) -> list[str]:
         user = await self._active_user(identity)
-        return await self.two_factor.confirm(user, code, self.clock())
+        codes = await self.two_factor.confirm(user, code, self.clock())
+        await self._audit("two_factor.enabled", actor_id=user.id, **_about(user, identity))
+        return codes
 
     async def renew_recovery_codes(self, identity: Identity, password: str, code: str) -> list[str]:
         user = await self._active_user(identity)
@@ -247,6 +263,7 @@ class AuthService:
         user = await self._active_user(identity)
         await self._prove_password(user, password)
         await self.two_factor.disable(user, code, self.clock())
+        await self._audit("two_factor.disabled", actor_id=user.id, **_about(user, identity))
         await self._send("two_factor_off", user.email, how="by you")
 
     async def reset_two_factor(self, admin: Identity, user_id: uuid.UUID) -> None:
@@ -257,6 +274,7 @@ class AuthService:
             raise AccountNotFound()
         removed = await self.two_factor.reset(user_id)
         if removed:  # the owner hears of it, whoever did it
+            await self._audit("two_factor.reset", actor_id=admin.user_id, **_about(user))
             await self._send("two_factor_off", user.email, how="by an administrator")
         security_log.info(
             "two-factor reset by an administrator",
@@ -274,6 +292,8 @@ class AuthService:
         user.password_changed_at = now
         await self.tokens.void_unused(user.id, PASSWORD_RESET, now)
         others = [s.id for s in await self.sessions.active_for_user(user.id, now) if str(s.id) != identity.session_id]
+        await self._audit("password.changed", actor_id=user.id, **_about(user, identity))
+        await self._audit_all_revoked(user.id, _about(user, identity), "password_changed", others)
         await self._revoke_sessions(others, now)
         security_log.info("password changed", extra={"user_id": str(user.id), "revoked_sessions": len(others)})
 
@@ -288,6 +308,7 @@ class AuthService:
         if await self.users.by_email(email) is not None:
             raise EmailTaken()
         await self._mail_token(user, VERIFY_EMAIL, email, "confirm_new_email")
+        await self._audit("email.change_requested", actor_id=user.id, **_about(user, identity))
         security_log.info("email change asked: new address to confirm", extra={"user_id": str(user.id)})
         return user
 
@@ -327,6 +348,8 @@ class AuthService:
         # Revoking every session revokes every access token too: each carries its session id. Last:
         # with Redis down it raises RevocationIncomplete, and what is above stands (committed).
         sessions = [s.id for s in await self.sessions.active_for_user(user.id, now)]
+        await self._audit("password.reset", actor_id=user.id, **_about(user))
+        await self._audit_all_revoked(user.id, _about(user), "password_reset", sessions)
         await self._revoke_sessions(sessions, now)
         security_log.info("password reset", extra={"user_id": str(user.id), "revoked_sessions": len(sessions)})
 
@@ -350,6 +373,7 @@ class AuthService:
             return user
         data = {**user_event_data(user), "previous_email": previous}
         await add_event(self.db, outbox, new_event("user.email_changed", "auth", data))
+        await self._audit("email.changed", actor_id=user.id, **_about(user))  # never the addresses
         await self._send("email_changed", previous, new_email=user.email)
         security_log.info("email changed", extra={"user_id": str(user.id)})
         return user
@@ -418,13 +442,18 @@ class AuthService:
         if user is None:
             raise AccountNotFound()
         now = self.clock()
+        changed: dict[str, Any] = {}  # the audit entry's details: the fields set, and to what
         if roles is not None:
-            user.roles = sorted(set(roles))
+            user.roles = changed["roles"] = sorted(set(roles))
         if is_active is not None:
-            user.is_active = is_active
+            user.is_active = changed["is_active"] = is_active
         user.updated_at = now
+        details = {"fields": list(changed), **changed}
+        await self._audit("account.updated", actor_id=admin.user_id, **_about(user), details=details)
         # Tokens carry the roles: every session signs in again and gets the new ones.
-        await self._revoke_sessions([s.id for s in await self.sessions.active_for_user(user.id, now)], now)
+        sessions = [s.id for s in await self.sessions.active_for_user(user.id, now)]
+        await self._audit_all_revoked(admin.user_id, _about(user), "account_updated", sessions)
+        await self._revoke_sessions(sessions, now)
         await add_event(self.db, outbox, new_event("user.account_changed", "auth", user_event_data(user)))
         security_log.info(
             "account changed by an administrator",
@@ -441,7 +470,9 @@ class AuthService:
         if user is not None:
             user.is_active = False
             user.updated_at = now
-            await self._revoke_sessions([s.id for s in await self.sessions.active_for_user(user_id, now)], now)
+            sessions = [s.id for s in await self.sessions.active_for_user(user_id, now)]
+            await self._audit_all_revoked(None, _about(user), "account_deleted", sessions)
+            await self._revoke_sessions(sessions, now)
         security_log.info("account deactivated: profile deleted", extra={"user_id": str(user_id)})
 
     async def me(self, identity: Identity) -> User:
@@ -449,18 +480,22 @@ class AuthService:
 
     async def _verify_login(self, email: str, user: User | None, password: str) -> bool:
         """Unknown emails are verified against a dummy hash: they cost and answer like real ones."""
-        async with self.throttle.verification(email):
+        async with self.throttle.verification(email) as attempt:
             if user is None:
                 await self.passwords.verify_dummy(password)
                 return False
             ok = await self.passwords.verify(user.password_hash, password) and user.is_active
             if ok:
                 await self.throttle.succeeded(email)
+            elif attempt.locks_account:  # the caller commits it with the failure
+                await self._audit("login.locked", actor_id=None, **_about(user))
             return ok
 
     async def _prove_password(self, user: User, password: str) -> None:
         """A signed-in (so active) user re-enters the password: throttled like a login to the account."""
         if not await self._verify_login(user.email, user, password):
+            # A lock's audit entry stands although the request fails (callers change nothing before).
+            await self.db.commit()
             raise InvalidCredentials()
 
     async def _active_user(self, identity: Identity) -> User:
@@ -468,6 +503,37 @@ class AuthService:
         if user is None or not user.is_active:
             raise InvalidGrant()
         return user
+
+    async def _audit(self, action: str, **fields: Any) -> None:
+        """An audit entry in the current transaction, with the address of the request's client."""
+        await record_audit(self.db, outbox, "auth", action, ip=self.client_ip, **fields)
+
+    async def _audit_revoked(
+        self,
+        actor_id: uuid.UUID | None,
+        organization_id: str | uuid.UUID | None,
+        session_id: uuid.UUID,
+        **details: str,
+    ) -> None:
+        """``session.revoked``: one session ends, by its user's hand (or, without an actor, the service's)."""
+        await self._audit(
+            "session.revoked",
+            actor_id=actor_id,
+            organization_id=organization_id,
+            target_type="session",
+            target_id=session_id,
+            details=details,
+        )
+
+    async def _audit_all_revoked(
+        self, actor_id: uuid.UUID | None, about: dict[str, Any], cause: str, sessions: list[uuid.UUID]
+    ) -> None:
+        """``sessions.revoked_all``: every (other) session of an account ends; why, and how many
+        (none: nothing to record)."""
+        if not sessions:
+            return
+        details = {"cause": cause, "sessions": len(sessions)}
+        await self._audit("sessions.revoked_all", actor_id=actor_id, **about, details=details)
 
     # -- sessions and tokens -------------------------------------------------------------
 
@@ -533,8 +599,9 @@ class AuthService:
                 return cached
             raise InvalidGrant()
         family = token.session
+        await self._audit_revoked(None, family.user.tenant_id, family.id, cause="refresh_token_reuse")
         await self._revoke_sessions([family.id], now)
-        await self.db.commit()  # the revocation must stand although the request fails
+        await self.db.commit()  # the revocation (and its audit entry) must stand although the request fails
         security_log.warning(
             "refresh token reuse: session family revoked",
             extra={"user_id": str(family.user_id), "session_id": str(family.id), "outcome": "reuse-detected"},
@@ -562,16 +629,19 @@ class AuthService:
     async def logout(self, identity: Identity, refresh: str | None, scope: str) -> None:
         now = self.clock()
         if scope == "global":
-            sessions = await self.sessions.active_for_user(identity.user_id, now)
+            sessions = [s.id for s in await self.sessions.active_for_user(identity.user_id, now)]
+            await self._audit_all_revoked(identity.user_id, _about(None, identity), "logout", sessions)
             # Revoking every session also revokes every access token (they carry their session id),
             # while a sign-in right after still works.
-            await self._revoke_sessions([s.id for s in sessions], now)
+            await self._revoke_sessions(sessions, now)
         else:
             targets = [uuid.UUID(identity.session_id)] if identity.session_id else []
             if refresh:
                 token = await self.sessions.token_by_hash(refresh_token_hash(refresh))
                 if token is not None and token.session.user_id == identity.user_id:
                     targets.append(token.session_id)
+            for session_id in dict.fromkeys(targets):  # the token's session is often the bearer's
+                await self._audit_revoked(identity.user_id, identity.tenant_id, session_id)
             await self._revoke_sessions(targets, now)
         # Last: with Redis down it raises, and the sessions above must be revoked in the database first.
         await self.revocations.revoke_token(self.settings.jwt_issuer, identity.jti, identity.expires_at)
@@ -582,6 +652,8 @@ class AuthService:
         token = await self.sessions.token_by_hash(refresh_token_hash(refresh))
         if token is None:
             return
+        owner = token.session.user
+        await self._audit_revoked(owner.id, owner.tenant_id, token.session_id)
         await self._revoke_sessions([token.session_id], self.clock())
         security_log.info("logout by refresh token", extra={"user_id": str(token.session.user_id), "scope": "local"})
 
@@ -604,6 +676,7 @@ class AuthService:
         target = await self.sessions.by_id(session_id)
         if target is None or target.user_id != identity.user_id or target.revoked_at is not None:
             raise SessionNotFound()
+        await self._audit_revoked(identity.user_id, identity.tenant_id, target.id)
         await self._revoke_sessions([target.id], self.clock())
 
     async def _revoke_sessions(self, session_ids: list[uuid.UUID], now: datetime) -> None:
@@ -635,6 +708,18 @@ def _in_words(seconds: int) -> str:
 def _clean_name(name: str | None) -> str | None:
     name = (name or "").strip()
     return name or None
+
+
+def _about(user: User | None, identity: Identity | None = None) -> dict[str, Any]:
+    """An audit entry's target, an account (``user``, else the signed-in identity's own), and its
+    organisation: the identity's tid when the account acts on itself, else the account's own.
+    Nothing for an unknown account (a failed login records no address)."""
+    if identity is not None:
+        target_id = user.id if user is not None else identity.user_id
+        return {"organization_id": identity.tenant_id, "target_type": "user", "target_id": target_id}
+    if user is None:
+        return {"organization_id": None, "target_type": None, "target_id": None}
+    return {"organization_id": user.tenant_id, "target_type": "user", "target_id": user.id}
 
 
 def user_event_data(user: User) -> dict[str, object]:

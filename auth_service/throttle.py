@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgspec
+
 from auth_service.config import AuthSettings
 from auth_service.errors import AccountLocked, TooManyAttempts
 from shared.http import address_key
@@ -27,6 +29,12 @@ FAILURE_MEMORY_SECONDS = 3600
 VERIFICATION_SLOT_SECONDS = 10.0
 # How soon a client refused because another verification runs may try again.
 BUSY_RETRY_AFTER_SECONDS = 1
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    """One counted verification: ``locks_account`` when its failure leaves the account locked."""
+
+    locks_account: bool
 
 
 class Throttle:
@@ -50,9 +58,10 @@ class Throttle:
             raise TooManyAttempts(3600 - int(time.time() % 3600))
 
     @asynccontextmanager
-    async def verification(self, email: str) -> AsyncIterator[None]:
+    async def verification(self, email: str) -> AsyncIterator[Attempt]:
         """Hold the account's one verification slot, with this attempt already counted as a
-        failure; ``succeeded`` inside the block clears the account's failures.
+        failure; ``succeeded`` inside the block clears the account's failures. The attempt yielded
+        says whether its failure locks the account (so the lock can be audited).
 
         Raises AccountLocked, before any hash is computed, when the account is locked or
         another verification of it is running.
@@ -72,7 +81,7 @@ class Throttle:
             holder = await self.store.get(_lock_key(account))
             if holder is not None and holder != str(attempt).encode():
                 raise AccountLocked(await self._retry_after(account))
-            yield
+            yield Attempt(locks_account=attempt >= self.settings.login_failures_before_lockout)
         finally:
             await self.store.delete(_slot_key(account))
 

@@ -352,3 +352,48 @@ async def test_repeats_while_the_first_is_in_flight_do_not_push_the_lock_expiry_
 
 async def lock_keys(redis: redis_async.Redis, namespace: str) -> list[bytes]:
     return [key async for key in redis.scan_iter(match=f"{namespace}:idempotency:*:lock")]
+
+
+async def test_a_lock_left_by_a_gateway_that_died_holds_the_key_until_it_expires(
+    make_settings: SettingsFactory, redis_url: str, redis_namespace: str
+) -> None:
+    echo = DiscreetEcho(USERS, slow_seconds=1.0)
+    settings = make_settings(request_timeout=5, rate_limit_per_minute=10_000, rate_limit_burst=10_000)
+    app: Litestar = create_app(settings, services={USERS: echo})
+    redis = redis_async.Redis.from_url(redis_url)
+    try:
+        async with app_client(app) as client:
+            # Learn where this caller's key lives, then leave only a lock there, as a gateway killed
+            # mid-request would (no answer kept, nobody to release the lock).
+            first = asyncio.create_task(client.post(f"{USERS}/slow", json={}, headers=keyed("orphan")))
+            [lock] = await eventually(lambda: lock_keys(redis, redis_namespace), "the first request's lock")
+            assert (await first).status_code == 200
+            await redis.delete(lock.removesuffix(b":lock"))
+            await redis.set(lock, 1, px=1_500)
+
+            refused = await client.post(f"{USERS}/slow", json={}, headers=keyed("orphan"))
+            answered = await eventually(
+                lambda: forwarded(client, keyed("orphan")), "the key back once the orphaned lock expired"
+            )
+    finally:
+        await redis.aclose()
+    assert_problem(refused, 409, "idempotency-key-in-use")
+    assert answered.status_code == 200 and "idempotent-replayed" not in answered.headers
+    assert len(echo.seen) == 2, "the first request, then the one after the lock expired"
+
+
+async def forwarded(client: httpx.AsyncClient, headers: dict[str, str]) -> httpx.Response | None:
+    response = await client.post(f"{USERS}/slow", json={}, headers=headers)
+    return response if response.status_code != 409 else None
+
+
+async def test_an_answer_over_the_kept_size_is_passed_on_but_not_kept(make_settings: SettingsFactory) -> None:
+    echo = DiscreetEcho(USERS)  # its answer repeats the request body: over 1 MiB here
+    app: Litestar = create_app(make_settings(max_body_size=4 * 1024 * 1024), services={USERS: echo})
+    big = {"text": "x" * (1024 * 1024 + 1)}
+    async with app_client(app) as client:
+        answers = [await client.post(f"{USERS}/records", json=big, headers=keyed("large")) for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert all(len(answer.content) > 1024 * 1024 for answer in answers), "passed on whole"
+    assert "idempotent-replayed" not in answers[1].headers, "not kept, so the repeat is forwarded again"
+    assert len(echo.seen) == 2

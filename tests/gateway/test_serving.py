@@ -26,6 +26,12 @@ DATE = re.compile(rb"date: [^\r]+\r\n")
 
 
 NAMES = {"case": "lower"}  # header names as the app gives them: "lower" or "title" (set per test)
+# /slow-first-piece sends its piece once the test sets this (the servers share the test's loop).
+FIRST_PIECE = {"release": asyncio.Event()}
+# The request exchange() ends every conversation with: its answer closes the connection, so the
+# end of what a server sends is seen, never guessed from a silence.
+END = b"GET /end HTTP/1.1\r\nHost: x\r\n\r\n"
+END_BODY = b"end-of-exchange"
 
 
 async def start(send: Any, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -57,8 +63,12 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b""})
     elif path == "/slow-first-piece":  # the head must not wait for a piece that takes its time
         await start(send, 200, [])
-        await asyncio.sleep(0.3)
+        await FIRST_PIECE["release"].wait()
         await send({"type": "http.response.body", "body": b"late"})
+    elif path == "/end":
+        headers = [(b"connection", b"close"), (b"content-length", str(len(END_BODY)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": END_BODY})
     elif path == "/echo":  # reads the whole body (100-continue, chunked or sized requests)
         body = b""
         more = True
@@ -129,26 +139,27 @@ async def servers() -> AsyncIterator[dict[str, int]]:
 
 
 async def exchange(port: int, data: bytes, *, until_closed: bool = False, pause_after: bytes | None = None) -> bytes:
-    """Write ``data``; read until the connection closes or nothing more arrives for a moment."""
+    """Write ``data``; read everything the server sends until it closes the connection.
+
+    Unless ``until_closed`` (the server is expected to close by itself), ``END`` follows the data:
+    its answer closes the connection and is cut off from what is returned. READ_SECONDS per read
+    only guards against a hang."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ending = b"" if until_closed else END
     try:
         if pause_after is not None:  # the body only after the server's 100 Continue
             head, _, rest = data.partition(pause_after)
             writer.write(head + pause_after)
             interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_SECONDS)
-            writer.write(rest)
+            writer.write(rest + ending)
         else:
             interim = b""
-            writer.write(data)
+            writer.write(data + ending)
         received = b""
-        while True:
-            try:
-                piece = await asyncio.wait_for(reader.read(65536), READ_SECONDS if until_closed else 0.5)
-            except TimeoutError:
-                break
-            if not piece:
-                break
+        while piece := await asyncio.wait_for(reader.read(65536), READ_SECONDS):
             received += piece
+        if ending and received.endswith(END_BODY):
+            received = received[: received.rindex(b"HTTP/1.1 200 ", 0, len(received) - len(END_BODY))]
         return interim + received
     finally:
         writer.close()
@@ -249,12 +260,16 @@ async def test_a_small_response_leaves_in_one_write(servers: dict[str, int]) -> 
 
 async def test_a_head_is_not_held_back_for_a_slow_first_piece(servers: dict[str, int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", servers["gateway"])
+    FIRST_PIECE["release"] = asyncio.Event()
     try:
         writer.write(GET % b"/slow-first-piece")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.2)  # the piece comes after 0.3 s
+        # The app holds its first piece until the head has arrived here.
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_SECONDS)
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        FIRST_PIECE["release"].set()
         assert await asyncio.wait_for(reader.read(65536), READ_SECONDS) == b"4\r\nlate\r\n0\r\n\r\n"
     finally:
+        FIRST_PIECE["release"].set()
         writer.close()
 
 

@@ -346,7 +346,9 @@ async def apply_usage(session: AsyncSession, messages: Sequence[UsageMessage], n
         daily["errors"] += failed
         daily["bytes_in"] += record.bytes_in
         if record.organization_id or record.key_id:  # else usage_daily holds all there is to know
-            by_scope = scoped.row(day, record.organization_id or "", record.user_id, record.key_id or "", record.route)
+            # Clipped to the columns: one odd record must not make the whole batch fail again and again.
+            organization_id, key_id = (record.organization_id or "")[:64], (record.key_id or "")[:64]
+            by_scope = scoped.row(day, organization_id, record.user_id, key_id, record.route)
             by_scope["api_calls"] += 1
             by_scope["airtable_calls"] += record.route == AIRTABLE_ROUTE
             by_scope["errors"] += failed

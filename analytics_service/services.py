@@ -596,6 +596,43 @@ def _period_start(day: date, period: str) -> date:
     return day
 
 
+PERIOD_COUNTERS = ("api_calls", "airtable_calls", "errors", "tokens_used", "cost_usd")
+
+
+def usage_periods(
+    daily: Sequence[tuple[date, Any]], start: date, end: date, period: Period
+) -> tuple[UsageTotals, list[UsagePeriod]]:
+    """Per-day counters summed per ``period`` (every period of start..end, zeros included) and in all."""
+    periods: dict[date, dict[str, Any]] = {}
+    day = start
+    while day <= end:
+        periods.setdefault(_period_start(day, period), dict.fromkeys(PERIOD_COUNTERS, 0))
+        day += timedelta(days=1)
+    for day, row in daily:
+        bucket = periods[_period_start(day, period)]
+        for counter in PERIOD_COUNTERS:
+            bucket[counter] += getattr(row, counter)
+    items = [
+        UsagePeriod(
+            period_start=begin,
+            api_calls=int(v["api_calls"]),
+            airtable_calls=int(v["airtable_calls"]),
+            errors=int(v["errors"]),
+            tokens_used=int(v["tokens_used"]),
+            cost_usd=_money(v["cost_usd"]),
+        )
+        for begin, v in periods.items()
+    ]
+    totals = UsageTotals(
+        api_calls=sum(i.api_calls for i in items),
+        airtable_calls=sum(i.airtable_calls for i in items),
+        errors=sum(i.errors for i in items),
+        tokens_used=sum(i.tokens_used for i in items),
+        cost_usd=_money(sum(Decimal(v["cost_usd"] or 0) for v in periods.values())),
+    )
+    return totals, items
+
+
 class ReportService:
     def __init__(self, db: AsyncSession, clock: Clock) -> None:
         self.db = db
@@ -605,33 +642,8 @@ class ReportService:
         owner = _owner(identity, user_id, "usage")
         end = self.clock().date()
         start = end - timedelta(days=days - 1)
-        periods: dict[date, dict[str, Any]] = {}
-        day = start
-        while day <= end:
-            periods.setdefault(_period_start(day, period), _usage_row(owner, day))
-            day += timedelta(days=1)
-        for row in await repo.usage_rows(self.db, owner, start, end):
-            bucket = periods[_period_start(row.day, period)]
-            for counter in USAGE_COUNTERS:
-                bucket[counter] += getattr(row, counter)
-        items = [
-            UsagePeriod(
-                period_start=begin,
-                api_calls=int(v["api_calls"]),
-                airtable_calls=int(v["airtable_calls"]),
-                errors=int(v["errors"]),
-                tokens_used=int(v["tokens_used"]),
-                cost_usd=_money(v["cost_usd"]),
-            )
-            for begin, v in periods.items()
-        ]
-        totals = UsageTotals(
-            api_calls=sum(i.api_calls for i in items),
-            airtable_calls=sum(i.airtable_calls for i in items),
-            errors=sum(i.errors for i in items),
-            tokens_used=sum(i.tokens_used for i in items),
-            cost_usd=_money(sum(Decimal(v["cost_usd"]) for v in periods.values())),
-        )
+        daily = [(row.day, row) for row in await repo.usage_rows(self.db, owner, start, end)]
+        totals, items = usage_periods(daily, start, end, period)
         return UsageResponse(user_id=owner, period=period, start=start, end=end, totals=totals, items=items)
 
     async def costs(self, identity: Identity, user_id: str | None, days: int) -> CostsResponse:
@@ -816,33 +828,8 @@ class TeamUsageService:
     ) -> OrganizationUsage:
         scope = managed_organization(identity, organization_id)
         start, end = self._window(days)
-        periods: dict[date, dict[str, Any]] = {}
-        day = start
-        while day <= end:
-            periods.setdefault(_period_start(day, period), _usage_row(scope, day))
-            day += timedelta(days=1)
-        for row in await repo.organization_usage(self.db, scope, start, end, "day"):
-            bucket = periods[_period_start(row.name, period)]
-            for counter in ("api_calls", "airtable_calls", "errors", "tokens_used", "cost_usd"):
-                bucket[counter] += getattr(row, counter)
-        items = [
-            UsagePeriod(
-                period_start=begin,
-                api_calls=int(v["api_calls"]),
-                airtable_calls=int(v["airtable_calls"]),
-                errors=int(v["errors"]),
-                tokens_used=int(v["tokens_used"]),
-                cost_usd=_money(v["cost_usd"]),
-            )
-            for begin, v in periods.items()
-        ]
-        totals = UsageTotals(
-            api_calls=sum(i.api_calls for i in items),
-            airtable_calls=sum(i.airtable_calls for i in items),
-            errors=sum(i.errors for i in items),
-            tokens_used=sum(i.tokens_used for i in items),
-            cost_usd=_money(sum(Decimal(v["cost_usd"]) for v in periods.values())),
-        )
+        daily = [(row.name, row) for row in await repo.organization_usage(self.db, scope, start, end, "day")]
+        totals, items = usage_periods(daily, start, end, period)
         by_route = [
             _route_usage(row) for row in await repo.organization_usage(self.db, scope, start, end, "route") if row.name
         ]  # LLM usage events have no route ("")

@@ -3,17 +3,21 @@ stored once each and read back newest first, filtered and paged, by those allowe
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from litestar import Litestar
 
 from analytics_service.app import create_app
-from analytics_service.services import purge
+from analytics_service.config import AnalyticsSettings
+from analytics_service.services import apply_audit_event, purge
+from shared import migrations
 from shared.audit import audit_event
 from shared.db import create_engine, create_sessionmaker
 from shared.events import Event
-from tests.analytics_service.conftest import API, SettingsFactory, User, assert_problem, count_rows
+from tests.analytics_service.conftest import API, JWT_SECRET, SettingsFactory, User, assert_problem, count_rows
 from tests.conftest import app_client, eventually
 
 AUDIT = f"{API}/audit"
@@ -200,3 +204,30 @@ async def test_entries_past_the_audit_retention_are_purged(
     assert deleted["audit_log"] == 1
     assert count_rows(clean_analytics_database, "audit_log") == 1
     assert count_rows(clean_analytics_database, "audit_log", f"id = '{kept.id}'") == 1
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Path, clock: Any) -> Litestar:
+    settings = AnalyticsSettings(data_dir=str(tmp_path), jwt_secret=JWT_SECRET)
+    migrations.upgrade(settings, "analytics_service")
+    return create_app(settings, clock=clock)
+
+
+async def test_the_embedded_database_sqlite_stores_and_pages_the_same(sqlite_app: Litestar) -> None:
+    app = sqlite_app
+    moment = datetime.now(UTC) - timedelta(minutes=1)
+    events = [entry("grant.created", at=moment) for _ in range(3)] + [entry("grant.revoked")]
+    async with app_client(app) as client:
+        for event in [*events, events[0]]:  # the first one twice: stored once
+            async with app.state.sessionmaker() as session, session.begin():
+                await apply_audit_event(session, event)
+        seen: list[str] = []
+        params: dict[str, Any] = {"limit": 2}
+        while True:
+            page = (await client.get(AUDIT, params=params, headers=manager().headers)).json()
+            seen += [item["id"] for item in page["entries"]]
+            if page.get("next_cursor") is None:
+                break
+            params["cursor"] = page["next_cursor"]
+    expected = sorted(events, key=lambda event: (event.occurred_at, uuid.UUID(event.id)), reverse=True)
+    assert seen == [event.id for event in expected]

@@ -1,10 +1,10 @@
-"""python -m analytics_service [serve|migrate|downgrade|revision|purge]"""
+"""python -m analytics_service [serve|migrate|downgrade|revision|purge|dead-letters|prune-processed-events]"""
 
 import argparse
 import asyncio
 import sys
 
-from analytics_service.app import create_app
+from analytics_service.app import EVENTS, create_app
 from analytics_service.config import AnalyticsSettings
 from analytics_service.services import purge
 from shared.cli import run_service_cli
@@ -33,6 +33,7 @@ def main() -> int:
         settings_cls=AnalyticsSettings,
         create_app=create_app,
         extra_commands={"purge": (lambda parser: None, purge_command)},
+        events=EVENTS,
     )
 
 

@@ -7,15 +7,20 @@ from litestar import Litestar
 
 from analytics_service.config import AnalyticsSettings
 from analytics_service.controllers import AnalyticsController
-from analytics_service.services import Clock, UsagePipeline, periodic_purge
+from analytics_service.models import processed_events
+from analytics_service.services import Clock, UsagePipeline, apply_audit_event, periodic_purge
+from shared.audit import AUDIT_EVENT
 from shared.db import utcnow
-from shared.events import EventBus
+from shared.events import EventBus, EventConsumer
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore, create_redis
 from shared.usage import RedisUsageConsumer, UsageConsumer
 
 USAGE_BLOCK_SECONDS = 1.0
+GROUP = "analytics"
+# The services' audit events, kept in the audit log (GET /api/v1/analytics/audit).
+EVENTS = EventConsumer(group=GROUP, event_types=(AUDIT_EVENT,), processed_events=processed_events)
 
 
 def create_app(
@@ -49,6 +54,7 @@ def create_app(
             )
             pipeline.start()
         app.state.usage_pipeline = pipeline
+        EVENTS.subscribe(app.state.bus, app.state.sessionmaker, apply_audit_event)
         purger = periodic_purge(app.state.sessionmaker, settings, clock)
         purger.start()
         try:
@@ -67,5 +73,6 @@ def create_app(
         lifespan=[analytics_resources],
         store=store,
         bus=bus,
+        consumer=EVENTS,
         state={"clock": clock},
     )

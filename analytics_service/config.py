@@ -14,6 +14,8 @@ class AnalyticsSettings(ServiceSettings, kw_only=True, frozen=True):
     retention_days: int = 90
     # The per-day and per-hour rollups (usage, costs, dashboard) are kept longer.
     rollup_retention_days: int = 400
+    # Audit log entries are kept this long (ANALYTICS_AUDIT_RETENTION_DAYS or AUDIT_RETENTION_DAYS).
+    audit_retention_days: int = 365
     purge_interval_seconds: float = 3600.0
     purge_batch_size: int = 10_000
     # The usage pipeline: records the gateway publishes (Redis stream or in-memory channel).
@@ -27,6 +29,8 @@ class AnalyticsSettings(ServiceSettings, kw_only=True, frozen=True):
             raise SettingsError("RETENTION_DAYS: must be at least 1")
         if self.rollup_retention_days < self.retention_days:
             raise SettingsError("ROLLUP_RETENTION_DAYS: must not be shorter than RETENTION_DAYS")
+        if self.audit_retention_days < 1:
+            raise SettingsError("AUDIT_RETENTION_DAYS: must be at least 1")
         if self.purge_interval_seconds <= 0 or self.purge_batch_size < 1:
             raise SettingsError("PURGE_INTERVAL_SECONDS: must be positive")
         if not 1 <= self.usage_read_count <= 10_000:

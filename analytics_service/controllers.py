@@ -1,3 +1,4 @@
+import uuid
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated
@@ -10,9 +11,18 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from analytics_service.deps import provide_client, provide_events, provide_metrics, provide_reports
+from analytics_service.deps import (
+    provide_audit,
+    provide_client,
+    provide_events,
+    provide_metrics,
+    provide_reports,
+    provide_team_usage,
+)
+from analytics_service.repositories import AuditFilters
 from analytics_service.schemas import (
     Aggregation,
+    AuditPage,
     BatchResult,
     CostsResponse,
     DashboardResponse,
@@ -20,15 +30,26 @@ from analytics_service.schemas import (
     EventCreate,
     EventResult,
     Interval,
+    KeysUsage,
     MetricBatch,
     MetricBatchResult,
     MetricCreate,
     MetricQueryResult,
     MetricRead,
+    OrganizationMembersUsage,
+    OrganizationUsage,
     Period,
     UsageResponse,
 )
-from analytics_service.services import Client, EventService, MetricService, ReportService
+from analytics_service.services import (
+    MAX_AUDIT_PAGE,
+    AuditService,
+    Client,
+    EventService,
+    MetricService,
+    ReportService,
+    TeamUsageService,
+)
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
 from shared.http import as_utc
 from shared.security import Identity
@@ -51,6 +72,7 @@ def problems(*statuses: int) -> dict[int, ResponseSpec]:
 
 WRITE = problems(403, 413, 422)
 READ = problems(403, 422)
+ORGANIZATION_READ = problems(403, 404, 422)
 Days = Annotated[int, QueryParameter(ge=1, le=366, description="How many days back, today included")]
 Optional = Annotated[str | None, QueryParameter(max_length=300)]
 
@@ -68,6 +90,8 @@ class AnalyticsController(Controller):
         "metric_service": Provide(provide_metrics, sync_to_thread=False),
         "report_service": Provide(provide_reports, sync_to_thread=False),
         "client": Provide(provide_client, sync_to_thread=False),
+        "audit_service": Provide(provide_audit, sync_to_thread=False),
+        "team_usage": Provide(provide_team_usage, sync_to_thread=False),
     }
 
     @post("/events", operation_id="record_event", status_code=HTTP_202_ACCEPTED, responses=WRITE)
@@ -160,6 +184,44 @@ class AnalyticsController(Controller):
         """The caller's usage per day, week or month."""
         return await report_service.usage(request.user, None, period, days)
 
+    @get("/usage/me/keys", operation_id="my_key_usage", responses=READ)
+    async def my_key_usage(
+        self,
+        request: Request[Identity, str, State],
+        team_usage: NamedDependency[TeamUsageService],
+        days: Days = 30,
+    ) -> KeysUsage:
+        """The caller's requests made with each of their API keys (by key id)."""
+        return await team_usage.my_keys(request.user, days)
+
+    @get("/usage/orgs/{organization_id:uuid}", operation_id="organization_usage", responses=ORGANIZATION_READ)
+    async def organization_usage(
+        self,
+        organization_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        team_usage: NamedDependency[TeamUsageService],
+        period: Annotated[Period, QueryParameter()] = "day",
+        days: Days = 30,
+    ) -> OrganizationUsage:
+        """An organisation's usage per day, week or month and per route: its owners and admins (it must
+        be their active organisation) and platform administrators; 403 for its other members, else 404."""
+        return await team_usage.organization(request.user, organization_id, period, days)
+
+    @get(
+        "/usage/orgs/{organization_id:uuid}/members",
+        operation_id="organization_members_usage",
+        responses=ORGANIZATION_READ,
+    )
+    async def organization_members_usage(
+        self,
+        organization_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        team_usage: NamedDependency[TeamUsageService],
+        days: Days = 30,
+    ) -> OrganizationMembersUsage:
+        """An organisation's usage per member (most requests first); who may see it as for the organisation's usage."""
+        return await team_usage.members(request.user, organization_id, days)
+
     @get("/usage/{user_id:str}", operation_id="user_usage", responses=READ)
     async def user_usage(
         self,
@@ -193,3 +255,36 @@ class AnalyticsController(Controller):
     ) -> DashboardResponse:
         """Platform totals for a time window (administrators only)."""
         return await report_service.dashboard(request.user, hours)
+
+    @get("/audit", operation_id="list_audit_entries", responses=READ)
+    async def list_audit_entries(
+        self,
+        request: Request[Identity, str, State],
+        audit_service: NamedDependency[AuditService],
+        action: Annotated[
+            str | None,
+            QueryParameter(max_length=100, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)*$", description="e.g. login.failed"),
+        ] = None,
+        actor_id: Annotated[uuid.UUID | None, QueryParameter(description="The acting user")] = None,
+        target_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        organization_id: Annotated[
+            uuid.UUID | None, QueryParameter(description="Platform administrators: any; others: their active one")
+        ] = None,
+        since: Annotated[datetime | None, QueryParameter(description="Inclusive")] = None,
+        until: Annotated[datetime | None, QueryParameter(description="Exclusive")] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(max_length=200, description="`next_cursor` of the page before")
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_AUDIT_PAGE)] = 100,
+    ) -> AuditPage:
+        """Audit entries, newest first: every organisation's for platform administrators, the active
+        organisation's for its owners and admins (another organisation's: 403), else 403."""
+        filters = AuditFilters(
+            action=action,
+            actor_id=str(actor_id) if actor_id else None,
+            target_id=target_id,
+            organization_id=str(organization_id) if organization_id else None,
+            since=as_utc(since, "since"),
+            until=as_utc(until, "until"),
+        )
+        return await audit_service.entries(request.user, filters, cursor, limit)

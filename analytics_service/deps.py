@@ -7,7 +7,14 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from analytics_service.services import Client, EventService, MetricService, ReportService
+from analytics_service.services import (
+    AuditService,
+    Client,
+    EventService,
+    MetricService,
+    ReportService,
+    TeamUsageService,
+)
 from shared.http import client_ip
 
 
@@ -21,6 +28,14 @@ def provide_metrics(db_session: NamedDependency[AsyncSession], state: State) -> 
 
 def provide_reports(db_session: NamedDependency[AsyncSession], state: State) -> ReportService:
     return ReportService(db_session, state.clock)
+
+
+def provide_audit(db_session: NamedDependency[AsyncSession]) -> AuditService:
+    return AuditService(db_session)
+
+
+def provide_team_usage(db_session: NamedDependency[AsyncSession], state: State) -> TeamUsageService:
+    return TeamUsageService(db_session, state.clock)
 
 
 def provide_client(request: Request[Any, Any, Any], state: State) -> Client:

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime
+from shared.events import processed_events_table
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -130,6 +131,56 @@ class EventHourly(Base):
     cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
 
 
+class UsageScopedDaily(Base):
+    """Per UTC day, organisation, user, API key and route: what the per-organisation, per-member and
+    per-key usage routes read. ``organization_id`` and ``key_id`` are ``""`` when the request had none
+    (a key column cannot be NULL); a request with neither is counted in ``usage_daily`` only."""
+
+    __tablename__ = "usage_scoped_daily"
+    __table_args__ = (
+        Index("ix_usage_scoped_daily_organization_id_day", "organization_id", "day"),
+        Index("ix_usage_scoped_daily_user_id_day", "user_id", "day"),
+        Index("ix_usage_scoped_daily_day", "day"),
+    )
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    organization_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(UserId, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    route: Mapped[str] = mapped_column(String(200), primary_key=True)
+    api_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    airtable_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+
+
+class AuditEntry(Base):
+    """One security-relevant action (an ``audit.recorded`` event); ``id`` is the event's id, so a
+    redelivered event is stored once. Holds user ids and the client's address, never an email."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_occurred_at_id", "occurred_at", "id"),
+        Index("ix_audit_log_organization_id_occurred_at", "organization_id", "occurred_at"),
+        Index("ix_audit_log_actor_id_occurred_at", "actor_id", "occurred_at"),
+        Index("ix_audit_log_target_id_occurred_at", "target_id", "occurred_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(String(100))
+    actor_id: Mapped[str | None] = mapped_column(String(64))
+    organization_id: Mapped[str | None] = mapped_column(String(64))
+    target_type: Mapped[str | None] = mapped_column(String(50))
+    target_id: Mapped[str | None] = mapped_column(String(200))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    source: Mapped[str] = mapped_column(String(50))
+
+
 class UsageApplied(Base):
     """Usage messages already rolled up: a redelivered message is not counted twice."""
 
@@ -138,3 +189,6 @@ class UsageApplied(Base):
 
     message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     applied_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+processed_events = processed_events_table(Base.metadata)

@@ -12,11 +12,24 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Table, delete, distinct, func, literal_column, select, text, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    delete,
+    distinct,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from analytics_service.models import (
+    AuditEntry,
     CostDaily,
     EndpointHourly,
     Event,
@@ -24,6 +37,7 @@ from analytics_service.models import (
     Metric,
     UsageApplied,
     UsageDaily,
+    UsageScopedDaily,
 )
 
 EVENTS: Table = Event.__table__  # type: ignore[assignment]
@@ -33,6 +47,8 @@ COST_DAILY: Table = CostDaily.__table__  # type: ignore[assignment]
 ENDPOINT_HOURLY: Table = EndpointHourly.__table__  # type: ignore[assignment]
 EVENT_HOURLY: Table = EventHourly.__table__  # type: ignore[assignment]
 USAGE_APPLIED: Table = UsageApplied.__table__  # type: ignore[assignment]
+USAGE_SCOPED_DAILY: Table = UsageScopedDaily.__table__  # type: ignore[assignment]
+AUDIT_LOG: Table = AuditEntry.__table__  # type: ignore[assignment]
 
 
 def dialect_name(session: AsyncSession) -> str:
@@ -321,6 +337,84 @@ async def metric_values(session: AsyncSession, filters: list[ColumnElement[bool]
         select(Metric.timestamp, Metric.value).where(*filters).order_by(Metric.timestamp).limit(limit)
     )
     return list(rows)
+
+
+# -- audit log --------------------------------------------------------------------------------------
+
+
+class AuditFilters(msgspec.Struct, frozen=True):
+    action: str | None = None
+    actor_id: str | None = None
+    target_id: str | None = None
+    organization_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    # Keyset pagination: the entries strictly after this (occurred_at, id) in newest-first order.
+    after: tuple[datetime, uuid.UUID] | None = None
+
+
+async def audit_entries(session: AsyncSession, filters: AuditFilters, limit: int) -> list[AuditEntry]:
+    """Newest first, ties broken by id (a stable order to page through)."""
+    conditions: list[ColumnElement[bool]] = []
+    for column, value in (
+        (AuditEntry.action, filters.action),
+        (AuditEntry.actor_id, filters.actor_id),
+        (AuditEntry.target_id, filters.target_id),
+        (AuditEntry.organization_id, filters.organization_id),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if filters.since is not None:
+        conditions.append(AuditEntry.occurred_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(AuditEntry.occurred_at < filters.until)
+    if filters.after is not None:
+        at, entry_id = filters.after
+        conditions.append(
+            or_(AuditEntry.occurred_at < at, and_(AuditEntry.occurred_at == at, AuditEntry.id < entry_id))
+        )
+    rows = await session.scalars(
+        select(AuditEntry).where(*conditions).order_by(AuditEntry.occurred_at.desc(), AuditEntry.id.desc()).limit(limit)
+    )
+    return list(rows)
+
+
+# -- usage per organisation, member and key -------------------------------------------------------
+
+
+def _scoped_sums() -> list[Any]:
+    c = USAGE_SCOPED_DAILY.c
+    return [
+        func.sum(c.api_calls).label("api_calls"),
+        func.sum(c.airtable_calls).label("airtable_calls"),
+        func.sum(c.errors).label("errors"),
+        func.sum(c.tokens_used).label("tokens_used"),
+        func.sum(c.cost_usd).label("cost_usd"),
+    ]
+
+
+async def organization_usage(session: AsyncSession, organization_id: str, start: date, end: date, by: str) -> list[Any]:
+    """An organisation's usage summed per ``by`` (``day``, ``route`` or ``user_id``)."""
+    c = USAGE_SCOPED_DAILY.c
+    query = (
+        select(c[by].label("name"), *_scoped_sums())
+        .where(c.organization_id == organization_id, c.day >= start, c.day <= end)
+        .group_by(c[by])
+        .order_by(c[by])
+    )
+    return list(await session.execute(query))
+
+
+async def key_usage(session: AsyncSession, user_id: str, start: date, end: date) -> list[Any]:
+    """A user's requests made with an API key, per key."""
+    c = USAGE_SCOPED_DAILY.c
+    query = (
+        select(c.key_id, *_scoped_sums(), func.max(c.day).label("last_day"))
+        .where(c.user_id == user_id, c.key_id != "", c.day >= start, c.day <= end)
+        .group_by(c.key_id)
+        .order_by(c.key_id)
+    )
+    return list(await session.execute(query))
 
 
 def new_id() -> uuid.UUID:

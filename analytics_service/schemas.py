@@ -221,3 +221,96 @@ class DashboardResponse(Struct):
 
 class PurgeResult(Struct):
     deleted: dict[str, int]
+
+
+# -- audit log ------------------------------------------------------------------------------------
+
+AuditAction = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")]
+
+
+class AuditRecorded(Struct):
+    """An ``audit.recorded`` event's data (shared/audit.py); anything else it holds is ignored."""
+
+    action: str
+    actor_id: str | None = None
+    organization_id: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    ip: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any] = {}
+
+
+class AuditEntryRead(Struct):
+    id: uuid.UUID
+    occurred_at: datetime
+    action: str
+    actor_id: str | None
+    organization_id: str | None
+    target_type: str | None
+    target_id: str | None
+    ip: str | None
+    request_id: str | None
+    details: dict[str, Any]
+    source: str
+
+
+class AuditPage(Struct):
+    """Newest first; ``next_cursor`` (absent on the last page) asks for the entries after these."""
+
+    entries: list[AuditEntryRead]
+    next_cursor: str | None = None
+
+
+# -- usage per organisation, member and API key ---------------------------------------------------
+
+
+class RouteUsage(Struct):
+    route: str
+    api_calls: int
+    errors: int
+    tokens_used: int
+    cost_usd: float
+
+
+class OrganizationUsage(Struct):
+    organization_id: uuid.UUID
+    period: Period
+    start: date
+    end: date
+    totals: UsageTotals
+    items: list[UsagePeriod]
+    by_route: list[RouteUsage]
+
+
+class MemberUsage(Struct):
+    user_id: str
+    api_calls: int
+    airtable_calls: int
+    errors: int
+    tokens_used: int
+    cost_usd: float
+
+
+class OrganizationMembersUsage(Struct):
+    organization_id: uuid.UUID
+    start: date
+    end: date
+    members: list[MemberUsage]
+
+
+class KeyUsage(Struct):
+    key_id: str
+    api_calls: int
+    airtable_calls: int
+    errors: int
+    last_used_on: date
+
+
+class KeysUsage(Struct):
+    """The caller's requests per API key (requests made with a key only)."""
+
+    user_id: str
+    start: date
+    end: date
+    keys: list[KeyUsage]

@@ -1,6 +1,8 @@
 """Analytics business logic: no Litestar imports, time from an injected clock."""
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import math
@@ -17,10 +19,22 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from analytics_service import repositories as repo
 from analytics_service.config import MAX_BATCH_ITEMS, AnalyticsSettings
-from analytics_service.errors import AdminOnly, BatchTooLarge, EventRejected, InvalidQuery, NotYourData
-from analytics_service.models import Event, Metric
+from analytics_service.errors import (
+    AdminOnly,
+    BatchTooLarge,
+    EventRejected,
+    InvalidCursor,
+    InvalidQuery,
+    NotYourData,
+    OrganizationManagersOnly,
+    OrganizationNotFound,
+)
+from analytics_service.models import AuditEntry, Event, Metric
 from analytics_service.schemas import (
     Aggregation,
+    AuditEntryRead,
+    AuditPage,
+    AuditRecorded,
     BatchResult,
     BreakdownItem,
     CostsResponse,
@@ -32,20 +46,27 @@ from analytics_service.schemas import (
     EventResult,
     Interval,
     ItemStatus,
+    KeysUsage,
+    KeyUsage,
     LLMUsage,
+    MemberUsage,
     MetricCreate,
     MetricPoint,
     MetricQueryResult,
     MetricRead,
+    OrganizationMembersUsage,
+    OrganizationUsage,
     Period,
+    RouteUsage,
     UsagePeriod,
     UsageResponse,
     UsageTotals,
     UserCost,
     WellFormedBatch,
 )
+from shared.events import Event as BusEvent
 from shared.periodic import PeriodicTask
-from shared.security import Identity
+from shared.security import ORG_MANAGERS, Identity
 from shared.usage import UsageConsumer, UsageMessage
 
 logger = logging.getLogger("analytics_service")
@@ -93,6 +114,7 @@ class _Caller(msgspec.Struct, frozen=True):
     """What every event of one request shares."""
 
     user_id: str
+    organization_id: str  # the caller's active organisation, "" without one
     is_admin: bool
     ip: str
     user_agent: str | None
@@ -119,6 +141,7 @@ class EventService:
         received_at = self.clock()
         caller = _Caller(
             user_id=str(identity.user_id),
+            organization_id=str(identity.tenant_id or ""),
             is_admin=identity.is_admin,
             ip=client.ip,
             user_agent=(client.user_agent or "")[:512] or None,
@@ -146,7 +169,7 @@ class EventService:
             rows.setdefault(key, row)
             outcomes.append((row["event_id"], key, None))
         accepted = await repo.insert_new_events(self.db, list(rows.values()))
-        await self._roll_up([row for key, row in rows.items() if key in accepted])
+        await self._roll_up([row for key, row in rows.items() if key in accepted], caller)
         await self.db.commit()
         results, counts = [], {"accepted": 0, "duplicate": 0, "rejected": 0}
         for index, (event_id, stored_as, reason) in enumerate(outcomes):
@@ -189,10 +212,11 @@ class EventService:
             "received_at": caller.received_at,
         }
 
-    async def _roll_up(self, rows: list[dict[str, Any]]) -> None:
-        """LLM usage into the per-user-per-day usage and the cost breakdown (``event_hourly`` is
-        kept by the insert itself)."""
+    async def _roll_up(self, rows: list[dict[str, Any]], caller: "_Caller") -> None:
+        """LLM usage into the per-user-per-day usage, the cost breakdown and (for the caller's own
+        events) the caller's active organisation's usage (``event_hourly`` is kept by the insert itself)."""
         usage: dict[tuple[str, date], dict[str, Any]] = {}
+        scoped = ScopedUsage()
         costs: dict[tuple[date, str, str, str], dict[str, Any]] = {}
         for row in rows:
             if row["event_type"] != LLM_USAGE:
@@ -203,6 +227,10 @@ class EventService:
             daily = usage.setdefault((row["user_id"], day), _usage_row(row["user_id"], day))
             daily["tokens_used"] += tokens
             daily["cost_usd"] += cost
+            if caller.organization_id and row["user_id"] == caller.user_id:
+                scoped_row = scoped.row(day, caller.organization_id, row["user_id"], "", "")
+                scoped_row["tokens_used"] += tokens
+                scoped_row["cost_usd"] += cost
             key = (day, row["user_id"], llm.service or "unknown", llm.model)
             entry = costs.setdefault(
                 key,
@@ -220,6 +248,7 @@ class EventService:
             ["calls", "tokens_used", "cost_usd"],
             list(costs.values()),
         )
+        await scoped.save(self.db)
 
 
 def _contains_nul(value: Any) -> bool:
@@ -258,6 +287,33 @@ def _usage_row(user_id: str, day: date) -> dict[str, Any]:
     }
 
 
+class ScopedUsage:
+    """Rows of ``usage_scoped_daily`` being summed before one upsert."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[date, str, str, str, str], dict[str, Any]] = {}
+
+    def row(self, day: date, organization_id: str, user_id: str, key_id: str, route: str) -> dict[str, Any]:
+        key = (day, organization_id, user_id, key_id, route)
+        if key not in self.rows:
+            self.rows[key] = {
+                "organization_id": organization_id,
+                "key_id": key_id,
+                "route": route,
+                **_usage_row(user_id, day),
+            }
+        return self.rows[key]
+
+    async def save(self, session: AsyncSession) -> None:
+        await repo.upsert_add(
+            session,
+            repo.USAGE_SCOPED_DAILY,
+            ["day", "organization_id", "user_id", "key_id", "route"],
+            USAGE_COUNTERS,
+            list(self.rows.values()),
+        )
+
+
 # -- the usage pipeline -------------------------------------------------------------------------
 
 
@@ -270,6 +326,7 @@ async def apply_usage(session: AsyncSession, messages: Sequence[UsageMessage], n
     records = [record for message in messages if (message.id,) in fresh for record in message.records]
     usage: dict[tuple[str, date], dict[str, Any]] = {}
     endpoints: dict[tuple[datetime, str], dict[str, Any]] = {}
+    scoped = ScopedUsage()
     for record in records:
         moment = datetime.fromtimestamp(record.at, UTC)
         failed = record.status >= ERROR_STATUS
@@ -288,7 +345,16 @@ async def apply_usage(session: AsyncSession, messages: Sequence[UsageMessage], n
         daily["airtable_calls"] += record.route == AIRTABLE_ROUTE
         daily["errors"] += failed
         daily["bytes_in"] += record.bytes_in
+        if record.organization_id or record.key_id:  # else usage_daily holds all there is to know
+            # Clipped to the columns: one odd record must not make the whole batch fail again and again.
+            organization_id, key_id = (record.organization_id or "")[:64], (record.key_id or "")[:64]
+            by_scope = scoped.row(day, organization_id, record.user_id, key_id, record.route)
+            by_scope["api_calls"] += 1
+            by_scope["airtable_calls"] += record.route == AIRTABLE_ROUTE
+            by_scope["errors"] += failed
+            by_scope["bytes_in"] += record.bytes_in
     await repo.upsert_add(session, repo.USAGE_DAILY, ["user_id", "day"], USAGE_COUNTERS, list(usage.values()))
+    await scoped.save(session)
     await repo.upsert_add(
         session,
         repo.ENDPOINT_HOURLY,
@@ -373,6 +439,8 @@ async def purge(
         (repo.EVENT_HOURLY, "hour", rollup_cutoff),
         (repo.USAGE_DAILY, "day", rollup_cutoff.date()),
         (repo.COST_DAILY, "day", rollup_cutoff.date()),
+        (repo.USAGE_SCOPED_DAILY, "day", rollup_cutoff.date()),
+        (repo.AUDIT_LOG, "occurred_at", now - timedelta(days=settings.audit_retention_days)),
     ]
     deleted: dict[str, int] = {}
     for table, column, cutoff in plan:
@@ -528,6 +596,43 @@ def _period_start(day: date, period: str) -> date:
     return day
 
 
+PERIOD_COUNTERS = ("api_calls", "airtable_calls", "errors", "tokens_used", "cost_usd")
+
+
+def usage_periods(
+    daily: Sequence[tuple[date, Any]], start: date, end: date, period: Period
+) -> tuple[UsageTotals, list[UsagePeriod]]:
+    """Per-day counters summed per ``period`` (every period of start..end, zeros included) and in all."""
+    periods: dict[date, dict[str, Any]] = {}
+    day = start
+    while day <= end:
+        periods.setdefault(_period_start(day, period), dict.fromkeys(PERIOD_COUNTERS, 0))
+        day += timedelta(days=1)
+    for day, row in daily:
+        bucket = periods[_period_start(day, period)]
+        for counter in PERIOD_COUNTERS:
+            bucket[counter] += getattr(row, counter)
+    items = [
+        UsagePeriod(
+            period_start=begin,
+            api_calls=int(v["api_calls"]),
+            airtable_calls=int(v["airtable_calls"]),
+            errors=int(v["errors"]),
+            tokens_used=int(v["tokens_used"]),
+            cost_usd=_money(v["cost_usd"]),
+        )
+        for begin, v in periods.items()
+    ]
+    totals = UsageTotals(
+        api_calls=sum(i.api_calls for i in items),
+        airtable_calls=sum(i.airtable_calls for i in items),
+        errors=sum(i.errors for i in items),
+        tokens_used=sum(i.tokens_used for i in items),
+        cost_usd=_money(sum(Decimal(v["cost_usd"] or 0) for v in periods.values())),
+    )
+    return totals, items
+
+
 class ReportService:
     def __init__(self, db: AsyncSession, clock: Clock) -> None:
         self.db = db
@@ -537,33 +642,8 @@ class ReportService:
         owner = _owner(identity, user_id, "usage")
         end = self.clock().date()
         start = end - timedelta(days=days - 1)
-        periods: dict[date, dict[str, Any]] = {}
-        day = start
-        while day <= end:
-            periods.setdefault(_period_start(day, period), _usage_row(owner, day))
-            day += timedelta(days=1)
-        for row in await repo.usage_rows(self.db, owner, start, end):
-            bucket = periods[_period_start(row.day, period)]
-            for counter in USAGE_COUNTERS:
-                bucket[counter] += getattr(row, counter)
-        items = [
-            UsagePeriod(
-                period_start=begin,
-                api_calls=int(v["api_calls"]),
-                airtable_calls=int(v["airtable_calls"]),
-                errors=int(v["errors"]),
-                tokens_used=int(v["tokens_used"]),
-                cost_usd=_money(v["cost_usd"]),
-            )
-            for begin, v in periods.items()
-        ]
-        totals = UsageTotals(
-            api_calls=sum(i.api_calls for i in items),
-            airtable_calls=sum(i.airtable_calls for i in items),
-            errors=sum(i.errors for i in items),
-            tokens_used=sum(i.tokens_used for i in items),
-            cost_usd=_money(sum(Decimal(v["cost_usd"]) for v in periods.values())),
-        )
+        daily = [(row.day, row) for row in await repo.usage_rows(self.db, owner, start, end)]
+        totals, items = usage_periods(daily, start, end, period)
         return UsageResponse(user_id=owner, period=period, start=start, end=end, totals=totals, items=items)
 
     async def costs(self, identity: Identity, user_id: str | None, days: int) -> CostsResponse:
@@ -631,3 +711,159 @@ class ReportService:
 
 def event_read(event: Event) -> EventRead:
     return msgspec.convert(event, EventRead, from_attributes=True)
+
+
+# -- the audit log ------------------------------------------------------------------------------
+
+MAX_AUDIT_PAGE = 500
+_AUDIT_LIMITS = {"action": 100, "actor_id": 64, "organization_id": 64, "target_type": 50, "target_id": 200}
+_AUDIT_LIMITS |= {"ip": 64, "request_id": 128}
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    """A stored text: at most ``limit`` characters, without NUL (which PostgreSQL cannot hold)."""
+    return None if value is None else value.replace("\x00", "")[:limit]
+
+
+async def apply_audit_event(session: AsyncSession, event: BusEvent) -> None:
+    """Store an ``audit.recorded`` event once: its id is the entry's id (ON CONFLICT DO NOTHING),
+    so even a redelivery that outlived ``processed_events`` is not stored twice."""
+    data = msgspec.convert(event.data, AuditRecorded)
+    details = data.details if not _contains_nul(data.details) else {}
+    row = {
+        "id": uuid.UUID(event.id),
+        "occurred_at": event.occurred_at.astimezone(UTC),
+        "source": _clip(event.source, 50) or "unknown",
+        "details": details,
+        **{name: _clip(getattr(data, name), limit) for name, limit in _AUDIT_LIMITS.items()},
+    }
+    await repo.insert_new(session, repo.AUDIT_LOG, ["id"], [row])
+
+
+def audit_entry_read(entry: AuditEntry) -> AuditEntryRead:
+    return msgspec.convert(entry, AuditEntryRead, from_attributes=True)
+
+
+def encode_cursor(entry: AuditEntry) -> str:
+    raw = f"{entry.occurred_at.astimezone(UTC).isoformat()}|{entry.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, _, entry_id = raw.partition("|")
+        at = datetime.fromisoformat(moment)
+        if at.tzinfo is None:
+            raise ValueError("naive")
+        return at.astimezone(UTC), uuid.UUID(entry_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidCursor() from None
+
+
+class AuditService:
+    def __init__(self, db: AsyncSession) -> None:
+        self.db = db
+
+    async def entries(
+        self, identity: Identity, filters: repo.AuditFilters, cursor: str | None, limit: int
+    ) -> AuditPage:
+        """Platform administrators read every entry; an organisation's owners and admins only
+        their active organisation's (asking for another is a 403); anyone else gets a 403."""
+        _no_nul(filters.action, filters.target_id, cursor)
+        if not identity.is_admin:
+            if identity.tenant_id is None or identity.org_role not in ORG_MANAGERS:
+                raise OrganizationManagersOnly()
+            own = str(identity.tenant_id)
+            if filters.organization_id not in (None, own):
+                raise OrganizationManagersOnly()
+            filters = msgspec.structs.replace(filters, organization_id=own)
+        if filters.since is not None and filters.until is not None and filters.since >= filters.until:
+            raise InvalidQuery("since must be earlier than until.")
+        if cursor is not None:
+            filters = msgspec.structs.replace(filters, after=decode_cursor(cursor))
+        rows = await repo.audit_entries(self.db, filters, limit + 1)
+        page = rows[:limit]
+        return AuditPage(
+            entries=[audit_entry_read(entry) for entry in page],
+            next_cursor=encode_cursor(page[-1]) if len(rows) > limit else None,
+        )
+
+
+# -- usage per organisation, member and API key -------------------------------------------------
+
+
+def managed_organization(identity: Identity, organization_id: uuid.UUID) -> str:
+    """The organisation a usage route is about, if the caller may see it: its owners and admins
+    (it must be their active organisation) and platform administrators. A member of it gets a 403;
+    anyone else a 404, as for an organisation that does not exist."""
+    if identity.is_admin or identity.has_org_role(organization_id, *ORG_MANAGERS):
+        return str(organization_id)
+    if identity.tenant_id == organization_id:
+        raise OrganizationManagersOnly()
+    raise OrganizationNotFound()
+
+
+def _route_usage(row: Any) -> RouteUsage:
+    return RouteUsage(
+        route=row.name,
+        api_calls=int(row.api_calls),
+        errors=int(row.errors),
+        tokens_used=int(row.tokens_used),
+        cost_usd=_money(row.cost_usd),
+    )
+
+
+class TeamUsageService:
+    def __init__(self, db: AsyncSession, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    def _window(self, days: int) -> tuple[date, date]:
+        end = self.clock().date()
+        return end - timedelta(days=days - 1), end
+
+    async def organization(
+        self, identity: Identity, organization_id: uuid.UUID, period: Period, days: int
+    ) -> OrganizationUsage:
+        scope = managed_organization(identity, organization_id)
+        start, end = self._window(days)
+        daily = [(row.name, row) for row in await repo.organization_usage(self.db, scope, start, end, "day")]
+        totals, items = usage_periods(daily, start, end, period)
+        by_route = [
+            _route_usage(row) for row in await repo.organization_usage(self.db, scope, start, end, "route") if row.name
+        ]  # LLM usage events have no route ("")
+        by_route.sort(key=lambda usage: (-usage.api_calls, usage.route))
+        return OrganizationUsage(organization_id, period, start, end, totals, items, by_route)
+
+    async def members(self, identity: Identity, organization_id: uuid.UUID, days: int) -> OrganizationMembersUsage:
+        scope = managed_organization(identity, organization_id)
+        start, end = self._window(days)
+        members = [
+            MemberUsage(
+                user_id=row.name,
+                api_calls=int(row.api_calls),
+                airtable_calls=int(row.airtable_calls),
+                errors=int(row.errors),
+                tokens_used=int(row.tokens_used),
+                cost_usd=_money(row.cost_usd),
+            )
+            for row in await repo.organization_usage(self.db, scope, start, end, "user_id")
+        ]
+        members.sort(key=lambda usage: (-usage.api_calls, -usage.cost_usd, usage.user_id))
+        return OrganizationMembersUsage(organization_id, start, end, members)
+
+    async def my_keys(self, identity: Identity, days: int) -> KeysUsage:
+        start, end = self._window(days)
+        own = str(identity.user_id)
+        keys = [
+            KeyUsage(
+                key_id=row.key_id,
+                api_calls=int(row.api_calls),
+                airtable_calls=int(row.airtable_calls),
+                errors=int(row.errors),
+                last_used_on=row.last_day,
+            )
+            for row in await repo.key_usage(self.db, own, start, end)
+        ]
+        return KeysUsage(user_id=own, start=start, end=end, keys=keys)

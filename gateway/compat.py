@@ -167,7 +167,15 @@ async def call_platform(
     finally:
         elapsed = time.perf_counter() - started
         state.usage.record(
-            admission.user_id, method, route.prefix, collected.status, elapsed, outgoing.request_id, scope
+            admission.user_id,
+            method,
+            route.prefix,
+            collected.status,
+            elapsed,
+            outgoing.request_id,
+            scope,
+            admission.organization_id,
+            admission.key_id,
         )
     return ServiceReply(
         status=collected.status,

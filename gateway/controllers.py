@@ -95,7 +95,8 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
         request_id = ensure_request_id(scope)
         ip = client_ip(scope, context.trusted_proxies)
         method: str = scope["method"]  # type: ignore[typeddict-item]  # mounts see HTTP scopes only
-        status, user_id, request = 500, None, None
+        status, request = 500, None
+        user_id = organization_id = key_id = None
         _in_flight[0] += 1
         log_context = request_id_var.set(request_id)  # as RequestIdMiddleware does on Litestar's way
         try:
@@ -114,7 +115,7 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
                 api_key.decode("latin-1") if api_key is not None else None,
                 request_id,
             )
-            user_id = admission.user_id
+            user_id, organization_id, key_id = admission.user_id, admission.organization_id, admission.key_id
             query: bytes = scope["query_string"]
             request = ForwardRequest(
                 method=method,
@@ -157,7 +158,9 @@ def proxy_handler(route: Route, cors: bool = False) -> ASGIRouteHandler:
             # The one "request finished" point: method, route template, status, latency (elapsed),
             # user, request ID, client IP and the response body bytes relayed
             # (``request.response_bytes``; no request when refused before forwarding) are known here.
-            context.usage.record(user_id, method, route.prefix, status, elapsed, request_id, scope)
+            context.usage.record(
+                user_id, method, route.prefix, status, elapsed, request_id, scope, organization_id, key_id
+            )
             access_log = context.access_log
             if access_log.enabled:
                 access_log.request(method, route.template, status, elapsed, user_id, request_id, ip)

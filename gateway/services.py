@@ -32,6 +32,16 @@ class Admission(msgspec.Struct, frozen=True):
     def user_id(self) -> str | None:
         return self.claims["sub"] if self.claims else None
 
+    @property
+    def organization_id(self) -> str | None:
+        """The caller's active organisation (claim ``tid``), for the usage record."""
+        return self.claims.get("tid") if self.claims else None
+
+    @property
+    def key_id(self) -> str | None:
+        """The API key the request came with (its token's ``key_id``, equal to its ``sid``), if any."""
+        return self.claims.get("key_id") if self.claims else None
+
 
 class VerifiedToken(msgspec.Struct, frozen=True):
     """A token's claims and what admission derives from them, worked out once per token."""

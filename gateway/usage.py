@@ -56,9 +56,19 @@ class UsageEmitter:
         self._closing = False
 
     def record(
-        self, user_id: str | None, method: str, route: str, status: int, elapsed: float, request_id: str, scope: Scope
+        self,
+        user_id: str | None,
+        method: str,
+        route: str,
+        status: int,
+        elapsed: float,
+        request_id: str,
+        scope: Scope,
+        organization_id: str | None = None,
+        key_id: str | None = None,
     ) -> None:
-        """Buffer one request's usage. Never raises, never waits."""
+        """Buffer one request's usage (``organization_id``: the caller's active organisation;
+        ``key_id``: the API key it came with). Never raises, never waits."""
         if self.publisher is None:
             return
         if len(self.buffer) >= self.capacity:
@@ -75,6 +85,8 @@ class UsageEmitter:
                 0,
                 request_id,
                 time.time(),
+                organization_id,
+                key_id,
             )
         )
         if len(self.buffer) >= self.flush_records:

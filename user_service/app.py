@@ -13,7 +13,7 @@ from shared.stores import KeyValueStore
 from user_service.config import UserSettings
 from user_service.controllers import UserController
 from user_service.models import outbox, processed_events
-from user_service.services import Clock, ProfileService
+from user_service.services import Clock, MembershipService, ProfileService
 
 # Auth's events that carry the account: each one creates or refreshes the profile's copy.
 ACCOUNT_EVENTS = (
@@ -23,8 +23,15 @@ ACCOUNT_EVENTS = (
     "user.logged_in",
     "user.account_changed",
 )
+# Auth's membership events: the users service keeps who belongs to which organisation, with the role.
+MEMBERSHIP_EVENTS = (
+    "organization.member_added",
+    "organization.member_changed",
+    "organization.member_removed",
+    "organization.deleted",
+)
 GROUP = "users"
-EVENTS = EventConsumer(group=GROUP, event_types=ACCOUNT_EVENTS, processed_events=processed_events)
+EVENTS = EventConsumer(group=GROUP, event_types=ACCOUNT_EVENTS + MEMBERSHIP_EVENTS, processed_events=processed_events)
 
 
 def create_app(
@@ -42,10 +49,13 @@ def create_app(
         app.state.outbox_relay = relay
         relay.start()
 
-        async def apply_account_event(session: AsyncSession, event: Event) -> None:
-            await ProfileService(session, clock).apply_account_event(event)
+        async def apply_event(session: AsyncSession, event: Event) -> None:
+            if event.type in MEMBERSHIP_EVENTS:
+                await MembershipService(session).apply_event(event)
+            else:
+                await ProfileService(session, clock).apply_account_event(event)
 
-        EVENTS.subscribe(app.state.bus, app.state.sessionmaker, apply_account_event)
+        EVENTS.subscribe(app.state.bus, app.state.sessionmaker, apply_event)
         try:
             yield
         finally:

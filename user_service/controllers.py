@@ -9,8 +9,10 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from shared.http import as_utc
 from shared.security import Identity, require_admin
-from user_service.deps import provide_profile_service
+from user_service.deps import provide_membership_service, provide_profile_service
+from user_service.errors import OrganizationManagersOnly, OrganizationNotFound
 from user_service.schemas import (
+    MemberList,
     ProfileList,
     ProfilePublic,
     ProfileQuery,
@@ -23,18 +25,22 @@ from user_service.schemas import (
     profile_public,
     profile_read,
 )
-from user_service.services import ProfileService
+from user_service.services import MembershipService, ProfileService
 
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
 
 
 class UserController(Controller):
-    """Profiles: your own at /me; others' as their owner, an admin, or (public fields) a tenant peer."""
+    """Profiles: your own at /me; others' as their owner, an admin, or (public fields) an owner or
+    admin of an organisation they belong to; an organisation's members."""
 
     path = "/api/v1/users"
     tags = ["users"]
     security = BEARER
-    dependencies = {"profiles": Provide(provide_profile_service, sync_to_thread=False)}
+    dependencies = {
+        "profiles": Provide(provide_profile_service, sync_to_thread=False),
+        "memberships": Provide(provide_membership_service, sync_to_thread=False),
+    }
 
     @get("/", operation_id="list_users", guards=[require_admin])
     async def list_users(
@@ -65,6 +71,24 @@ class UserController(Controller):
             sort_order=sort_order,
         )
         return await profiles.list(query)
+
+    @get(
+        "/orgs/{organization_id:uuid}/members",
+        operation_id="list_organization_members",
+        raises=[OrganizationManagersOnly, OrganizationNotFound],
+    )
+    async def list_organization_members(
+        self,
+        organization_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        memberships: NamedDependency[MembershipService],
+        page: Annotated[int, QueryParameter(ge=1, le=1_000_000)] = 1,
+        page_size: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    ) -> MemberList:
+        """An organisation's members with their roles and profiles, earliest first: for its owners and
+        admins (it must be their active organisation) and platform admins; 403 for its other members,
+        404 for anyone else."""
+        return await memberships.members(request.user, organization_id, page, page_size)
 
     @get("/me", operation_id="get_my_profile")
     async def get_me(
@@ -102,7 +126,8 @@ class UserController(Controller):
         request: Request[Identity, str, State],
         profiles: NamedDependency[ProfileService],
     ) -> ProfileRead | ProfilePublic:
-        """A profile: all of it for its owner and admins, the public fields for the same tenant."""
+        """A profile: all of it for its owner and platform admins, the public fields for the owners and
+        admins of the caller's active organisation when the user is a member of it; else 404."""
         profile, full = await profiles.visible(request.user, user_id)
         return profile_read(profile) if full else profile_public(profile)
 

@@ -4,8 +4,12 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from user_service.services import ProfileService
+from user_service.services import MembershipService, ProfileService
 
 
 def provide_profile_service(db_session: NamedDependency[AsyncSession], state: State) -> ProfileService:
     return ProfileService(db=db_session, clock=state.clock)
+
+
+def provide_membership_service(db_session: NamedDependency[AsyncSession]) -> MembershipService:
+    return MembershipService(db=db_session)

@@ -59,5 +59,25 @@ class Profile(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class Membership(Base):
+    """A user's role in an organisation: a copy of auth's, kept up to date by its
+    ``organization.member_*`` events. ``synced_at`` is the time of the latest event applied (an
+    older one arriving late changes nothing); a removed member is kept with ``removed_at`` set, so
+    a late ``member_added`` older than the removal does not bring the membership back."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (
+        Index("ix_memberships_user_id", "user_id"),
+        Index("ix_memberships_organization_id_joined_at", "organization_id", "joined_at"),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    role: Mapped[str] = mapped_column(String(20))
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 outbox = outbox_table(Base.metadata)
 processed_events = processed_events_table(Base.metadata)

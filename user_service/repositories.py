@@ -8,7 +8,7 @@ from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import insert_or_ignore
-from user_service.models import Profile
+from user_service.models import Membership, Profile
 from user_service.schemas import ProfileQuery
 
 
@@ -71,3 +71,51 @@ def _conditions(query: ProfileQuery) -> list[ColumnElement[bool]]:
     if query.created_before is not None:
         conditions.append(Profile.created_at < query.created_before)
     return conditions
+
+
+class MembershipRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, organization_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None:
+        statement = (
+            select(Membership)
+            .where(Membership.organization_id == organization_id, Membership.user_id == user_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return await self.session.scalar(statement)
+
+    async def add_if_absent(self, values: dict[str, Any]) -> bool:
+        return await insert_or_ignore(self.session, Membership.__table__, values)  # type: ignore[arg-type]
+
+    async def delete_organization(self, organization_id: uuid.UUID) -> int:
+        result = await self.session.execute(delete(Membership).where(Membership.organization_id == organization_id))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def is_member(self, organization_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+        found = await self.session.scalar(
+            select(Membership.user_id).where(
+                Membership.organization_id == organization_id,
+                Membership.user_id == user_id,
+                Membership.removed_at.is_(None),
+            )
+        )
+        return found is not None
+
+    async def members(self, organization_id: uuid.UUID, page: int, page_size: int) -> tuple[list[Any], int]:
+        """The organisation's current members with their profiles (None while a profile has not
+        arrived yet), earliest first; members whose profile is deleted are left out."""
+        conditions = [
+            Membership.organization_id == organization_id,
+            Membership.removed_at.is_(None),
+            Profile.deleted_at.is_(None),
+        ]
+        joined = select(Membership, Profile).outerjoin(Profile, Profile.id == Membership.user_id).where(*conditions)
+        total = await self.session.scalar(select(func.count()).select_from(joined.subquery())) or 0
+        rows = await self.session.execute(
+            joined.order_by(Membership.joined_at.asc(), Membership.user_id.asc())
+            .offset((page - 1) * page_size)
+            .limit(page_size)
+        )
+        return list(rows), int(total)

@@ -102,7 +102,7 @@ class ProfileRead(Struct):
 
 
 class ProfilePublic(Struct):
-    """What users of the same tenant see of each other."""
+    """What an organisation's owners and admins see of its members' profiles."""
 
     id: uuid.UUID
     first_name: str | None
@@ -147,3 +147,40 @@ def profile_read(profile: Any) -> ProfileRead:
 
 def profile_public(profile: Any) -> ProfilePublic:
     return msgspec.convert(profile, ProfilePublic, from_attributes=True)
+
+
+class MemberRead(Struct):
+    """An organisation's member: the role and the profile (fields ``None`` while the profile has
+    not arrived from the auth service yet)."""
+
+    user_id: uuid.UUID
+    role: str
+    joined_at: datetime
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    display_name: str | None
+    avatar_url: str | None
+    is_active: bool | None
+
+
+class MemberList(Struct):
+    members: list[MemberRead]
+    total: int
+    page: int
+    page_size: int
+    total_pages: int
+
+
+def member_read(membership: Any, profile: Any | None) -> MemberRead:
+    return MemberRead(
+        user_id=membership.user_id,
+        role=membership.role,
+        joined_at=membership.joined_at,
+        email=profile.email if profile else None,
+        first_name=profile.first_name if profile else None,
+        last_name=profile.last_name if profile else None,
+        display_name=profile.display_name if profile else None,
+        avatar_url=profile.avatar_url if profile else None,
+        is_active=profile.is_active if profile else None,
+    )

@@ -11,11 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.events import Event, new_event
 from shared.outbox import add_event
-from shared.security import Identity
-from user_service.errors import ProfileNotFound
+from shared.security import ORG_MANAGERS, ORG_ROLES, Identity
+from user_service.errors import OrganizationManagersOnly, OrganizationNotFound, ProfileNotFound
 from user_service.models import Profile, outbox
-from user_service.repositories import ProfileRepository
-from user_service.schemas import ProfileList, ProfileQuery, profile_read
+from user_service.repositories import MembershipRepository, ProfileRepository
+from user_service.schemas import MemberList, ProfileList, ProfileQuery, member_read, profile_read
 
 logger = logging.getLogger("user_service")
 Clock = Callable[[], datetime]
@@ -62,8 +62,9 @@ class ProfileService:
     # -- any profile, subject to who is asking -------------------------------------------------
 
     async def visible(self, identity: Identity, user_id: uuid.UUID) -> tuple[Profile, bool]:
-        """The profile and whether the caller may see all of it (themself or an admin) or only
-        its public fields (same tenant). Anything else is a 404, as for a missing profile."""
+        """The profile and whether the caller may see all of it (themself or a platform admin) or
+        only its public fields (an owner or admin of the caller's active organisation, of which
+        the profile's user is a member). Anything else is a 404, as for a missing profile."""
         if user_id == identity.user_id:
             return await self.me(identity), True
         profile = await self.profiles.by_id(user_id)
@@ -71,7 +72,12 @@ class ProfileService:
             raise ProfileNotFound()
         if identity.is_admin:
             return profile, True
-        if identity.tenant_id is not None and profile.tenant_id == identity.tenant_id:
+        organization = identity.tenant_id
+        if (
+            organization is not None
+            and identity.has_org_role(organization, *ORG_MANAGERS)
+            and await MembershipRepository(self.db).is_member(organization, user_id)
+        ):
             return profile, False
         raise ProfileNotFound()
 
@@ -176,6 +182,62 @@ class ProfileService:
         for name, value in account.items():
             setattr(profile, name, value)
         profile.updated_at = self.clock()
+
+
+class MembershipService:
+    """Organisations' members, a copy of auth's memberships (``organization.*`` events)."""
+
+    def __init__(self, db: AsyncSession) -> None:
+        self.db = db
+        self.memberships = MembershipRepository(db)
+
+    async def members(self, identity: Identity, organization_id: uuid.UUID, page: int, page_size: int) -> MemberList:
+        """For the organisation's owners and admins (it must be their active organisation) and
+        platform admins; its other members get a 403, anyone else a 404 (its existence stays unknown)."""
+        if not identity.is_admin and not identity.has_org_role(organization_id, *ORG_MANAGERS):
+            if identity.tenant_id == organization_id:
+                raise OrganizationManagersOnly()
+            raise OrganizationNotFound()
+        rows, total = await self.memberships.members(organization_id, page, page_size)
+        return MemberList(
+            members=[member_read(membership, profile) for membership, profile in rows],
+            total=total,
+            page=page,
+            page_size=page_size,
+            total_pages=math.ceil(total / page_size),
+        )
+
+    async def apply_event(self, event: Event) -> None:
+        """``organization.member_added`` / ``member_changed`` / ``member_removed`` / ``deleted``.
+        Each membership follows the latest event about it (by ``occurred_at``): one arriving late
+        changes nothing."""
+        organization_id = uuid.UUID(str(event.data["organization_id"]))
+        if event.type == "organization.deleted":
+            removed = await self.memberships.delete_organization(organization_id)
+            logger.info(
+                "organisation's memberships removed", extra={"organization_id": str(organization_id), "count": removed}
+            )
+            return
+        user_id = uuid.UUID(str(event.data["user_id"]))
+        removal = event.type == "organization.member_removed"
+        role = "member" if removal else str(event.data["role"])
+        if role not in ORG_ROLES:
+            raise ValueError(f"unknown organisation role {role!r}")
+        at = event.occurred_at
+        values = {"role": role, "synced_at": at, "removed_at": at if removal else None}
+        if await self.memberships.add_if_absent(
+            {"organization_id": organization_id, "user_id": user_id, "joined_at": at, **values}
+        ):
+            return
+        membership = await self.memberships.get(organization_id, user_id)
+        if membership is None or (membership.synced_at is not None and membership.synced_at >= at):
+            return  # an older event arriving late
+        if removal:
+            membership.removed_at, membership.synced_at = at, at
+            return
+        if membership.removed_at is not None:  # joined again
+            membership.joined_at = at
+        membership.role, membership.removed_at, membership.synced_at = role, None, at
 
 
 def _datetime(value: object) -> datetime | None:

@@ -23,7 +23,10 @@ from tests.conftest import DatabaseFactory, access_claims, app_client
 JWT_SECRET = secrets.token_urlsafe(48)
 API = "/api/v1/analytics"
 PROBLEM = "application/problem+json"
-TABLES = "events, metrics, usage_daily, cost_daily, endpoint_hourly, event_hourly, usage_applied"
+TABLES = (
+    "events, metrics, usage_daily, cost_daily, endpoint_hourly, event_hourly, usage_applied, usage_scoped_daily,"
+    " audit_log, processed_events"
+)
 
 
 class Clock:
@@ -40,11 +43,11 @@ class Clock:
 
 
 class User:
-    """A made-up account with a valid access token."""
+    """A made-up account with a valid access token; ``claims`` adds some (``tid``, ``org_role``)."""
 
-    def __init__(self, *roles: str) -> None:
+    def __init__(self, *roles: str, **extra: Any) -> None:
         self.id = str(uuid.uuid4())
-        claims = access_claims(sub=self.id, roles=list(roles or ["user"]))
+        claims = access_claims(sub=self.id, roles=list(roles or ["user"]), **extra)
         self.token = jwt.encode(
             claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
         )

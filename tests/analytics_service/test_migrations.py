@@ -15,7 +15,18 @@ from shared import migrations
 from tests.conftest import DatabaseFactory
 from tests.migration_checks import DATABASES, assert_round_trip, fresh_settings
 
-TABLES = {"events", "metrics", "usage_daily", "cost_daily", "endpoint_hourly", "event_hourly", "usage_applied"}
+TABLES = {
+    "events",
+    "metrics",
+    "usage_daily",
+    "cost_daily",
+    "endpoint_hourly",
+    "event_hourly",
+    "usage_applied",
+    "usage_scoped_daily",
+    "audit_log",
+    "processed_events",
+}
 
 
 @pytest.mark.parametrize("database", DATABASES)

@@ -8,11 +8,12 @@ from typing import Any
 
 import httpx
 import jwt
+import msgspec
 import pytest
 from litestar import Litestar
 
 from gateway.app import create_app
-from shared.usage import InMemoryUsageChannel
+from shared.usage import InMemoryUsageChannel, decode_records, encode_records
 from tests.auth_service.conftest import JWT_SECRET
 from tests.conftest import app_client, eventually
 from tests.gateway.conftest import AUTH, USERS, SettingsFactory, assert_problem, bearer, register
@@ -170,12 +171,45 @@ async def test_a_keys_requests_are_its_owners_usage(client: httpx.AsyncClient, u
     key = (await new_key(client, tokens, "airtable:read"))["key"]
     assert (await client.get(f"{AIRTABLE}/bases", headers=as_api_key(key))).status_code == 200
 
-    async def keyed_record() -> Any:
+    record = await usage_record_of(usage, AIRTABLE)
+    assert record.user_id == tokens["user"]["id"]
+
+
+async def usage_record_of(usage: InMemoryUsageChannel, route: str) -> Any:
+    async def found() -> Any:
         for message in await usage.read(100, 0.1):
+            await usage.ack([message.id])
             for record in message.records:
-                if record.route == AIRTABLE:
+                if record.route == route:
                     return record
         return None
 
-    record = await eventually(keyed_record, "the key's usage record")
-    assert record.user_id == tokens["user"]["id"]
+    return await eventually(found, f"a usage record of {route}")
+
+
+async def test_usage_records_carry_the_organisation_and_the_key(
+    client: httpx.AsyncClient, usage: InMemoryUsageChannel
+) -> None:
+    """A key's requests are told apart from the owner's other requests (and from their other keys)
+    by ``key_id``; every request carries the caller's active organisation (``tid``)."""
+    tokens = await register(client)
+    organization = jwt.decode(tokens["access_token"], options={"verify_signature": False})["tid"]
+    assert organization is not None
+    created = await new_key(client, tokens, "airtable:read", "users:read")
+    assert (await client.get(f"{AIRTABLE}/bases", headers=as_api_key(created["key"]))).status_code == 200
+    keyed = await usage_record_of(usage, AIRTABLE)
+    assert (keyed.user_id, keyed.key_id, keyed.organization_id) == (tokens["user"]["id"], created["id"], organization)
+
+    assert (await client.get(f"{USERS}/me", headers=bearer(tokens["access_token"]))).status_code == 200
+    plain = await usage_record_of(usage, USERS)
+    assert (plain.user_id, plain.key_id, plain.organization_id) == (tokens["user"]["id"], None, organization)
+
+
+def test_records_of_an_older_gateway_still_decode() -> None:
+    """A record encoded before ``organization_id`` and ``key_id`` existed (an array of 9) decodes
+    without them."""
+    old = msgspec.msgpack.encode([[None, "GET", AIRTABLE, 200, 1.5, 0, 0, "req", 1.0e9]])
+    [record] = decode_records(old)
+    assert (record.route, record.organization_id, record.key_id) == (AIRTABLE, None, None)
+    new = encode_records([record])
+    assert decode_records(new) == [record]

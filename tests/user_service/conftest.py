@@ -30,7 +30,7 @@ def users_database(databases: DatabaseFactory) -> str:
 def clean_users_database(users_database: str) -> Iterator[str]:
     yield users_database
     with psycopg.connect(users_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE profiles, outbox, processed_events")
+        conn.execute("TRUNCATE profiles, outbox, processed_events, memberships")
 
 
 @pytest.fixture

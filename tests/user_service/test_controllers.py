@@ -17,7 +17,7 @@ from shared.events import new_event
 from tests.user_service.conftest import USERS, Caller, profile_url
 from user_service.config import UserSettings
 from user_service.purge import parse_duration, purge
-from user_service.services import ProfileService
+from user_service.services import MembershipService, ProfileService
 
 PROBLEM = "application/problem+json"
 
@@ -166,21 +166,27 @@ async def test_malformed_json_is_a_4xx_not_a_500(client: httpx.AsyncClient) -> N
 # -- who may see and change whom -----------------------------------------------------------------------
 
 
-async def test_access_matrix_with_another_users_id(client: httpx.AsyncClient) -> None:
+async def test_access_matrix_with_another_users_id(client: httpx.AsyncClient, users_app: Litestar) -> None:
     tenant = uuid.uuid4()
-    ada, bob = Caller(tenant_id=tenant), Caller(tenant_id=tenant)  # same tenant
-    eve = Caller()  # another tenant
+    ada, bob = Caller(tenant_id=tenant, org_role="member"), Caller(tenant_id=tenant, org_role="owner")
+    carl = Caller(tenant_id=tenant, org_role="member")  # a member too, not a manager
+    eve = Caller(org_role="owner")  # another organisation's owner
     admin = Caller(roles=["admin", "user"])
-    for caller in (ada, bob, eve, admin):
+    for caller in (ada, bob, carl, eve, admin):
         await me(client, caller)
+    async with users_app.state.sessionmaker() as session, session.begin():
+        service = MembershipService(session)
+        for caller, role in ((ada, "member"), (bob, "owner"), (carl, "member")):
+            data = {"organization_id": str(tenant), "user_id": str(caller.id), "role": role}
+            await service.apply_event(new_event("organization.member_added", "auth", data))
     await client.patch(f"{USERS}/me", headers=ada.headers, json={"display_name": "Ada", "phone": "+44 20 7946 0000"})
     original = await me(client, ada)
     missing = profile_url(uuid.uuid4())
 
-    # A tenant peer reads the public fields only.
-    peer_view = await client.get(profile_url(ada), headers=bob.headers)
-    assert peer_view.status_code == 200
-    assert peer_view.json() == {
+    # An owner (or admin) of the caller's active organisation reads its members' public fields only.
+    manager_view = await client.get(profile_url(ada), headers=bob.headers)
+    assert manager_view.status_code == 200
+    assert manager_view.json() == {
         "id": str(ada.id),
         "first_name": None,
         "last_name": None,
@@ -191,8 +197,9 @@ async def test_access_matrix_with_another_users_id(client: httpx.AsyncClient) ->
     }
     # Nobody else learns whether the profile exists: the same 404 as for an unknown id.
     unknown = assert_problem(await client.get(missing, headers=eve.headers), 404, "user-not-found")
-    hidden = assert_problem(await client.get(profile_url(ada), headers=eve.headers), 404, "user-not-found")
-    assert hidden["detail"] == unknown["detail"]
+    for outsider in (eve, carl):
+        hidden = assert_problem(await client.get(profile_url(ada), headers=outsider.headers), 404, "user-not-found")
+        assert hidden["detail"] == unknown["detail"]
     for intruder in (bob, eve):
         for method, body in (
             ("PUT", {"display_name": "pwned"}),

@@ -159,11 +159,9 @@ async def test_with_redis_gone_requests_still_succeed_and_dropped_records_are_co
         dropped_before = metric((await client.get("/metrics")).text, "pyairtable_gateway_usage_dropped_total")
 
         private_redis.kill()
-        for _ in range(20):
-            started = time.monotonic()
-            response = await client.get(f"{AIRTABLE}/bases", headers=user.headers)
+        for _ in range(20):  # the 10 s guard only turns a hang on the dead Redis into a failure
+            response = await asyncio.wait_for(client.get(f"{AIRTABLE}/bases", headers=user.headers), 10)
             assert response.status_code == 200, response.text
-            assert time.monotonic() - started < 2.0  # never waits on the dead Redis for long
 
         async def dropped() -> bool:
             text = (await client.get("/metrics")).text
@@ -186,10 +184,8 @@ async def test_a_full_buffer_drops_and_a_hung_sink_times_out_without_blocking_re
     emitter = UsageEmitter(StuckPublisher(), capacity=3, flush_seconds=3600, timeout=0.05)
     scope: Any = {"headers": [(b"content-length", b"12")]}
     before = DROPPED._value.get()
-    started = time.monotonic()
-    for _ in range(5):
+    for _ in range(5):  # record() is synchronous: it cannot wait on the sink
         emitter.record("u", "POST", AIRTABLE, 201, 0.01, "rid", scope)
-    assert time.monotonic() - started < 0.5
     assert DROPPED._value.get() == before + 2  # the buffer holds 3
     assert [record.bytes_in for record in emitter.buffer] == [12, 12, 12]
 
@@ -219,6 +215,6 @@ async def test_the_emitter_shuts_down_even_when_its_sink_swallows_cancellation()
     emitter.record("u", "GET", AIRTABLE, 200, 0.01, "rid", {"headers": []})
     await asyncio.wait_for(sink.publishing.wait(), 10)
 
-    started = time.monotonic()
+    # close() returns although the sink never gives the cancellation back (the flush loop stops on
+    # its flag); the 30 s guard only turns a hang into a failure.
     await asyncio.wait_for(emitter.close(), 30)
-    assert time.monotonic() - started < 5, "close() hung on the sink"  # the flush loop stops on its flag

@@ -9,12 +9,14 @@ from redis.asyncio import Redis
 from airtable_gateway.cache import ResponseCache
 from airtable_gateway.client import AirtableClient, create_http_client
 from airtable_gateway.config import AirtableSettings
-from airtable_gateway.controllers import AirtableController, MirrorController, TokenController
+from airtable_gateway.controllers import AirtableController, GrantController, MirrorController, TokenController
 from airtable_gateway.errors import EXCEPTION_HANDLERS
+from airtable_gateway.models import outbox
 from airtable_gateway.scheduler import Limits, MemoryScheduler, RedisScheduler, ResilientScheduler, Scheduler
-from airtable_gateway.services import Upstream, UserTokens
+from airtable_gateway.services import Grants, Upstream, UserTokens
 from airtable_gateway.tokens import token_cipher
 from shared.events import EventBus
+from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore, RedisBreaker, RedisStore
@@ -55,12 +57,20 @@ def create_app(
             app.state.user_tokens = UserTokens(
                 app.state.sessionmaker, token_cipher(settings), platform_token, settings.token_cache_seconds, store
             )
+            app.state.grants = Grants(
+                app.state.sessionmaker, settings.airtable_grant_all, settings.airtable_grant_cache_seconds
+            )
+            # The audit events of grant changes, published from this service's outbox.
+            relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
+            app.state.outbox_relay = relay
+            relay.start()
+            stack.push_async_callback(relay.stop)
             yield
 
     return create_service_app(
         settings,
         title="PyAirtable Airtable gateway",
-        route_handlers=[AirtableController, TokenController, MirrorController],
+        route_handlers=[AirtableController, TokenController, GrantController, MirrorController],
         lifespan=[airtable_resources],
         store=store,
         bus=bus,

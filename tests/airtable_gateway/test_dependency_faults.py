@@ -15,7 +15,7 @@ from litestar import Litestar
 from airtable_gateway.app import create_app
 from airtable_gateway.config import AirtableSettings
 from shared import migrations
-from tests.airtable_gateway.conftest import API, PROBLEM, SettingsFactory, bearer, upstream_log
+from tests.airtable_gateway.conftest import API, ORG, PROBLEM, SettingsFactory, bearer, grant, upstream_log
 from tests.airtable_gateway.emulator_fixture import CONTACTS, CRM_BASE, OPS_BASE, TASKS, Emulator, run_emulator
 from tests.airtable_gateway.test_ratelimit import most_in_one_second
 from tests.conftest import app_client, eventually
@@ -152,6 +152,7 @@ def private_database() -> Iterator[tuple[PrivatePostgres, str]]:
     try:
         url = server.create_database("pyairtable_airtable")
         migrations.upgrade(AirtableSettings(database_url=url), "airtable_gateway")
+        grant(url, ORG, CRM_BASE)
         yield server, url
     finally:
         server.destroy()

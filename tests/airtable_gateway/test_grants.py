@@ -356,3 +356,28 @@ def test_the_embedded_mode_grants_all_only_with_the_emulator(tmp_path: Any) -> N
     assert airtable_settings(with_token, {"airtable_emulator": True}).airtable_grant_all == ""
     assert airtable_settings(base, {}).airtable_grant_all == ""  # AIRTABLE_EMULATOR=false
     assert airtable_settings({**base, "AIRTABLE_GRANT_ALL": ""}, {"airtable_emulator": True}).airtable_grant_all == ""
+
+
+async def test_a_grant_revoked_on_one_replica_takes_effect_on_another_within_the_grant_cache(
+    settings: AirtableSettings,
+) -> None:
+    """Two replicas on one database: the other replica trusts what it read for at most
+    AIRTABLE_GRANT_CACHE_SECONDS, then refuses too (and a new grant is seen as soon)."""
+    async with app_client(create_app(settings)) as first, app_client(create_app(settings)) as second:
+        assert (await second.get(CONTACTS_URL, params={"page_size": 1}, headers=bearer())).status_code == 200
+        revoked = await first.delete(grant_url(ORG, CRM_BASE), headers=bearer(**ADMIN))
+        assert revoked.status_code == 204
+
+        async def refused_on_the_other() -> bool:
+            response = await second.get(CONTACTS_URL, params={"page_size": 1}, headers=bearer())
+            return response.status_code == 403 and response.json()["code"] == "base-not-granted"
+
+        await eventually(refused_on_the_other, "the revocation to reach the other replica")
+        granted = await first.put(grant_url(ORG, CRM_BASE), json={"access": "read"}, headers=bearer(**ADMIN))
+        assert granted.status_code == 201
+
+        async def served_on_the_other() -> bool:
+            response = await second.get(CONTACTS_URL, params={"page_size": 1}, headers=bearer())
+            return response.status_code == 200
+
+        await eventually(served_on_the_other, "the new grant to reach the other replica")

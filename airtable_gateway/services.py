@@ -672,6 +672,8 @@ class AirtableService:
         request = UpstreamRequest(method, upstream_path, base, query, body or None, retryable=retryable)
         if is_read and segments == ["meta", "bases"]:
             visible = await self.access.visible_bases()
+            if visible is not None and not visible:
+                return _fresh_bytes(200, _json.encode({"bases": []}))
             listing = await self._mirror_read(request, kind, segments)
             return listing if visible is None else _only_bases(listing, visible)
         if is_read:

@@ -76,19 +76,15 @@ class AirtableController(Controller):
     security = BEARER
     dependencies = {"airtable": Provide(provide_airtable)}
 
-    @get(
-        "/bases",
-        operation_id="list_bases",
-        raises=READ_REFUSALS,
-        responses=_spec(BaseList, "The bases the token can see"),
-    )
+    @get("/bases", operation_id="list_bases", responses=_spec(BaseList, "The bases the token can see"))
     async def list_bases(
         self,
         request: AnyRequest,
         airtable: NamedDependency[AirtableService],
         offset: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[bytes]:
-        """The bases the Airtable token can see (``offset`` for the next page)."""
+        """The bases the Airtable token can see (``offset`` for the next page); with the platform's
+        token only those your active organisation is granted."""
         return cached_response(request, await airtable.bases(offset))
 
     @get("/bases/{base_id:str}", operation_id="get_base", raises=READ_REFUSALS, responses=_spec(Base, "The base"))

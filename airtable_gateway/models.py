@@ -5,6 +5,7 @@ from sqlalchemy import CheckConstraint, LargeBinary, MetaData, String, UniqueCon
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime, utcnow
+from shared.events import processed_events_table
 from shared.outbox import outbox_table
 
 NAMING_CONVENTION = {
@@ -55,3 +56,5 @@ class BaseGrant(Base):
 
 # Audit events of grant changes, written in the change's transaction (shared/outbox.py).
 outbox = outbox_table(Base.metadata)
+# The ids of the events this service applied (organization.deleted), each applied once.
+processed_events = processed_events_table(Base.metadata)

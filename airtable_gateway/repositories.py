@@ -65,6 +65,14 @@ class GrantRepository:
         await self.session.flush()
         return grant
 
+    async def delete_organization(self, organization_id: uuid.UUID) -> int:
+        result = await self.session.execute(
+            delete(BaseGrant)
+            .where(BaseGrant.organization_id == organization_id)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
     async def delete(self, grant: BaseGrant) -> None:
         await self.session.delete(grant)
         await self.session.flush()

@@ -72,6 +72,7 @@ from shared.stores import KeyValueStore
 
 WRITE_CHUNK = 10
 ALL_BASES = "*"  # the grants cache's key for an organisation's whole list
+ORGANIZATION_DELETED = "organization.deleted"  # auth's event: the organisation's grants are dropped
 PAGE_SIZE = 100
 META_BASE = "_meta"  # the scheduler's key for calls that concern no base (the list of bases)
 RETRYABLE_METHODS = frozenset({"GET", "DELETE", "PUT", "PATCH"})
@@ -770,6 +771,13 @@ class GrantManagement:
             ip=self.ip,
             details=details,
         )
+
+
+async def drop_organization_grants(session: AsyncSession, grants: Grants, organization_id: uuid.UUID) -> int:
+    """The organisation was deleted (auth's ``organization.deleted``): its grants go with it."""
+    dropped = await GrantRepository(session).delete_organization(organization_id)
+    grants.forget(organization_id)
+    return dropped
 
 
 def _grant(row: BaseGrant) -> Grant:

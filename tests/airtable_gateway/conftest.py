@@ -52,7 +52,7 @@ def airtable_database(databases: DatabaseFactory) -> str:
 def clean_airtable_database(airtable_database: str) -> Iterator[str]:
     yield airtable_database
     with psycopg.connect(airtable_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE user_tokens, base_grants, outbox")
+        conn.execute("TRUNCATE user_tokens, base_grants, outbox, processed_events")
 
 
 def grant(database_url: str, organization_id: uuid.UUID, base_id: str, access: str = "write") -> None:

@@ -13,12 +13,14 @@ import msgspec
 import psycopg
 import pytest
 import requests
+from litestar import Litestar
 from pyairtable import Api
 
 from airtable_gateway.app import create_app
 from airtable_gateway.config import AirtableSettings
 from airtable_gateway.emulator.app import token_fingerprint
 from embedded.app import airtable_settings
+from shared.events import new_event
 from shared.settings import SettingsError
 from tests.airtable_gateway.conftest import (
     API,
@@ -381,3 +383,22 @@ async def test_a_grant_revoked_on_one_replica_takes_effect_on_another_within_the
             return response.status_code == 200
 
         await eventually(served_on_the_other, "the new grant to reach the other replica")
+
+
+async def test_a_deleted_organisations_grants_go_with_it(
+    airtable_app: Litestar, client: httpx.AsyncClient, org_grants: str
+) -> None:
+    """auth's ``organization.deleted`` (the event bus) drops the organisation's grants, once."""
+    other = uuid.uuid4()
+    grant(org_grants, other, CRM_BASE, "read")
+    deleted = new_event("organization.deleted", "auth", {"organization_id": str(ORG)})
+    await airtable_app.state.bus.publish(deleted)
+    await airtable_app.state.bus.publish(deleted)  # redelivered: applied once
+
+    def grants_left() -> set[str]:
+        with psycopg.connect(org_grants) as conn:
+            return {str(row[0]) for row in conn.execute("SELECT organization_id FROM base_grants")}
+
+    await eventually(lambda: grants_left() == {str(other)}, "the organisation's grants to be dropped")
+    assert refused(await client.get(CONTACTS_URL, params={"page_size": 1}), "base-not-granted")
+    assert (await client.get(CONTACTS_URL, params={"page_size": 1}, headers=bearer(org=other))).status_code == 200

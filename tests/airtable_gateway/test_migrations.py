@@ -18,6 +18,6 @@ def test_upgrade_downgrade_upgrade_leaves_no_drift(database: str, databases: Dat
         settings,
         "airtable_gateway",
         Base.metadata,
-        {"user_tokens", "base_grants", "outbox"},
+        {"user_tokens", "base_grants", "outbox", "processed_events"},
         "alembic_version_airtable",
     )

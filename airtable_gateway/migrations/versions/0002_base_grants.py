@@ -1,4 +1,5 @@
-"""base grants (which organisation may reach which Airtable base) and the outbox of their audit events
+"""base grants (which organisation may reach which Airtable base), the outbox of their audit
+events, and the processed ids of the events consumed (organisation.deleted drops its grants)
 
 Revision ID: 0002
 Revises: 0001
@@ -44,9 +45,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
     )
     op.create_index("ix_outbox_unpublished", "outbox", ["published_at", "occurred_at"], unique=False)
+    op.create_table(
+        "processed_events",
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("processed_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("event_id", name=op.f("pk_processed_events")),
+    )
+    op.create_index("ix_processed_events_processed_at", "processed_events", ["processed_at"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_processed_events_processed_at", table_name="processed_events")
+    op.drop_table("processed_events")
     op.drop_index("ix_outbox_unpublished", table_name="outbox")
     op.drop_table("outbox")
     op.drop_table("base_grants")

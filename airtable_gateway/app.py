@@ -1,3 +1,4 @@
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -5,20 +6,25 @@ import httpx
 import msgspec
 from litestar import Litestar
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from airtable_gateway.cache import ResponseCache
 from airtable_gateway.client import AirtableClient, create_http_client
 from airtable_gateway.config import AirtableSettings
-from airtable_gateway.controllers import AirtableController, MirrorController, TokenController
+from airtable_gateway.controllers import AirtableController, GrantController, MirrorController, TokenController
 from airtable_gateway.errors import EXCEPTION_HANDLERS
+from airtable_gateway.models import outbox, processed_events
 from airtable_gateway.scheduler import Limits, MemoryScheduler, RedisScheduler, ResilientScheduler, Scheduler
-from airtable_gateway.services import Upstream, UserTokens
+from airtable_gateway.services import ORGANIZATION_DELETED, Grants, Upstream, UserTokens, drop_organization_grants
 from airtable_gateway.tokens import token_cipher
-from shared.events import EventBus
+from shared.events import Event, EventBus, EventConsumer
+from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore, RedisBreaker, RedisStore
 
+# auth's organisation.deleted: the organisation's grants go with it (applied once per event).
+EVENTS = EventConsumer(group="airtable", event_types=(ORGANIZATION_DELETED,), processed_events=processed_events)
 EMULATOR_URL = "http://airtable-emulator"
 EMULATOR_TOKEN = "emulator-token"  # noqa: S105 (the in-process emulator's own token)
 
@@ -55,16 +61,31 @@ def create_app(
             app.state.user_tokens = UserTokens(
                 app.state.sessionmaker, token_cipher(settings), platform_token, settings.token_cache_seconds, store
             )
+            app.state.grants = Grants(
+                app.state.sessionmaker, settings.airtable_grant_all, settings.airtable_grant_cache_seconds
+            )
+            # The audit events of grant changes, published from this service's outbox.
+            relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
+            app.state.outbox_relay = relay
+            relay.start()
+            stack.push_async_callback(relay.stop)
+
+            async def apply_event(session: AsyncSession, event: Event) -> None:
+                organization_id = uuid.UUID(str(event.data["organization_id"]))
+                await drop_organization_grants(session, app.state.grants, organization_id)
+
+            EVENTS.subscribe(app.state.bus, app.state.sessionmaker, apply_event)
             yield
 
     return create_service_app(
         settings,
         title="PyAirtable Airtable gateway",
-        route_handlers=[AirtableController, TokenController, MirrorController],
+        route_handlers=[AirtableController, TokenController, GrantController, MirrorController],
         lifespan=[airtable_resources],
         store=store,
         bus=bus,
         exception_handlers=EXCEPTION_HANDLERS,
+        consumer=EVENTS,
     )
 
 

@@ -1,8 +1,10 @@
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from shared.settings import ServiceSettings, SettingsError, check_secret
 
 AIRTABLE_API_URL = "https://api.airtable.com"
+# A revoked grant must take effect within seconds, whatever a deployment sets.
+MAX_GRANT_CACHE_SECONDS = 2.0
 
 
 class AirtableSettings(ServiceSettings, kw_only=True, frozen=True):
@@ -54,6 +56,11 @@ class AirtableSettings(ServiceSettings, kw_only=True, frozen=True):
     # How long past its TTL an entry is still answered at once while one background call refreshes it.
     cache_revalidate_seconds: float = 60.0
     token_cache_seconds: float = 5.0
+    # Every organisation's access to every base through the platform's token, without grants:
+    # the embedded development run with the emulator sets "write"; refused in production.
+    airtable_grant_all: Literal["", "read", "write"] = ""
+    # How long one process trusts a grant it read (a grant revoked elsewhere takes effect within it).
+    airtable_grant_cache_seconds: float = 1.0
 
     @property
     def base_allow_list(self) -> frozenset[str]:
@@ -83,6 +90,10 @@ class AirtableSettings(ServiceSettings, kw_only=True, frozen=True):
             )
         if self.airtable_max_all_records < 1:
             raise SettingsError("AIRTABLE_MAX_ALL_RECORDS: must be at least 1")
+        if self.airtable_grant_all and self.is_production:
+            raise SettingsError("AIRTABLE_GRANT_ALL: a development setting, refused when ENVIRONMENT=production")
+        if not 0 <= self.airtable_grant_cache_seconds <= MAX_GRANT_CACHE_SECONDS:
+            raise SettingsError(f"AIRTABLE_GRANT_CACHE_SECONDS: must be between 0 and {MAX_GRANT_CACHE_SECONDS}")
         if self.airtable_token_encryption_key:
             check_secret(
                 "AIRTABLE_TOKEN_ENCRYPTION_KEY", self.airtable_token_encryption_key, production=self.is_production

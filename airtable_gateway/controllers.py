@@ -1,3 +1,4 @@
+import uuid
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put, route
@@ -5,19 +6,24 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.enums import HttpMethod, MediaType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_207_MULTI_STATUS
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from airtable_gateway.cache import Cached
-from airtable_gateway.deps import provide_airtable
+from airtable_gateway.deps import provide_airtable, provide_grant_management
+from airtable_gateway.errors import BaseNotGranted, BaseReadOnly, GrantNotFound, GrantsNotVisible, ReadOnlyRole
 from airtable_gateway.schemas import (
+    BASE_ID_PATTERN,
     MAX_RECORDS_PER_CALL,
     Base,
     BaseList,
     BatchResponse,
     CreateBody,
     DeletedList,
+    Grant,
+    GrantList,
+    GrantUpdate,
     Record,
     RecordChange,
     RecordList,
@@ -30,12 +36,18 @@ from airtable_gateway.schemas import (
     UpdateBody,
     UpsertRequest,
 )
-from airtable_gateway.services import AirtableService, ListQuery, UserTokens
+from airtable_gateway.services import AirtableService, GrantManagement, ListQuery, UserTokens
 from shared.errors import Unprocessable
 from shared.http import refuse_unsafe_json
-from shared.security import Identity
+from shared.security import Identity, require_admin
 
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
+# What a request for a base may meet before Airtable is asked (documented in the README, "Base grants").
+READ_REFUSALS = [BaseNotGranted]
+WRITE_REFUSALS = [BaseNotGranted, BaseReadOnly, ReadOnlyRole]
+GrantedBaseId = Annotated[
+    str, PathParameter(pattern=BASE_ID_PATTERN, description="Airtable base id: app + 14 characters")
+]
 Formula = Annotated[str | None, QueryParameter(max_length=10_000, description="Airtable formula")]
 AnyRequest = Request[Identity, str, State]
 # Far more than any page or the all-pages cap returns, and a number every upstream can parse.
@@ -71,24 +83,35 @@ class AirtableController(Controller):
         airtable: NamedDependency[AirtableService],
         offset: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[bytes]:
-        """The bases the Airtable token can see (``offset`` for the next page)."""
+        """The bases the Airtable token can see (``offset`` for the next page); with the platform's
+        token only those your active organisation is granted."""
         return cached_response(request, await airtable.bases(offset))
 
-    @get("/bases/{base_id:str}", operation_id="get_base", responses=_spec(Base, "The base"))
+    @get("/bases/{base_id:str}", operation_id="get_base", raises=READ_REFUSALS, responses=_spec(Base, "The base"))
     async def get_base(
         self, request: AnyRequest, airtable: NamedDependency[AirtableService], base_id: FromPath[str]
     ) -> Response[bytes]:
         """One base: id, name and the token's permission level."""
         return cached_response(request, await airtable.base(base_id))
 
-    @get("/bases/{base_id:str}/tables", operation_id="list_tables", responses=_spec(TableList, "The tables"))
+    @get(
+        "/bases/{base_id:str}/tables",
+        operation_id="list_tables",
+        raises=READ_REFUSALS,
+        responses=_spec(TableList, "The tables"),
+    )
     async def list_tables(
         self, request: AnyRequest, airtable: NamedDependency[AirtableService], base_id: FromPath[str]
     ) -> Response[bytes]:
         """The base's tables with their fields and views."""
         return cached_response(request, await airtable.tables(base_id))
 
-    @get("/bases/{base_id:str}/tables/{table:str}", operation_id="get_table", responses=_spec(Table, "The table"))
+    @get(
+        "/bases/{base_id:str}/tables/{table:str}",
+        operation_id="get_table",
+        raises=READ_REFUSALS,
+        responses=_spec(Table, "The table"),
+    )
     async def get_table(
         self,
         request: AnyRequest,
@@ -102,6 +125,7 @@ class AirtableController(Controller):
     @get(
         "/bases/{base_id:str}/tables/{table:str}/records",
         operation_id="list_records",
+        raises=READ_REFUSALS,
         responses=_spec(RecordList, "A page of records (all of them with all=true, up to the cap)"),
     )
     async def list_records(
@@ -144,6 +168,7 @@ class AirtableController(Controller):
     @post(
         "/bases/{base_id:str}/tables/{table:str}/records",
         operation_id="create_records",
+        raises=WRITE_REFUSALS,
         responses=PARTIAL,
         status_code=HTTP_201_CREATED,
     )
@@ -163,7 +188,12 @@ class AirtableController(Controller):
         _check_count(len(records))
         return batch_response(await airtable.create_records(base_id, table, records, typecast), HTTP_201_CREATED)
 
-    @patch("/bases/{base_id:str}/tables/{table:str}/records", operation_id="update_records", responses=PARTIAL)
+    @patch(
+        "/bases/{base_id:str}/tables/{table:str}/records",
+        operation_id="update_records",
+        raises=WRITE_REFUSALS,
+        responses=PARTIAL,
+    )
     async def update_records(
         self,
         airtable: NamedDependency[AirtableService],
@@ -175,7 +205,12 @@ class AirtableController(Controller):
         records, typecast = _updates(data)
         return batch_response(await airtable.update_records(base_id, table, records, typecast, replace=False))
 
-    @put("/bases/{base_id:str}/tables/{table:str}/records", operation_id="replace_records", responses=PARTIAL)
+    @put(
+        "/bases/{base_id:str}/tables/{table:str}/records",
+        operation_id="replace_records",
+        raises=WRITE_REFUSALS,
+        responses=PARTIAL,
+    )
     async def replace_records(
         self,
         airtable: NamedDependency[AirtableService],
@@ -190,6 +225,7 @@ class AirtableController(Controller):
     @delete(
         "/bases/{base_id:str}/tables/{table:str}/records",
         operation_id="delete_records",
+        raises=WRITE_REFUSALS,
         responses=PARTIAL_DELETE,
         status_code=HTTP_200_OK,
     )
@@ -214,6 +250,7 @@ class AirtableController(Controller):
     @post(
         "/bases/{base_id:str}/tables/{table:str}/records/upsert",
         operation_id="upsert_records",
+        raises=WRITE_REFUSALS,
         responses=PARTIAL,
         status_code=HTTP_200_OK,
     )
@@ -232,6 +269,7 @@ class AirtableController(Controller):
     @get(
         "/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}",
         operation_id="get_record",
+        raises=READ_REFUSALS,
         responses=_spec(Record, "The record"),
     )
     async def get_record(
@@ -245,7 +283,11 @@ class AirtableController(Controller):
         """One record."""
         return cached_response(request, await airtable.get_record(base_id, table, record_id))
 
-    @patch("/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}", operation_id="update_record")
+    @patch(
+        "/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}",
+        operation_id="update_record",
+        raises=WRITE_REFUSALS,
+    )
     async def update_record(
         self,
         airtable: NamedDependency[AirtableService],
@@ -258,7 +300,11 @@ class AirtableController(Controller):
         body = await airtable.update_record(base_id, table, record_id, data.fields, data.typecast, replace=False)
         return json_response(body)
 
-    @put("/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}", operation_id="replace_record")
+    @put(
+        "/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}",
+        operation_id="replace_record",
+        raises=WRITE_REFUSALS,
+    )
     async def replace_record(
         self,
         airtable: NamedDependency[AirtableService],
@@ -274,6 +320,7 @@ class AirtableController(Controller):
     @delete(
         "/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}",
         operation_id="delete_record",
+        raises=WRITE_REFUSALS,
         status_code=HTTP_200_OK,
     )
     async def delete_record(
@@ -314,6 +361,57 @@ class TokenController(Controller):
         await state.user_tokens.delete(db_session, request.user.user_id)
 
 
+class GrantController(Controller):
+    """Which organisation may reach which Airtable base through the platform's token. Platform
+    administrators manage grants; an organisation's owners and admins see their organisation's."""
+
+    path = "/api/v1/airtable/grants"
+    tags = ["airtable"]
+    security = BEARER
+    dependencies = {"grants": Provide(provide_grant_management)}
+
+    @get("/", operation_id="list_grants", raises=[GrantsNotVisible])
+    async def list_grants(
+        self,
+        grants: NamedDependency[GrantManagement],
+        organization_id: Annotated[uuid.UUID | None, QueryParameter(description="one organisation's grants")] = None,
+    ) -> GrantList:
+        """Grants: platform administrators any organisation's (every one without ``organization_id``);
+        an organisation's owners and admins their active organisation's only."""
+        return await grants.listing(organization_id)
+
+    @put(
+        "/{organization_id:uuid}/{base_id:str}",
+        operation_id="put_grant",
+        guards=[require_admin],
+        responses={201: ResponseSpec(data_container=Grant, description="Granted")},
+    )
+    async def put_grant(
+        self,
+        grants: NamedDependency[GrantManagement],
+        organization_id: FromPath[uuid.UUID],
+        base_id: GrantedBaseId,
+        data: JSONBody[GrantUpdate],
+    ) -> Response[Grant]:
+        """Grant an organisation a base (201), or change its access (200); platform administrators only."""
+        grant, created = await grants.put(organization_id, base_id, data.access)
+        return Response(grant, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+
+    @delete(
+        "/{organization_id:uuid}/{base_id:str}",
+        operation_id="delete_grant",
+        guards=[require_admin],
+        raises=[GrantNotFound],
+        status_code=HTTP_204_NO_CONTENT,
+    )
+    async def delete_grant(
+        self, grants: NamedDependency[GrantManagement], organization_id: FromPath[uuid.UUID], base_id: GrantedBaseId
+    ) -> None:
+        """Revoke a grant: the organisation's members lose the base at once on this replica, within
+        ``AIRTABLE_GRANT_CACHE_SECONDS`` on the others; platform administrators only."""
+        await grants.revoke(organization_id, base_id)
+
+
 class MirrorController(Controller):
     """Airtable's own Web API v0, mirrored: point an Airtable client's endpoint URL at
     ``/api/v1/airtable`` and use a platform access token as its API key."""
@@ -327,6 +425,7 @@ class MirrorController(Controller):
         "/{path:path}",
         http_method=[HttpMethod.GET, HttpMethod.POST, HttpMethod.PATCH, HttpMethod.PUT, HttpMethod.DELETE],
         operation_id=lambda _handler, method, _path: f"airtable_v0_{method.lower()}",
+        raises=WRITE_REFUSALS,
         status_code=HTTP_200_OK,
     )
     async def mirror(

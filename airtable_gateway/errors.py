@@ -15,6 +15,7 @@ from airtable_gateway.cache import StaleAllowed
 from shared.errors import (
     PROBLEM_MEDIA_TYPE,
     Forbidden,
+    NotFound,
     Problem,
     ProblemError,
     ServiceUnavailable,
@@ -118,6 +119,59 @@ class BaseNotAllowed(Forbidden):
 
     def __init__(self) -> None:
         super().__init__("This base is not on the platform's allow-list.")
+
+
+class BaseNotGranted(Forbidden):
+    """The platform's token reaches a base only for organisations granted it (``base_grants``)."""
+
+    code = "base-not-granted"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Your active organisation has no grant for this base on the platform's Airtable token;"
+            " a platform administrator can grant it (or use your own Airtable token: PUT /token)."
+        )
+
+
+class BaseReadOnly(Forbidden):
+    code = "base-read-only"
+
+    def __init__(self) -> None:
+        super().__init__("Your active organisation may read this base, not change it (a read grant).")
+
+
+class ReadOnlyRole(Forbidden):
+    code = "read-only-role"
+
+    def __init__(self) -> None:
+        super().__init__("Viewers of an organisation may read its Airtable bases, not change them.")
+
+
+class GrantsUnavailable(ServiceUnavailable):
+    """The grants are in a database that cannot be read now, and this process knows no answer:
+    deny (never a cached answer without a grant) and say when to retry."""
+
+    code = "database-unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The base grants are stored in a database that is unavailable; try again shortly.",
+            headers={"Retry-After": "2"},
+        )
+
+
+class GrantNotFound(NotFound):
+    code = "grant-not-found"
+
+    def __init__(self) -> None:
+        super().__init__("This organisation has no grant for this base.")
+
+
+class GrantsNotVisible(Forbidden):
+    code = "grants-not-visible"
+
+    def __init__(self) -> None:
+        super().__init__("Only platform administrators, and an organisation's owners and admins, see its grants.")
 
 
 class AirtableNotConfigured(ServiceUnavailable):

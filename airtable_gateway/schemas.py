@@ -3,8 +3,9 @@
 Record ``fields`` are whatever the table holds, so they stay ``dict[str, Any]``.
 """
 
+import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -139,3 +140,27 @@ class TokenStatus(msgspec.Struct, omit_defaults=True):
     configured: bool
     hint: str | None = None
     updated_at: datetime | None = None
+
+
+# Airtable's base ids: "app" and 14 letters or digits.
+BASE_ID_PATTERN = r"^app[A-Za-z0-9]{14}$"
+GrantAccess = Literal["read", "write"]
+
+
+class GrantUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    access: GrantAccess
+
+
+class Grant(msgspec.Struct):
+    """An organisation's access to a base through the platform's Airtable token."""
+
+    organization_id: uuid.UUID
+    base_id: str
+    access: GrantAccess
+    created_by: uuid.UUID
+    created_at: datetime
+    updated_at: datetime
+
+
+class GrantList(msgspec.Struct):
+    grants: list[Grant]

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -29,8 +29,14 @@ from airtable_gateway.errors import (
     AirtableTimeout,
     AirtableUnavailable,
     BaseNotAllowed,
+    BaseNotGranted,
+    BaseReadOnly,
     FairShareExceeded,
+    GrantNotFound,
+    GrantsNotVisible,
+    GrantsUnavailable,
     QueueTimeout,
+    ReadOnlyRole,
     StoredTokenUnavailable,
     UserTokensDisabled,
 )
@@ -42,7 +48,8 @@ from airtable_gateway.metrics import (
     UPSTREAM_REQUESTS,
     UPSTREAM_THROTTLED,
 )
-from airtable_gateway.repositories import UserTokenRepository
+from airtable_gateway.models import BaseGrant, outbox
+from airtable_gateway.repositories import GrantRepository, UserTokenRepository
 from airtable_gateway.scheduler import Outcome, Scheduler, jittered
 from airtable_gateway.schemas import (
     BatchResponse,
@@ -50,16 +57,22 @@ from airtable_gateway.schemas import (
     DeletedList,
     ErrorDetail,
     Fields,
+    Grant,
+    GrantList,
     Record,
     RecordResult,
     TokenStatus,
 )
 from airtable_gateway.tokens import TokenCipher
-from shared.db import is_database_unavailable
+from shared.audit import record_audit
+from shared.db import is_database_unavailable, utcnow
 from shared.errors import NotFound
+from shared.security import ORG_MANAGERS, Identity
 from shared.stores import KeyValueStore
 
 WRITE_CHUNK = 10
+ALL_BASES = "*"  # the grants cache's key for an organisation's whole list
+ORGANIZATION_DELETED = "organization.deleted"  # auth's event: the organisation's grants are dropped
 PAGE_SIZE = 100
 META_BASE = "_meta"  # the scheduler's key for calls that concern no base (the list of bases)
 RETRYABLE_METHODS = frozenset({"GET", "DELETE", "PUT", "PATCH"})
@@ -78,13 +91,24 @@ _json = msgspec.json.Encoder()
 
 @dataclass(frozen=True)
 class Caller:
-    """Whom a request is for: the platform user (whose fair share of a base's queue it counts
-    against) and the Airtable token it uses, known at least by its identity (what cache keys hold)."""
+    """Whom a request is for: who it counts against in a base's queue (``share``: the caller's
+    active organisation, else the user) and the Airtable token it uses, known at least by its
+    identity (what cache keys hold)."""
 
-    user: str
+    share: str
     token_id: str
     # None: the user's own token, stored in a database that cannot be read now (cache hits only).
     token: str | None
+    # The user's own Airtable token (Airtable's permissions apply to it, not the platform's grants).
+    own_token: bool = False
+
+
+def fair_share_unit(identity: Identity) -> str:
+    """What a caller's requests count against in a base's queue: their active organisation, so
+    that one organisation's members together cannot starve another's; without one, the user."""
+    if identity.tenant_id is not None:
+        return f"org:{identity.tenant_id}"
+    return f"user:{identity.user_id}"
 
 
 class Upstream:
@@ -150,7 +174,7 @@ class Upstream:
             reservation = await self.scheduler.reserve(
                 request.base,
                 caller.token_id,
-                caller.user,
+                caller.share,
                 max(0.0, deadline - time.monotonic()),
                 refuse_if_paused=request.read,
             )
@@ -264,22 +288,157 @@ class ListQuery:
         return params
 
 
+class Grants:
+    """Organisations' base grants, read from the database per request: one lookup on the
+    (organisation, base) index, kept in this process ``cache_seconds`` (at most 2 s: a grant
+    changed or revoked on another replica takes effect within that; on this one at once).
+
+    While the database cannot be read, the last answer this process knows for an (organisation,
+    base) serves; without one the request is refused (503), never served from a cache. With
+    ``grant_all`` (development with the emulator) every organisation has that access to every base."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], grant_all: str, cache_seconds: float) -> None:
+        self.sessionmaker = sessionmaker
+        self.grant_all = grant_all
+        self.cache_seconds = cache_seconds
+        # (organisation, base or ALL_BASES) -> (fresh until, the answer); kept past freshness as the last known.
+        self._cache: dict[tuple[uuid.UUID, str], tuple[float, Any]] = {}
+        self._loading: dict[tuple[uuid.UUID, str], asyncio.Future[Any]] = {}
+        self._database_down_until = 0.0
+
+    async def access(self, organization_id: uuid.UUID, base_id: str) -> str | None:
+        """``read``, ``write``, or None: no grant."""
+        if self.grant_all:
+            return self.grant_all
+        answer: str | None = await self._cached(
+            (organization_id, base_id), lambda grants: grants.access_of(organization_id, base_id)
+        )
+        return answer
+
+    async def bases(self, organization_id: uuid.UUID) -> Mapping[str, str] | None:
+        """The bases the organisation is granted (base -> access); None: every base."""
+        if self.grant_all:
+            return None
+        answer: Mapping[str, str] = await self._cached(
+            (organization_id, ALL_BASES), lambda grants: grants.bases_of(organization_id)
+        )
+        return answer
+
+    def forget(self, organization_id: uuid.UUID) -> None:
+        """A grant of the organisation changed here: read its grants again at once."""
+        for key in [key for key in self._cache if key[0] == organization_id]:
+            self._cache.pop(key, None)
+
+    async def _cached(self, key: tuple[uuid.UUID, str], load: Callable[[GrantRepository], Awaitable[Any]]) -> Any:
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is not None and (cached[0] > now or now < self._database_down_until):
+            return cached[1]  # fresh, or the last known while the database is down
+        if now < self._database_down_until:
+            raise GrantsUnavailable()
+        # One database read per key at a time, however many requests arrive together.
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self._load(key, load))
+            loading.add_done_callback(lambda done: self._loaded(key, done))
+        try:
+            # Bounded here, whatever the lookup itself waits for (a hung server's close included);
+            # the lookup is shielded: cancelling a query midway can wedge its connection.
+            async with asyncio.timeout(TOKEN_LOOKUP_SECONDS):
+                return await asyncio.shield(loading)
+        except (DatabaseDown, TimeoutError) as exc:
+            if time.monotonic() >= self._database_down_until:
+                logger.warning("database unavailable: last known grants serve", extra={"error": type(exc).__name__})
+            self._database_down_until = time.monotonic() + DATABASE_RETRY_SECONDS
+            if cached is not None:
+                return cached[1]
+            raise GrantsUnavailable() from None
+
+    def _loaded(self, key: tuple[uuid.UUID, str], done: asyncio.Future[Any]) -> None:
+        self._loading.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure is answered by the waiting request, not logged again
+
+    async def _load(self, key: tuple[uuid.UUID, str], load: Callable[[GrantRepository], Awaitable[Any]]) -> Any:
+        try:
+            async with self.sessionmaker() as session:
+                answer = await load(GrantRepository(session))
+        except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
+            if not is_database_unavailable(exc):
+                raise
+            raise DatabaseDown(type(exc).__name__) from None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + self.cache_seconds, answer)
+        return answer
+
+
+@dataclass(frozen=True)
+class BaseAccess:
+    """Which bases a caller may reach and change. Grants bind the platform's token only: with their
+    own Airtable token (``grants`` None) a user reaches what Airtable lets that token reach."""
+
+    grants: Grants | None
+    organization_id: uuid.UUID | None
+    org_role: str | None
+
+    async def check(self, base_id: str, *, write: bool) -> None:
+        """403 unless the caller's active organisation is granted the base (``write`` access for a
+        change, which an organisation's viewer never makes)."""
+        if self.grants is None:
+            return
+        access = None
+        if self.organization_id is not None and base_id != META_BASE:
+            access = await self.grants.access(self.organization_id, base_id)
+        if access is None:
+            raise BaseNotGranted()
+        if write and self.org_role == "viewer":
+            raise ReadOnlyRole()
+        if write and access != "write":
+            raise BaseReadOnly()
+
+    async def visible_bases(self) -> Mapping[str, str] | None:
+        """The bases a listing may show; None: every base."""
+        if self.grants is None:
+            return None
+        if self.organization_id is None:
+            return {}
+        return await self.grants.bases(self.organization_id)
+
+
+UNLIMITED = BaseAccess(None, None, None)
+
+
 class AirtableService:
     """What one caller may do, with the Airtable token their requests use."""
 
-    def __init__(self, upstream: Upstream, caller: Caller, allowed_bases: frozenset[str]) -> None:
+    def __init__(
+        self, upstream: Upstream, caller: Caller, allowed_bases: frozenset[str], access: BaseAccess = UNLIMITED
+    ) -> None:
         self.upstream = upstream
         self.caller = caller
         self.allowed_bases = allowed_bases
+        self.access = access
         self.settings = upstream.settings
 
-    def _check_base(self, base: str) -> None:
+    async def _check_base(self, base: str, *, write: bool = False) -> None:
+        """Before anything else, the cache included: a request for a base the caller may not
+        reach (or change) never gets an answer, cached or not."""
         if self.allowed_bases and base not in self.allowed_bases:
             raise BaseNotAllowed()
+        await self.access.check(base, write=write)
 
     # Bases and tables ---------------------------------------------------------------------
 
     async def bases(self, offset: str | None = None) -> Cached:
+        """The bases the token can see, and of those only the ones the caller's organisation is granted."""
+        visible = await self.access.visible_bases()
+        if visible is not None and not visible:
+            return _fresh_bytes(200, _json.encode({"bases": []}))
+        listing = await self._bases_listing(offset)
+        return listing if visible is None else _only_bases(listing, visible)
+
+    async def _bases_listing(self, offset: str | None = None) -> Cached:
         query = urlencode([("offset", offset)]) if offset else ""
         request = UpstreamRequest("GET", "/v0/meta/bases", META_BASE, query, retryable=True)
 
@@ -292,10 +451,10 @@ class AirtableService:
         return await self.upstream.read(self.caller, request, "schema", f"bases?{query}", produce)
 
     async def base(self, base_id: str) -> Cached:
-        self._check_base(base_id)
+        await self._check_base(base_id)
         offset: str | None = None
         for _ in range(MAX_BASE_PAGES):
-            listing = await self.bases(offset)
+            listing = await self._bases_listing(offset)
             page = msgspec.json.decode(listing.body)
             for base in page.get("bases", []):
                 if base.get("id") == base_id:
@@ -306,7 +465,7 @@ class AirtableService:
         raise NotFound("No such base, or the token cannot see it.", code="base-not-found")
 
     async def tables(self, base_id: str) -> Cached:
-        self._check_base(base_id)
+        await self._check_base(base_id)
         request = UpstreamRequest("GET", f"/v0/meta/bases/{_segment(base_id)}/tables", base_id, retryable=True)
 
         async def produce() -> Produced:
@@ -324,7 +483,7 @@ class AirtableService:
     # Records ------------------------------------------------------------------------------
 
     async def list_records(self, base_id: str, table: str, query: ListQuery) -> Cached:
-        self._check_base(base_id)
+        await self._check_base(base_id)
         path = _table_path(base_id, table)
         params = query.airtable_params()
         first = UpstreamRequest("GET", path, base_id, urlencode(params), retryable=True)
@@ -363,7 +522,7 @@ class AirtableService:
         return {"records": records, "offset": offset, "hasMore": offset is not None}
 
     async def get_record(self, base_id: str, table: str, record_id: str) -> Cached:
-        self._check_base(base_id)
+        await self._check_base(base_id)
         request = UpstreamRequest(
             "GET", f"{_table_path(base_id, table)}/{_segment(record_id)}", base_id, retryable=True
         )
@@ -374,7 +533,7 @@ class AirtableService:
         return await self.upstream.read(self.caller, request, "records", f"get:{table}:{record_id}", produce)
 
     async def create_records(self, base_id: str, table: str, records: list[Fields], typecast: bool) -> BatchResponse:
-        self._check_base(base_id)
+        await self._check_base(base_id, write=True)
         path = _table_path(base_id, table)
 
         def request(chunk: list[Fields]) -> UpstreamRequest:
@@ -386,7 +545,7 @@ class AirtableService:
     async def update_records(
         self, base_id: str, table: str, records: list[tuple[str, Fields]], typecast: bool, replace: bool
     ) -> BatchResponse:
-        self._check_base(base_id)
+        await self._check_base(base_id, write=True)
         path, method = _table_path(base_id, table), "PUT" if replace else "PATCH"
 
         def request(chunk: list[tuple[str, Fields]]) -> UpstreamRequest:
@@ -398,7 +557,7 @@ class AirtableService:
     async def upsert_records(
         self, base_id: str, table: str, records: list[Fields], merge_on: list[str], typecast: bool
     ) -> BatchResponse:
-        self._check_base(base_id)
+        await self._check_base(base_id, write=True)
         path = _table_path(base_id, table)
 
         def request(chunk: list[Fields]) -> UpstreamRequest:
@@ -415,7 +574,7 @@ class AirtableService:
     async def update_record(
         self, base_id: str, table: str, record_id: str, fields: Fields, typecast: bool, replace: bool
     ) -> bytes:
-        self._check_base(base_id)
+        await self._check_base(base_id, write=True)
         body = _json.encode({"fields": fields, "typecast": typecast})
         path = f"{_table_path(base_id, table)}/{_segment(record_id)}"
         request = UpstreamRequest("PUT" if replace else "PATCH", path, base_id, body=body, retryable=True)
@@ -425,7 +584,7 @@ class AirtableService:
             await self.upstream.cache.invalidate(base_id)
 
     async def delete_record(self, base_id: str, table: str, record_id: str) -> bytes:
-        self._check_base(base_id)
+        await self._check_base(base_id, write=True)
         path = f"{_table_path(base_id, table)}/{_segment(record_id)}"
         request = UpstreamRequest("DELETE", path, base_id, retryable=True)
         try:
@@ -434,7 +593,7 @@ class AirtableService:
             await self.upstream.cache.invalidate(base_id)
 
     async def delete_records(self, base_id: str, table: str, record_ids: list[str]) -> DeletedList:
-        self._check_base(base_id)
+        await self._check_base(base_id, write=True)
         path = _table_path(base_id, table)
 
         def request(chunk: list[str]) -> UpstreamRequest:
@@ -504,12 +663,20 @@ class AirtableService:
             base, kind = (segments[2] if len(segments) > 2 else META_BASE), "schema"
         else:
             base, kind = segments[0], "records"
-        if base != META_BASE:
-            self._check_base(base)
-        upstream_path = "/v0/" + "/".join(_segment(segment) for segment in segments)
         is_read = method == "GET" or (method == "POST" and segments[-1] == "listRecords")
+        if base != META_BASE:
+            await self._check_base(base, write=not is_read)
+        elif not is_read:
+            await self.access.check(base, write=True)  # a change outside any base (a new base): no grant covers it
+        upstream_path = "/v0/" + "/".join(_segment(segment) for segment in segments)
         retryable = is_read or (method in RETRYABLE_METHODS and b"performUpsert" not in (body or b""))
         request = UpstreamRequest(method, upstream_path, base, query, body or None, retryable=retryable)
+        if is_read and segments == ["meta", "bases"]:
+            visible = await self.access.visible_bases()
+            if visible is not None and not visible:
+                return _fresh_bytes(200, _json.encode({"bases": []}))
+            listing = await self._mirror_read(request, kind, segments)
+            return listing if visible is None else _only_bases(listing, visible)
         if is_read:
             return await self._mirror_read(request, kind, segments)
         try:
@@ -536,6 +703,85 @@ class AirtableService:
             return Produced(response.status, _json.encode(document))
 
         return await self.upstream.read(self.caller, request, kind, identity, produce)
+
+
+class GrantManagement:
+    """Platform administrators grant organisations bases; an organisation's owners and admins see
+    its grants. Every change records an audit event in its transaction."""
+
+    def __init__(self, db: AsyncSession, grants: Grants, actor: Identity, ip: str) -> None:
+        self.db = db
+        self.grants = grants
+        self.actor = actor
+        self.ip = ip
+        self.repository = GrantRepository(db)
+
+    async def put(self, organization_id: uuid.UUID, base_id: str, access: str) -> tuple[Grant, bool]:
+        """Grants the base, or changes the access granted; True when the grant is new."""
+        row = await self.repository.get(organization_id, base_id)
+        created = row is None
+        if row is None:
+            now = utcnow()
+            row = await self.repository.add(
+                BaseGrant(
+                    organization_id=organization_id,
+                    base_id=base_id,
+                    access=access,
+                    created_by=self.actor.user_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await self._audit("grant.created", row, {"base_id": base_id, "access": access})
+        elif row.access != access:
+            previous, row.access, row.updated_at = row.access, access, utcnow()
+            await self.db.flush()
+            await self._audit("grant.changed", row, {"base_id": base_id, "from": previous, "to": access})
+        self.grants.forget(organization_id)
+        return _grant(row), created
+
+    async def revoke(self, organization_id: uuid.UUID, base_id: str) -> None:
+        row = await self.repository.get(organization_id, base_id)
+        if row is None:
+            raise GrantNotFound()
+        await self.repository.delete(row)
+        await self._audit("grant.revoked", row, {"base_id": base_id, "access": row.access})
+        self.grants.forget(organization_id)
+
+    async def listing(self, organization_id: uuid.UUID | None) -> GrantList:
+        """Platform administrators: any organisation's grants (all without one); an organisation's
+        owners and admins: their active organisation's; anyone else: 403."""
+        if not self.actor.is_admin:
+            own = self.actor.tenant_id
+            if own is None or self.actor.org_role not in ORG_MANAGERS or organization_id not in (None, own):
+                raise GrantsNotVisible()
+            organization_id = own
+        return GrantList(grants=[_grant(row) for row in await self.repository.listing(organization_id)])
+
+    async def _audit(self, action: str, row: BaseGrant, details: dict[str, str]) -> None:
+        await record_audit(
+            self.db,
+            outbox,
+            "airtable",
+            action,
+            actor_id=self.actor.user_id,
+            organization_id=row.organization_id,
+            target_type="base",
+            target_id=row.base_id,
+            ip=self.ip,
+            details=details,
+        )
+
+
+async def drop_organization_grants(session: AsyncSession, grants: Grants, organization_id: uuid.UUID) -> int:
+    """The organisation was deleted (auth's ``organization.deleted``): its grants go with it."""
+    dropped = await GrantRepository(session).delete_organization(organization_id)
+    grants.forget(organization_id)
+    return dropped
+
+
+def _grant(row: BaseGrant) -> Grant:
+    return msgspec.convert(row, Grant, from_attributes=True)
 
 
 class DatabaseDown(Exception):
@@ -568,19 +814,19 @@ class UserTokens:
         self._loading: dict[uuid.UUID, asyncio.Future[str | None]] = {}
         self._database_down_until = 0.0
 
-    async def caller(self, user_id: uuid.UUID) -> Caller:
+    async def caller(self, user_id: uuid.UUID, share: str) -> Caller:
         """The user's requests' Caller: their own token, else the platform's."""
         try:
             own = await self._own_token(user_id)
         except DatabaseDown:
             own_identity = await self._remembered_identity(user_id)
             if own_identity:
-                return Caller(str(user_id), own_identity, None)
+                return Caller(share, own_identity, None, own_token=True)
             own = None
         token = own or self.platform_token
         if not token:
             raise AirtableNotConfigured()
-        return Caller(str(user_id), token_identity(token), token)
+        return Caller(share, token_identity(token), token, own_token=bool(own))
 
     async def _own_token(self, user_id: uuid.UUID) -> str | None:
         cached = self._cache.get(user_id)
@@ -722,6 +968,15 @@ def _part_of(listing: Cached, document: Any) -> Cached:
     """One item of a cached listing, answered as the listing was (HIT, MISS or STALE)."""
     body = _json.encode(document)
     return Cached(status=200, body=body, etag=etag_of(body), state=listing.state, age=listing.age)
+
+
+def _only_bases(listing: Cached, visible: Mapping[str, str]) -> Cached:
+    """A cached listing of bases cut to those ``visible`` (after the cache, which holds the
+    token's whole listing: each organisation sees its own part of it)."""
+    document = json_object(listing.body)
+    document["bases"] = [base for base in document.get("bases", []) if base.get("id") in visible]
+    body = _json.encode(document)
+    return Cached(status=listing.status, body=body, etag=etag_of(body), state=listing.state, age=listing.age)
 
 
 def _fresh_bytes(status: int, body: bytes) -> Cached:

@@ -80,6 +80,9 @@ def server(name: str, argv: list[str], env: dict[str, str], port: int, workdir: 
     )
 
 
+BENCH_ORGANIZATION = str(uuid.uuid4())
+
+
 def access_token(secret: str) -> str:
     now = int(time.time())
     claims = {
@@ -88,6 +91,8 @@ def access_token(secret: str) -> str:
         "sub": str(uuid.uuid4()),
         "email": "bench@example.com",
         "roles": ["user"],
+        "tid": BENCH_ORGANIZATION,  # granted every base by AIRTABLE_GRANT_ALL below
+        "org_role": "member",
         "jti": uuid.uuid4().hex,
         "iat": now,
         "nbf": now,
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "AIRTABLE_TOKEN": "emulator-token",
             "AIRTABLE_API_URL": emulator.base_url,
             "AIRTABLE_QUEUE_TIMEOUT": "120",
+            "AIRTABLE_GRANT_ALL": "write",
             # The burst is one user's: allowed the whole queue, to measure it against the floor.
             "AIRTABLE_FAIR_SHARE_SECONDS": "120",
             "CACHE_TTL": "3600",

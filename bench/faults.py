@@ -187,6 +187,7 @@ def platform(workdir: Path) -> Iterator[Platform]:
                     AIRTABLE_API_URL=emulator.base_url,
                     AIRTABLE_TOKEN_ENCRYPTION_KEY=secrets.token_hex(32),
                     CACHE_TTL="3",  # popular entries expire during the 30 s pause: served stale
+                    AIRTABLE_GRANT_ALL="write",  # the load's fresh accounts' organisations reach the base
                 )
             subprocess.run(
                 [sys.executable, "-m", module, "migrate"], cwd=REPO, env=env, check=True, capture_output=True

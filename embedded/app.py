@@ -2,6 +2,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from litestar import Litestar
 
 from airtable_gateway.app import create_app as create_airtable_app
@@ -35,6 +36,17 @@ def migrate_all() -> None:
             migrations.upgrade(load_settings(settings_cls), package)
 
 
+def airtable_settings(environ: Mapping[str, str], emulated: dict[str, Any]) -> AirtableSettings:
+    """With the emulator (no AIRTABLE_TOKEN), every organisation may read and write its bases, so
+    that a newcomer's ``make run`` works without a platform administrator's grants; never in
+    production, nor when AIRTABLE_GRANT_ALL says otherwise."""
+    settings = load_settings(AirtableSettings, environ, **emulated)
+    uses_emulator = settings.airtable_emulator and not settings.airtable_token
+    if uses_emulator and not settings.is_production and "AIRTABLE_GRANT_ALL" not in environ:
+        settings = msgspec.structs.replace(settings, airtable_grant_all="write")
+    return settings
+
+
 def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping[str, str] | None = None) -> Litestar:
     """The gateway with every service mounted in-process, except those whose URL is configured
     (``AUTH_SERVICE_URL``, ...): those are proxied over HTTP as in production. One store and one
@@ -53,9 +65,7 @@ def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping
     factories = {
         "/api/v1/auth": lambda: create_auth_app(load_settings(AuthSettings, environ), **shared_parts),
         "/api/v1/users": lambda: create_user_app(load_settings(UserSettings, environ), **shared_parts),
-        "/api/v1/airtable": lambda: create_airtable_app(
-            load_settings(AirtableSettings, environ, **emulated), **shared_parts
-        ),
+        "/api/v1/airtable": lambda: create_airtable_app(airtable_settings(environ, emulated), **shared_parts),
         "/api/v1/analytics": lambda: create_analytics_app(
             load_settings(AnalyticsSettings, environ), **shared_parts, usage=usage
         ),

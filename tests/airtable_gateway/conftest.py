@@ -19,6 +19,8 @@ from airtable_gateway.config import AirtableSettings
 from shared import migrations
 from shared.keys import hs256_kid
 from tests.airtable_gateway.emulator_fixture import (  # noqa: F401  (pytest finds fixtures by name)
+    CRM_BASE,
+    OPS_BASE,
     Emulator,
     emulator_per_session,
     emulator_per_test,
@@ -31,6 +33,10 @@ ENCRYPTION_KEY = secrets.token_urlsafe(48)
 PROBLEM = "application/problem+json"
 # The session emulator's penalty after a 429 (see emulator_fixture); the gateway pauses as long.
 PENALTY_SECONDS = 1.0
+
+# The organisation the tests' callers act in (their tokens' ``tid``) unless a test says otherwise;
+# the ``org_grants`` fixture grants it write access to the emulator's two bases.
+ORG = uuid.uuid4()
 
 SettingsFactory = Callable[..., AirtableSettings]
 
@@ -46,16 +52,34 @@ def airtable_database(databases: DatabaseFactory) -> str:
 def clean_airtable_database(airtable_database: str) -> Iterator[str]:
     yield airtable_database
     with psycopg.connect(airtable_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE user_tokens")
+        conn.execute("TRUNCATE user_tokens, base_grants, outbox, processed_events")
+
+
+def grant(database_url: str, organization_id: uuid.UUID, base_id: str, access: str = "write") -> None:
+    """A grant as a platform administrator's PUT makes it (the routes are tested in test_grants.py)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO base_grants (id, organization_id, base_id, access, created_by, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, now(), now())",
+            (uuid.uuid4(), organization_id, base_id, access, uuid.uuid4()),
+        )
+
+
+@pytest.fixture
+def org_grants(clean_airtable_database: str) -> str:
+    """The tests' organisation (ORG) may read and write both of the emulator's bases."""
+    for base_id in (CRM_BASE, OPS_BASE):
+        grant(clean_airtable_database, ORG, base_id)
+    return clean_airtable_database
 
 
 @pytest.fixture
 def make_settings(
-    clean_airtable_database: str, redis_url: str, redis_namespace: str, tmp_path: Path, emulator: Emulator
+    org_grants: str, redis_url: str, redis_namespace: str, tmp_path: Path, emulator: Emulator
 ) -> SettingsFactory:
     def build(**overrides: Any) -> AirtableSettings:
         values: dict[str, Any] = {
-            "database_url": clean_airtable_database,
+            "database_url": org_grants,
             "redis_url": redis_url,
             "redis_namespace": redis_namespace,
             "jwt_secret": JWT_SECRET,
@@ -95,13 +119,31 @@ async def client(airtable_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
         yield test_client
 
 
-def access_token(user_id: uuid.UUID | None = None) -> str:
-    claims = access_claims(sub=str(user_id or uuid.uuid4()))
+def access_token(
+    user_id: uuid.UUID | None = None,
+    *,
+    org: uuid.UUID | None = ORG,
+    org_role: str = "member",
+    roles: tuple[str, ...] = ("user",),
+) -> str:
+    """An access token acting in ``org`` with ``org_role`` (``org=None``: no active organisation)."""
+    claims = access_claims(
+        sub=str(user_id or uuid.uuid4()),
+        tid=str(org) if org else None,
+        org_role=org_role if org else None,
+        roles=list(roles),
+    )
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
 
 
-def bearer(user_id: uuid.UUID | None = None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {access_token(user_id)}"}
+def bearer(
+    user_id: uuid.UUID | None = None,
+    *,
+    org: uuid.UUID | None = ORG,
+    org_role: str = "member",
+    roles: tuple[str, ...] = ("user",),
+) -> dict[str, str]:
+    return {"Authorization": f"Bearer {access_token(user_id, org=org, org_role=org_role, roles=roles)}"}
 
 
 def upstream_log(emulator: Emulator, base: str | None = None, method: str | None = None) -> list[dict[str, Any]]:

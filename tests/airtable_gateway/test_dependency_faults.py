@@ -15,7 +15,7 @@ from litestar import Litestar
 from airtable_gateway.app import create_app
 from airtable_gateway.config import AirtableSettings
 from shared import migrations
-from tests.airtable_gateway.conftest import API, PROBLEM, SettingsFactory, bearer, upstream_log
+from tests.airtable_gateway.conftest import API, ORG, PROBLEM, SettingsFactory, bearer, grant, upstream_log
 from tests.airtable_gateway.emulator_fixture import CONTACTS, CRM_BASE, OPS_BASE, TASKS, Emulator, run_emulator
 from tests.airtable_gateway.test_ratelimit import most_in_one_second
 from tests.conftest import app_client, eventually
@@ -152,6 +152,7 @@ def private_database() -> Iterator[tuple[PrivatePostgres, str]]:
     try:
         url = server.create_database("pyairtable_airtable")
         migrations.upgrade(AirtableSettings(database_url=url), "airtable_gateway")
+        grant(url, ORG, CRM_BASE)
         yield server, url
     finally:
         server.destroy()
@@ -201,9 +202,13 @@ async def test_cached_reads_are_served_while_the_database_is_down(
         # The platform's token needs no database: an uncached read still goes to Airtable.
         uncached = await client.get(CONTACTS_URL, params={"page_size": 5}, headers=bearer(platform_user), timeout=10)
         assert (uncached.status_code, uncached.headers["x-cache"]) == (200, "MISS")
-        # A user this process never saw, and the token endpoints, need the database: 503.
+        # A user this process never saw, and the token endpoints, need the database: 503; so does
+        # an organisation whose grant this process never read (never the cached answer).
         for response in (
             await client.get(CONTACTS_URL, params={"page_size": 2}, headers=bearer(newcomer), timeout=10),
+            await client.get(
+                CONTACTS_URL, params={"page_size": 2}, headers=bearer(platform_user, org=uuid.uuid4()), timeout=10
+            ),
             await client.put(f"{API}/token", json={"token": USER_TOKEN}, headers=bearer(newcomer), timeout=10),
         ):
             assert response.status_code == 503, response.text

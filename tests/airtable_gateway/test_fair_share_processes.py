@@ -4,18 +4,21 @@ client addresses at once, then another account reads the same base. The other re
 the heavy account's surplus gets 503 + Retry-After (run with ``-s`` to see the measured wait)."""
 
 import shlex
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.airtable_gateway.conftest import grant
 from tests.airtable_gateway.emulator_fixture import CRM_BASE, Emulator
 from tests.airtable_gateway.test_fair_share import HEAVY_READS, heavy_burst_then_another_users_read, served_and_refused
 from tests.conftest import DatabaseFactory
 from tests.e2e.processes import PYTHON, Processes, Service, access_token, environment, free_port
 
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 8)]
+HEAVY_ORG, OTHER_ORG = uuid.uuid4(), uuid.uuid4()
 
 
 @pytest.fixture
@@ -27,9 +30,10 @@ def platform(
     processes = Processes(tmp_path)
     try:
         port = free_port()
+        database_url = databases.create("pyairtable_airtable")
         env = environment(
             tmp_path,
-            AIRTABLE_GATEWAY_DATABASE_URL=databases.create("pyairtable_airtable"),
+            AIRTABLE_GATEWAY_DATABASE_URL=database_url,
             AIRTABLE_GATEWAY_PORT=str(port),
             REDIS_URL=redis_url,
             REDIS_NAMESPACE=redis_namespace,
@@ -40,6 +44,8 @@ def platform(
         python = shlex.quote(PYTHON)
         command = f"{python} -m airtable_gateway migrate && exec {python} -m airtable_gateway serve"
         airtable = processes.start("airtable", ["sh", "-c", command], env, port).wait_healthy()
+        for organization in (HEAVY_ORG, OTHER_ORG):
+            grant(database_url, organization, CRM_BASE, "read")
         gateway = processes.gateway(
             "gateway",
             tmp_path,
@@ -55,7 +61,7 @@ def platform(
 
 
 async def test_one_account_on_six_addresses_cannot_starve_a_base(platform: Service, emulator: Emulator) -> None:
-    heavy = {"Authorization": f"Bearer {access_token()}"}
+    heavy = {"Authorization": f"Bearer {access_token(org=HEAVY_ORG)}"}
     clients = [
         httpx.AsyncClient(
             base_url=platform.url,
@@ -67,7 +73,7 @@ async def test_one_account_on_six_addresses_cannot_starve_a_base(platform: Servi
     ]
     try:
         answers, other, waited = await heavy_burst_then_another_users_read(
-            clients, heavy, {"Authorization": f"Bearer {access_token()}"}
+            clients, heavy, {"Authorization": f"Bearer {access_token(org=OTHER_ORG)}"}
         )
     finally:
         for client in clients:

@@ -14,4 +14,10 @@ from tests.migration_checks import DATABASES, assert_round_trip, fresh_settings
 def test_upgrade_downgrade_upgrade_leaves_no_drift(database: str, databases: DatabaseFactory, tmp_path: Path) -> None:
     settings = fresh_settings(AirtableSettings, database, databases, tmp_path)
 
-    assert_round_trip(settings, "airtable_gateway", Base.metadata, {"user_tokens"}, "alembic_version_airtable")
+    assert_round_trip(
+        settings,
+        "airtable_gateway",
+        Base.metadata,
+        {"user_tokens", "base_grants", "outbox", "processed_events"},
+        "alembic_version_airtable",
+    )

@@ -9,21 +9,21 @@ import pytest
 import requests
 from pyairtable import Api
 
-from tests.airtable_gateway.conftest import API, PENALTY_SECONDS, upstream_log
+from tests.airtable_gateway.conftest import API, ORG, PENALTY_SECONDS, upstream_log
 from tests.airtable_gateway.emulator_fixture import CONTACTS, CRM_BASE, OPS_BASE, TASKS, Emulator
 from tests.e2e.processes import Processes, Service, access_token, environment, free_port
 
 
 @pytest.fixture
 def service(
-    tmp_path: Path, emulator: Emulator, clean_airtable_database: str, redis_url: str, redis_namespace: str
+    tmp_path: Path, emulator: Emulator, org_grants: str, redis_url: str, redis_namespace: str
 ) -> Iterator[Service]:
     processes = Processes(tmp_path)
     port = free_port()
     env = environment(
         tmp_path,
         AIRTABLE_GATEWAY_PORT=str(port),
-        AIRTABLE_GATEWAY_DATABASE_URL=clean_airtable_database,
+        AIRTABLE_GATEWAY_DATABASE_URL=org_grants,
         REDIS_URL=redis_url,
         REDIS_NAMESPACE=redis_namespace,
         AIRTABLE_TOKEN=emulator.token,
@@ -39,7 +39,7 @@ def service(
 @pytest.fixture
 def platform_api(service: Service) -> Iterator[Api]:
     """pyairtable as it is, its endpoint URL pointed at the service, a platform token as its key."""
-    api = Api(access_token(), endpoint_url=f"{service.url}{API}")
+    api = Api(access_token(org=ORG), endpoint_url=f"{service.url}{API}")
     yield api
     api.session.close()
 
@@ -86,7 +86,7 @@ def test_pyairtable_writes_through_the_mirror(platform_api: Api, emulator: Emula
 
 def test_the_mirror_caches_and_needs_a_platform_token(service: Service, emulator: Emulator) -> None:
     url = f"{service.url}{API}/v0/{CRM_BASE}/{CONTACTS}"
-    headers = {"Authorization": f"Bearer {access_token()}"}
+    headers = {"Authorization": f"Bearer {access_token(org=ORG)}"}
     first = httpx.get(url, params={"pageSize": 3}, headers=headers)
     second = httpx.get(url, params={"pageSize": 3}, headers=headers)
     assert (first.status_code, second.status_code) == (200, 200)

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from airtable_gateway.app import create_app
-from tests.airtable_gateway.conftest import API, PROBLEM, SettingsFactory, bearer, upstream_log
+from tests.airtable_gateway.conftest import API, ORG, PROBLEM, SettingsFactory, bearer, grant, upstream_log
 from tests.airtable_gateway.emulator_fixture import CONTACTS, CRM_BASE, OPS_BASE, TASKS, Emulator
 from tests.conftest import app_client
 
@@ -19,7 +19,8 @@ def ids(body: dict[str, Any]) -> list[str]:
     return [record["id"] for record in body["records"]]
 
 
-async def test_bases_and_one_base(client: httpx.AsyncClient) -> None:
+async def test_bases_and_one_base(client: httpx.AsyncClient, org_grants: str) -> None:
+    grant(org_grants, ORG, "appNoSuchBase0000")  # granted, but Airtable has no such base
     listed = await client.get(f"{API}/bases")
     assert listed.status_code == 200
     assert {base["id"] for base in listed.json()["bases"]} == {CRM_BASE, OPS_BASE}

@@ -45,10 +45,13 @@ def environment(data_dir: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def access_token(secret: str = JWT_SECRET, ttl: int = 600) -> str:
-    """An access token as the auth service would issue it, for routes behind the gateway."""
+def access_token(
+    secret: str = JWT_SECRET, ttl: int = 600, *, org: uuid.UUID | None = None, org_role: str = "member"
+) -> str:
+    """An access token as the auth service would issue it, for routes behind the gateway; with
+    ``org``, acting in that organisation with ``org_role``."""
     now = int(time.time())
-    claims = {
+    claims: dict[str, Any] = {
         "iss": "pyairtable-auth",
         "aud": "pyairtable-api",
         "sub": str(uuid.uuid4()),
@@ -59,6 +62,8 @@ def access_token(secret: str = JWT_SECRET, ttl: int = 600) -> str:
         "nbf": now,
         "exp": now + ttl,
     }
+    if org is not None:
+        claims.update(tid=str(org), org_role=org_role)
     return jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(secret)})
 
 

@@ -14,6 +14,7 @@ from litestar import Request, Response
 from airtable_gateway.cache import StaleAllowed
 from shared.errors import (
     PROBLEM_MEDIA_TYPE,
+    Conflict,
     Forbidden,
     NotFound,
     Problem,
@@ -179,6 +180,19 @@ class AirtableNotConfigured(ServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("No Airtable token: the platform has none (AIRTABLE_TOKEN) and you set none (PUT /token).")
+
+
+class StoredTokenUnreadable(Conflict):
+    """The caller stored a token of their own that no longer decrypts (the encryption key
+    changed): never silently replaced by the platform's, which would act with other rights."""
+
+    code = "airtable-token-unreadable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Your stored Airtable token can no longer be read (the platform's encryption key changed):"
+            " store it again (PUT /api/v1/airtable/token) or delete it (DELETE /api/v1/airtable/token)."
+        )
 
 
 class UserTokensDisabled(ServiceUnavailable):

@@ -38,6 +38,7 @@ from airtable_gateway.errors import (
     QueueTimeout,
     ReadOnlyRole,
     StoredTokenUnavailable,
+    StoredTokenUnreadable,
     UserTokensDisabled,
 )
 from airtable_gateway.metrics import (
@@ -83,6 +84,8 @@ PAUSE_SKEW_SECONDS = 0.05
 TOKEN_LOOKUP_SECONDS = 1.5
 DATABASE_RETRY_SECONDS = 5.0
 NO_OWN_TOKEN = "-"  # noqa: S105 (a marker: "this user has no token of their own")
+# A marker: "this user stored a token that no longer decrypts" (a NUL: never a real token).
+UNREADABLE_TOKEN = "\x00unreadable"  # noqa: S105
 IDENTITY_TTL = 30 * 86400
 logger = logging.getLogger("airtable_gateway")
 
@@ -820,9 +823,13 @@ class UserTokens:
             own = await self._own_token(user_id)
         except DatabaseDown:
             own_identity = await self._remembered_identity(user_id)
+            if own_identity == UNREADABLE_TOKEN:
+                raise StoredTokenUnreadable() from None
             if own_identity:
                 return Caller(share, own_identity, None, own_token=True)
             own = None
+        if own == UNREADABLE_TOKEN:
+            raise StoredTokenUnreadable()
         token = own or self.platform_token
         if not token:
             raise AirtableNotConfigured()
@@ -869,6 +876,7 @@ class UserTokens:
         own = self.cipher.decrypt(user_id, row.ciphertext) if row is not None else None
         if row is not None and own is None:
             logger.warning("a stored Airtable token does not decrypt (another key?)", extra={"user_id": str(user_id)})
+            own = UNREADABLE_TOKEN
         previous = self._cache.get(user_id)
         if previous is None or previous[1] != own:
             await self._remember_identity(user_id, own)
@@ -881,7 +889,8 @@ class UserTokens:
         """Whether the user has a token of their own, and its identity, for when the database is down."""
         # Only needed during a database outage; a failure here is repaired by the next load.
         with contextlib.suppress(RedisError):
-            await self.store.set(_identity_key(user_id), token_identity(own) if own else NO_OWN_TOKEN, IDENTITY_TTL)
+            remembered = UNREADABLE_TOKEN if own == UNREADABLE_TOKEN else token_identity(own) if own else NO_OWN_TOKEN
+            await self.store.set(_identity_key(user_id), remembered, IDENTITY_TTL)
 
     async def _remembered_identity(self, user_id: uuid.UUID) -> str | None:
         """The identity of the user's own token, None when they have none; StoredTokenUnavailable

@@ -123,3 +123,28 @@ def test_settings_read_the_plain_airtable_names() -> None:
 def test_bad_settings_name_their_variable(environ: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError, match=f"^{variable}"):
         load_settings(AirtableSettings, environ)
+
+
+async def test_a_stored_token_that_no_longer_decrypts_is_refused_never_replaced_by_the_platforms(
+    make_settings: SettingsFactory, emulator: Emulator
+) -> None:
+    user = uuid.uuid4()
+    async with app_client(create_app(make_settings())) as before:
+        assert (
+            await before.put(f"{API}/token", json={"token": UNKNOWN_TOKEN}, headers=bearer(user))
+        ).status_code == 200
+    sent_before = len(upstream_log(emulator))
+
+    rotated = make_settings(airtable_token_encryption_key="another-key-" + "k" * 32)  # the key changed
+    async with app_client(create_app(rotated)) as after:
+        refused = await after.get(f"{API}/bases/{CRM_BASE}/tables", headers=bearer(user))
+        sent_while_refused = len(upstream_log(emulator))
+        stored_again = await after.put(f"{API}/token", json={"token": UNKNOWN_TOKEN}, headers=bearer(user))
+        again = await after.get(f"{API}/bases/{CRM_BASE}/tables", headers=bearer(user))
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["code"] == "airtable-token-unreadable"
+    assert UNKNOWN_TOKEN not in refused.text
+    assert sent_while_refused == sent_before, "nothing went to Airtable with the platform's token instead"
+    assert stored_again.status_code == 200
+    assert again.status_code == 401, "stored again, the user's own (unknown to Airtable) token is the one used"

@@ -15,7 +15,7 @@ from airtable_gateway.tokens import KEY_FILE, TokenCipher, token_cipher
 from shared.settings import SettingsError, load_settings
 from tests.airtable_gateway.conftest import API, ENCRYPTION_KEY, JWT_SECRET, SettingsFactory, bearer, upstream_log
 from tests.airtable_gateway.emulator_fixture import CRM_BASE, Emulator
-from tests.conftest import app_client
+from tests.conftest import app_client, eventually
 
 UNKNOWN_TOKEN = "patNotKnownToAirtable.0123456789"
 
@@ -148,3 +148,24 @@ async def test_a_stored_token_that_no_longer_decrypts_is_refused_never_replaced_
     assert sent_while_refused == sent_before, "nothing went to Airtable with the platform's token instead"
     assert stored_again.status_code == 200
     assert again.status_code == 401, "stored again, the user's own (unknown to Airtable) token is the one used"
+
+
+async def test_a_token_deleted_on_one_replica_stops_being_used_on_another(
+    make_settings: SettingsFactory, emulator: Emulator
+) -> None:
+    user = uuid.uuid4()
+    settings = make_settings(token_cache_seconds=0.5)
+    async with app_client(create_app(settings)) as one, app_client(create_app(settings)) as two:
+        await one.put(f"{API}/token", json={"token": UNKNOWN_TOKEN}, headers=bearer(user))
+        with_own = await two.get(f"{API}/bases/{CRM_BASE}/tables", headers=bearer(user))  # now kept by two
+        assert (await one.delete(f"{API}/token", headers=bearer(user))).status_code == 204
+        served = await eventually(
+            lambda: answered_with_platform_token(two, user), "the other replica to forget the deleted token"
+        )
+    assert with_own.status_code == 401, "the user's own token (unknown to Airtable) was used"
+    assert served.status_code == 200
+
+
+async def answered_with_platform_token(client: httpx.AsyncClient, user: uuid.UUID) -> httpx.Response | None:
+    response = await client.get(f"{API}/bases/{CRM_BASE}/tables", headers=bearer(user))
+    return response if response.status_code == 200 else None

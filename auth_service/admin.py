@@ -12,6 +12,7 @@ import sys
 import uuid
 
 from auth_service.config import AuthSettings
+from auth_service.memberships import Memberships, organization_name_for
 from auth_service.models import User, outbox
 from auth_service.passwords import Passwords
 from auth_service.repositories import UserRepository
@@ -62,12 +63,13 @@ async def create_admin(settings: AuthSettings, email: str, password: str) -> boo
                 email=email,
                 password_hash=await Passwords(settings).hash(password),
                 roles=["admin", "user"],
-                tenant_id=uuid.uuid4(),
+                tenant_id=None,
                 is_active=True,
                 created_at=now,
                 updated_at=now,
             )
             await users.add(user)
+            user.tenant_id = (await Memberships(session).found(user, organization_name_for(user), now)).id
             await add_event(session, outbox, new_event("user.registered", "auth", user_event_data(user)))
             return True
     finally:

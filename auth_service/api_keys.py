@@ -32,8 +32,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import AuthSettings
+from auth_service.memberships import Memberships
 from auth_service.models import ApiKey, User
-from auth_service.tokens import TokenIssuer
+from auth_service.tokens import OrgClaim, TokenIssuer, org_claims
 from shared.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from shared.http import check_date_time
 from shared.security import Identity, RevocationList, require_admin
@@ -186,6 +187,9 @@ class ApiKeyService:
             created_by=creator.user_id,
             created_at=now,
             expires_at=data.expires_at,
+            # A personal key acts in the organisation active when it was made (its owner's role
+            # there is read at each exchange); a service key's organisation is its owner.
+            organization_id=creator.tenant_id if kind == KINDS[PERSONAL] else None,
         )
         self.db.add(row)
         await self.db.flush()
@@ -222,7 +226,9 @@ class ApiKeyService:
         owner = await self.db.get(User, row.owner_id)
         if owner is None or not owner.is_active:
             raise InvalidApiKey()
-        return self._token(owner.id, str(row.id), row.scopes, ["user"], owner.email, owner.tenant_id)
+        role = await Memberships(self.db).role(row.organization_id, owner.id)
+        organization = (row.organization_id, role) if row.organization_id and role else None
+        return self._token(owner.id, str(row.id), row.scopes, ["user"], owner.email, organization)
 
     def _is_deployment_key(self, key: str) -> bool:
         return bool(self.deployment_key) and hmac.compare_digest(key.encode(), self.deployment_key)
@@ -251,7 +257,7 @@ class ApiKeyService:
         scopes: list[str],
         roles: list[str],
         email: str,
-        tenant_id: uuid.UUID | None = None,
+        organization: OrgClaim | None = None,
     ) -> KeyToken:
         ttl = self.settings.api_key_token_ttl
         claims: dict[str, Any] = {
@@ -262,8 +268,7 @@ class ApiKeyService:
             "key_id": key_id,
             "scopes": list(scopes),
         }
-        if tenant_id is not None:
-            claims["tid"] = str(tenant_id)
+        claims.update(org_claims(organization))
         token = self.issuer.sign(claims, self.clock(), ttl)
         return KeyToken(access_token=token, expires_in=ttl, key_id=key_id, sub=str(subject), scopes=list(scopes))
 

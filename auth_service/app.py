@@ -11,6 +11,7 @@ from auth_service.config import AuthSettings
 from auth_service.controllers import AccountAdminController, AuthController, TwoFactorController
 from auth_service.deps import provide_auth_service
 from auth_service.models import mail_outbox, outbox, processed_events
+from auth_service.organizations import InvitationController, OrganizationController
 from auth_service.passwords import Passwords
 from auth_service.services import PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, Clock
 from auth_service.throttle import Throttle
@@ -92,6 +93,8 @@ def create_app(
             PersonalKeyController,
             ServiceKeyController,
             KeyIntrospectionController,
+            OrganizationController,
+            InvitationController,
         ],
         lifespan=[auth_resources],
         store=store,

@@ -16,7 +16,10 @@ from auth_service.errors import (
     InvalidCode,
     InvalidCredentials,
     InvalidGrant,
+    InvalidInvitation,
     InvalidLinkToken,
+    InvitationEmailMismatch,
+    SignupClosed,
     TooManyAttempts,
     TwoFactorEnabled,
     TwoFactorNotEnabled,
@@ -81,7 +84,7 @@ class AuthController(Controller):
         operation_id="register",
         status_code=HTTP_201_CREATED,
         opt=PUBLIC,
-        raises=[EmailTaken, WeakPassword, TooManyAttempts],
+        raises=[EmailTaken, WeakPassword, TooManyAttempts, SignupClosed, InvalidInvitation, InvitationEmailMismatch],
     )
     async def register(
         self,
@@ -93,9 +96,14 @@ class AuthController(Controller):
         """Create an account and sign it in; a verification link is mailed to the address.
 
         With ``REQUIRE_VERIFIED_EMAIL`` the answer is 202 and the same whether or not the address
-        already has an account (its owner is told by mail); sign in once the address is verified."""
+        already has an account (its owner is told by mail); sign in once the address is verified.
+
+        The account founds its own organisation (its owner), or with ``invitation`` (the token of a
+        mailed invitation to this address) joins the inviting one with the invited role. With
+        ``SIGNUP_MODE=invite`` (or ``domains`` and another domain) registering without an
+        invitation is 403 ``signup-closed``."""
         tokens = await auth.register(
-            data.email, data.password, data.first_name, data.last_name, client, lifetime == "legacy"
+            data.email, data.password, data.first_name, data.last_name, client, lifetime == "legacy", data.invitation
         )
         if tokens is None:
             return Response(REGISTERED_CHECK_INBOX, status_code=HTTP_202_ACCEPTED)

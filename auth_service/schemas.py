@@ -20,6 +20,8 @@ class RegisterRequest(Struct, forbid_unknown_fields=False):
     password: Password
     first_name: Name | None = None
     last_name: Name | None = None
+    # The token of a mailed invitation: the account joins that organisation (instead of founding its own).
+    invitation: OpaqueToken | None = None
 
 
 class LoginRequest(Struct):
@@ -84,7 +86,7 @@ class UserRead(Struct):
     first_name: str | None
     last_name: str | None
     roles: list[str]
-    tenant_id: uuid.UUID
+    tenant_id: uuid.UUID | None  # the organisation last made active (sign-ins start there)
     is_active: bool
     email_verified: bool
     created_at: datetime

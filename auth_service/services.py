@@ -25,10 +25,22 @@ from auth_service.errors import (
     InvalidEmail,
     InvalidGrant,
     InvalidLinkToken,
+    InvitationEmailMismatch,
+    OrganizationNotFound,
     SessionNotFound,
+    SignupClosed,
+    TwoFactorRequired,
     WeakPassword,
 )
-from auth_service.models import AuthSession, OneTimeToken, RefreshToken, User, mail_outbox, outbox
+from auth_service.memberships import (
+    Memberships,
+    claim_invitation,
+    organization_name_for,
+    record_invitation_accepted,
+    same_address,
+    usable_invitation,
+)
+from auth_service.models import AuthSession, Invitation, OneTimeToken, RefreshToken, User, mail_outbox, outbox
 from auth_service.passwords import Passwords
 from auth_service.repositories import OneTimeTokenRepository, SessionRepository, UserRepository
 from auth_service.schemas import (
@@ -40,8 +52,9 @@ from auth_service.schemas import (
     user_read,
 )
 from auth_service.throttle import Throttle
-from auth_service.tokens import TokenIssuer, new_refresh_token, refresh_token_hash
+from auth_service.tokens import OrgClaim, TokenIssuer, new_refresh_token, refresh_token_hash
 from auth_service.two_factor import SecretCipher, TwoFactorService
+from shared.audit import record_audit
 from shared.events import new_event
 from shared.mail import MailTemplates, queue_mail
 from shared.outbox import add_event
@@ -104,6 +117,7 @@ class AuthService:
         self.store = store
         self.clock = clock
         self.two_factor = TwoFactorService(db, settings, throttle, totp_cipher)
+        self.memberships = Memberships(db)
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -115,16 +129,22 @@ class AuthService:
         last_name: str | None,
         client: Client,
         legacy_lifetime: bool = False,
+        invitation: str | None = None,
     ) -> TokenResponse | None:
         """A new account, signed in; None (and a mail) when addresses must be verified first.
 
         With REQUIRE_VERIFIED_EMAIL a taken address gets the same answer, at the same cost (one
         password hash), and its owner a mail, so registering tells nobody who has an account.
+        The account founds its own organisation, or with ``invitation`` (the mailed token) joins
+        the inviting one, its address verified by the mail.
         """
         await self.throttle.check_ip("register", client.ip)
         email = normalise_email(email)
         self.check_password_policy(password, email)
-        hidden = self.settings.require_verified_email
+        invited = await self._invitation_for(invitation, email, client) if invitation else None
+        if invited is None and not self._signup_open_to(email):
+            raise SignupClosed()
+        hidden = self.settings.require_verified_email and invited is None
         if hidden:
             await self.throttle.check_address("register", email)
         if await self.users.by_email(email) is not None:
@@ -142,9 +162,9 @@ class AuthService:
             first_name=_clean_name(first_name),
             last_name=_clean_name(last_name),
             roles=["user"],
-            tenant_id=uuid.uuid4(),
+            tenant_id=None,
             is_active=True,
-            email_verified=False,
+            email_verified=invited is not None,
             created_at=now,
             updated_at=now,
         )
@@ -152,12 +172,35 @@ class AuthService:
             await self.users.add(user)
         except IntegrityError:
             raise EmailTaken() from None
+        if invited is None:
+            user.tenant_id = (await self.memberships.found(user, organization_name_for(user), now)).id
+            await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
+        else:
+            await claim_invitation(self.db, invited, now)
+            await self.memberships.add(invited.organization_id, user.id, invited.role, now)
+            await record_invitation_accepted(self.db, invited, user.id, client.ip)
+            user.tenant_id = invited.organization_id
         await add_event(self.db, outbox, new_event("user.registered", "auth", user_event_data(user)))
-        await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
         logger.info("user registered", extra={"user_id": str(user.id), "ip": client.ip})
         if hidden:
             return None
         return await self._start_session(user, client, now, legacy_lifetime)
+
+    async def _invitation_for(self, token: str, email: str, client: Client) -> Invitation:
+        await self.throttle.check_ip("invitation", client.ip)
+        invited = await usable_invitation(self.db, token, self.clock())
+        if not same_address(invited.email, email):
+            raise InvitationEmailMismatch()
+        return invited
+
+    def _signup_open_to(self, email: str) -> bool:
+        """SIGNUP_MODE: open to all, to invitations only, or to the addresses of SIGNUP_DOMAINS."""
+        mode = self.settings.signup_mode
+        if mode == "open":
+            return True
+        if mode == "domains":
+            return email.rpartition("@")[2] in self.settings.signup_domain_set
+        return False
 
     def check_password_policy(self, password: str, email: str) -> None:
         if len(password) < self.settings.password_min_length:
@@ -472,8 +515,15 @@ class AuthService:
     # -- sessions and tokens -------------------------------------------------------------
 
     async def _start_session(
-        self, user: User, client: Client, now: datetime, legacy_lifetime: bool = False
+        self,
+        user: User,
+        client: Client,
+        now: datetime,
+        legacy_lifetime: bool = False,
+        organization: OrgClaim | None = None,
     ) -> TokenResponse:
+        """A new session acting in ``organization`` (by default where sign-ins start)."""
+        organization = organization or await self.memberships.sign_in_organization(user)
         auth_session = AuthSession(
             id=uuid.uuid4(),
             user_id=user.id,
@@ -483,17 +533,58 @@ class AuthService:
             user_agent=(client.user_agent or "")[:512] or None,
             ip=client.ip,
             access_token_ttl=self.settings.legacy_token_ttl if legacy_lifetime else None,
+            organization_id=organization[0] if organization else None,
         )
         refresh = new_refresh_token()
         token = RefreshToken(
             id=uuid.uuid4(), session_id=auth_session.id, token_hash=refresh_token_hash(refresh), created_at=now
         )
         await self.sessions.add(auth_session, token)
-        return self._token_response(user, auth_session, refresh, now)
+        return await self._token_response(user, auth_session, refresh, now)
 
-    def _token_response(self, user: User, auth_session: AuthSession, refresh: str, now: datetime) -> TokenResponse:
-        access, ttl = self.issuer.access_token(user, auth_session.id, now, auth_session.access_token_ttl)
+    async def _token_response(
+        self, user: User, auth_session: AuthSession, refresh: str, now: datetime
+    ) -> TokenResponse:
+        """A pair acting in the session's organisation with the role the membership has now: a
+        member removed since gets a token without the organisation, a changed role the new one."""
+        role = await self.memberships.role(auth_session.organization_id, user.id)
+        if role is None:
+            auth_session.organization_id = None
+        organization = (auth_session.organization_id, role) if auth_session.organization_id and role else None
+        access, ttl = self.issuer.access_token(user, auth_session.id, now, auth_session.access_token_ttl, organization)
         return TokenResponse(user=user_read(user), access_token=access, refresh_token=refresh, expires_in=ttl)
+
+    async def switch_organization(
+        self, identity: Identity, organization_id: uuid.UUID, client: Client
+    ) -> TokenResponse:
+        """A new session acting in another of the user's organisations; the current one ends.
+        An organisation the user does not belong to is not found, whether or not it exists."""
+        user = await self._active_user(identity)
+        role = await self.memberships.role(organization_id, user.id)
+        if role is None:
+            raise OrganizationNotFound()
+        org = await self.memberships.organization(organization_id)
+        if org is not None and org.require_two_factor and not await self.two_factor.enabled(user.id):
+            raise TwoFactorRequired()
+        now = self.clock()
+        current = await self.sessions.by_id(uuid.UUID(identity.session_id)) if identity.session_id else None
+        legacy = current is not None and current.access_token_ttl is not None
+        user.tenant_id = organization_id
+        tokens = await self._start_session(user, client, now, legacy, (organization_id, role))
+        await record_audit(
+            self.db,
+            outbox,
+            "auth",
+            "org.switched",
+            actor_id=user.id,
+            organization_id=organization_id,
+            target_type="organization",
+            target_id=organization_id,
+            ip=client.ip,
+        )
+        if current is not None and current.user_id == user.id:
+            await self._revoke_sessions([current.id], now)
+        return tokens
 
     async def refresh(self, refresh: str) -> TokenResponse:
         token = await self.sessions.token_by_hash(refresh_token_hash(refresh))
@@ -516,7 +607,7 @@ class AuthService:
                 id=uuid.uuid4(), session_id=family.id, token_hash=refresh_token_hash(successor), created_at=now
             )
         )
-        response = self._token_response(family.user, family, successor, now)
+        response = await self._token_response(family.user, family, successor, now)
         await self._remember_for_grace(refresh, response)
         return response
 
@@ -644,7 +735,7 @@ def user_event_data(user: User) -> dict[str, object]:
         "email": user.email,
         "first_name": user.first_name,
         "last_name": user.last_name,
-        "tenant_id": str(user.tenant_id),
+        "tenant_id": str(user.tenant_id) if user.tenant_id else None,
         "roles": list(user.roles),
         "is_active": user.is_active,
         "email_verified": bool(user.email_verified),

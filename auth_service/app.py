@@ -8,7 +8,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.api_keys import KeyIntrospectionController, KeySecrets, PersonalKeyController, ServiceKeyController
 from auth_service.config import AuthSettings
-from auth_service.controllers import AccountAdminController, AuthController, TwoFactorController
+from auth_service.controllers import (
+    AccountAdminController,
+    AccountCreationController,
+    AuthController,
+    TwoFactorController,
+)
 from auth_service.deps import provide_auth_service
 from auth_service.models import mail_outbox, outbox, processed_events
 from auth_service.organizations import InvitationController, OrganizationController
@@ -89,6 +94,7 @@ def create_app(
         route_handlers=[
             AuthController,
             AccountAdminController,
+            AccountCreationController,
             TwoFactorController,
             PersonalKeyController,
             ServiceKeyController,

@@ -211,3 +211,16 @@ class TwoFactorRequired(Forbidden):
 
     def __init__(self) -> None:
         super().__init__("This organisation requires two-factor sign-in: turn it on first.")
+
+
+class TwoFactorEnrolmentRequired(Forbidden):
+    """A right password, but the organisation requires two-factor sign-in and the user has none:
+    the answer carries a challenge for ``POST /login/mfa/enroll`` then ``POST /login/mfa``."""
+
+    code = "two-factor-enrolment-required"
+    commit_before_answer = True  # the challenge it carries must be stored
+
+    def __init__(self, challenge: str = "", expires_in: int = 0) -> None:
+        super().__init__("Your organisation requires two-factor sign-in: enrol an authenticator with this challenge.")
+        self.challenge = challenge
+        self.expires_in = expires_in

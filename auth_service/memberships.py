@@ -61,7 +61,7 @@ class Memberships:
             .where(Membership.user_id == user_id)
             .order_by(Membership.created_at, Organization.id)
         )
-        return [(org, membership) for org, membership in rows.tuples()]
+        return [(org, membership) for org, membership in rows.all()]
 
     async def members(self, organization_id: uuid.UUID) -> list[tuple[User, Membership]]:
         rows = await self.db.execute(
@@ -70,7 +70,7 @@ class Memberships:
             .where(Membership.organization_id == organization_id)
             .order_by(Membership.created_at, User.id)
         )
-        return [(user, membership) for user, membership in rows.tuples()]
+        return [(user, membership) for user, membership in rows.all()]
 
     async def owner_count(self, organization_id: uuid.UUID) -> int:
         count = await self.db.scalar(

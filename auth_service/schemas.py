@@ -80,6 +80,15 @@ class AccountUpdate(Struct, forbid_unknown_fields=True):
     is_active: bool | None = None
 
 
+class AccountCreate(Struct, forbid_unknown_fields=True):
+    """An account a platform administrator creates."""
+
+    email: Email
+    password: Password
+    first_name: Name | None = None
+    last_name: Name | None = None
+
+
 class UserRead(Struct):
     id: uuid.UUID
     email: str
@@ -131,6 +140,17 @@ def user_read(user: Any) -> UserRead:
 SecondFactorCode = Annotated[
     str, Meta(min_length=1, max_length=64, description="The authenticator's 6-digit code, or a recovery code")
 ]
+
+
+class EnrolledTokenResponse(TokenResponse, kw_only=True):
+    """A sign-in that enrolled the second factor its organisation requires: the pair and the
+    authenticator's ten recovery codes, shown once."""
+
+    recovery_codes: list[str]
+
+
+class MfaEnrolRequest(Struct):
+    challenge: OpaqueToken
 
 
 class MfaRequiredResponse(Struct):

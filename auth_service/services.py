@@ -6,11 +6,12 @@ import os
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,6 +30,7 @@ from auth_service.errors import (
     OrganizationNotFound,
     SessionNotFound,
     SignupClosed,
+    TwoFactorEnrolmentRequired,
     TwoFactorRequired,
     WeakPassword,
 )
@@ -44,6 +46,7 @@ from auth_service.models import AuthSession, Invitation, OneTimeToken, RefreshTo
 from auth_service.passwords import Passwords
 from auth_service.repositories import OneTimeTokenRepository, SessionRepository, UserRepository
 from auth_service.schemas import (
+    EnrolledTokenResponse,
     MfaRequiredResponse,
     SessionRead,
     TokenResponse,
@@ -70,6 +73,8 @@ VERIFY_EMAIL = "verify-email"
 # The challenge between a right password and the second factor: a one-time token, single use.
 MFA_LOGIN = "mfa-login"
 MFA_LOGIN_LEGACY = "mfa-login-legacy"  # the session then asked for the older platform's lifetime
+# The challenge of a sign-in refused until the user enrols the second factor their organisation requires.
+MFA_ENROL = "mfa-enrol"
 # An anonymous request for a mail is answered before anyone looks the address up: the request only
 # records it (the same work whether or not an account has the address), and the service's own
 # consumer of these events makes the token and the mail, once per event.
@@ -184,7 +189,8 @@ class AuthService:
         logger.info("user registered", extra={"user_id": str(user.id), "ip": client.ip})
         if hidden:
             return None
-        return await self._start_session(user, client, now, legacy_lifetime)
+        organization = await self._sign_in_organization(user)
+        return await self._start_session(user, client, now, legacy_lifetime, organization)
 
     async def _invitation_for(self, token: str, email: str, client: Client) -> Invitation:
         await self.throttle.check_ip("invitation", client.ip)
@@ -201,6 +207,41 @@ class AuthService:
         if mode == "domains":
             return email.rpartition("@")[2] in self.settings.signup_domain_set
         return False
+
+    async def create_account(
+        self, admin: Identity, email: str, password: str, first_name: str | None, last_name: str | None
+    ) -> User:
+        """A platform administrator creates an account, whatever SIGNUP_MODE says; it founds its
+        own organisation and its address gets a verification link, as a registration's does."""
+        email = normalise_email(email)
+        self.check_password_policy(password, email)
+        if await self.users.by_email(email) is not None:
+            raise EmailTaken()
+        now = self.clock()
+        user = User(
+            id=uuid.uuid4(),
+            email=email,
+            password_hash=await self.passwords.hash(password),
+            first_name=_clean_name(first_name),
+            last_name=_clean_name(last_name),
+            roles=["user"],
+            tenant_id=None,
+            is_active=True,
+            email_verified=False,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await self.users.add(user)
+        except IntegrityError:
+            raise EmailTaken() from None
+        user.tenant_id = (await self.memberships.found(user, organization_name_for(user), now)).id
+        await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
+        await add_event(self.db, outbox, new_event("user.registered", "auth", user_event_data(user)))
+        security_log.info(
+            "account created by an administrator", extra={"user_id": str(user.id), "admin_id": str(admin.user_id)}
+        )
+        return user
 
     def check_password_policy(self, password: str, email: str) -> None:
         if len(password) < self.settings.password_min_length:
@@ -237,13 +278,34 @@ class AuthService:
         if await self.two_factor.enabled(user.id):
             security_log.info("login: second factor asked", extra={"user_id": user_id, "ip": client.ip})
             return await self._mfa_challenge(user, now, legacy_lifetime)
+        organization = await self.memberships.sign_in_organization(user)
+        if organization is not None and await self._requires_two_factor(organization[0]):
+            security_log.info("login: two-factor enrolment required", extra={"user_id": user_id, "ip": client.ip})
+            challenge = await self._new_one_time_token(
+                user, MFA_ENROL, user.email, self.settings.mfa_challenge_ttl, now
+            )
+            raise TwoFactorEnrolmentRequired(challenge, self.settings.mfa_challenge_ttl)
         return await self._signed_in(user, client, now, legacy_lifetime)
 
     async def _signed_in(self, user: User, client: Client, now: datetime, legacy_lifetime: bool) -> TokenResponse:
         user.last_login_at = now
         await add_event(self.db, outbox, new_event("user.logged_in", "auth", user_event_data(user)))
         security_log.info("login succeeded", extra={"user_id": str(user.id), "ip": client.ip, "outcome": "success"})
-        return await self._start_session(user, client, now, legacy_lifetime)
+        return await self._start_session(user, client, now, legacy_lifetime, await self._sign_in_organization(user))
+
+    async def _requires_two_factor(self, organization_id: uuid.UUID) -> bool:
+        org = await self.memberships.organization(organization_id)
+        return org is not None and org.require_two_factor
+
+    async def _sign_in_organization(self, user: User) -> OrgClaim | None:
+        """Where a new session acts: the organisation last made active, else the oldest; none when
+        it requires two-factor sign-in and the user has not turned it on."""
+        organization = await self.memberships.sign_in_organization(user)
+        if organization is None:
+            return None
+        if await self._requires_two_factor(organization[0]) and not await self.two_factor.enabled(user.id):
+            return None
+        return organization
 
     # -- two-factor ----------------------------------------------------------------------
 
@@ -253,18 +315,39 @@ class AuthService:
         challenge = await self._new_one_time_token(user, purpose, user.email, ttl, now)
         return MfaRequiredResponse(challenge=challenge, expires_in=ttl)
 
-    async def login_mfa(self, challenge: str, code: str, client: Client) -> TokenResponse:
-        """The second step of a sign-in: the challenge of a right password and a code, once each."""
+    async def login_mfa(self, challenge: str, code: str, client: Client) -> TokenResponse | EnrolledTokenResponse:
+        """The second step of a sign-in: the challenge of a right password and a code, once each.
+        With the challenge of a required enrolment, the code confirms the new authenticator and
+        the answer adds its recovery codes."""
         await self.throttle.check_ip("login", client.ip)
         now = self.clock()
-        found = await self.tokens.usable(refresh_token_hash(challenge), (MFA_LOGIN, MFA_LOGIN_LEGACY), now)
+        found, user = await self._challenged(challenge, (MFA_LOGIN, MFA_LOGIN_LEGACY, MFA_ENROL), now)
+        if found.purpose == MFA_ENROL:
+            codes = await self.two_factor.confirm(user, code, now)
+            await self._consume_challenge(found, now)
+            tokens = await self._signed_in(user, client, now, False)
+            return EnrolledTokenResponse(**msgspec.structs.asdict(tokens), recovery_codes=codes)
+        await self.two_factor.check_code(user, code, now)
+        await self._consume_challenge(found, now)
+        return await self._signed_in(user, client, now, found.purpose == MFA_LOGIN_LEGACY)
+
+    async def enrol_at_login(self, challenge: str, client: Client) -> TwoFactorEnrolment:
+        """An authenticator for a user whose organisation requires one, with the challenge of the
+        refused sign-in; ``login_mfa`` with a code of it confirms it and signs in."""
+        await self.throttle.check_ip("login", client.ip)
+        _, user = await self._challenged(challenge, (MFA_ENROL,), self.clock())
+        return await self.two_factor.enrol(user, self.clock())
+
+    async def _challenged(self, challenge: str, purposes: tuple[str, ...], now: datetime) -> tuple[OneTimeToken, User]:
+        found = await self.tokens.usable(refresh_token_hash(challenge), purposes, now)
         user = await self.users.by_id(found.user_id) if found is not None else None
         if found is None or user is None or not user.is_active or found.email != user.email:
             raise InvalidChallenge()
-        await self.two_factor.check_code(user, code, now)
+        return found, user
+
+    async def _consume_challenge(self, found: OneTimeToken, now: datetime) -> None:
         if not await self.tokens.consume(found.id, now):
             raise InvalidChallenge()
-        return await self._signed_in(user, client, now, found.purpose == MFA_LOGIN_LEGACY)
 
     async def two_factor_status(self, identity: Identity) -> TwoFactorStatus:
         user = await self._active_user(identity)
@@ -551,8 +634,23 @@ class AuthService:
         if role is None:
             auth_session.organization_id = None
         organization = (auth_session.organization_id, role) if auth_session.organization_id and role else None
-        access, ttl = self.issuer.access_token(user, auth_session.id, now, auth_session.access_token_ttl, organization)
+        issued = await self._after_access_cutoff(user.id, now)
+        access, ttl = self.issuer.access_token(
+            user, auth_session.id, issued, auth_session.access_token_ttl, organization
+        )
         return TokenResponse(user=user_read(user), access_token=access, refresh_token=refresh, expires_in=ttl)
+
+    async def _after_access_cutoff(self, user_id: uuid.UUID, now: datetime) -> datetime:
+        """When the user's access tokens were just cut off (a changed role, a removal), a new one is
+        issued after the cut-off's second: the cut-off refuses every token issued up to and
+        including it, and a refresh within that second must give a usable token."""
+        try:
+            cutoff = await self.store.shared.get(f"revoked:user:{user_id}")  # RevocationList.revoke_user's key
+        except (RedisError, OSError):
+            return now  # the gateway cannot read the cut-off either
+        if cutoff is None:
+            return now
+        return max(now, datetime.fromtimestamp(int(cutoff) + 1, UTC))
 
     async def switch_organization(
         self, identity: Identity, organization_id: uuid.UUID, client: Client

@@ -16,7 +16,11 @@ from auth_service.controllers import (
 )
 from auth_service.deps import provide_auth_service
 from auth_service.models import mail_outbox, outbox, processed_events
-from auth_service.organizations import InvitationController, OrganizationController
+from auth_service.organizations import (
+    InvitationController,
+    OrganizationController,
+    OrganizationServiceKeyController,
+)
 from auth_service.passwords import Passwords
 from auth_service.services import PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, Clock
 from auth_service.throttle import Throttle
@@ -101,6 +105,7 @@ def create_app(
             KeyIntrospectionController,
             OrganizationController,
             InvitationController,
+            OrganizationServiceKeyController,
         ],
         lifespan=[auth_resources],
         store=store,

@@ -24,7 +24,20 @@ from msgspec import Meta, Struct
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth_service.api_keys import refuse_key_tokens
+from auth_service.api_keys import (
+    BEARER as KEY_BEARER,
+)
+from auth_service.api_keys import (
+    KEY_DEPENDENCIES,
+    KINDS,
+    SERVICE,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyNotFound,
+    ApiKeyService,
+    refuse_key_tokens,
+)
 from auth_service.config import AuthSettings
 from auth_service.deps import provide_auth_service, provide_client
 from auth_service.errors import (
@@ -192,6 +205,10 @@ class OrganizationService:
         if roles and membership.role not in roles:
             raise OrgRoleRequired()
         return membership
+
+    async def require_manager(self, identity: Identity, organization_id: uuid.UUID) -> None:
+        """An owner or admin of the organisation (404 for a non-member, 403 for a weaker role)."""
+        await self._membership(organization_id, identity, *ORG_MANAGERS)
 
     async def _organization(self, organization_id: uuid.UUID) -> Organization:
         org = await self.memberships.organization(organization_id)
@@ -693,3 +710,62 @@ class InvitationController(Controller):
         """Join the organisation of an invitation sent to the caller's verified address (403
         otherwise); 400 ``invalid-invitation`` when it expired, was revoked or was used."""
         return await orgs.accept(request.user, data.token, client)
+
+
+class OrganizationServiceKeyController(Controller):
+    """An organisation's service keys (``psk_``), managed by its owners and admins: a key's
+    token acts in the organisation as a ``member``, within the key's scopes."""
+
+    path = "/api/v1/auth/orgs/{organization_id:uuid}/service-keys"
+    tags = ["auth", "organizations", "api-keys"]
+    guards = [refuse_key_tokens]
+    dependencies = {**DEPENDENCIES, **KEY_DEPENDENCIES}
+
+    @post(
+        "/",
+        operation_id="create_organization_service_key",
+        status_code=HTTP_201_CREATED,
+        security=KEY_BEARER,
+        raises=NOT_FOUND_OR_ROLE,
+    )
+    async def create(
+        self,
+        organization_id: FromPath[uuid.UUID],
+        data: JSONBody[ApiKeyCreate],
+        request: Request[Identity, str, State],
+        orgs: NamedDependency[OrganizationService],
+        api_keys: NamedDependency[ApiKeyService],
+    ) -> ApiKeyCreated:
+        """A new service key of the organisation: its secret is in this answer and nowhere else."""
+        await orgs.require_manager(request.user, organization_id)
+        return await api_keys.create(KINDS[SERVICE], None, request.user, data, organization_id)
+
+    @get("/", operation_id="list_organization_service_keys", security=KEY_BEARER, raises=NOT_FOUND_OR_ROLE)
+    async def list_keys(
+        self,
+        organization_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        orgs: NamedDependency[OrganizationService],
+        api_keys: NamedDependency[ApiKeyService],
+    ) -> ApiKeyList:
+        """The organisation's service keys that are not revoked."""
+        await orgs.require_manager(request.user, organization_id)
+        return await api_keys.listing(KINDS[SERVICE], None, organization_id)
+
+    @delete(
+        "/{key_id:uuid}",
+        operation_id="revoke_organization_service_key",
+        security=KEY_BEARER,
+        raises=[*NOT_FOUND_OR_ROLE, ApiKeyNotFound],
+    )
+    async def revoke(
+        self,
+        organization_id: FromPath[uuid.UUID],
+        key_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        orgs: NamedDependency[OrganizationService],
+        api_keys: NamedDependency[ApiKeyService],
+    ) -> None:
+        """Revoke one of the organisation's service keys (every gateway refuses it within 5 s)."""
+        await orgs.require_manager(request.user, organization_id)
+        await api_keys.revoke(KINDS[SERVICE], None, key_id, organization_id)

@@ -286,3 +286,56 @@ async def test_sign_in_falls_back_to_the_oldest_membership(client: httpx.AsyncCl
     login = await client.post(f"{AUTH}/login", json={"email": crew.viewer.email, "password": PASSWORD})
 
     assert (claims(login.json())["tid"], claims(login.json())["org_role"]) == (own, "owner")
+
+
+INTROSPECT = f"{AUTH}/internal/api-keys/introspect"
+
+
+async def key_claims(client: httpx.AsyncClient, key: str) -> dict[str, Any]:
+    answer = await client.post(INTROSPECT, json={"key": key})
+    assert answer.status_code == 200, answer.text
+    return claims(answer.json())
+
+
+async def test_a_personal_key_acts_in_its_organisation_with_its_owners_current_role(
+    client: httpx.AsyncClient, crew: Team
+) -> None:
+    created = await client.post(
+        f"{AUTH}/api-keys", json={"name": "ci", "scopes": ["airtable:read"]}, headers=crew.member.headers
+    )
+    key = created.json()["key"]
+    assert (await key_claims(client, key))["org_role"] == "member"
+
+    await client.patch(
+        f"{ORGS}/{crew.org_id}/members/{crew.member.id}", json={"role": "viewer"}, headers=crew.owner.headers
+    )
+    viewer = await key_claims(client, key)
+    await client.delete(f"{ORGS}/{crew.org_id}/members/{crew.member.id}", headers=crew.owner.headers)
+    removed = await key_claims(client, key)
+
+    assert (viewer["tid"], viewer["org_role"]) == (crew.org_id, "viewer")
+    assert "tid" not in removed and "org_role" not in removed
+    assert removed["sub"] == crew.member.id
+
+
+async def test_an_organisations_service_keys_are_its_managers_to_keep(client: httpx.AsyncClient, crew: Team) -> None:
+    keys = f"{ORGS}/{crew.org_id}/service-keys"
+    body = {"name": "etl", "scopes": ["airtable:read", "airtable:write"]}
+
+    created = await client.post(keys, json=body, headers=crew.admin.headers)
+    by_member = await client.post(keys, json=body, headers=crew.member.headers)
+    by_outsider = await client.get(keys, headers=crew.outsider.headers)
+
+    assert created.status_code == 201, created.text
+    assert (by_member.status_code, by_outsider.status_code) == (403, 404)
+    token = await key_claims(client, created.json()["key"])
+    assert (token["tid"], token["org_role"], token["roles"]) == (crew.org_id, "member", ["service"])
+    listed = (await client.get(keys, headers=crew.owner.headers)).json()["keys"]
+    assert [k["id"] for k in listed] == [created.json()["id"]]
+    theirs = f"{ORGS}/{claims(crew.outsider.tokens)['tid']}/service-keys"
+    assert (await client.get(theirs, headers=crew.outsider.headers)).json()["keys"] == []
+    other_org = await client.delete(f"{theirs}/{created.json()['id']}", headers=crew.outsider.headers)
+    assert other_org.status_code == 404
+    assert (await client.delete(f"{keys}/{created.json()['id']}", headers=crew.owner.headers)).status_code == 204
+    refused = await client.post(INTROSPECT, json={"key": created.json()["key"]})
+    assert refused.status_code == 401

@@ -92,12 +92,17 @@ class Memberships:
 
     async def found(self, user: User, name: str, now: datetime) -> Organization:
         """A new organisation with ``user`` its owner."""
+        org = await self.new_organization(name, now)
+        await self.add(org.id, user.id, OWNER, now)
+        return org
+
+    async def new_organization(self, name: str, now: datetime) -> Organization:
+        """An organisation without members yet (its owner is added next, in the same transaction)."""
         org = Organization(
             id=uuid.uuid4(), name=name, slug=await self._free_slug(name), created_at=now, require_two_factor=False
         )
         self.db.add(org)
         await self.db.flush()
-        await self.add(org.id, user.id, OWNER, now)
         return org
 
     async def _free_slug(self, name: str) -> str:

@@ -35,6 +35,7 @@ from auth_service.errors import (
     WeakPassword,
 )
 from auth_service.memberships import (
+    OWNER,
     Memberships,
     claim_invitation,
     organization_name_for,
@@ -173,24 +174,32 @@ class AuthService:
             created_at=now,
             updated_at=now,
         )
-        try:
-            await self.users.add(user)
-        except IntegrityError:
-            raise EmailTaken() from None
+        await self._add_account(user, invited.organization_id if invited else None, now)
         if invited is None:
-            user.tenant_id = (await self.memberships.found(user, organization_name_for(user), now)).id
             await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
         else:
             await claim_invitation(self.db, invited, now)
             await self.memberships.add(invited.organization_id, user.id, invited.role, now)
             await record_invitation_accepted(self.db, invited, user.id, client.ip)
-            user.tenant_id = invited.organization_id
-        await add_event(self.db, outbox, new_event("user.registered", "auth", user_event_data(user)))
         logger.info("user registered", extra={"user_id": str(user.id), "ip": client.ip})
         if hidden:
             return None
         organization = await self._sign_in_organization(user)
         return await self._start_session(user, client, now, legacy_lifetime, organization)
+
+    async def _add_account(self, user: User, joining: uuid.UUID | None, now: datetime) -> None:
+        """Store a new account with its first organisation (``joining``, else one it founds):
+        ``user.registered`` is published before the membership's event, so the users service
+        knows the user when it hears of the membership."""
+        org_id = joining or (await self.memberships.new_organization(organization_name_for(user), now)).id
+        user.tenant_id = org_id
+        try:
+            await self.users.add(user)
+        except IntegrityError:
+            raise EmailTaken() from None
+        await add_event(self.db, outbox, new_event("user.registered", "auth", user_event_data(user)))
+        if joining is None:
+            await self.memberships.add(org_id, user.id, OWNER, now)
 
     async def _invitation_for(self, token: str, email: str, client: Client) -> Invitation:
         await self.throttle.check_ip("invitation", client.ip)
@@ -231,13 +240,8 @@ class AuthService:
             created_at=now,
             updated_at=now,
         )
-        try:
-            await self.users.add(user)
-        except IntegrityError:
-            raise EmailTaken() from None
-        user.tenant_id = (await self.memberships.found(user, organization_name_for(user), now)).id
+        await self._add_account(user, None, now)
         await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
-        await add_event(self.db, outbox, new_event("user.registered", "auth", user_event_data(user)))
         security_log.info(
             "account created by an administrator", extra={"user_id": str(user.id), "admin_id": str(admin.user_id)}
         )
@@ -640,6 +644,13 @@ class AuthService:
         )
         return TokenResponse(user=user_read(user), access_token=access, refresh_token=refresh, expires_in=ttl)
 
+    async def _session_of(self, identity: Identity) -> AuthSession | None:
+        try:
+            session_id = uuid.UUID(identity.session_id or "")
+        except ValueError:
+            return None  # a token without a session of this service's
+        return await self.sessions.by_id(session_id)
+
     async def _after_access_cutoff(self, user_id: uuid.UUID, now: datetime) -> datetime:
         """When the user's access tokens were just cut off (a changed role, a removal), a new one is
         issued after the cut-off's second: the cut-off refuses every token issued up to and
@@ -665,7 +676,7 @@ class AuthService:
         if org is not None and org.require_two_factor and not await self.two_factor.enabled(user.id):
             raise TwoFactorRequired()
         now = self.clock()
-        current = await self.sessions.by_id(uuid.UUID(identity.session_id)) if identity.session_id else None
+        current = await self._session_of(identity)
         legacy = current is not None and current.access_token_ttl is not None
         user.tenant_id = organization_id
         tokens = await self._start_session(user, client, now, legacy, (organization_id, role))

@@ -129,6 +129,11 @@ class Memberships:
         )
         await self._publish("organization.member_removed", organization_id, user_id, None)
 
+    async def deleted(self, organization_id: uuid.UUID) -> None:
+        await add_event(
+            self.db, outbox, new_event("organization.deleted", "auth", {"organization_id": str(organization_id)})
+        )
+
     async def _publish(self, event_type: str, organization_id: uuid.UUID, user_id: uuid.UUID, role: str | None) -> None:
         data = {"organization_id": str(organization_id), "user_id": str(user_id)}
         if role is not None:

@@ -64,7 +64,16 @@ from auth_service.memberships import (
     same_address,
     usable_invitation,
 )
-from auth_service.models import Invitation, Membership, Organization, TwoFactor, User, mail_outbox, outbox
+from auth_service.models import (
+    ApiKey,
+    Invitation,
+    Membership,
+    Organization,
+    TwoFactor,
+    User,
+    mail_outbox,
+    outbox,
+)
 from auth_service.schemas import Email, OpaqueToken, TokenResponse
 from auth_service.services import AuthService, Client, normalise_email
 from shared.audit import record_audit
@@ -281,6 +290,43 @@ class OrganizationService:
             details={"require_two_factor": settings.require_two_factor},
         )
         return organization_read(org, membership.role)
+
+    async def delete(self, identity: Identity, organization_id: uuid.UUID, client: Client) -> None:
+        """The owner deletes the organisation: its memberships, invitations and service keys go
+        with it (each member's access tokens are cut off, each key's tokens revoked); personal keys
+        made in it stay, acting in no organisation."""
+        await self._membership(organization_id, identity, OWNER)
+        org = await self._organization(organization_id)
+        members = [membership for _, membership in await self.memberships.members(organization_id)]
+        service_keys = list(
+            await self.db.scalars(
+                select(ApiKey.id).where(ApiKey.organization_id == organization_id, ApiKey.kind == KINDS[SERVICE])
+            )
+        )
+        await self.db.execute(
+            update(ApiKey)
+            .where(ApiKey.organization_id == organization_id, ApiKey.kind != KINDS[SERVICE])
+            .values(organization_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        await self.db.execute(
+            update(User)
+            .where(User.tenant_id == organization_id)
+            .values(tenant_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        for membership in members:
+            await self.memberships.remove(membership)
+        await self.db.delete(org)  # invitations, service keys cascade; sessions lose it (SET NULL)
+        await self.db.flush()
+        await self.memberships.deleted(organization_id)
+        await self._audit(
+            "org.deleted", identity, client, organization_id, target_type="organization", target_id=org.id
+        )
+        for membership in members:
+            await self._revoke_access(membership.user_id)
+        for key_id in service_keys:
+            await self.revocations.revoke_session(str(key_id), self.settings.api_key_token_ttl + 60)
 
     # -- members
 
@@ -569,6 +615,24 @@ class OrganizationController(Controller):
         """A new token pair acting in another of the caller's organisations (the current session
         ends); sign-ins start there from now on."""
         return await auth.switch_organization(request.user, organization_id, client)
+
+    @delete(
+        "/{organization_id:uuid}",
+        operation_id="delete_organization",
+        security=BEARER,
+        raises=NOT_FOUND_OR_ROLE,
+    )
+    async def delete_organization(
+        self,
+        organization_id: FromPath[uuid.UUID],
+        request: Request[Identity, str, State],
+        orgs: NamedDependency[OrganizationService],
+        client: NamedDependency[Client],
+    ) -> None:
+        """Delete the organisation (its owners only): memberships, invitations and its service keys
+        go with it; its members' access tokens stop working and their refresh gives a token
+        without it."""
+        await orgs.delete(request.user, organization_id, client)
 
     @get("/{organization_id:uuid}/members", operation_id="list_members", security=BEARER, raises=[OrganizationNotFound])
     async def members(

@@ -339,3 +339,34 @@ async def test_an_organisations_service_keys_are_its_managers_to_keep(client: ht
     assert (await client.delete(f"{keys}/{created.json()['id']}", headers=crew.owner.headers)).status_code == 204
     refused = await client.post(INTROSPECT, json={"key": created.json()["key"]})
     assert refused.status_code == 401
+
+
+async def test_only_an_owner_deletes_the_organisation_and_its_members_lose_it(
+    client: httpx.AsyncClient, crew: Team, auth_settings: AuthSettings
+) -> None:
+    personal = await client.post(
+        f"{AUTH}/api-keys", json={"name": "mine", "scopes": ["airtable:read"]}, headers=crew.member.headers
+    )
+    service = await client.post(
+        f"{ORGS}/{crew.org_id}/service-keys",
+        json={"name": "etl", "scopes": ["airtable:read"]},
+        headers=crew.owner.headers,
+    )
+    by_admin = await client.delete(f"{ORGS}/{crew.org_id}", headers=crew.admin.headers)
+    by_outsider = await client.delete(f"{ORGS}/{crew.org_id}", headers=crew.outsider.headers)
+
+    deleted = await client.delete(f"{ORGS}/{crew.org_id}", headers=crew.owner.headers)
+
+    assert (by_admin.status_code, by_outsider.status_code, deleted.status_code) == (403, 404, 204)
+    assert (await client.get(f"{AUTH}/me", headers=crew.member.headers)).status_code == 401
+    carol = await refreshed(client, crew.member)
+    assert "tid" not in claims(carol.tokens)
+    ada = await refreshed(client, crew.owner)
+    assert (await client.get(f"{ORGS}/{crew.org_id}", headers=ada.headers)).status_code == 404
+    assert "tid" not in await key_claims(client, personal.json()["key"])  # the key stays, in no organisation
+    assert (await client.post(INTROSPECT, json={"key": service.json()["key"]})).status_code == 401
+    assert outbox_events(auth_settings.database_url, "organization.deleted") == [{"organization_id": crew.org_id}]
+    removed = outbox_events(auth_settings.database_url, "organization.member_removed")
+    assert {e["user_id"] for e in removed} == {crew.owner.id, crew.admin.id, crew.member.id, crew.viewer.id}
+    login = await client.post(f"{AUTH}/login", json={"email": crew.admin.email, "password": PASSWORD})
+    assert login.status_code == 200 and "tid" not in claims(login.json())

@@ -86,7 +86,7 @@ async def test_register_profile_delete_and_lockout_in_embedded_mode(platform: tu
 
     bus = app.state.bus  # the one in-memory bus every in-process service shares
     assert isinstance(bus, InMemoryBus)
-    assert [e.type for e in bus.published] == ["user.registered", "user.deleted"]
+    assert [e.type for e in bus.published] == ["user.registered", "organization.member_added", "user.deleted"]
     assert bus.dead_letters == []
 
 

@@ -25,9 +25,6 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.api_keys import (
-    BEARER as KEY_BEARER,
-)
-from auth_service.api_keys import (
     KEY_DEPENDENCIES,
     KINDS,
     SERVICE,
@@ -789,7 +786,7 @@ class OrganizationServiceKeyController(Controller):
         "/",
         operation_id="create_organization_service_key",
         status_code=HTTP_201_CREATED,
-        security=KEY_BEARER,
+        security=BEARER,
         raises=NOT_FOUND_OR_ROLE,
     )
     async def create(
@@ -804,7 +801,7 @@ class OrganizationServiceKeyController(Controller):
         await orgs.require_manager(request.user, organization_id)
         return await api_keys.create(KINDS[SERVICE], None, request.user, data, organization_id)
 
-    @get("/", operation_id="list_organization_service_keys", security=KEY_BEARER, raises=NOT_FOUND_OR_ROLE)
+    @get("/", operation_id="list_organization_service_keys", security=BEARER, raises=NOT_FOUND_OR_ROLE)
     async def list_keys(
         self,
         organization_id: FromPath[uuid.UUID],
@@ -819,7 +816,7 @@ class OrganizationServiceKeyController(Controller):
     @delete(
         "/{key_id:uuid}",
         operation_id="revoke_organization_service_key",
-        security=KEY_BEARER,
+        security=BEARER,
         raises=[*NOT_FOUND_OR_ROLE, ApiKeyNotFound],
     )
     async def revoke(

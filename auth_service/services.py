@@ -609,8 +609,7 @@ class AuthService:
         legacy_lifetime: bool = False,
         organization: OrgClaim | None = None,
     ) -> TokenResponse:
-        """A new session acting in ``organization`` (by default where sign-ins start)."""
-        organization = organization or await self.memberships.sign_in_organization(user)
+        """A new session acting in ``organization`` (none: in no organisation)."""
         auth_session = AuthSession(
             id=uuid.uuid4(),
             user_id=user.id,

@@ -11,7 +11,16 @@ import pytest
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
 from tests.auth_service.conftest import PASSWORD, Clock
-from tests.auth_service.organizations_support import AUTH, ORGS, Member, Team, claims, team
+from tests.auth_service.organizations_support import (
+    AUTH,
+    ORGS,
+    Member,
+    Team,
+    claims,
+    invitation_token,
+    member,
+    team,
+)
 from tests.auth_service.test_two_factor import code_at, decode_qr_png, enable
 from tests.conftest import app_client
 from tests.mail_server import Inbox
@@ -114,3 +123,20 @@ async def test_turning_the_requirement_off_lets_the_password_alone_in_again(
 
     login = await client.post(f"{AUTH}/login", json={"email": crew.member.email, "password": PASSWORD})
     assert login.status_code == 200 and claims(login.json())["tid"] == crew.org_id
+
+
+async def test_joining_it_by_invitation_gives_no_token_for_it_until_two_factor_is_on(
+    client: httpx.AsyncClient, crew: Team, clock: Clock, inbox: Inbox
+) -> None:
+    await enable(client, crew.owner.tokens, clock)
+    await require_two_factor(client, crew)
+    token = await invitation_token(client, inbox, crew.owner, crew.org_id, "zoe@example.com")
+
+    zoe = await member(client, "zoe@example.com", token)
+
+    assert "tid" not in claims(zoe.tokens)
+    assert (await client.post(f"{ORGS}/{crew.org_id}/switch", headers=zoe.headers)).status_code == 403
+    await enable(client, zoe.tokens, clock)
+    switched = await client.post(f"{ORGS}/{crew.org_id}/switch", headers=zoe.headers)
+    assert switched.status_code == 200, switched.text
+    assert (claims(switched.json())["tid"], claims(switched.json())["org_role"]) == (crew.org_id, "member")

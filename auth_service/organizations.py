@@ -425,18 +425,19 @@ class OrganizationService:
         org = await self._organization(organization_id)
         if any(same_address(user.email, email) for user, _ in await self.memberships.members(organization_id)):
             raise AlreadyMember()
+        # Anyone may found an organisation and invite: an address gets a bounded number of
+        # invitations an hour, so the route cannot flood a mailbox.
+        await self.auth.throttle.check_address("invitation", email)
         now = self.clock()
-        await self.db.execute(
-            update(Invitation)
-            .where(
-                Invitation.organization_id == organization_id,
-                Invitation.email == email,
-                Invitation.accepted_at.is_(None),
-                Invitation.revoked_at.is_(None),
-            )
-            .values(revoked_at=now)
-            .execution_options(synchronize_session=False)
+        replaced = update(Invitation).where(
+            Invitation.organization_id == organization_id,
+            Invitation.email == email,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
         )
+        if caller.role != OWNER:  # an admin cannot revoke an owner's invitation to be owner
+            replaced = replaced.where(Invitation.role != OWNER)
+        await self.db.execute(replaced.values(revoked_at=now).execution_options(synchronize_session=False))
         token = secrets.token_urlsafe(32)
         row = Invitation(
             id=uuid.uuid4(),
@@ -700,7 +701,7 @@ class OrganizationController(Controller):
         operation_id="create_invitation",
         status_code=HTTP_201_CREATED,
         security=BEARER,
-        raises=[*NOT_FOUND_OR_ROLE, AlreadyMember],
+        raises=[*NOT_FOUND_OR_ROLE, AlreadyMember, TooManyAttempts],
     )
     async def invite(
         self,
@@ -710,7 +711,8 @@ class OrganizationController(Controller):
         orgs: NamedDependency[OrganizationService],
         client: NamedDependency[Client],
     ) -> InvitationRead:
-        """Mail an invitation with this role to an address (owners and admins; only owners invite owners)."""
+        """Mail an invitation with this role to an address (owners and admins; only owners invite
+        owners); 429 ``too-many-attempts`` past ``MAIL_PER_ADDRESS_PER_HOUR`` invitations to the address."""
         return await orgs.invite(request.user, organization_id, data, client)
 
     @get(

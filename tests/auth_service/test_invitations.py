@@ -189,3 +189,29 @@ async def test_register_then_sign_in_lands_in_the_inviting_organisation(
     login = await client.post(f"{AUTH}/login", json={"email": "bob@example.com", "password": PASSWORD})
 
     assert (claims(login.json())["tid"], claims(login.json())["org_role"]) == (org_of(ada), "viewer")
+
+
+async def test_an_address_gets_a_bounded_number_of_invitations_an_hour(
+    client: httpx.AsyncClient, inbox: Inbox, ada: Member
+) -> None:
+    """Anyone can found an organisation and invite: MAIL_PER_ADDRESS_PER_HOUR (5) bounds the mails."""
+    answers = [await invite(client, ada, org_of(ada), "bob@example.com") for _ in range(6)]
+
+    assert [a.status_code for a in answers] == [201] * 5 + [429]
+    assert answers[-1].json()["code"] == "too-many-attempts" and "retry-after" in answers[-1].headers
+    await mail_to(inbox, "bob@example.com", 5)
+    listed = (await client.get(f"{ORGS}/{org_of(ada)}/invitations", headers=ada.headers)).json()["invitations"]
+    assert len(listed) == 1  # each replaced the one before
+
+
+async def test_an_admin_cannot_replace_an_owners_invitation_to_be_owner(
+    client: httpx.AsyncClient, inbox: Inbox, ada: Member
+) -> None:
+    bob_token = await invitation_token(client, inbox, ada, org_of(ada), "bob@example.com", "admin")
+    bob = await member(client, "bob@example.com", bob_token)
+    owner_invitation = await invitation_token(client, inbox, ada, org_of(ada), "carol@example.com", "owner")
+
+    assert (await invite(client, bob, org_of(ada), "carol@example.com", "viewer")).status_code == 201
+
+    carol = await member(client, "carol@example.com", owner_invitation)
+    assert claims(carol.tokens)["org_role"] == "owner"

@@ -12,6 +12,7 @@ import sys
 import uuid
 
 from auth_service.config import AuthSettings
+from auth_service.memberships import OWNER, Memberships, organization_name_for
 from auth_service.models import User, outbox
 from auth_service.passwords import Passwords
 from auth_service.repositories import UserRepository
@@ -62,13 +63,17 @@ async def create_admin(settings: AuthSettings, email: str, password: str) -> boo
                 email=email,
                 password_hash=await Passwords(settings).hash(password),
                 roles=["admin", "user"],
-                tenant_id=uuid.uuid4(),
+                tenant_id=None,
                 is_active=True,
                 created_at=now,
                 updated_at=now,
             )
+            memberships = Memberships(session)
+            # The first organisation's id goes into user.registered; its membership is announced after it.
+            user.tenant_id = (await memberships.new_organization(organization_name_for(user), now)).id
             await users.add(user)
             await add_event(session, outbox, new_event("user.registered", "auth", user_event_data(user)))
+            await memberships.add(user.tenant_id, user.id, OWNER, now)
             return True
     finally:
         await engine.dispose()

@@ -32,9 +32,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.config import AuthSettings
+from auth_service.memberships import Memberships
 from auth_service.models import ApiKey, User, outbox
 from auth_service.services import Client
-from auth_service.tokens import TokenIssuer
+from auth_service.tokens import OrgClaim, TokenIssuer, org_claims
 from shared.audit import record_audit
 from shared.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from shared.http import check_date_time
@@ -49,6 +50,7 @@ Scope = Literal["users:read", "users:write", "analytics:read", "analytics:write"
 DEPLOYMENT_PRINCIPAL = uuid.uuid5(uuid.NAMESPACE_URL, "pyairtable:deployment-api-key")
 DEPLOYMENT_SCOPES = ["analytics:read", "analytics:write"]
 MAX_KEYS_PER_OWNER = 100
+SERVICE_KEY_ORG_ROLE = "member"
 BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
 
 
@@ -172,12 +174,19 @@ class ApiKeyService:
         return hmac.new(self.pepper, secret.encode(), hashlib.sha256).hexdigest()
 
     async def create(
-        self, kind: str, owner_id: uuid.UUID | None, creator: Identity, data: ApiKeyCreate
+        self,
+        kind: str,
+        owner_id: uuid.UUID | None,
+        creator: Identity,
+        data: ApiKeyCreate,
+        organization_id: uuid.UUID | None = None,
     ) -> ApiKeyCreated:
+        """A new key. ``organization_id``: the organisation owning a service key (None: a
+        platform-wide one); a personal key acts in the organisation active in ``creator``'s token."""
         now = self.clock()
         if data.expires_at is not None and data.expires_at <= now:
             raise Unprocessable("expires_at: must be in the future", code="invalid-expiry")
-        if len(await self._listed(kind, owner_id)) >= MAX_KEYS_PER_OWNER:
+        if len(await self._listed(kind, owner_id, organization_id)) >= MAX_KEYS_PER_OWNER:
             raise Unprocessable(f"At most {MAX_KEYS_PER_OWNER} keys: revoke one first.", code="too-many-keys")
         secret = secrets.token_urlsafe(32)
         row = ApiKey(
@@ -190,20 +199,34 @@ class ApiKeyService:
             created_by=creator.user_id,
             created_at=now,
             expires_at=data.expires_at,
+            # A personal key acts in the organisation active when it was made (its owner's role
+            # there is read at each exchange); a service key's organisation is its owner.
+            organization_id=creator.tenant_id if kind == KINDS[PERSONAL] else organization_id,
         )
         self.db.add(row)
         await self.db.flush()
         await self._audit("api_key.created", creator, row)
         return ApiKeyCreated(**msgspec.structs.asdict(key_read(row)), key=f"{key_prefix(row)}_{secret}")
 
-    async def listing(self, kind: str, owner_id: uuid.UUID | None) -> ApiKeyList:
-        return ApiKeyList(keys=[key_read(row) for row in await self._listed(kind, owner_id)])
+    async def listing(
+        self, kind: str, owner_id: uuid.UUID | None, organization_id: uuid.UUID | None = None
+    ) -> ApiKeyList:
+        return ApiKeyList(keys=[key_read(row) for row in await self._listed(kind, owner_id, organization_id)])
 
-    async def revoke(self, kind: str, owner_id: uuid.UUID | None, key_id: uuid.UUID, revoker: Identity) -> None:
+    async def revoke(
+        self,
+        kind: str,
+        owner_id: uuid.UUID | None,
+        key_id: uuid.UUID,
+        revoker: Identity,
+        organization_id: uuid.UUID | None = None,
+    ) -> None:
         """The key stops working: at once at the auth service, within seconds at every gateway
         (its tokens' session is revoked, and gateways re-check keys every few seconds)."""
         row = await self.db.get(ApiKey, key_id)
         if row is None or row.kind != kind or row.owner_id != owner_id or row.revoked_at is not None:
+            raise ApiKeyNotFound()
+        if kind == KINDS[SERVICE] and row.organization_id != organization_id:
             raise ApiKeyNotFound()
         row.revoked_at = self.clock()
         await self.db.flush()
@@ -212,23 +235,32 @@ class ApiKeyService:
 
     async def _audit(self, action: str, actor: Identity, row: ApiKey) -> None:
         """Which key, of what kind and scopes: never its secret, its prefix or its name (user text).
-        A personal key is in its owner's organisation; a service key, the platform's, in none."""
+        A personal key is in its owner's active organisation; a service key in the organisation that
+        owns it (none for a platform-wide one)."""
         await record_audit(
             self.db,
             outbox,
             "auth",
             action,
             actor_id=actor.user_id,
-            organization_id=actor.tenant_id if row.kind == KINDS[PERSONAL] else None,
+            organization_id=actor.tenant_id if row.kind == KINDS[PERSONAL] else row.organization_id,
             target_type="api_key",
             target_id=row.id,
             ip=self.client_ip,
             details={"kind": row.kind, "scopes": list(row.scopes)},
         )
 
-    async def _listed(self, kind: str, owner_id: uuid.UUID | None) -> list[ApiKey]:
+    async def _listed(
+        self, kind: str, owner_id: uuid.UUID | None, organization_id: uuid.UUID | None = None
+    ) -> list[ApiKey]:
         query = select(ApiKey).where(ApiKey.kind == kind, ApiKey.revoked_at.is_(None))
         query = query.where(ApiKey.owner_id == owner_id if owner_id is not None else ApiKey.owner_id.is_(None))
+        if kind == KINDS[SERVICE]:  # an organisation's service keys, or the platform-wide ones
+            query = query.where(
+                ApiKey.organization_id == organization_id
+                if organization_id is not None
+                else ApiKey.organization_id.is_(None)
+            )
         return list((await self.db.scalars(query.order_by(ApiKey.created_at))).all())
 
     async def introspect(self, key: str) -> KeyToken:
@@ -240,11 +272,15 @@ class ApiKeyService:
             raise InvalidApiKey()
         row.last_used_at = self.clock()
         if row.kind == KINDS[SERVICE]:
-            return self._token(row.id, str(row.id), row.scopes, ["service"], "")
+            # An organisation's service key acts in it as a member: its scopes bound what it does.
+            organization = (row.organization_id, SERVICE_KEY_ORG_ROLE) if row.organization_id else None
+            return self._token(row.id, str(row.id), row.scopes, ["service"], "", organization)
         owner = await self.db.get(User, row.owner_id)
         if owner is None or not owner.is_active:
             raise InvalidApiKey()
-        return self._token(owner.id, str(row.id), row.scopes, ["user"], owner.email, owner.tenant_id)
+        role = await Memberships(self.db).role(row.organization_id, owner.id)
+        organization = (row.organization_id, role) if row.organization_id and role else None
+        return self._token(owner.id, str(row.id), row.scopes, ["user"], owner.email, organization)
 
     def _is_deployment_key(self, key: str) -> bool:
         return bool(self.deployment_key) and hmac.compare_digest(key.encode(), self.deployment_key)
@@ -273,7 +309,7 @@ class ApiKeyService:
         scopes: list[str],
         roles: list[str],
         email: str,
-        tenant_id: uuid.UUID | None = None,
+        organization: OrgClaim | None = None,
     ) -> KeyToken:
         ttl = self.settings.api_key_token_ttl
         claims: dict[str, Any] = {
@@ -284,8 +320,7 @@ class ApiKeyService:
             "key_id": key_id,
             "scopes": list(scopes),
         }
-        if tenant_id is not None:
-            claims["tid"] = str(tenant_id)
+        claims.update(org_claims(organization))
         token = self.issuer.sign(claims, self.clock(), ttl)
         return KeyToken(access_token=token, expires_in=ttl, key_id=key_id, sub=str(subject), scopes=list(scopes))
 

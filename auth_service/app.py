@@ -9,9 +9,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.api_keys import KeyIntrospectionController, KeySecrets, PersonalKeyController, ServiceKeyController
 from auth_service.config import AuthSettings
-from auth_service.controllers import AccountAdminController, AuthController, TwoFactorController
+from auth_service.controllers import (
+    AccountAdminController,
+    AccountCreationController,
+    AuthController,
+    TwoFactorController,
+)
 from auth_service.deps import auth_service, provide_client
 from auth_service.models import mail_outbox, outbox, processed_events
+from auth_service.organizations import (
+    InvitationController,
+    OrganizationController,
+    OrganizationServiceKeyController,
+)
 from auth_service.passwords import Passwords
 from auth_service.services import PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, Clock
 from auth_service.throttle import Throttle
@@ -89,10 +99,14 @@ def create_app(
         route_handlers=[
             AuthController,
             AccountAdminController,
+            AccountCreationController,
             TwoFactorController,
             PersonalKeyController,
             ServiceKeyController,
             KeyIntrospectionController,
+            OrganizationController,
+            InvitationController,
+            OrganizationServiceKeyController,
         ],
         # Every handler may know its client: its address goes into audit entries.
         dependencies={"client": Provide(provide_client, sync_to_thread=False)},

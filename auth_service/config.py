@@ -68,6 +68,14 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
     # The deployment's legacy key (the gateway's API_KEY): exchanged for a token of the deployment.
     api_key: str = ""
     require_api_key: bool = True
+    # Who may register: open (anyone), invite (with an invitation only) or domains (addresses of
+    # SIGNUP_DOMAINS, comma-separated, or with an invitation). Platform admins always create accounts.
+    signup_mode: str = "open"
+    signup_domains: str = ""
+
+    @property
+    def signup_domain_set(self) -> frozenset[str]:
+        return frozenset(d.strip().lower().lstrip("@") for d in self.signup_domains.split(",") if d.strip())
 
     @property
     def legacy_token_ttl(self) -> int:
@@ -117,6 +125,10 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
         if not 1 <= len(self.totp_issuer) <= 64 or ":" in self.totp_issuer:
             raise SettingsError("TOTP_ISSUER: 1 to 64 characters, no ':'")
         self._validate_api_keys()
+        if self.signup_mode not in ("open", "invite", "domains"):
+            raise SettingsError("SIGNUP_MODE: must be open, invite or domains")
+        if self.signup_mode == "domains" and not self.signup_domain_set:
+            raise SettingsError("SIGNUP_DOMAINS: name at least one domain when SIGNUP_MODE is domains")
 
     def _validate_api_keys(self) -> None:
         if not 10 <= self.api_key_token_ttl <= 900:

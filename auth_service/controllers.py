@@ -1,6 +1,7 @@
 import uuid
 from typing import Annotated, Any, Literal
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -16,22 +17,29 @@ from auth_service.errors import (
     InvalidCode,
     InvalidCredentials,
     InvalidGrant,
+    InvalidInvitation,
     InvalidLinkToken,
+    InvitationEmailMismatch,
+    SignupClosed,
     TooManyAttempts,
     TwoFactorEnabled,
+    TwoFactorEnrolmentRequired,
     TwoFactorNotEnabled,
     TwoFactorUnavailable,
     WeakPassword,
 )
 from auth_service.schemas import (
     AcceptedResponse,
+    AccountCreate,
     AccountUpdate,
     EmailChangeRequest,
     EmailVerifyRequest,
+    EnrolledTokenResponse,
     ForgotPasswordRequest,
     JWKSResponse,
     LoginRequest,
     LogoutRequest,
+    MfaEnrolRequest,
     MfaLoginRequest,
     MfaRequiredResponse,
     PasswordChangeRequest,
@@ -52,7 +60,8 @@ from auth_service.schemas import (
     user_read,
 )
 from auth_service.services import AuthService, Client
-from shared.errors import NotFound, Unauthorized
+from shared.errors import PROBLEM_MEDIA_TYPE, NotFound, Unauthorized, problem_for_exception
+from shared.logs import request_id_var
 from shared.security import Identity, bearer_token, require_admin
 
 PUBLIC = {"exclude_from_auth": True}
@@ -64,6 +73,17 @@ Lifetime = Annotated[
     Literal["default", "legacy"],
     QueryParameter(description="legacy: access tokens live JWT_EXPIRES_IN, as the older platform's did"),
 ]
+
+
+def enrolment_required(request: Request[Any, Any, Any], exc: TwoFactorEnrolmentRequired) -> Response[dict[str, Any]]:
+    """The problem document of a refused sign-in, with the challenge that allows the enrolment."""
+    problem, headers = problem_for_exception(exc, request_id_var.get(), request.scope.get("path"))
+    body = {
+        **{k: v for k, v in msgspec.structs.asdict(problem).items() if v is not None},
+        "challenge": exc.challenge,
+        "expires_in": exc.expires_in,
+    }
+    return Response(body, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 class AuthController(Controller):
@@ -79,7 +99,7 @@ class AuthController(Controller):
         operation_id="register",
         status_code=HTTP_201_CREATED,
         opt=PUBLIC,
-        raises=[EmailTaken, WeakPassword, TooManyAttempts],
+        raises=[EmailTaken, WeakPassword, TooManyAttempts, SignupClosed, InvalidInvitation, InvitationEmailMismatch],
     )
     async def register(
         self,
@@ -91,9 +111,14 @@ class AuthController(Controller):
         """Create an account and sign it in; a verification link is mailed to the address.
 
         With ``REQUIRE_VERIFIED_EMAIL`` the answer is 202 and the same whether or not the address
-        already has an account (its owner is told by mail); sign in once the address is verified."""
+        already has an account (its owner is told by mail); sign in once the address is verified.
+
+        The account founds its own organisation (its owner), or with ``invitation`` (the token of a
+        mailed invitation to this address) joins the inviting one with the invited role. With
+        ``SIGNUP_MODE=invite`` (or ``domains`` and another domain) registering without an
+        invitation is 403 ``signup-closed``."""
         tokens = await auth.register(
-            data.email, data.password, data.first_name, data.last_name, client, lifetime == "legacy"
+            data.email, data.password, data.first_name, data.last_name, client, lifetime == "legacy", data.invitation
         )
         if tokens is None:
             return Response(REGISTERED_CHECK_INBOX, status_code=HTTP_202_ACCEPTED)
@@ -104,7 +129,8 @@ class AuthController(Controller):
         operation_id="login",
         status_code=HTTP_200_OK,
         opt=PUBLIC,
-        raises=[InvalidCredentials, TooManyAttempts, AccountLocked, EmailUnverified],
+        raises=[InvalidCredentials, TooManyAttempts, AccountLocked, EmailUnverified, TwoFactorEnrolmentRequired],
+        exception_handlers={TwoFactorEnrolmentRequired: enrolment_required},
     )
     async def login(
         self,
@@ -115,7 +141,10 @@ class AuthController(Controller):
     ) -> TokenResponse | MfaRequiredResponse:
         """Sign in with email and password (403 ``email-unverified`` while ``REQUIRE_VERIFIED_EMAIL``
         waits for the address to be confirmed). With two-factor on, the answer is
-        ``{mfa_required: true, challenge, expires_in}`` and no tokens: see ``POST /login/mfa``."""
+        ``{mfa_required: true, challenge, expires_in}`` and no tokens: see ``POST /login/mfa``.
+        When the organisation the sign-in starts in requires two-factor and the account has none,
+        the answer is 403 ``two-factor-enrolment-required`` with a ``challenge`` (and
+        ``expires_in``): enrol with ``POST /login/mfa/enroll``, then ``POST /login/mfa``."""
         return await auth.login(data.email, data.password, client, lifetime == "legacy")
 
     @post(
@@ -123,15 +152,31 @@ class AuthController(Controller):
         operation_id="login_mfa",
         status_code=HTTP_200_OK,
         opt=PUBLIC,
-        raises=[InvalidChallenge, InvalidCode, TooManyAttempts, TwoFactorUnavailable],
+        raises=[InvalidChallenge, InvalidCode, TooManyAttempts, TwoFactorUnavailable, TwoFactorNotEnabled],
     )
     async def login_mfa(
         self, data: JSONBody[MfaLoginRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
-    ) -> TokenResponse:
+    ) -> TokenResponse | EnrolledTokenResponse:
         """The second step of a sign-in with two-factor on: the challenge from ``POST /login`` and
         a code from the authenticator (or a recovery code). Each code works once; wrong codes lock
-        the account's second factor out as wrong passwords lock its password."""
+        the account's second factor out as wrong passwords lock its password. With the challenge
+        of a required enrolment, the first code of the new authenticator turns two-factor on and
+        the answer adds ten ``recovery_codes``, shown once."""
         return await auth.login_mfa(data.challenge, data.code, client)
+
+    @post(
+        "/login/mfa/enroll",
+        operation_id="login_mfa_enroll",
+        status_code=HTTP_201_CREATED,
+        opt=PUBLIC,
+        raises=[InvalidChallenge, TooManyAttempts, TwoFactorEnabled, TwoFactorUnavailable],
+    )
+    async def login_mfa_enroll(
+        self, data: JSONBody[MfaEnrolRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
+    ) -> TwoFactorEnrolment:
+        """Enrol an authenticator during a sign-in its organisation refused without one (the
+        challenge of the 403 ``two-factor-enrolment-required``): its secret, URI and QR code."""
+        return await auth.enrol_at_login(data.challenge, client)
 
     @post("/refresh", operation_id="refresh", status_code=HTTP_200_OK, opt=PUBLIC, raises=[InvalidGrant])
     async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenResponse:
@@ -323,6 +368,33 @@ class AccountAdminController(Controller):
         """Turn an account's two-factor off (admins only: a user who lost the authenticator and the
         recovery codes); it signs in with the password alone until it enrols again."""
         await auth.reset_two_factor(request.user, user_id)
+
+
+class AccountCreationController(Controller):
+    """Platform administrators create accounts, whatever ``SIGNUP_MODE`` allows the public."""
+
+    path = "/api/v1/auth/admin/users"
+    tags = ["auth", "admin"]
+    guards = [require_admin]
+    dependencies = {"auth": Provide(provide_auth_service, sync_to_thread=False)}
+
+    @post(
+        "/",
+        operation_id="create_account",
+        status_code=HTTP_201_CREATED,
+        security=BEARER,
+        raises=[EmailTaken, WeakPassword],
+    )
+    async def create_account(
+        self,
+        data: JSONBody[AccountCreate],
+        request: Request[Identity, str, State],
+        auth: NamedDependency[AuthService],
+    ) -> UserRead:
+        """Create an account (admins only): it founds its own organisation, and a verification
+        link is mailed to its address."""
+        user = await auth.create_account(request.user, data.email, data.password, data.first_name, data.last_name)
+        return user_read(user)
 
 
 class TwoFactorController(Controller):

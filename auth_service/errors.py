@@ -136,3 +136,91 @@ class TwoFactorUnavailable(ServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("Two-factor sign-in is not configured on this server.", headers={"Retry-After": "3600"})
+
+
+class OrganizationNotFound(NotFound):
+    """Also the answer for an organisation the caller does not belong to: it is never revealed."""
+
+    code = "organization-not-found"
+
+    def __init__(self) -> None:
+        super().__init__("No such organisation.")
+
+
+class MemberNotFound(NotFound):
+    code = "member-not-found"
+
+    def __init__(self) -> None:
+        super().__init__("No such member of this organisation.")
+
+
+class InvitationNotFound(NotFound):
+    code = "invitation-not-found"
+
+    def __init__(self) -> None:
+        super().__init__("No such pending invitation.")
+
+
+class OrgRoleRequired(Forbidden):
+    code = "org-role-required"
+
+    def __init__(self, detail: str = "Your role in this organisation does not allow this.") -> None:
+        super().__init__(detail)
+
+
+class LastOwner(Conflict):
+    code = "last-owner"
+
+    def __init__(self) -> None:
+        super().__init__("An organisation keeps at least one owner: make another member owner first.")
+
+
+class AlreadyMember(Conflict):
+    code = "already-member"
+
+    def __init__(self) -> None:
+        super().__init__("This address belongs to a member of the organisation already.")
+
+
+class InvalidInvitation(ProblemError):
+    """An invitation token that is unknown, expired, revoked or used: one answer for all."""
+
+    status_code = 400
+    code = "invalid-invitation"
+
+    def __init__(self) -> None:
+        super().__init__("The invitation is invalid, has expired, was revoked or has been used.")
+
+
+class InvitationEmailMismatch(Forbidden):
+    code = "invitation-email-mismatch"
+
+    def __init__(self) -> None:
+        super().__init__("The invitation was sent to another address (or yours is not verified yet).")
+
+
+class SignupClosed(Forbidden):
+    code = "signup-closed"
+
+    def __init__(self) -> None:
+        super().__init__("Registration needs an invitation on this server.")
+
+
+class TwoFactorRequired(Forbidden):
+    code = "two-factor-required"
+
+    def __init__(self) -> None:
+        super().__init__("This organisation requires two-factor sign-in: turn it on first.")
+
+
+class TwoFactorEnrolmentRequired(Forbidden):
+    """A right password, but the organisation requires two-factor sign-in and the user has none:
+    the answer carries a challenge for ``POST /login/mfa/enroll`` then ``POST /login/mfa``."""
+
+    code = "two-factor-enrolment-required"
+    commit_before_answer = True  # the challenge it carries must be stored
+
+    def __init__(self, challenge: str = "", expires_in: int = 0) -> None:
+        super().__init__("Your organisation requires two-factor sign-in: enrol an authenticator with this challenge.")
+        self.challenge = challenge
+        self.expires_in = expires_in

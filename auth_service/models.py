@@ -31,7 +31,8 @@ class User(Base):
     first_name: Mapped[str | None] = mapped_column(String(100))
     last_name: Mapped[str | None] = mapped_column(String(100))
     roles: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["user"])
-    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, default=uuid.uuid4)
+    # The organisation the user last made active (sign-in starts there); empty: none yet, or left.
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -55,6 +56,10 @@ class AuthSession(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     # The access tokens' lifetime when the session asked for the older platform's (JWT_EXPIRES_IN).
     access_token_ttl: Mapped[int | None] = mapped_column(Integer)
+    # The organisation the session acts in (the access tokens' ``tid``); empty: none.
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("organizations.id", ondelete="SET NULL"), index=True
+    )
 
     user: Mapped[User] = relationship(lazy="joined")
 
@@ -148,4 +153,52 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Personal keys: the organisation active when the key was made (it acts there with its owner's
+    # current role); service keys: the organisation owning them (empty: a platform-wide key).
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+
+
+class Organization(Base):
+    """A team: its members share what is granted to it (see the README's roles table)."""
+
+    __tablename__ = "organizations"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100))
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    require_two_factor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class Membership(Base):
+    """A user's role in an organisation: one of shared.security.ORG_ROLES."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (Index("ix_memberships_user_id", "user_id"),)
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Invitation(Base):
+    """An invitation mailed to an address, stored only as the SHA-256 of its token; usable once
+    until ``expires_at`` unless revoked."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (Index("ix_invitations_organization_id", "organization_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(10))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -20,6 +20,8 @@ class RegisterRequest(Struct, forbid_unknown_fields=False):
     password: Password
     first_name: Name | None = None
     last_name: Name | None = None
+    # The token of a mailed invitation: the account joins that organisation (instead of founding its own).
+    invitation: OpaqueToken | None = None
 
 
 class LoginRequest(Struct):
@@ -78,13 +80,22 @@ class AccountUpdate(Struct, forbid_unknown_fields=True):
     is_active: bool | None = None
 
 
+class AccountCreate(Struct, forbid_unknown_fields=True):
+    """An account a platform administrator creates."""
+
+    email: Email
+    password: Password
+    first_name: Name | None = None
+    last_name: Name | None = None
+
+
 class UserRead(Struct):
     id: uuid.UUID
     email: str
     first_name: str | None
     last_name: str | None
     roles: list[str]
-    tenant_id: uuid.UUID
+    tenant_id: uuid.UUID | None  # the organisation last made active (sign-ins start there)
     is_active: bool
     email_verified: bool
     created_at: datetime
@@ -129,6 +140,17 @@ def user_read(user: Any) -> UserRead:
 SecondFactorCode = Annotated[
     str, Meta(min_length=1, max_length=64, description="The authenticator's 6-digit code, or a recovery code")
 ]
+
+
+class EnrolledTokenResponse(TokenResponse, kw_only=True):
+    """A sign-in that enrolled the second factor its organisation requires: the pair and the
+    authenticator's ten recovery codes, shown once."""
+
+    recovery_codes: list[str]
+
+
+class MfaEnrolRequest(Struct):
+    challenge: OpaqueToken
 
 
 class MfaRequiredResponse(Struct):

@@ -6,12 +6,13 @@ import os
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,13 +28,28 @@ from auth_service.errors import (
     InvalidEmail,
     InvalidGrant,
     InvalidLinkToken,
+    InvitationEmailMismatch,
+    OrganizationNotFound,
     SessionNotFound,
+    SignupClosed,
+    TwoFactorEnrolmentRequired,
+    TwoFactorRequired,
     WeakPassword,
 )
-from auth_service.models import AuthSession, OneTimeToken, RefreshToken, User, mail_outbox, outbox
+from auth_service.memberships import (
+    OWNER,
+    Memberships,
+    claim_invitation,
+    organization_name_for,
+    record_invitation_accepted,
+    same_address,
+    usable_invitation,
+)
+from auth_service.models import AuthSession, Invitation, OneTimeToken, RefreshToken, User, mail_outbox, outbox
 from auth_service.passwords import Passwords
 from auth_service.repositories import OneTimeTokenRepository, SessionRepository, UserRepository
 from auth_service.schemas import (
+    EnrolledTokenResponse,
     MfaRequiredResponse,
     SessionRead,
     TokenResponse,
@@ -42,7 +58,7 @@ from auth_service.schemas import (
     user_read,
 )
 from auth_service.throttle import Throttle
-from auth_service.tokens import TokenIssuer, new_refresh_token, refresh_token_hash
+from auth_service.tokens import OrgClaim, TokenIssuer, new_refresh_token, refresh_token_hash
 from auth_service.two_factor import SecretCipher, TwoFactorService
 from shared.audit import record_audit
 from shared.events import new_event
@@ -60,6 +76,8 @@ VERIFY_EMAIL = "verify-email"
 # The challenge between a right password and the second factor: a one-time token, single use.
 MFA_LOGIN = "mfa-login"
 MFA_LOGIN_LEGACY = "mfa-login-legacy"  # the session then asked for the older platform's lifetime
+# The challenge of a sign-in refused until the user enrols the second factor their organisation requires.
+MFA_ENROL = "mfa-enrol"
 # An anonymous request for a mail is answered before anyone looks the address up: the request only
 # records it (the same work whether or not an account has the address), and the service's own
 # consumer of these events makes the token and the mail, once per event.
@@ -109,6 +127,7 @@ class AuthService:
         self.store = store
         self.clock = clock
         self.two_factor = TwoFactorService(db, settings, throttle, totp_cipher)
+        self.memberships = Memberships(db)
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -120,16 +139,22 @@ class AuthService:
         last_name: str | None,
         client: Client,
         legacy_lifetime: bool = False,
+        invitation: str | None = None,
     ) -> TokenResponse | None:
         """A new account, signed in; None (and a mail) when addresses must be verified first.
 
         With REQUIRE_VERIFIED_EMAIL a taken address gets the same answer, at the same cost (one
         password hash), and its owner a mail, so registering tells nobody who has an account.
+        The account founds its own organisation, or with ``invitation`` (the mailed token) joins
+        the inviting one, its address verified by the mail.
         """
         await self.throttle.check_ip("register", client.ip)
         email = normalise_email(email)
         self.check_password_policy(password, email)
-        hidden = self.settings.require_verified_email
+        invited = await self._invitation_for(invitation, email, client) if invitation else None
+        if invited is None and not self._signup_open_to(email):
+            raise SignupClosed()
+        hidden = self.settings.require_verified_email and invited is None
         if hidden:
             await self.throttle.check_address("register", email)
         if await self.users.by_email(email) is not None:
@@ -147,22 +172,84 @@ class AuthService:
             first_name=_clean_name(first_name),
             last_name=_clean_name(last_name),
             roles=["user"],
-            tenant_id=uuid.uuid4(),
+            tenant_id=None,
             is_active=True,
-            email_verified=False,
+            email_verified=invited is not None,
             created_at=now,
             updated_at=now,
         )
+        await self._add_account(user, invited.organization_id if invited else None, now)
+        if invited is None:
+            await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
+        else:
+            await claim_invitation(self.db, invited, now)
+            await self.memberships.add(invited.organization_id, user.id, invited.role, now)
+            await record_invitation_accepted(self.db, invited, user.id, client.ip)
+        logger.info("user registered", extra={"user_id": str(user.id), "ip": client.ip})
+        if hidden:
+            return None
+        organization = await self._sign_in_organization(user)
+        return await self._start_session(user, client, now, legacy_lifetime, organization)
+
+    async def _add_account(self, user: User, joining: uuid.UUID | None, now: datetime) -> None:
+        """Store a new account with its first organisation (``joining``, else one it founds):
+        ``user.registered`` is published before the membership's event, so the users service
+        knows the user when it hears of the membership."""
+        org_id = joining or (await self.memberships.new_organization(organization_name_for(user), now)).id
+        user.tenant_id = org_id
         try:
             await self.users.add(user)
         except IntegrityError:
             raise EmailTaken() from None
         await add_event(self.db, outbox, new_event("user.registered", "auth", user_event_data(user)))
+        if joining is None:
+            await self.memberships.add(org_id, user.id, OWNER, now)
+
+    async def _invitation_for(self, token: str, email: str, client: Client) -> Invitation:
+        await self.throttle.check_ip("invitation", client.ip)
+        invited = await usable_invitation(self.db, token, self.clock())
+        if not same_address(invited.email, email):
+            raise InvitationEmailMismatch()
+        return invited
+
+    def _signup_open_to(self, email: str) -> bool:
+        """SIGNUP_MODE: open to all, to invitations only, or to the addresses of SIGNUP_DOMAINS."""
+        mode = self.settings.signup_mode
+        if mode == "open":
+            return True
+        if mode == "domains":
+            return email.rpartition("@")[2] in self.settings.signup_domain_set
+        return False
+
+    async def create_account(
+        self, admin: Identity, email: str, password: str, first_name: str | None, last_name: str | None
+    ) -> User:
+        """A platform administrator creates an account, whatever SIGNUP_MODE says; it founds its
+        own organisation and its address gets a verification link, as a registration's does."""
+        email = normalise_email(email)
+        self.check_password_policy(password, email)
+        if await self.users.by_email(email) is not None:
+            raise EmailTaken()
+        now = self.clock()
+        user = User(
+            id=uuid.uuid4(),
+            email=email,
+            password_hash=await self.passwords.hash(password),
+            first_name=_clean_name(first_name),
+            last_name=_clean_name(last_name),
+            roles=["user"],
+            tenant_id=None,
+            is_active=True,
+            email_verified=False,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._add_account(user, None, now)
         await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
-        logger.info("user registered", extra={"user_id": str(user.id), "ip": client.ip})
-        if hidden:
-            return None
-        return await self._start_session(user, client, now, legacy_lifetime)
+        security_log.info(
+            "account created by an administrator", extra={"user_id": str(user.id), "admin_id": str(admin.user_id)}
+        )
+        return user
 
     def check_password_policy(self, password: str, email: str) -> None:
         if len(password) < self.settings.password_min_length:
@@ -202,6 +289,13 @@ class AuthService:
         if await self.two_factor.enabled(user.id):
             security_log.info("login: second factor asked", extra={"user_id": user_id, "ip": client.ip})
             return await self._mfa_challenge(user, now, legacy_lifetime)
+        organization = await self.memberships.sign_in_organization(user)
+        if organization is not None and await self._requires_two_factor(organization[0]):
+            security_log.info("login: two-factor enrolment required", extra={"user_id": user_id, "ip": client.ip})
+            challenge = await self._new_one_time_token(
+                user, MFA_ENROL, user.email, self.settings.mfa_challenge_ttl, now
+            )
+            raise TwoFactorEnrolmentRequired(challenge, self.settings.mfa_challenge_ttl)
         return await self._signed_in(user, client, now, legacy_lifetime)
 
     async def _signed_in(self, user: User, client: Client, now: datetime, legacy_lifetime: bool) -> TokenResponse:
@@ -209,7 +303,21 @@ class AuthService:
         await add_event(self.db, outbox, new_event("user.logged_in", "auth", user_event_data(user)))
         await self._audit("login.succeeded", actor_id=user.id, **_about(user))
         security_log.info("login succeeded", extra={"user_id": str(user.id), "ip": client.ip, "outcome": "success"})
-        return await self._start_session(user, client, now, legacy_lifetime)
+        return await self._start_session(user, client, now, legacy_lifetime, await self._sign_in_organization(user))
+
+    async def _requires_two_factor(self, organization_id: uuid.UUID) -> bool:
+        org = await self.memberships.organization(organization_id)
+        return org is not None and org.require_two_factor
+
+    async def _sign_in_organization(self, user: User) -> OrgClaim | None:
+        """Where a new session acts: the organisation last made active, else the oldest; none when
+        it requires two-factor sign-in and the user has not turned it on."""
+        organization = await self.memberships.sign_in_organization(user)
+        if organization is None:
+            return None
+        if await self._requires_two_factor(organization[0]) and not await self.two_factor.enabled(user.id):
+            return None
+        return organization
 
     # -- two-factor ----------------------------------------------------------------------
 
@@ -219,23 +327,45 @@ class AuthService:
         challenge = await self._new_one_time_token(user, purpose, user.email, ttl, now)
         return MfaRequiredResponse(challenge=challenge, expires_in=ttl)
 
-    async def login_mfa(self, challenge: str, code: str, client: Client) -> TokenResponse:
-        """The second step of a sign-in: the challenge of a right password and a code, once each."""
+    async def login_mfa(self, challenge: str, code: str, client: Client) -> TokenResponse | EnrolledTokenResponse:
+        """The second step of a sign-in: the challenge of a right password and a code, once each.
+        With the challenge of a required enrolment, the code confirms the new authenticator and
+        the answer adds its recovery codes."""
         await self.throttle.check_ip("login", client.ip)
         now = self.clock()
-        found = await self.tokens.usable(refresh_token_hash(challenge), (MFA_LOGIN, MFA_LOGIN_LEGACY), now)
-        user = await self.users.by_id(found.user_id) if found is not None else None
-        if found is None or user is None or not user.is_active or found.email != user.email:
-            raise InvalidChallenge()
+        found, user = await self._challenged(challenge, (MFA_LOGIN, MFA_LOGIN_LEGACY, MFA_ENROL), now)
+        if found.purpose == MFA_ENROL:
+            codes = await self.two_factor.confirm(user, code, now)
+            await self._audit("two_factor.enabled", actor_id=user.id, **_about(user))
+            await self._consume_challenge(found, now)
+            tokens = await self._signed_in(user, client, now, False)
+            return EnrolledTokenResponse(**msgspec.structs.asdict(tokens), recovery_codes=codes)
         try:
             await self.two_factor.check_code(user, code, now)
         except InvalidCode:
             await self._audit("login.mfa_failed", actor_id=None, **_about(user))
             await self.db.commit()  # as for a wrong password: the entry stands although the request fails
             raise
+        await self._consume_challenge(found, now)
+        return await self._signed_in(user, client, now, found.purpose == MFA_LOGIN_LEGACY)
+
+    async def enrol_at_login(self, challenge: str, client: Client) -> TwoFactorEnrolment:
+        """An authenticator for a user whose organisation requires one, with the challenge of the
+        refused sign-in; ``login_mfa`` with a code of it confirms it and signs in."""
+        await self.throttle.check_ip("login", client.ip)
+        _, user = await self._challenged(challenge, (MFA_ENROL,), self.clock())
+        return await self.two_factor.enrol(user, self.clock())
+
+    async def _challenged(self, challenge: str, purposes: tuple[str, ...], now: datetime) -> tuple[OneTimeToken, User]:
+        found = await self.tokens.usable(refresh_token_hash(challenge), purposes, now)
+        user = await self.users.by_id(found.user_id) if found is not None else None
+        if found is None or user is None or not user.is_active or found.email != user.email:
+            raise InvalidChallenge()
+        return found, user
+
+    async def _consume_challenge(self, found: OneTimeToken, now: datetime) -> None:
         if not await self.tokens.consume(found.id, now):
             raise InvalidChallenge()
-        return await self._signed_in(user, client, now, found.purpose == MFA_LOGIN_LEGACY)
 
     async def two_factor_status(self, identity: Identity) -> TwoFactorStatus:
         user = await self._active_user(identity)
@@ -538,8 +668,14 @@ class AuthService:
     # -- sessions and tokens -------------------------------------------------------------
 
     async def _start_session(
-        self, user: User, client: Client, now: datetime, legacy_lifetime: bool = False
+        self,
+        user: User,
+        client: Client,
+        now: datetime,
+        legacy_lifetime: bool = False,
+        organization: OrgClaim | None = None,
     ) -> TokenResponse:
+        """A new session acting in ``organization`` (none: in no organisation)."""
         auth_session = AuthSession(
             id=uuid.uuid4(),
             user_id=user.id,
@@ -549,17 +685,80 @@ class AuthService:
             user_agent=(client.user_agent or "")[:512] or None,
             ip=client.ip,
             access_token_ttl=self.settings.legacy_token_ttl if legacy_lifetime else None,
+            organization_id=organization[0] if organization else None,
         )
         refresh = new_refresh_token()
         token = RefreshToken(
             id=uuid.uuid4(), session_id=auth_session.id, token_hash=refresh_token_hash(refresh), created_at=now
         )
         await self.sessions.add(auth_session, token)
-        return self._token_response(user, auth_session, refresh, now)
+        return await self._token_response(user, auth_session, refresh, now)
 
-    def _token_response(self, user: User, auth_session: AuthSession, refresh: str, now: datetime) -> TokenResponse:
-        access, ttl = self.issuer.access_token(user, auth_session.id, now, auth_session.access_token_ttl)
+    async def _token_response(
+        self, user: User, auth_session: AuthSession, refresh: str, now: datetime
+    ) -> TokenResponse:
+        """A pair acting in the session's organisation with the role the membership has now: a
+        member removed since gets a token without the organisation, a changed role the new one."""
+        role = await self.memberships.role(auth_session.organization_id, user.id)
+        if role is None:
+            auth_session.organization_id = None
+        organization = (auth_session.organization_id, role) if auth_session.organization_id and role else None
+        issued = await self._after_access_cutoff(user.id, now)
+        access, ttl = self.issuer.access_token(
+            user, auth_session.id, issued, auth_session.access_token_ttl, organization
+        )
         return TokenResponse(user=user_read(user), access_token=access, refresh_token=refresh, expires_in=ttl)
+
+    async def _session_of(self, identity: Identity) -> AuthSession | None:
+        try:
+            session_id = uuid.UUID(identity.session_id or "")
+        except ValueError:
+            return None  # a token without a session of this service's
+        return await self.sessions.by_id(session_id)
+
+    async def _after_access_cutoff(self, user_id: uuid.UUID, now: datetime) -> datetime:
+        """When the user's access tokens were just cut off (a changed role, a removal), a new one is
+        issued after the cut-off's second: the cut-off refuses every token issued up to and
+        including it, and a refresh within that second must give a usable token."""
+        try:
+            cutoff = await self.revocations.user_cutoff(user_id)
+        except (RedisError, OSError):
+            return now  # the gateway cannot read the cut-off either
+        if cutoff is None:
+            return now
+        return max(now, datetime.fromtimestamp(cutoff + 1, UTC))
+
+    async def switch_organization(
+        self, identity: Identity, organization_id: uuid.UUID, client: Client
+    ) -> TokenResponse:
+        """A new session acting in another of the user's organisations; the current one ends.
+        An organisation the user does not belong to is not found, whether or not it exists."""
+        user = await self._active_user(identity)
+        role = await self.memberships.role(organization_id, user.id)
+        if role is None:
+            raise OrganizationNotFound()
+        org = await self.memberships.organization(organization_id)
+        if org is not None and org.require_two_factor and not await self.two_factor.enabled(user.id):
+            raise TwoFactorRequired()
+        now = self.clock()
+        current = await self._session_of(identity)
+        legacy = current is not None and current.access_token_ttl is not None
+        user.tenant_id = organization_id
+        tokens = await self._start_session(user, client, now, legacy, (organization_id, role))
+        await record_audit(
+            self.db,
+            outbox,
+            "auth",
+            "org.switched",
+            actor_id=user.id,
+            organization_id=organization_id,
+            target_type="organization",
+            target_id=organization_id,
+            ip=client.ip,
+        )
+        if current is not None and current.user_id == user.id:
+            await self._revoke_sessions([current.id], now)
+        return tokens
 
     async def refresh(self, refresh: str) -> TokenResponse:
         token = await self.sessions.token_by_hash(refresh_token_hash(refresh))
@@ -582,7 +781,7 @@ class AuthService:
                 id=uuid.uuid4(), session_id=family.id, token_hash=refresh_token_hash(successor), created_at=now
             )
         )
-        response = self._token_response(family.user, family, successor, now)
+        response = await self._token_response(family.user, family, successor, now)
         await self._remember_for_grace(refresh, response)
         return response
 
@@ -729,7 +928,7 @@ def user_event_data(user: User) -> dict[str, object]:
         "email": user.email,
         "first_name": user.first_name,
         "last_name": user.last_name,
-        "tenant_id": str(user.tenant_id),
+        "tenant_id": str(user.tenant_id) if user.tenant_id else None,
         "roles": list(user.roles),
         "is_active": user.is_active,
         "email_verified": bool(user.email_verified),

@@ -14,6 +14,15 @@ from shared.keys import hs256_kid, load_private_key, public_jwk
 from shared.settings import ensure_dev_secret
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - the JWT typ header, not a secret
+# An organisation a token acts in: its id and the caller's role there (one of ORG_ROLES).
+OrgClaim = tuple[uuid.UUID, str]
+
+
+def org_claims(organization: OrgClaim | None) -> dict[str, str]:
+    """``tid`` and ``org_role`` for an organisation, or neither (the kernel's contract)."""
+    if organization is None:
+        return {}
+    return {"tid": str(organization[0]), "org_role": organization[1]}
 
 
 class TokenIssuer:
@@ -30,17 +39,27 @@ class TokenIssuer:
             self.signing_key, self.kid = private_key, jwk["kid"]
             self.jwks = {"keys": [jwk]}
 
-    def access_token(self, user: User, session_id: uuid.UUID, now: datetime, ttl: int | None = None) -> tuple[str, int]:
-        """A signed access token and its lifetime in seconds (ACCESS_TOKEN_TTL unless ``ttl``)."""
+    def access_token(
+        self,
+        user: User,
+        session_id: uuid.UUID,
+        now: datetime,
+        ttl: int | None = None,
+        organization: OrgClaim | None = None,
+    ) -> tuple[str, int]:
+        """A signed access token and its lifetime in seconds (ACCESS_TOKEN_TTL unless ``ttl``).
+
+        ``organization``: the session's active organisation and the user's role in it (claims
+        ``tid`` and ``org_role``); without one, neither claim is present."""
         ttl = ttl or self.settings.access_token_ttl
-        claims = {
+        claims: dict[str, Any] = {
             "sub": str(user.id),
             "email": user.email,
             "email_verified": bool(user.email_verified),
             "roles": list(user.roles),
-            "tid": str(user.tenant_id),
             "sid": str(session_id),
         }
+        claims.update(org_claims(organization))
         return self.sign(claims, now, ttl), ttl
 
     def sign(self, claims: dict[str, Any], now: datetime, ttl: int) -> str:

@@ -134,6 +134,14 @@ class RevocationList:
         """Every access token of the user issued up to now stops working."""
         await self._write(f"revoked:user:{user_id}", str(int(time.time())).encode(), ttl_seconds)
 
+    async def user_cutoff(self, user_id: uuid.UUID) -> int | None:
+        """The second up to which the user's access tokens are refused (``revoke_user``), if any;
+        a token issued from then on must say a later ``iat``. RedisError if it cannot be read."""
+        key = f"revoked:user:{user_id}"
+        pending = self._pending.get(key)
+        value = pending[0] if pending is not None else await self.store.shared.get(key)
+        return int(value) if value is not None else None
+
     @staticmethod
     def keys_for(claims: dict[str, Any]) -> list[str]:
         """The store keys that revoke these claims: by ``jti``, by session, by user cut-off."""

@@ -51,7 +51,8 @@ def clean_auth_database(auth_database: str) -> Iterator[str]:
     yield auth_database
     with psycopg.connect(auth_database, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE users, sessions, refresh_tokens, one_time_tokens, outbox, mail_outbox, processed_events CASCADE"
+            "TRUNCATE users, sessions, refresh_tokens, one_time_tokens, outbox, mail_outbox, processed_events,"
+            " organizations, memberships, invitations CASCADE"
         )
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import httpx
+import jwt
 from litestar import Litestar
 
 from auth_service.config import AuthSettings
@@ -49,6 +50,8 @@ async def test_create_admin_makes_an_account_that_can_sign_in_with_the_admin_rol
     response = await client.post("/api/v1/auth/login", json={"email": "root@example.com", "password": PASSWORD})
     assert response.status_code == 200
     assert sorted(response.json()["user"]["roles"]) == ["admin", "user"]
+    claims = jwt.decode(response.json()["access_token"], options={"verify_signature": False})
+    assert claims["org_role"] == "owner" and claims["tid"] == response.json()["user"]["tenant_id"]
 
 
 async def test_create_admin_promotes_an_existing_account(

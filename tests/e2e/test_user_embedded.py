@@ -89,7 +89,8 @@ async def test_register_profile_delete_and_lockout_in_embedded_mode(platform: tu
     assert isinstance(bus, InMemoryBus)
     # Audit entries (the deletion's sessions, the refused sign-in) travel on it too: see
     # tests/auth_service/test_audit_events.py.
-    assert [e.type for e in bus.published if e.type != AUDIT_EVENT] == ["user.registered", "user.deleted"]
+    published = [e.type for e in bus.published if e.type != AUDIT_EVENT]
+    assert published == ["user.registered", "organization.member_added", "user.deleted"]
     assert bus.dead_letters == []
 
 

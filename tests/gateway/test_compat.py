@@ -343,3 +343,22 @@ async def test_legacy_register_answers_202_while_addresses_must_be_verified(
     assert first.json() == again.json()
     assert login.status_code == 403
     assert login.json()["code"] == "email-unverified"
+
+
+@pytest.mark.parametrize("path", ["/auth/register", "/register"])
+async def test_legacy_register_obeys_the_signup_mode(
+    make_settings: SettingsFactory,
+    auth_settings: AuthSettings,
+    clock: Clock,
+    users_app: Litestar,  # noqa: F811
+    path: str,
+) -> None:
+    auth_app = create_auth_app(msgspec.structs.replace(auth_settings, signup_mode="invite"), clock=clock)
+    gateway = create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app, USERS: users_app})
+    async with app_client(gateway) as client:
+        refused = await legacy_register(client, path)
+        login = await client.post("/login", json={"email": "ada@example.com", "password": PASSWORD}, headers=KEY)
+
+    assert refused.status_code == 403, refused.text
+    assert_deprecated(refused, f"{AUTH}/register")
+    assert login.status_code == 401  # no account was made

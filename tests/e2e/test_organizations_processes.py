@@ -1,0 +1,91 @@
+"""Organisations in the distributed mode: a real auth-service process (mailing invitations through
+a real SMTP server in this test's process) behind a real gateway process, on PostgreSQL and
+Redis. A member removed from an organisation is refused at the gateway on their next request with
+the token they hold, and their refresh gives a token without the organisation."""
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+from tests.conftest import DatabaseFactory
+from tests.e2e.processes import FAST_ARGON2, Processes, assert_problem, environment, free_port
+from tests.e2e.test_lifecycle_processes import wait_for_mail
+from tests.mail_server import serve_mail, token_in
+
+AUTH = "/api/v1/auth"
+PASSWORD = "a long enough passphrase"
+
+
+def claims(tokens: dict[str, Any]) -> dict[str, Any]:
+    decoded: dict[str, Any] = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    return decoded
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+def test_a_removed_member_is_refused_at_the_gateway_and_refreshes_without_the_organisation(
+    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
+) -> None:
+    mail = serve_mail(tmp_path, implicit_tls=False)
+    server = next(mail)
+    try:
+        port = free_port()
+        env = environment(
+            tmp_path,
+            AUTH_DATABASE_URL=databases.create("auth"),
+            AUTH_PORT=str(port),
+            REDIS_URL=redis_url,
+            REDIS_NAMESPACE=redis_namespace,
+            SMTP_URL=server.url,
+            SMTP_CA_FILE=server.ca_file,
+            SITE_URL="https://app.example.com",
+            **FAST_ARGON2,
+        )
+        processes.python("auth-migrate", ["-m", "auth_service", "migrate"], env, port).process.wait(120)
+        auth = processes.python("auth", ["-m", "auth_service", "serve"], env, port)
+        gateway = processes.gateway(
+            "gateway",
+            tmp_path,
+            AUTH_SERVICE_URL=auth.url,
+            REDIS_URL=redis_url,
+            REDIS_NAMESPACE=redis_namespace,
+            AUTH_RATE_LIMIT_BURST="50",  # one client makes every call of the flow
+        )
+        auth.wait_healthy(60)
+        gateway.wait_healthy()
+
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            ada = client.post(f"{AUTH}/register", json={"email": "ada@example.com", "password": PASSWORD}).json()
+            org_id = claims(ada)["tid"]
+            invited = client.post(
+                f"{AUTH}/orgs/{org_id}/invitations",
+                json={"email": "carol@example.com", "role": "member"},
+                headers=bearer(ada),
+            )
+            assert invited.status_code == 201, invited.text
+            invitation = token_in(wait_for_mail(server.inbox, "carol@example.com", 1))
+            joined = client.post(
+                f"{AUTH}/register",
+                json={"email": "carol@example.com", "password": PASSWORD, "invitation": invitation},
+            )
+            assert joined.status_code == 201, joined.text
+            carol = joined.json()
+            assert (claims(carol)["tid"], claims(carol)["org_role"]) == (org_id, "member")
+            assert client.get(f"{AUTH}/orgs/{org_id}/members", headers=bearer(carol)).status_code == 200
+
+            removed = client.delete(f"{AUTH}/orgs/{org_id}/members/{carol['user']['id']}", headers=bearer(ada))
+            assert removed.status_code == 204, removed.text
+
+            assert_problem(client.get(f"{AUTH}/me", headers=bearer(carol)), 401)
+            refreshed = client.post(f"{AUTH}/refresh", json={"refresh_token": carol["refresh_token"]})
+            assert refreshed.status_code == 200, refreshed.text
+            assert "tid" not in claims(refreshed.json()) and "org_role" not in claims(refreshed.json())
+            assert client.get(f"{AUTH}/me", headers=bearer(refreshed.json())).status_code == 200
+            gone = client.get(f"{AUTH}/orgs/{org_id}", headers=bearer(refreshed.json()))
+            assert_problem(gone, 404)
+    finally:
+        mail.close()

@@ -36,7 +36,7 @@ from auth_service.api_keys import (
     refuse_key_tokens,
 )
 from auth_service.config import AuthSettings
-from auth_service.deps import provide_auth_service, provide_client
+from auth_service.deps import provide_auth_service
 from auth_service.errors import (
     AlreadyMember,
     InvalidGrant,
@@ -525,7 +525,6 @@ def provide_organizations(auth: NamedDependency[AuthService], state: State) -> O
 
 DEPENDENCIES = {
     "auth": Provide(provide_auth_service, sync_to_thread=False),
-    "client": Provide(provide_client, sync_to_thread=False),
     "orgs": Provide(provide_organizations, sync_to_thread=False),
 }
 NOT_FOUND_OR_ROLE = [OrganizationNotFound, OrgRoleRequired]

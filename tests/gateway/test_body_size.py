@@ -2,7 +2,6 @@
 streamed chunked, and the upstream never gets them."""
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -87,14 +86,12 @@ async def test_a_body_that_stops_arriving_is_408_and_never_reaches_the_upstream(
         yield b"x" * 100
 
     async with app_client(app) as client:
-        started = time.monotonic()
+        # Its body stalls for 3 s: a 408 means the gateway stopped waiting (at 0.3 s), not the body ending.
         response = await client.post(f"{USERS}/upload", headers=bearer(access_token()), content=stalling())
-        waited = time.monotonic() - started
         steady = await client.post(f"{USERS}/upload", headers=bearer(access_token()), content=chunks(LIMIT))
 
     body = assert_problem(response, 408, "request-timeout")
     assert "0.3 s" in body["detail"]
     assert response.headers["connection"] == "close"
-    assert waited < 2.5
     assert steady.status_code == 200, steady.text  # a body that keeps coming is not cut
     assert [len(seen.body) for seen in echo.seen] == [LIMIT]

@@ -169,10 +169,8 @@ async def test_a_silent_server_times_out_and_the_next_call_reconnects() -> None:
     port = listener.sockets[0].getsockname()[1]
     fast = PipelinedScript("return 7", "127.0.0.1", port, timeout=0.05)
     try:
-        started = asyncio.get_running_loop().time()
-        with pytest.raises(RedisTimeoutError):
-            await fast(keys=[], args=[])
-        assert asyncio.get_running_loop().time() - started < 1
+        with pytest.raises(RedisTimeoutError):  # the server holds its answer until told: only the timeout ends this
+            await asyncio.wait_for(fast(keys=[], args=[]), 10)
         answer.set()
         assert await fast(keys=[], args=[]) == 7
         assert len(connections) == 2, "the timed-out connection is dropped, a new one opened"

@@ -440,9 +440,10 @@ async def test_in_memory_bus_gives_the_same_outcome() -> None:
 # -- the outbox ------------------------------------------------------------------------------------
 
 
-def outbox_rows(database_url: str) -> list[dict[str, Any]]:
+def outbox_rows(database_url: str, event_type: str = "user.registered") -> list[dict[str, Any]]:
+    """The outbox's rows of one event type (a registration also adds the first membership's)."""
     with psycopg.connect(database_url) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cursor:
-        cursor.execute("SELECT * FROM outbox ORDER BY occurred_at")
+        cursor.execute("SELECT * FROM outbox WHERE event_type = %s ORDER BY occurred_at", (event_type,))
         return list(cursor.fetchall())
 
 

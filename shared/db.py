@@ -11,10 +11,10 @@ from typing import Any
 
 import psycopg
 from litestar import Request, Response
+from litestar.datastructures import State
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from litestar.datastructures import State
 from sqlalchemy import DateTime, Table, event, make_url, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect

@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SERVICES := auth_service user_service airtable_gateway analytics_service gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES))
+.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -31,7 +31,7 @@ $(addprefix run-,$(SERVICES)): run-%: $(INSTALLED) ## Run one service alone on i
 migrate: $(INSTALLED) ## Apply every service's migrations (DATABASE_URL / <SERVICE>_DATABASE_URL)
 	$(PY) -m embedded migrate
 
-test: $(INSTALLED) ## Run the whole test suite (needs PostgreSQL and Redis on loopback)
+test: $(INSTALLED) check-monitoring ## Run the whole test suite (needs PostgreSQL and Redis on loopback)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED) ## ruff: lint and format check
@@ -64,3 +64,8 @@ faults: $(INSTALLED) ## Fault harness: Redis, PostgreSQL, a service and Airtable
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) data
+
+check-monitoring: ## promtool (installed if missing) checks deploy/prometheus: config, rules and their unit tests
+	@sh deploy/prometheus/install-promtool.sh
+	cd deploy/prometheus && promtool check config prometheus.yml && promtool check config prometheus.local.yml \
+		&& promtool test rules alerts.test.yml

@@ -5,13 +5,16 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from litestar import Request, Response
 from litestar.datastructures import State
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import DateTime, Table, event, make_url, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -57,7 +60,7 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 15}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         hide_parameters=True,  # an error's SQL parameters (hashes, emails) never reach a log line
         pool_size=settings.db_pool_size,
@@ -67,6 +70,39 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
         pool_recycle=1800,
         async_creator=_bounded_connect(settings),
     )
+    POOL_METRICS.track(settings.service_name, engine, capacity=2 * settings.db_pool_size)
+    return engine
+
+
+class PoolMetrics(Collector):
+    """Each service's PostgreSQL pool, read at scrape time (two integer reads, nothing per query):
+    connections checked out, and the most it can hand out (pool size + overflow). A pool at its
+    capacity makes requests wait up to DB_CONNECT_TIMEOUT_SECONDS, then answer 503."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, tuple[AsyncEngine, int]] = {}  # the service's latest engine
+
+    def track(self, service: str, engine: AsyncEngine, capacity: int) -> None:
+        self.pools[service] = (engine, capacity)
+
+    def collect(self) -> Iterator[Metric]:
+        checked_out = GaugeMetricFamily(
+            "pyairtable_db_pool_checked_out", "Database connections in use by the service", labels=["service"]
+        )
+        capacity = GaugeMetricFamily(
+            "pyairtable_db_pool_capacity",
+            "Database connections the service's pool may hand out (DB_POOL_SIZE + as many overflow)",
+            labels=["service"],
+        )
+        for service, (engine, most) in list(self.pools.items()):
+            checked_out.add_metric([service], engine.pool.checkedout())  # type: ignore[attr-defined]
+            capacity.add_metric([service], most)
+        yield checked_out
+        yield capacity
+
+
+POOL_METRICS = PoolMetrics()
+REGISTRY.register(POOL_METRICS)
 
 
 def _bounded_connect(settings: ServiceSettings) -> Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]:

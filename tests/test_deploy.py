@@ -21,6 +21,7 @@ import yaml
 from airtable_gateway.config import AirtableSettings
 from analytics_service.config import AnalyticsSettings
 from auth_service.config import AuthSettings
+from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewaySettings
 from shared.settings import ServiceSettings, load_settings
 from user_service.config import UserSettings
@@ -398,3 +399,41 @@ def test_the_dev_overlay_creates_the_databases_the_compose_file_does() -> None:
     expected = created((ROOT / "deploy" / "postgres" / "init.sql").read_text())
     assert created(init["data"]["init.sql"]) == expected
     assert len(expected) == len([package for package in SETTINGS if (ROOT / package / "migrations").is_dir()])
+
+
+# --- monitoring ---------------------------------------------------------------------------------
+
+
+def test_every_pod_template_tells_prometheus_where_its_metrics_are() -> None:
+    for deployment in of_kind("Deployment"):
+        template = deployment["spec"]["template"]
+        annotations = template["metadata"].get("annotations", {})
+        [container] = template["spec"]["containers"]
+        http_port = next(port["containerPort"] for port in container["ports"] if port["name"] == "http")
+        assert annotations.get("prometheus.io/scrape") == "true", deployment["metadata"]["name"]
+        assert annotations.get("prometheus.io/port") == str(http_port), deployment["metadata"]["name"]
+        assert annotations.get("prometheus.io/path") == "/metrics", deployment["metadata"]["name"]
+
+
+def ingress_routes(path: str) -> bool:
+    """Whether the Ingress sends ``path`` to the gateway (Kubernetes' Exact and Prefix matching:
+    a prefix matches whole path elements)."""
+    for rule in named("Ingress", "gateway")["spec"]["rules"]:
+        for route in rule["http"]["paths"]:
+            prefix = route["path"].rstrip("/")
+            if route["pathType"] == "Exact" and path == route["path"]:
+                return True
+            if route["pathType"] == "Prefix" and (path == prefix or path.startswith(prefix + "/")):
+                return True
+    return False
+
+
+def test_the_public_ingress_routes_every_gateway_route_but_metrics() -> None:
+    app = create_gateway_app(GatewaySettings(jwt_secret="x" * 40, redis_url=""))
+    paths = {re.sub(r"\{[^}]*\}", "x", route.path) for route in app.routes}
+    paths |= {f"{prefix}/anything" for prefix in GATEWAY_ROUTES} | {"/api/v1/billing/invoices"}  # EXTRA_ROUTES
+    assert "/metrics" in paths
+    for path in sorted(paths - {"/metrics"}):
+        assert ingress_routes(path), f"{path} is served by the gateway but not routed by the Ingress"
+    for path in ["/metrics", "/metrics/", "/metrics/x", "/metricsx"]:
+        assert not ingress_routes(path), path

@@ -23,12 +23,14 @@ This script imports no part of the platform: it only starts it, as an operator w
 import argparse
 import json
 import os
+import re
 import secrets
 import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
@@ -60,6 +62,7 @@ GATEWAY_URL_VARIABLES = {
     "airtable": "AIRTABLE_GATEWAY_URL",
     "analytics": "ANALYTICS_SERVICE_URL",
 }
+DATABASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # Where the script's own secrets live (one JSON object, mode 0600), kept across runs.
 SECRETS_FILE = "secrets.json"
 
@@ -115,13 +118,33 @@ def role_password(data_dir: Path, stored: dict[str, str], role: str) -> str:
 
 def ensure_database(conn: psycopg.Connection, database: str, role: str, password: str) -> None:
     """The role (login, with this password) and its database, owned by it; both made if missing."""
-    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-    verb = "ALTER" if exists else "CREATE"
+    found = conn.execute("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if found and found[0]:
+        raise SystemExit(f"{role}: an administrator's role, not one for a service; choose another database name")
+    verb = "ALTER" if found else "CREATE"
     conn.execute(sql.SQL(verb + " ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
     if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role)))
     else:
         conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(role)))
+
+
+def refuse_tables_of_another_role(server_url: str, database: str, role: str) -> None:
+    """A database migrated earlier as another role (the superuser) cannot be migrated by its own:
+    say so, rather than fail half way through a migration."""
+    with psycopg.connect(urlunsplit(urlsplit(server_url)._replace(path=f"/{database}")), connect_timeout=5) as conn:
+        other = conn.execute(
+            "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S', 'v', 'm')"
+            " AND pg_get_userbyid(c.relowner) <> %s LIMIT 1",
+            (role,),
+        ).fetchone()
+    if other:
+        raise SystemExit(
+            f"database {database}: its table {other[0]} belongs to {other[1]}, not to the service's role {role}; "
+            "drop the database (it was made another way) or name another one"
+        )
 
 
 def port(environ: dict[str, str], variable: str, default: int) -> int:
@@ -131,63 +154,87 @@ def port(environ: dict[str, str], variable: str, default: int) -> int:
     return int(value)
 
 
-def prepare(environ: dict[str, str]) -> Path:
-    """Databases, roles, migrations, each process's environment and the Procfile; returns its path."""
-    data_dir = Path(environ.get("DATA_DIR", "data/distributed")).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    stored = load_secrets(data_dir)
-    server = admin_url(environ)
-    redis_url = environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    common = {
+def database_name(environ: dict[str, str], service: Service) -> str:
+    variable = f"{service.prefix}_DATABASE_NAME"
+    name = environ.get(variable, service.default_database)
+    if not DATABASE_NAME.fullmatch(name):
+        raise SystemExit(f"{variable}: lower-case letters, digits and _ (at most 63, a letter first), got {name!r}")
+    return name
+
+
+def common_env(environ: dict[str, str], data_dir: Path, stored: dict[str, str]) -> dict[str, str]:
+    """What every process shares: the JWT secret, Redis and its namespace, DATA_DIR."""
+    return {
         "ENVIRONMENT": "development",
         "DATA_DIR": str(data_dir),
         "JWT_SECRET": stored["jwt_secret"],
-        "REDIS_URL": redis_url,
+        "REDIS_URL": environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         "REDIS_NAMESPACE": environ.get("REDIS_NAMESPACE", "pyairtable-local"),
         "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
         "PYTHONUNBUFFERED": "1",
     }
-    emulator_port = port(environ, "AIRTABLE_EMULATOR_PORT", 8099)
-    envs: dict[str, dict[str, str]] = {
-        "emulator": {**common, "AIRTABLE_EMULATOR_TOKEN": stored["emulator_token"]},
-    }
-    gateway = {**common, "GATEWAY_PORT": str(port(environ, "GATEWAY_PORT", 8080)), "API_KEY": stored["api_key"]}
+
+
+def service_envs(environ: dict[str, str], data_dir: Path, stored: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each service's environment, its database and role made ready on the way."""
+    server = admin_url(environ)
+    common = common_env(environ, data_dir, stored)
+    envs = {}
     try:
         admin = psycopg.connect(server, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         raise SystemExit(f"cannot reach PostgreSQL as an administrator ({urlsplit(server).hostname}): {exc}") from None
     with admin:
         for service in SERVICES:
-            database = environ.get(f"{service.prefix}_DATABASE_NAME", service.default_database)
+            database = database_name(environ, service)
             password = role_password(data_dir, stored, database)
             ensure_database(admin, database, database, password)
-            service_port = port(environ, f"{service.prefix}_PORT", service.default_port)
+            refuse_tables_of_another_role(server, database, database)
             envs[service.name] = {
                 **common,
                 f"{service.prefix}_DATABASE_URL": database_url(server, database, password, database),
-                f"{service.prefix}_PORT": str(service_port),
+                f"{service.prefix}_PORT": str(port(environ, f"{service.prefix}_PORT", service.default_port)),
             }
-            gateway[GATEWAY_URL_VARIABLES[service.name]] = f"http://127.0.0.1:{service_port}"
     envs["auth"].update(API_KEY=stored["api_key"], API_KEY_PEPPER=stored["api_key_pepper"])
     # The Airtable gateway reads the emulator, a process of its own, with the emulator's token; every
     # organisation may use its bases (no administrator's grants needed), as `make run` decides for
     # the emulator: a development setting the services refuse in production.
     envs["airtable"].update(
-        AIRTABLE_API_URL=f"http://127.0.0.1:{emulator_port}",
+        AIRTABLE_API_URL=f"http://127.0.0.1:{port(environ, 'AIRTABLE_EMULATOR_PORT', 8099)}",
         AIRTABLE_TOKEN=stored["emulator_token"],
         AIRTABLE_TOKEN_ENCRYPTION_KEY=stored["airtable_token_encryption_key"],
         AIRTABLE_GRANT_ALL="write",
     )
-    envs["gateway"] = gateway
-    packages = {service.name: service.package for service in SERVICES} | {"gateway": "gateway"}
-    for name, env in envs.items():
-        if name == "emulator":
-            args = ["-m", "airtable_gateway", "emulator", "--port", str(emulator_port)]
-        else:
-            args = ["-m", packages[name], "serve"]
-        write_private(data_dir / "env" / f"{name}.json", json.dumps({"args": args, "env": env}, indent=2))
+    return envs
+
+
+def process_specs(environ: dict[str, str], data_dir: Path, stored: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Every process of the Procfile: its arguments to Python and its environment."""
+    common = common_env(environ, data_dir, stored)
+    emulator_port = port(environ, "AIRTABLE_EMULATOR_PORT", 8099)
+    gateway = {**common, "GATEWAY_PORT": str(port(environ, "GATEWAY_PORT", 8080)), "API_KEY": stored["api_key"]}
+    specs: dict[str, dict[str, Any]] = {
+        "emulator": {
+            "args": ["-m", "airtable_gateway", "emulator", "--port", str(emulator_port)],
+            "env": {**common, "AIRTABLE_EMULATOR_TOKEN": stored["emulator_token"]},
+        }
+    }
+    for service, env in zip(SERVICES, service_envs(environ, data_dir, stored).values(), strict=True):
+        specs[service.name] = {"args": ["-m", service.package, "serve"], "env": env}
+        gateway[GATEWAY_URL_VARIABLES[service.name]] = f"http://127.0.0.1:{env[f'{service.prefix}_PORT']}"
+    specs["gateway"] = {"args": ["-m", "gateway", "serve"], "env": gateway}
+    return specs
+
+
+def prepare(environ: dict[str, str]) -> Path:
+    """Databases, roles, migrations, each process's environment and the Procfile; returns its path."""
+    data_dir = Path(environ.get("DATA_DIR", "data/distributed")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    specs = process_specs(environ, data_dir, load_secrets(data_dir))
+    for name, spec in specs.items():
+        write_private(data_dir / "env" / f"{name}.json", json.dumps(spec, indent=2))
     for service in SERVICES:
-        migrate(service, envs[service.name])
+        migrate(service, specs[service.name]["env"])
     procfile = data_dir / "Procfile"
     procfile.write_text(procfile_text(data_dir))
     return procfile

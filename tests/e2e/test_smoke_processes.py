@@ -134,3 +134,46 @@ def test_run_distributed_refuses_a_port_that_is_not_one(tmp_path: Path, bad: str
     )
     assert done.returncode != 0
     assert f"GATEWAY_PORT: must be a port number, got '{bad}'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "refusal"),
+    [
+        ("postgres", "postgres: an administrator's role, not one for a service"),
+        ('auth"; DROP DATABASE postgres; --', "AUTH_DATABASE_NAME: lower-case letters, digits and _"),
+    ],
+)
+def test_run_distributed_never_takes_over_an_administrator_nor_a_strange_name(
+    tmp_path: Path, postgres_url: str, name: str, refusal: str
+) -> None:
+    def administrators() -> list[tuple[object, ...]]:
+        with psycopg.connect(postgres_url) as conn:
+            return conn.execute("SELECT rolname, rolpassword FROM pg_authid WHERE rolsuper ORDER BY 1").fetchall()
+
+    before = administrators()
+    env = environment(tmp_path, POSTGRES_ADMIN_URL=postgres_url, AUTH_DATABASE_NAME=name)
+    done = subprocess.run(
+        [PYTHON, "deploy/local.py", "prepare"], cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0
+    assert refusal in done.stderr
+    assert administrators() == before  # no administrator's password changed
+
+
+def test_run_distributed_says_so_when_a_database_was_migrated_as_another_role(
+    tmp_path: Path, databases: DatabaseFactory, postgres_url: str
+) -> None:
+    url = databases.create("auth")
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(url) as conn:  # as the superuser, as the README's earlier examples did
+        conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    env = environment(tmp_path, POSTGRES_ADMIN_URL=postgres_url, AUTH_DATABASE_NAME=name)
+    try:
+        done = subprocess.run(
+            [PYTHON, "deploy/local.py", "prepare"], cwd=REPO, env=env, capture_output=True, text=True, check=False
+        )
+    finally:
+        drop_databases_and_roles(postgres_url, [name])
+    assert done.returncode != 0
+    assert f"database {name}: its table alembic_version belongs to " in done.stderr
+    assert "not to the service's role" in done.stderr

@@ -1,7 +1,8 @@
 """``make smoke URL=... [API_KEY=...]``: walk a running platform through its gateway, as a user would.
 
 ``python -m bench.smoke --url http://127.0.0.1:8080`` (the legacy key from ``--api-key`` or the
-``API_KEY`` environment variable): the gateway's ``/ready`` (every upstream it checks must answer),
+``API_KEY`` environment variable): the gateway's ``/ready`` (every upstream it checks must be
+ready; a platform still starting is given ``--wait`` seconds),
 register a random address, sign in, ``/auth/me``, ``/users/me`` (the profile arrives through the
 ``user.registered`` event: waited for within ``--wait`` seconds), refresh, list the Airtable bases
 and read a table's records from the first one, post an analytics event and read ``/usage/me``, a
@@ -66,12 +67,23 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def check_ready(walk: Walk) -> None:
-    body = json_of(walk.call("gateway ready", "GET", "/ready", 200), "status")
-    failing = {name: check for name, check in body.get("checks", {}).items() if check.get("status") != "ok"}
-    upstreams = {name: check for name, check in failing.items() if name.startswith("upstream:")}
-    if upstreams:
-        raise StepFailed(f"gateway ready: upstreams not ready: {upstreams}")
+def check_ready(walk: Walk, wait_seconds: float) -> None:
+    """The gateway ready, and every upstream it checks; a platform still starting (``make
+    run-distributed`` in another terminal) is given ``wait_seconds`` to get there."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            body = json_of(walk.call("gateway ready", "GET", "/ready", 200), "status")
+            checks = body.get("checks", {})
+            upstreams = {name: check for name, check in checks.items() if name.startswith("upstream:")}
+            failing = {name: check for name, check in upstreams.items() if check.get("status") != "ok"}
+            if not failing:
+                return
+            raise StepFailed(f"gateway ready: upstreams not ready: {failing}")
+        except StepFailed:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def sign_up_and_in(walk: Walk, email: str, password: str) -> dict[str, Any]:
@@ -142,7 +154,7 @@ def smoke(url: str, api_key: str = "", wait_seconds: float = 20.0, out: Callable
     password = secrets.token_urlsafe(18)
     with httpx.Client(base_url=url, timeout=30) as client:
         walk = Walk(client, out)
-        check_ready(walk)
+        check_ready(walk, wait_seconds)
         tokens = sign_up_and_in(walk, email, password)
         me = json_of(walk.call("auth me", "GET", "/api/v1/auth/me", 200, headers=bearer(tokens["access_token"])))
         if me.get("email") != email:
@@ -162,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.smoke", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=os.environ.get("URL") or "http://127.0.0.1:8080", help="the gateway")
     parser.add_argument("--api-key", default=os.environ.get("API_KEY") or "", help="the legacy key (or $API_KEY)")
-    parser.add_argument("--wait", type=float, default=20.0, help="seconds to wait for an event's effect")
+    parser.add_argument(
+        "--wait", type=float, default=20.0, help="seconds to wait for readiness and for an event's effect"
+    )
     args = parser.parse_args(argv)
     try:
         smoke(args.url.rstrip("/"), args.api_key, args.wait)

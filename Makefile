@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SERVICES := auth_service user_service airtable_gateway analytics_service gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
+.PHONY: help install run run-distributed smoke migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -23,6 +23,12 @@ install: $(INSTALLED) ## Create .venv and install the platform with its dev tool
 run: $(INSTALLED) ## Migrate and start the whole platform on :8080 (embedded: SQLite, in-memory stores)
 	$(PY) -m embedded migrate
 	$(PY) -m embedded serve
+
+run-distributed: $(INSTALLED) ## The platform as deployed: each service its own process on local PostgreSQL and Redis (honcho)
+	$(PY) deploy/local.py start
+
+smoke: $(INSTALLED) ## Walk a running platform through its gateway: make smoke URL=http://127.0.0.1:8080 [API_KEY=...]
+	@URL="$(URL)" API_KEY="$(API_KEY)" $(PY) -m bench.smoke
 
 $(addprefix run-,$(SERVICES)): run-%: $(INSTALLED) ## Run one service alone on its own port, e.g. make run-auth_service
 	$(PY) -m $* migrate

@@ -4,16 +4,19 @@ The ```sh / ```bash / ```console blocks are read from the documents; each comman
 run from the repository root with the test's own DATA_DIR (one per document, kept from one
 command to the next as a reader's would be), Redis namespace and PostgreSQL databases (a URL
 naming ``pyairtable_<service>`` is pointed at a database of the test run). A command that starts
-a server is started on a free port, must answer its health check, and is stopped. Commands that
+a server is started on a free port, must answer its health check, and is stopped; one that calls
+the platform on :8080 calls the set-up's ``make run`` started on a free port. Commands that
 cannot run here are skipped by an explicit list below, each with its reason in pytest's summary.
 """
 
+import contextlib
 import os
 import re
 import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +39,6 @@ NOT_HERE = {
     "make bench": "a benchmark: minutes of load (docs/PERFORMANCE.md)",
     "docker ": "needs Docker with Compose v2",
     "kubectl ": "needs a Kubernetes cluster",
-    "curl -s localhost:8080": "needs the platform serving on :8080 (`make run` is checked by its /health here)",
     "cp deploy/k8s/secrets.env.example /somewhere/safe/": "copies to a place of the reader's choosing",
     "createdb -h 127.0.0.1 -U postgres pyairtable_": "creates a database on your server (the test has its own)",
     ".venv/bin/python -m user_service dead-letters drop --id": "needs the id of an existing dead letter",
@@ -85,7 +87,7 @@ def shell_commands(document: str) -> list[Command]:
             pending_line = pending_line or first_line + offset
             pending += line
             if line.endswith("\\"):
-                pending = pending[:-1] + "\n"
+                pending += "\n"  # bash reads the backslash-newline as the continuation it is
                 continue
             found.append(Command(document, pending_line, pending.strip(), tuple(exports)))
             if pending.startswith("export "):
@@ -103,7 +105,7 @@ def not_here(command: Command) -> str | None:
 
 def program(command: Command) -> list[str]:
     """The command's words after its leading ``NAME=value`` assignments."""
-    words = shlex.split(command.text.split("#", 1)[0].replace("\n", " "))
+    words = shlex.split(command.text.split("#", 1)[0].replace("\\\n", " "))
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
         words.pop(0)
     return words
@@ -157,24 +159,31 @@ def test_the_command_runs_as_written(
     test_databases: dict[str, str],
     redis_namespace: str,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     reason = not_here(command)
     if reason:
-        pytest.skip(f"not run here: {command.text.splitlines()[0]!r}: {reason}")
+        first_line = command.text.splitlines()[0].rstrip(" \\")
+        pytest.skip(f"not run here: {first_line!r}: {reason}")
     script = with_test_resources(command, test_databases, tmp_path)
     env = environment(data_dirs[command.document], redis_namespace)
     server = server_port_setting(command)
     if server:
-        check_server(script, env, *server, tmp_path / "server.log")
-        return
+        with serving(script, env, *server, tmp_path / "server.log"):
+            return
+    if "localhost:8080" in script:
+        port = request.getfixturevalue("running_platform")
+        script = script.replace("localhost:8080", f"127.0.0.1:{port}")
     finished = subprocess.run(
         ["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT
     )
     assert finished.returncode == 0, f"{command.id}: {command.text}\n{finished.stdout[-3000:]}{finished.stderr[-3000:]}"
 
 
-def check_server(script: str, env: dict[str, str], port_setting: str, health: str, log: Path) -> None:
-    """Start the server on a free port, wait for ``health`` to answer 200, stop it (and its children)."""
+@contextlib.contextmanager
+def serving(script: str, env: dict[str, str], port_setting: str, health: str, log: Path) -> Iterator[int]:
+    """The server started on a free port; yields the port once ``health`` answers 200, then stops
+    it and its children (``make``'s Python)."""
     port = free_port()
     if port_setting == "--port":
         if "--port" in script:
@@ -188,15 +197,8 @@ def check_server(script: str, env: dict[str, str], port_setting: str, health: st
             ["bash", "-c", script], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"never answered {health} (exit {process.poll()}):\n{log.read_text(errors='replace')[-4000:]}")
+        wait_healthy(process, f"http://127.0.0.1:{port}{health}", log)
+        yield port
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -206,10 +208,33 @@ def check_server(script: str, env: dict[str, str], port_setting: str, health: st
             process.wait(timeout=5)
 
 
+def wait_healthy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"never answered {url} (exit {process.poll()}):\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def running_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """``make run`` (the set-up's platform) on a free port, for the commands that call :8080."""
+    data_dir = tmp_path_factory.mktemp("platform")
+    env = environment(data_dir, "unused-no-redis")
+    with serving("make run", env, SERVICE_PORTS["gateway"], "/health", data_dir / "make-run.log") as port:
+        yield port
+
+
 def test_the_documents_have_commands_and_the_skips_name_real_commands() -> None:
     assert len(COMMANDS) >= 30
     texts = [command.text for command in COMMANDS]
     unused = [prefix for prefix in NOT_HERE if not any(text.startswith(prefix) for text in texts)]
     assert unused == [], f"skip entries that match no command any more: {unused}"
+    continued = [text for text in texts if text.startswith("AUTH_DATABASE_URL=")]
+    assert continued and "make run-auth_service" in continued[0], "a continued line taken for a command of its own"
     console = shell_commands("README.md")
     assert not any(command.text.startswith(("ID ", "0b6f")) for command in console), "output taken for a command"

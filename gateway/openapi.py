@@ -6,15 +6,17 @@ import time
 from typing import Any
 
 from gateway.proxy import Forward
+from shared.docs import FAVICON_LINK, SWAGGER_UI_CSS, SWAGGER_UI_JS
 
 logger = logging.getLogger("gateway.openapi")
 
-DOCS_HTML = """<!doctype html>
+DOCS_HTML = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>PyAirtable platform API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+{FAVICON_LINK}
+<link rel="stylesheet" href="{SWAGGER_UI_CSS}"></head>
 <body><div id="docs"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#docs"});</script>
+<script src="{SWAGGER_UI_JS}"></script>
+<script>SwaggerUIBundle({{url: "/api/v1/openapi.json", dom_id: "#docs", validatorUrl: null}});</script>
 </body></html>"""
 
 

@@ -28,6 +28,7 @@ from litestar.types import ControllerRouterHandler, Message, Scope
 from redis.exceptions import RedisError
 
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
+from shared.docs import docs_assets_router, swagger_render_plugin
 from shared.errors import EXCEPTION_HANDLERS, PROBLEM_MEDIA_TYPE, Problem
 from shared.events import EventBus, EventConsumer, InMemoryBus, RedisStreamBus, processed_events_pruner
 from shared.http import (
@@ -89,7 +90,7 @@ def create_service_app(
     }
     allow_by_handler: dict[int, bytes] = {}  # filled once the app's routes are built
     app = app_class(
-        route_handlers=[HealthController, MetricsController, *route_handlers],
+        route_handlers=[HealthController, MetricsController, docs_assets_router(), *route_handlers],
         dependencies={"db_session": Provide(provide_db_session), **(dependencies or {})},
         middleware=[
             RequestIdMiddleware,
@@ -105,6 +106,7 @@ def create_service_app(
             title=title,
             version=VERSION,
             path="/schema",
+            render_plugins=[swagger_render_plugin()],
             components=Components(
                 security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),

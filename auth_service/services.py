@@ -609,7 +609,12 @@ class AuthService:
         return await self._active_user(identity)
 
     async def _verify_login(self, email: str, user: User | None, password: str) -> bool:
-        """Unknown emails are verified against a dummy hash: they cost and answer like real ones."""
+        """Unknown emails are verified against a dummy hash: they cost and answer like real ones.
+
+        Callers have written nothing yet: the read-only transaction ends here, so the database
+        connection goes back to the pool while the hash is computed (25 requests at once would
+        otherwise hold the pool through their hashes and starve every other request)."""
+        await self.db.commit()
         async with self.throttle.verification(email) as attempt:
             if user is None:
                 await self.passwords.verify_dummy(password)

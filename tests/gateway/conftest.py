@@ -53,6 +53,9 @@ def make_settings(tmp_path: Path, redis_url: str, redis_namespace: str) -> Setti
             "redis_namespace": redis_namespace,
             "data_dir": str(tmp_path),
             "request_timeout": 0.5,
+            # Long enough that a busy machine (two test runs side by side) never makes the shared
+            # store look down; the tests of a slow or hung Redis set their own or use a private one.
+            "redis_timeout_seconds": 0.5,
             **overrides,
         }
         settings = GatewaySettings(**values)

@@ -48,7 +48,7 @@ USER_FIELDS = {"id", "email", "first_name", "last_name", "is_active", "created_a
 
 @pytest.fixture
 def legacy_platform(make_settings: SettingsFactory, auth_app: Litestar, users_app: Litestar) -> Litestar:  # noqa: F811
-    return create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app, USERS: users_app})
+    return create_app(make_settings(api_key=API_KEY, request_timeout=10.0), services={AUTH: auth_app, USERS: users_app})
 
 
 @pytest.fixture
@@ -238,7 +238,7 @@ async def test_legacy_routes_refuse_a_missing_or_wrong_api_key(legacy: httpx.Asy
 
 
 async def test_api_key_not_needed_when_not_required(make_settings: SettingsFactory, auth_app: Litestar) -> None:
-    app = create_app(make_settings(require_api_key=False), services={AUTH: auth_app})
+    app = create_app(make_settings(require_api_key=False, request_timeout=10.0), services={AUTH: auth_app})
     async with app_client(app) as client:
         body = {"email": "ada@example.com", "password": PASSWORD}
         response = await client.post("/register", json=body)
@@ -249,7 +249,7 @@ async def test_api_key_not_needed_when_not_required(make_settings: SettingsFacto
 async def test_without_api_key_setting_development_makes_one_in_data_dir(
     make_settings: SettingsFactory, auth_app: Litestar, tmp_path: Path
 ) -> None:
-    app = create_app(make_settings(), services={AUTH: auth_app})
+    app = create_app(make_settings(request_timeout=10.0), services={AUTH: auth_app})
     key = (tmp_path / "api_key").read_text().strip()
     assert len(key) >= 32
     assert (tmp_path / "api_key").stat().st_mode & 0o077 == 0
@@ -294,7 +294,9 @@ async def test_jwt_expires_in_sets_the_lifetime_of_the_legacy_tokens(
     """The older platform's deployments set JWT_EXPIRES_IN=24h: its routes issue day-long tokens,
     renewable with the refresh token they now carry, while the platform's own stay short."""
     auth_app = create_auth_app(msgspec.structs.replace(auth_settings, jwt_expires_in="24h"), clock=clock)
-    gateway = create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app, USERS: users_app})
+    gateway = create_app(
+        make_settings(api_key=API_KEY, request_timeout=10.0), services={AUTH: auth_app, USERS: users_app}
+    )
     async with app_client(gateway) as client:
         registered = await legacy_register(client)
         legacy = await client.post("/auth/login", json={"email": "ada@example.com", "password": PASSWORD}, headers=KEY)
@@ -330,7 +332,9 @@ async def test_legacy_register_answers_202_while_addresses_must_be_verified(
     users_app: Litestar,  # noqa: F811
 ) -> None:
     auth_app = create_auth_app(msgspec.structs.replace(auth_settings, require_verified_email=True), clock=clock)
-    gateway = create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app, USERS: users_app})
+    gateway = create_app(
+        make_settings(api_key=API_KEY, request_timeout=10.0), services={AUTH: auth_app, USERS: users_app}
+    )
     async with app_client(gateway) as client:
         first = await legacy_register(client)
         again = await legacy_register(client)
@@ -354,7 +358,9 @@ async def test_legacy_register_obeys_the_signup_mode(
     path: str,
 ) -> None:
     auth_app = create_auth_app(msgspec.structs.replace(auth_settings, signup_mode="invite"), clock=clock)
-    gateway = create_app(make_settings(api_key=API_KEY), services={AUTH: auth_app, USERS: users_app})
+    gateway = create_app(
+        make_settings(api_key=API_KEY, request_timeout=10.0), services={AUTH: auth_app, USERS: users_app}
+    )
     async with app_client(gateway) as client:
         refused = await legacy_register(client, path)
         login = await client.post("/login", json={"email": "ada@example.com", "password": PASSWORD}, headers=KEY)

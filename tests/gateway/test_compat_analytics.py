@@ -59,7 +59,7 @@ def analytics_app(clean_analytics_database: str, redis_url: str, redis_namespace
 
 @pytest.fixture
 async def legacy(make_settings: SettingsFactory, analytics_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    gateway = create_app(make_settings(api_key=API_KEY), services={ANALYTICS: analytics_app})
+    gateway = create_app(make_settings(api_key=API_KEY, request_timeout=10.0), services={ANALYTICS: analytics_app})
     async with app_client(gateway) as client:
         yield client
 

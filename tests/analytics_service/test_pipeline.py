@@ -4,7 +4,6 @@ Redis comes back empty, usage flows again by itself."""
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from shared.settings import load_settings
 from tests.analytics_service.conftest import API, JWT_SECRET, SettingsFactory, User
 from tests.conftest import WAIT_SECONDS, app_client
 from tests.gateway.echo import Echo
+from tests.metrics import sample
 from tests.private_servers import PrivateRedis
 
 AIRTABLE = "/api/v1/airtable"
@@ -43,11 +43,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0)
     while not await check():
         assert time.monotonic() < deadline, "the condition never held"
         await asyncio.sleep(0.1)
-
-
-def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 async def test_requests_through_the_gateway_roll_up_into_usage_me_over_redis(
@@ -156,7 +151,7 @@ async def test_with_redis_gone_requests_still_succeed_and_dropped_records_are_co
             return bool(redis_sync.Redis.from_url(url).xlen("usage-outage:usage") == 1)
 
         await eventually(published)
-        dropped_before = metric((await client.get("/metrics")).text, "pyairtable_gateway_usage_dropped_total")
+        dropped_before = sample((await client.get("/metrics")).text, "pyairtable_gateway_usage_dropped_total")
 
         private_redis.kill()
         for _ in range(20):  # the 10 s guard only turns a hang on the dead Redis into a failure
@@ -165,7 +160,7 @@ async def test_with_redis_gone_requests_still_succeed_and_dropped_records_are_co
 
         async def dropped() -> bool:
             text = (await client.get("/metrics")).text
-            return metric(text, "pyairtable_gateway_usage_dropped_total") >= dropped_before + 20
+            return sample(text, "pyairtable_gateway_usage_dropped_total") >= dropped_before + 20
 
         await eventually(dropped)
     assert len(echo.seen) == 21

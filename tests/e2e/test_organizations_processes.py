@@ -10,7 +10,7 @@ import httpx
 import jwt
 
 from tests.conftest import DatabaseFactory
-from tests.e2e.processes import FAST_ARGON2, Processes, assert_problem, environment, free_port
+from tests.e2e.processes import Processes, assert_problem, start_auth_service
 from tests.e2e.test_lifecycle_processes import wait_for_mail
 from tests.mail_server import serve_mail, token_in
 
@@ -33,20 +33,16 @@ def test_a_removed_member_is_refused_at_the_gateway_and_refreshes_without_the_or
     mail = serve_mail(tmp_path, implicit_tls=False)
     server = next(mail)
     try:
-        port = free_port()
-        env = environment(
+        auth = start_auth_service(
+            processes,
             tmp_path,
-            AUTH_DATABASE_URL=databases.create("auth"),
-            AUTH_PORT=str(port),
-            REDIS_URL=redis_url,
-            REDIS_NAMESPACE=redis_namespace,
+            databases.create("auth"),
+            redis_url,
+            redis_namespace,
             SMTP_URL=server.url,
             SMTP_CA_FILE=server.ca_file,
             SITE_URL="https://app.example.com",
-            **FAST_ARGON2,
         )
-        processes.python("auth-migrate", ["-m", "auth_service", "migrate"], env, port).process.wait(120)
-        auth = processes.python("auth", ["-m", "auth_service", "serve"], env, port)
         gateway = processes.gateway(
             "gateway",
             tmp_path,

@@ -25,7 +25,7 @@ from shared.outbox import OutboxRelay, add_event
 from shared.streams import StreamFull
 from tests.auth_service.conftest import PASSWORD, register
 from tests.conftest import WAIT_SECONDS, app_client, eventually
-from tests.metrics import local_sample
+from tests.metrics import local_exposition, local_sample
 from tests.private_servers import PrivateRedis, private_redis
 from tests.user_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
     Caller,
@@ -656,12 +656,6 @@ async def test_in_memory_bus_retries_then_dead_letters() -> None:
     assert "dependency is down" in dead.error
 
 
-def metrics_text() -> str:
-    from prometheus_client import REGISTRY, generate_latest
-
-    return generate_latest(REGISTRY).decode()
-
-
 async def test_consumer_lag_is_a_metric(redis: Redis, redis_namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shared.events.LAG_REFRESH_SECONDS", 0.0)
     group = f"lag-{uuid.uuid4().hex[:6]}"
@@ -682,10 +676,12 @@ async def test_consumer_lag_is_a_metric(redis: Redis, redis_namespace: str, monk
         await asyncio.wait_for(started.wait(), WAIT_SECONDS)
         release.set()
         await eventually(lambda: all_acknowledged(redis, stream, group), "the acknowledgements")
-        await eventually(lambda: f"{line} 0.0" in metrics_text(), "the pending gauge")
-        assert f'pyairtable_events_consumer_lag{{event_type="user.registered",group="{group}"}} 0.0' in metrics_text()
+        await eventually(lambda: f"{line} 0.0" in local_exposition(), "the pending gauge")
+        assert (
+            f'pyairtable_events_consumer_lag{{event_type="user.registered",group="{group}"}} 0.0' in local_exposition()
+        )
         handled = f'pyairtable_events_handled_total{{event_type="user.registered",group="{group}",outcome="handled"}}'
-        assert f"{handled} 3.0" in metrics_text()
+        assert f"{handled} 3.0" in local_exposition()
     finally:
         await bus.close()
 

@@ -16,7 +16,6 @@ import jwt
 import msgspec
 import pytest
 import redis as redis_sync
-from prometheus_client import REGISTRY
 from redis.exceptions import ResponseError
 
 from auth_service.app import create_app
@@ -62,10 +61,6 @@ def in_redis(server: PrivateRedis, key: str) -> bytes | None:
         client.close()
 
 
-def sample(name: str) -> float:
-    return REGISTRY.get_sample_value(name) or 0.0
-
-
 async def within_bound(awaitable: Any) -> Any:
     return await asyncio.wait_for(awaitable, GENEROUS_SECONDS)
 
@@ -82,14 +77,14 @@ async def test_with_redis_killed_the_store_counts_in_process_then_resumes_sharin
     assert await store.get("lock") == b"1"
     assert await store.ttl("lock") is not None
     assert store.shared.breaker.is_open
-    assert sample("pyairtable_store_degraded") == 1
+    assert local_sample("pyairtable_store_degraded") == 1
     with pytest.raises(StoreUnavailable):
         await store.shared.get("lock")  # what must be shared or nothing says so
 
     private_redis.start()  # empty, as after a crash
     await eventually(lambda: _incr_reaches_redis(store, private_redis), "shared counting to resume")
     assert not store.shared.breaker.is_open
-    assert sample("pyairtable_store_degraded") == 0
+    assert local_sample("pyairtable_store_degraded") == 0
     assert await store.get("lock") is None  # the stand-in's state went with the outage
 
 
@@ -154,14 +149,14 @@ async def test_unknowable_revocations_accept_signature_valid_tokens_and_say_so(
     await revocations.revoke_session(claims["sid"], 60)
     assert await revocations.is_revoked(claims)
     private_redis.kill()
-    before = sample("pyairtable_revocation_unknown_total")
+    before = local_sample("pyairtable_revocation_unknown_total")
     with caplog.at_level(logging.INFO, logger="shared.security"):
         checks = [await within_bound(revocations.is_revoked(access_claims())) for _ in range(3)]
         private_redis.start()
         await eventually(lambda: _answers(store), "Redis to answer")
         assert not await revocations.is_revoked(access_claims())
     assert checks == [False, False, False]
-    assert sample("pyairtable_revocation_unknown_total") == before + 3
+    assert local_sample("pyairtable_revocation_unknown_total") == before + 3
     messages = [record.getMessage() for record in caplog.records]
     assert messages.count("revocation store unavailable: signature-valid tokens accepted until it returns") == 1
     assert "revocation store back: revoked tokens refused again" in messages
@@ -177,13 +172,13 @@ async def test_a_revocation_redis_could_not_take_is_enforced_here_and_written_wh
         await here.revoke_token(claims["iss"], claims["jti"], claims["exp"])
     assert (incomplete.value.status_code, incomplete.value.code) == (503, "revocation-incomplete")
     assert await here.is_revoked(claims)  # this process refuses it at once
-    assert sample("pyairtable_revocations_pending") == 1
+    assert local_sample("pyairtable_revocations_pending") == 1
 
     private_redis.start()
     await eventually(lambda: _written(here), "the pending revocation to be written")
     elsewhere = RevocationList(FallbackStore(store.shared))  # another process's list on the same Redis
     assert await elsewhere.is_revoked(claims)
-    assert sample("pyairtable_revocations_pending") == 0
+    assert local_sample("pyairtable_revocations_pending") == 0
 
 
 async def _answers(store: FallbackStore) -> bool:

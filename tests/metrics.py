@@ -5,7 +5,7 @@ metric assertion always compares a value read before the action with the value r
 a series an earlier test left can never make it pass.
 """
 
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -35,3 +35,12 @@ def local_sample(name: str, **labels: str) -> float:
 
 def local_exposition() -> str:
     return generate_latest(REGISTRY).decode()
+
+
+NEVER_SET = -1.0
+
+
+def forget(gauge: Gauge) -> None:
+    """Give a process-wide gauge a value the code never sets, so what a test reads next is what its
+    own action wrote, not what an earlier test's object left there."""
+    gauge.set(NEVER_SET)

@@ -15,10 +15,12 @@ from litestar import Litestar
 from airtable_gateway.app import create_app
 from airtable_gateway.config import AirtableSettings
 from shared import migrations
+from shared.stores import STORE_DEGRADED
 from tests.airtable_gateway.conftest import API, ORG, PROBLEM, SettingsFactory, bearer, grant, upstream_log
 from tests.airtable_gateway.emulator_fixture import CONTACTS, CRM_BASE, OPS_BASE, TASKS, Emulator, run_emulator
 from tests.airtable_gateway.test_ratelimit import most_in_one_second
 from tests.conftest import app_client, eventually
+from tests.metrics import forget
 from tests.private_servers import PrivatePostgres, PrivateRedis
 
 CONTACTS_URL = f"{API}/bases/{CRM_BASE}/tables/{CONTACTS}/records"
@@ -58,6 +60,7 @@ async def test_uncached_reads_keep_working_while_redis_is_down_and_shared_again_
         assert (await client.get(CONTACTS_URL, params={"page_size": 1})).headers["x-cache"] == "HIT"
         assert redis_keys(private_redis, f"{redis_namespace}:airtable:cache:*")
 
+        forget(STORE_DEGRADED)
         private_redis.kill()
         reads = await asyncio.gather(
             *(client.get(CONTACTS_URL, params={"page_size": 1, "max_records": n}) for n in range(1, 16))
@@ -71,6 +74,7 @@ async def test_uncached_reads_keep_working_while_redis_is_down_and_shared_again_
         assert most_in_one_second([entry["at"] for entry in log]) <= 5
         assert emulator.stats()["throttled"].get(CRM_BASE, 0) == 0
 
+        forget(STORE_DEGRADED)
         private_redis.start()  # empty
 
         async def shared_again() -> bool:
@@ -90,6 +94,7 @@ async def test_a_hung_redis_is_left_alone_and_a_write_it_missed_voids_its_entrie
         before = await client.get(TASKS_URL, params={"all": "true"})
         assert (await client.get(TASKS_URL, params={"all": "true"})).headers["x-cache"] == "HIT"
 
+        forget(STORE_DEGRADED)
         private_redis.hang()
         try:
             uncached = await client.get(CONTACTS_URL, params={"page_size": 3}, timeout=10)
@@ -100,6 +105,7 @@ async def test_a_hung_redis_is_left_alone_and_a_write_it_missed_voids_its_entrie
             assert "Written while hung" in names(during)
             assert await metric(client, "pyairtable_store_degraded") == 1
         finally:
+            forget(STORE_DEGRADED)
             private_redis.resume()
 
         async def redis_answers_again() -> bool:

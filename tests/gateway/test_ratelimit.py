@@ -12,6 +12,7 @@ import redis as redis_sync
 from litestar import Litestar
 
 from gateway.app import create_app
+from gateway.ratelimit import DEGRADED
 from shared.settings import SettingsError
 from tests.conftest import app_client
 from tests.gateway.conftest import (
@@ -25,6 +26,7 @@ from tests.gateway.conftest import (
     peer_client,
 )
 from tests.gateway.echo import Echo
+from tests.metrics import forget
 
 SMALL = {"rate_limit_per_minute": 5, "rate_limit_burst": 5}
 
@@ -238,6 +240,7 @@ async def test_with_redis_unreachable_requests_succeed_and_per_process_limits_ap
     auth_echo = Echo(AUTH)
     app = create_app(settings, services={AUTH: auth_echo, USERS: echo})
     headers = bearer(access_token())
+    forget(DEGRADED)
     async with app_client(app) as client:
         for expected in (4, 3, 2, 1, 0):
             response = await client.get(f"{USERS}/me", headers=headers)

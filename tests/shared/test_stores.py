@@ -20,12 +20,12 @@ from redis.exceptions import ResponseError
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
-from shared.security import RevocationIncomplete, RevocationList
+from shared.security import REVOCATIONS_PENDING, RevocationIncomplete, RevocationList
 from shared.settings import ServiceSettings
-from shared.stores import FallbackStore, MemoryStore, StoreUnavailable, create_redis, create_store
+from shared.stores import STORE_DEGRADED, FallbackStore, MemoryStore, StoreUnavailable, create_redis, create_store
 from tests.auth_service.conftest import PASSWORD, Clock, bearer, register
 from tests.conftest import access_claims, app_client, eventually
-from tests.metrics import local_sample
+from tests.metrics import forget, local_sample
 from tests.private_servers import PrivateRedis
 
 GENEROUS_SECONDS = 5.0  # far above the 50 ms timeout: a bound that proves "no hang"
@@ -69,6 +69,7 @@ async def test_with_redis_killed_the_store_counts_in_process_then_resumes_sharin
     store: FallbackStore, private_redis: PrivateRedis
 ) -> None:
     assert await store.incr("before", 60) == 1
+    forget(STORE_DEGRADED)
     private_redis.kill()
 
     counts = [await within_bound(store.incr("attempts", 60)) for _ in range(FAILURES + 2)]
@@ -81,6 +82,7 @@ async def test_with_redis_killed_the_store_counts_in_process_then_resumes_sharin
     with pytest.raises(StoreUnavailable):
         await store.shared.get("lock")  # what must be shared or nothing says so
 
+    forget(STORE_DEGRADED)
     private_redis.start()  # empty, as after a crash
     await eventually(lambda: _incr_reaches_redis(store, private_redis), "shared counting to resume")
     assert not store.shared.breaker.is_open
@@ -167,6 +169,7 @@ async def test_a_revocation_redis_could_not_take_is_enforced_here_and_written_wh
 ) -> None:
     here = RevocationList(store)
     claims = access_claims()
+    forget(REVOCATIONS_PENDING)
     private_redis.kill()
     with pytest.raises(RevocationIncomplete) as incomplete:
         await here.revoke_token(claims["iss"], claims["jti"], claims["exp"])
@@ -174,6 +177,7 @@ async def test_a_revocation_redis_could_not_take_is_enforced_here_and_written_wh
     assert await here.is_revoked(claims)  # this process refuses it at once
     assert local_sample("pyairtable_revocations_pending") == 1
 
+    forget(REVOCATIONS_PENDING)
     private_redis.start()
     await eventually(lambda: _written(here), "the pending revocation to be written")
     elsewhere = RevocationList(FallbackStore(store.shared))  # another process's list on the same Redis
@@ -218,6 +222,7 @@ async def test_with_redis_killed_registration_login_refresh_and_reads_keep_worki
 ) -> None:
     await register(auth_client, "before@example.com")
     unknown_before = local_sample("pyairtable_revocation_unknown_total")
+    forget(STORE_DEGRADED)
     private_redis.kill()
 
     tokens = await register(auth_client, "during@example.com")

@@ -103,7 +103,7 @@ async def test_a_64_character_passphrase_is_accepted(client: httpx.AsyncClient) 
 async def test_a_huge_password_is_refused_without_hashing(client: httpx.AsyncClient, auth_app: Litestar) -> None:
     response = await client.post(REGISTER, json={"email": "big@example.com", "password": "p" * 1_000_000})
 
-    assert response.status_code in (413, 422)
+    assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert auth_app.state.passwords.computations == 0
 

@@ -164,24 +164,26 @@ async def test_who_sees_what(analytics_app: Litestar, client: httpx.AsyncClient)
     assert_problem(await client.get(AUDIT), 401)
 
 
+INVALID = (422, "validation-error")
+
+
 async def test_absurd_filters_are_refused(client: httpx.AsyncClient) -> None:
     admin = User("admin", "user")
-    for params in (
-        {"since": "0001-01-01T00:00:00Z"},
-        {"until": "99999-01-01T00:00:00Z"},
-        {"since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"},
-        {"actor_id": "not-a-uuid"},
-        {"organization_id": "x"},
-        {"action": "Login Failed"},
-        {"target_id": "a\x00b"},
-        {"cursor": "bm90IGEgY3Vyc29y"},
-        {"cursor": "%%%"},
-        {"limit": 501},
-        {"limit": 0},
+    for params, refusal in (
+        ({"since": "0001-01-01T00:00:00Z"}, INVALID),
+        ({"until": "99999-01-01T00:00:00Z"}, INVALID),
+        ({"since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"}, (422, "invalid-query")),
+        ({"actor_id": "not-a-uuid"}, INVALID),
+        ({"organization_id": "x"}, INVALID),
+        ({"action": "Login Failed"}, INVALID),
+        ({"target_id": "a\x00b"}, INVALID),
+        ({"cursor": "bm90IGEgY3Vyc29y"}, (400, "invalid-cursor")),
+        ({"cursor": "%%%"}, (400, "invalid-cursor")),
+        ({"limit": 501}, INVALID),
+        ({"limit": 0}, INVALID),
     ):
         response = await client.get(AUDIT, params=params, headers=admin.headers)
-        assert 400 <= response.status_code < 500, (params, response.text)
-        assert response.headers["content-type"].startswith("application/problem+json")
+        assert_problem(response, *refusal)
 
 
 async def test_entries_past_the_audit_retention_are_purged(

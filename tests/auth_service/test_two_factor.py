@@ -435,10 +435,10 @@ async def test_production_without_a_key_refuses_enrolment(auth_settings: AuthSet
         {"challenge": "abc", "code": "12\x0034"},
     ],
 )
-async def test_malformed_second_steps_are_4xx(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+async def test_malformed_second_steps_are_422(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
     response = await client.post(f"{AUTH}/login/mfa", json=body)
 
-    assert 400 <= response.status_code < 500, response.text
+    assert response.status_code == 422, response.text
 
 
 async def test_turning_two_factor_off_is_told_to_the_address(

@@ -1,6 +1,5 @@
 """Analytics business logic: no Litestar imports, time from an injected clock."""
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -65,7 +64,7 @@ from analytics_service.schemas import (
     WellFormedBatch,
 )
 from shared.events import Event as BusEvent
-from shared.periodic import PeriodicTask
+from shared.periodic import BackgroundWorker, PeriodicTask
 from shared.security import ORG_MANAGERS, Identity
 from shared.usage import UsageConsumer, UsageMessage
 
@@ -365,7 +364,7 @@ async def apply_usage(session: AsyncSession, messages: Sequence[UsageMessage], n
     return len(records)
 
 
-class UsagePipeline:
+class UsagePipeline(BackgroundWorker):
     """Reads usage messages in batches, rolls them up, and acknowledges them once committed."""
 
     def __init__(
@@ -376,14 +375,13 @@ class UsagePipeline:
         read_count: int = 500,
         block_seconds: float = 1.0,
     ) -> None:
+        super().__init__("usage pipeline")
         self.consumer = consumer
         self.sessionmaker = sessionmaker
         self.clock = clock
         self.read_count = read_count
         self.block_seconds = block_seconds
         self.applied = 0
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
 
     async def run_once(self) -> int:
         messages = await self.consumer.read(self.read_count, self.block_seconds)
@@ -396,29 +394,13 @@ class UsagePipeline:
         return counted
 
     async def run(self) -> None:
-        while not self._stopping:
+        while not self.stopping:
             try:
                 await self.run_once()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 # Unacknowledged messages stay pending and are claimed again later.
                 logger.warning("usage pipeline failed; will retry", extra={"error": type(exc).__name__})
-                await asyncio.sleep(1.0)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run())
-
-    async def stop(self, grace_seconds: float = 5.0) -> None:
-        if self._task is None:
-            return
-        self._stopping = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=1.0)  # a lost cancellation must not hang shutdown
-        self._task = None
+                await self._stopped_within(1.0)
 
 
 # -- retention ----------------------------------------------------------------------------------

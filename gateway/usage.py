@@ -21,6 +21,7 @@ from litestar.types import Scope
 from prometheus_client import Counter
 
 from gateway.config import GatewaySettings
+from shared.periodic import BackgroundWorker
 from shared.stores import create_redis
 from shared.usage import RedisUsagePublisher, UsagePublisher, UsageRecord
 
@@ -35,7 +36,7 @@ DROPPED = Counter("pyairtable_gateway_usage_dropped", "Usage records dropped: bu
 SENT = Counter("pyairtable_gateway_usage_sent", "Usage records published to the analytics pipeline")
 
 
-class UsageEmitter:
+class UsageEmitter(BackgroundWorker):
     def __init__(
         self,
         publisher: UsagePublisher | None,
@@ -45,15 +46,13 @@ class UsageEmitter:
         capacity: int = BUFFER_CAPACITY,
         timeout: float = FLUSH_TIMEOUT_SECONDS,
     ) -> None:
+        super().__init__("usage flusher")
         self.publisher = publisher
         self.flush_seconds = flush_seconds
         self.flush_records = flush_records
         self.capacity = capacity
         self.timeout = timeout
         self.buffer: collections.deque[UsageRecord] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
 
     def record(
         self,
@@ -90,7 +89,7 @@ class UsageEmitter:
             )
         )
         if len(self.buffer) >= self.flush_records:
-            self._wakeup.set()
+            self.wake()
 
     async def flush(self) -> None:
         if not self.buffer or self.publisher is None:
@@ -109,28 +108,17 @@ class UsageEmitter:
         else:
             SENT.inc(len(batch))
 
-    async def _run(self) -> None:
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.flush_seconds)
-            self._wakeup.clear()
+    async def run(self) -> None:
+        while not await self._stopped_within(self.flush_seconds):
             await self.flush()
 
     def start(self) -> None:
-        if self.publisher is not None and self._task is None:
-            self._task = asyncio.create_task(self._run())
+        if self.publisher is not None:
+            super().start()
 
     async def close(self) -> None:
-        """Stop the flusher and flush what is left. The loop stops on its flag: on Python 3.11 a
-        cancellation landing inside redis-py's own ``wait_for`` can be lost (see shared/events.py)."""
-        if self._task is not None:
-            self._closing = True
-            self._wakeup.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self.timeout * 4)
-            except TimeoutError:
-                self._task.cancel()
-            self._task = None
+        """Stop the flusher and flush what is left."""
+        await self.stop(grace_seconds=self.timeout * 4)
         await self.flush()
 
 

@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import DateTime, Table, event, make_url, text
+from sqlalchemy import DateTime, MetaData, Table, event, make_url, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
@@ -28,6 +28,21 @@ from shared.errors import Problem, internal_error_handler, problem_response
 from shared.settings import ServiceSettings
 
 logger = logging.getLogger("shared.db")
+
+# Every constraint and index gets a name from its table and columns, so a migration can drop or
+# alter it by name on PostgreSQL and SQLite alike (SQLite's own names are empty).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def service_metadata() -> MetaData:
+    """The MetaData of one service's tables (each service has its own database, so its own)."""
+    return MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

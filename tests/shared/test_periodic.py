@@ -1,13 +1,14 @@
-"""PeriodicTask (shared/periodic.py), the loop behind the relays, the pruner and the retention
-purge: a failing run is logged by type and tried again, a wake runs the job at once, stop lets a
-run in progress finish, and a run that outlives the grace period is cancelled."""
+"""PeriodicTask and BackgroundWorker (shared/periodic.py), the loops behind the relays, the pruner,
+the retention purge, the usage pipeline and the gateway's usage flusher: a failing run is logged by
+type and tried again, a wake runs the job at once, stop lets a run in progress finish, a run that
+outlives the grace period is cancelled, and a loop that crashes says so in the log."""
 
 import asyncio
 import logging
 
 import pytest
 
-from shared.periodic import PeriodicTask
+from shared.periodic import BackgroundWorker, PeriodicTask
 from tests.conftest import WAIT_SECONDS, eventually
 
 HOUR = 3600.0  # an interval that never elapses during a test: every run here is asked for
@@ -93,3 +94,24 @@ async def test_a_run_that_outlives_the_grace_period_is_cancelled() -> None:
     await asyncio.wait_for(started.wait(), WAIT_SECONDS)
     await asyncio.wait_for(task.stop(grace_seconds=0.05), WAIT_SECONDS)
     assert cancelled.is_set()
+
+
+class Crashing(BackgroundWorker):
+    """A loop with a bug: an error it does not expect ends it."""
+
+    async def run(self) -> None:
+        await self._stopped_within(0)
+        raise KeyError("a bug")
+
+
+async def test_a_loop_that_crashes_is_logged_with_its_traceback_and_stop_still_returns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = Crashing("usage pipeline")
+    with caplog.at_level(logging.ERROR, logger="shared.periodic"):
+        worker.start()
+        await eventually(lambda: bool(caplog.records), "the crash to be logged")
+    [record] = caplog.records
+    assert record.getMessage() == "usage pipeline crashed; it stays stopped until the service restarts"
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    await asyncio.wait_for(worker.stop(), WAIT_SECONDS)

@@ -14,15 +14,20 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import jwt
 import psycopg
 import pytest
 import redis as redis_sync
 from litestar import Litestar
 from psycopg import sql
 
+from shared import migrations
+from shared.keys import hs256_kid
+from shared.settings import ServiceSettings
 from tests import private_servers
 from tests.private_servers import PrivateRedis
 
@@ -264,6 +269,39 @@ def access_claims(**changes: Any) -> dict[str, Any]:
         else:
             values[name] = value
     return values
+
+
+def signed_access_token(secret: str, **claims: Any) -> str:
+    """An access token over ``access_claims(**claims)``, signed with ``secret`` as the auth service
+    signs them (HS256, ``typ`` at+jwt, the secret's ``kid``); minted when called, never at import."""
+    headers = {"typ": "at+jwt", "kid": hs256_kid(secret)}
+    return jwt.encode(access_claims(**claims), secret, algorithm="HS256", headers=headers)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def migrated_database(databases: "DatabaseFactory", settings: type[ServiceSettings], package: str) -> str:
+    """A new database of this run with every migration of ``package`` applied (a session's worth:
+    each test empties it with :func:`truncate` after use)."""
+    url = databases.create(f"pyairtable_{package.split('_')[0]}")
+    migrations.upgrade(settings(database_url=url), package)
+    return url
+
+
+def truncate(database_url: str, tables: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {tables} CASCADE")
 
 
 async def eventually(check: Callable[[], Any], what: str) -> Any:

@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import psycopg
 import pytest
 from litestar import Litestar
 
 from airtable_gateway.app import create_app
 from airtable_gateway.config import AirtableSettings
-from shared import migrations
-from shared.keys import hs256_kid
 from tests.airtable_gateway.emulator_fixture import (  # noqa: F401  (pytest finds fixtures by name)
     CRM_BASE,
     OPS_BASE,
@@ -25,7 +22,7 @@ from tests.airtable_gateway.emulator_fixture import (  # noqa: F401  (pytest fin
     emulator_per_session,
     emulator_per_test,
 )
-from tests.conftest import DatabaseFactory, access_claims, app_client
+from tests.conftest import DatabaseFactory, app_client, migrated_database, signed_access_token, truncate
 
 API = "/api/v1/airtable"
 JWT_SECRET = secrets.token_urlsafe(48)
@@ -43,16 +40,13 @@ SettingsFactory = Callable[..., AirtableSettings]
 
 @pytest.fixture(scope="session")
 def airtable_database(databases: DatabaseFactory) -> str:
-    url = databases.create("pyairtable_airtable")
-    migrations.upgrade(AirtableSettings(database_url=url), "airtable_gateway")
-    return url
+    return migrated_database(databases, AirtableSettings, "airtable_gateway")
 
 
 @pytest.fixture
 def clean_airtable_database(airtable_database: str) -> Iterator[str]:
     yield airtable_database
-    with psycopg.connect(airtable_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE user_tokens, base_grants, outbox, processed_events")
+    truncate(airtable_database, "user_tokens, base_grants, outbox, processed_events")
 
 
 def grant(database_url: str, organization_id: uuid.UUID, base_id: str, access: str = "write") -> None:
@@ -127,13 +121,13 @@ def access_token(
     roles: tuple[str, ...] = ("user",),
 ) -> str:
     """An access token acting in ``org`` with ``org_role`` (``org=None``: no active organisation)."""
-    claims = access_claims(
+    return signed_access_token(
+        JWT_SECRET,
         sub=str(user_id or uuid.uuid4()),
         tid=str(org) if org else None,
         org_role=org_role if org else None,
         roles=list(roles),
     )
-    return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
 
 
 def bearer(

@@ -4,21 +4,17 @@ Redis namespace, and access tokens for users and administrators."""
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import psycopg
 import pytest
 from litestar import Litestar
 
 from analytics_service.app import create_app
 from analytics_service.config import AnalyticsSettings
-from shared import migrations
-from shared.keys import hs256_kid
-from tests.conftest import DatabaseFactory, access_claims, app_client
+from tests.conftest import Clock, DatabaseFactory, app_client, migrated_database, signed_access_token, truncate
 
 JWT_SECRET = secrets.token_urlsafe(48)
 API = "/api/v1/analytics"
@@ -29,28 +25,18 @@ TABLES = (
 )
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 class User:
     """A made-up account with a valid access token; ``claims`` adds some (``tid``, ``org_role``)."""
 
     def __init__(self, *roles: str, **extra: Any) -> None:
         self.id = str(uuid.uuid4())
-        claims = access_claims(sub=self.id, roles=list(roles or ["user"]), **extra)
-        self.token = jwt.encode(
-            claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
-        )
+        self.roles = list(roles or ["user"])
+        self.extra = extra
+
+    @property
+    def token(self) -> str:
+        """Minted when read, so a User made early never hands out a token that expired mid-run."""
+        return signed_access_token(JWT_SECRET, sub=self.id, roles=self.roles, **self.extra)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -59,16 +45,13 @@ class User:
 
 @pytest.fixture(scope="session")
 def analytics_database(databases: DatabaseFactory) -> str:
-    url = databases.create("pyairtable_analytics")
-    migrations.upgrade(AnalyticsSettings(database_url=url), "analytics_service")
-    return url
+    return migrated_database(databases, AnalyticsSettings, "analytics_service")
 
 
 @pytest.fixture
 def clean_analytics_database(analytics_database: str) -> Iterator[str]:
     yield analytics_database
-    with psycopg.connect(analytics_database, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {TABLES}")
+    truncate(analytics_database, TABLES)
 
 
 SettingsFactory = Callable[..., AnalyticsSettings]

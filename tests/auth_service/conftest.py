@@ -1,23 +1,25 @@
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import msgspec
-import psycopg
 import pytest
 from litestar import Litestar
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
-from shared import migrations
-from shared.keys import hs256_kid
-from tests.conftest import DatabaseFactory, access_claims, app_client, eventually
+from tests.conftest import (
+    Clock,
+    DatabaseFactory,
+    app_client,
+    eventually,
+    migrated_database,
+    signed_access_token,
+    truncate,
+)
 from tests.mail_server import Inbox, MailServer, serve_mail
 
 JWT_SECRET = secrets.token_urlsafe(48)
@@ -26,34 +28,21 @@ PASSWORD = "correct horse battery staple"
 FAST_ARGON2: dict[str, Any] = {"argon2_time_cost": 2, "argon2_memory_kib": 19456, "argon2_parallelism": 1}
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+TABLES = (
+    "users, sessions, refresh_tokens, one_time_tokens, outbox, mail_outbox, processed_events,"
+    " organizations, memberships, invitations"
+)
 
 
 @pytest.fixture(scope="session")
 def auth_database(databases: DatabaseFactory) -> str:
-    url = databases.create("pyairtable_auth")
-    migrations.upgrade(AuthSettings(database_url=url), "auth_service")
-    return url
+    return migrated_database(databases, AuthSettings, "auth_service")
 
 
 @pytest.fixture
 def clean_auth_database(auth_database: str) -> Iterator[str]:
     yield auth_database
-    with psycopg.connect(auth_database, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE users, sessions, refresh_tokens, one_time_tokens, outbox, mail_outbox, processed_events,"
-            " organizations, memberships, invitations CASCADE"
-        )
+    truncate(auth_database, TABLES)
 
 
 @pytest.fixture
@@ -104,9 +93,7 @@ def bearer(tokens: dict[str, Any]) -> dict[str, str]:
 
 def admin_headers() -> dict[str, str]:
     """A bearer of an administrator the service has no account for (as an admin's token looks)."""
-    claims = access_claims(sub=str(uuid.uuid4()), roles=["user", "admin"])
-    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
-    return {"Authorization": f"Bearer {token}"}
+    return {"Authorization": f"Bearer {signed_access_token(JWT_SECRET, roles=['user', 'admin'])}"}
 
 
 def without_request_id(body: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 from litestar import Litestar
 
@@ -30,11 +29,10 @@ from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewaySettings
 from shared import migrations
 from shared.events import InMemoryBus
-from shared.keys import hs256_kid
 from shared.settings import ServiceSettings, load_settings
 from shared.stores import MemoryStore
 from shared.usage import InMemoryUsageChannel
-from tests.conftest import DatabaseFactory, access_claims, app_client
+from tests.conftest import DatabaseFactory, app_client, signed_access_token
 from tests.hostile.requests import Hostile
 from user_service.app import create_app as create_user_app
 from user_service.config import UserSettings
@@ -109,8 +107,9 @@ async def platform(environ: dict[str, str]) -> AsyncIterator[Platform]:
 
 def admin_token() -> str:
     """A new admin's access token, as the auth service signs them."""
-    claims = access_claims(email="hostile-admin@example.com", roles=["user", "admin"], tid=str(uuid.uuid4()))
-    return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)})
+    return signed_access_token(
+        JWT_SECRET, email="hostile-admin@example.com", roles=["user", "admin"], tid=str(uuid.uuid4())
+    )
 
 
 @dataclass

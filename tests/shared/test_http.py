@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import jwt
 import msgspec
 import pytest
 from litestar import Request, get, post
@@ -18,11 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
 from shared.http import MAX_JSON_DEPTH, client_ip
-from shared.keys import hs256_kid
 from shared.security import Identity, require_admin
 from shared.service import create_service_app
 from tests.auth_service.conftest import JWT_SECRET, Clock, bearer, register
-from tests.conftest import access_claims, app_client
+from tests.conftest import app_client, signed_access_token
 from tests.metrics import total
 
 JSON = {"Content-Type": "application/json"}
@@ -41,9 +39,7 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def signed_token(**claims: Any) -> str:
-    return jwt.encode(
-        access_claims(**claims), JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
-    )
+    return signed_access_token(JWT_SECRET, **claims)
 
 
 # -- request IDs ---------------------------------------------------------------------------------

@@ -4,15 +4,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
-import psycopg
 import pytest
 from litestar import Litestar
 
-from shared import migrations
-from shared.keys import hs256_kid
-from tests.auth_service.conftest import JWT_SECRET, Clock
-from tests.conftest import DatabaseFactory, access_claims, app_client
+from tests.auth_service.conftest import JWT_SECRET
+from tests.conftest import Clock, DatabaseFactory, app_client, migrated_database, signed_access_token, truncate
 from user_service.app import create_app
 from user_service.config import UserSettings
 
@@ -21,16 +17,13 @@ USERS = "/api/v1/users"
 
 @pytest.fixture(scope="session")
 def users_database(databases: DatabaseFactory) -> str:
-    url = databases.create("pyairtable_users")
-    migrations.upgrade(UserSettings(database_url=url), "user_service")
-    return url
+    return migrated_database(databases, UserSettings, "user_service")
 
 
 @pytest.fixture
 def clean_users_database(users_database: str) -> Iterator[str]:
     yield users_database
-    with psycopg.connect(users_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE profiles, outbox, processed_events, memberships")
+    truncate(users_database, "profiles, outbox, processed_events, memberships")
 
 
 @pytest.fixture
@@ -75,11 +68,8 @@ class Caller:
 
     @property
     def headers(self) -> dict[str, str]:
-        values = access_claims(
-            sub=str(self.id), email=self.email, roles=self.roles, tid=str(self.tenant_id), **self.claims
-        )
-        token = jwt.encode(
-            values, JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(JWT_SECRET)}
+        token = signed_access_token(
+            JWT_SECRET, sub=str(self.id), email=self.email, roles=self.roles, tid=str(self.tenant_id), **self.claims
         )
         return {"Authorization": f"Bearer {token}"}
 

@@ -386,13 +386,11 @@ def test_each_service_migrates_its_database_as_its_own_role(
 ) -> None:
     for package, (name, password) in initialised.items():
         variable = f"{SETTINGS[package].env_prefix}_DATABASE_URL"
-        environ = {"PATH": os.environ["PATH"], "DATA_DIR": str(tmp_path), variable: with_user(postgres_url, name, password, name)}
-        done = subprocess.run(
-            [sys.executable, "-m", package, "migrate"], env=environ, cwd=ROOT, capture_output=True, text=True, check=False
-        )
+        own_url = with_user(postgres_url, name, password, name)
+        environ = {"PATH": os.environ["PATH"], "DATA_DIR": str(tmp_path), variable: own_url}
+        command = [sys.executable, "-m", package, "migrate"]
+        done = subprocess.run(command, env=environ, cwd=ROOT, capture_output=True, text=True, check=False)
         assert done.returncode == 0, f"{package}: {done.stderr[-2000:]}"
         with psycopg.connect(with_user(postgres_url, name, password, name)) as conn:
-            owners = conn.execute(
-                "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
-            ).fetchall()
+            owners = conn.execute("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'").fetchall()
         assert owners == [(name,)], package

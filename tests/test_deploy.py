@@ -362,18 +362,40 @@ def test_the_gateway_autoscales_and_its_replicas_are_left_to_the_autoscaler() ->
     assert named("PodDisruptionBudget", "gateway")["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
 
-def test_only_the_gateway_reaches_the_services_behind_it() -> None:
-    [policy] = of_kind("NetworkPolicy")
+def protected_by(policy: dict[str, Any]) -> set[str]:
+    """The Deployments whose pods a NetworkPolicy selects."""
     expressions = policy["spec"]["podSelector"]["matchExpressions"]
-    protected = {
+    return {
         d["metadata"]["name"]
         for d in of_kind("Deployment")
         if all(d["spec"]["template"]["metadata"]["labels"].get(e["key"]) in e["values"] for e in expressions)
     }
-    assert protected == {"auth", "users", "airtable-gateway", "analytics"}
+
+
+def test_only_the_gateway_and_prometheus_reach_the_services_behind_it() -> None:
+    assert sorted(policy["metadata"]["name"] for policy in of_kind("NetworkPolicy")) == [
+        "services-from-gateway",
+        "services-from-prometheus",
+    ]
+    policy = named("NetworkPolicy", "services-from-gateway")
+    assert protected_by(policy) == {"auth", "users", "airtable-gateway", "analytics"}
     [rule] = policy["spec"]["ingress"]
     [source] = rule["from"]
     assert selects(source["podSelector"]["matchLabels"], pod_labels(named("Deployment", "gateway")))
+
+
+def test_prometheus_in_the_monitoring_namespace_reaches_every_metrics_port_it_scrapes() -> None:
+    policy = named("NetworkPolicy", "services-from-prometheus")
+    assert protected_by(policy) == protected_by(named("NetworkPolicy", "services-from-gateway"))
+    [rule] = policy["spec"]["ingress"]
+    [source] = rule["from"]  # one element: both selectors must match (not either)
+    assert source["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    [port] = rule["ports"]
+    for name in protected_by(policy):
+        deployment = named("Deployment", name)
+        scraped = int(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
+        assert port_number(only_container(deployment), port["port"]) == scraped, name
 
 
 def test_pods_run_as_the_image_user_on_a_read_only_filesystem_with_resource_limits() -> None:

@@ -413,15 +413,35 @@ def test_pods_run_as_the_image_user_on_a_read_only_filesystem_with_resource_limi
             assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name}: {bound}"
 
 
-def test_the_dev_overlay_creates_the_databases_the_compose_file_does() -> None:
-    def created(sql: str) -> set[str]:
-        return set(re.findall(r"CREATE DATABASE (\w+);", sql))
-
+def test_the_dev_overlay_creates_the_databases_and_roles_the_compose_file_does() -> None:
     [init] = [doc for doc in load_documents(DEV_OVERLAY / "postgres.yaml") if doc["kind"] == "ConfigMap"]
-    compose_init = (ROOT / "deploy" / "postgres" / "init-databases.sh").read_text()
-    expected = set(re.findall(r'^create_database "\$\{\w+_DATABASE_NAME:-(\w+)\}"', compose_init, flags=re.MULTILINE))
-    assert created(init["data"]["init.sql"]) == expected
-    assert len(expected) == len([package for package in SETTINGS if (ROOT / package / "migrations").is_dir()])
+    script = (ROOT / "deploy" / "postgres" / "init-databases.sh").read_text()
+    assert init["data"]["init-databases.sh"] == script, "the ConfigMap's copy of init-databases.sh differs"
+    created = re.findall(r'^create_database "\$\{\w+_DATABASE_NAME:-(\w+)\}"', script, flags=re.MULTILINE)
+    assert len(created) == len([package for package in SETTINGS if (ROOT / package / "migrations").is_dir()])
+
+    [statefulset] = [doc for doc in load_documents(DEV_OVERLAY / "postgres.yaml") if doc["kind"] == "StatefulSet"]
+    container = only_container(statefulset)
+    handed = {
+        variable["name"]: ref["key"]
+        for variable in container["env"]
+        for ref in [variable.get("valueFrom", {}).get("secretKeyRef", {})]
+        if ref
+    }
+    read = set(re.findall(r"\$\{(\w+_DATABASE_PASSWORD):\?", script))
+    assert read <= set(handed), f"init-databases.sh reads {sorted(read - set(handed))}, the pod does not get them"
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    for key in handed.values():
+        assert f"--from-literal={key}=" in readme, f"deploy/README.md's dev Secret has no {key}"
+    [redis] = [doc for doc in load_documents(DEV_OVERLAY / "redis.yaml") if doc["kind"] == "StatefulSet"]
+    redis_container = only_container(redis)
+    assert redis_container["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"], "the dev Redis has no password"
+    assert "$REDIS_PW@redis:6379/0" in readme, "the dev Secret's REDIS_URL carries no password"
+    for variable in redis_container["env"]:
+        assert variable["valueFrom"]["secretKeyRef"]["key"] == "REDIS_PASSWORD", variable["name"]
+        assert "--from-literal=REDIS_PASSWORD=" in readme
+    [volume] = [v for v in statefulset["spec"]["template"]["spec"]["volumes"] if v["name"] == "init"]
+    assert volume["configMap"]["defaultMode"] & 0o111, "the image would source the script, not run it"
 
 
 # --- monitoring ---------------------------------------------------------------------------------

@@ -310,6 +310,22 @@ def test_compose_v2_accepts_the_file(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stderr
 
 
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (v1) is not installed")
+def test_compose_v1_accepts_all_but_the_top_level_name_which_the_documents_warn_of(tmp_path: Path) -> None:
+    """Where only v1 is installed it still checks the rest of the file: services, interpolation, ..."""
+    text = COMPOSE.read_text()
+    assert re.search(r"^name: ", text, flags=re.MULTILINE)
+    for document in ("README.md", "deploy/README.md"):
+        assert "`docker-compose` v1 refuse" in (ROOT / document).read_text(), f"{document} does not warn"
+    without_name = tmp_path / "docker-compose.yml"
+    without_name.write_text(re.sub(r"^name: .*$", "", text, flags=re.MULTILINE))
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in filled_environment().items()))
+    command = ["docker-compose", "--project-directory", str(ROOT), "--env-file", str(env_file)]
+    checked = subprocess.run([*command, "-f", str(without_name), "config", "--quiet"], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
 # --- the init script, for real ------------------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@
 #   docker run --rm -e AUTH_DATABASE_URL=... pyairtable-platform auth_service migrate
 #
 # docker-compose.phase1.yml runs it against PostgreSQL and Redis (see deploy/README.md).
-FROM python:3.11-slim
+# The base image pinned by exact tag and by digest (the multi-platform index): a rebuild starts
+# from the same bytes. To move it, see deploy/README.md ("Pinned versions").
+FROM python:3.11.16-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,12 +17,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
+# Dependencies first, in their own layer: it is rebuilt only when the lock changes. Exactly the
+# versions and files requirements-runtime.lock names (`make lock`), each checked against its hash;
+# the lock also pins the build backend, so the platform below builds without fetching anything.
 WORKDIR /src
-COPY pyproject.toml README.md ./
-RUN mkdir shared && touch shared/__init__.py \
-    && pip install . \
-    && pip uninstall --yes pyairtable-platform \
+COPY requirements-runtime.lock ./
+RUN pip install --require-hashes -r requirements-runtime.lock \
     && rm -rf /src/*
 
 # Then the platform itself, installed into site-packages; the sources do not stay in the image.
@@ -32,7 +34,7 @@ COPY analytics_service/ analytics_service/
 COPY gateway/ gateway/
 COPY embedded/ embedded/
 COPY pyproject.toml README.md ./
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation . \
     && rm -rf /src
 
 # Run from a directory without sources, so `python -m <service>` imports the installed package.

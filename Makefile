@@ -3,22 +3,37 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# Every package pinned with its hashes (runtime + dev + the build backend), and the runtime part
+# alone for the Dockerfile; `make lock` writes both from pyproject.toml.
+LOCK := requirements.lock
+RUNTIME_LOCK := requirements-runtime.lock
+# Resolved for every platform (the image may be arm64) on the Python the platform runs on; uv keeps
+# the pins already in the lock file unless UV_ARGS=--upgrade (or --upgrade-package NAME) says
+# otherwise, and UV_ARGS=--offline locks from uv's cache alone.
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml - --quiet --generate-hashes --universal \
+	--python-version 3.11 --custom-compile-command 'make lock' $(UV_ARGS)
+# pyproject.toml's [build-system] requires, locked too so that the editable install builds offline.
+BUILD_REQUIRES = $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
 SERVICES := auth_service user_service airtable_gateway analytics_service gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-distributed smoke migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
+.PHONY: help install lock run run-distributed smoke migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
 		| awk 'BEGIN {FS = ":.*## "} {printf "  %-22s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-install: $(INSTALLED) ## Create .venv and install the platform with its dev tools
+install: $(INSTALLED) ## Create .venv and install the platform with its dev tools, exactly as requirements.lock pins them
+
+lock: $(INSTALLED) ## Regenerate requirements.lock and requirements-runtime.lock (hashed) from pyproject.toml
+	$(BUILD_REQUIRES) | $(UV_COMPILE) -o $(RUNTIME_LOCK)
+	$(BUILD_REQUIRES) | $(UV_COMPILE) --extra dev --constraint $(RUNTIME_LOCK) -o $(LOCK)
 
 run: $(INSTALLED) ## Migrate and start the whole platform on :8080 (embedded: SQLite, in-memory stores)
 	$(PY) -m embedded migrate

@@ -362,18 +362,40 @@ def test_the_gateway_autoscales_and_its_replicas_are_left_to_the_autoscaler() ->
     assert named("PodDisruptionBudget", "gateway")["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
 
-def test_only_the_gateway_reaches_the_services_behind_it() -> None:
-    [policy] = of_kind("NetworkPolicy")
+def protected_by(policy: dict[str, Any]) -> set[str]:
+    """The Deployments whose pods a NetworkPolicy selects."""
     expressions = policy["spec"]["podSelector"]["matchExpressions"]
-    protected = {
+    return {
         d["metadata"]["name"]
         for d in of_kind("Deployment")
         if all(d["spec"]["template"]["metadata"]["labels"].get(e["key"]) in e["values"] for e in expressions)
     }
-    assert protected == {"auth", "users", "airtable-gateway", "analytics"}
+
+
+def test_only_the_gateway_and_prometheus_reach_the_services_behind_it() -> None:
+    assert sorted(policy["metadata"]["name"] for policy in of_kind("NetworkPolicy")) == [
+        "services-from-gateway",
+        "services-from-prometheus",
+    ]
+    policy = named("NetworkPolicy", "services-from-gateway")
+    assert protected_by(policy) == {"auth", "users", "airtable-gateway", "analytics"}
     [rule] = policy["spec"]["ingress"]
     [source] = rule["from"]
     assert selects(source["podSelector"]["matchLabels"], pod_labels(named("Deployment", "gateway")))
+
+
+def test_prometheus_in_the_monitoring_namespace_reaches_every_metrics_port_it_scrapes() -> None:
+    policy = named("NetworkPolicy", "services-from-prometheus")
+    assert protected_by(policy) == protected_by(named("NetworkPolicy", "services-from-gateway"))
+    [rule] = policy["spec"]["ingress"]
+    [source] = rule["from"]  # one element: both selectors must match (not either)
+    assert source["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    [port] = rule["ports"]
+    for name in protected_by(policy):
+        deployment = named("Deployment", name)
+        scraped = int(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
+        assert port_number(only_container(deployment), port["port"]) == scraped, name
 
 
 def test_pods_run_as_the_image_user_on_a_read_only_filesystem_with_resource_limits() -> None:
@@ -391,14 +413,35 @@ def test_pods_run_as_the_image_user_on_a_read_only_filesystem_with_resource_limi
             assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name}: {bound}"
 
 
-def test_the_dev_overlay_creates_the_databases_the_compose_file_does() -> None:
-    def created(sql: str) -> set[str]:
-        return set(re.findall(r"CREATE DATABASE (\w+);", sql))
-
+def test_the_dev_overlay_creates_the_databases_and_roles_the_compose_file_does() -> None:
     [init] = [doc for doc in load_documents(DEV_OVERLAY / "postgres.yaml") if doc["kind"] == "ConfigMap"]
-    expected = created((ROOT / "deploy" / "postgres" / "init.sql").read_text())
-    assert created(init["data"]["init.sql"]) == expected
-    assert len(expected) == len([package for package in SETTINGS if (ROOT / package / "migrations").is_dir()])
+    script = (ROOT / "deploy" / "postgres" / "init-databases.sh").read_text()
+    assert init["data"]["init-databases.sh"] == script, "the ConfigMap's copy of init-databases.sh differs"
+    created = re.findall(r'^create_database "\$\{\w+_DATABASE_NAME:-(\w+)\}"', script, flags=re.MULTILINE)
+    assert len(created) == len([package for package in SETTINGS if (ROOT / package / "migrations").is_dir()])
+
+    [statefulset] = [doc for doc in load_documents(DEV_OVERLAY / "postgres.yaml") if doc["kind"] == "StatefulSet"]
+    container = only_container(statefulset)
+    handed = {
+        variable["name"]: ref["key"]
+        for variable in container["env"]
+        for ref in [variable.get("valueFrom", {}).get("secretKeyRef", {})]
+        if ref
+    }
+    read = set(re.findall(r"\$\{(\w+_DATABASE_PASSWORD):\?", script))
+    assert read <= set(handed), f"init-databases.sh reads {sorted(read - set(handed))}, the pod does not get them"
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    for key in handed.values():
+        assert f"--from-literal={key}=" in readme, f"deploy/README.md's dev Secret has no {key}"
+    [redis] = [doc for doc in load_documents(DEV_OVERLAY / "redis.yaml") if doc["kind"] == "StatefulSet"]
+    redis_container = only_container(redis)
+    assert redis_container["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"], "the dev Redis has no password"
+    assert "$REDIS_PW@redis:6379/0" in readme, "the dev Secret's REDIS_URL carries no password"
+    for variable in redis_container["env"]:
+        assert variable["valueFrom"]["secretKeyRef"]["key"] == "REDIS_PASSWORD", variable["name"]
+        assert "--from-literal=REDIS_PASSWORD=" in readme
+    [volume] = [v for v in statefulset["spec"]["template"]["spec"]["volumes"] if v["name"] == "init"]
+    assert volume["configMap"]["defaultMode"] & 0o111, "the image would source the script, not run it"
 
 
 # --- monitoring ---------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ NOT_HERE = {
     "cp deploy/k8s/secrets.env.example /somewhere/safe/": "copies to a place of the reader's choosing",
     "createdb -h 127.0.0.1 -U postgres pyairtable_": "creates a database on your server (the test has its own)",
     ".venv/bin/python -m user_service dead-letters drop --id": "needs the id of an existing dead letter",
+    "make lock": "rewrites the lock files from PyPI (tests/test_build.py checks what it wrote)",
+    "cp env.example .env": "writes the reader's secrets file into the repository folder",
     "make run-distributed": "creates databases and roles on your PostgreSQL: tests/e2e/test_smoke_processes.py runs"
     " it on the test's own and walks it with make smoke",
     "make smoke URL=http://127.0.0.1:8080 \\\n  API_KEY=": "needs make run-distributed's secrets: walked in"

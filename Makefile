@@ -14,7 +14,8 @@ UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml - --quiet --generate-hash
 	--python-version 3.11 --custom-compile-command 'make lock' $(UV_ARGS)
 # pyproject.toml's [build-system] requires, locked too so that the editable install builds offline.
 BUILD_REQUIRES = $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
-SERVICES := auth_service user_service airtable_gateway analytics_service gateway
+# The services of shared/registry.py, and the gateway in front of them.
+SERVICES := $(shell $(PYTHON) -m shared.registry) gateway
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock run run-distributed smoke migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring

@@ -28,7 +28,6 @@ import secrets
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -36,32 +35,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from shared.registry import SERVICES, ServiceEntry
+
 REPO = Path(__file__).resolve().parents[1]
 # Only these variables of the caller's environment reach a process: its settings come from here.
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "TZ")
 
 
-@dataclass(frozen=True)
-class Service:
-    name: str  # the process's name in the Procfile
-    package: str
-    prefix: str  # its settings' prefix: <PREFIX>_DATABASE_URL, <PREFIX>_PORT
-    default_database: str
-    default_port: int
-
-
-SERVICES = (
-    Service("auth", "auth_service", "AUTH", "pyairtable_auth", 8001),
-    Service("users", "user_service", "USERS", "pyairtable_users", 8002),
-    Service("airtable", "airtable_gateway", "AIRTABLE_GATEWAY", "pyairtable_airtable", 8003),
-    Service("analytics", "analytics_service", "ANALYTICS", "pyairtable_analytics", 8005),
-)
-GATEWAY_URL_VARIABLES = {
-    "auth": "AUTH_SERVICE_URL",
-    "users": "USER_SERVICE_URL",
-    "airtable": "AIRTABLE_GATEWAY_URL",
-    "analytics": "ANALYTICS_SERVICE_URL",
-}
 DATABASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # Where the script's own secrets live (one JSON object, mode 0600), kept across runs.
 SECRETS_FILE = "secrets.json"
@@ -154,9 +134,9 @@ def port(environ: dict[str, str], variable: str, default: int) -> int:
     return int(value)
 
 
-def database_name(environ: dict[str, str], service: Service) -> str:
-    variable = f"{service.prefix}_DATABASE_NAME"
-    name = environ.get(variable, service.default_database)
+def database_name(environ: dict[str, str], service: ServiceEntry) -> str:
+    variable = f"{service.env_prefix}_DATABASE_NAME"
+    name = environ.get(variable, service.database)
     if not DATABASE_NAME.fullmatch(name):
         raise SystemExit(f"{variable}: lower-case letters, digits and _ (at most 63, a letter first), got {name!r}")
     return name
@@ -192,8 +172,8 @@ def service_envs(environ: dict[str, str], data_dir: Path, stored: dict[str, str]
             refuse_tables_of_another_role(server, database, database)
             envs[service.name] = {
                 **common,
-                f"{service.prefix}_DATABASE_URL": database_url(server, database, password, database),
-                f"{service.prefix}_PORT": str(port(environ, f"{service.prefix}_PORT", service.default_port)),
+                f"{service.env_prefix}_DATABASE_URL": database_url(server, database, password, database),
+                f"{service.env_prefix}_PORT": str(port(environ, f"{service.env_prefix}_PORT", service.port)),
             }
     envs["auth"].update(API_KEY=stored["api_key"], API_KEY_PEPPER=stored["api_key_pepper"])
     # The Airtable gateway reads the emulator, a process of its own, with the emulator's token; every
@@ -221,7 +201,7 @@ def process_specs(environ: dict[str, str], data_dir: Path, stored: dict[str, str
     }
     for service, env in zip(SERVICES, service_envs(environ, data_dir, stored).values(), strict=True):
         specs[service.name] = {"args": ["-m", service.package, "serve"], "env": env}
-        gateway[GATEWAY_URL_VARIABLES[service.name]] = f"http://127.0.0.1:{env[f'{service.prefix}_PORT']}"
+        gateway[service.url_variable] = f"http://127.0.0.1:{env[f'{service.env_prefix}_PORT']}"
     specs["gateway"] = {"args": ["-m", "gateway", "serve"], "env": gateway}
     return specs
 
@@ -240,7 +220,7 @@ def prepare(environ: dict[str, str]) -> Path:
     return procfile
 
 
-def migrate(service: Service, env: dict[str, str]) -> None:
+def migrate(service: ServiceEntry, env: dict[str, str]) -> None:
     print(f"migrating {service.package}", flush=True)
     done = subprocess.run(
         [sys.executable, "-m", service.package, "migrate"],

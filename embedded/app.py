@@ -5,35 +5,22 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 
-from airtable_gateway.app import create_app as create_airtable_app
 from airtable_gateway.config import AirtableSettings
-from analytics_service.app import create_app as create_analytics_app
-from analytics_service.config import AnalyticsSettings
-from auth_service.app import create_app as create_auth_app
-from auth_service.config import AuthSettings
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewaySettings
 from shared import migrations
 from shared.events import InMemoryBus
+from shared.registry import SERVICES, ServiceEntry
 from shared.settings import ServiceSettings, load_settings
 from shared.stores import MemoryStore
 from shared.usage import InMemoryUsageChannel
-from user_service.app import create_app as create_user_app
-from user_service.config import UserSettings
-
-# (package, settings, route prefix, URL variable); each service keeps its own database.
-SERVICES: list[tuple[str, type[ServiceSettings], str, str]] = [
-    ("auth_service", AuthSettings, "/api/v1/auth", "AUTH_SERVICE_URL"),
-    ("user_service", UserSettings, "/api/v1/users", "USER_SERVICE_URL"),
-    ("airtable_gateway", AirtableSettings, "/api/v1/airtable", "AIRTABLE_GATEWAY_URL"),
-    ("analytics_service", AnalyticsSettings, "/api/v1/analytics", "ANALYTICS_SERVICE_URL"),
-]
 
 
 def migrate_all() -> None:
-    for package, settings_cls, _, url_variable in SERVICES:
-        if url_variable not in os.environ:
-            migrations.upgrade(load_settings(settings_cls), package)
+    """Every in-process service's migrations (each its own database); not those proxied by URL."""
+    for entry in SERVICES:
+        if entry.url_variable not in os.environ:
+            migrations.upgrade(load_settings(entry.settings()), entry.package)
 
 
 def airtable_settings(environ: Mapping[str, str], emulated: dict[str, Any]) -> AirtableSettings:
@@ -62,21 +49,25 @@ def create_app(gateway_settings: GatewaySettings | None = None, environ: Mapping
     urls = gateway_settings.upstream_urls()
     # Without AIRTABLE_TOKEN the Airtable gateway talks to the built-in emulator, in process.
     emulated = {} if "AIRTABLE_EMULATOR" in environ else {"airtable_emulator": True}
-    factories = {
-        "/api/v1/auth": lambda: create_auth_app(load_settings(AuthSettings, environ), **shared_parts),
-        "/api/v1/users": lambda: create_user_app(load_settings(UserSettings, environ), **shared_parts),
-        "/api/v1/airtable": lambda: create_airtable_app(airtable_settings(environ, emulated), **shared_parts),
-        "/api/v1/analytics": lambda: create_analytics_app(
-            load_settings(AnalyticsSettings, environ), **shared_parts, usage=usage
-        ),
-    }
+
+    def settings_of(entry: ServiceEntry) -> ServiceSettings:
+        if entry.package == "airtable_gateway":
+            return airtable_settings(environ, emulated)
+        settings: ServiceSettings = load_settings(entry.settings(), environ)
+        return settings
+
+    def in_process(entry: ServiceEntry) -> Litestar:
+        parts = {**shared_parts, "usage": usage} if entry.package == "analytics_service" else shared_parts
+        app: Litestar = entry.app_factory()(settings_of(entry), **parts)
+        return app
+
     # EXTRA_ROUTES are proxied here as in production (one that names a service's prefix replaces it).
     proxied = {prefix: urls[prefix] for prefix, _ in gateway_settings.extra_route_pairs}
     services = {}
-    for _, _, prefix, url_variable in SERVICES:
-        if url_variable in environ:
-            proxied.setdefault(prefix, urls[prefix])
-        elif prefix not in proxied:
-            services[prefix] = factories[prefix]()
+    for entry in SERVICES:
+        if entry.url_variable in environ:
+            proxied.setdefault(entry.prefix, urls[entry.prefix])
+        elif entry.prefix not in proxied:
+            services[entry.prefix] = in_process(entry)
     usage = usage if "/api/v1/analytics" in services else None
     return create_gateway_app(gateway_settings, services=services, proxied=proxied, **shared_parts, usage=usage)

@@ -1,21 +1,33 @@
 import re
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 from urllib.parse import urlsplit
 
+import msgspec
+
+from shared.registry import SERVICES
 from shared.settings import ServiceSettings, SettingsError, check_secret
 
 _EXTRA_PREFIX = re.compile(r"^/api/v1(/[A-Za-z0-9._~-]+)+$")
 
+# Where each service of the registry is: one setting per service (AUTH_SERVICE_URL, ...), made from
+# shared/registry.py so that a new service needs no edit here.
+if TYPE_CHECKING:
+    _WithServiceUrls = ServiceSettings
+else:
+    _WithServiceUrls = msgspec.defstruct(
+        "_WithServiceUrls",
+        [(entry.url_variable.lower(), str, entry.default_url) for entry in SERVICES],
+        bases=(ServiceSettings,),
+        kw_only=True,
+        frozen=True,
+    )
 
-class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
+
+class GatewaySettings(_WithServiceUrls, kw_only=True, frozen=True):
     env_prefix: ClassVar[str] = "GATEWAY"
 
     service_name: str = "gateway"
     port: int = 8080
-    auth_service_url: str = "http://127.0.0.1:8001"
-    user_service_url: str = "http://127.0.0.1:8002"
-    airtable_gateway_url: str = "http://127.0.0.1:8003"
-    analytics_service_url: str = "http://127.0.0.1:8005"
     # Extra or overriding routes: "prefix=url,prefix=url", e.g. "/api/v1/billing=http://billing:8006".
     extra_routes: str = ""
     connect_timeout: float = 2.0
@@ -99,11 +111,6 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
 
     def upstream_urls(self) -> dict[str, str]:
         """Route prefix → upstream base URL."""
-        routes = {
-            "/api/v1/auth": self.auth_service_url,
-            "/api/v1/users": self.user_service_url,
-            "/api/v1/airtable": self.airtable_gateway_url,
-            "/api/v1/analytics": self.analytics_service_url,
-        }
+        routes: dict[str, str] = {entry.prefix: getattr(self, entry.url_variable.lower()) for entry in SERVICES}
         routes.update(dict(self.extra_route_pairs))
         return {prefix: url.rstrip("/") for prefix, url in routes.items() if url}

@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 
 from gateway.errors import BadPath
+from shared.registry import SERVICES
 
 # Unreserved and sub-delim characters of RFC 3986 plus '/', '%' (checked below) and ':' '@'.
 _ALLOWED = re.compile(rb"^/[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$")
@@ -25,26 +26,10 @@ _FORBIDDEN_ENCODED = {0x2E, 0x2F, 0x5C, 0x25, 0x3B, 0x3F, 0x23} | set(range(0x00
 _PATH_SYNTAX = "./\\%;?#"  # characters whose appearance under NFKC would change how a path reads
 
 # Anonymous routes that take a credential or an address: the strict ``auth`` rate-limit policy.
-AUTH_POLICY_ROUTES: frozenset[str] = frozenset(
-    {
-        "/api/v1/auth/register",
-        "/api/v1/auth/login",
-        "/api/v1/auth/login/mfa",
-        "/api/v1/auth/refresh",
-        "/api/v1/auth/password/forgot",
-        "/api/v1/auth/password/reset",
-        "/api/v1/auth/email/verify",
-        "/api/v1/auth/email/verify/resend",
-    }
-)
+AUTH_POLICY_ROUTES: frozenset[str] = frozenset().union(*(entry.credential_routes for entry in SERVICES))
+# What passes without a token: those, and the routes each service declares public (shared/registry.py).
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
-    {
-        *(("POST", path) for path in AUTH_POLICY_ROUTES),
-        ("GET", "/api/v1/auth/.well-known/jwks.json"),
-        # A refresh token alone signs its session out (RFC 7009); a bearer sent along is verified
-        # by the auth service, revocations included.
-        ("POST", "/api/v1/auth/logout"),
-    }
+    {("POST", path) for path in AUTH_POLICY_ROUTES}.union(*(entry.public_routes for entry in SERVICES))
 )
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from shared import registry
+
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ("gateway", "auth_service", "user_service", "airtable_gateway", "analytics_service")
+SERVICES = ("gateway", *(entry.package for entry in registry.SERVICES))
 COMPOSITION_ROOT = "embedded"
 KERNEL = "shared"
 SKIPPED_DIRS = {".venv", "venv", ".git", "node_modules", "build", "dist", "__pycache__"}

@@ -24,25 +24,19 @@ import pytest
 import yaml
 from psycopg import sql
 
-from airtable_gateway.config import AirtableSettings
-from analytics_service.config import AnalyticsSettings
-from auth_service.config import AuthSettings
 from gateway.config import GatewaySettings
+from shared.registry import SERVICES
 from shared.settings import ServiceSettings, load_settings
-from user_service.config import UserSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.phase1.yml"
 ENV_EXAMPLE = ROOT / "env.example"
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-databases.sh"
-SETTINGS: dict[str, type[ServiceSettings]] = {
-    "auth_service": AuthSettings,
-    "user_service": UserSettings,
-    "airtable_gateway": AirtableSettings,
-    "analytics_service": AnalyticsSettings,
-    "gateway": GatewaySettings,
+# Every service of the registry (shared/registry.py) and the gateway.
+SETTINGS: dict[str, type[ServiceSettings]] = {entry.package: entry.settings() for entry in SERVICES} | {
+    "gateway": GatewaySettings
 }
-WITH_DATABASE = ["auth_service", "user_service", "airtable_gateway", "analytics_service"]
+WITH_DATABASE = [entry.package for entry in SERVICES]
 PLACEHOLDERS = {"AIRTABLE_TOKEN": "patPlaceholder.0123456789abcdef"}
 REFERENCE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*))")
 BRACED = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<operator>:?[-?+])(?P<argument>.*))?", re.DOTALL)

@@ -18,13 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from airtable_gateway.config import AirtableSettings
-from analytics_service.config import AnalyticsSettings
-from auth_service.config import AuthSettings
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewaySettings
+from shared.registry import SERVICES
 from shared.settings import ServiceSettings, load_settings
-from user_service.config import UserSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -35,19 +32,11 @@ SECRET_EXAMPLE = K8S / "secrets.env.example"
 NAMESPACE = "pyairtable"
 CONFIG_MAP = "pyairtable-config"
 SECRET = "pyairtable-secrets"
-SETTINGS: dict[str, type[ServiceSettings]] = {
-    "auth_service": AuthSettings,
-    "user_service": UserSettings,
-    "airtable_gateway": AirtableSettings,
-    "analytics_service": AnalyticsSettings,
-    "gateway": GatewaySettings,
+# Every service of the registry (shared/registry.py) and the gateway.
+SETTINGS: dict[str, type[ServiceSettings]] = {entry.package: entry.settings() for entry in SERVICES} | {
+    "gateway": GatewaySettings
 }
-GATEWAY_ROUTES = {
-    "/api/v1/auth": "auth_service",
-    "/api/v1/users": "user_service",
-    "/api/v1/airtable": "airtable_gateway",
-    "/api/v1/analytics": "analytics_service",
-}
+GATEWAY_ROUTES = {entry.prefix: entry.package for entry in SERVICES}
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PLACEHOLDER_SECRETS = {
     "REDIS_URL": "redis://redis.example.internal:6379/0",
@@ -234,7 +223,7 @@ def test_each_service_has_one_deployment_serving_its_package() -> None:
 
 def test_each_service_with_a_database_has_one_migration_job() -> None:
     with_database = sorted(package for package in SETTINGS if (ROOT / package / "migrations").is_dir())
-    assert with_database == ["airtable_gateway", "analytics_service", "auth_service", "user_service"]
+    assert with_database == sorted(entry.package for entry in SERVICES)
     jobs = of_kind("Job")
     for job in jobs:
         assert only_container(job)["args"][1:] == ["migrate"], job["metadata"]["name"]

@@ -44,5 +44,5 @@ def test_the_architecture_document_covers_the_platform_and_the_recipes() -> None
     headings = set(re.findall(r"^## (.+)$", text, re.MULTILINE))
     assert {"Services", "The kernel (`shared/`)", "Identity", "Events", "Run modes", "Recipes"} <= headings
     recipes = text.split("## Recipes", 1)[1]
-    for recipe in ("**A route.**", "**A setting.**", "**A migration.**", "**A service**"):
+    for recipe in ("**A route.**", "**A setting.**", "**A migration.**", "**A service.**"):
         assert recipe in recipes

@@ -13,39 +13,25 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from litestar import Litestar
 
-from airtable_gateway.app import create_app as create_airtable_app
-from airtable_gateway.config import AirtableSettings
-from analytics_service.app import create_app as create_analytics_app
-from analytics_service.config import AnalyticsSettings
-from auth_service.app import create_app as create_auth_app
-from auth_service.config import AuthSettings
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewaySettings
 from shared import migrations
 from shared.events import InMemoryBus
-from shared.settings import ServiceSettings, load_settings
+from shared.registry import SERVICES
+from shared.settings import load_settings
 from shared.stores import MemoryStore
 from shared.usage import InMemoryUsageChannel
 from tests.conftest import DatabaseFactory, app_client, signed_access_token
 from tests.hostile.requests import Hostile
-from user_service.app import create_app as create_user_app
-from user_service.config import UserSettings
 
 JWT_SECRET = "hostile-input-suite-secret-" + "h" * 40
 API_KEY = "hostile-input-suite-api-key-" + "k" * 20
 PROBLEM = "application/problem+json"
-SERVICES: dict[str, tuple[str, type[ServiceSettings], Any]] = {
-    "/api/v1/auth": ("auth_service", AuthSettings, create_auth_app),
-    "/api/v1/users": ("user_service", UserSettings, create_user_app),
-    "/api/v1/airtable": ("airtable_gateway", AirtableSettings, create_airtable_app),
-    "/api/v1/analytics": ("analytics_service", AnalyticsSettings, create_analytics_app),
-}
 ADDRESSES = [f"127.0.{block}.{host}" for block in (1, 2) for host in range(1, 126)]
 
 
@@ -53,10 +39,10 @@ ADDRESSES = [f"127.0.{block}.{host}" for block in (1, 2) for host in range(1, 12
 def hostile_databases(databases: DatabaseFactory) -> dict[str, str]:
     """A migrated database per service (once per run)."""
     urls = {}
-    for prefix, (package, settings_class, _) in SERVICES.items():
-        url = databases.create(f"hostile_{package}")
-        migrations.upgrade(settings_class(database_url=url), package)
-        urls[prefix] = url
+    for entry in SERVICES:
+        url = databases.create(f"hostile_{entry.package}")
+        migrations.upgrade(entry.settings()(database_url=url), entry.package)
+        urls[entry.prefix] = url
     return urls
 
 
@@ -76,8 +62,8 @@ def environ(hostile_databases: dict[str, str], tmp_path: Path) -> dict[str, str]
         "AUTH_RATE_LIMIT_BURST": "100000",
         "IP_ATTEMPTS_PER_MINUTE": "1000000",
     }
-    for prefix, url in hostile_databases.items():
-        values[f"{SERVICES[prefix][1].env_prefix}_DATABASE_URL"] = url
+    for entry in SERVICES:
+        values[f"{entry.env_prefix}_DATABASE_URL"] = hostile_databases[entry.prefix]
     return values
 
 
@@ -92,12 +78,11 @@ async def platform(environ: dict[str, str]) -> AsyncIterator[Platform]:
     """The gateway with every service in-process; its lifespan starts theirs."""
     store, bus, usage = MemoryStore(), InMemoryBus(), InMemoryUsageChannel()
     services = {}
-    for prefix, (package, settings_class, factory) in SERVICES.items():
-        extra = {"airtable_emulator": True} if package == "airtable_gateway" else {}
-        settings = load_settings(settings_class, environ, **extra)
-        services[prefix] = factory(
-            settings, store=store, bus=bus, **({"usage": usage} if "analytics" in prefix else {})
-        )
+    for entry in SERVICES:
+        extra = {"airtable_emulator": True} if entry.package == "airtable_gateway" else {}
+        settings = load_settings(entry.settings(), environ, **extra)
+        parts = {"usage": usage} if entry.package == "analytics_service" else {}
+        services[entry.prefix] = entry.app_factory()(settings, store=store, bus=bus, **parts)
     gateway = create_gateway_app(
         load_settings(GatewaySettings, environ), services=services, store=store, bus=bus, usage=usage
     )

@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 import msgspec
 from litestar.types import ASGIApp, Message, Receive, Send
+from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Tracer
 
 from gateway.breaker import CircuitBreaker
@@ -535,7 +536,13 @@ class TracedUpstream:
             f"{request.method} {self.name}", kind=SpanKind.CLIENT, attributes=attributes
         ) as span:
             request.headers = inject_headers(request.headers)
-            status = await self.upstream.forward(request, send, extra_headers)
+            # The upstream starts from its request's headers alone, as over the network: a service
+            # in this process (embedded mode) then makes its own SERVER span, not an internal one.
+            detached = otel_context.attach(otel_context.Context())
+            try:
+                status = await self.upstream.forward(request, send, extra_headers)
+            finally:
+                otel_context.detach(detached)
             span.set_attribute("http.response.status_code", status)
             return status
 

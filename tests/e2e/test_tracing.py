@@ -18,7 +18,6 @@ import httpx
 import msgspec
 import pytest
 import uvicorn
-from litestar import Litestar
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -75,6 +74,10 @@ async def served(app: Any, **config: Any) -> AsyncIterator[str]:
         server.should_exit = True
         await serving
         listening.close()
+
+
+def of(spans: list[ReadableSpan], service_name: str, kind: SpanKind) -> list[ReadableSpan]:
+    return [span for span in spans if service(span) == service_name and span.kind == kind]
 
 
 def service(span: ReadableSpan) -> Any:

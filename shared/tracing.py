@@ -227,7 +227,18 @@ def instrument_httpx(client: Any, provider: TracerProvider) -> None:
     """A CLIENT span per request of an ``httpx.AsyncClient``, ``traceparent`` injected."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider, request_hook=_request_without_query)
+
+
+async def _request_without_query(span: trace.Span, request: Any) -> None:
+    """As for requests served: a client span's URL without its query (an Airtable formula)."""
+    url = str(request.url)
+    if "?" not in url or not span.is_recording():
+        return
+    recorded = getattr(span, "attributes", None) or {}
+    for name in ("http.url", "url.full"):
+        if name in recorded:
+            span.set_attribute(name, url.split("?", 1)[0])
 
 
 def inject_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from airtable_gateway.config import AirtableSettings
 from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
 from embedded.app import create_app as create_embedded_app
@@ -199,6 +200,7 @@ def embedded_databases(databases: DatabaseFactory, tmp_path: Path) -> dict[str, 
     }
     migrations.upgrade(load_settings(AuthSettings, environ), "auth_service")
     migrations.upgrade(load_settings(UserSettings, environ), "user_service")
+    migrations.upgrade(load_settings(AirtableSettings, environ), "airtable_gateway")  # SQLite in DATA_DIR
     return environ
 
 
@@ -229,10 +231,27 @@ async def test_the_embedded_platform_traces_a_request_into_an_in_process_service
             lambda: [span for span in trace_of(spans, trace_id) if span.name == "process user.registered"],
             "users' handler in the registration's trace",
         )
+        # The Airtable gateway's call to Airtable (the in-process emulator here): its httpx client's span.
+        bases = await client.get(
+            "/api/v1/airtable/bases",
+            params={"offset": "typed-by-ada"},
+            headers={"Authorization": f"Bearer {response.json()['access_token']}"},
+        )
+        assert bases.status_code == 200, bases.text
     traced = trace_of(spans, trace_id)
     auth_server = one([span for span in traced if service(span) == "auth" and span.kind == SpanKind.SERVER], "auth")
     assert [span for span in traced if child_of(span, auth_server) and "INSERT INTO users" in statement(span)]
     assert [span for span in traced if service(span) == "users" and "INSERT INTO profiles" in statement(span)]
+    airtable_server = one(of(list(spans.get_finished_spans()), "airtable", SpanKind.SERVER), "the Airtable gateway")
+    to_airtable = one(
+        [span for span in of(list(spans.get_finished_spans()), "airtable", SpanKind.CLIENT) if not statement(span)],
+        "the call to Airtable",
+    )
+    assert "airtable-emulator" in str((to_airtable.attributes or {}).get("http.url", ""))
+    recorded = [str(value) for span in spans.get_finished_spans() for value in (span.attributes or {}).values()]
+    assert not any("typed-by-ada" in value for value in recorded)
+    assert to_airtable.context is not None and airtable_server.context is not None
+    assert to_airtable.context.trace_id == airtable_server.context.trace_id
 
 
 def test_with_tracing_off_nothing_is_installed(auth_settings: AuthSettings, tmp_path: Path) -> None:  # noqa: F811

@@ -22,6 +22,7 @@ from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore, RedisBreaker, RedisStore
+from shared.tracing import instrument_httpx
 
 # auth's organisation.deleted: the organisation's grants go with it (applied once per event).
 EVENTS = EventConsumer(group="airtable", event_types=(ORGANIZATION_DELETED,), processed_events=processed_events)
@@ -49,7 +50,10 @@ def create_app(
                 transport = httpx.ASGITransport(app=create_emulator_app())
                 api_settings = msgspec.structs.replace(settings, airtable_api_url=EMULATOR_URL)
                 platform_token = EMULATOR_TOKEN
-            client = AirtableClient(create_http_client(api_settings, transport))
+            http_client = create_http_client(api_settings, transport)
+            if app.state.tracer_provider is not None:  # a CLIENT span per call to Airtable
+                instrument_httpx(http_client, app.state.tracer_provider)
+            client = AirtableClient(http_client)
             stack.push_async_callback(client.aclose)
             store: KeyValueStore = app.state.store
             scheduler: Scheduler = MemoryScheduler(_limits(settings))

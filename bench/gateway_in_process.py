@@ -1,6 +1,6 @@
 """CPU per proxied request of the gateway's ASGI app called in-process, two code trees side by side.
 
-    python -m bench.gateway_in_process [--trees .,DIR] [--rounds 30] [--requests 3000]
+    python -m bench.gateway_in_process [--trees .,DIR,.:traced] [--rounds 30] [--requests 3000]
 
 For changes too small for wrk to tell apart on a host whose speed drifts (a few µs of a ≈ 100 µs
 request). Each tree (a directory holding ``gateway/`` and ``shared/``) gets a worker process pinned
@@ -11,7 +11,9 @@ the full protected path (path check, JWT, one Redis script call, the upstream ov
 metrics; no uvicorn, no client socket, access log off as nothing configures logging). Rounds
 alternate between the trees, so both see the same host state; the report gives per tree the
 minimum and median CPU µs per request and the median of its per-round ratio to the first tree.
-See docs/PERFORMANCE.md, "Gateway vs nginx".
+A tree written ``DIR:traced`` runs with tracing on (shared/tracing.py: every span made, batched
+and handed to an exporter that drops it), so tracing off, on and absent (an older tree) compare in
+one run. See docs/PERFORMANCE.md, "Gateway vs nginx" and "Traces".
 """
 
 import argparse
@@ -37,7 +39,25 @@ UPSTREAM_ARGS += ["--log-level", "warning", "--port"]
 SECRET = "in-process-bench-" + "s" * 32
 
 
-def worker(upstream: str, redis_url: str, namespace: str, requests: int) -> None:
+_KEPT: list[Any] = []
+
+
+def trace_to_nowhere() -> None:
+    """Tracing on in this worker, its spans batched and dropped (the cost of making them, not of a network)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from shared.tracing import Tracing, tracing_installed
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    installed = tracing_installed(Tracing(BatchSpanProcessor(Dropped())))
+    installed.__enter__()
+    _KEPT.append(installed)  # for the worker's life: collected, it would uninstall tracing
+
+
+def worker(upstream: str, redis_url: str, namespace: str, requests: int, traced: bool = False) -> None:
     """One tree's side: wait for a line on stdin, run a round, print its CPU µs per request."""
     os.environ.update(
         {
@@ -55,6 +75,9 @@ def worker(upstream: str, redis_url: str, namespace: str, requests: int) -> None
     import uvloop
 
     from gateway.app import create_app  # from the tree on PYTHONPATH
+
+    if traced:
+        trace_to_nowhere()
 
     headers = [(b"host", HOST.encode()), (b"authorization", b"Bearer " + mint_access_token(SECRET).encode())]
 
@@ -112,7 +135,7 @@ def worker(upstream: str, redis_url: str, namespace: str, requests: int) -> None
     uvloop.run(run())
 
 
-def compare(trees: list[Path], rounds: int, requests: int, redis_url: str) -> dict[str, list[float]]:
+def compare(trees: list[str], rounds: int, requests: int, redis_url: str) -> dict[str, list[float]]:
     namespace = f"bench-in-process-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="gw-in-process-") as workdir, contextlib.ExitStack() as stack:
         pinning = Pinning.choose("proxy")  # the app on one core, the upstream on the other
@@ -128,9 +151,11 @@ def compare(trees: list[Path], rounds: int, requests: int, redis_url: str) -> di
         stack.callback(upstream.stop)
         stack.callback(clear_redis_namespace, redis_url, namespace)
         workers = []
-        for tree in trees:
+        for entry in trees:
+            tree = Path(entry.removesuffix(":traced")).resolve()
             argv = [*Pinning.prefix(pinning.proxy), sys.executable, "-m", "bench.gateway_in_process", "--worker"]
             argv += [upstream.base_url, "--redis", redis_url, "--namespace", namespace, "--requests", str(requests)]
+            argv += ["--traced"] if entry.endswith(":traced") else []
             process = subprocess.Popen(
                 argv,
                 # From the tree's directory: its gateway/ and shared/ come first (the bench from here).
@@ -144,13 +169,13 @@ def compare(trees: list[Path], rounds: int, requests: int, redis_url: str) -> di
             if process.stdout is None or process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the worker for {tree} did not start")
             workers.append(process)
-        results: dict[str, list[float]] = {str(tree): [] for tree in trees}
+        results: dict[str, list[float]] = {tree: [] for tree in trees}
         for number in range(rounds):
             for tree, process in zip(trees, workers, strict=True):
                 assert process.stdin is not None and process.stdout is not None
                 process.stdin.write("go\n")
                 process.stdin.flush()
-                results[str(tree)].append(float(process.stdout.readline()))
+                results[tree].append(float(process.stdout.readline()))
             say(f"round {number + 1}: " + ", ".join(f"{t} {results[t][-1]:.1f} µs" for t in results))
         for process in workers:
             assert process.stdin is not None
@@ -167,13 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--worker", metavar="UPSTREAM_URL", help=argparse.SUPPRESS)
     parser.add_argument("--namespace", help=argparse.SUPPRESS)
+    parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.redis, args.namespace, args.requests)
+        worker(args.worker, args.redis, args.namespace, args.requests, args.traced)
         return 0
-    trees = [Path(tree).resolve() for tree in args.trees.split(",") if tree]
+    trees = [tree for tree in args.trees.split(",") if tree]
     results = compare(trees, args.rounds, args.requests, args.redis)
-    first = results[str(trees[0])]
+    first = results[trees[0]]
     print("\n| tree | min µs/request | median µs/request | ratio to the first (median of rounds) |")
     print("|---|---:|---:|---:|")
     for tree, values in results.items():

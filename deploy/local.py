@@ -152,6 +152,8 @@ def common_env(environ: dict[str, str], data_dir: Path, stored: dict[str, str]) 
         "REDIS_NAMESPACE": environ.get("REDIS_NAMESPACE", "pyairtable-local"),
         "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
         "PYTHONUNBUFFERED": "1",
+        # Traces (README, "Traces"): the caller's OpenTelemetry variables reach every process.
+        **{name: value for name, value in environ.items() if name.startswith("OTEL_")},
     }
 
 

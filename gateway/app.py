@@ -18,7 +18,7 @@ from gateway.errors import CORSRefused
 from gateway.idempotency import Idempotency
 from gateway.metrics import BREAKER_METRICS
 from gateway.openapi import OpenAPIAggregator
-from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream, NotReady
+from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream, NotReady, TracedUpstream
 from gateway.ratelimit import RateLimiter
 from gateway.readiness import UpstreamReadiness
 from gateway.routing import Route, RouteTable
@@ -29,6 +29,7 @@ from shared.http import Degraded, ensure_request_id, header, run_check
 from shared.service import create_service_app
 from shared.settings import dev_secret_file, load_settings
 from shared.stores import KeyValueStore, create_redis
+from shared.tracing import TRACER_NAME, instrument_redis, traced_asgi
 from shared.usage import UsagePublisher
 
 logger = logging.getLogger("gateway")
@@ -64,11 +65,22 @@ def create_app(
                     over_http = _over_http(prefix, url, settings)
                     stack.callback(over_http.close)
                     upstreams[prefix] = over_http
+            # Readiness and the merged OpenAPI ask the upstreams themselves; requests go through
+            # their traced forms when tracing is on.
+            readiness = UpstreamReadiness(upstreams.values())
+            checked_upstreams = list(upstreams.values())
+            openapi = OpenAPIAggregator(dict(upstreams), settings.openapi_cache_seconds)
+            tracer_provider = app.state.tracer_provider
+            if tracer_provider is not None:
+                tracer = tracer_provider.get_tracer(TRACER_NAME)
+                upstreams = {prefix: TracedUpstream(upstream, tracer) for prefix, upstream in upstreams.items()}
             limiter_redis = (
                 create_redis(settings, timeout=settings.rate_limit_redis_timeout) if settings.redis_url else None
             )
             if limiter_redis is not None:
                 stack.push_async_callback(limiter_redis.aclose)
+                if tracer_provider is not None:
+                    instrument_redis(limiter_redis, tracer_provider)
             limiter = RateLimiter(limiter_redis, settings.redis_namespace)
             stack.push_async_callback(limiter.aclose)
             app.state.access_log = access_log = AccessLog(settings.service_name, settings.access_log)
@@ -86,7 +98,7 @@ def create_app(
                 app.state.api_key,
                 key_checker=upstreams.get(AUTH_PREFIX),
             )
-            app.state.openapi = OpenAPIAggregator(upstreams, settings.openapi_cache_seconds)
+            app.state.openapi = openapi
             assert isinstance(app, GatewayApp)
             app.proxy_context = ProxyContext(
                 routes=routes,
@@ -107,8 +119,7 @@ def create_app(
             checks = app.state.readiness_checks
             if settings.redis_url:
                 checks["redis"] = _degraded_when_down(app.state.store.ping, "per-process rate limits in force")
-            readiness = UpstreamReadiness(upstreams.values())
-            for upstream in upstreams.values():
+            for upstream in checked_upstreams:
                 checks[f"upstream:{upstream.name}"] = readiness.check(upstream)
             yield
 
@@ -128,7 +139,14 @@ def create_app(
         app_class=GatewayApp,
     )
     assert isinstance(app, GatewayApp)
-    app.direct = DirectRoutes(routes, {prefix: handler.fn for prefix, handler in proxies.items()}, cors)
+    endpoints: dict[str, ASGIApp] = {prefix: handler.fn for prefix, handler in proxies.items()}
+    tracer_provider = app.state.tracer_provider
+    if tracer_provider is not None:  # requests sent past Litestar get their SERVER span here
+        endpoints = {
+            route.prefix: traced_asgi(endpoints[route.prefix], tracer_provider, route.template)
+            for route in routes.routes
+        }
+    app.direct = DirectRoutes(routes, endpoints, cors)
     if cors:
         app.asgi_handler = _preflight_refusals_as_problems(app.asgi_handler)
     return app

@@ -53,7 +53,7 @@ def audit_event(
             "details": details or {},
         },
     )
-    return event if at is None else Event(event.id, event.type, event.source, at, event.data)
+    return event if at is None else Event(event.id, event.type, event.source, at, event.data, event.trace)
 
 
 async def record_audit(db: AsyncSession, outbox: Table, source: str, action: str, **fields: Any) -> None:

@@ -42,6 +42,7 @@ from shared.streams import (
     is_missing_group,
     trim_acknowledged,
 )
+from shared.tracing import consuming, event_trace_context
 
 logger = logging.getLogger("shared.events")
 
@@ -70,16 +71,17 @@ PRUNE_BATCH_SIZE = 1000
 MAX_REMEMBERED_ERRORS = 10_000
 
 
-class Event(msgspec.Struct, frozen=True):
+class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     id: str
     type: str
     source: str
     occurred_at: datetime
     data: dict[str, Any]
+    trace: dict[str, str] | None = None  # W3C trace context (shared/tracing.py); absent when tracing is off
 
 
 def new_event(event_type: str, source: str, data: dict[str, Any]) -> Event:
-    return Event(str(uuid.uuid4()), event_type, source, datetime.now(UTC), data)
+    return Event(str(uuid.uuid4()), event_type, source, datetime.now(UTC), data, event_trace_context())
 
 
 Handler = Callable[[Event], Awaitable[None]]
@@ -178,7 +180,7 @@ class EventConsumer:
 
     def subscribe(self, bus: "EventBus", sessionmaker: async_sessionmaker[AsyncSession], apply: Apply) -> None:
         """Apply every event of ``event_types`` once, through :func:`idempotent`."""
-        handler = idempotent(sessionmaker, self.processed_events, self.group, apply)
+        handler = consuming(self.group, idempotent(sessionmaker, self.processed_events, self.group, apply))
         for event_type in self.event_types:
             bus.subscribe(event_type, self.group, handler)
 

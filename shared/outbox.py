@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db import UTCDateTime, utcnow, wake_after_commit
 from shared.events import Event, EventBus
 from shared.periodic import PeriodicTask
+from shared.tracing import outbox_payload, publishing, split_outbox_payload
 
 logger = logging.getLogger("shared.outbox")
 PENDING_FLAG = "outbox_pending"
@@ -45,7 +46,7 @@ async def add_event(session: AsyncSession, table: Table, event: Event) -> None:
             id=uuid.UUID(event.id),
             event_type=event.type,
             source=event.source,
-            payload=event.data,
+            payload=outbox_payload(event),
             occurred_at=event.occurred_at,
             attempts=0,
         )
@@ -83,7 +84,9 @@ class OutboxRelay:
                 )
             ).all()
             for row in rows:
-                await self.bus.publish(_event_from_row(row))
+                event = _event_from_row(row)
+                with publishing(event):
+                    await self.bus.publish(event)
                 PUBLISHED.labels(row.event_type).inc()
             if rows:
                 await session.execute(
@@ -114,10 +117,12 @@ class OutboxRelay:
 
 
 def _event_from_row(row: Any) -> Event:
+    data, trace = split_outbox_payload(row.payload)
     return Event(
         id=str(row.id),
         type=row.event_type,
         source=row.source,
         occurred_at=row.occurred_at,
-        data=row.payload,
+        data=data,
+        trace=trace,
     )

@@ -25,6 +25,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler, Message, Scope
+from opentelemetry.sdk.trace import TracerProvider
 from redis.exceptions import RedisError
 
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
@@ -42,6 +43,7 @@ from shared.http import (
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore, create_redis, create_store, dependency_unavailable_handler
+from shared.tracing import configure_tracing, instrument_engine, instrument_redis, litestar_plugin, name_server_span
 
 VERSION = "0.1.0"
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/metrics", "^/schema"]
@@ -89,6 +91,9 @@ def create_service_app(
         **(exception_handlers or {}),
     }
     allow_by_handler: dict[int, bytes] = {}  # filled once the app's routes are built
+    # Off (None) unless an OTLP endpoint is configured: then, and only then, the plugin and hooks.
+    tracer_provider = configure_tracing(settings.service_name)
+    tracing_hooks = [name_server_span] if tracer_provider is not None else []
     app = app_class(
         route_handlers=[HealthController, MetricsController, docs_assets_router(), *route_handlers],
         dependencies={"db_session": Provide(provide_db_session), **(dependencies or {})},
@@ -98,9 +103,14 @@ def create_service_app(
             DefineMiddleware(JWTAuthenticationMiddleware, exclude=PUBLIC_PATHS),
         ],
         exception_handlers=handlers,
-        before_send=[add_standard_headers, _allow_every_method(allow_by_handler), *before_send],
+        before_send=[add_standard_headers, _allow_every_method(allow_by_handler), *tracing_hooks, *before_send],
         before_request=refuse_unstorable_parameters,
-        lifespan=[_resources(settings, store, bus, database), *lifespan, _event_consumers(settings, consumer)],
+        lifespan=[
+            _resources(settings, store, bus, database, tracer_provider),
+            *lifespan,
+            _event_consumers(settings, consumer),
+        ],
+        plugins=[litestar_plugin(tracer_provider)] if tracer_provider is not None else [],
         cors_config=cors_config,
         openapi_config=OpenAPIConfig(
             title=title,
@@ -114,7 +124,15 @@ def create_service_app(
         request_class=StrictBodyRequest,
         request_max_body_size=settings.max_body_size,
         logging_config=None,
-        state=State({"settings": settings, "service_name": settings.service_name, "version": VERSION, **(state or {})}),
+        state=State(
+            {
+                "settings": settings,
+                "service_name": settings.service_name,
+                "version": VERSION,
+                "tracer_provider": tracer_provider,
+                **(state or {}),
+            }
+        ),
     )
     _document_problems(app)
     allow_by_handler.update(_allow_by_options_handler(app))
@@ -186,7 +204,11 @@ def _document_problems(app: Litestar) -> None:
 
 
 def _resources(
-    settings: ServiceSettings, store: KeyValueStore | None, bus: EventBus | None, database: bool
+    settings: ServiceSettings,
+    store: KeyValueStore | None,
+    bus: EventBus | None,
+    database: bool,
+    tracer_provider: TracerProvider | None,
 ) -> Lifespan:
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -201,6 +223,12 @@ def _resources(
         app.state.revocations = RevocationList(app.state.store)
         app.state.verifier = TokenVerifier(settings, app.state.revocations)
         app.state.readiness_checks = {}
+        if tracer_provider is not None:
+            # The store's client only: the events client's blocking reads every second are no one's request.
+            if engine is not None:
+                instrument_engine(engine, tracer_provider)
+            if redis is not None:
+                instrument_redis(redis, tracer_provider)
         if engine is not None:
             app.state.engine = engine
             app.state.sessionmaker = create_sessionmaker(engine)

@@ -34,14 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import UTCDateTime, insert_or_ignore, utcnow
 from shared.periodic import PeriodicTask
-from shared.streams import (
-    append,
-    claimed_entries,
-    ensure_group,
-    group_recreated,
-    is_missing_group,
-    trim_acknowledged,
-)
+from shared.streams import GroupReader, append
 from shared.tracing import consuming, event_trace_context
 
 logger = logging.getLogger("shared.events")
@@ -288,7 +281,7 @@ class RedisStreamBus:
         self.namespace = namespace
         self.consumer = consumer or f"consumer-{uuid.uuid4().hex[:8]}"
         self.max_bytes = max_bytes
-        self.reclaim_after_ms = max(1, int(reclaim_after_seconds * 1000))
+        self.reclaim_after_seconds = reclaim_after_seconds
         self.max_attempts = max(1, max_attempts)
         self._subscriptions: list[tuple[str, str, Handler]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -325,75 +318,61 @@ class RedisStreamBus:
         self._tasks.clear()
 
     async def _consume(self, event_type: str, group: str, handler: Handler) -> None:
-        """Read until closed. Every round starts by creating the group if it is missing, so a group
-        Redis lost (NOGROUP: restarted empty) is back at once, and after an outage at the next try."""
-        stream = self.stream(event_type)
-        group_known = False
+        """Read until closed. The reader creates the group when it is missing, so a group Redis
+        lost (NOGROUP: restarted empty) is back at once, and after an outage at the next try."""
+        reader = GroupReader(
+            self.redis,
+            self.stream(event_type),
+            group,
+            self.consumer,
+            event_type,
+            self.reclaim_after_seconds,
+            trim_interval_seconds=LAG_REFRESH_SECONDS,
+        )
         while not self._closing:
             try:
-                if await ensure_group(self.redis, stream, group) and group_known:
-                    group_recreated(event_type, group)
-                group_known = True
-                await self._read_batches(event_type, group, handler)
+                await self._read_batches(reader, handler)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if is_missing_group(exc):
-                    continue  # the next round creates the group again
-                logger.warning("event stream unavailable", extra={"stream": stream, "error": str(exc)})
+                logger.warning("event stream unavailable", extra={"stream": reader.stream, "error": str(exc)})
                 await asyncio.sleep(1.0)
 
-    async def _read_batches(self, event_type: str, group: str, handler: Handler) -> None:
-        stream = self.stream(event_type)
+    async def _read_batches(self, reader: GroupReader, handler: Handler) -> None:
         lag_measured = 0.0
         while not self._closing:
-            await self._reclaim(event_type, group, handler)
-            replies: Any = await self.redis.xreadgroup(group, self.consumer, {stream: ">"}, count=100, block=1000)
-            for _stream, messages in replies or []:
-                for message_id, fields in messages:
-                    await self._handle(event_type, group, handler, message_id, fields)
+            await self._reclaim(reader, handler)
+            for message_id, fields in await reader.read_new(100, 1.0):
+                await self._handle(reader, handler, message_id, fields)
             if time.monotonic() - lag_measured >= LAG_REFRESH_SECONDS:
                 lag_measured = time.monotonic()
-                await self._measure_lag(event_type, group)
-                await trim_acknowledged(self.redis, stream, event_type)
+                await self._measure_lag(reader)
+                await reader.trim_when_due()
 
-    async def _reclaim(self, event_type: str, group: str, handler: Handler) -> None:
+    async def _reclaim(self, reader: GroupReader, handler: Handler) -> None:
         """Take over messages left unacknowledged too long: a failed handler, a dead consumer."""
-        stream = self.stream(event_type)
-        reply: Any = await self.redis.xautoclaim(
-            stream, group, self.consumer, min_idle_time=self.reclaim_after_ms, start_id="0-0", count=100
-        )
-        claimed, gone = claimed_entries(reply, event_type, group)
-        if gone:
-            await self.redis.xack(stream, group, *gone)
+        claimed = await reader.reclaim(100)
         if not claimed:
             return
-        deliveries = await self._delivery_counts(stream, group, claimed[0][0], claimed[-1][0])
+        deliveries = await reader.delivery_counts(claimed[0][0], claimed[-1][0])
         for message_id, fields in claimed:
             attempts = deliveries.get(message_id, 1)
             if attempts > self.max_attempts:
                 last_error = self._last_errors.pop(message_id, None)
                 reason = f"too many attempts; last error: {last_error}" if last_error else "too many attempts"
-                await self._dead_letter(event_type, group, message_id, fields, attempts - 1, reason)
+                await self._dead_letter(reader, message_id, fields, attempts - 1, reason)
                 continue
-            await self._handle(event_type, group, handler, message_id, fields)
-
-    async def _delivery_counts(self, stream: str, group: str, first: bytes, last: bytes) -> dict[bytes, int]:
-        """How many times each of this consumer's pending messages was delivered (XPENDING)."""
-        rows: Any = await self.redis.xpending_range(
-            stream, group, min=first, max=last, count=1000, consumername=self.consumer
-        )
-        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
+            await self._handle(reader, handler, message_id, fields)
 
     async def _handle(
-        self, event_type: str, group: str, handler: Handler, message_id: bytes, fields: dict[bytes, bytes]
+        self, reader: GroupReader, handler: Handler, message_id: bytes, fields: dict[bytes, bytes]
     ) -> None:
-        stream = self.stream(event_type)
+        event_type, group, stream = reader.label, reader.group, reader.stream
         try:
             event = _decoder.decode(fields[b"event"])
         except (KeyError, msgspec.DecodeError) as exc:
             # Retrying cannot fix a message that does not decode.
-            await self._dead_letter(event_type, group, message_id, fields, 1, f"undecodable: {exc}")
+            await self._dead_letter(reader, message_id, fields, 1, f"undecodable: {exc}")
             return
         try:
             await handler(event)
@@ -408,18 +387,13 @@ class RedisStreamBus:
             return  # left pending: reclaimed and retried after reclaim_after_seconds
         HANDLED.labels(event_type, group, "handled").inc()
         self._last_errors.pop(message_id, None)
-        await self.redis.xack(stream, group, message_id)
+        await reader.ack(message_id)
 
     async def _dead_letter(
-        self,
-        event_type: str,
-        group: str,
-        message_id: bytes,
-        fields: dict[bytes, bytes],
-        attempts: int,
-        reason: str,
+        self, reader: GroupReader, message_id: bytes, fields: dict[bytes, bytes], attempts: int, reason: str
     ) -> None:
         """Move the message to the dead-letter stream and acknowledge it, in one transaction."""
+        event_type, group = reader.label, reader.group
         entry: dict[Any, Any] = {
             **fields,
             b"group": group.encode(),
@@ -429,16 +403,17 @@ class RedisStreamBus:
         }
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead_letter_stream(event_type), entry, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-            pipe.xack(self.stream(event_type), group, message_id)
+            pipe.xack(reader.stream, group, message_id)
             await pipe.execute()
         HANDLED.labels(event_type, group, "dead_lettered").inc()
         logger.error(
             "event dead-lettered",
-            extra={"stream": self.stream(event_type), "group": group, "message_id": message_id, "reason": reason},
+            extra={"stream": reader.stream, "group": group, "message_id": message_id, "reason": reason},
         )
 
-    async def _measure_lag(self, event_type: str, group: str) -> None:
-        groups: Any = await self.redis.xinfo_groups(self.stream(event_type))
+    async def _measure_lag(self, reader: GroupReader) -> None:
+        event_type, group = reader.label, reader.group
+        groups: Any = await self.redis.xinfo_groups(reader.stream)
         for info in groups:
             name = info.get("name")
             if (name.decode() if isinstance(name, bytes) else name) == group:

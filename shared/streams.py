@@ -178,3 +178,89 @@ async def trim_acknowledged(redis: Redis, stream: str, label: str) -> int:
     if trimmed:
         TRIMMED.labels(label).inc(trimmed)
     return trimmed
+
+
+class GroupReader:
+    """One consumer of one consumer group on one stream: what the event bus and the usage pipeline
+    both do to read a stream at least once.
+
+    The group is created when missing, and created again (counted and logged) when Redis has lost
+    it: a read that meets NOGROUP returns nothing and the next one creates the group. Entries left
+    unacknowledged longer than ``reclaim_after_seconds`` (their handler failed, or their consumer
+    died) are claimed by :meth:`reclaim`; entries deleted meanwhile are acknowledged as lost."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        label: str,
+        reclaim_after_seconds: float = 30.0,
+        trim_interval_seconds: float = 1.0,
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.label = label
+        self.reclaim_after_ms = max(1, int(reclaim_after_seconds * 1000))
+        self.trim_interval_seconds = trim_interval_seconds
+        self._group_ready = False
+        self._group_known = False  # created or found once: creating it again means Redis lost it
+        self._trimmed_at = 0.0
+
+    async def reclaim(self, count: int) -> list[Entry]:
+        """Entries pending too long, now this consumer's."""
+        await self._group_exists()
+        try:
+            reply: Any = await self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, self.reclaim_after_ms, start_id="0-0", count=count
+            )
+        except ResponseError as exc:
+            return self._group_lost(exc)
+        entries, gone = claimed_entries(reply, self.label, self.group)
+        if gone:
+            await self.redis.xack(self.stream, self.group, *gone)
+        return entries
+
+    async def read_new(self, count: int, block_seconds: float) -> list[Entry]:
+        """Entries never delivered to the group, waiting up to ``block_seconds`` for the first."""
+        await self._group_exists()
+        block = max(1, int(block_seconds * 1000))
+        try:
+            replies: Any = await self.redis.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"}, count=count, block=block
+            )
+        except ResponseError as exc:
+            return self._group_lost(exc)
+        return [entry for _stream, messages in replies or [] for entry in messages]
+
+    async def delivery_counts(self, first: bytes, last: bytes) -> dict[bytes, int]:
+        """How many times each of this consumer's pending entries between two ids was delivered."""
+        rows: Any = await self.redis.xpending_range(
+            self.stream, self.group, min=first, max=last, count=1000, consumername=self.consumer
+        )
+        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
+
+    async def ack(self, *entry_ids: bytes | str) -> None:
+        if entry_ids:
+            await self.redis.xack(self.stream, self.group, *entry_ids)
+
+    async def trim_when_due(self) -> None:
+        """Trim what every group has acknowledged, at most once a ``trim_interval_seconds``."""
+        if time.monotonic() - self._trimmed_at >= self.trim_interval_seconds:
+            self._trimmed_at = time.monotonic()
+            await trim_acknowledged(self.redis, self.stream, self.label)
+
+    async def _group_exists(self) -> None:
+        if not self._group_ready:
+            if await ensure_group(self.redis, self.stream, self.group) and self._group_known:
+                group_recreated(self.label, self.group)
+            self._group_ready = self._group_known = True
+
+    def _group_lost(self, exc: ResponseError) -> list[Entry]:
+        if not is_missing_group(exc):
+            raise exc
+        self._group_ready = False  # the next read creates it again
+        return []

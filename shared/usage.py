@@ -15,24 +15,14 @@ When Redis comes back without the consumer group (restarted empty), the consumer
 import asyncio
 import collections
 import logging
-import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from shared.streams import (
-    Entry,
-    append,
-    claimed_entries,
-    ensure_group,
-    group_recreated,
-    is_missing_group,
-    trim_acknowledged,
-)
+from shared.streams import Entry, GroupReader, append
 
 logger = logging.getLogger("shared.usage")
 
@@ -117,9 +107,10 @@ class RedisUsagePublisher:
 
 
 class RedisUsageConsumer:
-    """Reads the stream with a consumer group; messages pending longer than ``reclaim_after_seconds``
-    (their consumer died before acknowledging) are claimed again first. After acknowledging, it
-    trims what every group has acknowledged (at most once a ``TRIM_INTERVAL_SECONDS``)."""
+    """Reads the stream with a consumer group (:class:`shared.streams.GroupReader`); messages
+    pending longer than ``reclaim_after_seconds`` (their consumer died before acknowledging) are
+    claimed again first. After acknowledging, it trims what every group has acknowledged (at most
+    once a ``TRIM_INTERVAL_SECONDS``)."""
 
     def __init__(
         self,
@@ -129,42 +120,20 @@ class RedisUsageConsumer:
         group: str = CONSUMER_GROUP,
         reclaim_after_seconds: float = 30.0,
     ) -> None:
-        self.redis = redis
-        self.stream = usage_stream(namespace)
-        self.group = group
-        self.consumer = consumer or f"analytics-{uuid.uuid4().hex[:8]}"
-        self.reclaim_after_ms = max(1, int(reclaim_after_seconds * 1000))
-        self._group_ready = False
-        self._group_known = False  # created or found once: creating it again means Redis lost it
-        self._trimmed_at = 0.0
+        self.reader = GroupReader(
+            redis,
+            usage_stream(namespace),
+            group,
+            consumer or f"analytics-{uuid.uuid4().hex[:8]}",
+            STREAM_LABEL,
+            reclaim_after_seconds,
+            TRIM_INTERVAL_SECONDS,
+        )
 
     async def read(self, count: int, block_seconds: float) -> list[UsageMessage]:
-        """The next messages; none while the group is being created again after Redis lost it."""
-        try:
-            return await self._read(count, block_seconds)
-        except ResponseError as exc:
-            if not is_missing_group(exc):
-                raise
-            self._group_ready = False  # the next read creates it again
-            return []
-
-    async def _read(self, count: int, block_seconds: float) -> list[UsageMessage]:
-        if not self._group_ready:
-            if await ensure_group(self.redis, self.stream, self.group) and self._group_known:
-                group_recreated(STREAM_LABEL, self.group)
-            self._group_ready = self._group_known = True
-        reclaimed: Any = await self.redis.xautoclaim(
-            self.stream, self.group, self.consumer, min_idle_time=self.reclaim_after_ms, start_id="0-0", count=count
-        )
-        entries, gone = claimed_entries(reclaimed, STREAM_LABEL, self.group)
-        if gone:
-            await self.ack([_text(entry_id) for entry_id in gone])
-        if not entries:
-            replies: Any = await self.redis.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=count, block=max(1, int(block_seconds * 1000))
-            )
-            for _stream, messages in replies or []:
-                entries.extend(messages)
+        """The next messages: those reclaimed, else new ones; none while the group is being
+        created again after Redis lost it."""
+        entries = await self.reader.reclaim(count) or await self.reader.read_new(count, block_seconds)
         return await self._decode(entries)
 
     async def _decode(self, entries: list[Entry]) -> list[UsageMessage]:
@@ -181,12 +150,9 @@ class RedisUsageConsumer:
         return messages
 
     async def ack(self, message_ids: Sequence[str]) -> None:
-        if not message_ids:
-            return
-        await self.redis.xack(self.stream, self.group, *message_ids)
-        if time.monotonic() - self._trimmed_at >= TRIM_INTERVAL_SECONDS:
-            self._trimmed_at = time.monotonic()
-            await trim_acknowledged(self.redis, self.stream, STREAM_LABEL)
+        if message_ids:
+            await self.reader.ack(*message_ids)
+            await self.reader.trim_when_due()
 
 
 class UsageChannelFull(Exception):

@@ -142,7 +142,7 @@ async def test_acknowledged_messages_are_trimmed_and_those_a_group_has_not_ackno
     assert await redis.xlen(stream) == 10  # nothing trimmed: "audit" still needs all ten
 
     await audit.ack([m.id for m in audit_has[:3]])
-    analytics._trimmed_at = 0.0  # the next acknowledgement trims (at most once a second otherwise)
+    analytics.reader._trimmed_at = 0.0  # the next acknowledgement trims (at most once a second otherwise)
     await publisher.publish(records(1))
     assert len(await read_all(analytics)) == 1
     assert await redis.xlen(stream) == 8  # the three both groups acknowledged went, the rest stay
@@ -151,7 +151,7 @@ async def test_acknowledged_messages_are_trimmed_and_those_a_group_has_not_ackno
     assert len(rest) == 7
     pending = await redis.xpending_range(stream, "audit", min="-", max="+", count=100)
     assert pending[0]["message_id"].decode() == audit_has[3].id
-    audit._trimmed_at = 0.0
+    audit.reader._trimmed_at = 0.0
     await audit.ack([audit_has[3].id, *(m.id for m in rest)])
     assert await redis.xlen(stream) == 1  # all acknowledged by all: only the last delivered stays
 

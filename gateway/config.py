@@ -1,3 +1,4 @@
+import os
 import re
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
@@ -12,6 +13,9 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
 
     service_name: str = "gateway"
     port: int = 8080
+    # Worker processes serving the port (uvicorn's supervisor): a whole number, or "auto" for the CPUs
+    # this process may run on. More than one needs REDIS_URL, where the workers share their state.
+    workers: str = "1"
     auth_service_url: str = "http://127.0.0.1:8001"
     user_service_url: str = "http://127.0.0.1:8002"
     airtable_gateway_url: str = "http://127.0.0.1:8003"
@@ -64,6 +68,26 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
         if not 0 <= self.api_key_cache_seconds <= 5:
             raise SettingsError("API_KEY_CACHE_SECONDS: must be between 0 and 5")
         self._check_extra_routes()
+        self._check_workers()
+
+    def _check_workers(self) -> None:
+        """A whole number ≥ 1 or ``auto``; several workers only with Redis: rate limits, revocations
+        and idempotency keys are otherwise each process's own, and N workers would grant N times a
+        client's limit and let a retry run twice."""
+        if self.workers.strip().lower() != "auto" and not (self.workers.strip().isdigit() and int(self.workers) >= 1):
+            raise SettingsError(f"WORKERS: {self.workers[:20]!r} is not a whole number of at least 1 or 'auto'")
+        if self.worker_count > 1 and not self.redis_url:
+            raise SettingsError(
+                f"WORKERS: {self.worker_count} workers need REDIS_URL, where they share rate limits, revocations"
+                " and idempotency keys (in memory each worker would keep its own); set REDIS_URL or run one worker"
+            )
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes ``python -m gateway serve`` runs."""
+        if self.workers.strip().lower() == "auto":
+            return available_cpus()
+        return int(self.workers)
 
     def _check_extra_routes(self) -> None:
         """Each item ``/api/v1/<segments>=http(s)://host[:port][/path]``, each prefix once: a typo
@@ -107,3 +131,11 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
         }
         routes.update(dict(self.extra_route_pairs))
         return {prefix: url.rstrip("/") for prefix, url in routes.items() if url}
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity: ``taskset``, a cpuset), at least 1. A container's
+    CPU quota (Kubernetes ``limits.cpu``) is not visible here: set GATEWAY_WORKERS to it there."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

@@ -20,6 +20,7 @@ import glob
 import os
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import REGISTRY, multiprocess, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -140,9 +141,10 @@ class MultiprocessMirror:
     summed over workers (a dead worker's counts stay in the total), gauges by ``gauge_mode``
     (``livemax``: the worst worker's state; ``livesum``: the workers' total)."""
 
-    def __init__(self, collectors: Sequence[tuple[Collector, str]]) -> None:
+    def __init__(self, collectors: Sequence[tuple[Collector, str]], value_class: Any = None) -> None:
         self.collectors = collectors
-        self._values: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[object, float]] = {}
+        self.value_class = value_class or values.ValueClass  # prometheus_client's, writing this pid's files
+        self._values: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[Any, float]] = {}
 
     def write(self) -> None:
         for collector, gauge_mode in self.collectors:
@@ -170,14 +172,19 @@ class MultiprocessMirror:
         known = self._values.get(key)
         if known is None:
             kind = "gauge" if family.type == "gauge" else family.type
-            file_value = values.ValueClass(
-                kind, family.name, name, list(labels), list(labels.values()), family.documentation,
+            file_value = self.value_class(
+                kind,
+                family.name,
+                name,
+                list(labels),
+                list(labels.values()),
+                family.documentation,
                 multiprocess_mode=gauge_mode,
             )
             # A worker that reuses a dead one's pid finds its counts in the file: it goes on from them.
             known = self._values[key] = (file_value, 0.0 if kind == "gauge" else file_value.get())
         file_value, base = known
-        file_value.set(base + value)  # type: ignore[attr-defined]
+        file_value.set(base + value)
 
 
 def forget_dead_workers(directory: str) -> None:

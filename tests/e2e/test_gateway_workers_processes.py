@@ -11,6 +11,7 @@ import http.client
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import suppress
@@ -21,7 +22,16 @@ import pytest
 import redis as redis_sync
 
 from tests.conftest import WAIT_SECONDS
-from tests.e2e.processes import JWT_SECRET, Processes, Service, access_token, wait_for
+from tests.e2e.processes import (
+    JWT_SECRET,
+    PYTHON,
+    REPO,
+    Processes,
+    Service,
+    access_token,
+    environment,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker sockets from /proc")
 
@@ -163,3 +173,12 @@ def test_two_workers_serve_one_port_as_one_gateway(gateway: Service, redis_url: 
     os.kill(gateway.process.pid, signal.SIGTERM)
     assert gateway.process.wait(timeout=60) == 0
     assert not [pid for pid in replaced if alive(pid)]
+
+
+def test_the_embedded_platform_refuses_several_workers_it_is_one_process(tmp_path: Path) -> None:
+    env = environment(tmp_path, GATEWAY_WORKERS="2", REDIS_URL="redis://127.0.0.1:6379/0")
+    done = subprocess.run(
+        [PYTHON, "-m", "embedded", "serve"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "GATEWAY_WORKERS: the embedded platform runs in one process" in done.stderr

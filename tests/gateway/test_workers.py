@@ -12,6 +12,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from gateway.breaker import CircuitBreaker
 from gateway.config import GatewaySettings
 from gateway.metrics import BreakerMetrics, MultiprocessMirror, ProxyMetrics, forget_dead_workers
+from gateway.workers import metrics_directory
 from shared.settings import SettingsError, load_settings
 
 REDIS = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
@@ -95,3 +96,16 @@ def test_a_killed_workers_breaker_state_leaves_the_gauge_and_the_worst_live_stat
     assert state() == 2.0  # open in one worker: the gateway's worst
     forget_dead_workers(str(tmp_path))
     assert state() == 0.0  # that worker is gone: the live one's breaker is closed
+
+
+def test_the_metrics_directory_an_operator_gives_starts_empty_and_a_made_one_goes_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "counter_999.db").write_bytes(b"a previous run's counts")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with metrics_directory() as directory:
+        assert directory == str(tmp_path) and not list(tmp_path.iterdir())
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    with metrics_directory() as directory:
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == directory and os.path.isdir(directory)
+    assert not os.path.exists(directory) and "PROMETHEUS_MULTIPROC_DIR" not in os.environ

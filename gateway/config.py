@@ -1,5 +1,8 @@
+import contextlib
+import math
 import os
 import re
+from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -14,7 +17,7 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
     service_name: str = "gateway"
     port: int = 8080
     # Worker processes serving the port (uvicorn's supervisor): a whole number, or "auto" for the CPUs
-    # this process may run on. More than one needs REDIS_URL, where the workers share their state.
+    # this process may use. More than one needs REDIS_URL, where the workers share their state.
     workers: str = "1"
     auth_service_url: str = "http://127.0.0.1:8001"
     user_service_url: str = "http://127.0.0.1:8002"
@@ -133,9 +136,12 @@ class GatewaySettings(ServiceSettings, kw_only=True, frozen=True):
         return {prefix: url.rstrip("/") for prefix, url in routes.items() if url}
 
 
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity: ``taskset``, a cpuset), at least 1. A container's
-    CPU quota (Kubernetes ``limits.cpu``) is not visible here: set GATEWAY_WORKERS to it there."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use, at least 1: its affinity (``taskset``, a cpuset), capped by a
+    container's CPU quota (cgroup v2 ``cpu.max``, Kubernetes ``limits.cpu``) rounded up."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    return max(1, cpus)

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.breaker import CircuitBreaker
-from gateway.config import GatewaySettings
+from gateway.config import GatewaySettings, available_cpus
 from gateway.metrics import BreakerMetrics, MultiprocessMirror, ProxyMetrics, forget_dead_workers
 from gateway.workers import metrics_directory
 from shared.settings import SettingsError, load_settings
@@ -31,10 +31,19 @@ def test_several_workers_without_redis_are_refused_because_they_would_not_share_
     assert load_settings(GatewaySettings, {"GATEWAY_WORKERS": "2", **REDIS}).worker_count == 2
 
 
-def test_auto_is_the_number_of_cpus_the_gateway_may_run_on() -> None:
+def test_auto_is_the_number_of_cpus_the_gateway_may_use() -> None:
     settings = load_settings(GatewaySettings, {"GATEWAY_WORKERS": "auto", **REDIS})
-    assert settings.worker_count == len(os.sched_getaffinity(0))
+    assert settings.worker_count == available_cpus()
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
     assert load_settings(GatewaySettings, {}).worker_count == 1  # the default
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [("150000 100000", 2), ("50000 100000", 1), ("max 100000", None)])
+def test_auto_follows_a_containers_cpu_quota_rounded_up(tmp_path: Path, cpu_max: str, expected: int | None) -> None:
+    quota = tmp_path / "cpu.max"
+    quota.write_text(cpu_max + "\n")
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(quota) == min(affinity, expected or affinity)
 
 
 def samples(registry: CollectorRegistry) -> set[tuple[str, frozenset[tuple[str, str]], float]]:

@@ -17,6 +17,7 @@ second: a scrape sees the whole gateway (the other workers' latest second except
 import asyncio
 import contextlib
 import glob
+import logging
 import os
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -126,6 +127,7 @@ BREAKER_METRICS = BreakerMetrics()
 REGISTRY.register(BREAKER_METRICS)
 
 
+logger = logging.getLogger("gateway.metrics")
 MIRROR_INTERVAL_SECONDS = 1.0
 _LIVE_GAUGE_FILE = "gauge_live*_*.db"  # prometheus_client: gauge_<mode>_<pid>.db
 
@@ -195,7 +197,9 @@ def forget_dead_workers(directory: str) -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+            # Every worker sweeps: another may have removed the files between the glob and here.
+            with contextlib.suppress(FileNotFoundError):
+                multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
         except PermissionError:  # alive, someone else's
             pass
 
@@ -212,8 +216,11 @@ async def shared_with_other_workers(collectors: Sequence[tuple[Collector, str]])
 
     async def keep_mirroring() -> None:
         while True:
-            mirror.write()
-            forget_dead_workers(directory)
+            try:
+                mirror.write()
+                forget_dead_workers(directory)
+            except Exception:  # a full disk, say: the next second tries again, the gateway serves on
+                logger.exception("metrics not mirrored for the other workers")
             await asyncio.sleep(MIRROR_INTERVAL_SECONDS)
 
     task = asyncio.create_task(keep_mirroring())
@@ -224,4 +231,5 @@ async def shared_with_other_workers(collectors: Sequence[tuple[Collector, str]])
         with contextlib.suppress(asyncio.CancelledError):
             await task
         mirror.write()
-        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+        with contextlib.suppress(FileNotFoundError):  # a worker's sweep may have seen this one go first
+            multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]

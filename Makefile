@@ -66,7 +66,7 @@ typecheck: $(INSTALLED) ## mypy --strict on the services and the kernel
 bench: $(INSTALLED) ## Login vs raw argon2id benchmark (ratio, side by side); see docs/PERFORMANCE.md
 	$(PY) -m bench.login_vs_argon2
 
-bench-gateway: $(INSTALLED) ## Gateway vs nginx vs direct (wrk, 1 and 50 connections); installs nginx and wrk
+bench-gateway: $(INSTALLED) ## Gateway (1 and 2 workers) vs nginx vs direct (wrk, 1 and 50 connections); installs nginx and wrk
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk)
 	$(PY) -m bench.gateway_vs_nginx

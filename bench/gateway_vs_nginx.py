@@ -15,6 +15,9 @@ Started on free 127.0.0.1 ports, all as subprocesses of this one run:
   claims the auth service issues. Every gateway request therefore takes the full protected
   path: path check, JWT (claims cache), one Redis EVALSHA (GCRA + revocation), the gateway's
   HTTP/1.1 client (``gateway/http1.py``) to the upstream, access log and Prometheus metrics.
+* gateway-2-workers: the same gateway with ``GATEWAY_WORKERS=2`` (uvicorn's supervisor and two
+  workers on one port, sharing the limit through Redis, metrics in multiprocess mode); its CPU is
+  the supervisor's plus both workers'.
 
 ``wrk`` then loads ``direct`` (the upstream alone), ``nginx`` and ``gateway`` at each connection
 count (default: ``-t1 -c1`` and ``-t2 -c50``, ``--latency``), alternating targets within each
@@ -23,9 +26,11 @@ responses and socket errors, and server CPU per request; headline ratios (median
 gateway/nginx requests/s and gateway p50 - direct p50 at one connection.
 
 Pinning (``--pin``, taskset): by default the proxy under test has CPU 1 to itself (one worker, one
-core) while wrk and the upstream share CPU 0. ``--compare-tree DIR`` adds a second gateway run from
-another copy of ``gateway/`` and ``shared/`` (target ``gateway-before``), alternating with this one:
-before/after figures from the same machine state. See docs/PERFORMANCE.md, "Gateway vs nginx".
+core) while wrk and the upstream share CPU 0; the two-worker gateway is not pinned (its workers may
+use both cores, which wrk and the upstream need too: on a 2-core machine it cannot double).
+``--compare-tree DIR`` adds a second gateway run from another copy of ``gateway/`` and ``shared/``
+(target ``gateway-before``), alternating with this one: before/after figures from the same machine
+state. See docs/PERFORMANCE.md, "Gateway vs nginx".
 
 Goals (issue): gateway >= 0.35 x nginx requests/s with one gateway worker (judged at the highest
 connection count, 50 by default, as the issue measured it), and <= 1 ms added to
@@ -78,7 +83,8 @@ STARTUP_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 GOAL_THROUGHPUT_RATIO = 0.35
 GOAL_ADDED_P50_MS = 1.0
-TARGETS = ("direct", "nginx", "gateway")
+MULTI = "gateway-2-workers"  # GATEWAY_WORKERS=2
+TARGETS = ("direct", "nginx", "gateway", MULTI)
 BEFORE = "gateway-before"  # with --compare-tree: the same gateway from another source tree
 TOKEN_TTL_SECONDS = 4 * 3600
 # Parent environment variables that must not leak into the measured gateway.
@@ -93,6 +99,9 @@ _LEAKY_NAMES = SHARED_SETTING_NAMES | {
     "RATE_LIMIT_PER_MINUTE",
     "RATE_LIMIT_BURST",
     "RATE_LIMIT_KEY",
+    "WORKERS",  # GATEWAY_WORKERS goes with the prefix; uvicorn's own, and a metrics directory, too
+    "WEB_CONCURRENCY",
+    "PROMETHEUS_MULTIPROC_DIR",
 }
 # wrk prints this line from its done() hook: machine-readable figures, no text parsing.
 _WRK_SCRIPT = r"""
@@ -153,10 +162,18 @@ class Pinning:
     def prefix(cpus: str | None) -> list[str]:
         return ["taskset", "-c", cpus] if cpus is not None else []
 
+    @property
+    def workers(self) -> str | None:
+        """The two-worker gateway's CPUs: every one in the default layout (a worker per core), else the proxy's."""
+        return None if self.name == "proxy" else self.proxy
+
     def describe(self) -> str:
         if self.name == "none":
             return "not pinned"
-        return f"wrk on CPU {self.wrk}, upstream on CPU {self.upstream}, nginx/gateway on CPU {self.proxy}"
+        return (
+            f"wrk on CPU {self.wrk}, upstream on CPU {self.upstream}, nginx/gateway on CPU {self.proxy}, "
+            f"{MULTI} on {'every CPU' if self.workers is None else 'CPU ' + self.workers}"
+        )
 
 
 def start_upstream(workdir: Path, pinning: Pinning) -> Server:
@@ -261,10 +278,16 @@ def gateway_env(
 
 
 def start_gateway(
-    workdir: Path, env: dict[str, str], pinning: Pinning, name: str = "gateway", tree: Path | None = None
+    workdir: Path,
+    env: dict[str, str],
+    pinning: Pinning,
+    name: str = "gateway",
+    tree: Path | None = None,
+    cpus: str | None = None,
 ) -> Server:
-    """``python -m gateway serve``; with ``tree``, the ``gateway``/``shared`` packages of that directory."""
-    argv = [*Pinning.prefix(pinning.proxy), sys.executable, "-m", "gateway", "serve"]
+    """``python -m gateway serve`` on ``cpus`` (default: the proxy's); with ``tree``, the
+    ``gateway``/``shared`` packages of that directory."""
+    argv = [*Pinning.prefix(cpus or pinning.proxy), sys.executable, "-m", "gateway", "serve"]
     if tree is not None:
         env = {**env, "PYTHONPATH": str(tree)}
     server = Server(name, argv, env, int(env["PORT"]), workdir, cwd=tree)
@@ -462,6 +485,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             env = gateway_env(workdir, free_port(), upstream, secret, args.redis, namespace, args)
             servers["gateway"] = start_gateway(workdir, env, pinning, tree=args.gateway_tree)
             stack.callback(servers["gateway"].stop)
+            if MULTI in targets:
+                multi_env = {**env, "PORT": str(free_port()), "GATEWAY_WORKERS": "2"}
+                servers[MULTI] = start_gateway(workdir, multi_env, pinning, MULTI, args.gateway_tree, pinning.workers)
+                stack.callback(servers[MULTI].stop)
             if args.compare_tree is not None:
                 env = {**env, "PORT": str(free_port())}
                 env.update(item.partition("=")[::2] for item in args.compare_env)
@@ -589,6 +616,20 @@ def summarise(rounds: list[dict[str, Any]], targets: list[str], connection_count
                 for r in rounds
             ]
             ratios[f"gateway_added_p50_ms@{connections}"] = _spread(added, 3)
+        if {"gateway", MULTI} <= set(targets):
+            values = [
+                r["results"][f"{MULTI}@{connections}"]["rps"] / r["results"][f"gateway@{connections}"]["rps"]
+                for r in rounds
+                if r["results"][f"gateway@{connections}"]["rps"]
+            ]
+            ratios[f"two_workers_over_one_rps@{connections}"] = _spread(values, 3)
+        if {MULTI, "nginx"} <= set(targets):
+            values = [
+                r["results"][f"{MULTI}@{connections}"]["rps"] / r["results"][f"nginx@{connections}"]["rps"]
+                for r in rounds
+                if r["results"][f"nginx@{connections}"]["rps"]
+            ]
+            ratios[f"two_workers_over_nginx_rps@{connections}"] = _spread(values, 3)
         if {"gateway", BEFORE} <= set(targets):
             values = [
                 r["results"][f"gateway@{connections}"]["rps"] / r["results"][f"{BEFORE}@{connections}"]["rps"]
@@ -690,6 +731,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"* latency: gateway p50 - direct p50 at {low} connection(s) = {added['median']} ms — {verdict} "
             f"the goal <= {GOAL_ADDED_P50_MS} ms"
         )
+    for count in report["connections"]:
+        two = summary["per_target"].get(f"{MULTI}@{count}")
+        one = summary["per_target"].get(f"gateway@{count}")
+        spread = ratios.get(f"two_workers_over_one_rps@{count}")
+        if two is not None and one is not None and spread is not None:
+            lines.append(
+                f"* workers at {count} connection(s): 1 worker {one['rps']:.0f} req/s, "
+                f"{one['cpu_us_per_request'].get('gateway', 0):g} µs CPU/req; 2 workers {two['rps']:.0f} req/s "
+                f"({spread['median']}x), {two['cpu_us_per_request'].get(MULTI, 0):g} µs CPU/req (supervisor and "
+                "both workers)"
+            )
     lines += [
         "* non-2xx counts wrk's status errors (status >= 400); socket errors are connect/read/write/timeout.",
         "* CPU µs/req: CPU time of each process (nginx: master + worker; redis: the local redis-server) during "
@@ -718,10 +770,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--pin",
         choices=["proxy", "split", "none"],
         default="proxy",
-        help="taskset layout: proxy = nginx/gateway alone on one CPU, wrk and the upstream on the other "
-        "(default: one worker, one core); split = wrk on one CPU, every server on the other; none",
+        help="taskset layout: proxy = nginx/gateway alone on one CPU, wrk and the upstream on the other, "
+        f"{MULTI} unpinned (default: one worker, one core); split = wrk on one CPU, every server on the other; "
+        "none",
     )
-    parser.add_argument("--targets", default=",".join(TARGETS), help="subset of direct,nginx,gateway")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument("--redis", metavar="URL", default="redis://127.0.0.1:6379/0", help="the gateway's Redis")
     parser.add_argument(
         "--gateway-env",
@@ -764,7 +817,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seconds <= 0 or args.rounds < 1 or args.warmup <= 0 or args.hold < 0:
         parser.error("--seconds, --rounds and --warmup must be positive")
     if not set(args.targets) <= set(TARGETS) or not args.targets:
-        parser.error("--targets: a subset of direct,nginx,gateway")
+        parser.error(f"--targets: a subset of {','.join(TARGETS)}")
     if (args.compare_tree is not None or args.gateway_tree is not None) and "gateway" not in args.targets:
         parser.error("--compare-tree and --gateway-tree need the gateway target")
     for tree in (args.compare_tree, args.gateway_tree):

@@ -16,6 +16,8 @@ def main() -> int:
     args = parser.parse_args()
     try:
         settings = load_settings(GatewaySettings)
+        if settings.worker_count > 1:  # its services' in-memory stores and SQLite files are one process's
+            raise SettingsError("GATEWAY_WORKERS: the embedded platform runs in one process; run the gateway alone")
         configure_logging("platform", settings.log_level)
         if args.command == "migrate":
             migrate_all()

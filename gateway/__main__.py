@@ -4,7 +4,7 @@ import sys
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from gateway.serving import GatewayHttpProtocol
+from gateway.workers import serve_gateway
 from shared.cli import run_service_cli
 
 
@@ -14,7 +14,7 @@ def main() -> int:
         settings_cls=GatewaySettings,
         create_app=create_app,
         migrations=False,
-        uvicorn_options={"http": GatewayHttpProtocol},
+        serve_app=serve_gateway,
     )
 
 

@@ -13,10 +13,10 @@ from gateway.accesslog import AccessLog
 from gateway.breaker import FIRST_OPEN_SECONDS, CircuitBreaker
 from gateway.compat import LegacyAnalyticsController, LegacyAuthController, mark_deprecated
 from gateway.config import GatewaySettings
-from gateway.controllers import PlatformDocsController, ProxyContext, proxy_handler, send_problem
+from gateway.controllers import IN_FLIGHT, PlatformDocsController, ProxyContext, proxy_handler, send_problem
 from gateway.errors import CORSRefused
 from gateway.idempotency import Idempotency
-from gateway.metrics import BREAKER_METRICS
+from gateway.metrics import BREAKER_METRICS, PROXY_METRICS, shared_with_other_workers
 from gateway.openapi import OpenAPIAggregator
 from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream, NotReady, TracedUpstream
 from gateway.ratelimit import RateLimiter
@@ -57,6 +57,10 @@ def create_app(
     @asynccontextmanager
     async def gateway_resources(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # Several workers: what these keep in memory goes to /metrics through the shared files.
+            await stack.enter_async_context(
+                shared_with_other_workers([(PROXY_METRICS, ""), (BREAKER_METRICS, "livemax"), (IN_FLIGHT, "livesum")])
+            )
             upstreams: dict[str, Forward] = {}
             for prefix, service in services.items():
                 upstreams[prefix] = await _in_process(stack, prefix, service, settings)

@@ -1,4 +1,8 @@
+import contextlib
+import math
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -28,6 +32,9 @@ class GatewaySettings(_WithServiceUrls, kw_only=True, frozen=True):
 
     service_name: str = "gateway"
     port: int = 8080
+    # Worker processes serving the port (uvicorn's supervisor): a whole number, or "auto" for the CPUs
+    # this process may use. More than one needs REDIS_URL, where the workers share their state.
+    workers: str = "1"
     # Extra or overriding routes: "prefix=url,prefix=url", e.g. "/api/v1/billing=http://billing:8006".
     extra_routes: str = ""
     connect_timeout: float = 2.0
@@ -76,6 +83,26 @@ class GatewaySettings(_WithServiceUrls, kw_only=True, frozen=True):
         if not 0 <= self.api_key_cache_seconds <= 5:
             raise SettingsError("API_KEY_CACHE_SECONDS: must be between 0 and 5")
         self._check_extra_routes()
+        self._check_workers()
+
+    def _check_workers(self) -> None:
+        """A whole number ≥ 1 or ``auto``; several workers only with Redis: rate limits, revocations
+        and idempotency keys are otherwise each process's own, and N workers would grant N times a
+        client's limit and let a retry run twice."""
+        if self.workers.strip().lower() != "auto" and not (self.workers.strip().isdigit() and int(self.workers) >= 1):
+            raise SettingsError(f"WORKERS: {self.workers[:20]!r} is not a whole number of at least 1 or 'auto'")
+        if self.worker_count > 1 and not self.redis_url:
+            raise SettingsError(
+                f"WORKERS: {self.worker_count} workers need REDIS_URL, where they share rate limits, revocations"
+                " and idempotency keys (in memory each worker would keep its own); set REDIS_URL or run one worker"
+            )
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes ``python -m gateway serve`` runs."""
+        if self.workers.strip().lower() == "auto":
+            return available_cpus()
+        return int(self.workers)
 
     def _check_extra_routes(self) -> None:
         """Each item ``/api/v1/<segments>=http(s)://host[:port][/path]``, each prefix once: a typo
@@ -114,3 +141,14 @@ class GatewaySettings(_WithServiceUrls, kw_only=True, frozen=True):
         routes: dict[str, str] = {entry.prefix: getattr(self, entry.url_variable.lower()) for entry in SERVICES}
         routes.update(dict(self.extra_route_pairs))
         return {prefix: url.rstrip("/") for prefix, url in routes.items() if url}
+
+
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use, at least 1: its affinity (``taskset``, a cpuset), capped by a
+    container's CPU quota (cgroup v2 ``cpu.max``, Kubernetes ``limits.cpu``) rounded up."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    return max(1, cpus)

@@ -28,7 +28,8 @@ from shared.logs import request_id_var
 
 logger = logging.getLogger("gateway")
 
-IN_FLIGHT = Gauge("pyairtable_gateway_requests_in_flight", "Requests being proxied")
+# With several workers (multiprocess metrics) each mirrors its count and /metrics sums the live ones.
+IN_FLIGHT = Gauge("pyairtable_gateway_requests_in_flight", "Requests being proxied", multiprocess_mode="livesum")
 _in_flight = [0]  # read by the gauge at scrape time: no lock taken twice per request
 IN_FLIGHT.set_function(lambda: _in_flight[0])
 _encoder = msgspec.json.Encoder()

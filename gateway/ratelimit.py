@@ -26,7 +26,11 @@ from gateway.redis_script import PipelinedScript
 logger = logging.getLogger("gateway.ratelimit")
 
 DECISIONS = Counter("pyairtable_gateway_ratelimit_decisions_total", "Rate-limit decisions", ["policy", "decision"])
-DEGRADED = Gauge("pyairtable_gateway_ratelimit_degraded", "1 while the shared (Redis) limiter is unavailable")
+DEGRADED = Gauge(
+    "pyairtable_gateway_ratelimit_degraded",
+    "1 while the shared (Redis) limiter is unavailable",
+    multiprocess_mode="livemax",  # several workers: 1 while any of them is without Redis
+)
 REDIS_FAILURES = Counter(
     "pyairtable_gateway_ratelimit_redis_failures_total",
     "Rate-limit calls to Redis that failed or timed out (each one a request that waited on Redis)",

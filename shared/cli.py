@@ -26,6 +26,15 @@ ExtraCommand = Callable[[ServiceSettings, argparse.Namespace], int]
 Command = tuple[Callable[[argparse.ArgumentParser], None], ExtraCommand]
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 _DURATION = re.compile(r"^(\d+)([dhms]?)$")
+# uvicorn as every service runs it: our JSON logs and access log, no Server header, no trust in
+# X-Forwarded-* (TRUSTED_PROXIES decides), 10 s for requests in progress to finish on SIGTERM.
+SERVER_OPTIONS: dict[str, Any] = {
+    "log_config": None,
+    "access_log": False,
+    "server_header": False,
+    "proxy_headers": False,
+    "timeout_graceful_shutdown": 10,
+}
 
 
 def run_service_cli(
@@ -37,8 +46,9 @@ def run_service_cli(
     extra_commands: dict[str, Command] | None = None,
     events: EventConsumer | None = None,
     migrations: bool = True,
-    uvicorn_options: dict[str, Any] | None = None,
+    serve_app: Callable[[Any, Any], None] | None = None,
 ) -> int:
+    """``serve_app(app, settings)`` serves instead of ``serve`` (the gateway: its protocol, its workers)."""
     parser = argparse.ArgumentParser(prog=f"python -m {package}")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the HTTP service (default)")
@@ -73,7 +83,7 @@ def run_service_cli(
         except SettingsError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
-        serve(app, settings, **(uvicorn_options or {}))
+        (serve_app or serve)(app, settings)
     else:
         return extra_commands[command][1](settings, args)
     return 0
@@ -83,17 +93,7 @@ def serve(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> None:
     # Everything built so far (modules, the app, its routes) lives as long as the process: moved out
     # of the collector's generations, a full collection no longer walks ~100k long-lived objects.
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-        **uvicorn_options,
-    )
+    uvicorn.run(app, host=settings.host, port=settings.port, **SERVER_OPTIONS, **uvicorn_options)
 
 
 def parse_duration(text: str) -> timedelta:

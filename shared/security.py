@@ -50,7 +50,9 @@ REVOCATION_UNKNOWN = Counter(
     "Signature-valid tokens accepted while the revocation store could not be read",
 )
 REVOCATIONS_PENDING = Gauge(
-    "pyairtable_revocations_pending", "Revocations this process could not write yet; written when the store returns"
+    "pyairtable_revocations_pending",
+    "Revocations this process could not write yet; written when the store returns",
+    multiprocess_mode="livesum",  # a gateway's several workers: their total
 )
 
 

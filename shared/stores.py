@@ -31,7 +31,9 @@ from shared.settings import ServiceSettings
 logger = logging.getLogger("shared.stores")
 
 STORE_DEGRADED = Gauge(
-    "pyairtable_store_degraded", "1 while Redis is unavailable and per-process stores stand in for it"
+    "pyairtable_store_degraded",
+    "1 while Redis is unavailable and per-process stores stand in for it",
+    multiprocess_mode="livemax",  # a gateway's several workers: 1 while any of them is without Redis
 )
 STAND_IN_MAX_KEYS = 100_000
 SWEEP_EXPIRED_AT_KEYS = 10_000

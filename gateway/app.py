@@ -174,8 +174,8 @@ class DirectRoutes:
 class GatewayApp(Litestar):
     """The gateway's Litestar app. Proxied requests go straight to their mount's handler, past
     Litestar's entry, ``before_send`` hooks, router and middleware passes (exceptions, request ID,
-    metrics and auth, which the proxy routes opt out of or do themselves): ≈ 30 µs of what was a
-    ≈ 160 µs request (docs/PERFORMANCE.md). The proxy handler sets the headers those hooks would (request
+    metrics and auth, which the proxy routes opt out of or do themselves): a fifth of a proxied
+    request's CPU (docs/PERFORMANCE.md). The proxy handler sets the headers those hooks would (request
     ID, ``nosniff``, ``Vary: Origin`` with CORS on), binds the request ID to the log context and
     answers an unexpected error with a problem+json 500. With CORS on, requests carrying
     ``Origin`` take Litestar's way, through its CORS middleware; everything else is Litestar's."""

@@ -23,7 +23,7 @@ from gateway.routing import Route, RouteTable, checked_path
 from gateway.services import Gatekeeper
 from gateway.usage import UsageEmitter
 from shared.errors import PROBLEM_MEDIA_TYPE, problem_for_exception
-from shared.http import client_ip, ensure_request_id
+from shared.http import client_ip, ensure_request_id, standard_response_headers
 from shared.logs import request_id_var
 
 logger = logging.getLogger("gateway")
@@ -39,7 +39,7 @@ def standard_headers(request_id: str, cors: bool) -> list[tuple[bytes, bytes]]:
     """What ``shared.http.add_standard_headers`` (and, with CORS, ``vary_on_origin``) would add:
     the proxy sets them itself, so a request sent past Litestar (``GatewayApp``) gets them too;
     on Litestar's way the hooks find them in place."""
-    headers = [(b"x-request-id", request_id.encode("latin-1")), (b"x-content-type-options", b"nosniff")]
+    headers = standard_response_headers(request_id)
     if cors:
         headers.append((b"vary", b"Origin"))
     return headers

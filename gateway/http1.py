@@ -1,9 +1,8 @@
 """A lean HTTP/1.1 client for the proxy: pooled keep-alive connections on asyncio protocols,
 responses parsed by httptools (llhttp), both bodies streamed.
 
-Why not aiohttp or httpx: per request they cost ≈ 110 to 230 µs of CPU (aiohttp), ≈ 0.5 to 0.7 ms (httpx
-on an aiohttp transport) and ≈ 1 to 8 ms (httpx, many requests in flight) on this machine, against
-≈ 20 to 95 µs for this client (docs/PERFORMANCE.md, "HTTP clients side by side").
+Why not aiohttp or httpx: measured side by side, each costs several times this client's CPU per
+proxied request (docs/PERFORMANCE.md, "HTTP clients side by side"; `make bench-clients`).
 This client does only what a reverse proxy needs, one exchange per connection at a time:
 
 * the request head is written as given (the caller chooses the headers: no defaults added but

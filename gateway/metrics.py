@@ -1,7 +1,8 @@
 """The proxy's per-request metrics, kept without a lock per update, and the upstreams' breakers.
 
 ``prometheus_client`` takes a lock for every counter increment and two for every histogram
-observation (sum and bucket): six per proxied request here, ≈ 6 µs. Only the event loop's thread
+observation (sum and bucket): six per proxied request here (docs/PERFORMANCE.md has the cost).
+Only the event loop's thread
 updates these, and the scrape (``/metrics``, an async handler) runs in that thread too, so plain
 Python numbers suffice; this collector turns them into the same families, names, labels and
 buckets that ``Counter``/``Histogram`` would expose. Series appear once first used, as with

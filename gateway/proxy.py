@@ -29,6 +29,7 @@ from gateway.http1 import (
     StaleConnection,
     UpstreamError,
 )
+from shared.http import standard_response_headers
 from shared.tracing import inject_headers
 
 HOP_BY_HOP = frozenset(
@@ -124,7 +125,7 @@ CHECKED_BY_GATEWAY = frozenset(
 _NOT_REMOVED_BY_CONNECTION = _NOT_FORWARDED | CHECKED_BY_GATEWAY
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 # Response headers the gateway sets itself (its request ID, nosniff): an upstream's copies are dropped.
-SET_BY_GATEWAY = frozenset({b"x-request-id", b"x-content-type-options"})
+SET_BY_GATEWAY = frozenset(name for name, _ in standard_response_headers(""))
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 READY_SECONDS = 1.5  # the longest wait for an upstream's /ready (the kernel's readiness check allows 2 s)
 # Query bytes kept as the client sent them: printable ASCII but '#'; the rest is percent-encoded.

@@ -1,8 +1,8 @@
 """One Lua script, called over one pipelined Redis connection: the gateway's per-request Redis call.
 
-redis-py's asyncio client costs about 100 µs of CPU per command on a small VM (connection pool,
-retry wrapper, event dispatch, observability hooks, per-read timeouts) against about 20 µs for
-the round trip itself. Every protected request makes exactly one such call (the rate limit and
+redis-py's asyncio client costs several times the round trip itself in CPU per command
+(connection pool, retry wrapper, event dispatch, observability hooks, per-read timeouts; the
+figures are in docs/PERFORMANCE.md). Every protected request makes exactly one such call (the rate limit and
 the revocation check, see ``gateway.ratelimit``), so this module makes it directly: RESP2 over a
 single TCP connection, requests pipelined in order, replies parsed by hiredis and matched first
 in, first out. Same keys, same arguments (encoded as redis-py encodes them), same script, same

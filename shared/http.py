@@ -283,11 +283,23 @@ def _body_validation_error(request: Request[Any, Any, Any], exc: msgspec.Validat
     return ValidationException(detail=f"Validation failed for {request.method} {request.url.path}", extra=[error])
 
 
+# What every response of the platform carries besides its request ID (the gateway's direct path,
+# which sends its own response head, sets the same through standard_response_headers).
+STANDARD_RESPONSE_HEADERS: tuple[tuple[str, str], ...] = (("x-content-type-options", "nosniff"),)
+_STANDARD_PAIRS = tuple((name.encode(), value.encode()) for name, value in STANDARD_RESPONSE_HEADERS)
+
+
 async def add_standard_headers(message: Message, scope: Scope) -> None:
     """``before_send`` hook: the request ID and ``nosniff`` on every response, 404s included."""
     if message["type"] == "http.response.start":
         _set_header(message, REQUEST_ID_HEADER, ensure_request_id(scope))
-        _set_header(message, "x-content-type-options", "nosniff")
+        for name, value in STANDARD_RESPONSE_HEADERS:
+            _set_header(message, name, value)
+
+
+def standard_response_headers(request_id: str) -> list[tuple[bytes, bytes]]:
+    """What :func:`add_standard_headers` sets, as raw header pairs, for a response sent past it."""
+    return [(b"x-request-id", request_id.encode("latin-1")), *_STANDARD_PAIRS]
 
 
 def _set_header(message: Message, name: str, value: str) -> None:

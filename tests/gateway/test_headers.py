@@ -15,6 +15,7 @@ import pytest
 from litestar import Litestar
 
 from gateway.app import create_app
+from shared.http import STANDARD_RESPONSE_HEADERS
 from tests.conftest import app_client
 from tests.gateway.conftest import (
     PROBLEM,
@@ -207,13 +208,17 @@ async def test_error_responses_carry_the_request_id_too(client: httpx.AsyncClien
     assert response.json()["request_id"] == request_id
 
 
-async def test_proxied_responses_are_nosniff(client: httpx.AsyncClient) -> None:
+async def test_proxied_responses_carry_every_header_the_kernel_sets(client: httpx.AsyncClient) -> None:
+    """The direct path sends its own response head: it takes the kernel's list, so a header added
+    to shared/http.py reaches proxied traffic too (nosniff today)."""
+    assert ("x-content-type-options", "nosniff") in STANDARD_RESPONSE_HEADERS
     for response in (
         await client.get(f"{USERS}/me", headers=_bearer()),
         await client.get(f"{USERS}/me"),
         await client.get("/api/v1/nope"),
     ):
-        assert response.headers["x-content-type-options"] == "nosniff"
+        for name, value in STANDARD_RESPONSE_HEADERS:
+            assert response.headers.get_list(name) == [value], (response.request.url, name)
         assert response.headers["content-type"]
 
 

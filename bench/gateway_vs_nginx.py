@@ -14,7 +14,7 @@ Started on free 127.0.0.1 ports, all as subprocesses of this one run:
   a rate limit too high to ever answer 429, and an HS256 access token minted here with the
   claims the auth service issues. Every gateway request therefore takes the full protected
   path: path check, JWT (claims cache), one Redis EVALSHA (GCRA + revocation), the gateway's
-  HTTP/1.1 client (``gateway/http1.py``) to the upstream, access log and Prometheus metrics.
+  HTTP/1.1 client (``gateway/transport/http1.py``) to the upstream, access log and Prometheus metrics.
 * gateway-2-workers: the same gateway with ``GATEWAY_WORKERS=2`` (uvicorn's supervisor and two
   workers on one port, sharing the limit through Redis, metrics in multiprocess mode); its CPU is
   the supervisor's plus both workers'.

@@ -13,11 +13,11 @@ second CPU, like the gateway in ``bench.gateway_vs_nginx``.
 * ``httpx+aiohttp``: ``httpx.AsyncClient`` on ``httpx_aiohttp.AiohttpTransport`` (PyPI
   ``httpx-aiohttp``; reported as missing when not installed);
 * ``aiohttp``: ``aiohttp.ClientSession`` (C parser), as the gateway used before;
-* ``gateway.http1``: the gateway's own pooled HTTP/1.1 client (``gateway/http1.py``).
+* ``gateway.transport.http1``: the gateway's own pooled HTTP/1.1 client (``gateway/transport/http1.py``).
 
 Reported per client and concurrency: requests/s, CPU µs per request of this process (the client's
 whole cost: its Python, the event loop, the system calls), and the ratio of each client's CPU per
-request to ``gateway.http1``'s in the same round. CPU per request is the steadier figure on a
+request to ``gateway.transport.http1``'s in the same round. CPU per request is the steadier figure on a
 shared machine; requests/s also depends on the upstream and on whatever else runs.
 """
 
@@ -41,7 +41,7 @@ import uvloop
 
 from bench.common import HOST, LoggedServer, cpu_model, free_port, package_versions, say, utc_timestamp
 from bench.upstream_app import ITEM_BODY, ITEM_PATH
-from gateway.http1 import ConnectionPool
+from gateway.transport.http1 import ConnectionPool
 
 POOL_SIZE = 200
 HEADERS = {
@@ -118,7 +118,7 @@ async def gateway_http1(url: str) -> AsyncIterator[Get]:
             raise
         pool.release(connection)
         if status != 200 or body != ITEM_BODY:
-            raise RuntimeError(f"gateway.http1: {status}")
+            raise RuntimeError(f"gateway.transport.http1: {status}")
 
     try:
         yield get
@@ -130,9 +130,9 @@ CLIENTS: dict[str, ClientFactory] = {
     "httpx": httpx_default,
     "httpx+aiohttp": httpx_aiohttp_transport,
     "aiohttp": aiohttp_session,
-    "gateway.http1": gateway_http1,
+    "gateway.transport.http1": gateway_http1,
 }
-REFERENCE = "gateway.http1"
+REFERENCE = "gateway.transport.http1"
 
 
 async def load(get: Get, concurrency: int, seconds: float) -> dict[str, float]:

@@ -10,7 +10,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.accesslog import AccessLog
-from gateway.breaker import FIRST_OPEN_SECONDS, CircuitBreaker
+from gateway.admission import Gatekeeper
 from gateway.compat import LegacyAnalyticsController, LegacyAuthController, mark_deprecated
 from gateway.config import GatewaySettings
 from gateway.controllers import IN_FLIGHT, PlatformDocsController, ProxyContext, proxy_handler, send_problem
@@ -22,7 +22,7 @@ from gateway.proxy import Forward, HTTPUpstream, InProcessUpstream, NotReady, Tr
 from gateway.ratelimit import RateLimiter
 from gateway.readiness import UpstreamReadiness
 from gateway.routing import Route, RouteTable
-from gateway.services import Gatekeeper
+from gateway.transport.breaker import FIRST_OPEN_SECONDS, CircuitBreaker
 from gateway.usage import usage_emitter
 from shared.events import EventBus
 from shared.http import Degraded, ensure_request_id, header, run_check

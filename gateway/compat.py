@@ -22,6 +22,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import Message, OperationIDCreator, Scope
 
+from gateway.admission import Admission
 from gateway.compat_schemas import (
     LegacyCosts,
     LegacyCostSummary,
@@ -50,7 +51,6 @@ from gateway.compat_schemas import (
     platform_metric,
 )
 from gateway.proxy import CollectedAnswer, ForwardRequest, RequestBody
-from gateway.services import Admission
 from shared.errors import Forbidden, ProblemError, ServiceUnavailable, Unauthorized
 from shared.http import CheckedBodyRequest, client_ip, ensure_request_id
 

@@ -13,6 +13,7 @@ from litestar.types import Receive, Scope, Send
 from prometheus_client import Gauge
 
 from gateway.accesslog import AccessLog
+from gateway.admission import Gatekeeper
 from gateway.api_keys import INTERNAL_PREFIX, is_internal
 from gateway.errors import MethodNotAllowed, PayloadTooLarge, RepeatedHeader
 from gateway.idempotency import KEYED_METHODS, Idempotency
@@ -20,7 +21,6 @@ from gateway.metrics import PROXY_METRICS
 from gateway.openapi import DOCS_HTML
 from gateway.proxy import Forward, ForwardRequest, RequestBody, ResponseStarted
 from gateway.routing import Route, RouteTable, checked_path
-from gateway.services import Gatekeeper
 from gateway.usage import UsageEmitter
 from shared.errors import PROBLEM_MEDIA_TYPE, problem_for_exception
 from shared.http import client_ip, ensure_request_id, standard_response_headers

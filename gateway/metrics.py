@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import INF, floatToGoString
 
-from gateway.breaker import CircuitBreaker
+from gateway.transport.breaker import CircuitBreaker
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, INF)  # the defaults
 _BUCKET_LABELS = [floatToGoString(bound) for bound in BUCKETS]  # type: ignore[no-untyped-call]

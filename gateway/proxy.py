@@ -1,6 +1,6 @@
 """Forwarding a request to an upstream service, streaming both bodies.
 
-Two kinds of upstream: a service over HTTP (``gateway/http1.py``, pooled keep-alive connections) and a
+Two kinds of upstream: a service over HTTP (``gateway/transport/http1.py``, pooled keep-alive connections) and a
 service app in the same process (the embedded run mode), called directly as ASGI.
 """
 
@@ -18,9 +18,9 @@ from litestar.types import ASGIApp, Message, Receive, Send
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Tracer
 
-from gateway.breaker import CircuitBreaker
 from gateway.errors import BodyTimeout, CircuitOpen, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
-from gateway.http1 import (
+from gateway.transport.breaker import CircuitBreaker
+from gateway.transport.http1 import (
     ConnectFailed,
     Connection,
     ConnectionPool,
@@ -302,7 +302,7 @@ class NotReady(Exception):
 
 
 class HTTPUpstream:
-    """A service over HTTP: the lean pooled HTTP/1.1 client of ``gateway/http1.py``."""
+    """A service over HTTP: the lean pooled HTTP/1.1 client of ``gateway/transport/http1.py``."""
 
     def __init__(
         self,

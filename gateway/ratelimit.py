@@ -20,8 +20,8 @@ from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.breaker import CircuitBreaker
-from gateway.redis_script import PipelinedScript
+from gateway.transport.breaker import CircuitBreaker
+from gateway.transport.redis_script import PipelinedScript
 
 logger = logging.getLogger("gateway.ratelimit")
 

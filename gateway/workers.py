@@ -23,7 +23,7 @@ from litestar import Litestar
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from gateway.serving import GatewayHttpProtocol
+from gateway.transport.serving import GatewayHttpProtocol
 from shared.cli import SERVER_OPTIONS, serve
 from shared.logs import configure_logging
 from shared.settings import load_settings

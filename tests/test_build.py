@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
 RUNTIME_LOCK = ROOT / "requirements-runtime.lock"
 PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
-# The dependencies whose private parts the code uses (gateway/serving.py subclasses uvicorn's
+# The dependencies whose private parts the code uses (gateway/transport/serving.py subclasses uvicorn's
 # httptools protocol): each must have an upper bound, so that an untested release is not installed.
 USES_PRIVATE_PARTS = ["uvicorn"]
 LOCK_ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)(?:\s*;\s*(?P<marker>[^\\]+?))?\s*\\$")

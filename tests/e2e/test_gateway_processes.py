@@ -132,7 +132,7 @@ def test_identity_headers_never_reach_the_upstream_and_bodies_stream_through(
         assert seen["raw_path"] == "/api/v1/users/echo/%41b%7Ec"  # the path authorised is the path forwarded
         assert echoed.headers["x-request-id"] == "e2e-echo-request-1"
 
-        # A HEAD answer has a head and no body: it leaves on its own (gateway/serving.py), complete.
+        # A HEAD answer has a head and no body: it leaves on its own (gateway/transport/serving.py), complete.
         head = client.head("/api/v1/users/echo/x", headers=bearer(token))
         assert (head.status_code, head.content) == (200, b"")
         assert int(head.headers["content-length"]) > 0

@@ -29,7 +29,7 @@ from auth_service.config import AuthSettings
 from embedded.app import create_app as create_embedded_app
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewaySettings
-from gateway.serving import GatewayHttpProtocol
+from gateway.transport.serving import GatewayHttpProtocol
 from shared import migrations
 from shared.events import Event, encode_event, new_event
 from shared.settings import load_settings

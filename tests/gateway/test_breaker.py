@@ -1,12 +1,12 @@
-"""The circuit breaker itself (gateway/breaker.py), on a clock the test moves: when it opens, one
+"""The circuit breaker itself (gateway/transport/breaker.py), on a clock the test moves: when it opens, one
 probe at a time when half-open, a failed probe re-opening it for twice as long (up to the reset
 period), a probe without a verdict freeing its place, and the background recovery probe.
 How the proxy feeds it (which answers count) is tested in test_breakers.py."""
 
 import pytest
 
-from gateway import breaker as breaker_module
-from gateway.breaker import CircuitBreaker
+from gateway.transport import breaker as breaker_module
+from gateway.transport.breaker import CircuitBreaker
 from tests.conftest import eventually
 
 

@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.breaker import CircuitBreaker
 from gateway.errors import BodyTimeout, CircuitOpen, PayloadTooLarge, UpstreamUnavailable
 from gateway.proxy import ForwardRequest, HTTPUpstream, RequestBody, ResponseStarted
+from gateway.transport.breaker import CircuitBreaker
 from tests.conftest import app_client, eventually
 from tests.gateway.conftest import USERS, SettingsFactory, access_token, assert_problem, bearer, raw_request
 from tests.gateway.loopback import LoopbackServer

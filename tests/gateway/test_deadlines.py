@@ -1,4 +1,4 @@
-"""One timer for many waits (gateway/deadlines.py): overdue waits expire, finished ones never do,
+"""One timer for many waits (gateway/transport/deadlines.py): overdue waits expire, finished ones never do,
 and the timer stops when nothing waits. The timer's own checks are run by the test, at loop
 times it chooses, so nothing here depends on how busy the machine is."""
 
@@ -6,8 +6,8 @@ from collections.abc import Hashable
 
 import pytest
 
-from gateway import deadlines as deadlines_module
-from gateway.deadlines import Deadlines
+from gateway.transport import deadlines as deadlines_module
+from gateway.transport.deadlines import Deadlines
 
 
 class Loop:

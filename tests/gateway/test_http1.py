@@ -1,4 +1,4 @@
-"""The gateway's HTTP/1.1 upstream client (gateway/http1.py) against a real TCP server on loopback
+"""The gateway's HTTP/1.1 upstream client (gateway/transport/http1.py) against a real TCP server on loopback
 that answers in the ways real upstreams do: Content-Length, chunked, until close, 100 Continue,
 HEAD, hop-by-hop headers, a pooled connection closed under our feet, no answer in time, garbage.
 
@@ -16,8 +16,8 @@ import pytest
 from litestar import Litestar
 
 from gateway.app import create_app
-from gateway.breaker import CircuitBreaker
 from gateway.proxy import ForwardRequest, HTTPUpstream, ResponseStarted
+from gateway.transport.breaker import CircuitBreaker
 from tests.conftest import app_client
 from tests.gateway.conftest import USERS, SettingsFactory, access_token, assert_problem, bearer
 from tests.gateway.loopback import LoopbackServer, next_head, serving

@@ -1,4 +1,4 @@
-"""The gateway's pipelined script call (gateway/redis_script.py): the same replies as redis-py's
+"""The gateway's pipelined script call (gateway/transport/redis_script.py): the same replies as redis-py's
 script object, EVAL on NOSCRIPT, redis-py's exceptions on failure, one connection for concurrent
 calls, and a new connection after a timeout or a lost one."""
 
@@ -14,7 +14,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.ratelimit import _SCRIPT, Policy, RateLimiter
-from gateway.redis_script import PipelinedScript, pack
+from gateway.transport.redis_script import PipelinedScript, pack
 from tests.private_servers import PrivateRedis
 
 ECHO = "return {KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])}"

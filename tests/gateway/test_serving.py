@@ -1,4 +1,4 @@
-"""The gateway's uvicorn protocol (gateway/serving.py) answers byte for byte as uvicorn's own.
+"""The gateway's uvicorn protocol (gateway/transport/serving.py) answers byte for byte as uvicorn's own.
 
 Both protocols serve the same ASGI app from real uvicorn servers on loopback; each case writes the
 same raw bytes to both and compares what comes back (the ``Date`` value aside). Then the parts the
@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.serving import GatewayHttpProtocol
+from gateway.transport.serving import GatewayHttpProtocol
 
 READ_SECONDS = 5
 DATE = re.compile(rb"date: [^\r]+\r\n")

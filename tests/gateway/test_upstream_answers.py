@@ -1,10 +1,10 @@
 """The proxy relays every legal upstream answer correctly: an upstream that writes exact bytes on a
-raw socket, the gateway served by uvicorn with its own protocol (gateway/serving.py) on loopback,
+raw socket, the gateway served by uvicorn with its own protocol (gateway/transport/serving.py) on loopback,
 and a client that reads the bytes the gateway sends back.
 
 Chunked trailers never arrive as response headers; a proxied answer carries one ``Date``; a 304
 with its representation's ``Content-Length`` (RFC 9110 §8.6) has no body and leaves the client's
-connection usable. Then the upstream connection pool (gateway/http1.py): a connection the upstream
+connection usable. Then the upstream connection pool (gateway/transport/http1.py): a connection the upstream
 closed is never handed to a waiting request, and a waiter that gives up just as it is woken passes
 the wake-up on."""
 
@@ -16,8 +16,8 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
-from gateway.http1 import Connection, ConnectionPool
-from gateway.serving import GatewayHttpProtocol
+from gateway.transport.http1 import Connection, ConnectionPool
+from gateway.transport.serving import GatewayHttpProtocol
 from tests.conftest import eventually
 from tests.gateway.conftest import USERS, SettingsFactory, access_token
 from tests.gateway.loopback import LoopbackServer, next_head, serving

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from gateway.breaker import CircuitBreaker
 from gateway.config import GatewaySettings, available_cpus
 from gateway.metrics import BreakerMetrics, MultiprocessMirror, ProxyMetrics, forget_dead_workers
+from gateway.transport.breaker import CircuitBreaker
 from gateway.workers import metrics_directory
 from shared.settings import SettingsError, load_settings
 

@@ -11,7 +11,7 @@ This client does only what a reverse proxy needs, one exchange per connection at
   chunked or until close), reading paused while more than ``BUFFER_LIMIT`` bytes wait;
 * timeouts: ``connect_timeout`` for a connection (waiting for a free pool slot included),
   ``read_timeout`` for every wait on the upstream (the head, each body piece, a full send buffer;
-  checked by ``gateway.deadlines``, so up to a quarter of it late);
+  checked by ``gateway.transport.deadlines``, so up to a quarter of it late);
 * a connection goes back to the pool only after a complete exchange that both sides keep alive;
   idle ones are dropped after ``keepalive_seconds`` or as soon as the upstream closes them.
 
@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from gateway.deadlines import Deadlines
+from gateway.transport.deadlines import Deadlines
 
 BUFFER_LIMIT = 256 * 1024
 

@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.deadlines import Deadlines
+from gateway.transport.deadlines import Deadlines
 
 
 def _encode(value: Any) -> bytes:
@@ -166,7 +166,7 @@ class PipelinedScript:
         self.password = password
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
-        # One timer for every call in flight, not one each (gateway.deadlines): ≤ timeout/4 late.
+        # One timer for every call in flight, not one each (gateway.transport.deadlines): ≤ timeout/4 late.
         self._deadlines = Deadlines(timeout, _expire) if timeout else None
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None

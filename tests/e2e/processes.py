@@ -131,6 +131,16 @@ class Processes:
         env = environment(data_dir, **{**NO_DEFAULT_ROUTES, **settings, "GATEWAY_PORT": str(port)})
         return self.python(name, ["-m", "gateway", "serve"], env, port)
 
+    def gateway_in_front(self, data_dir: Path, upstreams: dict[str, Service], **settings: str) -> Service:
+        """A gateway (named "gateway") whose ``upstreams`` are these services (URL variable →
+        service), returned once they and it answer ``/health`` (a service migrates first: 60 s)."""
+        urls = {variable: service.url for variable, service in upstreams.items()}
+        gateway = self.gateway("gateway", data_dir, **urls, **settings)
+        for service in upstreams.values():
+            service.wait_healthy(60)
+        gateway.wait_healthy()
+        return gateway
+
     def upstream(self, mode: str, port: int | None = None, *, wait_stdin: bool = False, sleep: float = 3.0) -> Service:
         port = port or free_port()
         args = ["-m", "tests.e2e.upstreams", mode, "--port", str(port), "--sleep", str(sleep)]

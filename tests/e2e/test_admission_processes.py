@@ -46,11 +46,12 @@ def test_a_keyed_refresh_sent_again_past_the_grace_window_revokes_the_family_and
         redis_namespace,
         AUTH_REFRESH_REUSE_GRACE=str(GRACE_SECONDS),
     )
-    gateway = processes.gateway(
-        "gateway", tmp_path, AUTH_SERVICE_URL=auth.url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace
+    gateway = processes.gateway_in_front(
+        tmp_path,
+        {"AUTH_SERVICE_URL": auth},
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=redis_namespace,
     )
-    auth.wait_healthy(60)
-    gateway.wait_healthy()
 
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         key = {"Idempotency-Key": "the-client-retries-with-this-key"}
@@ -132,18 +133,15 @@ def test_ten_addresses_of_one_ipv6_64_share_one_budget(
     tmp_path: Path, processes: Processes, redis_url: str, redis_namespace: str
 ) -> None:
     echo = processes.upstream("echo")
-    gateway = processes.gateway(
-        "gateway",
+    gateway = processes.gateway_in_front(
         tmp_path,
-        USER_SERVICE_URL=echo.url,
+        {"USER_SERVICE_URL": echo},
         REDIS_URL=redis_url,
         REDIS_NAMESPACE=redis_namespace,
         RATE_LIMIT_PER_MINUTE="5",
         RATE_LIMIT_BURST="5",
         TRUSTED_PROXIES="127.0.0.1",  # so each request can be a client of its own (X-Forwarded-For)
     )
-    echo.wait_healthy()
-    gateway.wait_healthy()
     token = access_token()
 
     def statuses(addresses: list[str]) -> list[int]:

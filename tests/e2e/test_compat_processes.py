@@ -20,16 +20,13 @@ def test_a_legacy_client_registers_logs_in_and_verifies_through_the_gateway(
     redis_namespace: str,
 ) -> None:
     auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
-    gateway = processes.gateway(
-        "gateway",
+    gateway = processes.gateway_in_front(
         tmp_path,
-        AUTH_SERVICE_URL=auth.url,
+        {"AUTH_SERVICE_URL": auth},
         REDIS_URL=redis_url,
         REDIS_NAMESPACE=redis_namespace,
         API_KEY=API_KEY,
     )
-    auth.wait_healthy(60)
-    gateway.wait_healthy()
 
     with httpx.Client(base_url=gateway.url, timeout=10, headers={"X-API-Key": API_KEY}) as client:
         registered = client.post("/auth/register", json={**CREDENTIALS, "first_name": "Ada"})

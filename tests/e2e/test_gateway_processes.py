@@ -48,11 +48,12 @@ def test_sign_in_through_the_gateway_and_logout_revokes_the_token_at_the_gateway
     tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
 ) -> None:
     auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
-    gateway = processes.gateway(
-        "gateway", tmp_path, AUTH_SERVICE_URL=auth.url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace
+    gateway = processes.gateway_in_front(
+        tmp_path,
+        {"AUTH_SERVICE_URL": auth},
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=redis_namespace,
     )
-    auth.wait_healthy(60)
-    gateway.wait_healthy()
 
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         registered = client.post("/api/v1/auth/register", json=CREDENTIALS)
@@ -88,9 +89,12 @@ def test_identity_headers_never_reach_the_upstream_and_bodies_stream_through(
     tmp_path: Path, processes: Processes
 ) -> None:
     echo = processes.upstream("echo")
-    gateway = processes.gateway("gateway", tmp_path, USER_SERVICE_URL=echo.url, MAX_BODY_SIZE="8000000", **GENEROUS)
-    echo.wait_healthy()
-    gateway.wait_healthy()
+    gateway = processes.gateway_in_front(
+        tmp_path,
+        {"USER_SERVICE_URL": echo},
+        MAX_BODY_SIZE="8000000",
+        **GENEROUS,
+    )
     token = access_token()
     spoofed = [
         ("Authorization", f"Bearer {token}"),
@@ -244,9 +248,12 @@ def test_a_stalled_request_body_gets_408_and_the_gateway_serves_on(tmp_path: Pat
     CLIENT_BODY_TIMEOUT with a 408 problem while the gateway keeps serving everyone else (the head
     deadline is tested in tests/gateway/test_serving.py)."""
     echo = processes.upstream("echo")
-    gateway = processes.gateway("gateway", tmp_path, USER_SERVICE_URL=echo.url, CLIENT_BODY_TIMEOUT="0.5", **GENEROUS)
-    echo.wait_healthy()
-    gateway.wait_healthy()
+    gateway = processes.gateway_in_front(
+        tmp_path,
+        {"USER_SERVICE_URL": echo},
+        CLIENT_BODY_TIMEOUT="0.5",
+        **GENEROUS,
+    )
     host, port = gateway.url.removeprefix("http://").split(":")
 
     def read_all(sock: socket.socket) -> bytes:

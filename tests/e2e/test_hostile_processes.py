@@ -26,16 +26,13 @@ def test_nul_logins_from_one_client_never_lock_another_out(
     tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
 ) -> None:
     auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
-    gateway = processes.gateway(
-        "gateway",
+    gateway = processes.gateway_in_front(
         tmp_path,
-        AUTH_SERVICE_URL=auth.url,
+        {"AUTH_SERVICE_URL": auth},
         REDIS_URL=redis_url,
         REDIS_NAMESPACE=redis_namespace,
         **GENEROUS,
     )
-    auth.wait_healthy(60)
-    gateway.wait_healthy()
     json_body = {"content-type": "application/json"}
 
     with client_from("127.0.0.2", gateway.url) as attacker, client_from("127.0.0.3", gateway.url) as victim:

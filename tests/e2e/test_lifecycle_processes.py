@@ -48,17 +48,14 @@ def test_verify_reset_and_sign_out_through_the_gateway(
         )
         processes.python("auth-migrate", ["-m", "auth_service", "migrate"], env, port).process.wait(120)
         auth = processes.python("auth", ["-m", "auth_service", "serve"], env, port)
-        gateway = processes.gateway(
-            "gateway",
+        gateway = processes.gateway_in_front(
             tmp_path,
-            AUTH_SERVICE_URL=auth.url,
+            {"AUTH_SERVICE_URL": auth},
             REDIS_URL=redis_url,
             REDIS_NAMESPACE=redis_namespace,
             API_KEY=API_KEY,
             AUTH_RATE_LIMIT_BURST="50",  # one client makes every call of the flow
         )
-        auth.wait_healthy(60)
-        gateway.wait_healthy()
 
         with httpx.Client(base_url=gateway.url, timeout=10) as client:
             registered = client.post(f"{AUTH}/register", json=CREDENTIALS)

@@ -64,17 +64,14 @@ def test_25_parallel_guesses_from_5_addresses_get_at_most_5_verifications_and_no
     auth = start_auth_service(
         processes, tmp_path, databases.create("auth"), redis_url, redis_namespace, TRUSTED_PROXIES="127.0.0.1/32"
     )
-    gateway = processes.gateway(
-        "gateway",
+    gateway = processes.gateway_in_front(
         tmp_path,
-        AUTH_SERVICE_URL=auth.url,
+        {"AUTH_SERVICE_URL": auth},
         REDIS_URL=redis_url,
         REDIS_NAMESPACE=redis_namespace,
         RATE_LIMIT_PER_MINUTE="10000",
         RATE_LIMIT_BURST="10000",
     )
-    auth.wait_healthy(60)
-    gateway.wait_healthy()
     with httpx.Client(base_url=gateway.url, timeout=30) as owner:
         assert owner.post("/api/v1/auth/register", json=OWNER).status_code == 201
         wrong = assert_problem(owner.post(LOGIN, json={**OWNER, "password": WRONG}), 401)

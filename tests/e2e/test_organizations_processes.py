@@ -43,16 +43,13 @@ def test_a_removed_member_is_refused_at_the_gateway_and_refreshes_without_the_or
             SMTP_CA_FILE=server.ca_file,
             SITE_URL="https://app.example.com",
         )
-        gateway = processes.gateway(
-            "gateway",
+        gateway = processes.gateway_in_front(
             tmp_path,
-            AUTH_SERVICE_URL=auth.url,
+            {"AUTH_SERVICE_URL": auth},
             REDIS_URL=redis_url,
             REDIS_NAMESPACE=redis_namespace,
             AUTH_RATE_LIMIT_BURST="50",  # one client makes every call of the flow
         )
-        auth.wait_healthy(60)
-        gateway.wait_healthy()
 
         with httpx.Client(base_url=gateway.url, timeout=10) as client:
             ada = client.post(f"{AUTH}/register", json={"email": "ada@example.com", "password": PASSWORD}).json()

@@ -6,7 +6,7 @@ import sys
 
 from analytics_service.app import EVENTS, create_app
 from analytics_service.config import AnalyticsSettings
-from analytics_service.services import purge
+from analytics_service.workers import purge
 from shared.cli import run_service_cli
 from shared.db import create_engine, create_sessionmaker, utcnow
 from shared.settings import ServiceSettings

@@ -8,7 +8,9 @@ from litestar import Litestar
 from analytics_service.config import AnalyticsSettings
 from analytics_service.controllers import AnalyticsController
 from analytics_service.models import processed_events
-from analytics_service.services import Clock, UsagePipeline, apply_audit_event, periodic_purge
+from analytics_service.services.audit import apply_audit_event
+from analytics_service.services.common import Clock
+from analytics_service.workers import UsagePipeline, periodic_purge
 from shared.audit import AUDIT_EVENT
 from shared.db import utcnow
 from shared.events import EventBus, EventConsumer

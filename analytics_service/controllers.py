@@ -41,15 +41,11 @@ from analytics_service.schemas import (
     Period,
     UsageResponse,
 )
-from analytics_service.services import (
-    MAX_AUDIT_PAGE,
-    AuditService,
-    Client,
-    EventService,
-    MetricService,
-    ReportService,
-    TeamUsageService,
-)
+from analytics_service.services.audit import MAX_AUDIT_PAGE, AuditService
+from analytics_service.services.common import Client
+from analytics_service.services.events import EventService
+from analytics_service.services.metrics import MetricService
+from analytics_service.services.reports import ReportService, TeamUsageService
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
 from shared.http import as_utc
 from shared.security import Identity

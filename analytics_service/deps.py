@@ -7,14 +7,11 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from analytics_service.services import (
-    AuditService,
-    Client,
-    EventService,
-    MetricService,
-    ReportService,
-    TeamUsageService,
-)
+from analytics_service.services.audit import AuditService
+from analytics_service.services.common import Client
+from analytics_service.services.events import EventService
+from analytics_service.services.metrics import MetricService
+from analytics_service.services.reports import ReportService, TeamUsageService
 from shared.http import client_ip
 
 

@@ -12,7 +12,8 @@ from litestar import Litestar
 
 from analytics_service.app import create_app
 from analytics_service.config import AnalyticsSettings
-from analytics_service.services import apply_audit_event, purge
+from analytics_service.services.audit import apply_audit_event
+from analytics_service.workers import purge
 from shared import migrations
 from shared.audit import audit_event
 from shared.db import create_engine, create_sessionmaker

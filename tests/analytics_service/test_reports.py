@@ -12,7 +12,7 @@ from litestar import Litestar
 
 from analytics_service.app import create_app
 from analytics_service.config import AnalyticsSettings
-from analytics_service.services import apply_usage
+from analytics_service.workers import apply_usage
 from shared import migrations
 from shared.usage import UsageMessage, UsageRecord
 from tests.analytics_service.conftest import API, JWT_SECRET, Clock, User, assert_problem

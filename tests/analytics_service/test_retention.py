@@ -15,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from analytics_service.app import create_app
-from analytics_service.services import purge
+from analytics_service.workers import purge
 from shared.db import create_engine, create_sessionmaker
 from tests.analytics_service.conftest import SettingsFactory, count_rows
 from tests.conftest import app_client

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from analytics_service.app import create_app
 from analytics_service.config import AnalyticsSettings
-from analytics_service.services import apply_usage
+from analytics_service.workers import apply_usage
 from shared import migrations
 from shared.streams import append
 from shared.usage import UsageMessage, UsageRecord, usage_stream

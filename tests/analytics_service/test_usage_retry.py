@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from analytics_service.services import UsagePipeline
+from analytics_service.workers import UsagePipeline
 from shared.db import create_engine, create_sessionmaker
 from shared.usage import RedisUsageConsumer, RedisUsagePublisher, UsageRecord, usage_stream
 from tests.analytics_service.conftest import Clock, SettingsFactory

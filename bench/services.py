@@ -91,7 +91,8 @@ class Route:
 ROUTES = (
     Route("GET /users/me", "users", "GET", "/api/v1/users/me", "/api/v1/users/me"),
     Route("GET /auth/me", "auth", "GET", "/api/v1/auth/me", "/api/v1/auth/me"),
-    Route("POST /analytics/events", "analytics", "POST", "/api/v1/analytics/events", "/api/v1/analytics/events", EVENT_BODY),
+    Route("POST /analytics/events", "analytics", "POST", "/api/v1/analytics/events", "/api/v1/analytics/events",
+          EVENT_BODY),
     Route("GET /analytics/usage/me", "analytics", "GET", "/api/v1/analytics/usage/me", "/api/v1/analytics/usage/me"),
     Route("Airtable cache hit", "airtable", "GET", AIRTABLE_RECORDS, "/api/v1/airtable/cached"),
 )  # fmt: skip
@@ -344,9 +345,39 @@ def bench_services(args: argparse.Namespace) -> dict[str, Any]:
                         f"other load {figures['other_cores']:.2f} cores, non-2xx {figures['status']}"
                     )
 
+        if args.py_spy:
+            profile_services(servers, requests_served, token, args, script)
         memory = service_memory(servers, requests_served, token, args, script)
 
     return {"routes": summarise(results), "memory": memory}
+
+
+def profile_services(
+    servers: dict[str, LoggedServer],
+    served: dict[str, int],
+    token: str,
+    args: argparse.Namespace,
+    script: Path,
+) -> None:
+    """``--py-spy DIR``: one more wrk run per route with py-spy recording the service (raw
+    collapsed stacks, ``DIR/<route>.txt``); after the measured rounds, so it skews none of them."""
+    out = Path(args.py_spy)
+    out.mkdir(parents=True, exist_ok=True)
+    for route in ROUTES:
+        process = servers[route.service]
+        target = out / (re.sub(r"[^a-z0-9]+", "-", route.name.lower()).strip("-") + ".txt")
+        argv = ["py-spy", "record", "--pid", str(process.pid), "--format", "raw", "--rate", "250"]
+        argv += ["--duration", f"{args.seconds:.0f}", "--output", str(target), "--nonblocking"]
+        recorder = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), *argv[1:]],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+        figures = run_wrk(process.base_url + route.path, route, token, args.connections, args.seconds, script)
+        served[route.service] += figures["requests"]
+        recorder.wait(args.seconds + 30)
+        say(f"py-spy {route.name}: {target}")
 
 
 def service_memory(
@@ -425,7 +456,7 @@ def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
         ratios = [s["rps"] / b["rps"] for s, b in zip(sides["service"], sides["baseline"], strict=True) if b["rps"]]
         ratio = statistics.median(ratios) if ratios else None
 
-        def median(side: str, key: str) -> float:
+        def median(side: str, key: str, sides: dict[str, list[dict[str, Any]]] = sides) -> float:
             return float(statistics.median(run[key] or 0.0 for run in sides[side]))
 
         summary[name] = {
@@ -458,7 +489,8 @@ def markdown(report: dict[str, Any]) -> str:
     for name, r in report["routes"].items():
         lines.append(
             f"| {name} | {r['service_rps']:.0f} | {r['baseline_rps']:.0f} | {r['ratio']} | {r['service_cpu_ms']:.2f} "
-            f"| {r['baseline_cpu_ms']:.2f} | {r['other_cores']:.2f} | {r['non_2xx']} | {'met' if r['met'] else 'MISSED'} |"
+            f"| {r['baseline_cpu_ms']:.2f} | {r['other_cores']:.2f} | {r['non_2xx']} "
+            f"| {'met' if r['met'] else 'MISSED'} |"
         )
     lines += ["", "| process | requests served | VmRSS MB | goal | |", "|---|---:|---:|---:|---|"]
     for name, m in report["memory"].items():
@@ -506,6 +538,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--memory-requests", type=int, default=10_000, help="requests before VmRSS is read")
     parser.add_argument("--no-embedded", dest="embedded", action="store_false", help="skip the embedded platform")
+    parser.add_argument("--py-spy", metavar="DIR", help="also record each route's service with py-spy into DIR")
     parser.add_argument("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or args.connections < 1:

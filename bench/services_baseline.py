@@ -71,7 +71,7 @@ class Baseline:
 
     async def identity(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """The verified claims of the bearer token, refused when revoked (one MGET)."""
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        _scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, self.secret, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER

@@ -16,7 +16,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import httpx
 import jwt
 import msgspec
 from litestar.connection import ASGIConnection
@@ -271,6 +270,10 @@ class JWKSClient:
             self._fetch = None
 
     async def _fetch_keys(self) -> None:
+        # Imported on the first fetch: httpx brings rich, pygments and click with it (its command
+        # line), about 15 MB of a service's memory that only a JWKS-configured service needs.
+        import httpx
+
         try:
             async with asyncio.timeout(self.timeout), httpx.AsyncClient(timeout=self.timeout) as client:
                 response = await client.get(self.url)

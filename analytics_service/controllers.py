@@ -50,6 +50,7 @@ from analytics_service.services import (
     ReportService,
     TeamUsageService,
 )
+from shared.db import READS_ONLY
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
 from shared.http import as_utc
 from shared.security import Identity
@@ -173,7 +174,7 @@ class AnalyticsController(Controller):
             limit=limit,
         )
 
-    @get("/usage/me", operation_id="my_usage", responses=READ)
+    @get("/usage/me", operation_id="my_usage", responses=READ, opt={READS_ONLY: True})
     async def my_usage(
         self,
         request: Request[Identity, str, State],

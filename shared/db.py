@@ -202,12 +202,24 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=session_class)
 
 
-async def provide_db_session(state: State) -> AsyncGenerator[AsyncSession, None]:
+READS_ONLY = "db_reads_only"
+"""A route handler's ``opt`` key: True when its database work is reads, or at most one writing
+statement (atomic on its own), so it needs no transaction of its own."""
+
+
+async def provide_db_session(state: State, request: Request[Any, Any, Any]) -> AsyncGenerator[AsyncSession, None]:
     """One transaction per request: committed after the handler, rolled back if it raises, unless
     the error says the work done so far must stand (``commit_before_answer``, e.g. a logout whose
-    sessions are revoked in the database though Redis could not record it)."""
+    sessions are revoked in the database though Redis could not record it).
+
+    A handler marked ``READS_ONLY`` runs on PostgreSQL in autocommit instead: its statements need
+    no BEGIN and COMMIT, two of a primary-key read's three round trips. Under READ COMMITTED
+    (PostgreSQL's default) each statement sees its own snapshot inside a transaction too, so its
+    reads answer the same."""
     sessionmaker: async_sessionmaker[AsyncSession] = state.sessionmaker
     async with sessionmaker() as session:
+        if request.route_handler.opt.get(READS_ONLY) and sessionmaker.kw["bind"].dialect.name == "postgresql":
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         try:
             yield session
         except BaseException as exc:

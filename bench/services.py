@@ -1,7 +1,8 @@
 """Each service's hottest routes, straight to the service, against a minimal app doing the same work.
 
     python -m bench.services [--seconds 5] [--rounds 3] [--connections 10] [--postgres URL]
-                             [--redis URL] [--memory-requests 10000] [--no-embedded] [--json PATH]
+                             [--redis URL] [--memory-requests 10000] [--no-embedded]
+                             [--py-spy DIR] [--json PATH]
 
 Started as subprocesses on free loopback ports, on PostgreSQL (temporary databases
 ``bench_services_<service>_<random>``, dropped afterwards) and Redis (a temporary key namespace,
@@ -19,7 +20,8 @@ measured and wrk). Reported per route: requests/s both sides, their ratio (media
 rounds; goal >= 0.7), server CPU ms per request both sides. Then memory: each service's VmRSS
 after at least ``--memory-requests`` requests (goal <= 100 MB), and the embedded platform's
 (``python -m embedded serve``, SQLite, in-memory stores) after as many through its gateway
-(goal <= 200 MB).
+(goal <= 200 MB). ``--py-spy DIR`` records each route's service once more, after the measured
+rounds, for ``python -m bench.pyspy_breakdown DIR/*.txt``.
 """
 
 import argparse

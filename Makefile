@@ -18,7 +18,7 @@ BUILD_REQUIRES = $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.t
 SERVICES := $(shell $(PYTHON) -m shared.registry) gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run run-distributed smoke migrate test lint typecheck bench bench-gateway bench-airtable bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
+.PHONY: help install lock run run-distributed smoke migrate test lint typecheck bench bench-gateway bench-airtable bench-services bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -74,6 +74,9 @@ bench-gateway: $(INSTALLED) ## Gateway (1 and 2 workers) vs nginx vs direct (wrk
 bench-airtable: $(INSTALLED) ## Airtable gateway: cache-hit vs trivial proxied GET (wrk), a 100-read burst vs the 20 s floor
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m bench.airtable_gateway
+bench-services: $(INSTALLED) ## Each service's hottest routes vs a minimal Litestar + psycopg app on PostgreSQL + Redis (wrk), CPU/request, RSS
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) -m bench.services $(BENCH_ARGS)
 bench-analytics: $(INSTALLED) ## Analytics ingestion vs raw COPY, and queries at 1,000,000 events (needs PostgreSQL)
 	$(PY) -m bench.analytics_ingest
 bench-clients: $(INSTALLED) ## The gateway's upstream HTTP client vs httpx, httpx+aiohttp, aiohttp (side by side)

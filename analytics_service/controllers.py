@@ -46,6 +46,7 @@ from analytics_service.services.common import Client
 from analytics_service.services.events import EventService
 from analytics_service.services.metrics import MetricService
 from analytics_service.services.reports import ReportService, TeamUsageService
+from shared.db import READS_ONLY
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
 from shared.http import as_utc
 from shared.security import Identity
@@ -169,7 +170,7 @@ class AnalyticsController(Controller):
             limit=limit,
         )
 
-    @get("/usage/me", operation_id="my_usage", responses=READ)
+    @get("/usage/me", operation_id="my_usage", responses=READ, opt={READS_ONLY: True})
     async def my_usage(
         self,
         request: Request[Identity, str, State],

@@ -60,6 +60,7 @@ from auth_service.schemas import (
     user_read,
 )
 from auth_service.services import AuthService, Client
+from shared.db import READS_ONLY
 from shared.errors import PROBLEM_MEDIA_TYPE, NotFound, Unauthorized, problem_for_exception
 from shared.logs import request_id_var
 from shared.security import Identity, bearer_token, require_admin
@@ -212,7 +213,7 @@ class AuthController(Controller):
         identity = await request.app.state.verifier.verify(bearer_token(authorization))
         await auth.logout(identity, refresh, logout_scope)
 
-    @get("/me", operation_id="me", security=BEARER)
+    @get("/me", operation_id="me", security=BEARER, opt={READS_ONLY: True})
     async def me(self, request: Request[Identity, str, State], auth: NamedDependency[AuthService]) -> UserRead:
         """The signed-in account."""
         return user_read(await auth.me(request.user))

@@ -12,10 +12,10 @@ import math
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import httpx
 import jwt
 import msgspec
 from litestar.connection import ASGIConnection
@@ -43,6 +43,7 @@ ORG_ROLES = ("owner", "admin", "member", "viewer")
 ORG_MANAGERS = ("owner", "admin")
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 JWKS_MIN_REFRESH_SECONDS = 30.0
+VERIFIED_TOKENS_KEPT = 10_000
 T = TypeVar("T")
 MAX_PENDING_REVOCATIONS = 10_000
 REVOCATION_UNKNOWN = Counter(
@@ -271,6 +272,10 @@ class JWKSClient:
             self._fetch = None
 
     async def _fetch_keys(self) -> None:
+        # Imported on the first fetch: httpx brings rich, pygments and click with it (its command
+        # line), about 15 MB of a service's memory that only a JWKS-configured service needs.
+        import httpx
+
         try:
             async with asyncio.timeout(self.timeout), httpx.AsyncClient(timeout=self.timeout) as client:
                 response = await client.get(self.url)
@@ -300,6 +305,33 @@ def _usable_keys(entries: list[Any]) -> dict[str, VerificationKey]:
     return keys
 
 
+class VerifiedTokens:
+    """Tokens whose signature and claims passed, with their claims and Identity, kept until they
+    expire (least recently used first out past ``size``): a caller's every request after the first
+    costs a dictionary lookup, not a JWT decode. What can change during a token's life, its
+    revocation, is not kept: it is read from the store on every request."""
+
+    def __init__(self, size: int = VERIFIED_TOKENS_KEPT) -> None:
+        self.size = size
+        self.entries: OrderedDict[str, tuple[dict[str, Any], Identity]] = OrderedDict()
+
+    def get(self, token: str) -> tuple[dict[str, Any], Identity] | None:
+        verified = self.entries.get(token)
+        if verified is None:
+            return None
+        if verified[0]["exp"] <= time.time():
+            del self.entries[token]
+            return None
+        self.entries.move_to_end(token)
+        return verified
+
+    def put(self, token: str, claims: dict[str, Any]) -> tuple[dict[str, Any], Identity]:
+        verified = self.entries[token] = (claims, identity_from_claims(claims))
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return verified
+
+
 class TokenVerifier:
     def __init__(
         self,
@@ -315,12 +347,17 @@ class TokenVerifier:
         local = local_verification_keys(settings) if keys is None else list(keys)
         self.keys = {key.kid: key for key in local}
         self.jwks = JWKSClient(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+        self.verified = VerifiedTokens()
 
     async def verify(self, token: str) -> Identity:
-        claims = await self.decode(token)
+        """The caller of a valid, unexpired, unrevoked access token; InvalidToken otherwise."""
+        verified = self.verified.get(token)
+        if verified is None:
+            verified = self.verified.put(token, await self.decode(token))
+        claims, identity = verified
         if self.revocations is not None and await self.revocations.is_revoked(claims):
             raise InvalidToken("The access token has been revoked.")
-        return identity_from_claims(claims)
+        return identity
 
     async def decode(self, token: str) -> dict[str, Any]:
         """The token's verified claims; InvalidToken on any failure."""

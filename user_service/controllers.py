@@ -7,6 +7,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from shared.db import READS_ONLY
 from shared.http import as_utc
 from shared.security import Identity, require_admin
 from user_service.deps import provide_membership_service, provide_profile_service
@@ -90,7 +91,8 @@ class UserController(Controller):
         404 for anyone else."""
         return await memberships.members(request.user, organization_id, page, page_size)
 
-    @get("/me", operation_id="get_my_profile")
+    # Reads the profile, or writes it from the token with one INSERT ... ON CONFLICT DO NOTHING.
+    @get("/me", operation_id="get_my_profile", opt={READS_ONLY: True})
     async def get_me(
         self, request: Request[Identity, str, State], profiles: NamedDependency[ProfileService]
     ) -> ProfileRead:

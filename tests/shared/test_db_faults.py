@@ -140,3 +140,22 @@ async def test_a_statement_past_the_statement_timeout_is_cancelled(databases: Da
                 await asyncio.wait_for(connection.execute(text("SELECT pg_sleep(5)")), CLIENT_BOUND_SECONDS)
     finally:
         await engine.dispose()
+
+
+async def test_a_pooled_connection_whose_backend_was_terminated_is_replaced_not_used(
+    databases: DatabaseFactory,
+) -> None:
+    """After a failover or a restart the pool still holds the old connections: the next request
+    gets a new one (no round trip per checkout finds this out: the dropped socket does)."""
+    url = databases.create("pyairtable_dropped")
+    engine = create_engine(ServiceSettings(database_url=url))
+    try:
+        async with engine.connect() as connection:
+            backend = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", [backend])  # waits until it has exited
+        async with engine.connect() as connection:
+            replacement = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert replacement != backend
+    finally:
+        await engine.dispose()

@@ -122,8 +122,11 @@ async def test_airtable_unreachable_is_a_502(make_settings: SettingsFactory) -> 
 async def test_airtable_too_slow_is_a_504_and_a_create_goes_once(
     make_settings: SettingsFactory, emulator: Emulator
 ) -> None:
-    emulator.set_latency(1.0)
-    async with app_client(create_app(make_settings(airtable_timeout=0.3, airtable_max_retries=1))) as client:
+    # The timeout also bounds each connect (a timed-out connection is closed, so the retry connects
+    # again): 1 s, not less, so that a loaded machine cannot turn a connect into a "not sent" that
+    # uses up the retry without reaching Airtable.
+    emulator.set_latency(3.0)
+    async with app_client(create_app(make_settings(airtable_timeout=1.0, airtable_max_retries=1))) as client:
         client.headers.update(bearer())
         read = await client.get(CONTACTS_URL)
         write = await client.post(TASKS_URL, json={"fields": {"Name": "slow"}})

@@ -25,7 +25,7 @@ from gateway.config import GatewaySettings
 from shared import migrations
 from shared.settings import load_settings
 from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD
-from tests.conftest import DatabaseFactory, app_client
+from tests.conftest import LOADED_DB_CONNECT_SECONDS, DatabaseFactory, app_client
 from user_service.config import UserSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +99,7 @@ def environ(databases: DatabaseFactory, tmp_path: Path) -> dict[str, str]:
     """Auth and users on PostgreSQL (their pools are watched), migrated; the others on SQLite."""
     environ = {
         "DATA_DIR": str(tmp_path),
+        "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS),
         "AUTH_DATABASE_URL": databases.create("pyairtable_auth"),
         "USERS_DATABASE_URL": databases.create("pyairtable_users"),
         "JWT_SECRET": JWT_SECRET,

@@ -22,7 +22,14 @@ from tests.airtable_gateway.emulator_fixture import (  # noqa: F401  (pytest fin
     emulator_per_session,
     emulator_per_test,
 )
-from tests.conftest import DatabaseFactory, app_client, migrated_database, signed_access_token, truncate
+from tests.conftest import (
+    LOADED_DB_CONNECT_SECONDS,
+    DatabaseFactory,
+    app_client,
+    migrated_database,
+    signed_access_token,
+    truncate,
+)
 
 API = "/api/v1/airtable"
 JWT_SECRET = secrets.token_urlsafe(48)
@@ -78,6 +85,7 @@ def make_settings(
             "redis_namespace": redis_namespace,
             "jwt_secret": JWT_SECRET,
             "data_dir": str(tmp_path),
+            "db_connect_timeout_seconds": LOADED_DB_CONNECT_SECONDS,
             "airtable_api_url": emulator.url,
             "airtable_token": emulator.token,
             "airtable_token_encryption_key": ENCRYPTION_KEY,

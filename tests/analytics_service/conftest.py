@@ -14,7 +14,15 @@ from litestar import Litestar
 
 from analytics_service.app import create_app
 from analytics_service.config import AnalyticsSettings
-from tests.conftest import Clock, DatabaseFactory, app_client, migrated_database, signed_access_token, truncate
+from tests.conftest import (
+    LOADED_DB_CONNECT_SECONDS,
+    Clock,
+    DatabaseFactory,
+    app_client,
+    migrated_database,
+    signed_access_token,
+    truncate,
+)
 
 JWT_SECRET = secrets.token_urlsafe(48)
 API = "/api/v1/analytics"
@@ -68,6 +76,7 @@ def make_settings(
             "redis_namespace": redis_namespace,
             "jwt_secret": JWT_SECRET,
             "data_dir": str(tmp_path),
+            "db_connect_timeout_seconds": LOADED_DB_CONNECT_SECONDS,
             **overrides,
         }
         settings = AnalyticsSettings(**values)

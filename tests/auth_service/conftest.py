@@ -12,6 +12,7 @@ from litestar import Litestar
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
 from tests.conftest import (
+    LOADED_DB_CONNECT_SECONDS,
     Clock,
     DatabaseFactory,
     app_client,
@@ -55,6 +56,7 @@ def auth_settings(clean_auth_database: str, redis_url: str, redis_namespace: str
         data_dir=str(tmp_path),
         ip_attempts_per_minute=1000,
         outbox_poll_seconds=0.2,
+        db_connect_timeout_seconds=LOADED_DB_CONNECT_SECONDS,
         # Counts must be shared: a Redis reply slower than production's 50 ms on a busy test machine
         # would hand them to the per-process stand-in. The fault tests set their own timeout.
         redis_timeout_seconds=0.5,

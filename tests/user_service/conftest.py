@@ -8,7 +8,15 @@ import pytest
 from litestar import Litestar
 
 from tests.auth_service.conftest import JWT_SECRET
-from tests.conftest import Clock, DatabaseFactory, app_client, migrated_database, signed_access_token, truncate
+from tests.conftest import (
+    LOADED_DB_CONNECT_SECONDS,
+    Clock,
+    DatabaseFactory,
+    app_client,
+    migrated_database,
+    signed_access_token,
+    truncate,
+)
 from user_service.app import create_app
 from user_service.config import UserSettings
 
@@ -35,6 +43,7 @@ def user_settings(clean_users_database: str, redis_url: str, redis_namespace: st
         jwt_secret=JWT_SECRET,
         data_dir=str(tmp_path),
         outbox_poll_seconds=0.2,
+        db_connect_timeout_seconds=LOADED_DB_CONNECT_SECONDS,
         event_reclaim_seconds=0.5,
     )
 

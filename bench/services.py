@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 
+from bench.airtable_gateway import server
 from bench.common import (
     HOST,
     SHARED_SETTING_NAMES,
@@ -57,6 +58,7 @@ from bench.common import (
     system_busy_seconds,
     utc_timestamp,
 )
+from shared import registry
 
 GOAL_RATIO = 0.7
 SERVICE_RSS_GOAL_MB = 100
@@ -98,27 +100,8 @@ ROUTES = (
     Route("GET /analytics/usage/me", "analytics", "GET", "/api/v1/analytics/usage/me", "/api/v1/analytics/usage/me"),
     Route("Airtable cache hit", "airtable", "GET", AIRTABLE_RECORDS, "/api/v1/airtable/cached"),
 )  # fmt: skip
-# module, database-name part and settings prefix of each measured service
-SERVICES = {
-    "auth": ("auth_service", "AUTH"),
-    "users": ("user_service", "USERS"),
-    "analytics": ("analytics_service", "ANALYTICS"),
-    "airtable": ("airtable_gateway", "AIRTABLE_GATEWAY"),
-}
-
-
-def server(name: str, argv: list[str], env: dict[str, str], port: int, workdir: Path) -> LoggedServer:
-    return LoggedServer(
-        name,
-        argv,
-        env,
-        port,
-        workdir / f"{name}.log",
-        startup_timeout=60,
-        stop_timeout=10,
-        tail_chars=3000,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+# module and settings prefix of each measured service, by its name in shared/registry.py
+SERVICES = {entry.name: (entry.package, entry.env_prefix) for entry in registry.SERVICES}
 
 
 # -- PostgreSQL and processes ------------------------------------------------------------------

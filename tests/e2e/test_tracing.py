@@ -6,18 +6,14 @@ the test's process, on their PostgreSQL databases, with events over Redis Stream
 in-memory exporter (``tracing_installed``), as they would go to an OTLP collector.
 """
 
-import asyncio
-import contextlib
-import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -43,6 +39,7 @@ from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures 
     clean_auth_database,
 )
 from tests.conftest import LOADED_DB_CONNECT_SECONDS, DatabaseFactory, app_client, eventually
+from tests.gateway.echo import served_over_http
 from tests.user_service.conftest import clean_users_database, user_settings, users_database  # noqa: F401
 from user_service.app import create_app as create_user_app
 from user_service.config import UserSettings
@@ -60,21 +57,6 @@ def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     with tracing_installed(Tracing(SimpleSpanProcessor(exporter))):
         yield exporter
-
-
-@contextlib.asynccontextmanager
-async def served(app: Any, **config: Any) -> AsyncIterator[str]:
-    """``app`` (lifespan included) served by uvicorn on a free loopback port; its base URL."""
-    listening = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, **config))
-    serving = asyncio.create_task(server.serve(sockets=[listening]))
-    try:
-        await eventually(lambda: server.started, "the server to listen")
-        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await serving
-        listening.close()
 
 
 def of(spans: list[ReadableSpan], service_name: str, kind: SpanKind) -> list[ReadableSpan]:
@@ -120,10 +102,12 @@ async def test_one_trace_from_the_gateway_into_auth_its_database_and_on_to_users
         request_timeout=10.0,
     )
     async with (
-        served(create_auth_app(auth_settings)) as auth_url,
-        served(create_user_app(user_settings)) as users_url,
-        served(
-            create_gateway_app(gateway_settings, proxied={AUTH: auth_url, USERS: users_url}), http=GatewayHttpProtocol
+        served_over_http(create_auth_app(auth_settings), lifespan="on") as auth_url,
+        served_over_http(create_user_app(user_settings), lifespan="on") as users_url,
+        served_over_http(
+            create_gateway_app(gateway_settings, proxied={AUTH: auth_url, USERS: users_url}),
+            lifespan="on",
+            http=GatewayHttpProtocol,
         ) as gateway_url,
         httpx.AsyncClient(base_url=gateway_url, timeout=30) as client,
     ):

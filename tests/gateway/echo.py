@@ -97,10 +97,11 @@ class Echo(Litestar):
 
 
 @contextlib.asynccontextmanager
-async def served_over_http(app: Any, **config: Any) -> AsyncIterator[str]:
-    """``app`` served by uvicorn on a free loopback port for the block; yields its base URL."""
+async def served_over_http(app: Any, lifespan: str = "off", **config: Any) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free loopback port for the block (its lifespan run with
+    ``lifespan="on"``); yields its base URL."""
     listening = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, **config))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_config=None, access_log=False, **config))
     serving = asyncio.create_task(server.serve(sockets=[listening]))
     try:
         await eventually(lambda: server.started, "the server to listen")

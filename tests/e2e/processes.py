@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from shared.keys import hs256_kid
-from tests.conftest import WAIT_SECONDS
+from tests.conftest import LOADED_DB_CONNECT_SECONDS, WAIT_SECONDS
 from tests.private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,15 @@ FAST_ARGON2 = {"ARGON2_MEMORY_KIB": "19456", "ARGON2_TIME_COST": "2", "ARGON2_PA
 
 def environment(data_dir: Path, **settings: str) -> dict[str, str]:
     env = {name: os.environ[name] for name in INHERITED if name in os.environ}
-    env.update(DATA_DIR=str(data_dir), JWT_SECRET=JWT_SECRET, PYTHONUNBUFFERED="1", **settings)
+    # A PostgreSQL connect on a loaded machine (two test runs side by side) can take longer than
+    # the production bound of 1 s; the tests of a hung PostgreSQL pass that bound back explicitly.
+    env.update(
+        DATA_DIR=str(data_dir),
+        JWT_SECRET=JWT_SECRET,
+        PYTHONUNBUFFERED="1",
+        DB_CONNECT_TIMEOUT_SECONDS=str(LOADED_DB_CONNECT_SECONDS),
+    )
+    env.update(settings)
     return env
 
 

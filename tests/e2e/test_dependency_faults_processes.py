@@ -84,9 +84,18 @@ def bearer(tokens: dict[str, Any]) -> dict[str, str]:
 
 
 def start_service(
-    processes: Processes, package: str, prefix: str, data_dir: Path, database_url: str, redis: PrivateRedis
+    processes: Processes,
+    package: str,
+    prefix: str,
+    data_dir: Path,
+    database_url: str,
+    redis: PrivateRedis,
+    *,
+    faulted_database: bool = False,
 ) -> Service:
-    """A service, migrated then served, on its database and the private Redis (one namespace)."""
+    """A service, migrated then served, on its database and the private Redis (one namespace); on
+    the private PostgreSQL the tests hang or stop (``faulted_database``), with the production
+    bound of 1 s on a connect."""
     port = free_port()
     env = environment(
         data_dir,
@@ -95,6 +104,7 @@ def start_service(
         REDIS_NAMESPACE="faults",
         OUTBOX_POLL_SECONDS="0.2",
         **FAST_ARGON2,
+        **({"DB_CONNECT_TIMEOUT_SECONDS": "1.0"} if faulted_database else {}),
     )
     python = shlex.quote(PYTHON)
     command = f"{python} -m {package} migrate && exec {python} -m {package} serve"
@@ -111,7 +121,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, databases: DatabaseFactor
         users_database = postgres.create_database("users_faults")
         started = [
             start_service(processes, "auth_service", "AUTH", data_dir, databases.create("auth_faults"), redis),
-            start_service(processes, "user_service", "USERS", data_dir, users_database, redis),
+            start_service(processes, "user_service", "USERS", data_dir, users_database, redis, faulted_database=True),
             start_service(processes, "analytics_service", "ANALYTICS", data_dir, databases.create("an_faults"), redis),
         ]
         for service in started:

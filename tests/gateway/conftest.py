@@ -56,6 +56,9 @@ def make_settings(tmp_path: Path, redis_url: str, redis_namespace: str) -> Setti
             # Long enough that a busy machine (two test runs side by side) never makes the shared
             # store look down; the tests of a slow or hung Redis set their own or use a private one.
             "redis_timeout_seconds": 0.5,
+            # Likewise for the limiter: a reply slower than its 50 ms production bound would count
+            # that request in the per-process fallback and let one more through the shared quota.
+            "rate_limit_redis_timeout": 0.5,
             **overrides,
         }
         settings = GatewaySettings(**values)

@@ -284,7 +284,9 @@ def test_two_gateways_sharing_a_redis_namespace_enforce_one_limit(
     tmp_path: Path, processes: Processes, redis_url: str, redis_namespace: str
 ) -> None:
     echo = processes.upstream("echo")
-    limits = {"RATE_LIMIT_PER_MINUTE": "10", "RATE_LIMIT_BURST": "10"}
+    # A Redis reply slower than the limiter's 50 ms production bound on a loaded machine would be
+    # counted by that gateway alone: half a second keeps this test about the shared counter.
+    limits = {"RATE_LIMIT_PER_MINUTE": "10", "RATE_LIMIT_BURST": "10", "RATE_LIMIT_REDIS_TIMEOUT": "0.5"}
     shared = {"USER_SERVICE_URL": echo.url, "REDIS_URL": redis_url, "REDIS_NAMESPACE": redis_namespace, **limits}
     first = processes.gateway("gateway-1", tmp_path, **shared)
     second = processes.gateway("gateway-2", tmp_path, **shared)

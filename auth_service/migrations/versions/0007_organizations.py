@@ -8,7 +8,6 @@ Revises: 0006
 
 import re
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -18,8 +17,6 @@ import shared.db
 
 revision: str = "0007"
 down_revision: str | None = "0006"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 # Frozen copies of the tables as this revision knows them (the models may change later).
 users = sa.table(

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import shared.db
+from shared import migration_ops
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -29,31 +30,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_base_grants")),
         sa.UniqueConstraint("organization_id", "base_id", name=op.f("uq_base_grants_organization_id")),
     )
-    op.create_table(
-        "outbox",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("event_type", sa.String(length=100), nullable=False),
-        sa.Column("source", sa.String(length=50), nullable=False),
-        sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("occurred_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("published_at", shared.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
-    )
-    op.create_index("ix_outbox_unpublished", "outbox", ["published_at", "occurred_at"], unique=False)
-    op.create_table(
-        "processed_events",
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("event_type", sa.String(length=100), nullable=False),
-        sa.Column("processed_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("event_id", name=op.f("pk_processed_events")),
-    )
-    op.create_index("ix_processed_events_processed_at", "processed_events", ["processed_at"], unique=False)
+    migration_ops.create_outbox()
+    migration_ops.create_processed_events()
 
 
 def downgrade() -> None:
-    op.drop_index("ix_processed_events_processed_at", table_name="processed_events")
-    op.drop_table("processed_events")
-    op.drop_index("ix_outbox_unpublished", table_name="outbox")
-    op.drop_table("outbox")
+    migration_ops.drop_processed_events()
+    migration_ops.drop_outbox()
     op.drop_table("base_grants")

@@ -9,6 +9,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 import shared.db
+from shared import migration_ops
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -38,14 +39,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_log_actor_id_occurred_at", "audit_log", ["actor_id", "occurred_at"], unique=False)
     op.create_index("ix_audit_log_target_id_occurred_at", "audit_log", ["target_id", "occurred_at"], unique=False)
-    op.create_table(
-        "processed_events",
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("event_type", sa.String(length=100), nullable=False),
-        sa.Column("processed_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("event_id", name=op.f("pk_processed_events")),
-    )
-    op.create_index("ix_processed_events_processed_at", "processed_events", ["processed_at"], unique=False)
+    migration_ops.create_processed_events()
     op.create_table(
         "usage_scoped_daily",
         sa.Column("day", sa.Date(), nullable=False),
@@ -72,5 +66,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("usage_scoped_daily")
-    op.drop_table("processed_events")
+    migration_ops.drop_processed_events()
     op.drop_table("audit_log")

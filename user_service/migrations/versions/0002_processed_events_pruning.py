@@ -4,15 +4,15 @@ Revision ID: 0002
 Revises: 0001
 """
 
-from alembic import op
+from shared import migration_ops
 
 revision: str = "0002"
 down_revision: str | None = "0001"
 
 
 def upgrade() -> None:
-    op.create_index("ix_processed_events_processed_at", "processed_events", ["processed_at"], unique=False)
+    migration_ops.create_processed_events_pruning_index()
 
 
 def downgrade() -> None:
-    op.drop_index("ix_processed_events_processed_at", table_name="processed_events")
+    migration_ops.drop_processed_events_pruning_index()

@@ -1,12 +1,16 @@
-"""Alembic operations for the kernel's tables that several services keep in their own database.
+"""What the services' migrations share: column kinds, and the kernel's tables that several
+services keep in their own database.
 
 The outbox (shared/outbox.py) and the processed event ids (shared/events.py) are the same table
 in every service that has them, so their migrations call these instead of each writing the table
-out again. A migration must make the same schema however late it runs: these functions are frozen
-as the revisions that call them first ran, and their output never changes. A later change to one
-of these tables is a new revision in each service (and, if they share it, a new function here),
-never an edit of these.
+out again. A migration must make the same schema however late it runs: everything here is frozen
+as the revisions that use it first ran, and its output never changes. A later change to one of
+these tables or column kinds is a new revision in each service (and, if they share it, a new
+function here), never an edit of these.
 """
+
+from datetime import datetime
+from uuid import UUID
 
 import sqlalchemy as sa
 from alembic import op
@@ -14,16 +18,28 @@ from alembic import op
 import shared.db
 
 
+def uuid_column(name: str, *, nullable: bool = False) -> sa.Column[UUID]:
+    """A UUID (``uuid`` on PostgreSQL, 32 hex digits on SQLite), NOT NULL unless ``nullable``."""
+    return sa.Column(name, sa.Uuid(), nullable=nullable)
+
+
+def utc_column(name: str, *, nullable: bool = False) -> sa.Column[datetime]:
+    """A UTC timestamp (shared.db.UTCDateTime: ``timestamp with time zone`` on PostgreSQL), NOT NULL
+    unless ``nullable``."""
+    return sa.Column(name, shared.db.UTCDateTime(timezone=True), nullable=nullable)
+
+
 def create_outbox() -> None:
-    """The ``outbox`` table and the index the relay finds unpublished events by."""
+    """The ``outbox`` table and the index the relay finds unpublished events by, as the first
+    revisions of auth and users (0001) and of the Airtable gateway (0002) made them."""
     op.create_table(
         "outbox",
-        sa.Column("id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
         sa.Column("event_type", sa.String(length=100), nullable=False),
         sa.Column("source", sa.String(length=50), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("occurred_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("published_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        utc_column("occurred_at"),
+        utc_column("published_at", nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
     )
@@ -41,9 +57,9 @@ def create_processed_events(*, pruning_index: bool = True) -> None:
     table a revision before the index)."""
     op.create_table(
         "processed_events",
-        sa.Column("event_id", sa.Uuid(), nullable=False),
+        uuid_column("event_id"),
         sa.Column("event_type", sa.String(length=100), nullable=False),
-        sa.Column("processed_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        utc_column("processed_at"),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_processed_events")),
     )
     if pruning_index:

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import shared.db
 from shared import migration_ops
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -18,8 +18,8 @@ down_revision: str | None = "0002"
 def upgrade() -> None:
     op.create_table(
         "audit_log",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("occurred_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        uuid_column("id"),
+        utc_column("occurred_at"),
         sa.Column("action", sa.String(length=100), nullable=False),
         sa.Column("actor_id", sa.String(length=64), nullable=True),
         sa.Column("organization_id", sa.String(length=64), nullable=True),

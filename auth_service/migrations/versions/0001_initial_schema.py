@@ -8,8 +8,8 @@ Create Date: 2026-11-22 16:59:50.889711
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db
 from shared import migration_ops
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -20,29 +20,29 @@ def upgrade() -> None:
     migration_ops.create_outbox()
     op.create_table(
         "users",
-        sa.Column("id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("password_hash", sa.String(length=255), nullable=False),
         sa.Column("first_name", sa.String(length=100), nullable=True),
         sa.Column("last_name", sa.String(length=100), nullable=True),
         sa.Column("roles", sa.JSON(), nullable=False),
-        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        uuid_column("tenant_id"),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_login_at", shared.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("password_changed_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        utc_column("created_at"),
+        utc_column("updated_at"),
+        utc_column("last_login_at", nullable=True),
+        utc_column("password_changed_at", nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("email", name=op.f("uq_users_email")),
     )
     op.create_table(
         "sessions",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("user_id", sa.Uuid(), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_used_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        uuid_column("id"),
+        uuid_column("user_id"),
+        utc_column("created_at"),
+        utc_column("last_used_at"),
+        utc_column("expires_at"),
+        utc_column("revoked_at", nullable=True),
         sa.Column("user_agent", sa.String(length=512), nullable=True),
         sa.Column("ip", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_sessions_user_id_users"), ondelete="CASCADE"),
@@ -51,11 +51,11 @@ def upgrade() -> None:
     op.create_index(op.f("ix_sessions_user_id"), "sessions", ["user_id"], unique=False)
     op.create_table(
         "refresh_tokens",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("session_id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
+        uuid_column("session_id"),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("rotated_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        utc_column("created_at"),
+        utc_column("rotated_at", nullable=True),
         sa.ForeignKeyConstraint(
             ["session_id"], ["sessions.id"], name=op.f("fk_refresh_tokens_session_id_sessions"), ondelete="CASCADE"
         ),

@@ -8,8 +8,8 @@ Create Date: 2026-12-01 05:33:34.309866
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db
 from shared import migration_ops
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -21,7 +21,7 @@ def upgrade() -> None:
     migration_ops.create_processed_events(pruning_index=False)
     op.create_table(
         "profiles",
-        sa.Column("id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("first_name", sa.String(length=100), nullable=True),
         sa.Column("last_name", sa.String(length=100), nullable=True),
@@ -32,14 +32,14 @@ def upgrade() -> None:
         sa.Column("timezone", sa.String(length=64), nullable=True),
         sa.Column("locale", sa.String(length=35), nullable=True),
         sa.Column("preferences", sa.JSON(), nullable=False),
-        sa.Column("tenant_id", sa.Uuid(), nullable=True),
+        uuid_column("tenant_id", nullable=True),
         sa.Column("role", sa.String(length=20), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("last_login_at", shared.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("account_synced_at", shared.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("deleted_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        utc_column("last_login_at", nullable=True),
+        utc_column("account_synced_at", nullable=True),
+        utc_column("created_at"),
+        utc_column("updated_at"),
+        utc_column("deleted_at", nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_profiles")),
     )
     op.create_index("ix_profiles_created_at", "profiles", ["created_at"], unique=False)

@@ -65,7 +65,18 @@ class Metric(Base):
     timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class UsageDaily(Base):
+class UsageCounters:
+    """What a usage rollup adds up for each of its keys (``usage_daily``, ``usage_scoped_daily``)."""
+
+    api_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    airtable_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+
+
+class UsageDaily(UsageCounters, Base):
     """Per user per UTC day: the gateway's requests and the LLM usage events."""
 
     __tablename__ = "usage_daily"
@@ -73,12 +84,6 @@ class UsageDaily(Base):
 
     user_id: Mapped[str] = mapped_column(UserId, primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
-    api_calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    airtable_calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    errors: Mapped[int] = mapped_column(BigInteger, default=0)
-    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
-    tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
-    cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
 
 
 class CostDaily(Base):
@@ -124,7 +129,7 @@ class EventHourly(Base):
     cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
 
 
-class UsageScopedDaily(Base):
+class UsageScopedDaily(UsageCounters, Base):
     """Per UTC day, organisation, user, API key and route: what the per-organisation, per-member and
     per-key usage routes read. ``organization_id`` and ``key_id`` are ``""`` when the request had none
     (a key column cannot be NULL); a request with neither is counted in ``usage_daily`` only."""
@@ -141,12 +146,6 @@ class UsageScopedDaily(Base):
     user_id: Mapped[str] = mapped_column(UserId, primary_key=True)
     key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     route: Mapped[str] = mapped_column(String(200), primary_key=True)
-    api_calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    airtable_calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    errors: Mapped[int] = mapped_column(BigInteger, default=0)
-    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
-    tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
-    cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
 
 
 class AuditEntry(Base):

@@ -1,5 +1,5 @@
-"""The user service's Alembic history: upgrade, downgrade, upgrade again, and no drift from the
-models; the memberships are back-filled from the profiles' tenants."""
+"""The user service's migrations and its stored profiles: the memberships are back-filled from the
+profiles' tenants (the round trip of every service's history: tests/test_migrations.py)."""
 
 import asyncio
 import uuid
@@ -11,23 +11,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared import migrations
 from tests.conftest import DatabaseFactory
-from tests.migration_checks import DATABASES, assert_round_trip, fresh_settings
+from tests.migration_checks import DATABASES, fresh_settings
 from user_service.config import UserSettings
-from user_service.models import Base
-
-
-@pytest.mark.parametrize("database", DATABASES)
-def test_upgrade_downgrade_upgrade_leaves_no_drift(database: str, databases: DatabaseFactory, tmp_path: Path) -> None:
-    settings = fresh_settings(UserSettings, database, databases, tmp_path)
-
-    assert_round_trip(
-        settings,
-        "user_service",
-        Base.metadata,
-        {"profiles", "outbox", "processed_events", "memberships"},
-        "alembic_version_users",
-    )
-
 
 INSERT_PROFILE = text(
     "INSERT INTO profiles (id, email, preferences, tenant_id, role, is_active, email_verified, created_at,"

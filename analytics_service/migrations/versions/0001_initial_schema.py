@@ -5,18 +5,14 @@ Revises:
 Create Date: 2026-12-01 05:33:12.705576
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import shared.db
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0001"
 down_revision: str | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
@@ -35,7 +31,7 @@ def upgrade() -> None:
     op.create_index("ix_cost_daily_user_id_day", "cost_daily", ["user_id", "day"], unique=False)
     op.create_table(
         "endpoint_hourly",
-        sa.Column("hour", shared.db.UTCDateTime(timezone=True), nullable=False),
+        utc_column("hour"),
         sa.Column("route", sa.String(length=200), nullable=False),
         sa.Column("calls", sa.BigInteger(), nullable=False),
         sa.Column("errors", sa.BigInteger(), nullable=False),
@@ -44,7 +40,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "event_hourly",
-        sa.Column("hour", shared.db.UTCDateTime(timezone=True), nullable=False),
+        utc_column("hour"),
         sa.Column("event_type", sa.String(length=100), nullable=False),
         sa.Column("shard", sa.SmallInteger(), nullable=False),
         sa.Column("events", sa.BigInteger(), nullable=False),
@@ -53,7 +49,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "events",
-        sa.Column("event_id", sa.Uuid(), nullable=False),
+        uuid_column("event_id"),
         sa.Column("user_id", sa.String(length=64), nullable=True),
         sa.Column("session_id", sa.String(length=128), nullable=True),
         sa.Column("event_type", sa.String(length=100), nullable=False),
@@ -62,15 +58,15 @@ def upgrade() -> None:
         ),
         sa.Column("ip", sa.String(length=64), nullable=True),
         sa.Column("user_agent", sa.String(length=512), nullable=True),
-        sa.Column("occurred_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("received_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        utc_column("occurred_at"),
+        utc_column("received_at"),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_events")),
     )
     op.create_index("ix_events_occurred_at", "events", ["occurred_at"], unique=False)
     op.create_index("ix_events_user_id_occurred_at", "events", ["user_id", "occurred_at"], unique=False)
     op.create_table(
         "metrics",
-        sa.Column("id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
         sa.Column("type", sa.String(length=16), nullable=False),
@@ -80,7 +76,7 @@ def upgrade() -> None:
         sa.Column(
             "labels", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
-        sa.Column("timestamp", shared.db.UTCDateTime(timezone=True), nullable=False),
+        utc_column("timestamp"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_metrics")),
     )
     op.create_index("ix_metrics_name_timestamp", "metrics", ["name", "timestamp"], unique=False)
@@ -89,7 +85,7 @@ def upgrade() -> None:
     op.create_table(
         "usage_applied",
         sa.Column("message_id", sa.String(length=64), nullable=False),
-        sa.Column("applied_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        utc_column("applied_at"),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_usage_applied")),
     )
     op.create_index("ix_usage_applied_applied_at", "usage_applied", ["applied_at"], unique=False)

@@ -7,15 +7,11 @@ Another user's event with an id already taken was answered ``duplicate`` and not
 also told that user the id existed. The primary key becomes (user_id, event_id).
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0002"
 down_revision: str | None = "0001"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -4,25 +4,22 @@ Revision ID: 0003
 Revises: 0002
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import shared.db
+from shared import migration_ops
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0003"
 down_revision: str | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     op.create_table(
         "audit_log",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("occurred_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        uuid_column("id"),
+        utc_column("occurred_at"),
         sa.Column("action", sa.String(length=100), nullable=False),
         sa.Column("actor_id", sa.String(length=64), nullable=True),
         sa.Column("organization_id", sa.String(length=64), nullable=True),
@@ -42,14 +39,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_log_actor_id_occurred_at", "audit_log", ["actor_id", "occurred_at"], unique=False)
     op.create_index("ix_audit_log_target_id_occurred_at", "audit_log", ["target_id", "occurred_at"], unique=False)
-    op.create_table(
-        "processed_events",
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("event_type", sa.String(length=100), nullable=False),
-        sa.Column("processed_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("event_id", name=op.f("pk_processed_events")),
-    )
-    op.create_index("ix_processed_events_processed_at", "processed_events", ["processed_at"], unique=False)
+    migration_ops.create_processed_events()
     op.create_table(
         "usage_scoped_daily",
         sa.Column("day", sa.Date(), nullable=False),
@@ -76,5 +66,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("usage_scoped_daily")
-    op.drop_table("processed_events")
+    migration_ops.drop_processed_events()
     op.drop_table("audit_log")

@@ -4,28 +4,15 @@ Revision ID: 0002
 Revises: 0001
 """
 
-from collections.abc import Sequence
-
-import sqlalchemy as sa
-from alembic import op
-
-import shared.db
+from shared import migration_ops
 
 revision: str = "0002"
 down_revision: str | None = "0001"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "processed_events",
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("event_type", sa.String(length=100), nullable=False),
-        sa.Column("processed_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("event_id", name=op.f("pk_processed_events")),
-    )
+    migration_ops.create_processed_events(pruning_index=False)
 
 
 def downgrade() -> None:
-    op.drop_table("processed_events")
+    migration_ops.drop_processed_events()

@@ -5,17 +5,13 @@ Revision ID: 0004
 Revises: 0003
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0004"
 down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
@@ -25,14 +21,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("access_token_ttl", sa.Integer(), nullable=True))
     op.create_table(
         "one_time_tokens",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("user_id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
+        uuid_column("user_id"),
         sa.Column("purpose", sa.String(length=20), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("email", sa.String(length=320), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("used_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        utc_column("created_at"),
+        utc_column("expires_at"),
+        utc_column("used_at", nullable=True),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_one_time_tokens_user_id_users"), ondelete="CASCADE"
         ),
@@ -42,16 +38,16 @@ def upgrade() -> None:
     op.create_index("ix_one_time_tokens_user_id_purpose", "one_time_tokens", ["user_id", "purpose"], unique=False)
     op.create_table(
         "mail_outbox",
-        sa.Column("id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
         sa.Column("template", sa.String(length=50), nullable=False),
         sa.Column("recipient", sa.String(length=320), nullable=False),
         sa.Column("subject", sa.String(length=200), nullable=False),
         sa.Column("text_body", sa.Text(), nullable=False),
         sa.Column("html_body", sa.Text(), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("next_attempt_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        utc_column("created_at"),
+        utc_column("next_attempt_at"),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("sent_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        utc_column("sent_at", nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_mail_outbox")),
     )
     op.create_index("ix_mail_outbox_unsent", "mail_outbox", ["sent_at", "next_attempt_at"], unique=False)

@@ -4,33 +4,29 @@ Revision ID: 0005
 Revises: 0004
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0005"
 down_revision: str | None = "0004"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     op.create_table(
         "api_keys",
-        sa.Column("id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
         sa.Column("kind", sa.String(length=10), nullable=False),
-        sa.Column("owner_id", sa.Uuid(), nullable=True),
+        uuid_column("owner_id", nullable=True),
         sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("secret_hash", sa.String(length=64), nullable=False),
         sa.Column("scopes", sa.JSON(), nullable=False),
-        sa.Column("created_by", sa.Uuid(), nullable=True),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", shared.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("last_used_at", shared.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        uuid_column("created_by", nullable=True),
+        utc_column("created_at"),
+        utc_column("expires_at", nullable=True),
+        utc_column("last_used_at", nullable=True),
+        utc_column("revoked_at", nullable=True),
         sa.ForeignKeyConstraint(
             ["owner_id"], ["users.id"], name=op.f("fk_api_keys_owner_id_users"), ondelete="CASCADE"
         ),

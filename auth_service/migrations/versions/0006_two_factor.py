@@ -4,26 +4,22 @@ Revision ID: 0006
 Revises: 0005
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0006"
 down_revision: str | None = "0005"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     op.create_table(
         "two_factor",
-        sa.Column("user_id", sa.Uuid(), nullable=False),
+        uuid_column("user_id"),
         sa.Column("secret", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("confirmed_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        utc_column("created_at"),
+        utc_column("confirmed_at", nullable=True),
         sa.Column("last_used_step", sa.BigInteger(), nullable=True),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_two_factor_user_id_users"), ondelete="CASCADE"
@@ -32,11 +28,11 @@ def upgrade() -> None:
     )
     op.create_table(
         "recovery_codes",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("user_id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
+        uuid_column("user_id"),
         sa.Column("code_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("used_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        utc_column("created_at"),
+        utc_column("used_at", nullable=True),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_recovery_codes_user_id_users"), ondelete="CASCADE"
         ),

@@ -8,18 +8,16 @@ Revises: 0006
 
 import re
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
 
 import shared.db
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0007"
 down_revision: str | None = "0006"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 # Frozen copies of the tables as this revision knows them (the models may change later).
 users = sa.table(
@@ -60,20 +58,20 @@ outbox = sa.table(
 def upgrade() -> None:
     op.create_table(
         "organizations",
-        sa.Column("id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
         sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("slug", sa.String(length=64), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        utc_column("created_at"),
         sa.Column("require_two_factor", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_organizations")),
         sa.UniqueConstraint("slug", name=op.f("uq_organizations_slug")),
     )
     op.create_table(
         "memberships",
-        sa.Column("organization_id", sa.Uuid(), nullable=False),
-        sa.Column("user_id", sa.Uuid(), nullable=False),
+        uuid_column("organization_id"),
+        uuid_column("user_id"),
         sa.Column("role", sa.String(length=10), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        utc_column("created_at"),
         sa.ForeignKeyConstraint(
             ["organization_id"],
             ["organizations.id"],
@@ -88,16 +86,16 @@ def upgrade() -> None:
     op.create_index("ix_memberships_user_id", "memberships", ["user_id"], unique=False)
     op.create_table(
         "invitations",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        uuid_column("id"),
+        uuid_column("organization_id"),
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("role", sa.String(length=10), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("invited_by", sa.Uuid(), nullable=True),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("accepted_at", shared.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        uuid_column("invited_by", nullable=True),
+        utc_column("created_at"),
+        utc_column("expires_at"),
+        utc_column("accepted_at", nullable=True),
+        utc_column("revoked_at", nullable=True),
         sa.ForeignKeyConstraint(
             ["organization_id"],
             ["organizations.id"],
@@ -111,7 +109,7 @@ def upgrade() -> None:
     with op.batch_alter_table("users") as batch:
         batch.alter_column("tenant_id", existing_type=sa.Uuid(), nullable=True)
     with op.batch_alter_table("sessions") as batch:
-        batch.add_column(sa.Column("organization_id", sa.Uuid(), nullable=True))
+        batch.add_column(uuid_column("organization_id", nullable=True))
         batch.create_foreign_key(
             op.f("fk_sessions_organization_id_organizations"),
             "organizations",
@@ -121,7 +119,7 @@ def upgrade() -> None:
         )
         batch.create_index("ix_sessions_organization_id", ["organization_id"], unique=False)
     with op.batch_alter_table("api_keys") as batch:
-        batch.add_column(sa.Column("organization_id", sa.Uuid(), nullable=True))
+        batch.add_column(uuid_column("organization_id", nullable=True))
         batch.create_foreign_key(
             op.f("fk_api_keys_organization_id_organizations"),
             "organizations",

@@ -10,28 +10,24 @@ empty, so any event overrides it). A tenant several profiles share gives them th
 which of them owns it is auth's to say.
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db
+from shared.migration_ops import utc_column, uuid_column
 
 revision: str = "0004"
 down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     op.create_table(
         "memberships",
-        sa.Column("organization_id", sa.Uuid(), nullable=False),
-        sa.Column("user_id", sa.Uuid(), nullable=False),
+        uuid_column("organization_id"),
+        uuid_column("user_id"),
         sa.Column("role", sa.String(length=20), nullable=False),
-        sa.Column("joined_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("synced_at", shared.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("removed_at", shared.db.UTCDateTime(timezone=True), nullable=True),
+        utc_column("joined_at"),
+        utc_column("synced_at", nullable=True),
+        utc_column("removed_at", nullable=True),
         sa.PrimaryKeyConstraint("organization_id", "user_id", name=op.f("pk_memberships")),
     )
     op.create_index("ix_memberships_user_id", "memberships", ["user_id"], unique=False)

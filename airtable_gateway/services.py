@@ -53,7 +53,9 @@ from airtable_gateway.models import BaseGrant, outbox
 from airtable_gateway.repositories import GrantRepository, UserTokenRepository
 from airtable_gateway.scheduler import Outcome, Scheduler, jittered
 from airtable_gateway.schemas import (
+    MAX_RECORDS_PER_CALL,
     BatchResponse,
+    CreateBody,
     Deleted,
     DeletedList,
     ErrorDetail,
@@ -61,13 +63,18 @@ from airtable_gateway.schemas import (
     Grant,
     GrantList,
     Record,
+    RecordChange,
     RecordResult,
+    RecordsCreate,
+    RecordsUpdate,
     TokenStatus,
+    UpdateBody,
+    UpsertRequest,
 )
 from airtable_gateway.tokens import TokenCipher
 from shared.audit import record_audit
 from shared.db import is_database_unavailable, utcnow
-from shared.errors import NotFound
+from shared.errors import NotFound, Unprocessable
 from shared.security import ORG_MANAGERS, Identity
 from shared.stores import KeyValueStore
 
@@ -756,6 +763,76 @@ class AirtableService:
             return Produced(response.status, _json.encode(document))
 
         return await self.upstream.read(self.caller, request, kind, identity, produce)
+
+
+@dataclass(frozen=True)
+class TableRecords:
+    """One table's records as one caller may reach them: the routes under
+    ``/bases/{base_id}/tables/{table}/records``, their bodies taken as those routes accept them."""
+
+    airtable: AirtableService
+    base_id: str
+    table: str
+
+    async def listing(self, query: ListQuery) -> Cached:
+        return await self.airtable.list_records(self.base_id, self.table, query)
+
+    async def get(self, record_id: str) -> Cached:
+        return await self.airtable.get_record(self.base_id, self.table, record_id)
+
+    async def create(self, data: CreateBody) -> BatchResponse:
+        if isinstance(data, RecordsCreate):
+            records = [item.fields for item in data.records] + ([data.fields] if data.fields is not None else [])
+            typecast = data.typecast
+        else:
+            records, typecast = data, False
+        _check_count(len(records))
+        return await self.airtable.create_records(self.base_id, self.table, records, typecast)
+
+    async def update(self, data: UpdateBody, *, replace: bool) -> BatchResponse:
+        records, typecast = _updates(data)
+        return await self.airtable.update_records(self.base_id, self.table, records, typecast, replace=replace)
+
+    async def upsert(self, data: UpsertRequest) -> BatchResponse:
+        records = [item.fields for item in data.records]
+        return await self.airtable.upsert_records(
+            self.base_id, self.table, records, data.fields_to_merge_on, data.typecast
+        )
+
+    async def delete(self, record_ids: list[str]) -> DeletedList:
+        """``record_ids`` as the query gives them: repeated, comma-separated, or both."""
+        ids = [part.strip() for item in record_ids for part in item.split(",") if part.strip()]
+        if not ids or len(ids) > MAX_RECORDS_PER_CALL:
+            raise Unprocessable(f"Give between 1 and {MAX_RECORDS_PER_CALL} record ids.")
+        return await self.airtable.delete_records(self.base_id, self.table, ids)
+
+    async def change(self, record_id: str, data: RecordChange, *, replace: bool) -> bytes:
+        """Update the given fields of one record, or with ``replace`` clear the others."""
+        return await self.airtable.update_record(
+            self.base_id, self.table, record_id, data.fields, data.typecast, replace=replace
+        )
+
+    async def remove(self, record_id: str) -> bytes:
+        return await self.airtable.delete_record(self.base_id, self.table, record_id)
+
+
+def _updates(data: UpdateBody) -> tuple[list[tuple[str, Fields]], bool]:
+    if isinstance(data, RecordsUpdate):
+        _check_count(len(data.records))
+        return [(item.id, item.fields) for item in data.records], data.typecast
+    updates = []
+    for item in data:
+        record_id = item.get("id")
+        if not isinstance(record_id, str) or not record_id:
+            raise Unprocessable("Every record needs an id.")
+        updates.append((record_id, {name: value for name, value in item.items() if name != "id"}))
+    _check_count(len(updates))
+    return updates, False
+
+
+def _check_count(count: int) -> None:
+    if not 1 <= count <= MAX_RECORDS_PER_CALL:
+        raise Unprocessable(f"Give between 1 and {MAX_RECORDS_PER_CALL} records.")
 
 
 class GrantManagement:

@@ -1,5 +1,5 @@
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put, route
 from litestar.datastructures import State
@@ -11,7 +11,12 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from airtable_gateway.cache import Cached
-from airtable_gateway.deps import provide_airtable, provide_grant_management
+from airtable_gateway.deps import (
+    provide_airtable,
+    provide_grant_management,
+    provide_table_records,
+    provide_user_tokens,
+)
 from airtable_gateway.errors import BaseNotGranted, BaseReadOnly, GrantNotFound, GrantsNotVisible, ReadOnlyRole
 from airtable_gateway.schemas import (
     BASE_ID_PATTERN,
@@ -27,8 +32,6 @@ from airtable_gateway.schemas import (
     Record,
     RecordChange,
     RecordList,
-    RecordsCreate,
-    RecordsUpdate,
     Table,
     TableList,
     TokenStatus,
@@ -36,8 +39,7 @@ from airtable_gateway.schemas import (
     UpdateBody,
     UpsertRequest,
 )
-from airtable_gateway.services import AirtableService, GrantManagement, ListQuery, UserTokens
-from shared.errors import Unprocessable
+from airtable_gateway.services import AirtableService, GrantManagement, ListQuery, TableRecords, UserTokens
 from shared.http import refuse_unsafe_json
 from shared.security import Identity, require_admin
 
@@ -50,6 +52,16 @@ GrantedBaseId = Annotated[
 ]
 Formula = Annotated[str | None, QueryParameter(max_length=10_000, description="Airtable formula")]
 AnyRequest = Request[Identity, str, State]
+Airtable = NamedDependency[AirtableService]
+Records = NamedDependency[TableRecords]  # the records of the table in the route's path
+Batch = TypeVar("Batch", BatchResponse, DeletedList)
+# The routes' paths, each within the one before.
+BASE = "/bases/{base_id:str}"
+TABLES = f"{BASE}/tables"
+TABLE = f"{TABLES}/{{table:str}}"
+RECORDS = f"{TABLE}/records"
+UPSERT = f"{RECORDS}/upsert"
+RECORD = f"{RECORDS}/{{record_id:str}}"
 # Far more than any page or the all-pages cap returns, and a number every upstream can parse.
 MAX_RECORDS_PARAMETER = 2**31 - 1
 
@@ -74,56 +86,41 @@ class AirtableController(Controller):
     path = "/api/v1/airtable"
     tags = ["airtable"]
     security = BEARER
-    dependencies = {"airtable": Provide(provide_airtable)}
+    dependencies = {
+        "airtable": Provide(provide_airtable),
+        "records": Provide(provide_table_records, sync_to_thread=False),
+    }
 
     @get("/bases", operation_id="list_bases", responses=_spec(BaseList, "The bases the token can see"))
     async def list_bases(
         self,
         request: AnyRequest,
-        airtable: NamedDependency[AirtableService],
+        airtable: Airtable,
         offset: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[bytes]:
         """The bases the Airtable token can see (``offset`` for the next page); with the platform's
         token only those your active organisation is granted."""
         return cached_response(request, await airtable.bases(offset))
 
-    @get("/bases/{base_id:str}", operation_id="get_base", raises=READ_REFUSALS, responses=_spec(Base, "The base"))
-    async def get_base(
-        self, request: AnyRequest, airtable: NamedDependency[AirtableService], base_id: FromPath[str]
-    ) -> Response[bytes]:
+    @get(BASE, operation_id="get_base", raises=READ_REFUSALS, responses=_spec(Base, "The base"))
+    async def get_base(self, request: AnyRequest, airtable: Airtable, base_id: FromPath[str]) -> Response[bytes]:
         """One base: id, name and the token's permission level."""
         return cached_response(request, await airtable.base(base_id))
 
-    @get(
-        "/bases/{base_id:str}/tables",
-        operation_id="list_tables",
-        raises=READ_REFUSALS,
-        responses=_spec(TableList, "The tables"),
-    )
-    async def list_tables(
-        self, request: AnyRequest, airtable: NamedDependency[AirtableService], base_id: FromPath[str]
-    ) -> Response[bytes]:
+    @get(TABLES, operation_id="list_tables", raises=READ_REFUSALS, responses=_spec(TableList, "The tables"))
+    async def list_tables(self, request: AnyRequest, airtable: Airtable, base_id: FromPath[str]) -> Response[bytes]:
         """The base's tables with their fields and views."""
         return cached_response(request, await airtable.tables(base_id))
 
-    @get(
-        "/bases/{base_id:str}/tables/{table:str}",
-        operation_id="get_table",
-        raises=READ_REFUSALS,
-        responses=_spec(Table, "The table"),
-    )
+    @get(TABLE, operation_id="get_table", raises=READ_REFUSALS, responses=_spec(Table, "The table"))
     async def get_table(
-        self,
-        request: AnyRequest,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
+        self, request: AnyRequest, airtable: Airtable, base_id: FromPath[str], table: FromPath[str]
     ) -> Response[bytes]:
         """One table, by id or by name."""
         return cached_response(request, await airtable.table(base_id, table))
 
     @get(
-        "/bases/{base_id:str}/tables/{table:str}/records",
+        RECORDS,
         operation_id="list_records",
         raises=READ_REFUSALS,
         responses=_spec(RecordList, "A page of records (all of them with all=true, up to the cap)"),
@@ -131,9 +128,7 @@ class AirtableController(Controller):
     async def list_records(
         self,
         request: AnyRequest,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
+        records: Records,
         view: Annotated[str | None, QueryParameter(max_length=255)] = None,
         fields: Annotated[list[str] | None, QueryParameter(max_items=500)] = None,
         filter_by_formula: Formula = None,
@@ -163,67 +158,27 @@ class AirtableController(Controller):
             max_records=max_records,
             all=all_pages,
         )
-        return cached_response(request, await airtable.list_records(base_id, table, query))
+        return cached_response(request, await records.listing(query))
 
     @post(
-        "/bases/{base_id:str}/tables/{table:str}/records",
-        operation_id="create_records",
-        raises=WRITE_REFUSALS,
-        responses=PARTIAL,
-        status_code=HTTP_201_CREATED,
+        RECORDS, operation_id="create_records", raises=WRITE_REFUSALS, responses=PARTIAL, status_code=HTTP_201_CREATED
     )
-    async def create_records(
-        self,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
-        data: JSONBody[CreateBody],
-    ) -> Response[BatchResponse]:
+    async def create_records(self, records: Records, data: JSONBody[CreateBody]) -> Response[BatchResponse]:
         """Create any number of records (sent to Airtable 10 at a time); a result per record."""
-        if isinstance(data, RecordsCreate):
-            records = [item.fields for item in data.records] + ([data.fields] if data.fields is not None else [])
-            typecast = data.typecast
-        else:
-            records, typecast = data, False
-        _check_count(len(records))
-        return batch_response(await airtable.create_records(base_id, table, records, typecast), HTTP_201_CREATED)
+        return batch_response(await records.create(data), HTTP_201_CREATED)
 
-    @patch(
-        "/bases/{base_id:str}/tables/{table:str}/records",
-        operation_id="update_records",
-        raises=WRITE_REFUSALS,
-        responses=PARTIAL,
-    )
-    async def update_records(
-        self,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
-        data: JSONBody[UpdateBody],
-    ) -> Response[BatchResponse]:
+    @patch(RECORDS, operation_id="update_records", raises=WRITE_REFUSALS, responses=PARTIAL)
+    async def update_records(self, records: Records, data: JSONBody[UpdateBody]) -> Response[BatchResponse]:
         """Update the given fields of any number of records (10 per Airtable call)."""
-        records, typecast = _updates(data)
-        return batch_response(await airtable.update_records(base_id, table, records, typecast, replace=False))
+        return batch_response(await records.update(data, replace=False))
 
-    @put(
-        "/bases/{base_id:str}/tables/{table:str}/records",
-        operation_id="replace_records",
-        raises=WRITE_REFUSALS,
-        responses=PARTIAL,
-    )
-    async def replace_records(
-        self,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
-        data: JSONBody[UpdateBody],
-    ) -> Response[BatchResponse]:
+    @put(RECORDS, operation_id="replace_records", raises=WRITE_REFUSALS, responses=PARTIAL)
+    async def replace_records(self, records: Records, data: JSONBody[UpdateBody]) -> Response[BatchResponse]:
         """Replace any number of records (fields not given are cleared)."""
-        records, typecast = _updates(data)
-        return batch_response(await airtable.update_records(base_id, table, records, typecast, replace=True))
+        return batch_response(await records.update(data, replace=True))
 
     @delete(
-        "/bases/{base_id:str}/tables/{table:str}/records",
+        RECORDS,
         operation_id="delete_records",
         raises=WRITE_REFUSALS,
         responses=PARTIAL_DELETE,
@@ -231,107 +186,43 @@ class AirtableController(Controller):
     )
     async def delete_records(
         self,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
+        records: Records,
         record_ids: Annotated[
             list[str],
             QueryParameter(min_items=1, max_items=MAX_RECORDS_PER_CALL, description="ids, repeated or comma-separated"),
         ],
     ) -> Response[DeletedList]:
         """Delete any number of records (10 per Airtable call)."""
-        ids = [part.strip() for item in record_ids for part in item.split(",") if part.strip()]
-        if not ids or len(ids) > MAX_RECORDS_PER_CALL:
-            raise Unprocessable(f"Give between 1 and {MAX_RECORDS_PER_CALL} record ids.")
-        result = await airtable.delete_records(base_id, table, ids)
-        failed = any(item.status >= 400 for item in result.results)
-        return Response(result, status_code=HTTP_207_MULTI_STATUS if failed else HTTP_200_OK)
+        return batch_response(await records.delete(record_ids))
 
-    @post(
-        "/bases/{base_id:str}/tables/{table:str}/records/upsert",
-        operation_id="upsert_records",
-        raises=WRITE_REFUSALS,
-        responses=PARTIAL,
-        status_code=HTTP_200_OK,
-    )
-    async def upsert_records(
-        self,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
-        data: JSONBody[UpsertRequest],
-    ) -> Response[BatchResponse]:
+    @post(UPSERT, operation_id="upsert_records", raises=WRITE_REFUSALS, responses=PARTIAL, status_code=HTTP_200_OK)
+    async def upsert_records(self, records: Records, data: JSONBody[UpsertRequest]) -> Response[BatchResponse]:
         """Update the records that match on ``fields_to_merge_on``, create the others."""
-        records = [item.fields for item in data.records]
-        result = await airtable.upsert_records(base_id, table, records, data.fields_to_merge_on, data.typecast)
-        return batch_response(result)
+        return batch_response(await records.upsert(data))
 
-    @get(
-        "/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}",
-        operation_id="get_record",
-        raises=READ_REFUSALS,
-        responses=_spec(Record, "The record"),
-    )
-    async def get_record(
-        self,
-        request: AnyRequest,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
-        record_id: FromPath[str],
-    ) -> Response[bytes]:
+    @get(RECORD, operation_id="get_record", raises=READ_REFUSALS, responses=_spec(Record, "The record"))
+    async def get_record(self, request: AnyRequest, records: Records, record_id: FromPath[str]) -> Response[bytes]:
         """One record."""
-        return cached_response(request, await airtable.get_record(base_id, table, record_id))
+        return cached_response(request, await records.get(record_id))
 
-    @patch(
-        "/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}",
-        operation_id="update_record",
-        raises=WRITE_REFUSALS,
-    )
+    @patch(RECORD, operation_id="update_record", raises=WRITE_REFUSALS)
     async def update_record(
-        self,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
-        record_id: FromPath[str],
-        data: JSONBody[RecordChange],
+        self, records: Records, record_id: FromPath[str], data: JSONBody[RecordChange]
     ) -> Response[bytes]:
         """Update the given fields of one record."""
-        body = await airtable.update_record(base_id, table, record_id, data.fields, data.typecast, replace=False)
-        return json_response(body)
+        return json_response(await records.change(record_id, data, replace=False))
 
-    @put(
-        "/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}",
-        operation_id="replace_record",
-        raises=WRITE_REFUSALS,
-    )
+    @put(RECORD, operation_id="replace_record", raises=WRITE_REFUSALS)
     async def replace_record(
-        self,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
-        record_id: FromPath[str],
-        data: JSONBody[RecordChange],
+        self, records: Records, record_id: FromPath[str], data: JSONBody[RecordChange]
     ) -> Response[bytes]:
         """Replace one record (fields not given are cleared)."""
-        body = await airtable.update_record(base_id, table, record_id, data.fields, data.typecast, replace=True)
-        return json_response(body)
+        return json_response(await records.change(record_id, data, replace=True))
 
-    @delete(
-        "/bases/{base_id:str}/tables/{table:str}/records/{record_id:str}",
-        operation_id="delete_record",
-        raises=WRITE_REFUSALS,
-        status_code=HTTP_200_OK,
-    )
-    async def delete_record(
-        self,
-        airtable: NamedDependency[AirtableService],
-        base_id: FromPath[str],
-        table: FromPath[str],
-        record_id: FromPath[str],
-    ) -> Response[bytes]:
+    @delete(RECORD, operation_id="delete_record", raises=WRITE_REFUSALS, status_code=HTTP_200_OK)
+    async def delete_record(self, records: Records, record_id: FromPath[str]) -> Response[bytes]:
         """Delete one record: ``{id, deleted: true}``."""
-        return json_response(await airtable.delete_record(base_id, table, record_id))
+        return json_response(await records.remove(record_id))
 
 
 class TokenController(Controller):
@@ -340,25 +231,32 @@ class TokenController(Controller):
     path = "/api/v1/airtable/token"
     tags = ["airtable"]
     security = BEARER
+    dependencies = {"tokens": Provide(provide_user_tokens, sync_to_thread=False)}
 
     @get("/", operation_id="get_airtable_token")
-    async def status(self, request: AnyRequest, db_session: NamedDependency[AsyncSession], state: State) -> TokenStatus:
+    async def status(
+        self, request: AnyRequest, db_session: NamedDependency[AsyncSession], tokens: NamedDependency[UserTokens]
+    ) -> TokenStatus:
         """Whether you have set a token (its last characters, never the token)."""
-        tokens: UserTokens = state.user_tokens
         return await tokens.status(db_session, request.user.user_id)
 
     @put("/", operation_id="set_airtable_token")
     async def set_token(
-        self, request: AnyRequest, data: JSONBody[TokenUpdate], db_session: NamedDependency[AsyncSession], state: State
+        self,
+        request: AnyRequest,
+        data: JSONBody[TokenUpdate],
+        db_session: NamedDependency[AsyncSession],
+        tokens: NamedDependency[UserTokens],
     ) -> TokenStatus:
         """Store your Airtable personal access token (encrypted)."""
-        tokens: UserTokens = state.user_tokens
         return await tokens.save(db_session, request.user.user_id, data.token)
 
     @delete("/", operation_id="delete_airtable_token", status_code=HTTP_204_NO_CONTENT)
-    async def delete_token(self, request: AnyRequest, db_session: NamedDependency[AsyncSession], state: State) -> None:
+    async def delete_token(
+        self, request: AnyRequest, db_session: NamedDependency[AsyncSession], tokens: NamedDependency[UserTokens]
+    ) -> None:
         """Forget your token; your requests use the platform's again."""
-        await state.user_tokens.delete(db_session, request.user.user_id)
+        await tokens.delete(db_session, request.user.user_id)
 
 
 class GrantController(Controller):
@@ -428,9 +326,7 @@ class MirrorController(Controller):
         raises=WRITE_REFUSALS,
         status_code=HTTP_200_OK,
     )
-    async def mirror(
-        self, request: AnyRequest, airtable: NamedDependency[AirtableService], path: FromPath[str]
-    ) -> Response[bytes]:
+    async def mirror(self, request: AnyRequest, airtable: Airtable, path: FromPath[str]) -> Response[bytes]:
         """Any Airtable Web API v0 call; reads cached, writes invalidate their base's reads."""
         method = request.method.upper()
         body = await request.body() if method != "GET" else None
@@ -456,7 +352,8 @@ def json_response(body: bytes, status: int = HTTP_200_OK) -> Response[bytes]:
     return Response(body, status_code=status, media_type=MediaType.JSON)
 
 
-def batch_response(result: BatchResponse, success: int = HTTP_200_OK) -> Response[BatchResponse]:
+def batch_response(result: Batch, success: int = HTTP_200_OK) -> Response[Batch]:
+    """``success``, or 207 when some records failed."""
     failed = any(item.status >= 400 for item in result.results)
     return Response(result, status_code=HTTP_207_MULTI_STATUS if failed else success)
 
@@ -466,22 +363,3 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         return False
     candidates = [item.strip().removeprefix("W/") for item in if_none_match.split(",")]
     return "*" in candidates or etag in candidates
-
-
-def _updates(data: RecordsUpdate | list[dict[str, Any]]) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
-    if isinstance(data, RecordsUpdate):
-        _check_count(len(data.records))
-        return [(item.id, item.fields) for item in data.records], data.typecast
-    updates = []
-    for item in data:
-        record_id = item.get("id")
-        if not isinstance(record_id, str) or not record_id:
-            raise Unprocessable("Every record needs an id.")
-        updates.append((record_id, {name: value for name, value in item.items() if name != "id"}))
-    _check_count(len(updates))
-    return updates, False
-
-
-def _check_count(count: int) -> None:
-    if not 1 <= count <= MAX_RECORDS_PER_CALL:
-        raise Unprocessable(f"Give between 1 and {MAX_RECORDS_PER_CALL} records.")

@@ -5,9 +5,17 @@ from typing import Any
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from airtable_gateway.services import AirtableService, BaseAccess, GrantManagement, fair_share_unit
+from airtable_gateway.services import (
+    AirtableService,
+    BaseAccess,
+    GrantManagement,
+    TableRecords,
+    UserTokens,
+    fair_share_unit,
+)
 from shared.http import client_ip
 from shared.security import Identity
 
@@ -19,6 +27,18 @@ async def provide_airtable(request: Request[Identity, Any, Any], state: State) -
     caller = await state.user_tokens.caller(identity.user_id, fair_share_unit(identity))
     access = BaseAccess(None if caller.own_token else state.grants, identity.tenant_id, identity.org_role)
     return AirtableService(state.upstream, caller, state.settings.base_allow_list, access)
+
+
+def provide_table_records(
+    airtable: NamedDependency[AirtableService], base_id: FromPath[str], table: FromPath[str]
+) -> TableRecords:
+    """The records of the table in the route's path, as the caller may reach them."""
+    return TableRecords(airtable, base_id, table)
+
+
+def provide_user_tokens(state: State) -> UserTokens:
+    user_tokens: UserTokens = state.user_tokens
+    return user_tokens
 
 
 async def provide_grant_management(

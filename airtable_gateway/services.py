@@ -7,9 +7,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
 import msgspec
@@ -53,7 +53,9 @@ from airtable_gateway.models import BaseGrant, outbox
 from airtable_gateway.repositories import GrantRepository, UserTokenRepository
 from airtable_gateway.scheduler import Outcome, Scheduler, jittered
 from airtable_gateway.schemas import (
+    MAX_RECORDS_PER_CALL,
     BatchResponse,
+    CreateBody,
     Deleted,
     DeletedList,
     ErrorDetail,
@@ -61,13 +63,18 @@ from airtable_gateway.schemas import (
     Grant,
     GrantList,
     Record,
+    RecordChange,
     RecordResult,
+    RecordsCreate,
+    RecordsUpdate,
     TokenStatus,
+    UpdateBody,
+    UpsertRequest,
 )
 from airtable_gateway.tokens import TokenCipher
 from shared.audit import record_audit
 from shared.db import is_database_unavailable, utcnow
-from shared.errors import NotFound
+from shared.errors import NotFound, Unprocessable
 from shared.security import ORG_MANAGERS, Identity
 from shared.stores import KeyValueStore
 
@@ -114,17 +121,15 @@ def fair_share_unit(identity: Identity) -> str:
     return f"user:{identity.user_id}"
 
 
+@dataclass(eq=False)
 class Upstream:
     """Sends requests to Airtable in their turn under the rate limits, retries what is safe to
     retry, and caches reads. One per app."""
 
-    def __init__(
-        self, settings: AirtableSettings, client: AirtableClient, scheduler: Scheduler, cache: ResponseCache
-    ) -> None:
-        self.settings = settings
-        self.client = client
-        self.scheduler = scheduler
-        self.cache = cache
+    settings: AirtableSettings
+    client: AirtableClient
+    scheduler: Scheduler
+    cache: ResponseCache
 
     async def send(self, caller: Caller, request: UpstreamRequest) -> UpstreamResponse:
         """Airtable's answer. A 429 pauses the base (every replica): a read is then refused (503
@@ -291,6 +296,96 @@ class ListQuery:
         return params
 
 
+class DatabaseDown(Exception):
+    """The database could not be read (the name of what failed: a class name, no data)."""
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+async def read_database(
+    sessionmaker: async_sessionmaker[AsyncSession], query: Callable[[AsyncSession], Awaitable[V]]
+) -> V:
+    """``query`` in a session of its own; DatabaseDown when the database cannot be reached."""
+    try:
+        async with sessionmaker() as session:
+            return await query(session)
+    except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
+        if not is_database_unavailable(exc):
+            raise
+        raise DatabaseDown(type(exc).__name__) from None
+
+
+class LastKnown(Generic[K, V]):
+    """Answers read from the database on the request path, kept in this process ``fresh_seconds``,
+    one read per key at a time however many requests arrive together. After a failed read the
+    database is left alone ``DATABASE_RETRY_SECONDS`` and the last known answers serve (past their
+    freshness); a key without one is DatabaseDown."""
+
+    def __init__(self, fresh_seconds: float, serving: str) -> None:
+        self.fresh_seconds = fresh_seconds
+        self.serving = serving  # what the warning says serves while the database is down
+        # key -> (fresh until, the answer); kept past freshness as the last known one.
+        self._answers: dict[K, tuple[float, V]] = {}
+        self._loading: dict[K, asyncio.Future[V]] = {}
+        self._database_down_until = 0.0
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        cached = self._answers.get(key)
+        now = time.monotonic()
+        if cached is not None and (cached[0] > now or now < self._database_down_until):
+            return cached[1]  # fresh, or the last known while the database is down
+        if now < self._database_down_until:
+            raise DatabaseDown()
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self._load(key, load))
+            loading.add_done_callback(lambda done: self._loaded(key, done))
+        try:
+            # Bounded here, whatever the lookup itself waits for (a hung server's close included);
+            # the lookup is shielded: cancelling a query midway can wedge its connection.
+            async with asyncio.timeout(TOKEN_LOOKUP_SECONDS):
+                return await asyncio.shield(loading)
+        except (DatabaseDown, TimeoutError) as exc:
+            self._database_down(exc)
+            if cached is not None:
+                return cached[1]
+            raise DatabaseDown() from None
+
+    def knows(self, key: K, answer: V) -> bool:
+        """Whether ``answer`` is what this process last read for ``key``."""
+        cached = self._answers.get(key)
+        return cached is not None and cached[1] == answer
+
+    def forget(self, key: K) -> None:
+        """Read the key again at once (it changed here)."""
+        self._answers.pop(key, None)
+
+    def forget_where(self, which: Callable[[K], bool]) -> None:
+        """Read these keys again at once (they changed here)."""
+        for key in [key for key in self._answers if which(key)]:
+            self.forget(key)
+
+    def _database_down(self, exc: BaseException) -> None:
+        if time.monotonic() >= self._database_down_until:
+            error = str(exc) if isinstance(exc, DatabaseDown) else type(exc).__name__  # a class name, no data
+            logger.warning(f"database unavailable: {self.serving}", extra={"error": error})
+        self._database_down_until = time.monotonic() + DATABASE_RETRY_SECONDS
+
+    def _loaded(self, key: K, done: asyncio.Future[V]) -> None:
+        self._loading.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure is answered by the waiting request, not logged again
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        answer = await load()
+        if len(self._answers) > 10_000:
+            self._answers.clear()
+        self._answers[key] = (time.monotonic() + self.fresh_seconds, answer)
+        return answer
+
+
 class Grants:
     """Organisations' base grants, read from the database per request: one lookup on the
     (organisation, base) index, kept in this process ``cache_seconds`` (at most 2 s: a grant
@@ -303,17 +398,14 @@ class Grants:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], grant_all: str, cache_seconds: float) -> None:
         self.sessionmaker = sessionmaker
         self.grant_all = grant_all
-        self.cache_seconds = cache_seconds
-        # (organisation, base or ALL_BASES) -> (fresh until, the answer); kept past freshness as the last known.
-        self._cache: dict[tuple[uuid.UUID, str], tuple[float, Any]] = {}
-        self._loading: dict[tuple[uuid.UUID, str], asyncio.Future[Any]] = {}
-        self._database_down_until = 0.0
+        # (organisation, base or ALL_BASES) -> the answer: ``read``, ``write``, None, or every base's.
+        self._known: LastKnown[tuple[uuid.UUID, str], Any] = LastKnown(cache_seconds, "last known grants serve")
 
     async def access(self, organization_id: uuid.UUID, base_id: str) -> str | None:
         """``read``, ``write``, or None: no grant."""
         if self.grant_all:
             return self.grant_all
-        answer: str | None = await self._cached(
+        answer: str | None = await self._read(
             (organization_id, base_id), lambda grants: grants.access_of(organization_id, base_id)
         )
         return answer
@@ -322,58 +414,22 @@ class Grants:
         """The bases the organisation is granted (base -> access); None: every base."""
         if self.grant_all:
             return None
-        answer: Mapping[str, str] = await self._cached(
+        answer: Mapping[str, str] = await self._read(
             (organization_id, ALL_BASES), lambda grants: grants.bases_of(organization_id)
         )
         return answer
 
     def forget(self, organization_id: uuid.UUID) -> None:
         """A grant of the organisation changed here: read its grants again at once."""
-        for key in [key for key in self._cache if key[0] == organization_id]:
-            self._cache.pop(key, None)
+        self._known.forget_where(lambda key: key[0] == organization_id)
 
-    async def _cached(self, key: tuple[uuid.UUID, str], load: Callable[[GrantRepository], Awaitable[Any]]) -> Any:
-        cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached is not None and (cached[0] > now or now < self._database_down_until):
-            return cached[1]  # fresh, or the last known while the database is down
-        if now < self._database_down_until:
-            raise GrantsUnavailable()
-        # One database read per key at a time, however many requests arrive together.
-        loading = self._loading.get(key)
-        if loading is None:
-            loading = self._loading[key] = asyncio.ensure_future(self._load(key, load))
-            loading.add_done_callback(lambda done: self._loaded(key, done))
+    async def _read(self, key: tuple[uuid.UUID, str], query: Callable[[GrantRepository], Awaitable[Any]]) -> Any:
         try:
-            # Bounded here, whatever the lookup itself waits for (a hung server's close included);
-            # the lookup is shielded: cancelling a query midway can wedge its connection.
-            async with asyncio.timeout(TOKEN_LOOKUP_SECONDS):
-                return await asyncio.shield(loading)
-        except (DatabaseDown, TimeoutError) as exc:
-            if time.monotonic() >= self._database_down_until:
-                logger.warning("database unavailable: last known grants serve", extra={"error": type(exc).__name__})
-            self._database_down_until = time.monotonic() + DATABASE_RETRY_SECONDS
-            if cached is not None:
-                return cached[1]
+            return await self._known.get(
+                key, lambda: read_database(self.sessionmaker, lambda session: query(GrantRepository(session)))
+            )
+        except DatabaseDown:
             raise GrantsUnavailable() from None
-
-    def _loaded(self, key: tuple[uuid.UUID, str], done: asyncio.Future[Any]) -> None:
-        self._loading.pop(key, None)
-        if not done.cancelled():
-            done.exception()  # retrieved: a failure is answered by the waiting request, not logged again
-
-    async def _load(self, key: tuple[uuid.UUID, str], load: Callable[[GrantRepository], Awaitable[Any]]) -> Any:
-        try:
-            async with self.sessionmaker() as session:
-                answer = await load(GrantRepository(session))
-        except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
-            if not is_database_unavailable(exc):
-                raise
-            raise DatabaseDown(type(exc).__name__) from None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (time.monotonic() + self.cache_seconds, answer)
-        return answer
 
 
 @dataclass(frozen=True)
@@ -412,17 +468,18 @@ class BaseAccess:
 UNLIMITED = BaseAccess(None, None, None)
 
 
+@dataclass(eq=False)
 class AirtableService:
     """What one caller may do, with the Airtable token their requests use."""
 
-    def __init__(
-        self, upstream: Upstream, caller: Caller, allowed_bases: frozenset[str], access: BaseAccess = UNLIMITED
-    ) -> None:
-        self.upstream = upstream
-        self.caller = caller
-        self.allowed_bases = allowed_bases
-        self.access = access
-        self.settings = upstream.settings
+    upstream: Upstream
+    caller: Caller
+    allowed_bases: frozenset[str]
+    access: BaseAccess = UNLIMITED
+
+    @property
+    def settings(self) -> AirtableSettings:
+        return self.upstream.settings
 
     async def _check_base(self, base: str, *, write: bool = False) -> None:
         """Before anything else, the cache included: a request for a base the caller may not
@@ -708,6 +765,76 @@ class AirtableService:
         return await self.upstream.read(self.caller, request, kind, identity, produce)
 
 
+@dataclass(frozen=True)
+class TableRecords:
+    """One table's records as one caller may reach them: the routes under
+    ``/bases/{base_id}/tables/{table}/records``, their bodies taken as those routes accept them."""
+
+    airtable: AirtableService
+    base_id: str
+    table: str
+
+    async def listing(self, query: ListQuery) -> Cached:
+        return await self.airtable.list_records(self.base_id, self.table, query)
+
+    async def get(self, record_id: str) -> Cached:
+        return await self.airtable.get_record(self.base_id, self.table, record_id)
+
+    async def create(self, data: CreateBody) -> BatchResponse:
+        if isinstance(data, RecordsCreate):
+            records = [item.fields for item in data.records] + ([data.fields] if data.fields is not None else [])
+            typecast = data.typecast
+        else:
+            records, typecast = data, False
+        _check_count(len(records))
+        return await self.airtable.create_records(self.base_id, self.table, records, typecast)
+
+    async def update(self, data: UpdateBody, *, replace: bool) -> BatchResponse:
+        records, typecast = _updates(data)
+        return await self.airtable.update_records(self.base_id, self.table, records, typecast, replace=replace)
+
+    async def upsert(self, data: UpsertRequest) -> BatchResponse:
+        records = [item.fields for item in data.records]
+        return await self.airtable.upsert_records(
+            self.base_id, self.table, records, data.fields_to_merge_on, data.typecast
+        )
+
+    async def delete(self, record_ids: list[str]) -> DeletedList:
+        """``record_ids`` as the query gives them: repeated, comma-separated, or both."""
+        ids = [part.strip() for item in record_ids for part in item.split(",") if part.strip()]
+        if not ids or len(ids) > MAX_RECORDS_PER_CALL:
+            raise Unprocessable(f"Give between 1 and {MAX_RECORDS_PER_CALL} record ids.")
+        return await self.airtable.delete_records(self.base_id, self.table, ids)
+
+    async def change(self, record_id: str, data: RecordChange, *, replace: bool) -> bytes:
+        """Update the given fields of one record, or with ``replace`` clear the others."""
+        return await self.airtable.update_record(
+            self.base_id, self.table, record_id, data.fields, data.typecast, replace=replace
+        )
+
+    async def remove(self, record_id: str) -> bytes:
+        return await self.airtable.delete_record(self.base_id, self.table, record_id)
+
+
+def _updates(data: UpdateBody) -> tuple[list[tuple[str, Fields]], bool]:
+    if isinstance(data, RecordsUpdate):
+        _check_count(len(data.records))
+        return [(item.id, item.fields) for item in data.records], data.typecast
+    updates = []
+    for item in data:
+        record_id = item.get("id")
+        if not isinstance(record_id, str) or not record_id:
+            raise Unprocessable("Every record needs an id.")
+        updates.append((record_id, {name: value for name, value in item.items() if name != "id"}))
+    _check_count(len(updates))
+    return updates, False
+
+
+def _check_count(count: int) -> None:
+    if not 1 <= count <= MAX_RECORDS_PER_CALL:
+        raise Unprocessable(f"Give between 1 and {MAX_RECORDS_PER_CALL} records.")
+
+
 class GrantManagement:
     """Platform administrators grant organisations bases; an organisation's owners and admins see
     its grants. Every change records an audit event in its transaction."""
@@ -787,10 +914,7 @@ def _grant(row: BaseGrant) -> Grant:
     return msgspec.convert(row, Grant, from_attributes=True)
 
 
-class DatabaseDown(Exception):
-    """The user's stored token could not be read."""
-
-
+@dataclass(eq=False)
 class UserTokens:
     """Users' own Airtable tokens: stored encrypted, looked up on every request through a short
     per-process cache (a change made on another replica is seen within ``token_cache_seconds``).
@@ -799,23 +923,15 @@ class UserTokens:
     shared store remembers whether the user has a token of their own (and its identity, never the
     token), so their cached reads still answer and, without one, so do their uncached reads."""
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        cipher: TokenCipher | None,
-        platform_token: str,
-        cache_seconds: float,
-        store: KeyValueStore,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.cipher = cipher
-        self.platform_token = platform_token
-        self.cache_seconds = cache_seconds
-        self.store = store
-        # user -> (fresh until, their own token); kept past freshness as the last known one.
-        self._cache: dict[uuid.UUID, tuple[float, str | None]] = {}
-        self._loading: dict[uuid.UUID, asyncio.Future[str | None]] = {}
-        self._database_down_until = 0.0
+    sessionmaker: async_sessionmaker[AsyncSession]
+    cipher: TokenCipher | None
+    platform_token: str
+    cache_seconds: float
+    store: KeyValueStore
+
+    def __post_init__(self) -> None:
+        # user -> their own token (None: they have none)
+        self._known: LastKnown[uuid.UUID, str | None] = LastKnown(self.cache_seconds, "users' last known tokens serve")
 
     async def caller(self, user_id: uuid.UUID, share: str) -> Caller:
         """The user's requests' Caller: their own token, else the platform's."""
@@ -836,53 +952,19 @@ class UserTokens:
         return Caller(share, token_identity(token), token, own_token=bool(own))
 
     async def _own_token(self, user_id: uuid.UUID) -> str | None:
-        cached = self._cache.get(user_id)
-        now = time.monotonic()
-        if cached is not None and (cached[0] > now or now < self._database_down_until):
-            return cached[1]  # fresh, or the last known while the database is down
-        if now < self._database_down_until:
-            raise DatabaseDown()
-        # One database read per user at a time, however many of their requests arrive together.
-        loading = self._loading.get(user_id)
-        if loading is None:
-            loading = self._loading[user_id] = asyncio.ensure_future(self._load(user_id))
-            loading.add_done_callback(lambda _: self._loading.pop(user_id, None))
-        try:
-            # Bounded here, whatever the lookup itself waits for (a hung server's close included).
-            async with asyncio.timeout(TOKEN_LOOKUP_SECONDS):
-                return await asyncio.shield(loading)
-        except (DatabaseDown, TimeoutError) as exc:
-            self._database_down(exc)
-            if cached is not None:
-                return cached[1]
-            raise DatabaseDown() from None
-
-    def _database_down(self, exc: BaseException) -> None:
-        if time.monotonic() >= self._database_down_until:
-            error = str(exc) if isinstance(exc, DatabaseDown) else type(exc).__name__  # a class name, no data
-            logger.warning("database unavailable: users' last known tokens serve", extra={"error": error})
-        self._database_down_until = time.monotonic() + DATABASE_RETRY_SECONDS
-
-    async def _load(self, user_id: uuid.UUID) -> str | None:
-        if self.cipher is None:
+        cipher = self.cipher
+        if cipher is None:
             return None
-        try:
-            async with self.sessionmaker() as session:
-                row = await UserTokenRepository(session).get(user_id)
-        except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
-            if not is_database_unavailable(exc):
-                raise
-            raise DatabaseDown(type(exc).__name__) from None
-        own = self.cipher.decrypt(user_id, row.ciphertext) if row is not None else None
+        return await self._known.get(user_id, lambda: self._read_own_token(cipher, user_id))
+
+    async def _read_own_token(self, cipher: TokenCipher, user_id: uuid.UUID) -> str | None:
+        row = await read_database(self.sessionmaker, lambda session: UserTokenRepository(session).get(user_id))
+        own = cipher.decrypt(user_id, row.ciphertext) if row is not None else None
         if row is not None and own is None:
             logger.warning("a stored Airtable token does not decrypt (another key?)", extra={"user_id": str(user_id)})
             own = UNREADABLE_TOKEN
-        previous = self._cache.get(user_id)
-        if previous is None or previous[1] != own:
+        if not self._known.knows(user_id, own):
             await self._remember_identity(user_id, own)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[user_id] = (time.monotonic() + self.cache_seconds, own)
         return own
 
     async def _remember_identity(self, user_id: uuid.UUID, own: str | None) -> None:
@@ -913,13 +995,13 @@ class UserTokens:
         if self.cipher is None:
             raise UserTokensDisabled()
         row = await UserTokenRepository(session).save(user_id, self.cipher.encrypt(user_id, token), token[-4:])
-        self._cache.pop(user_id, None)
+        self._known.forget(user_id)
         await self._remember_identity(user_id, token)
         return TokenStatus(configured=True, hint=row.hint, updated_at=row.updated_at)
 
     async def delete(self, session: AsyncSession, user_id: uuid.UUID) -> bool:
         deleted = await UserTokenRepository(session).delete(user_id)
-        self._cache.pop(user_id, None)
+        self._known.forget(user_id)
         await self._remember_identity(user_id, None)
         return deleted
 

@@ -13,7 +13,6 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from analytics_service.deps import (
     provide_audit,
-    provide_client,
     provide_events,
     provide_metrics,
     provide_reports,
@@ -42,7 +41,6 @@ from analytics_service.schemas import (
     UsageResponse,
 )
 from analytics_service.services.audit import MAX_AUDIT_PAGE, AuditService
-from analytics_service.services.common import Client
 from analytics_service.services.events import EventService
 from analytics_service.services.metrics import MetricService
 from analytics_service.services.reports import ReportService, TeamUsageService
@@ -72,6 +70,11 @@ READ = problems(403, 422)
 ORGANIZATION_READ = problems(403, 404, 422)
 Days = Annotated[int, QueryParameter(ge=1, le=366, description="How many days back, today included")]
 Optional = Annotated[str | None, QueryParameter(max_length=300)]
+PeriodQuery = Annotated[Period, QueryParameter()]
+Events = NamedDependency[EventService]
+Metrics = NamedDependency[MetricService]
+Reports = NamedDependency[ReportService]
+TeamUsage = NamedDependency[TeamUsageService]
 
 
 class AnalyticsController(Controller):
@@ -86,21 +89,14 @@ class AnalyticsController(Controller):
         "event_service": Provide(provide_events, sync_to_thread=False),
         "metric_service": Provide(provide_metrics, sync_to_thread=False),
         "report_service": Provide(provide_reports, sync_to_thread=False),
-        "client": Provide(provide_client, sync_to_thread=False),
         "audit_service": Provide(provide_audit, sync_to_thread=False),
         "team_usage": Provide(provide_team_usage, sync_to_thread=False),
     }
 
     @post("/events", operation_id="record_event", status_code=HTTP_202_ACCEPTED, responses=WRITE)
-    async def record_event(
-        self,
-        data: JSONBody[EventCreate],
-        request: Request[Identity, str, State],
-        event_service: NamedDependency[EventService],
-        client: NamedDependency[Client],
-    ) -> EventResult:
+    async def record_event(self, data: JSONBody[EventCreate], event_service: Events) -> EventResult:
         """Record one event (``accepted``, or ``duplicate`` when its ``event_id`` is known); 202 once stored."""
-        return await event_service.ingest_one(request.user, client, data)
+        return await event_service.ingest_one(data)
 
     # Each item is accepted or rejected on its own, an item with the NUL character too.
     @post(
@@ -111,41 +107,26 @@ class AnalyticsController(Controller):
         opt={"nul_per_item": True},
     )
     async def record_events(
-        self,
-        data: JSONBody[EventBatch],
-        request: Request[Identity, str, State],
-        event_service: NamedDependency[EventService],
-        client: NamedDependency[Client],
+        self, data: JSONBody[EventBatch], request: Request[Identity, str, State], event_service: Events
     ) -> BatchResult:
         """Record up to 1000 events (1 MB); each item is reported accepted, duplicate or rejected."""
-        return await event_service.ingest(request.user, client, data.events, await request.body())
+        return await event_service.ingest(data.events, await request.body())
 
     @post("/metrics", operation_id="record_metric", status_code=HTTP_201_CREATED, responses=WRITE)
-    async def record_metric(
-        self,
-        data: JSONBody[MetricCreate],
-        request: Request[Identity, str, State],
-        metric_service: NamedDependency[MetricService],
-    ) -> MetricRead:
+    async def record_metric(self, data: JSONBody[MetricCreate], metric_service: Metrics) -> MetricRead:
         """Record one metric value."""
-        row = (await metric_service.record(request.user, [data]))[0]
+        row = (await metric_service.record([data]))[0]
         return msgspec.convert(row, MetricRead)
 
     @post("/metrics/batch", operation_id="record_metrics", status_code=HTTP_201_CREATED, responses=WRITE)
-    async def record_metrics(
-        self,
-        data: JSONBody[MetricBatch],
-        request: Request[Identity, str, State],
-        metric_service: NamedDependency[MetricService],
-    ) -> MetricBatchResult:
+    async def record_metrics(self, data: JSONBody[MetricBatch], metric_service: Metrics) -> MetricBatchResult:
         """Record up to 1000 metric values at once."""
-        return MetricBatchResult(created=len(await metric_service.record(request.user, data.metrics)))
+        return MetricBatchResult(created=len(await metric_service.record(data.metrics)))
 
     @get("/metrics", operation_id="query_metrics", responses=READ)
     async def query_metrics(
         self,
-        request: Request[Identity, str, State],
-        metric_service: NamedDependency[MetricService],
+        metric_service: Metrics,
         name: Annotated[str | None, QueryParameter(max_length=200)] = None,
         service: Optional = None,
         endpoint: Optional = None,
@@ -158,7 +139,6 @@ class AnalyticsController(Controller):
     ) -> MetricQueryResult:
         """Metric values (newest first), or with ``aggregation`` one value per ``interval`` bucket."""
         return await metric_service.query(
-            request.user,
             name=name,
             service=service,
             endpoint=endpoint,
@@ -171,38 +151,22 @@ class AnalyticsController(Controller):
         )
 
     @get("/usage/me", operation_id="my_usage", responses=READ, opt={READS_ONLY: True})
-    async def my_usage(
-        self,
-        request: Request[Identity, str, State],
-        report_service: NamedDependency[ReportService],
-        period: Annotated[Period, QueryParameter()] = "day",
-        days: Days = 30,
-    ) -> UsageResponse:
+    async def my_usage(self, report_service: Reports, period: PeriodQuery = "day", days: Days = 30) -> UsageResponse:
         """The caller's usage per day, week or month."""
-        return await report_service.usage(request.user, None, period, days)
+        return await report_service.usage(None, period, days)
 
     @get("/usage/me/keys", operation_id="my_key_usage", responses=READ)
-    async def my_key_usage(
-        self,
-        request: Request[Identity, str, State],
-        team_usage: NamedDependency[TeamUsageService],
-        days: Days = 30,
-    ) -> KeysUsage:
+    async def my_key_usage(self, team_usage: TeamUsage, days: Days = 30) -> KeysUsage:
         """The caller's requests made with each of their API keys (by key id)."""
-        return await team_usage.my_keys(request.user, days)
+        return await team_usage.my_keys(days)
 
     @get("/usage/orgs/{organization_id:uuid}", operation_id="organization_usage", responses=ORGANIZATION_READ)
     async def organization_usage(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        team_usage: NamedDependency[TeamUsageService],
-        period: Annotated[Period, QueryParameter()] = "day",
-        days: Days = 30,
+        self, organization_id: FromPath[uuid.UUID], team_usage: TeamUsage, period: PeriodQuery = "day", days: Days = 30
     ) -> OrganizationUsage:
         """An organisation's usage per day, week or month and per route: its owners and admins (it must
         be their active organisation) and platform administrators; 403 for its other members, else 404."""
-        return await team_usage.organization(request.user, organization_id, period, days)
+        return await team_usage.organization(organization_id, period, days)
 
     @get(
         "/usage/orgs/{organization_id:uuid}/members",
@@ -210,53 +174,41 @@ class AnalyticsController(Controller):
         responses=ORGANIZATION_READ,
     )
     async def organization_members_usage(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        team_usage: NamedDependency[TeamUsageService],
-        days: Days = 30,
+        self, organization_id: FromPath[uuid.UUID], team_usage: TeamUsage, days: Days = 30
     ) -> OrganizationMembersUsage:
         """An organisation's usage per member (most requests first); who may see it as for the organisation's usage."""
-        return await team_usage.members(request.user, organization_id, days)
+        return await team_usage.members(organization_id, days)
 
     @get("/usage/{user_id:str}", operation_id="user_usage", responses=READ)
     async def user_usage(
-        self,
-        user_id: FromPath[str],
-        request: Request[Identity, str, State],
-        report_service: NamedDependency[ReportService],
-        period: Annotated[Period, QueryParameter()] = "day",
-        days: Days = 30,
+        self, user_id: FromPath[str], report_service: Reports, period: PeriodQuery = "day", days: Days = 30
     ) -> UsageResponse:
         """A user's usage per day, week or month: the caller's own, or anyone's for administrators (else 403)."""
-        return await report_service.usage(request.user, user_id, period, days)
+        return await report_service.usage(user_id, period, days)
 
     @get("/costs", operation_id="costs", responses=READ)
     async def costs(
         self,
-        request: Request[Identity, str, State],
-        report_service: NamedDependency[ReportService],
+        report_service: Reports,
         user_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
         days: Days = 30,
     ) -> CostsResponse:
         """Cost and token totals with breakdowns by user, service and model: the caller's own,
         everyone's for administrators."""
-        return await report_service.costs(request.user, user_id, days)
+        return await report_service.costs(user_id, days)
 
     @get("/dashboard", operation_id="dashboard", responses=READ)
     async def dashboard(
         self,
-        request: Request[Identity, str, State],
-        report_service: NamedDependency[ReportService],
+        report_service: Reports,
         hours: Annotated[int, QueryParameter(ge=1, le=2160, description="The window: the last N hours")] = 24,
     ) -> DashboardResponse:
         """Platform totals for a time window (administrators only)."""
-        return await report_service.dashboard(request.user, hours)
+        return await report_service.dashboard(hours)
 
     @get("/audit", operation_id="list_audit_entries", responses=READ)
     async def list_audit_entries(
         self,
-        request: Request[Identity, str, State],
         audit_service: NamedDependency[AuditService],
         action: Annotated[
             str | None,
@@ -284,4 +236,4 @@ class AnalyticsController(Controller):
             since=as_utc(since, "since"),
             until=as_utc(until, "until"),
         )
-        return await audit_service.entries(request.user, filters, cursor, limit)
+        return await audit_service.entries(filters, cursor, limit)

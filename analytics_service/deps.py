@@ -1,4 +1,4 @@
-"""Dependency providers of the analytics service."""
+"""Dependency providers of the analytics service: each service serves the request's caller."""
 
 from typing import Any
 
@@ -13,29 +13,35 @@ from analytics_service.services.events import EventService
 from analytics_service.services.metrics import MetricService
 from analytics_service.services.reports import ReportService, TeamUsageService
 from shared.http import client_ip
+from shared.security import Identity
+
+AnyRequest = Request[Identity, Any, Any]
 
 
-def provide_events(db_session: NamedDependency[AsyncSession], state: State) -> EventService:
-    return EventService(db_session, state.settings, state.clock)
+def provide_events(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> EventService:
+    return EventService(db_session, state.settings, state.clock, request.user, _client(request, state))
 
 
-def provide_metrics(db_session: NamedDependency[AsyncSession], state: State) -> MetricService:
-    return MetricService(db_session, state.clock)
+def provide_metrics(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> MetricService:
+    return MetricService(db_session, state.clock, request.user)
 
 
-def provide_reports(db_session: NamedDependency[AsyncSession], state: State) -> ReportService:
-    return ReportService(db_session, state.clock)
+def provide_reports(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> ReportService:
+    return ReportService(db_session, state.clock, request.user)
 
 
-def provide_audit(db_session: NamedDependency[AsyncSession]) -> AuditService:
-    return AuditService(db_session)
+def provide_audit(db_session: NamedDependency[AsyncSession], request: AnyRequest) -> AuditService:
+    return AuditService(db_session, request.user)
 
 
-def provide_team_usage(db_session: NamedDependency[AsyncSession], state: State) -> TeamUsageService:
-    return TeamUsageService(db_session, state.clock)
+def provide_team_usage(
+    db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest
+) -> TeamUsageService:
+    return TeamUsageService(db_session, state.clock, request.user)
 
 
-def provide_client(request: Request[Any, Any, Any], state: State) -> Client:
+def _client(request: AnyRequest, state: State) -> Client:
+    """Where the request came from."""
     return Client(
         ip=client_ip(request.scope, state.settings.trusted_proxy_list),
         user_agent=request.headers.get("user-agent"),

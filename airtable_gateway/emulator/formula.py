@@ -161,31 +161,23 @@ class _Parser:
         return node
 
     def comparison(self) -> Node:
-        node = self.concatenation()
-        while self.at_op(*_COMPARISONS):
-            op = self.take().text
-            node = Binary(op, node, self.concatenation())
-        return node
+        return self.left_to_right(self.concatenation, *_COMPARISONS)
 
     def concatenation(self) -> Node:
-        node = self.additive()
-        while self.at_op("&"):
-            self.take()
-            node = Binary("&", node, self.additive())
-        return node
+        return self.left_to_right(self.additive, "&")
 
     def additive(self) -> Node:
-        node = self.multiplicative()
-        while self.at_op("+", "-"):
-            op = self.take().text
-            node = Binary(op, node, self.multiplicative())
-        return node
+        return self.left_to_right(self.multiplicative, "+", "-")
 
     def multiplicative(self) -> Node:
-        node = self.unary()
-        while self.at_op("*", "/"):
+        return self.left_to_right(self.unary, "*", "/")
+
+    def left_to_right(self, operand: Callable[[], Node], *operators: str) -> Node:
+        """One precedence level: ``operand (operator operand)*``, grouped from the left."""
+        node = operand()
+        while self.at_op(*operators):
             op = self.take().text
-            node = Binary(op, node, self.unary())
+            node = Binary(op, node, operand())
         return node
 
     def unary(self) -> Node:

@@ -4,6 +4,7 @@ organisation managers a page at a time."""
 import base64
 import binascii
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
@@ -73,16 +74,18 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursor() from None
 
 
+@dataclass(frozen=True)
 class AuditService:
-    def __init__(self, db: AsyncSession) -> None:
-        self.db = db
+    """The audit log as one caller (``identity``) may read it."""
 
-    async def entries(
-        self, identity: Identity, filters: repo.AuditFilters, cursor: str | None, limit: int
-    ) -> AuditPage:
+    db: AsyncSession
+    identity: Identity
+
+    async def entries(self, filters: repo.AuditFilters, cursor: str | None, limit: int) -> AuditPage:
         """Platform administrators read every entry; an organisation's owners and admins only
         their active organisation's (asking for another is a 403); anyone else gets a 403."""
         no_nul(filters.action, filters.target_id, cursor)
+        identity = self.identity
         if not identity.is_admin:
             if identity.tenant_id is None or identity.org_role not in ORG_MANAGERS:
                 raise OrganizationManagersOnly()

@@ -3,6 +3,7 @@
 import contextlib
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -50,15 +51,17 @@ class _Caller(msgspec.Struct, frozen=True):
     oldest: datetime
 
 
+@dataclass(frozen=True)
 class EventService:
-    def __init__(self, db: AsyncSession, settings: AnalyticsSettings, clock: Clock) -> None:
-        self.db = db
-        self.settings = settings
-        self.clock = clock
+    """Events recorded by one caller (``identity``), from where their request came (``client``)."""
 
-    async def ingest(
-        self, identity: Identity, client: Client, items: Sequence[Any], body: bytes | None = None
-    ) -> BatchResult:
+    db: AsyncSession
+    settings: AnalyticsSettings
+    clock: Clock
+    identity: Identity
+    client: Client
+
+    async def ingest(self, items: Sequence[Any], body: bytes | None = None) -> BatchResult:
         """Store the acceptable items not stored before; the rows are committed on return.
 
         ``body``, the request's JSON, is decoded again straight into EventCreate items when every
@@ -67,6 +70,7 @@ class EventService:
         if len(items) > MAX_BATCH_ITEMS:
             raise BatchTooLarge(MAX_BATCH_ITEMS)
         received_at = self.clock()
+        identity, client = self.identity, self.client
         caller = _Caller(
             user_id=str(identity.user_id),
             organization_id=str(identity.tenant_id or ""),
@@ -112,8 +116,8 @@ class EventService:
             results.append(EventResult(index=index, status=status, event_id=event_id, reason=reason))
         return BatchResult(counts["accepted"], counts["duplicate"], counts["rejected"], results)
 
-    async def ingest_one(self, identity: Identity, client: Client, item: EventCreate) -> EventResult:
-        result = (await self.ingest(identity, client, [msgspec.to_builtins(item)])).results[0]
+    async def ingest_one(self, item: EventCreate) -> EventResult:
+        result = (await self.ingest([msgspec.to_builtins(item)])).results[0]
         if result.status == "rejected":
             raise EventRejected(result.reason or "The event was rejected.")
         return result

@@ -5,6 +5,7 @@ import statistics
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,12 +40,15 @@ def metric_read(metric: Metric) -> MetricRead:
     return msgspec.convert(metric, MetricRead, from_attributes=True)
 
 
+@dataclass(frozen=True)
 class MetricService:
-    def __init__(self, db: AsyncSession, clock: Clock) -> None:
-        self.db = db
-        self.clock = clock
+    """Metrics as one caller (``identity``) may record and read them."""
 
-    async def record(self, identity: Identity, items: Sequence[MetricCreate]) -> list[dict[str, Any]]:
+    db: AsyncSession
+    clock: Clock
+    identity: Identity
+
+    async def record(self, items: Sequence[MetricCreate]) -> list[dict[str, Any]]:
         if len(items) > MAX_BATCH_ITEMS:
             raise BatchTooLarge(MAX_BATCH_ITEMS)
         if contains_nul(msgspec.to_builtins(items)):
@@ -56,7 +60,7 @@ class MetricService:
                 "name": item.name,
                 "value": item.value,
                 "type": item.type,
-                "user_id": user_asked_about(identity, item.user_id, "metrics"),
+                "user_id": user_asked_about(self.identity, item.user_id, "metrics"),
                 "service_name": item.service_name,
                 "endpoint": item.endpoint,
                 "labels": item.labels,
@@ -70,7 +74,6 @@ class MetricService:
 
     async def query(
         self,
-        identity: Identity,
         *,
         name: str | None,
         service: str | None,
@@ -87,8 +90,8 @@ class MetricService:
         if start >= end:
             raise InvalidQuery("from must be earlier than to.")
         no_nul(name, service, endpoint, user_id)
-        if not identity.is_admin:
-            user_id = user_asked_about(identity, user_id, "metrics")
+        if not self.identity.is_admin:
+            user_id = user_asked_about(self.identity, user_id, "metrics")
         filters = repo.metric_filters(name, service, endpoint, user_id, start, end)
         if aggregation is None:
             metrics = [metric_read(m) for m in await repo.latest_metrics(self.db, filters, limit)]

@@ -2,11 +2,13 @@
 organisation, member and API key."""
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from analytics_service import repositories as repo
@@ -46,7 +48,19 @@ def _period_start(day: date, period: str) -> date:
     return day
 
 
+S = TypeVar("S", bound=msgspec.Struct)
 PERIOD_COUNTERS = ("api_calls", "airtable_calls", "errors", "tokens_used", "cost_usd")
+
+
+def _summed(sums: Mapping[str, Any], into: type[S], **named: Any) -> S:
+    """Summed usage (a rollup row's mapping, or a period's counters) as ``into``: ``named``, and
+    each sum ``into`` has (counts as integers, the cost in dollars)."""
+    values = {
+        name: money(sums[name]) if name == "cost_usd" else int(sums[name])
+        for name in into.__struct_fields__
+        if name not in named
+    }
+    return into(**named, **values)
 
 
 def usage_periods(
@@ -62,17 +76,7 @@ def usage_periods(
         bucket = periods[_period_start(day, period)]
         for counter in PERIOD_COUNTERS:
             bucket[counter] += getattr(row, counter)
-    items = [
-        UsagePeriod(
-            period_start=begin,
-            api_calls=int(v["api_calls"]),
-            airtable_calls=int(v["airtable_calls"]),
-            errors=int(v["errors"]),
-            tokens_used=int(v["tokens_used"]),
-            cost_usd=money(v["cost_usd"]),
-        )
-        for begin, v in periods.items()
-    ]
+    items = [_summed(sums, UsagePeriod, period_start=begin) for begin, sums in periods.items()]
     totals = UsageTotals(
         api_calls=sum(i.api_calls for i in items),
         airtable_calls=sum(i.airtable_calls for i in items),
@@ -83,20 +87,24 @@ def usage_periods(
     return totals, items
 
 
+@dataclass(frozen=True)
 class ReportService:
-    def __init__(self, db: AsyncSession, clock: Clock) -> None:
-        self.db = db
-        self.clock = clock
+    """Usage, costs and the dashboard as one caller (``identity``) may see them."""
 
-    async def usage(self, identity: Identity, user_id: str | None, period: Period, days: int) -> UsageResponse:
-        owner = user_asked_about(identity, user_id, "usage")
+    db: AsyncSession
+    clock: Clock
+    identity: Identity
+
+    async def usage(self, user_id: str | None, period: Period, days: int) -> UsageResponse:
+        owner = user_asked_about(self.identity, user_id, "usage")
         end = self.clock().date()
         start = end - timedelta(days=days - 1)
         daily = [(row.day, row) for row in await repo.usage_rows(self.db, owner, start, end)]
         totals, items = usage_periods(daily, start, end, period)
         return UsageResponse(user_id=owner, period=period, start=start, end=end, totals=totals, items=items)
 
-    async def costs(self, identity: Identity, user_id: str | None, days: int) -> CostsResponse:
+    async def costs(self, user_id: str | None, days: int) -> CostsResponse:
+        identity = self.identity
         scope = None if identity.is_admin and user_id is None else user_asked_about(identity, user_id, "costs")
         end = self.clock().date()
         start = end - timedelta(days=days - 1)
@@ -128,8 +136,8 @@ class ReportService:
             by_model=breakdowns["model"],
         )
 
-    async def dashboard(self, identity: Identity, hours: int) -> DashboardResponse:
-        if not identity.is_admin:
+    async def dashboard(self, hours: int) -> DashboardResponse:
+        if not self.identity.is_admin:
             raise AdminOnly()
         end = self.clock()
         start = end - timedelta(hours=hours)
@@ -170,66 +178,46 @@ def managed_organization(identity: Identity, organization_id: uuid.UUID) -> str:
     raise OrganizationNotFound()
 
 
-def _route_usage(row: Any) -> RouteUsage:
-    return RouteUsage(
-        route=row.name,
-        api_calls=int(row.api_calls),
-        errors=int(row.errors),
-        tokens_used=int(row.tokens_used),
-        cost_usd=money(row.cost_usd),
-    )
-
-
+@dataclass(frozen=True)
 class TeamUsageService:
-    def __init__(self, db: AsyncSession, clock: Clock) -> None:
-        self.db = db
-        self.clock = clock
+    """Usage by organisation, member and API key, as one caller (``identity``) may see it."""
+
+    db: AsyncSession
+    clock: Clock
+    identity: Identity
 
     def _window(self, days: int) -> tuple[date, date]:
         end = self.clock().date()
         return end - timedelta(days=days - 1), end
 
-    async def organization(
-        self, identity: Identity, organization_id: uuid.UUID, period: Period, days: int
-    ) -> OrganizationUsage:
-        scope = managed_organization(identity, organization_id)
+    async def organization(self, organization_id: uuid.UUID, period: Period, days: int) -> OrganizationUsage:
+        scope = managed_organization(self.identity, organization_id)
         start, end = self._window(days)
         daily = [(row.name, row) for row in await repo.organization_usage(self.db, scope, start, end, "day")]
         totals, items = usage_periods(daily, start, end, period)
         by_route = [
-            _route_usage(row) for row in await repo.organization_usage(self.db, scope, start, end, "route") if row.name
+            _summed(row._mapping, RouteUsage, route=row.name)
+            for row in await repo.organization_usage(self.db, scope, start, end, "route")
+            if row.name
         ]  # LLM usage events have no route ("")
         by_route.sort(key=lambda usage: (-usage.api_calls, usage.route))
         return OrganizationUsage(organization_id, period, start, end, totals, items, by_route)
 
-    async def members(self, identity: Identity, organization_id: uuid.UUID, days: int) -> OrganizationMembersUsage:
-        scope = managed_organization(identity, organization_id)
+    async def members(self, organization_id: uuid.UUID, days: int) -> OrganizationMembersUsage:
+        scope = managed_organization(self.identity, organization_id)
         start, end = self._window(days)
         members = [
-            MemberUsage(
-                user_id=row.name,
-                api_calls=int(row.api_calls),
-                airtable_calls=int(row.airtable_calls),
-                errors=int(row.errors),
-                tokens_used=int(row.tokens_used),
-                cost_usd=money(row.cost_usd),
-            )
+            _summed(row._mapping, MemberUsage, user_id=row.name)
             for row in await repo.organization_usage(self.db, scope, start, end, "user_id")
         ]
         members.sort(key=lambda usage: (-usage.api_calls, -usage.cost_usd, usage.user_id))
         return OrganizationMembersUsage(organization_id, start, end, members)
 
-    async def my_keys(self, identity: Identity, days: int) -> KeysUsage:
+    async def my_keys(self, days: int) -> KeysUsage:
         start, end = self._window(days)
-        own = str(identity.user_id)
+        own = str(self.identity.user_id)
         keys = [
-            KeyUsage(
-                key_id=row.key_id,
-                api_calls=int(row.api_calls),
-                airtable_calls=int(row.airtable_calls),
-                errors=int(row.errors),
-                last_used_on=row.last_day,
-            )
+            _summed(row._mapping, KeyUsage, key_id=row.key_id, last_used_on=row.last_day)
             for row in await repo.key_usage(self.db, own, start, end)
         ]
         return KeysUsage(user_id=own, start=start, end=end, keys=keys)

@@ -335,6 +335,8 @@ def provide_api_keys(
 
 # The caller too: every key route but the gateway's introspection is a signed-in user's.
 KEY_DEPENDENCIES = {"api_keys": Provide(provide_api_keys, sync_to_thread=False), **CALLER}
+# A handler's ``api_keys: ApiKeys``: the key service of the request.
+ApiKeys = NamedDependency[ApiKeyService]
 
 
 def refuse_key_tokens(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -345,31 +347,32 @@ def refuse_key_tokens(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
         raise Forbidden("API keys are managed with a signed-in user's token, not with a key.", code="key-token")
 
 
-class PersonalKeyController(Controller):
+class UserTokenController(Controller):
+    """What the routes of a signed-in user's own token share: a bearer access token, never a key's."""
+
+    security = BEARER
+    guards = [refuse_key_tokens]
+
+
+class PersonalKeyController(UserTokenController):
     """The signed-in user's own API keys."""
 
     path = "/api/v1/auth/api-keys"
     tags = ["auth", "api-keys"]
-    security = BEARER
-    guards = [refuse_key_tokens]
     dependencies = KEY_DEPENDENCIES
 
     @post("/", operation_id="create_api_key", status_code=HTTP_201_CREATED)
-    async def create(
-        self, data: JSONBody[ApiKeyCreate], caller: Caller, api_keys: NamedDependency[ApiKeyService]
-    ) -> ApiKeyCreated:
+    async def create(self, data: JSONBody[ApiKeyCreate], caller: Caller, api_keys: ApiKeys) -> ApiKeyCreated:
         """A new key with these scopes (and expiry): its secret is in this answer and nowhere else."""
         return await api_keys.create(KINDS[PERSONAL], caller.user_id, caller, data)
 
     @get("/", operation_id="list_api_keys")
-    async def list_keys(self, caller: Caller, api_keys: NamedDependency[ApiKeyService]) -> ApiKeyList:
+    async def list_keys(self, caller: Caller, api_keys: ApiKeys) -> ApiKeyList:
         """The caller's keys that are not revoked, by prefix, with when each was last used."""
         return await api_keys.listing(KINDS[PERSONAL], caller.user_id)
 
     @delete("/{key_id:uuid}", operation_id="revoke_api_key", raises=[ApiKeyNotFound])
-    async def revoke(
-        self, key_id: FromPath[uuid.UUID], caller: Caller, api_keys: NamedDependency[ApiKeyService]
-    ) -> None:
+    async def revoke(self, key_id: FromPath[uuid.UUID], caller: Caller, api_keys: ApiKeys) -> None:
         """Revoke one of the caller's keys (every gateway refuses it within 5 s)."""
         await api_keys.revoke(KINDS[PERSONAL], caller.user_id, key_id, caller)
 
@@ -384,21 +387,17 @@ class ServiceKeyController(Controller):
     dependencies = KEY_DEPENDENCIES
 
     @post("/", operation_id="create_service_key", status_code=HTTP_201_CREATED)
-    async def create(
-        self, data: JSONBody[ApiKeyCreate], caller: Caller, api_keys: NamedDependency[ApiKeyService]
-    ) -> ApiKeyCreated:
+    async def create(self, data: JSONBody[ApiKeyCreate], caller: Caller, api_keys: ApiKeys) -> ApiKeyCreated:
         """A new service key: its secret is in this answer and nowhere else."""
         return await api_keys.create(KINDS[SERVICE], None, caller, data)
 
     @get("/", operation_id="list_service_keys")
-    async def list_keys(self, api_keys: NamedDependency[ApiKeyService]) -> ApiKeyList:
+    async def list_keys(self, api_keys: ApiKeys) -> ApiKeyList:
         """The platform's service keys that are not revoked."""
         return await api_keys.listing(KINDS[SERVICE], None)
 
     @delete("/{key_id:uuid}", operation_id="revoke_service_key", raises=[ApiKeyNotFound])
-    async def revoke(
-        self, key_id: FromPath[uuid.UUID], caller: Caller, api_keys: NamedDependency[ApiKeyService]
-    ) -> None:
+    async def revoke(self, key_id: FromPath[uuid.UUID], caller: Caller, api_keys: ApiKeys) -> None:
         """Revoke a service key (every gateway refuses it within 5 s)."""
         await api_keys.revoke(KINDS[SERVICE], None, key_id, caller)
 
@@ -417,7 +416,7 @@ class KeyIntrospectionController(Controller):
         raises=[InvalidApiKey],
         include_in_schema=False,
     )
-    async def introspect(self, data: JSONBody[IntrospectRequest], api_keys: NamedDependency[ApiKeyService]) -> KeyToken:
+    async def introspect(self, data: JSONBody[IntrospectRequest], api_keys: ApiKeys) -> KeyToken:
         """A short-lived access token for a valid key (401 ``invalid-api-key`` otherwise)."""
         return await api_keys.introspect(data.key)
 

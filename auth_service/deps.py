@@ -46,3 +46,6 @@ def provide_client(request: Request[Any, Any, Any], state: State) -> Client:
 # What a controller of the auth service's routes takes: the service of the request, and the
 # signed-in caller where a route needs one.
 AUTH_DEPENDENCIES = {"auth": Provide(provide_auth_service, sync_to_thread=False), **CALLER}
+
+# A handler's ``auth: Auth`` (the parameter's name is the dependency's): the service of the request.
+Auth = NamedDependency[AuthService]

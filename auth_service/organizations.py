@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, delete, get, patch, post
+from litestar import delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -31,10 +31,10 @@ from auth_service.api_keys import (
     ApiKeyCreated,
     ApiKeyList,
     ApiKeyNotFound,
-    ApiKeyService,
-    refuse_key_tokens,
+    ApiKeys,
+    UserTokenController,
 )
-from auth_service.deps import AUTH_DEPENDENCIES
+from auth_service.deps import AUTH_DEPENDENCIES, Auth
 from auth_service.errors import (
     AlreadyMember,
     InvalidInvitation,
@@ -70,7 +70,7 @@ from auth_service.models import (
 from auth_service.schemas import Email, OpaqueToken, TokenResponse
 from auth_service.services import AuthService, Client, normalise_email
 from shared.audit import record_audit
-from shared.controllers import BEARER, Caller
+from shared.controllers import Caller
 from shared.mail import MailTemplates, queue_mail
 from shared.security import ORG_MANAGERS, Identity
 
@@ -466,50 +466,41 @@ class OrganizationService:
         return organization_read(org, existing.role if existing else invitation.role)
 
 
-def provide_organizations(
-    auth: NamedDependency[AuthService], caller: Caller, client: NamedDependency[Client]
-) -> OrganizationService:
+def provide_organizations(auth: Auth, caller: Caller, client: NamedDependency[Client]) -> OrganizationService:
     return OrganizationService(auth, caller, client)
 
 
 DEPENDENCIES = {**AUTH_DEPENDENCIES, "orgs": Provide(provide_organizations, sync_to_thread=False)}
+# A handler's ``orgs: Orgs``: the organisation routes' service of the request.
+Orgs = NamedDependency[OrganizationService]
 NOT_FOUND_OR_ROLE = [OrganizationNotFound, OrgRoleRequired]
 
 
-class OrganizationController(Controller):
+class OrganizationController(UserTokenController):
     """The signed-in user's organisations, their members and invitations."""
 
     path = "/api/v1/auth/orgs"
     tags = ["auth", "organizations"]
-    security = BEARER
-    guards = [refuse_key_tokens]
     dependencies = DEPENDENCIES
 
     @post("/", operation_id="create_organization", status_code=HTTP_201_CREATED)
-    async def create(
-        self, data: JSONBody[OrganizationCreate], orgs: NamedDependency[OrganizationService]
-    ) -> OrganizationRead:
+    async def create(self, data: JSONBody[OrganizationCreate], orgs: Orgs) -> OrganizationRead:
         """A new organisation; the caller is its owner (``POST /orgs/{id}/switch`` to act in it)."""
         return await orgs.create(data.name)
 
     @get("/", operation_id="list_organizations")
-    async def mine(self, orgs: NamedDependency[OrganizationService]) -> OrganizationList:
+    async def mine(self, orgs: Orgs) -> OrganizationList:
         """The organisations the caller belongs to, each with the caller's role."""
         return await orgs.mine()
 
     @get("/{organization_id:uuid}", operation_id="get_organization", raises=[OrganizationNotFound])
-    async def get_one(
-        self, organization_id: FromPath[uuid.UUID], orgs: NamedDependency[OrganizationService]
-    ) -> OrganizationRead:
+    async def get_one(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> OrganizationRead:
         """One of the caller's organisations (404 for any other)."""
         return await orgs.get(organization_id)
 
     @patch("/{organization_id:uuid}", operation_id="rename_organization", raises=NOT_FOUND_OR_ROLE)
     async def rename(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        data: JSONBody[OrganizationRename],
-        orgs: NamedDependency[OrganizationService],
+        self, organization_id: FromPath[uuid.UUID], data: JSONBody[OrganizationRename], orgs: Orgs
     ) -> OrganizationRead:
         """Rename the organisation (owners and admins)."""
         return await orgs.rename(organization_id, data.name)
@@ -520,10 +511,7 @@ class OrganizationController(Controller):
         raises=[*NOT_FOUND_OR_ROLE, TwoFactorNotEnabled],
     )
     async def configure(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        data: JSONBody[OrganizationSettings],
-        orgs: NamedDependency[OrganizationService],
+        self, organization_id: FromPath[uuid.UUID], data: JSONBody[OrganizationSettings], orgs: Orgs
     ) -> OrganizationRead:
         """The owners' settings: ``require_two_factor`` (only an owner with two-factor on may set it)."""
         return await orgs.configure(organization_id, data)
@@ -535,29 +523,21 @@ class OrganizationController(Controller):
         raises=[OrganizationNotFound, TwoFactorRequired],
     )
     async def switch(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        caller: Caller,
-        auth: NamedDependency[AuthService],
-        client: NamedDependency[Client],
+        self, organization_id: FromPath[uuid.UUID], caller: Caller, auth: Auth, client: NamedDependency[Client]
     ) -> TokenResponse:
         """A new token pair acting in another of the caller's organisations (the current session
         ends); sign-ins start there from now on."""
         return await auth.switch_organization(caller, organization_id, client)
 
     @delete("/{organization_id:uuid}", operation_id="delete_organization", raises=NOT_FOUND_OR_ROLE)
-    async def delete_organization(
-        self, organization_id: FromPath[uuid.UUID], orgs: NamedDependency[OrganizationService]
-    ) -> None:
+    async def delete_organization(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> None:
         """Delete the organisation (its owners only): memberships, invitations and its service keys
         go with it; its members' access tokens stop working and their refresh gives a token
         without it."""
         await orgs.delete(organization_id)
 
     @get("/{organization_id:uuid}/members", operation_id="list_members", raises=[OrganizationNotFound])
-    async def members(
-        self, organization_id: FromPath[uuid.UUID], orgs: NamedDependency[OrganizationService]
-    ) -> MemberList:
+    async def members(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> MemberList:
         """The members and their roles (any member may see them)."""
         return await orgs.members(organization_id)
 
@@ -567,11 +547,7 @@ class OrganizationController(Controller):
         raises=[*NOT_FOUND_OR_ROLE, MemberNotFound, LastOwner],
     )
     async def change_role(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        user_id: FromPath[uuid.UUID],
-        data: JSONBody[RoleChange],
-        orgs: NamedDependency[OrganizationService],
+        self, organization_id: FromPath[uuid.UUID], user_id: FromPath[uuid.UUID], data: JSONBody[RoleChange], orgs: Orgs
     ) -> MemberRead:
         """Change a member's role (owners and admins; only an owner grants or takes ``owner``).
         The member's access tokens stop working; their next refresh carries the new role."""
@@ -582,12 +558,7 @@ class OrganizationController(Controller):
         operation_id="remove_member",
         raises=[*NOT_FOUND_OR_ROLE, MemberNotFound, LastOwner],
     )
-    async def remove(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        user_id: FromPath[uuid.UUID],
-        orgs: NamedDependency[OrganizationService],
-    ) -> None:
+    async def remove(self, organization_id: FromPath[uuid.UUID], user_id: FromPath[uuid.UUID], orgs: Orgs) -> None:
         """Remove a member (owners and admins; an admin never removes an owner); their access
         tokens stop working at once."""
         await orgs.remove(organization_id, user_id)
@@ -598,7 +569,7 @@ class OrganizationController(Controller):
         status_code=HTTP_204_NO_CONTENT,
         raises=[OrganizationNotFound, LastOwner],
     )
-    async def leave(self, organization_id: FromPath[uuid.UUID], orgs: NamedDependency[OrganizationService]) -> None:
+    async def leave(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> None:
         """Leave the organisation (its last owner cannot: 409 ``last-owner``)."""
         await orgs.leave(organization_id)
 
@@ -609,19 +580,14 @@ class OrganizationController(Controller):
         raises=[*NOT_FOUND_OR_ROLE, AlreadyMember, TooManyAttempts],
     )
     async def invite(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        data: JSONBody[InvitationCreate],
-        orgs: NamedDependency[OrganizationService],
+        self, organization_id: FromPath[uuid.UUID], data: JSONBody[InvitationCreate], orgs: Orgs
     ) -> InvitationRead:
         """Mail an invitation with this role to an address (owners and admins; only owners invite
         owners); 429 ``too-many-attempts`` past ``MAIL_PER_ADDRESS_PER_HOUR`` invitations to the address."""
         return await orgs.invite(organization_id, data)
 
     @get("/{organization_id:uuid}/invitations", operation_id="list_invitations", raises=NOT_FOUND_OR_ROLE)
-    async def invitations(
-        self, organization_id: FromPath[uuid.UUID], orgs: NamedDependency[OrganizationService]
-    ) -> InvitationList:
+    async def invitations(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> InvitationList:
         """The pending invitations (owners and admins); tokens are never shown."""
         return await orgs.invitations(organization_id)
 
@@ -631,22 +597,17 @@ class OrganizationController(Controller):
         raises=[*NOT_FOUND_OR_ROLE, InvitationNotFound],
     )
     async def revoke_invitation(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        invitation_id: FromPath[uuid.UUID],
-        orgs: NamedDependency[OrganizationService],
+        self, organization_id: FromPath[uuid.UUID], invitation_id: FromPath[uuid.UUID], orgs: Orgs
     ) -> None:
         """Revoke a pending invitation: its link stops working."""
         await orgs.revoke_invitation(organization_id, invitation_id)
 
 
-class InvitationController(Controller):
+class InvitationController(UserTokenController):
     """Accepting an invitation as a signed-in user (a new user registers with it instead)."""
 
     path = "/api/v1/auth/invitations"
     tags = ["auth", "organizations"]
-    security = BEARER
-    guards = [refuse_key_tokens]
     dependencies = DEPENDENCIES
 
     @post(
@@ -655,22 +616,18 @@ class InvitationController(Controller):
         status_code=HTTP_200_OK,
         raises=[InvalidInvitation, InvitationEmailMismatch, TooManyAttempts],
     )
-    async def accept(
-        self, data: JSONBody[InvitationAccept], orgs: NamedDependency[OrganizationService]
-    ) -> OrganizationRead:
+    async def accept(self, data: JSONBody[InvitationAccept], orgs: Orgs) -> OrganizationRead:
         """Join the organisation of an invitation sent to the caller's verified address (403
         otherwise); 400 ``invalid-invitation`` when it expired, was revoked or was used."""
         return await orgs.accept(data.token)
 
 
-class OrganizationServiceKeyController(Controller):
+class OrganizationServiceKeyController(UserTokenController):
     """An organisation's service keys (``psk_``), managed by its owners and admins: a key's
     token acts in the organisation as a ``member``, within the key's scopes."""
 
     path = "/api/v1/auth/orgs/{organization_id:uuid}/service-keys"
     tags = ["auth", "organizations", "api-keys"]
-    security = BEARER
-    guards = [refuse_key_tokens]
     dependencies = {**DEPENDENCIES, **KEY_DEPENDENCIES}
 
     @post("/", operation_id="create_organization_service_key", status_code=HTTP_201_CREATED, raises=NOT_FOUND_OR_ROLE)
@@ -679,20 +636,15 @@ class OrganizationServiceKeyController(Controller):
         organization_id: FromPath[uuid.UUID],
         data: JSONBody[ApiKeyCreate],
         caller: Caller,
-        orgs: NamedDependency[OrganizationService],
-        api_keys: NamedDependency[ApiKeyService],
+        orgs: Orgs,
+        api_keys: ApiKeys,
     ) -> ApiKeyCreated:
         """A new service key of the organisation: its secret is in this answer and nowhere else."""
         await orgs.require_manager(organization_id)
         return await api_keys.create(KINDS[SERVICE], None, caller, data, organization_id)
 
     @get("/", operation_id="list_organization_service_keys", raises=NOT_FOUND_OR_ROLE)
-    async def list_keys(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        orgs: NamedDependency[OrganizationService],
-        api_keys: NamedDependency[ApiKeyService],
-    ) -> ApiKeyList:
+    async def list_keys(self, organization_id: FromPath[uuid.UUID], orgs: Orgs, api_keys: ApiKeys) -> ApiKeyList:
         """The organisation's service keys that are not revoked."""
         await orgs.require_manager(organization_id)
         return await api_keys.listing(KINDS[SERVICE], None, organization_id)
@@ -705,8 +657,8 @@ class OrganizationServiceKeyController(Controller):
         organization_id: FromPath[uuid.UUID],
         key_id: FromPath[uuid.UUID],
         caller: Caller,
-        orgs: NamedDependency[OrganizationService],
-        api_keys: NamedDependency[ApiKeyService],
+        orgs: Orgs,
+        api_keys: ApiKeys,
     ) -> None:
         """Revoke one of the organisation's service keys (every gateway refuses it within 5 s)."""
         await orgs.require_manager(organization_id)

@@ -3,14 +3,14 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, delete, get, patch, put
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from shared.controllers import BEARER, CALLER, Caller, Page, PageSize
 from shared.db import READS_ONLY
 from shared.http import as_utc
 from shared.security import require_admin
-from user_service.deps import provide_membership_service, provide_profile_service
+from user_service.deps import Memberships, Profiles, provide_membership_service, provide_profile_service
 from user_service.errors import OrganizationManagersOnly, OrganizationNotFound
 from user_service.schemas import (
     MemberList,
@@ -26,7 +26,6 @@ from user_service.schemas import (
     profile_public,
     profile_read,
 )
-from user_service.services import MembershipService, ProfileService
 
 
 class UserController(Controller):
@@ -45,7 +44,7 @@ class UserController(Controller):
     @get("/", operation_id="list_users", guards=[require_admin])
     async def list_users(
         self,
-        profiles: NamedDependency[ProfileService],
+        profiles: Profiles,
         page: Page = 1,
         page_size: PageSize = 20,
         search: Annotated[str | None, QueryParameter(max_length=100, description="name or email substring")] = None,
@@ -81,7 +80,7 @@ class UserController(Controller):
         self,
         organization_id: FromPath[uuid.UUID],
         caller: Caller,
-        memberships: NamedDependency[MembershipService],
+        memberships: Memberships,
         page: Page = 1,
         page_size: PageSize = 20,
     ) -> MemberList:
@@ -92,27 +91,23 @@ class UserController(Controller):
 
     # Reads the profile, or writes it from the token with one INSERT ... ON CONFLICT DO NOTHING.
     @get("/me", operation_id="get_my_profile", opt={READS_ONLY: True})
-    async def get_me(self, caller: Caller, profiles: NamedDependency[ProfileService]) -> ProfileRead:
+    async def get_me(self, caller: Caller, profiles: Profiles) -> ProfileRead:
         """Your profile (created from your token if the registration event is still on its way)."""
         return profile_read(await profiles.me(caller))
 
     @put("/me", operation_id="replace_my_profile")
-    async def replace_me(
-        self, data: JSONBody[ProfileReplace], caller: Caller, profiles: NamedDependency[ProfileService]
-    ) -> ProfileRead:
+    async def replace_me(self, data: JSONBody[ProfileReplace], caller: Caller, profiles: Profiles) -> ProfileRead:
         """Replace every field you may set; those left out are cleared."""
         return profile_read(await profiles.replace(caller, caller.user_id, _fields(data)))
 
     @patch("/me", operation_id="update_my_profile")
-    async def update_me(
-        self, data: JSONBody[ProfileUpdate], caller: Caller, profiles: NamedDependency[ProfileService]
-    ) -> ProfileRead:
+    async def update_me(self, data: JSONBody[ProfileUpdate], caller: Caller, profiles: Profiles) -> ProfileRead:
         """Change the fields given."""
         return profile_read(await profiles.update(caller, caller.user_id, data.changes()))
 
     @get("/{user_id:uuid}", operation_id="get_user")
     async def get_user(
-        self, user_id: FromPath[uuid.UUID], caller: Caller, profiles: NamedDependency[ProfileService]
+        self, user_id: FromPath[uuid.UUID], caller: Caller, profiles: Profiles
     ) -> ProfileRead | ProfilePublic:
         """A profile: all of it for its owner and platform admins, the public fields for the owners and
         admins of the caller's active organisation when the user is a member of it; else 404."""
@@ -121,30 +116,20 @@ class UserController(Controller):
 
     @put("/{user_id:uuid}", operation_id="replace_user")
     async def replace_user(
-        self,
-        user_id: FromPath[uuid.UUID],
-        data: JSONBody[ProfileReplace],
-        caller: Caller,
-        profiles: NamedDependency[ProfileService],
+        self, user_id: FromPath[uuid.UUID], data: JSONBody[ProfileReplace], caller: Caller, profiles: Profiles
     ) -> ProfileRead:
         """Replace a profile's settable fields (its owner or an admin)."""
         return profile_read(await profiles.replace(caller, user_id, _fields(data)))
 
     @patch("/{user_id:uuid}", operation_id="update_user")
     async def update_user(
-        self,
-        user_id: FromPath[uuid.UUID],
-        data: JSONBody[ProfileUpdate],
-        caller: Caller,
-        profiles: NamedDependency[ProfileService],
+        self, user_id: FromPath[uuid.UUID], data: JSONBody[ProfileUpdate], caller: Caller, profiles: Profiles
     ) -> ProfileRead:
         """Change some of a profile's fields (its owner or an admin)."""
         return profile_read(await profiles.update(caller, user_id, data.changes()))
 
     @delete("/{user_id:uuid}", operation_id="delete_user")
-    async def delete_user(
-        self, user_id: FromPath[uuid.UUID], caller: Caller, profiles: NamedDependency[ProfileService]
-    ) -> None:
+    async def delete_user(self, user_id: FromPath[uuid.UUID], caller: Caller, profiles: Profiles) -> None:
         """Delete a profile (its owner or an admin); the account is closed and its tokens refused."""
         await profiles.delete(caller, user_id)
 

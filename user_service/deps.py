@@ -13,3 +13,9 @@ def provide_profile_service(db_session: NamedDependency[AsyncSession], state: St
 
 def provide_membership_service(db_session: NamedDependency[AsyncSession]) -> MembershipService:
     return MembershipService(db=db_session)
+
+
+# A handler's ``profiles: Profiles`` and ``memberships: Memberships`` (the parameters' names are the
+# dependencies'): the services of the request.
+Profiles = NamedDependency[ProfileService]
+Memberships = NamedDependency[MembershipService]

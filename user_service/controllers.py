@@ -3,14 +3,13 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, delete, get, patch, put
-from litestar.di import Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from shared.controllers import BEARER, CALLER, Caller, Page, PageSize
+from shared.controllers import BEARER, Caller, Page, PageSize
 from shared.db import READS_ONLY
 from shared.http import as_utc
 from shared.security import require_admin
-from user_service.deps import Memberships, Profiles, provide_membership_service, provide_profile_service
+from user_service.deps import USER_DEPENDENCIES, Memberships, Profiles
 from user_service.errors import OrganizationManagersOnly, OrganizationNotFound
 from user_service.schemas import (
     MemberList,
@@ -35,11 +34,7 @@ class UserController(Controller):
     path = "/api/v1/users"
     tags = ["users"]
     security = BEARER
-    dependencies = {
-        "profiles": Provide(provide_profile_service, sync_to_thread=False),
-        "memberships": Provide(provide_membership_service, sync_to_thread=False),
-        **CALLER,
-    }
+    dependencies = USER_DEPENDENCIES
 
     @get("/", operation_id="list_users", guards=[require_admin])
     async def list_users(

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import jwt
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -37,6 +37,7 @@ from auth_service.models import ApiKey, User, outbox
 from auth_service.services import Client
 from auth_service.tokens import OrgClaim, TokenIssuer, org_claims
 from shared.audit import record_audit
+from shared.controllers import BEARER, CALLER, Caller
 from shared.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from shared.http import check_date_time
 from shared.security import Identity, RevocationList, require_admin
@@ -51,7 +52,6 @@ DEPLOYMENT_PRINCIPAL = uuid.uuid5(uuid.NAMESPACE_URL, "pyairtable:deployment-api
 DEPLOYMENT_SCOPES = ["analytics:read", "analytics:write"]
 MAX_KEYS_PER_OWNER = 100
 SERVICE_KEY_ORG_ROLE = "member"
-BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
 
 
 class InvalidApiKey(Unauthorized):
@@ -333,7 +333,10 @@ def provide_api_keys(
     )
 
 
-KEY_DEPENDENCIES = {"api_keys": Provide(provide_api_keys, sync_to_thread=False)}
+# The caller too: every key route but the gateway's introspection is a signed-in user's.
+KEY_DEPENDENCIES = {"api_keys": Provide(provide_api_keys, sync_to_thread=False), **CALLER}
+# A handler's ``api_keys: ApiKeys``: the key service of the request.
+ApiKeys = NamedDependency[ApiKeyService]
 
 
 def refuse_key_tokens(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -344,40 +347,34 @@ def refuse_key_tokens(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
         raise Forbidden("API keys are managed with a signed-in user's token, not with a key.", code="key-token")
 
 
-class PersonalKeyController(Controller):
+class UserTokenController(Controller):
+    """What the routes of a signed-in user's own token share: a bearer access token, never a key's."""
+
+    security = BEARER
+    guards = [refuse_key_tokens]
+
+
+class PersonalKeyController(UserTokenController):
     """The signed-in user's own API keys."""
 
     path = "/api/v1/auth/api-keys"
     tags = ["auth", "api-keys"]
-    guards = [refuse_key_tokens]
     dependencies = KEY_DEPENDENCIES
 
-    @post("/", operation_id="create_api_key", status_code=HTTP_201_CREATED, security=BEARER)
-    async def create(
-        self,
-        data: JSONBody[ApiKeyCreate],
-        request: Request[Identity, str, State],
-        api_keys: NamedDependency[ApiKeyService],
-    ) -> ApiKeyCreated:
+    @post("/", operation_id="create_api_key", status_code=HTTP_201_CREATED)
+    async def create(self, data: JSONBody[ApiKeyCreate], caller: Caller, api_keys: ApiKeys) -> ApiKeyCreated:
         """A new key with these scopes (and expiry): its secret is in this answer and nowhere else."""
-        return await api_keys.create(KINDS[PERSONAL], request.user.user_id, request.user, data)
+        return await api_keys.create(KINDS[PERSONAL], caller.user_id, caller, data)
 
-    @get("/", operation_id="list_api_keys", security=BEARER)
-    async def list_keys(
-        self, request: Request[Identity, str, State], api_keys: NamedDependency[ApiKeyService]
-    ) -> ApiKeyList:
+    @get("/", operation_id="list_api_keys")
+    async def list_keys(self, caller: Caller, api_keys: ApiKeys) -> ApiKeyList:
         """The caller's keys that are not revoked, by prefix, with when each was last used."""
-        return await api_keys.listing(KINDS[PERSONAL], request.user.user_id)
+        return await api_keys.listing(KINDS[PERSONAL], caller.user_id)
 
-    @delete("/{key_id:uuid}", operation_id="revoke_api_key", security=BEARER, raises=[ApiKeyNotFound])
-    async def revoke(
-        self,
-        key_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        api_keys: NamedDependency[ApiKeyService],
-    ) -> None:
+    @delete("/{key_id:uuid}", operation_id="revoke_api_key", raises=[ApiKeyNotFound])
+    async def revoke(self, key_id: FromPath[uuid.UUID], caller: Caller, api_keys: ApiKeys) -> None:
         """Revoke one of the caller's keys (every gateway refuses it within 5 s)."""
-        await api_keys.revoke(KINDS[PERSONAL], request.user.user_id, key_id, request.user)
+        await api_keys.revoke(KINDS[PERSONAL], caller.user_id, key_id, caller)
 
 
 class ServiceKeyController(Controller):
@@ -385,33 +382,24 @@ class ServiceKeyController(Controller):
 
     path = "/api/v1/auth/service-keys"
     tags = ["auth", "api-keys", "admin"]
+    security = BEARER
     guards = [require_admin, refuse_key_tokens]
     dependencies = KEY_DEPENDENCIES
 
-    @post("/", operation_id="create_service_key", status_code=HTTP_201_CREATED, security=BEARER)
-    async def create(
-        self,
-        data: JSONBody[ApiKeyCreate],
-        request: Request[Identity, str, State],
-        api_keys: NamedDependency[ApiKeyService],
-    ) -> ApiKeyCreated:
+    @post("/", operation_id="create_service_key", status_code=HTTP_201_CREATED)
+    async def create(self, data: JSONBody[ApiKeyCreate], caller: Caller, api_keys: ApiKeys) -> ApiKeyCreated:
         """A new service key: its secret is in this answer and nowhere else."""
-        return await api_keys.create(KINDS[SERVICE], None, request.user, data)
+        return await api_keys.create(KINDS[SERVICE], None, caller, data)
 
-    @get("/", operation_id="list_service_keys", security=BEARER)
-    async def list_keys(self, api_keys: NamedDependency[ApiKeyService]) -> ApiKeyList:
+    @get("/", operation_id="list_service_keys")
+    async def list_keys(self, api_keys: ApiKeys) -> ApiKeyList:
         """The platform's service keys that are not revoked."""
         return await api_keys.listing(KINDS[SERVICE], None)
 
-    @delete("/{key_id:uuid}", operation_id="revoke_service_key", security=BEARER, raises=[ApiKeyNotFound])
-    async def revoke(
-        self,
-        key_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        api_keys: NamedDependency[ApiKeyService],
-    ) -> None:
+    @delete("/{key_id:uuid}", operation_id="revoke_service_key", raises=[ApiKeyNotFound])
+    async def revoke(self, key_id: FromPath[uuid.UUID], caller: Caller, api_keys: ApiKeys) -> None:
         """Revoke a service key (every gateway refuses it within 5 s)."""
-        await api_keys.revoke(KINDS[SERVICE], None, key_id, request.user)
+        await api_keys.revoke(KINDS[SERVICE], None, key_id, caller)
 
 
 class KeyIntrospectionController(Controller):
@@ -428,7 +416,7 @@ class KeyIntrospectionController(Controller):
         raises=[InvalidApiKey],
         include_in_schema=False,
     )
-    async def introspect(self, data: JSONBody[IntrospectRequest], api_keys: NamedDependency[ApiKeyService]) -> KeyToken:
+    async def introspect(self, data: JSONBody[IntrospectRequest], api_keys: ApiKeys) -> KeyToken:
         """A short-lived access token for a valid key (401 ``invalid-api-key`` otherwise)."""
         return await api_keys.introspect(data.key)
 

@@ -4,11 +4,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
-from auth_service.deps import provide_auth_service
+from auth_service.deps import AUTH_DEPENDENCIES, Auth
 from auth_service.errors import (
     AccountLocked,
     EmailTaken,
@@ -59,14 +59,14 @@ from auth_service.schemas import (
     VerifyResponse,
     user_read,
 )
-from auth_service.services import AuthService, Client
+from auth_service.services import Client
+from shared.controllers import BEARER, Caller
 from shared.db import READS_ONLY
 from shared.errors import PROBLEM_MEDIA_TYPE, NotFound, Unauthorized, problem_for_exception
 from shared.logs import request_id_var
 from shared.security import Identity, bearer_token, require_admin
 
 PUBLIC = {"exclude_from_auth": True}
-BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
 BEARER_OR_NONE: list[dict[str, list[str]]] = [{"BearerAuth": []}, {}]
 CHECK_INBOX = AcceptedResponse(detail="If an account has this address, a message is on its way to it.")
 REGISTERED_CHECK_INBOX = AcceptedResponse(detail="Check your inbox: a message is on its way to this address.")
@@ -93,7 +93,7 @@ class AuthController(Controller):
     path = "/api/v1/auth"
     tags = ["auth"]
     # ``client`` (where a request came from) is the app's: every handler's audit entries need it.
-    dependencies = {"auth": Provide(provide_auth_service, sync_to_thread=False)}
+    dependencies = AUTH_DEPENDENCIES
 
     @post(
         "/register",
@@ -105,7 +105,7 @@ class AuthController(Controller):
     async def register(
         self,
         data: JSONBody[RegisterRequest],
-        auth: NamedDependency[AuthService],
+        auth: Auth,
         client: NamedDependency[Client],
         lifetime: Lifetime = "default",
     ) -> Response[TokenResponse | AcceptedResponse]:
@@ -134,11 +134,7 @@ class AuthController(Controller):
         exception_handlers={TwoFactorEnrolmentRequired: enrolment_required},
     )
     async def login(
-        self,
-        data: JSONBody[LoginRequest],
-        auth: NamedDependency[AuthService],
-        client: NamedDependency[Client],
-        lifetime: Lifetime = "default",
+        self, data: JSONBody[LoginRequest], auth: Auth, client: NamedDependency[Client], lifetime: Lifetime = "default"
     ) -> TokenResponse | MfaRequiredResponse:
         """Sign in with email and password (403 ``email-unverified`` while ``REQUIRE_VERIFIED_EMAIL``
         waits for the address to be confirmed). With two-factor on, the answer is
@@ -156,7 +152,7 @@ class AuthController(Controller):
         raises=[InvalidChallenge, InvalidCode, TooManyAttempts, TwoFactorUnavailable, TwoFactorNotEnabled],
     )
     async def login_mfa(
-        self, data: JSONBody[MfaLoginRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
+        self, data: JSONBody[MfaLoginRequest], auth: Auth, client: NamedDependency[Client]
     ) -> TokenResponse | EnrolledTokenResponse:
         """The second step of a sign-in with two-factor on: the challenge from ``POST /login`` and
         a code from the authenticator (or a recovery code). Each code works once; wrong codes lock
@@ -173,14 +169,14 @@ class AuthController(Controller):
         raises=[InvalidChallenge, TooManyAttempts, TwoFactorEnabled, TwoFactorUnavailable],
     )
     async def login_mfa_enroll(
-        self, data: JSONBody[MfaEnrolRequest], auth: NamedDependency[AuthService], client: NamedDependency[Client]
+        self, data: JSONBody[MfaEnrolRequest], auth: Auth, client: NamedDependency[Client]
     ) -> TwoFactorEnrolment:
         """Enrol an authenticator during a sign-in its organisation refused without one (the
         challenge of the 403 ``two-factor-enrolment-required``): its secret, URI and QR code."""
         return await auth.enrol_at_login(data.challenge, client)
 
     @post("/refresh", operation_id="refresh", status_code=HTTP_200_OK, opt=PUBLIC, raises=[InvalidGrant])
-    async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenResponse:
+    async def refresh(self, data: JSONBody[RefreshRequest], auth: Auth) -> TokenResponse:
         """Exchange a refresh token for a new pair; the old refresh token stops working."""
         return await auth.refresh(data.refresh_token)
 
@@ -195,7 +191,7 @@ class AuthController(Controller):
     async def logout(
         self,
         request: Request[Any, Any, State],
-        auth: NamedDependency[AuthService],
+        auth: Auth,
         data: JSONBody[LogoutRequest | None] = None,
         logout_scope: Annotated[
             Literal["local", "global"], QueryParameter(name="scope", description="local: this session; global: all")
@@ -214,9 +210,9 @@ class AuthController(Controller):
         await auth.logout(identity, refresh, logout_scope)
 
     @get("/me", operation_id="me", security=BEARER, opt={READS_ONLY: True})
-    async def me(self, request: Request[Identity, str, State], auth: NamedDependency[AuthService]) -> UserRead:
+    async def me(self, caller: Caller, auth: Auth) -> UserRead:
         """The signed-in account."""
-        return user_read(await auth.me(request.user))
+        return user_read(await auth.me(caller))
 
     @get("/verify", operation_id="verify", security=BEARER)
     async def verify(self, request: Request[Identity, str, State]) -> VerifyResponse:
@@ -231,14 +227,9 @@ class AuthController(Controller):
         security=BEARER,
         raises=[WeakPassword, AccountLocked],
     )
-    async def change_password(
-        self,
-        data: JSONBody[PasswordChangeRequest],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
-    ) -> None:
+    async def change_password(self, data: JSONBody[PasswordChangeRequest], caller: Caller, auth: Auth) -> None:
         """Change the password; every other session is signed out."""
-        await auth.change_password(request.user, data.current_password, data.new_password)
+        await auth.change_password(caller, data.current_password, data.new_password)
 
     @put(
         "/email",
@@ -247,15 +238,10 @@ class AuthController(Controller):
         security=BEARER,
         raises=[EmailTaken, AccountLocked],
     )
-    async def change_email(
-        self,
-        data: JSONBody[EmailChangeRequest],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
-    ) -> UserRead:
+    async def change_email(self, data: JSONBody[EmailChangeRequest], caller: Caller, auth: Auth) -> UserRead:
         """Ask to change the account's address: it changes when the link mailed to the new address
         is opened (``POST /email/verify``); the account is answered as it still is."""
-        return user_read(await auth.change_email(request.user, data.current_password, data.new_email))
+        return user_read(await auth.change_email(caller, data.current_password, data.new_email))
 
     @post(
         "/password/forgot",
@@ -265,10 +251,7 @@ class AuthController(Controller):
         raises=[TooManyAttempts],
     )
     async def forgot_password(
-        self,
-        data: JSONBody[ForgotPasswordRequest],
-        auth: NamedDependency[AuthService],
-        client: NamedDependency[Client],
+        self, data: JSONBody[ForgotPasswordRequest], auth: Auth, client: NamedDependency[Client]
     ) -> AcceptedResponse:
         """Mail a password-reset link (valid 30 minutes, once) if an account has the address;
         the answer is the same either way."""
@@ -282,7 +265,7 @@ class AuthController(Controller):
         opt=PUBLIC,
         raises=[InvalidLinkToken, WeakPassword],
     )
-    async def reset_password(self, data: JSONBody[PasswordResetRequest], auth: NamedDependency[AuthService]) -> None:
+    async def reset_password(self, data: JSONBody[PasswordResetRequest], auth: Auth) -> None:
         """Set a new password with the mailed token; every session and access token of the account ends."""
         await auth.reset_password(data.token, data.new_password)
 
@@ -293,7 +276,7 @@ class AuthController(Controller):
         opt=PUBLIC,
         raises=[InvalidLinkToken, EmailTaken],
     )
-    async def verify_email(self, data: JSONBody[EmailVerifyRequest], auth: NamedDependency[AuthService]) -> UserRead:
+    async def verify_email(self, data: JSONBody[EmailVerifyRequest], auth: Auth) -> UserRead:
         """Confirm an address with the mailed token (a new address then replaces the old one)."""
         return user_read(await auth.verify_email(data.token))
 
@@ -305,10 +288,7 @@ class AuthController(Controller):
         raises=[TooManyAttempts],
     )
     async def resend_verification(
-        self,
-        data: JSONBody[ResendVerificationRequest],
-        auth: NamedDependency[AuthService],
-        client: NamedDependency[Client],
+        self, data: JSONBody[ResendVerificationRequest], auth: Auth, client: NamedDependency[Client]
     ) -> AcceptedResponse:
         """Mail a new verification link if an unverified account has the address; the answer is
         the same either way."""
@@ -316,19 +296,14 @@ class AuthController(Controller):
         return CHECK_INBOX
 
     @get("/sessions", operation_id="list_sessions", security=BEARER)
-    async def sessions(self, request: Request[Identity, str, State], auth: NamedDependency[AuthService]) -> SessionList:
+    async def sessions(self, caller: Caller, auth: Auth) -> SessionList:
         """The account's active sessions."""
-        return SessionList(sessions=await auth.list_sessions(request.user))
+        return SessionList(sessions=await auth.list_sessions(caller))
 
     @delete("/sessions/{session_id:uuid}", operation_id="revoke_session", security=BEARER)
-    async def revoke_session(
-        self,
-        session_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
-    ) -> None:
+    async def revoke_session(self, session_id: FromPath[uuid.UUID], caller: Caller, auth: Auth) -> None:
         """Sign out one of the account's sessions."""
-        await auth.revoke_session(request.user, session_id)
+        await auth.revoke_session(caller, session_id)
 
     @get("/.well-known/jwks.json", operation_id="jwks", opt=PUBLIC, sync_to_thread=False, raises=[NotFound])
     def jwks(self, state: State) -> JWKSResponse:
@@ -339,62 +314,45 @@ class AuthController(Controller):
         return JWKSResponse(keys=keys)
 
 
-class AccountAdminController(Controller):
+class AdministratorController(Controller):
+    """What the platform administrators' account routes share: a bearer token with the admin role."""
+
+    tags = ["auth", "admin"]
+    security = BEARER
+    guards = [require_admin]
+    dependencies = AUTH_DEPENDENCIES
+
+
+class AccountAdminController(AdministratorController):
     """Administrators manage accounts: roles and activation live with the credentials."""
 
     path = "/api/v1/auth/users"
-    tags = ["auth", "admin"]
-    guards = [require_admin]
-    dependencies = {"auth": Provide(provide_auth_service, sync_to_thread=False)}
 
-    @patch("/{user_id:uuid}", operation_id="update_account", security=BEARER)
+    @patch("/{user_id:uuid}", operation_id="update_account")
     async def update_account(
-        self,
-        user_id: FromPath[uuid.UUID],
-        data: JSONBody[AccountUpdate],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
+        self, user_id: FromPath[uuid.UUID], data: JSONBody[AccountUpdate], caller: Caller, auth: Auth
     ) -> UserRead:
         """Set an account's roles or deactivate it (admins only); the account's sessions end."""
         roles = [str(role) for role in data.roles] if data.roles is not None else None
-        return user_read(await auth.update_account(request.user, user_id, roles, data.is_active))
+        return user_read(await auth.update_account(caller, user_id, roles, data.is_active))
 
-    @delete("/{user_id:uuid}/2fa", operation_id="reset_two_factor", security=BEARER)
-    async def reset_two_factor(
-        self,
-        user_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
-    ) -> None:
+    @delete("/{user_id:uuid}/2fa", operation_id="reset_two_factor")
+    async def reset_two_factor(self, user_id: FromPath[uuid.UUID], caller: Caller, auth: Auth) -> None:
         """Turn an account's two-factor off (admins only: a user who lost the authenticator and the
         recovery codes); it signs in with the password alone until it enrols again."""
-        await auth.reset_two_factor(request.user, user_id)
+        await auth.reset_two_factor(caller, user_id)
 
 
-class AccountCreationController(Controller):
+class AccountCreationController(AdministratorController):
     """Platform administrators create accounts, whatever ``SIGNUP_MODE`` allows the public."""
 
     path = "/api/v1/auth/admin/users"
-    tags = ["auth", "admin"]
-    guards = [require_admin]
-    dependencies = {"auth": Provide(provide_auth_service, sync_to_thread=False)}
 
-    @post(
-        "/",
-        operation_id="create_account",
-        status_code=HTTP_201_CREATED,
-        security=BEARER,
-        raises=[EmailTaken, WeakPassword],
-    )
-    async def create_account(
-        self,
-        data: JSONBody[AccountCreate],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
-    ) -> UserRead:
+    @post("/", operation_id="create_account", status_code=HTTP_201_CREATED, raises=[EmailTaken, WeakPassword])
+    async def create_account(self, data: JSONBody[AccountCreate], caller: Caller, auth: Auth) -> UserRead:
         """Create an account (admins only): it founds its own organisation, and a verification
         link is mailed to its address."""
-        user = await auth.create_account(request.user, data.email, data.password, data.first_name, data.last_name)
+        user = await auth.create_account(caller, data.email, data.password, data.first_name, data.last_name)
         return user_read(user)
 
 
@@ -403,77 +361,54 @@ class TwoFactorController(Controller):
 
     path = "/api/v1/auth/2fa"
     tags = ["auth"]
-    dependencies = {"auth": Provide(provide_auth_service, sync_to_thread=False)}
+    security = BEARER
+    dependencies = AUTH_DEPENDENCIES
 
-    @get("/", operation_id="two_factor_status", security=BEARER)
-    async def status(
-        self, request: Request[Identity, str, State], auth: NamedDependency[AuthService]
-    ) -> TwoFactorStatus:
+    @get("/", operation_id="two_factor_status")
+    async def status(self, caller: Caller, auth: Auth) -> TwoFactorStatus:
         """Whether two-factor is on (or an enrolment waits for its code), and the recovery codes left."""
-        return await auth.two_factor_status(request.user)
+        return await auth.two_factor_status(caller)
 
     @post(
         "/enroll",
         operation_id="enroll_two_factor",
         status_code=HTTP_201_CREATED,
-        security=BEARER,
         raises=[InvalidCredentials, AccountLocked, TwoFactorEnabled, TwoFactorUnavailable],
     )
-    async def enroll(
-        self,
-        data: JSONBody[TwoFactorEnrolRequest],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
-    ) -> TwoFactorEnrolment:
+    async def enroll(self, data: JSONBody[TwoFactorEnrolRequest], caller: Caller, auth: Auth) -> TwoFactorEnrolment:
         """Start enrolling an authenticator (the password re-entered): its secret, ``otpauth://`` URI
         and QR code, shown once; two-factor is on once ``POST /2fa/confirm`` gets a code of it."""
-        return await auth.enrol_two_factor(request.user, data.password)
+        return await auth.enrol_two_factor(caller, data.password)
 
     @post(
         "/confirm",
         operation_id="confirm_two_factor",
         status_code=HTTP_200_OK,
-        security=BEARER,
         raises=[InvalidCode, TooManyAttempts, TwoFactorNotEnabled, TwoFactorUnavailable],
     )
-    async def confirm(
-        self,
-        data: JSONBody[TwoFactorConfirmRequest],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
-    ) -> RecoveryCodes:
+    async def confirm(self, data: JSONBody[TwoFactorConfirmRequest], caller: Caller, auth: Auth) -> RecoveryCodes:
         """Turn two-factor on with a first code from the enrolled authenticator; the answer holds
         ten recovery codes, shown once."""
-        return RecoveryCodes(recovery_codes=await auth.confirm_two_factor(request.user, data.code))
+        return RecoveryCodes(recovery_codes=await auth.confirm_two_factor(caller, data.code))
 
     @post(
         "/recovery-codes",
         operation_id="renew_recovery_codes",
         status_code=HTTP_200_OK,
-        security=BEARER,
         raises=[InvalidCredentials, AccountLocked, InvalidCode, TooManyAttempts, TwoFactorNotEnabled],
     )
     async def renew_recovery_codes(
-        self,
-        data: JSONBody[TwoFactorProofRequest],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
+        self, data: JSONBody[TwoFactorProofRequest], caller: Caller, auth: Auth
     ) -> RecoveryCodes:
         """Ten new recovery codes, shown once, with the password and a code; the earlier ones stop working."""
-        return RecoveryCodes(recovery_codes=await auth.renew_recovery_codes(request.user, data.password, data.code))
+        return RecoveryCodes(recovery_codes=await auth.renew_recovery_codes(caller, data.password, data.code))
 
     @post(
         "/disable",
         operation_id="disable_two_factor",
         status_code=HTTP_204_NO_CONTENT,
-        security=BEARER,
         raises=[InvalidCredentials, AccountLocked, InvalidCode, TooManyAttempts, TwoFactorNotEnabled],
     )
-    async def disable(
-        self,
-        data: JSONBody[TwoFactorProofRequest],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
-    ) -> None:
+    async def disable(self, data: JSONBody[TwoFactorProofRequest], caller: Caller, auth: Auth) -> None:
         """Turn two-factor off with the password and a code (or a recovery code)."""
-        await auth.disable_two_factor(request.user, data.password, data.code)
+        await auth.disable_two_factor(caller, data.password, data.code)

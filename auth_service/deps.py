@@ -4,10 +4,11 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.services import AuthService, Client
+from shared.controllers import CALLER
 from shared.http import client_ip
 
 
@@ -40,3 +41,11 @@ def provide_client(request: Request[Any, Any, Any], state: State) -> Client:
         ip=client_ip(request.scope, state.settings.trusted_proxy_list),
         user_agent=request.headers.get("user-agent"),
     )
+
+
+# What a controller of the auth service's routes takes: the service of the request, and the
+# signed-in caller where a route needs one.
+AUTH_DEPENDENCIES = {"auth": Provide(provide_auth_service, sync_to_thread=False), **CALLER}
+
+# A handler's ``auth: Auth`` (the parameter's name is the dependency's): the service of the request.
+Auth = NamedDependency[AuthService]

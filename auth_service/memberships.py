@@ -8,13 +8,15 @@ import re
 import secrets
 import uuid
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.errors import InvalidInvitation
 from auth_service.models import Invitation, Membership, Organization, User, outbox
+from auth_service.repositories import updated_once
 from shared.audit import record_audit
 from shared.events import new_event
 from shared.outbox import add_event
@@ -55,22 +57,23 @@ class Memberships:
         return membership.role if membership else None
 
     async def of_user(self, user_id: uuid.UUID) -> list[tuple[Organization, Membership]]:
-        rows = await self.db.execute(
-            select(Organization, Membership)
-            .join(Membership, Membership.organization_id == Organization.id)
-            .where(Membership.user_id == user_id)
-            .order_by(Membership.created_at, Organization.id)
-        )
-        return [(org, membership) for org, membership in rows.all()]
+        """The user's organisations, each with the user's membership."""
+        on = Membership.organization_id == Organization.id
+        return await self._with_membership(Organization, on, Membership.user_id == user_id)
 
     async def members(self, organization_id: uuid.UUID) -> list[tuple[User, Membership]]:
-        rows = await self.db.execute(
-            select(User, Membership)
-            .join(Membership, Membership.user_id == User.id)
-            .where(Membership.organization_id == organization_id)
-            .order_by(Membership.created_at, User.id)
-        )
-        return [(user, membership) for user, membership in rows.all()]
+        """The organisation's members, each with their membership."""
+        on = Membership.user_id == User.id
+        return await self._with_membership(User, on, Membership.organization_id == organization_id)
+
+    async def _with_membership(
+        self, entity: type[Organization | User], on: ColumnElement[bool], where: ColumnElement[bool]
+    ) -> list[tuple[Any, Membership]]:
+        """Rows of ``entity`` joined ``on`` their memberships that match ``where``, the earliest
+        joined first (then by id, so the order is stable)."""
+        query = select(entity, Membership).join(Membership, on).where(where)
+        rows = await self.db.execute(query.order_by(Membership.created_at, entity.id))
+        return [(row, membership) for row, membership in rows.all()]
 
     async def owner_count(self, organization_id: uuid.UUID) -> int:
         count = await self.db.scalar(
@@ -151,13 +154,10 @@ async def usable_invitation(db: AsyncSession, token: str, now: datetime) -> Invi
 
 async def claim_invitation(db: AsyncSession, invitation: Invitation, now: datetime) -> None:
     """Mark it accepted; InvalidInvitation when a concurrent request used or revoked it first."""
-    result = await db.execute(
-        update(Invitation)
-        .where(Invitation.id == invitation.id, Invitation.accepted_at.is_(None), Invitation.revoked_at.is_(None))
-        .values(accepted_at=now)
-        .execution_options(synchronize_session=False)
+    pending = update(Invitation).where(
+        Invitation.id == invitation.id, Invitation.accepted_at.is_(None), Invitation.revoked_at.is_(None)
     )
-    if getattr(result, "rowcount", 0) != 1:
+    if not await updated_once(db, pending.values(accepted_at=now)):
         raise InvalidInvitation()
 
 

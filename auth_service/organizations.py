@@ -15,14 +15,13 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from litestar import Controller, Request, delete, get, patch, post
-from litestar.datastructures import State
+import msgspec
+from litestar import delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from msgspec import Meta, Struct
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.api_keys import (
     KEY_DEPENDENCIES,
@@ -32,14 +31,12 @@ from auth_service.api_keys import (
     ApiKeyCreated,
     ApiKeyList,
     ApiKeyNotFound,
-    ApiKeyService,
-    refuse_key_tokens,
+    ApiKeys,
+    UserTokenController,
 )
-from auth_service.config import AuthSettings
-from auth_service.deps import provide_auth_service
+from auth_service.deps import AUTH_DEPENDENCIES, Auth
 from auth_service.errors import (
     AlreadyMember,
-    InvalidGrant,
     InvalidInvitation,
     InvitationEmailMismatch,
     InvitationNotFound,
@@ -53,7 +50,6 @@ from auth_service.errors import (
 )
 from auth_service.memberships import (
     OWNER,
-    Memberships,
     claim_invitation,
     invitation_hash,
     organization_name_for,
@@ -74,12 +70,12 @@ from auth_service.models import (
 from auth_service.schemas import Email, OpaqueToken, TokenResponse
 from auth_service.services import AuthService, Client, normalise_email
 from shared.audit import record_audit
+from shared.controllers import Caller
 from shared.mail import MailTemplates, queue_mail
-from shared.security import ORG_MANAGERS, Identity, RevocationList
+from shared.security import ORG_MANAGERS, Identity
 
 INVITATION_TTL = timedelta(days=7)
 MAIL_TEMPLATES = MailTemplates("auth_service")
-BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
 
 OrgRole = Literal["owner", "admin", "member", "viewer"]
 OrgName = Annotated[
@@ -169,52 +165,49 @@ def organization_read(org: Organization, role: str) -> OrganizationRead:
     )
 
 
-def invitation_read(row: Invitation) -> InvitationRead:
-    return InvitationRead(
-        id=row.id,
-        email=row.email,
-        role=row.role,
-        invited_by=row.invited_by,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
+def member_read(user: User, membership: Membership) -> MemberRead:
+    return MemberRead(
+        user_id=user.id,
+        email=user.email,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        role=membership.role,
+        joined_at=membership.created_at,
     )
+
+
+def invitation_read(row: Invitation) -> InvitationRead:
+    return msgspec.convert(row, InvitationRead, from_attributes=True)
 
 
 # -- the organisation routes' logic ------------------------------------------------------
 
 
 class OrganizationService:
-    def __init__(
-        self, db: AsyncSession, settings: AuthSettings, revocations: RevocationList, auth: AuthService
-    ) -> None:
-        self.db = db
-        self.settings = settings
-        self.revocations = revocations
-        self.auth = auth
-        self.clock = auth.clock
-        self.memberships = Memberships(db)
+    """The organisation routes' logic for one request: ``caller`` acts, from ``client``."""
+
+    def __init__(self, auth: AuthService, caller: Identity, client: Client) -> None:
+        self.auth = auth  # its transaction, settings, clock and revocations are the request's
+        self.db = auth.db
+        self.caller = caller
+        self.client = client
+        self.memberships = auth.memberships
 
     # -- who may do what: always the database's membership
 
-    async def _caller(self, identity: Identity) -> User:
-        user = await self.db.get(User, identity.user_id)
-        if user is None or not user.is_active:
-            raise InvalidGrant()
-        return user
-
-    async def _membership(self, organization_id: uuid.UUID, identity: Identity, *roles: str) -> Membership:
+    async def _membership(self, organization_id: uuid.UUID, *roles: str) -> Membership:
         """The caller's membership: 404 when there is none (never reveal an organisation), 403
         when ``roles`` are given and the caller's is not one of them."""
-        membership = await self.memberships.of(organization_id, identity.user_id)
+        membership = await self.memberships.of(organization_id, self.caller.user_id)
         if membership is None:
             raise OrganizationNotFound()
         if roles and membership.role not in roles:
             raise OrgRoleRequired()
         return membership
 
-    async def require_manager(self, identity: Identity, organization_id: uuid.UUID) -> None:
+    async def require_manager(self, organization_id: uuid.UUID) -> None:
         """An owner or admin of the organisation (404 for a non-member, 403 for a weaker role)."""
-        await self._membership(organization_id, identity, *ORG_MANAGERS)
+        await self._membership(organization_id, *ORG_MANAGERS)
 
     async def _organization(self, organization_id: uuid.UUID) -> Organization:
         org = await self.memberships.organization(organization_id)
@@ -222,65 +215,53 @@ class OrganizationService:
             raise OrganizationNotFound()
         return org
 
-    async def _audit(
-        self, action: str, identity: Identity, client: Client, organization_id: uuid.UUID, **fields: object
-    ) -> None:
+    async def _audit(self, action: str, organization_id: uuid.UUID, **fields: object) -> None:
+        """An audit entry of the caller's action in the organisation, in the request's transaction."""
         await record_audit(
             self.db,
             outbox,
             "auth",
             action,
-            actor_id=identity.user_id,
+            actor_id=self.caller.user_id,
             organization_id=organization_id,
-            ip=client.ip,
+            ip=self.client.ip,
             **fields,
         )
 
-    async def _revoke_access(self, user_id: uuid.UUID) -> None:
-        """The member's access tokens stop working at once (their refresh gets the new role)."""
-        ttl = self.settings.longest_access_token_ttl + self.settings.jwt_leeway_seconds + 60
-        await self.revocations.revoke_user(user_id, ttl)
-
     # -- organisations
 
-    async def create(self, identity: Identity, name: str, client: Client) -> OrganizationRead:
-        user = await self._caller(identity)
-        org = await self.memberships.found(user, name.strip(), self.clock())
-        await self._audit("org.created", identity, client, org.id, target_type="organization", target_id=org.id)
+    async def create(self, name: str) -> OrganizationRead:
+        user = await self.auth.me(self.caller)
+        org = await self.memberships.found(user, name.strip(), self.auth.clock())
+        await self._audit("org.created", org.id, target_type="organization", target_id=org.id)
         return organization_read(org, OWNER)
 
-    async def mine(self, identity: Identity) -> OrganizationList:
-        rows = await self.memberships.of_user(identity.user_id)
+    async def mine(self) -> OrganizationList:
+        rows = await self.memberships.of_user(self.caller.user_id)
         return OrganizationList(organizations=[organization_read(org, m.role) for org, m in rows])
 
-    async def get(self, identity: Identity, organization_id: uuid.UUID) -> OrganizationRead:
-        membership = await self._membership(organization_id, identity)
+    async def get(self, organization_id: uuid.UUID) -> OrganizationRead:
+        membership = await self._membership(organization_id)
         return organization_read(await self._organization(organization_id), membership.role)
 
-    async def rename(
-        self, identity: Identity, organization_id: uuid.UUID, name: str, client: Client
-    ) -> OrganizationRead:
-        membership = await self._membership(organization_id, identity, *ORG_MANAGERS)
+    async def rename(self, organization_id: uuid.UUID, name: str) -> OrganizationRead:
+        membership = await self._membership(organization_id, *ORG_MANAGERS)
         org = await self._organization(organization_id)
         org.name = name.strip()
-        await self._audit("org.renamed", identity, client, org.id, target_type="organization", target_id=org.id)
+        await self._audit("org.renamed", org.id, target_type="organization", target_id=org.id)
         return organization_read(org, membership.role)
 
-    async def configure(
-        self, identity: Identity, organization_id: uuid.UUID, settings: OrganizationSettings, client: Client
-    ) -> OrganizationRead:
+    async def configure(self, organization_id: uuid.UUID, settings: OrganizationSettings) -> OrganizationRead:
         """The owner's settings; only an owner with two-factor on may require it of everyone."""
-        membership = await self._membership(organization_id, identity, OWNER)
+        membership = await self._membership(organization_id, OWNER)
         org = await self._organization(organization_id)
         if settings.require_two_factor and not org.require_two_factor:
-            factor = await self.db.get(TwoFactor, identity.user_id)
+            factor = await self.db.get(TwoFactor, self.caller.user_id)
             if factor is None or factor.confirmed_at is None:
                 raise TwoFactorNotEnabled("Turn two-factor sign-in on for yourself before requiring it of the members.")
         org.require_two_factor = settings.require_two_factor
         await self._audit(
             "org.settings_changed",
-            identity,
-            client,
             org.id,
             target_type="organization",
             target_id=org.id,
@@ -288,11 +269,11 @@ class OrganizationService:
         )
         return organization_read(org, membership.role)
 
-    async def delete(self, identity: Identity, organization_id: uuid.UUID, client: Client) -> None:
+    async def delete(self, organization_id: uuid.UUID) -> None:
         """The owner deletes the organisation: its memberships, invitations and service keys go
         with it (each member's access tokens are cut off, each key's tokens revoked); personal keys
         made in it stay, acting in no organisation."""
-        await self._membership(organization_id, identity, OWNER)
+        await self._membership(organization_id, OWNER)
         org = await self._organization(organization_id)
         members = [membership for _, membership in await self.memberships.members(organization_id)]
         service_keys = list(
@@ -317,31 +298,18 @@ class OrganizationService:
         await self.db.delete(org)  # invitations, service keys cascade; sessions lose it (SET NULL)
         await self.db.flush()
         await self.memberships.deleted(organization_id)
-        await self._audit(
-            "org.deleted", identity, client, organization_id, target_type="organization", target_id=org.id
-        )
+        await self._audit("org.deleted", organization_id, target_type="organization", target_id=org.id)
         for membership in members:
-            await self._revoke_access(membership.user_id)
+            await self.auth.revoke_user_access(membership.user_id)
         for key_id in service_keys:
-            await self.revocations.revoke_session(str(key_id), self.settings.api_key_token_ttl + 60)
+            await self.auth.revocations.revoke_session(str(key_id), self.auth.settings.api_key_token_ttl + 60)
 
     # -- members
 
-    async def members(self, identity: Identity, organization_id: uuid.UUID) -> MemberList:
-        await self._membership(organization_id, identity)
-        return MemberList(
-            members=[
-                MemberRead(
-                    user_id=user.id,
-                    email=user.email,
-                    first_name=user.first_name,
-                    last_name=user.last_name,
-                    role=m.role,
-                    joined_at=m.created_at,
-                )
-                for user, m in await self.memberships.members(organization_id)
-            ]
-        )
+    async def members(self, organization_id: uuid.UUID) -> MemberList:
+        await self._membership(organization_id)
+        rows = await self.memberships.members(organization_id)
+        return MemberList(members=[member_read(user, membership) for user, membership in rows])
 
     async def _target(self, organization_id: uuid.UUID, user_id: uuid.UUID) -> Membership:
         target = await self.memberships.of(organization_id, user_id)
@@ -349,11 +317,9 @@ class OrganizationService:
             raise MemberNotFound()
         return target
 
-    async def change_role(
-        self, identity: Identity, organization_id: uuid.UUID, user_id: uuid.UUID, role: str, client: Client
-    ) -> MemberRead:
+    async def change_role(self, organization_id: uuid.UUID, user_id: uuid.UUID, role: str) -> MemberRead:
         """Owners and admins change roles; only an owner grants or takes ``owner``."""
-        caller = await self._membership(organization_id, identity, *ORG_MANAGERS)
+        caller = await self._membership(organization_id, *ORG_MANAGERS)
         target = await self._target(organization_id, user_id)
         if OWNER in (role, target.role) and caller.role != OWNER:
             raise OrgRoleRequired("Only an owner may grant the owner role or change an owner's.")
@@ -365,46 +331,35 @@ class OrganizationService:
         await self.memberships.change(target, role)
         await self._audit(
             "member.role_changed",
-            identity,
-            client,
             organization_id,
             target_type="user",
             target_id=user_id,
             details={"from": previous, "to": role},
         )
-        await self._revoke_access(user_id)
+        await self.auth.revoke_user_access(user_id)
         return await self._member_read(target)
 
     async def _member_read(self, membership: Membership) -> MemberRead:
         user = await self.db.get(User, membership.user_id)
         assert user is not None  # a membership's user exists (foreign key, cascading delete)
-        return MemberRead(
-            user_id=user.id,
-            email=user.email,
-            first_name=user.first_name,
-            last_name=user.last_name,
-            role=membership.role,
-            joined_at=membership.created_at,
-        )
+        return member_read(user, membership)
 
-    async def remove(self, identity: Identity, organization_id: uuid.UUID, user_id: uuid.UUID, client: Client) -> None:
+    async def remove(self, organization_id: uuid.UUID, user_id: uuid.UUID) -> None:
         """Owners and admins remove members; an admin never removes an owner."""
-        caller = await self._membership(organization_id, identity, *ORG_MANAGERS)
+        caller = await self._membership(organization_id, *ORG_MANAGERS)
         target = await self._target(organization_id, user_id)
         if target.role == OWNER and caller.role != OWNER:
             raise OrgRoleRequired("Only an owner may remove an owner.")
         await self._leave(target)
-        action = "member.left" if user_id == identity.user_id else "member.removed"
-        await self._audit(action, identity, client, organization_id, target_type="user", target_id=user_id)
-        await self._revoke_access(user_id)
+        action = "member.left" if user_id == self.caller.user_id else "member.removed"
+        await self._audit(action, organization_id, target_type="user", target_id=user_id)
+        await self.auth.revoke_user_access(user_id)
 
-    async def leave(self, identity: Identity, organization_id: uuid.UUID, client: Client) -> None:
-        membership = await self._membership(organization_id, identity)
+    async def leave(self, organization_id: uuid.UUID) -> None:
+        membership = await self._membership(organization_id)
         await self._leave(membership)
-        await self._audit(
-            "member.left", identity, client, organization_id, target_type="user", target_id=identity.user_id
-        )
-        await self._revoke_access(identity.user_id)
+        await self._audit("member.left", organization_id, target_type="user", target_id=self.caller.user_id)
+        await self.auth.revoke_user_access(self.caller.user_id)
 
     async def _leave(self, membership: Membership) -> None:
         if membership.role == OWNER and await self.memberships.owner_count(membership.organization_id) <= 1:
@@ -413,12 +368,10 @@ class OrganizationService:
 
     # -- invitations
 
-    async def invite(
-        self, identity: Identity, organization_id: uuid.UUID, data: InvitationCreate, client: Client
-    ) -> InvitationRead:
+    async def invite(self, organization_id: uuid.UUID, data: InvitationCreate) -> InvitationRead:
         """Mail an invitation (a 256-bit token, kept as its SHA-256, valid 7 days, single use); an
         earlier pending invitation of the address to this organisation is replaced."""
-        caller = await self._membership(organization_id, identity, *ORG_MANAGERS)
+        caller = await self._membership(organization_id, *ORG_MANAGERS)
         if data.role == OWNER and caller.role != OWNER:
             raise OrgRoleRequired("Only an owner may invite an owner.")
         email = normalise_email(data.email)
@@ -428,7 +381,7 @@ class OrganizationService:
         # Anyone may found an organisation and invite: an address gets a bounded number of
         # invitations an hour, so the route cannot flood a mailbox.
         await self.auth.throttle.check_address("invitation", email)
-        now = self.clock()
+        now = self.auth.clock()
         replaced = update(Invitation).where(
             Invitation.organization_id == organization_id,
             Invitation.email == email,
@@ -445,14 +398,14 @@ class OrganizationService:
             email=email,
             role=data.role,
             token_hash=invitation_hash(token),
-            invited_by=identity.user_id,
+            invited_by=self.caller.user_id,
             created_at=now,
             expires_at=now + INVITATION_TTL,
         )
         self.db.add(row)
         await self.db.flush()
-        inviter = await self._caller(identity)
-        link = self.settings.site_url.rstrip("/") + f"/accept-invitation?token={token}"
+        inviter = await self.auth.me(self.caller)
+        link = self.auth.settings.site_url.rstrip("/") + f"/accept-invitation?token={token}"
         message = MAIL_TEMPLATES.render(
             "invitation",
             email,
@@ -465,8 +418,6 @@ class OrganizationService:
         await queue_mail(self.db, mail_outbox, message, now)
         await self._audit(
             "invitation.created",
-            identity,
-            client,
             organization_id,
             target_type="invitation",
             target_id=row.id,
@@ -474,39 +425,35 @@ class OrganizationService:
         )
         return invitation_read(row)
 
-    async def invitations(self, identity: Identity, organization_id: uuid.UUID) -> InvitationList:
-        await self._membership(organization_id, identity, *ORG_MANAGERS)
+    async def invitations(self, organization_id: uuid.UUID) -> InvitationList:
+        await self._membership(organization_id, *ORG_MANAGERS)
         rows = await self.db.scalars(
             select(Invitation)
             .where(
                 Invitation.organization_id == organization_id,
                 Invitation.accepted_at.is_(None),
                 Invitation.revoked_at.is_(None),
-                Invitation.expires_at > self.clock(),
+                Invitation.expires_at > self.auth.clock(),
             )
             .order_by(Invitation.created_at)
         )
         return InvitationList(invitations=[invitation_read(row) for row in rows])
 
-    async def revoke_invitation(
-        self, identity: Identity, organization_id: uuid.UUID, invitation_id: uuid.UUID, client: Client
-    ) -> None:
-        caller = await self._membership(organization_id, identity, *ORG_MANAGERS)
+    async def revoke_invitation(self, organization_id: uuid.UUID, invitation_id: uuid.UUID) -> None:
+        caller = await self._membership(organization_id, *ORG_MANAGERS)
         row = await self.db.get(Invitation, invitation_id)
         if row is None or row.organization_id != organization_id or row.accepted_at or row.revoked_at:
             raise InvitationNotFound()
         if row.role == OWNER and caller.role != OWNER:
             raise OrgRoleRequired("Only an owner may revoke an invitation to be owner.")
-        row.revoked_at = self.clock()
-        await self._audit(
-            "invitation.revoked", identity, client, organization_id, target_type="invitation", target_id=row.id
-        )
+        row.revoked_at = self.auth.clock()
+        await self._audit("invitation.revoked", organization_id, target_type="invitation", target_id=row.id)
 
-    async def accept(self, identity: Identity, token: str, client: Client) -> OrganizationRead:
+    async def accept(self, token: str) -> OrganizationRead:
         """A signed-in user joins with an invitation sent to their (verified) address."""
-        await self.auth.throttle.check_ip("invitation", client.ip)
-        user = await self._caller(identity)
-        now = self.clock()
+        await self.auth.throttle.check_ip("invitation", self.client.ip)
+        user = await self.auth.me(self.caller)
+        now = self.auth.clock()
         invitation = await usable_invitation(self.db, token, now)
         if not user.email_verified or not same_address(user.email, invitation.email):
             raise InvitationEmailMismatch()
@@ -514,320 +461,205 @@ class OrganizationService:
         existing = await self.memberships.of(invitation.organization_id, user.id)
         if existing is None:
             await self.memberships.add(invitation.organization_id, user.id, invitation.role, now)
-        await record_invitation_accepted(self.db, invitation, user.id, client.ip)
+        await record_invitation_accepted(self.db, invitation, user.id, self.client.ip)
         org = await self._organization(invitation.organization_id)
         return organization_read(org, existing.role if existing else invitation.role)
 
 
-def provide_organizations(auth: NamedDependency[AuthService], state: State) -> OrganizationService:
-    return OrganizationService(auth.db, state.settings, state.revocations, auth)
+def provide_organizations(auth: Auth, caller: Caller, client: NamedDependency[Client]) -> OrganizationService:
+    return OrganizationService(auth, caller, client)
 
 
-DEPENDENCIES = {
-    "auth": Provide(provide_auth_service, sync_to_thread=False),
-    "orgs": Provide(provide_organizations, sync_to_thread=False),
-}
+DEPENDENCIES = {**AUTH_DEPENDENCIES, "orgs": Provide(provide_organizations, sync_to_thread=False)}
+# A handler's ``orgs: Orgs``: the organisation routes' service of the request.
+Orgs = NamedDependency[OrganizationService]
 NOT_FOUND_OR_ROLE = [OrganizationNotFound, OrgRoleRequired]
 
 
-class OrganizationController(Controller):
+class OrganizationController(UserTokenController):
     """The signed-in user's organisations, their members and invitations."""
 
     path = "/api/v1/auth/orgs"
     tags = ["auth", "organizations"]
-    guards = [refuse_key_tokens]
     dependencies = DEPENDENCIES
 
-    @post("/", operation_id="create_organization", status_code=HTTP_201_CREATED, security=BEARER)
-    async def create(
-        self,
-        data: JSONBody[OrganizationCreate],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
-    ) -> OrganizationRead:
+    @post("/", operation_id="create_organization", status_code=HTTP_201_CREATED)
+    async def create(self, data: JSONBody[OrganizationCreate], orgs: Orgs) -> OrganizationRead:
         """A new organisation; the caller is its owner (``POST /orgs/{id}/switch`` to act in it)."""
-        return await orgs.create(request.user, data.name, client)
+        return await orgs.create(data.name)
 
-    @get("/", operation_id="list_organizations", security=BEARER)
-    async def mine(
-        self, request: Request[Identity, str, State], orgs: NamedDependency[OrganizationService]
-    ) -> OrganizationList:
+    @get("/", operation_id="list_organizations")
+    async def mine(self, orgs: Orgs) -> OrganizationList:
         """The organisations the caller belongs to, each with the caller's role."""
-        return await orgs.mine(request.user)
+        return await orgs.mine()
 
-    @get("/{organization_id:uuid}", operation_id="get_organization", security=BEARER, raises=[OrganizationNotFound])
-    async def get_one(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-    ) -> OrganizationRead:
+    @get("/{organization_id:uuid}", operation_id="get_organization", raises=[OrganizationNotFound])
+    async def get_one(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> OrganizationRead:
         """One of the caller's organisations (404 for any other)."""
-        return await orgs.get(request.user, organization_id)
+        return await orgs.get(organization_id)
 
-    @patch("/{organization_id:uuid}", operation_id="rename_organization", security=BEARER, raises=NOT_FOUND_OR_ROLE)
+    @patch("/{organization_id:uuid}", operation_id="rename_organization", raises=NOT_FOUND_OR_ROLE)
     async def rename(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        data: JSONBody[OrganizationRename],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
+        self, organization_id: FromPath[uuid.UUID], data: JSONBody[OrganizationRename], orgs: Orgs
     ) -> OrganizationRead:
         """Rename the organisation (owners and admins)."""
-        return await orgs.rename(request.user, organization_id, data.name, client)
+        return await orgs.rename(organization_id, data.name)
 
     @patch(
         "/{organization_id:uuid}/settings",
         operation_id="configure_organization",
-        security=BEARER,
         raises=[*NOT_FOUND_OR_ROLE, TwoFactorNotEnabled],
     )
     async def configure(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        data: JSONBody[OrganizationSettings],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
+        self, organization_id: FromPath[uuid.UUID], data: JSONBody[OrganizationSettings], orgs: Orgs
     ) -> OrganizationRead:
         """The owners' settings: ``require_two_factor`` (only an owner with two-factor on may set it)."""
-        return await orgs.configure(request.user, organization_id, data, client)
+        return await orgs.configure(organization_id, data)
 
     @post(
         "/{organization_id:uuid}/switch",
         operation_id="switch_organization",
         status_code=HTTP_200_OK,
-        security=BEARER,
         raises=[OrganizationNotFound, TwoFactorRequired],
     )
     async def switch(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        auth: NamedDependency[AuthService],
-        client: NamedDependency[Client],
+        self, organization_id: FromPath[uuid.UUID], caller: Caller, auth: Auth, client: NamedDependency[Client]
     ) -> TokenResponse:
         """A new token pair acting in another of the caller's organisations (the current session
         ends); sign-ins start there from now on."""
-        return await auth.switch_organization(request.user, organization_id, client)
+        return await auth.switch_organization(caller, organization_id, client)
 
-    @delete(
-        "/{organization_id:uuid}",
-        operation_id="delete_organization",
-        security=BEARER,
-        raises=NOT_FOUND_OR_ROLE,
-    )
-    async def delete_organization(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
-    ) -> None:
+    @delete("/{organization_id:uuid}", operation_id="delete_organization", raises=NOT_FOUND_OR_ROLE)
+    async def delete_organization(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> None:
         """Delete the organisation (its owners only): memberships, invitations and its service keys
         go with it; its members' access tokens stop working and their refresh gives a token
         without it."""
-        await orgs.delete(request.user, organization_id, client)
+        await orgs.delete(organization_id)
 
-    @get("/{organization_id:uuid}/members", operation_id="list_members", security=BEARER, raises=[OrganizationNotFound])
-    async def members(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-    ) -> MemberList:
+    @get("/{organization_id:uuid}/members", operation_id="list_members", raises=[OrganizationNotFound])
+    async def members(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> MemberList:
         """The members and their roles (any member may see them)."""
-        return await orgs.members(request.user, organization_id)
+        return await orgs.members(organization_id)
 
     @patch(
         "/{organization_id:uuid}/members/{user_id:uuid}",
         operation_id="change_member_role",
-        security=BEARER,
         raises=[*NOT_FOUND_OR_ROLE, MemberNotFound, LastOwner],
     )
     async def change_role(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        user_id: FromPath[uuid.UUID],
-        data: JSONBody[RoleChange],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
+        self, organization_id: FromPath[uuid.UUID], user_id: FromPath[uuid.UUID], data: JSONBody[RoleChange], orgs: Orgs
     ) -> MemberRead:
         """Change a member's role (owners and admins; only an owner grants or takes ``owner``).
         The member's access tokens stop working; their next refresh carries the new role."""
-        return await orgs.change_role(request.user, organization_id, user_id, data.role, client)
+        return await orgs.change_role(organization_id, user_id, data.role)
 
     @delete(
         "/{organization_id:uuid}/members/{user_id:uuid}",
         operation_id="remove_member",
-        security=BEARER,
         raises=[*NOT_FOUND_OR_ROLE, MemberNotFound, LastOwner],
     )
-    async def remove(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        user_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
-    ) -> None:
+    async def remove(self, organization_id: FromPath[uuid.UUID], user_id: FromPath[uuid.UUID], orgs: Orgs) -> None:
         """Remove a member (owners and admins; an admin never removes an owner); their access
         tokens stop working at once."""
-        await orgs.remove(request.user, organization_id, user_id, client)
+        await orgs.remove(organization_id, user_id)
 
     @post(
         "/{organization_id:uuid}/leave",
         operation_id="leave_organization",
         status_code=HTTP_204_NO_CONTENT,
-        security=BEARER,
         raises=[OrganizationNotFound, LastOwner],
     )
-    async def leave(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
-    ) -> None:
+    async def leave(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> None:
         """Leave the organisation (its last owner cannot: 409 ``last-owner``)."""
-        await orgs.leave(request.user, organization_id, client)
+        await orgs.leave(organization_id)
 
     @post(
         "/{organization_id:uuid}/invitations",
         operation_id="create_invitation",
         status_code=HTTP_201_CREATED,
-        security=BEARER,
         raises=[*NOT_FOUND_OR_ROLE, AlreadyMember, TooManyAttempts],
     )
     async def invite(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        data: JSONBody[InvitationCreate],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
+        self, organization_id: FromPath[uuid.UUID], data: JSONBody[InvitationCreate], orgs: Orgs
     ) -> InvitationRead:
         """Mail an invitation with this role to an address (owners and admins; only owners invite
         owners); 429 ``too-many-attempts`` past ``MAIL_PER_ADDRESS_PER_HOUR`` invitations to the address."""
-        return await orgs.invite(request.user, organization_id, data, client)
+        return await orgs.invite(organization_id, data)
 
-    @get(
-        "/{organization_id:uuid}/invitations",
-        operation_id="list_invitations",
-        security=BEARER,
-        raises=NOT_FOUND_OR_ROLE,
-    )
-    async def invitations(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-    ) -> InvitationList:
+    @get("/{organization_id:uuid}/invitations", operation_id="list_invitations", raises=NOT_FOUND_OR_ROLE)
+    async def invitations(self, organization_id: FromPath[uuid.UUID], orgs: Orgs) -> InvitationList:
         """The pending invitations (owners and admins); tokens are never shown."""
-        return await orgs.invitations(request.user, organization_id)
+        return await orgs.invitations(organization_id)
 
     @delete(
         "/{organization_id:uuid}/invitations/{invitation_id:uuid}",
         operation_id="revoke_invitation",
-        security=BEARER,
         raises=[*NOT_FOUND_OR_ROLE, InvitationNotFound],
     )
     async def revoke_invitation(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        invitation_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
+        self, organization_id: FromPath[uuid.UUID], invitation_id: FromPath[uuid.UUID], orgs: Orgs
     ) -> None:
         """Revoke a pending invitation: its link stops working."""
-        await orgs.revoke_invitation(request.user, organization_id, invitation_id, client)
+        await orgs.revoke_invitation(organization_id, invitation_id)
 
 
-class InvitationController(Controller):
+class InvitationController(UserTokenController):
     """Accepting an invitation as a signed-in user (a new user registers with it instead)."""
 
     path = "/api/v1/auth/invitations"
     tags = ["auth", "organizations"]
-    guards = [refuse_key_tokens]
     dependencies = DEPENDENCIES
 
     @post(
         "/accept",
         operation_id="accept_invitation",
         status_code=HTTP_200_OK,
-        security=BEARER,
         raises=[InvalidInvitation, InvitationEmailMismatch, TooManyAttempts],
     )
-    async def accept(
-        self,
-        data: JSONBody[InvitationAccept],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        client: NamedDependency[Client],
-    ) -> OrganizationRead:
+    async def accept(self, data: JSONBody[InvitationAccept], orgs: Orgs) -> OrganizationRead:
         """Join the organisation of an invitation sent to the caller's verified address (403
         otherwise); 400 ``invalid-invitation`` when it expired, was revoked or was used."""
-        return await orgs.accept(request.user, data.token, client)
+        return await orgs.accept(data.token)
 
 
-class OrganizationServiceKeyController(Controller):
+class OrganizationServiceKeyController(UserTokenController):
     """An organisation's service keys (``psk_``), managed by its owners and admins: a key's
     token acts in the organisation as a ``member``, within the key's scopes."""
 
     path = "/api/v1/auth/orgs/{organization_id:uuid}/service-keys"
     tags = ["auth", "organizations", "api-keys"]
-    guards = [refuse_key_tokens]
     dependencies = {**DEPENDENCIES, **KEY_DEPENDENCIES}
 
-    @post(
-        "/",
-        operation_id="create_organization_service_key",
-        status_code=HTTP_201_CREATED,
-        security=BEARER,
-        raises=NOT_FOUND_OR_ROLE,
-    )
+    @post("/", operation_id="create_organization_service_key", status_code=HTTP_201_CREATED, raises=NOT_FOUND_OR_ROLE)
     async def create(
         self,
         organization_id: FromPath[uuid.UUID],
         data: JSONBody[ApiKeyCreate],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        api_keys: NamedDependency[ApiKeyService],
+        caller: Caller,
+        orgs: Orgs,
+        api_keys: ApiKeys,
     ) -> ApiKeyCreated:
         """A new service key of the organisation: its secret is in this answer and nowhere else."""
-        await orgs.require_manager(request.user, organization_id)
-        return await api_keys.create(KINDS[SERVICE], None, request.user, data, organization_id)
+        await orgs.require_manager(organization_id)
+        return await api_keys.create(KINDS[SERVICE], None, caller, data, organization_id)
 
-    @get("/", operation_id="list_organization_service_keys", security=BEARER, raises=NOT_FOUND_OR_ROLE)
-    async def list_keys(
-        self,
-        organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        api_keys: NamedDependency[ApiKeyService],
-    ) -> ApiKeyList:
+    @get("/", operation_id="list_organization_service_keys", raises=NOT_FOUND_OR_ROLE)
+    async def list_keys(self, organization_id: FromPath[uuid.UUID], orgs: Orgs, api_keys: ApiKeys) -> ApiKeyList:
         """The organisation's service keys that are not revoked."""
-        await orgs.require_manager(request.user, organization_id)
+        await orgs.require_manager(organization_id)
         return await api_keys.listing(KINDS[SERVICE], None, organization_id)
 
     @delete(
-        "/{key_id:uuid}",
-        operation_id="revoke_organization_service_key",
-        security=BEARER,
-        raises=[*NOT_FOUND_OR_ROLE, ApiKeyNotFound],
+        "/{key_id:uuid}", operation_id="revoke_organization_service_key", raises=[*NOT_FOUND_OR_ROLE, ApiKeyNotFound]
     )
     async def revoke(
         self,
         organization_id: FromPath[uuid.UUID],
         key_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        orgs: NamedDependency[OrganizationService],
-        api_keys: NamedDependency[ApiKeyService],
+        caller: Caller,
+        orgs: Orgs,
+        api_keys: ApiKeys,
     ) -> None:
         """Revoke one of the organisation's service keys (every gateway refuses it within 5 s)."""
-        await orgs.require_manager(request.user, organization_id)
-        await api_keys.revoke(KINDS[SERVICE], None, key_id, request.user, organization_id)
+        await orgs.require_manager(organization_id)
+        await api_keys.revoke(KINDS[SERVICE], None, key_id, caller, organization_id)

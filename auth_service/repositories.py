@@ -3,10 +3,17 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth_service.models import AuthSession, OneTimeToken, RefreshToken, User
+
+
+async def updated_once(session: AsyncSession, statement: Update) -> bool:
+    """Run an UPDATE of one row whose condition says it is still unclaimed; False when a concurrent
+    request claimed it first (the condition matched no row any more)."""
+    result = await session.execute(statement.execution_options(synchronize_session=False))
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 class UserRepository:
@@ -44,13 +51,8 @@ class SessionRepository:
 
     async def claim_for_rotation(self, token_id: uuid.UUID, now: datetime) -> bool:
         """Mark the token rotated; False when a concurrent request got there first."""
-        result = await self.session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.id == token_id, RefreshToken.rotated_at.is_(None))
-            .values(rotated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(getattr(result, "rowcount", 0) == 1)
+        unrotated = update(RefreshToken).where(RefreshToken.id == token_id, RefreshToken.rotated_at.is_(None))
+        return await updated_once(self.session, unrotated.values(rotated_at=now))
 
     async def by_id(self, session_id: uuid.UUID) -> AuthSession | None:
         return await self.session.get(AuthSession, session_id)
@@ -100,13 +102,8 @@ class OneTimeTokenRepository:
 
     async def consume(self, token_id: uuid.UUID, now: datetime) -> bool:
         """Mark the token used; False when a concurrent request used it first."""
-        result = await self.session.execute(
-            update(OneTimeToken)
-            .where(OneTimeToken.id == token_id, OneTimeToken.used_at.is_(None))
-            .values(used_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(getattr(result, "rowcount", 0) == 1)
+        unused = update(OneTimeToken).where(OneTimeToken.id == token_id, OneTimeToken.used_at.is_(None))
+        return await updated_once(self.session, unused.values(used_at=now))
 
     async def void_unused(self, user_id: uuid.UUID, purpose: str, now: datetime) -> None:
         await self.session.execute(

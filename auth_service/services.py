@@ -165,19 +165,7 @@ class AuthService:
             security_log.info("registration with a taken address: owner told", extra={"ip": client.ip})
             return None
         now = self.clock()
-        user = User(
-            id=uuid.uuid4(),
-            email=email,
-            password_hash=await self.passwords.hash(password),
-            first_name=_clean_name(first_name),
-            last_name=_clean_name(last_name),
-            roles=["user"],
-            tenant_id=None,
-            is_active=True,
-            email_verified=invited is not None,
-            created_at=now,
-            updated_at=now,
-        )
+        user = await self._new_user(email, password, first_name, last_name, invited is not None, now)
         await self._add_account(user, invited.organization_id if invited else None, now)
         if invited is None:
             await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
@@ -190,6 +178,30 @@ class AuthService:
             return None
         organization = await self._sign_in_organization(user)
         return await self._start_session(user, client, now, legacy_lifetime, organization)
+
+    async def _new_user(
+        self,
+        email: str,
+        password: str,
+        first_name: str | None,
+        last_name: str | None,
+        email_verified: bool,
+        now: datetime,
+    ) -> User:
+        """An active account with the ``user`` role, its password hashed (stored by ``_add_account``)."""
+        return User(
+            id=uuid.uuid4(),
+            email=email,
+            password_hash=await self.passwords.hash(password),
+            first_name=_clean_name(first_name),
+            last_name=_clean_name(last_name),
+            roles=["user"],
+            tenant_id=None,
+            is_active=True,
+            email_verified=email_verified,
+            created_at=now,
+            updated_at=now,
+        )
 
     async def _add_account(self, user: User, joining: uuid.UUID | None, now: datetime) -> None:
         """Store a new account with its first organisation (``joining``, else one it founds):
@@ -231,19 +243,7 @@ class AuthService:
         if await self.users.by_email(email) is not None:
             raise EmailTaken()
         now = self.clock()
-        user = User(
-            id=uuid.uuid4(),
-            email=email,
-            password_hash=await self.passwords.hash(password),
-            first_name=_clean_name(first_name),
-            last_name=_clean_name(last_name),
-            roles=["user"],
-            tenant_id=None,
-            is_active=True,
-            email_verified=False,
-            created_at=now,
-            updated_at=now,
-        )
+        user = await self._new_user(email, password, first_name, last_name, False, now)
         await self._add_account(user, None, now)
         await self._mail_token(user, VERIFY_EMAIL, email, "verify_email")
         security_log.info(
@@ -446,10 +446,7 @@ class AuthService:
 
     async def forgot_password(self, email: str, client: Client) -> None:
         """Ask for a reset link to the address (``send_password_reset``); the caller learns nothing."""
-        await self.throttle.check_ip("forgot", client.ip)
-        email = normalise_email(email)
-        await self.throttle.check_address("forgot", email)
-        await add_event(self.db, outbox, new_event(PASSWORD_RESET_REQUESTED, "auth", {"email": email}))
+        await self._request_mail("forgot", PASSWORD_RESET_REQUESTED, email, client)
         security_log.info("password reset asked", extra={"ip": client.ip})
 
     async def send_password_reset(self, email: str) -> None:
@@ -510,10 +507,16 @@ class AuthService:
 
     async def resend_verification(self, email: str, client: Client) -> None:
         """Ask for a new verification link (``send_verification``); the caller learns nothing."""
-        await self.throttle.check_ip("resend", client.ip)
+        await self._request_mail("resend", VERIFICATION_REQUESTED, email, client)
+
+    async def _request_mail(self, action: str, event_type: str, email: str, client: Client) -> None:
+        """Record an anonymous request for a mail to ``email`` (throttled by address and client), for
+        this service's consumer of ``event_type`` to act on: the answer is the same whether or not
+        an account has the address."""
+        await self.throttle.check_ip(action, client.ip)
         email = normalise_email(email)
-        await self.throttle.check_address("resend", email)
-        await add_event(self.db, outbox, new_event(VERIFICATION_REQUESTED, "auth", {"email": email}))
+        await self.throttle.check_address(action, email)
+        await add_event(self.db, outbox, new_event(event_type, "auth", {"email": email}))
 
     async def send_verification(self, email: str) -> None:
         """A new verification link for an unverified account with the address."""
@@ -595,7 +598,7 @@ class AuthService:
         """``user.deleted``: the credentials stop working, every session ends, and every access
         token issued so far is refused (the per-user cut-off the gateway checks)."""
         now = self.clock()
-        await self.revocations.revoke_user(user_id, self._access_revocation_ttl)
+        await self.revoke_user_access(user_id)
         user = await self.users.by_id(user_id)
         if user is not None:
             user.is_active = False
@@ -882,6 +885,11 @@ class AuthService:
             raise SessionNotFound()
         await self._audit_revoked(identity.user_id, identity.tenant_id, target.id)
         await self._revoke_sessions([target.id], self.clock())
+
+    async def revoke_user_access(self, user_id: uuid.UUID) -> None:
+        """Every access token the user holds stops working at once (the per-user cut-off the gateway
+        checks): a changed role or a removal holds on their next request, their refresh gets the new."""
+        await self.revocations.revoke_user(user_id, self._access_revocation_ttl)
 
     async def _revoke_sessions(self, session_ids: list[uuid.UUID], now: datetime) -> None:
         """Refresh tokens of these sessions stop working now; so do their access tokens."""

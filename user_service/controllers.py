@@ -2,15 +2,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from litestar import Controller, Request, delete, get, patch, put
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar import Controller, delete, get, patch, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from shared.controllers import BEARER, Caller, Page, PageSize
 from shared.db import READS_ONLY
 from shared.http import as_utc
-from shared.security import Identity, require_admin
-from user_service.deps import provide_membership_service, provide_profile_service
+from shared.security import require_admin
+from user_service.deps import USER_DEPENDENCIES, Memberships, Profiles
 from user_service.errors import OrganizationManagersOnly, OrganizationNotFound
 from user_service.schemas import (
     MemberList,
@@ -26,9 +25,6 @@ from user_service.schemas import (
     profile_public,
     profile_read,
 )
-from user_service.services import MembershipService, ProfileService
-
-BEARER: list[dict[str, list[str]]] = [{"BearerAuth": []}]
 
 
 class UserController(Controller):
@@ -38,17 +34,14 @@ class UserController(Controller):
     path = "/api/v1/users"
     tags = ["users"]
     security = BEARER
-    dependencies = {
-        "profiles": Provide(provide_profile_service, sync_to_thread=False),
-        "memberships": Provide(provide_membership_service, sync_to_thread=False),
-    }
+    dependencies = USER_DEPENDENCIES
 
     @get("/", operation_id="list_users", guards=[require_admin])
     async def list_users(
         self,
-        profiles: NamedDependency[ProfileService],
-        page: Annotated[int, QueryParameter(ge=1, le=1_000_000)] = 1,
-        page_size: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        profiles: Profiles,
+        page: Page = 1,
+        page_size: PageSize = 20,
         search: Annotated[str | None, QueryParameter(max_length=100, description="name or email substring")] = None,
         role: Annotated[Role | None, QueryParameter()] = None,
         is_active: Annotated[bool | None, QueryParameter()] = None,
@@ -81,89 +74,59 @@ class UserController(Controller):
     async def list_organization_members(
         self,
         organization_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        memberships: NamedDependency[MembershipService],
-        page: Annotated[int, QueryParameter(ge=1, le=1_000_000)] = 1,
-        page_size: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        caller: Caller,
+        memberships: Memberships,
+        page: Page = 1,
+        page_size: PageSize = 20,
     ) -> MemberList:
         """An organisation's members with their roles and profiles, earliest first: for its owners and
         admins (it must be their active organisation) and platform admins; 403 for its other members,
         404 for anyone else."""
-        return await memberships.members(request.user, organization_id, page, page_size)
+        return await memberships.members(caller, organization_id, page, page_size)
 
     # Reads the profile, or writes it from the token with one INSERT ... ON CONFLICT DO NOTHING.
     @get("/me", operation_id="get_my_profile", opt={READS_ONLY: True})
-    async def get_me(
-        self, request: Request[Identity, str, State], profiles: NamedDependency[ProfileService]
-    ) -> ProfileRead:
+    async def get_me(self, caller: Caller, profiles: Profiles) -> ProfileRead:
         """Your profile (created from your token if the registration event is still on its way)."""
-        return profile_read(await profiles.me(request.user))
+        return profile_read(await profiles.me(caller))
 
     @put("/me", operation_id="replace_my_profile")
-    async def replace_me(
-        self,
-        data: JSONBody[ProfileReplace],
-        request: Request[Identity, str, State],
-        profiles: NamedDependency[ProfileService],
-    ) -> ProfileRead:
+    async def replace_me(self, data: JSONBody[ProfileReplace], caller: Caller, profiles: Profiles) -> ProfileRead:
         """Replace every field you may set; those left out are cleared."""
-        identity = request.user
-        return profile_read(await profiles.replace(identity, identity.user_id, _fields(data)))
+        return profile_read(await profiles.replace(caller, caller.user_id, _fields(data)))
 
     @patch("/me", operation_id="update_my_profile")
-    async def update_me(
-        self,
-        data: JSONBody[ProfileUpdate],
-        request: Request[Identity, str, State],
-        profiles: NamedDependency[ProfileService],
-    ) -> ProfileRead:
+    async def update_me(self, data: JSONBody[ProfileUpdate], caller: Caller, profiles: Profiles) -> ProfileRead:
         """Change the fields given."""
-        identity = request.user
-        return profile_read(await profiles.update(identity, identity.user_id, data.changes()))
+        return profile_read(await profiles.update(caller, caller.user_id, data.changes()))
 
     @get("/{user_id:uuid}", operation_id="get_user")
     async def get_user(
-        self,
-        user_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        profiles: NamedDependency[ProfileService],
+        self, user_id: FromPath[uuid.UUID], caller: Caller, profiles: Profiles
     ) -> ProfileRead | ProfilePublic:
         """A profile: all of it for its owner and platform admins, the public fields for the owners and
         admins of the caller's active organisation when the user is a member of it; else 404."""
-        profile, full = await profiles.visible(request.user, user_id)
+        profile, full = await profiles.visible(caller, user_id)
         return profile_read(profile) if full else profile_public(profile)
 
     @put("/{user_id:uuid}", operation_id="replace_user")
     async def replace_user(
-        self,
-        user_id: FromPath[uuid.UUID],
-        data: JSONBody[ProfileReplace],
-        request: Request[Identity, str, State],
-        profiles: NamedDependency[ProfileService],
+        self, user_id: FromPath[uuid.UUID], data: JSONBody[ProfileReplace], caller: Caller, profiles: Profiles
     ) -> ProfileRead:
         """Replace a profile's settable fields (its owner or an admin)."""
-        return profile_read(await profiles.replace(request.user, user_id, _fields(data)))
+        return profile_read(await profiles.replace(caller, user_id, _fields(data)))
 
     @patch("/{user_id:uuid}", operation_id="update_user")
     async def update_user(
-        self,
-        user_id: FromPath[uuid.UUID],
-        data: JSONBody[ProfileUpdate],
-        request: Request[Identity, str, State],
-        profiles: NamedDependency[ProfileService],
+        self, user_id: FromPath[uuid.UUID], data: JSONBody[ProfileUpdate], caller: Caller, profiles: Profiles
     ) -> ProfileRead:
         """Change some of a profile's fields (its owner or an admin)."""
-        return profile_read(await profiles.update(request.user, user_id, data.changes()))
+        return profile_read(await profiles.update(caller, user_id, data.changes()))
 
     @delete("/{user_id:uuid}", operation_id="delete_user")
-    async def delete_user(
-        self,
-        user_id: FromPath[uuid.UUID],
-        request: Request[Identity, str, State],
-        profiles: NamedDependency[ProfileService],
-    ) -> None:
+    async def delete_user(self, user_id: FromPath[uuid.UUID], caller: Caller, profiles: Profiles) -> None:
         """Delete a profile (its owner or an admin); the account is closed and its tokens refused."""
-        await profiles.delete(request.user, user_id)
+        await profiles.delete(caller, user_id)
 
 
 def _fields(data: ProfileReplace) -> dict[str, object]:

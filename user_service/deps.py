@@ -1,9 +1,10 @@
 """Dependency providers of the user service."""
 
 from litestar.datastructures import State
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.controllers import CALLER
 from user_service.services import MembershipService, ProfileService
 
 
@@ -13,3 +14,16 @@ def provide_profile_service(db_session: NamedDependency[AsyncSession], state: St
 
 def provide_membership_service(db_session: NamedDependency[AsyncSession]) -> MembershipService:
     return MembershipService(db=db_session)
+
+
+# What the users controller takes: the services of the request and the signed-in caller.
+USER_DEPENDENCIES = {
+    "profiles": Provide(provide_profile_service, sync_to_thread=False),
+    "memberships": Provide(provide_membership_service, sync_to_thread=False),
+    **CALLER,
+}
+
+# A handler's ``profiles: Profiles`` and ``memberships: Memberships`` (the parameters' names are the
+# dependencies'): the services of the request.
+Profiles = NamedDependency[ProfileService]
+Memberships = NamedDependency[MembershipService]

@@ -1,7 +1,6 @@
 """Profile business logic: no Litestar imports, time from an injected clock."""
 
 import logging
-import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -9,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.controllers import page_count
 from shared.events import Event, new_event
 from shared.outbox import add_event
 from shared.security import ORG_MANAGERS, ORG_ROLES, Identity
@@ -133,7 +133,7 @@ class ProfileService:
             total=total,
             page=query.page,
             page_size=query.page_size,
-            total_pages=math.ceil(total / query.page_size),
+            total_pages=page_count(total, query.page_size),
         )
 
     async def purge(self, before: datetime) -> int:
@@ -204,7 +204,7 @@ class MembershipService:
             total=total,
             page=page,
             page_size=page_size,
-            total_pages=math.ceil(total / page_size),
+            total_pages=page_count(total, page_size),
         )
 
     async def apply_event(self, event: Event) -> None:

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from sqlalchemy import Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from auth_service.models import AuthSession, OneTimeToken, RefreshToken, User
 
@@ -30,6 +31,15 @@ class UserRepository:
         self.session.add(user)
         await self.session.flush()
         return user
+
+    async def lock_is_active(self, user: User) -> bool:
+        """The account's ``is_active`` as committed now, its row locked until this transaction
+        ends: an UPDATE, not SELECT ... FOR UPDATE, so that it waits for a concurrent writer's
+        commit on SQLite too (the embedded mode), whose only lock is the database's write lock."""
+        locked = update(User).where(User.id == user.id).values(is_active=User.is_active).returning(User.is_active)
+        is_active = bool((await self.session.execute(locked)).scalar_one())
+        set_committed_value(user, "is_active", is_active)
+        return is_active
 
 
 class SessionRepository:

@@ -598,11 +598,16 @@ class AuthService:
         """``user.deleted``: the credentials stop working, every session ends, and every access
         token issued so far is refused (the per-user cut-off the gateway checks)."""
         now = self.clock()
-        await self.revoke_user_access(user_id)
         user = await self.users.by_id(user_id)
         if user is not None:
             user.is_active = False
             user.updated_at = now
+            # The row is locked from here to the commit: a sign-in or refresh waits for it, then
+            # finds the account closed (``_lock_active``). One that finished before took its tokens
+            # by now, so the cut-off comes after the lock: once a token is refused, so is a sign-in.
+            await self.db.flush()
+        await self.revoke_user_access(user_id)
+        if user is not None:
             sessions = [s.id for s in await self.sessions.active_for_user(user_id, now)]
             await self._audit_all_revoked(None, _about(user), "account_deleted", sessions)
             await self._revoke_sessions(sessions, now)
@@ -622,7 +627,7 @@ class AuthService:
             if user is None:
                 await self.passwords.verify_dummy(password)
                 return False
-            ok = await self.passwords.verify(user.password_hash, password) and user.is_active
+            ok = await self.passwords.verify(user.password_hash, password) and await self._lock_active(user)
             if ok:
                 await self.throttle.succeeded(email)
             elif attempt.locks_account:  # the caller commits it with the failure
@@ -635,6 +640,12 @@ class AuthService:
             # A lock's audit entry stands although the request fails (callers change nothing before).
             await self.db.commit()
             raise InvalidCredentials()
+
+    async def _lock_active(self, user: User) -> bool:
+        """Whether the account is still open, read again under the row's lock, held until the
+        commit: the password was checked against a read that the account's closing
+        (``deactivate_deleted_user``) may have overtaken since, and no token may outlive it."""
+        return await self.users.lock_is_active(user)
 
     async def _active_user(self, identity: Identity) -> User:
         user = await self.users.by_id(identity.user_id)
@@ -706,7 +717,10 @@ class AuthService:
         self, user: User, auth_session: AuthSession, refresh: str, now: datetime
     ) -> TokenResponse:
         """A pair acting in the session's organisation with the role the membership has now: a
-        member removed since gets a token without the organisation, a changed role the new one."""
+        member removed since gets a token without the organisation, a changed role the new one;
+        none for an account closed meanwhile (``_lock_active``)."""
+        if not await self._lock_active(user):
+            raise InvalidGrant()
         role = await self.memberships.role(auth_session.organization_id, user.id)
         if role is None:
             auth_session.organization_id = None
@@ -776,7 +790,9 @@ class AuthService:
         if token.rotated_at is not None:
             return await self._reused(token, refresh, now)
         family = token.session
-        if not self._usable(family, now):
+        # The account's row is locked before anything else is written: the order the account's
+        # closing takes too (the user, then the sessions), so the two never deadlock.
+        if not self._usable(family, now) or not await self._lock_active(family.user):
             raise InvalidGrant()
         if not await self.sessions.claim_for_rotation(token.id, now):
             token = await self.sessions.token_by_hash(refresh_token_hash(refresh))

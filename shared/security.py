@@ -101,6 +101,10 @@ class RevocationIncomplete(ServiceUnavailable):
         )
 
 
+# How far ahead of the clock a user's cut-off may be set (see ``RevocationList.revoke_user``).
+MAX_CUTOFF_AHEAD_SECONDS = 5
+
+
 class RevocationList:
     """Revoked token IDs, sessions and per-user cut-offs, each kept only as long as it matters.
 
@@ -134,8 +138,19 @@ class RevocationList:
             raise incomplete
 
     async def revoke_user(self, user_id: uuid.UUID, ttl_seconds: float) -> None:
-        """Every access token of the user issued up to now stops working."""
-        await self._write(f"revoked:user:{user_id}", str(int(time.time())).encode(), ttl_seconds)
+        """Every access token of the user issued up to now stops working.
+
+        A token issued after an earlier cut-off says the second after it (``iat``: the auth
+        service's ``_after_access_cutoff``), which can be later than now: the new cut-off is at
+        least that second, so such a token stops working too. It never runs further ahead than
+        ``MAX_CUTOFF_AHEAD_SECONDS``, within any leeway a verifier allows for ``nbf``."""
+        now = int(time.time())
+        try:
+            previous = await self.user_cutoff(user_id)
+        except (RedisError, OSError):
+            previous = None  # the write below fails alike, and is kept to retry
+        cutoff = now if previous is None else min(max(now, previous + 1), now + MAX_CUTOFF_AHEAD_SECONDS)
+        await self._write(f"revoked:user:{user_id}", str(cutoff).encode(), ttl_seconds)
 
     async def user_cutoff(self, user_id: uuid.UUID) -> int | None:
         """The second up to which the user's access tokens are refused (``revoke_user``), if any;

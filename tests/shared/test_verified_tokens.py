@@ -3,6 +3,7 @@ still change in the token's life (revocation, expiry) decides every request all 
 
 import asyncio
 import time
+import uuid
 
 import jwt
 import pytest
@@ -52,3 +53,26 @@ async def test_a_token_already_verified_is_refused_once_it_expires() -> None:
         return False
 
     await eventually(refused, "the verified token to be refused once it expired")
+
+
+async def test_a_second_cut_off_refuses_a_token_issued_just_after_the_first() -> None:
+    """The auth service issues a token after a cut-off with the second after it as ``iat``
+    (possibly later than now): revoking the user again refuses that token too, even within the
+    same second as the first cut-off."""
+    revocations = RevocationList(MemoryStore())
+    # The leeway production has (30 s) for an ``nbf`` up to a second ahead of the clock.
+    tokens = TokenVerifier(ServiceSettings(jwt_secret=JWT_SECRET), revocations)
+    claims = access_claims()
+    user_id = uuid.UUID(claims["sub"])
+    await revocations.revoke_user(user_id, 600)
+    first = await revocations.user_cutoff(user_id)
+    assert first is not None
+    after_the_cut_off = {**claims, "iat": first + 1, "nbf": first + 1}
+    assert str((await tokens.verify(sign(after_the_cut_off))).user_id) == claims["sub"]
+
+    await revocations.revoke_user(user_id, 600)
+
+    second = await revocations.user_cutoff(user_id)
+    assert second is not None and second >= first + 1
+    with pytest.raises(InvalidToken, match="revoked"):
+        await tokens.verify(sign(after_the_cut_off))

@@ -62,11 +62,20 @@ def create_app(
             cache = ResponseCache(store, settings.cache_stale_seconds, settings.cache_revalidate_seconds)
             stack.push_async_callback(cache.aclose)
             app.state.upstream = Upstream(settings, client, scheduler, cache)
+            lookup_seconds = settings.db_statement_timeout_ms / 1000
             app.state.user_tokens = UserTokens(
-                app.state.sessionmaker, token_cipher(settings), platform_token, settings.token_cache_seconds, store
+                app.state.sessionmaker,
+                token_cipher(settings),
+                platform_token,
+                settings.token_cache_seconds,
+                store,
+                lookup_seconds,
             )
             app.state.grants = Grants(
-                app.state.sessionmaker, settings.airtable_grant_all, settings.airtable_grant_cache_seconds
+                app.state.sessionmaker,
+                settings.airtable_grant_all,
+                settings.airtable_grant_cache_seconds,
+                lookup_seconds,
             )
             # The audit events of grant changes, published from this service's outbox.
             relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)

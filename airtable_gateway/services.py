@@ -88,7 +88,6 @@ MAX_BASE_PAGES = 50
 PAUSE_SKEW_SECONDS = 0.05
 # A stored token's lookup, bounded so that a hung database answers (from what is known) in time;
 # after a failure the database is left alone this long and the last known tokens serve.
-TOKEN_LOOKUP_SECONDS = 1.5
 DATABASE_RETRY_SECONDS = 5.0
 NO_OWN_TOKEN = "-"  # noqa: S105 (a marker: "this user has no token of their own")
 # A marker: "this user stored a token that no longer decrypts" (a NUL: never a real token).
@@ -321,10 +320,12 @@ class LastKnown(Generic[K, V]):
     """Answers read from the database on the request path, kept in this process ``fresh_seconds``,
     one read per key at a time however many requests arrive together. After a failed read the
     database is left alone ``DATABASE_RETRY_SECONDS`` and the last known answers serve (past their
-    freshness); a key without one is DatabaseDown."""
+    freshness); a key without one is DatabaseDown. A read is one statement, waited for at most
+    ``lookup_seconds`` (the service's statement timeout) whatever it waits on."""
 
-    def __init__(self, fresh_seconds: float, serving: str) -> None:
+    def __init__(self, fresh_seconds: float, serving: str, lookup_seconds: float) -> None:
         self.fresh_seconds = fresh_seconds
+        self.lookup_seconds = lookup_seconds
         self.serving = serving  # what the warning says serves while the database is down
         # key -> (fresh until, the answer); kept past freshness as the last known one.
         self._answers: dict[K, tuple[float, V]] = {}
@@ -345,7 +346,7 @@ class LastKnown(Generic[K, V]):
         try:
             # Bounded here, whatever the lookup itself waits for (a hung server's close included);
             # the lookup is shielded: cancelling a query midway can wedge its connection.
-            async with asyncio.timeout(TOKEN_LOOKUP_SECONDS):
+            async with asyncio.timeout(self.lookup_seconds):
                 return await asyncio.shield(loading)
         except (DatabaseDown, TimeoutError) as exc:
             self._database_down(exc)
@@ -395,11 +396,19 @@ class Grants:
     base) serves; without one the request is refused (503), never served from a cache. With
     ``grant_all`` (development with the emulator) every organisation has that access to every base."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], grant_all: str, cache_seconds: float) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        grant_all: str,
+        cache_seconds: float,
+        lookup_seconds: float,
+    ) -> None:
         self.sessionmaker = sessionmaker
         self.grant_all = grant_all
         # (organisation, base or ALL_BASES) -> the answer: ``read``, ``write``, None, or every base's.
-        self._known: LastKnown[tuple[uuid.UUID, str], Any] = LastKnown(cache_seconds, "last known grants serve")
+        self._known: LastKnown[tuple[uuid.UUID, str], Any] = LastKnown(
+            cache_seconds, "last known grants serve", lookup_seconds
+        )
 
     async def access(self, organization_id: uuid.UUID, base_id: str) -> str | None:
         """``read``, ``write``, or None: no grant."""
@@ -928,10 +937,13 @@ class UserTokens:
     platform_token: str
     cache_seconds: float
     store: KeyValueStore
+    lookup_seconds: float
 
     def __post_init__(self) -> None:
         # user -> their own token (None: they have none)
-        self._known: LastKnown[uuid.UUID, str | None] = LastKnown(self.cache_seconds, "users' last known tokens serve")
+        self._known: LastKnown[uuid.UUID, str | None] = LastKnown(
+            self.cache_seconds, "users' last known tokens serve", self.lookup_seconds
+        )
 
     async def caller(self, user_id: uuid.UUID, share: str) -> Caller:
         """The user's requests' Caller: their own token, else the platform's."""

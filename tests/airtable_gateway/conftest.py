@@ -86,6 +86,9 @@ def make_settings(
             "jwt_secret": JWT_SECRET,
             "data_dir": str(tmp_path),
             "db_connect_timeout_seconds": LOADED_DB_CONNECT_SECONDS,
+            # Also the bound on a grant or token lookup: a loaded machine can take longer than the
+            # production 1.5 s; the database fault tests set that back (test_dependency_faults.py).
+            "db_statement_timeout_ms": int(LOADED_DB_CONNECT_SECONDS * 1000),
             "airtable_api_url": emulator.url,
             "airtable_token": emulator.token,
             "airtable_token_encryption_key": ENCRYPTION_KEY,

@@ -174,6 +174,7 @@ async def database_fault_app(
         airtable_token="emulator-token",
         token_cache_seconds=0,  # every request would read the database
         db_connect_timeout_seconds=1.0,
+        db_statement_timeout_ms=1500,  # production's: a lookup gives up on a hung database after it
     )
     app = create_app(settings)
     async with app_client(app) as client:

@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.errors import ServiceUnavailable
+from shared.errors import Forbidden, NotFound, ServiceUnavailable
 from shared.keys import VerificationKey, key_from_jwk, local_verification_keys
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore
@@ -85,6 +85,20 @@ class Identity(msgspec.Struct, frozen=True):
         return self.tenant_id == organization_id and self.org_role in allowed
 
 
+class OrganizationNotFound(NotFound):
+    """Also the answer for an organisation that is not the caller's active one (no existence leak)."""
+
+    code = "organization-not-found"
+    detail = "No such organisation among yours: switch to it first."
+
+
+class OrganizationManagersOnly(Forbidden):
+    """A member of the organisation who is neither an owner nor an admin of it (``ORG_MANAGERS``)."""
+
+    code = "organization-managers-only"
+    detail = "Only the organisation's owners and admins may see this."
+
+
 class RevocationIncomplete(ServiceUnavailable):
     """What a revocation changed in the database stands (``commit_before_answer``), but the access
     tokens it revokes could not be refused everywhere: the revocation store is unavailable."""
@@ -97,7 +111,7 @@ class RevocationIncomplete(ServiceUnavailable):
             "Saved, and refresh tokens of the sessions concerned no longer work; but the revocation store is"
             " unavailable, so their access tokens stay usable elsewhere until it returns (this service keeps"
             f" retrying) or they expire (within {math.ceil(ttl_seconds)} s).",
-            headers={"Retry-After": "2"},
+            retry_after=2,
         )
 
 

@@ -18,7 +18,6 @@ from airtable_gateway.scheduler import Limits, MemoryScheduler, RedisScheduler, 
 from airtable_gateway.services import ORGANIZATION_DELETED, Grants, Upstream, UserTokens, drop_organization_grants
 from airtable_gateway.tokens import token_cipher
 from shared.events import Event, EventBus, EventConsumer
-from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore, RedisBreaker, RedisStore
@@ -77,11 +76,6 @@ def create_app(
                 settings.airtable_grant_cache_seconds,
                 lookup_seconds,
             )
-            # The audit events of grant changes, published from this service's outbox.
-            relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
-            app.state.outbox_relay = relay
-            relay.start()
-            stack.push_async_callback(relay.stop)
 
             async def apply_event(session: AsyncSession, event: Event) -> None:
                 organization_id = uuid.UUID(str(event.data["organization_id"]))
@@ -99,6 +93,7 @@ def create_app(
         bus=bus,
         exception_handlers=EXCEPTION_HANDLERS,
         consumer=EVENTS,
+        outbox=outbox,  # the audit events of grant changes
     )
 
 

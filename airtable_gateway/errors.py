@@ -5,7 +5,6 @@ Airtable's own errors keep their status (a 5xx becomes 502) and carry Airtable's
 ``error.type`` still find it.
 """
 
-import math
 from typing import Any
 
 import msgspec
@@ -54,132 +53,101 @@ class AirtableServerError(AirtableError, StaleAllowed):
 class AirtableUnavailable(ProblemError, StaleAllowed):
     status_code = 502
     code = "airtable-unavailable"
-
-    def __init__(self, detail: str = "Airtable could not be reached.") -> None:
-        super().__init__(detail)
+    detail = "Airtable could not be reached."
 
 
 class AirtableTimeout(ProblemError, StaleAllowed):
     status_code = 504
     code = "airtable-timeout"
-
-    def __init__(self) -> None:
-        super().__init__("Airtable did not answer in time.")
+    detail = "Airtable did not answer in time."
 
 
-class QueueTimeout(ServiceUnavailable, StaleAllowed):
+class QueueRefusal(ServiceUnavailable, StaleAllowed):
+    """A request Airtable's rate limits leave no turn for: try again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(retry_after=retry_after)
+
+
+class QueueTimeout(QueueRefusal):
     """The request's turn under Airtable's rate limits would come after its deadline."""
 
     code = "airtable-rate-limited"
-    message = "Airtable's rate limit for this base is in use; try again later."
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(self.message, headers={"Retry-After": _seconds(retry_after)})
+    detail = "Airtable's rate limit for this base is in use; try again later."
 
 
 class AirtablePaused(QueueTimeout):
     """The base is paused after an Airtable 429: a read the cache cannot answer is refused at once,
     for the whole pause, rather than queued behind it."""
 
-    message = "Airtable asked for a pause on this base; try again after Retry-After."
+    detail = "Airtable asked for a pause on this base; try again after Retry-After."
 
 
-class FairShareExceeded(ServiceUnavailable, StaleAllowed):
+class FairShareExceeded(QueueRefusal):
     """The caller already holds their share of the base's queue: their surplus is refused so that
     others never wait behind it."""
 
     code = "airtable-fair-share"
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(
-            "You have as many requests waiting for this base as one user may; try again later.",
-            headers={"Retry-After": _seconds(retry_after)},
-        )
+    detail = "You have as many requests waiting for this base as one user may; try again later."
 
 
-class StoredTokenUnavailable(ServiceUnavailable, StaleAllowed):
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database-unavailable"
+    retry_after = 2
+
+
+class StoredTokenUnavailable(DatabaseUnavailable, StaleAllowed):
     """The caller's own Airtable token is in the database, which cannot be read now: cached
     reads still answer, anything that must reach Airtable cannot."""
 
-    code = "database-unavailable"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "Your Airtable token is stored in a database that is unavailable; try again shortly.",
-            headers={"Retry-After": "2"},
-        )
-
-
-def _seconds(value: float) -> str:
-    """A Retry-After value: whole seconds, rounded up, at least 1."""
-    return str(max(1, math.ceil(value)))
+    detail = "Your Airtable token is stored in a database that is unavailable; try again shortly."
 
 
 class BaseNotAllowed(Forbidden):
     code = "base-not-allowed"
-
-    def __init__(self) -> None:
-        super().__init__("This base is not on the platform's allow-list.")
+    detail = "This base is not on the platform's allow-list."
 
 
 class BaseNotGranted(Forbidden):
     """The platform's token reaches a base only for organisations granted it (``base_grants``)."""
 
     code = "base-not-granted"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "Your active organisation has no grant for this base on the platform's Airtable token;"
-            " a platform administrator can grant it (or use your own Airtable token: PUT /token)."
-        )
+    detail = (
+        "Your active organisation has no grant for this base on the platform's Airtable token;"
+        " a platform administrator can grant it (or use your own Airtable token: PUT /token)."
+    )
 
 
 class BaseReadOnly(Forbidden):
     code = "base-read-only"
-
-    def __init__(self) -> None:
-        super().__init__("Your active organisation may read this base, not change it (a read grant).")
+    detail = "Your active organisation may read this base, not change it (a read grant)."
 
 
 class ReadOnlyRole(Forbidden):
     code = "read-only-role"
-
-    def __init__(self) -> None:
-        super().__init__("Viewers of an organisation may read its Airtable bases, not change them.")
+    detail = "Viewers of an organisation may read its Airtable bases, not change them."
 
 
-class GrantsUnavailable(ServiceUnavailable):
+class GrantsUnavailable(DatabaseUnavailable):
     """The grants are in a database that cannot be read now, and this process knows no answer:
     deny (never a cached answer without a grant) and say when to retry."""
 
-    code = "database-unavailable"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The base grants are stored in a database that is unavailable; try again shortly.",
-            headers={"Retry-After": "2"},
-        )
+    detail = "The base grants are stored in a database that is unavailable; try again shortly."
 
 
 class GrantNotFound(NotFound):
     code = "grant-not-found"
-
-    def __init__(self) -> None:
-        super().__init__("This organisation has no grant for this base.")
+    detail = "This organisation has no grant for this base."
 
 
 class GrantsNotVisible(Forbidden):
     code = "grants-not-visible"
-
-    def __init__(self) -> None:
-        super().__init__("Only platform administrators, and an organisation's owners and admins, see its grants.")
+    detail = "Only platform administrators, and an organisation's owners and admins, see its grants."
 
 
 class AirtableNotConfigured(ServiceUnavailable):
     code = "airtable-token-missing"
-
-    def __init__(self) -> None:
-        super().__init__("No Airtable token: the platform has none (AIRTABLE_TOKEN) and you set none (PUT /token).")
+    detail = "No Airtable token: the platform has none (AIRTABLE_TOKEN) and you set none (PUT /token)."
 
 
 class StoredTokenUnreadable(Conflict):
@@ -187,19 +155,15 @@ class StoredTokenUnreadable(Conflict):
     changed): never silently replaced by the platform's, which would act with other rights."""
 
     code = "airtable-token-unreadable"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "Your stored Airtable token can no longer be read (the platform's encryption key changed):"
-            " store it again (PUT /api/v1/airtable/token) or delete it (DELETE /api/v1/airtable/token)."
-        )
+    detail = (
+        "Your stored Airtable token can no longer be read (the platform's encryption key changed):"
+        " store it again (PUT /api/v1/airtable/token) or delete it (DELETE /api/v1/airtable/token)."
+    )
 
 
 class UserTokensDisabled(ServiceUnavailable):
     code = "user-tokens-disabled"
-
-    def __init__(self) -> None:
-        super().__init__("Personal Airtable tokens need AIRTABLE_TOKEN_ENCRYPTION_KEY, which is not set.")
+    detail = "Personal Airtable tokens need AIRTABLE_TOKEN_ENCRYPTION_KEY, which is not set."
 
 
 def airtable_error_handler(request: Request[Any, Any, Any], exc: AirtableError) -> Response[AirtableProblem]:

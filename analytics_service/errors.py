@@ -1,6 +1,8 @@
 """The analytics service's domain errors and their status codes."""
 
-from shared.errors import Forbidden, NotFound, ProblemError, Unprocessable
+from shared.errors import Forbidden, ProblemError, Unprocessable
+from shared.security import OrganizationManagersOnly as OrganizationManagersOnly
+from shared.security import OrganizationNotFound as OrganizationNotFound
 
 
 class BatchTooLarge(ProblemError):
@@ -20,9 +22,7 @@ class NotYourData(Forbidden):
 
 class AdminOnly(Forbidden):
     code = "admin-only"
-
-    def __init__(self) -> None:
-        super().__init__("The admin role is required.")
+    detail = "The admin role is required."
 
 
 class InvalidQuery(Unprocessable):
@@ -33,24 +33,6 @@ class EventRejected(Unprocessable):
     code = "event-rejected"
 
 
-class OrganizationManagersOnly(Forbidden):
-    code = "organization-managers-only"
-
-    def __init__(self) -> None:
-        super().__init__("Only the organisation's owners and admins may see this.")
-
-
-class OrganizationNotFound(NotFound):
-    """Also the answer for an organisation that is not the caller's active one (no existence leak)."""
-
-    code = "organization-not-found"
-
-    def __init__(self) -> None:
-        super().__init__("No such organisation among yours: switch to it first.")
-
-
 class InvalidCursor(ProblemError):
     code = "invalid-cursor"
-
-    def __init__(self) -> None:
-        super().__init__("The cursor is not one this route gave.")
+    detail = "The cursor is not one this route gave."

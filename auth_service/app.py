@@ -30,7 +30,6 @@ from auth_service.two_factor import secret_cipher
 from shared.db import utcnow
 from shared.events import Event, EventBus, EventConsumer
 from shared.mail import Mailer, MailRelay, create_mailer
-from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore
@@ -66,9 +65,6 @@ def create_app(
         app.state.totp_cipher = secret_cipher(settings)
         if app.state.totp_cipher is None:
             logger.warning("no TOTP_ENCRYPTION_KEY: two-factor enrolment is refused")
-        relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
-        app.state.outbox_relay = relay
-        relay.start()
         mail_relay = MailRelay(
             app.state.sessionmaker, mail_outbox, mailer, settings.mail_from, settings.outbox_poll_seconds, clock
         )
@@ -91,7 +87,6 @@ def create_app(
             yield
         finally:
             await mail_relay.stop()
-            await relay.stop()
 
     return create_service_app(
         settings,
@@ -114,5 +109,6 @@ def create_app(
         store=store,
         bus=bus,
         consumer=EVENTS,
+        outbox=outbox,
         state={"clock": clock},
     )

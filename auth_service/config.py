@@ -41,7 +41,6 @@ class AuthSettings(ServiceSettings, kw_only=True, frozen=True):
     lockout_base_seconds: int = 30
     lockout_max_seconds: int = 900
     ip_attempts_per_minute: int = 10
-    jwt_private_key_file: str = ""
     # The lifetime of the access tokens the older platform's routes issue (empty: ACCESS_TOKEN_TTL).
     jwt_expires_in: str = ""
     # Mail: SMTP_URL empty logs each message instead (development); links point into SITE_URL.

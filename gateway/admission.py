@@ -2,8 +2,6 @@
 the client is within its rate limit. No Litestar imports."""
 
 import logging
-import time
-from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -16,7 +14,7 @@ from gateway.proxy import Forward
 from gateway.ratelimit import Decision, Policy, RateLimiter
 from gateway.routing import is_public, uses_auth_policy
 from shared.http import address_key
-from shared.security import InvalidToken, RevocationList, TokenVerifier, bearer_token
+from shared.security import InvalidToken, RevocationList, TokenCache, TokenVerifier, bearer_token
 
 logger = logging.getLogger("gateway")
 
@@ -52,30 +50,14 @@ class VerifiedToken(msgspec.Struct, frozen=True):
     key_limit: str | None  # an API key's token: "key:<key id>", the key's own rate-limit budget
 
 
-class ClaimsCache:
+class ClaimsCache(TokenCache[VerifiedToken]):
     """Verified claims by token, kept until the token expires: HS256/EdDSA work done once per token."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self.entries: OrderedDict[str, VerifiedToken] = OrderedDict()
-
-    def get(self, token: str) -> VerifiedToken | None:
-        verified = self.entries.get(token)
-        if verified is None:
-            return None
-        if verified.claims["exp"] <= time.time():
-            del self.entries[token]
-            return None
-        self.entries.move_to_end(token)
-        return verified
 
     def put(self, token: str, claims: dict[str, Any]) -> VerifiedToken:
         key_limit = f"key:{claims['key_id']}" if "key_id" in claims else None
-        verified = VerifiedToken(claims, RevocationList.keys_for(claims), "scopes" in claims, key_limit)
-        self.entries[token] = verified
-        if len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-        return verified
+        return self.keep(
+            token, claims, VerifiedToken(claims, RevocationList.keys_for(claims), "scopes" in claims, key_limit)
+        )
 
 
 class Gatekeeper:

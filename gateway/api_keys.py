@@ -117,7 +117,7 @@ class KeyExchange:
                     "key check unavailable; forwarding the key's unexpired token", extra={"error": exc.detail}
                 )
                 return kept.token
-            raise ServiceUnavailable("API keys cannot be checked right now.", headers={"Retry-After": "2"}) from exc
+            raise ServiceUnavailable("API keys cannot be checked right now.", retry_after=2) from exc
         self.kept[key] = _Kept(fresh.access_token, now, now + fresh.expires_in - STALE_MARGIN_SECONDS)
         self.kept.move_to_end(key)
         if len(self.kept) > self.size:

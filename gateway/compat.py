@@ -19,6 +19,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.handlers.http_handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import Message, OperationIDCreator, Scope
 
@@ -247,6 +248,21 @@ def per_path(operation_id: str) -> OperationIDCreator:
     return for_path
 
 
+def legacy_route(
+    route: type[HTTPRouteHandler], paths: str | list[str], operation_id: str, successor: str, **options: Any
+) -> HTTPRouteHandler:
+    """``route`` (``get``, ``post`` ...) for a route of the older service: its ``successor`` (the
+    platform route it is translated to, which also names it in the deprecation headers), and an
+    OpenAPI id per path where it is served at two (``per_path``)."""
+    two_paths = isinstance(paths, list) and len(paths) > 1
+    return route(
+        paths,
+        operation_id=per_path(operation_id) if two_paths else operation_id,
+        opt={**LEGACY, "successor": successor},
+        **options,
+    )
+
+
 # The older service (pydantic) converted a JSON "5" into the number 5 where its schema said number;
 # its clients keep that. The platform's own routes decode bodies strictly (shared.http.StrictBodyRequest);
 # both pass the kernel's door first (nesting limit, no NUL character).
@@ -254,18 +270,18 @@ LENIENT_BODIES = CheckedBodyRequest
 REGISTER_ERRORS = {409: 400, 422: 400}  # the old service answered 400 for a taken email or a weak password
 
 
-class LegacyAuthController(Controller):
-    """The consolidated platform service's auth and profile routes (deprecated: use ``/api/v1``)."""
+class LegacyController(Controller):
+    """Routes of the consolidated platform service: the API key, then the caller's admission."""
 
     tags = ["legacy"]
     guards = [require_api_key, admit_caller]
     request_class = LENIENT_BODIES
 
-    @post(
-        ["/auth/register", "/register"],
-        operation_id=per_path("legacy_register"),
-        opt={**LEGACY, "successor": f"{AUTH}/register"},
-    )
+
+class LegacyAuthController(LegacyController):
+    """The consolidated platform service's auth and profile routes (deprecated: use ``/api/v1``)."""
+
+    @legacy_route(post, ["/auth/register", "/register"], "legacy_register", f"{AUTH}/register")
     async def register(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyRegisterRequest]
     ) -> Response[LegacyTokenResponse | LegacyMessage]:
@@ -275,9 +291,7 @@ class LegacyAuthController(Controller):
         raise_for_status(reply, REGISTER_ERRORS)
         return token_response(reply)
 
-    @post(
-        ["/auth/login", "/login"], operation_id=per_path("legacy_login"), opt={**LEGACY, "successor": f"{AUTH}/login"}
-    )
+    @legacy_route(post, ["/auth/login", "/login"], "legacy_login", f"{AUTH}/login")
     async def login(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyLoginRequest]
     ) -> Response[LegacyTokenResponse | LegacyMessage]:
@@ -286,11 +300,7 @@ class LegacyAuthController(Controller):
         raise_for_status(reply, detail="Invalid credentials" if reply.status == 401 else None)
         return token_response(reply)
 
-    @get(
-        ["/auth/verify", "/verify"],
-        operation_id=per_path("legacy_verify"),
-        opt={**LEGACY, "successor": f"{AUTH}/verify"},
-    )
+    @legacy_route(get, ["/auth/verify", "/verify"], "legacy_verify", f"{AUTH}/verify")
     async def verify(self, request: Request[Any, Any, State]) -> Response[LegacyVerifyResponse]:
         """Whether the bearer token is valid, with its user."""
         reply = await call_platform(request, "GET", f"{AUTH}/me")
@@ -298,22 +308,14 @@ class LegacyAuthController(Controller):
         verified = LegacyVerifyResponse(valid=True, user=legacy_user(reply.body))
         return Response(verified, headers=reply.rate_limit_headers)
 
-    @get(
-        ["/auth/profile", "/profile"],
-        operation_id=per_path("legacy_get_profile"),
-        opt={**LEGACY, "successor": f"{USERS}/me"},
-    )
+    @legacy_route(get, ["/auth/profile", "/profile"], "legacy_get_profile", f"{USERS}/me")
     async def profile(self, request: Request[Any, Any, State]) -> Response[LegacyUser]:
         """The caller's profile."""
         reply = await call_platform(request, "GET", f"{USERS}/me")
         raise_for_status(reply)
         return Response(legacy_user(reply.body), headers=reply.rate_limit_headers)
 
-    @put(
-        ["/auth/profile", "/profile"],
-        operation_id=per_path("legacy_update_profile"),
-        opt={**LEGACY, "successor": f"{USERS}/me"},
-    )
+    @legacy_route(put, ["/auth/profile", "/profile"], "legacy_update_profile", f"{USERS}/me")
     async def update_profile(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyProfileUpdate]
     ) -> Response[LegacyUser]:
@@ -323,12 +325,7 @@ class LegacyAuthController(Controller):
         raise_for_status(reply)
         return Response(legacy_user(reply.body), headers=reply.rate_limit_headers)
 
-    @delete(
-        "/auth/users/{user_id:uuid}",
-        operation_id="legacy_deactivate_user",
-        status_code=200,
-        opt={**LEGACY, "successor": f"{USERS}/{{id}}"},
-    )
+    @legacy_route(delete, "/auth/users/{user_id:uuid}", "legacy_deactivate_user", f"{USERS}/{{id}}", status_code=200)
     async def deactivate(
         self, request: Request[Any, Any, State], user_id: FromPath[uuid.UUID]
     ) -> Response[LegacyMessage]:
@@ -374,18 +371,10 @@ def _answer(content: Any, reply: ServiceReply) -> Response[Any]:
     return Response(content, status_code=200, headers=reply.rate_limit_headers)
 
 
-class LegacyAnalyticsController(Controller):
+class LegacyAnalyticsController(LegacyController):
     """The consolidated platform service's analytics routes (deprecated: use ``/api/v1/analytics``)."""
 
-    tags = ["legacy"]
-    guards = [require_api_key, admit_caller]
-    request_class = LENIENT_BODIES
-
-    @post(
-        ["/analytics/events", "/events"],
-        operation_id=per_path("legacy_track_event"),
-        opt={**LEGACY, "successor": f"{ANALYTICS}/events"},
-    )
+    @legacy_route(post, ["/analytics/events", "/events"], "legacy_track_event", f"{ANALYTICS}/events")
     async def track_event(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyEventCreate]
     ) -> Response[LegacyEvent]:
@@ -406,9 +395,7 @@ class LegacyAnalyticsController(Controller):
         raise_for_status(reply)
         return _answer(legacy_event({**event, "user_id": event["user_id"] or admission_of(request).user_id}), reply)
 
-    @post(
-        ["/analytics/metrics"], operation_id="legacy_record_metric", opt={**LEGACY, "successor": f"{ANALYTICS}/metrics"}
-    )
+    @legacy_route(post, ["/analytics/metrics"], "legacy_record_metric", f"{ANALYTICS}/metrics")
     async def record_metric(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricCreate]
     ) -> Response[LegacyMetric]:
@@ -420,11 +407,7 @@ class LegacyAnalyticsController(Controller):
             return _answer(legacy_metric({**reply.body, "user_id": as_text(data.user_id)}), reply)
         return _answer(legacy_metric(reply.body), reply)
 
-    @post(
-        "/analytics/metrics/batch",
-        operation_id="legacy_record_metrics",
-        opt={**LEGACY, "successor": f"{ANALYTICS}/metrics/batch"},
-    )
+    @legacy_route(post, "/analytics/metrics/batch", "legacy_record_metrics", f"{ANALYTICS}/metrics/batch")
     async def record_metrics(
         self, request: Request[Any, Any, State], data: JSONBody[LegacyMetricBatch]
     ) -> Response[LegacyMessage]:
@@ -435,7 +418,7 @@ class LegacyAnalyticsController(Controller):
         raise_for_status(reply)
         return _answer(LegacyMessage(f"Created {reply.body['created']} metrics successfully"), reply)
 
-    @get("/analytics/metrics", operation_id="legacy_list_metrics", opt={**LEGACY, "successor": f"{ANALYTICS}/metrics"})
+    @legacy_route(get, "/analytics/metrics", "legacy_list_metrics", f"{ANALYTICS}/metrics")
     async def list_metrics(
         self,
         request: Request[Any, Any, State],
@@ -457,10 +440,11 @@ class LegacyAnalyticsController(Controller):
         metrics = [legacy_metric(metric) for metric in reply.body["metrics"]]
         return _answer(LegacyMetricList(metrics=metrics, count=len(metrics)), reply)
 
-    @get(
+    @legacy_route(
+        get,
         ["/analytics/usage/{user_id:str}", "/usage/{user_id:str}"],
-        operation_id=per_path("legacy_usage"),
-        opt={**LEGACY, "successor": f"{ANALYTICS}/usage/{{user_id}}"},
+        "legacy_usage",
+        f"{ANALYTICS}/usage/{{user_id}}",
     )
     async def usage(
         self,
@@ -486,11 +470,7 @@ class LegacyAnalyticsController(Controller):
         ]
         return _answer(usage, reply)
 
-    @get(
-        ["/analytics/costs", "/costs"],
-        operation_id=per_path("legacy_costs"),
-        opt={**LEGACY, "successor": f"{ANALYTICS}/costs"},
-    )
+    @legacy_route(get, ["/analytics/costs", "/costs"], "legacy_costs", f"{ANALYTICS}/costs")
     async def costs(
         self,
         request: Request[Any, Any, State],
@@ -523,7 +503,7 @@ class LegacyAnalyticsController(Controller):
         )
         return _answer(costs, reply)
 
-    @get("/analytics/dashboard", operation_id="legacy_dashboard", opt={**LEGACY, "successor": f"{ANALYTICS}/dashboard"})
+    @legacy_route(get, "/analytics/dashboard", "legacy_dashboard", f"{ANALYTICS}/dashboard")
     async def dashboard(
         self,
         request: Request[Any, Any, State],

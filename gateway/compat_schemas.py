@@ -161,29 +161,39 @@ def as_text(value: str | int | None) -> str | None:
     return None if value is None else str(value)
 
 
+# Each legacy field and the platform's name for it.
+EVENT_FIELDS = {
+    "id": "event_id",
+    "event_type": "event_type",
+    "event_data": "properties",
+    "user_id": "user_id",
+    "session_id": "session_id",
+    "timestamp": "occurred_at",
+}
+METRIC_FIELDS = {
+    "id": "id",
+    "metric_name": "name",
+    "metric_value": "value",
+    "metric_type": "type",
+    "user_id": "user_id",
+    "service_name": "service_name",
+    "endpoint": "endpoint",
+    "labels": "labels",
+    "timestamp": "timestamp",
+}
+
+
 def legacy_event(event: dict[str, Any]) -> LegacyEvent:
-    return LegacyEvent(
-        id=event["event_id"],
-        event_type=event["event_type"],
-        event_data=event["properties"],
-        user_id=event["user_id"],
-        session_id=event["session_id"],
-        timestamp=event["occurred_at"],
-    )
+    return LegacyEvent(**_renamed(event, EVENT_FIELDS))
 
 
 def legacy_metric(metric: dict[str, Any]) -> LegacyMetric:
-    return LegacyMetric(
-        id=metric["id"],
-        metric_name=metric["name"],
-        metric_value=metric["value"],
-        metric_type=metric["type"],
-        user_id=metric["user_id"],
-        service_name=metric["service_name"],
-        endpoint=metric["endpoint"],
-        labels=metric["labels"],
-        timestamp=metric["timestamp"],
-    )
+    return LegacyMetric(**_renamed(metric, METRIC_FIELDS))
+
+
+def _renamed(platform: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
+    """The platform's values under their legacy names, as they are (no conversion)."""
+    return {legacy: platform[name] for legacy, name in fields.items()}
 
 
 def platform_metric(metric: LegacyMetricCreate) -> dict[str, Any]:

@@ -1,18 +1,16 @@
 """The gateway's own errors, all in the platform's problem+json shape."""
 
-from shared.errors import ProblemError, TooManyRequests
+from typing import ClassVar
+
+from shared.errors import BadRequest, ProblemError, TooManyRequests
 
 
-class BadPath(ProblemError):
-    status_code = 400
+class BadPath(BadRequest):
     code = "ambiguous-path"
-
-    def __init__(self) -> None:
-        super().__init__("The request path is not in canonical form.")
+    detail = "The request path is not in canonical form."
 
 
-class RepeatedHeader(ProblemError):
-    status_code = 400
+class RepeatedHeader(BadRequest):
     code = "repeated-header"
 
     def __init__(self, name: str) -> None:
@@ -45,30 +43,33 @@ class BodyTimeout(ProblemError):
         )
 
 
-class UpstreamUnavailable(ProblemError):
+class UpstreamProblem(ProblemError):
+    """A failure of the upstream service ``name``, which the ``template`` of the detail names."""
+
+    template: ClassVar[str]
+
+    def __init__(self, name: str, retry_after: int | None = None) -> None:
+        super().__init__(self.template.format(name=name), retry_after=retry_after)
+
+
+class UpstreamUnavailable(UpstreamProblem):
     status_code = 502
     code = "upstream-unavailable"
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"The {name} service could not be reached.")
+    template = "The {name} service could not be reached."
 
 
-class UpstreamTimeout(ProblemError):
+class UpstreamTimeout(UpstreamProblem):
     status_code = 504
     code = "upstream-timeout"
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"The {name} service did not answer in time.")
+    template = "The {name} service did not answer in time."
 
 
-class CircuitOpen(ProblemError):
+class CircuitOpen(UpstreamProblem):
+    """The service's breaker is open: ``retry_after`` is when it lets a call through again."""
+
     status_code = 503
     code = "upstream-circuit-open"
-
-    def __init__(self, name: str, retry_after: int) -> None:
-        super().__init__(
-            f"The {name} service is failing; requests are paused briefly.", headers={"Retry-After": str(retry_after)}
-        )
+    template = "The {name} service is failing; requests are paused briefly."
 
 
 class QuotaExceeded(TooManyRequests):
@@ -86,25 +87,19 @@ class CORSRefused(ProblemError):
         super().__init__(f"The cross-origin request is not allowed ({reason}).")
 
 
-class InvalidIdempotencyKey(ProblemError):
-    status_code = 400
+class InvalidIdempotencyKey(BadRequest):
     code = "invalid-idempotency-key"
-
-    def __init__(self) -> None:
-        super().__init__("Idempotency-Key must be 1 to 255 visible ASCII characters.")
+    detail = "Idempotency-Key must be 1 to 255 visible ASCII characters."
 
 
 class IdempotencyKeyInUse(ProblemError):
     status_code = 409
     code = "idempotency-key-in-use"
-
-    def __init__(self) -> None:
-        super().__init__("A request with this Idempotency-Key is still being answered.", headers={"Retry-After": "1"})
+    detail = "A request with this Idempotency-Key is still being answered."
+    retry_after = 1
 
 
 class IdempotencyKeyReused(ProblemError):
     status_code = 422
     code = "idempotency-key-reused"
-
-    def __init__(self) -> None:
-        super().__init__("This Idempotency-Key was used with a different request.")
+    detail = "This Idempotency-Key was used with a different request."

@@ -169,7 +169,7 @@ class Idempotency:
                     raise IdempotencyKeyInUse()
         except (RedisError, OSError) as exc:
             raise ServiceUnavailable(
-                "Idempotency keys cannot be checked right now.", code="store-unavailable", headers={"Retry-After": "2"}
+                "Idempotency keys cannot be checked right now.", code="store-unavailable", retry_after=2
             ) from exc
         if kept is not None:
             return await _replay(kept, fingerprint, send, extra_headers)

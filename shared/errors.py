@@ -1,6 +1,7 @@
 """One error shape for every 4xx/5xx: RFC 9457 problem+json with the request ID."""
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -52,10 +53,17 @@ class Problem(msgspec.Struct, omit_defaults=True):
 
 
 class ProblemError(HTTPException):
-    """A domain error with a stable machine-readable ``code``."""
+    """A domain error with a stable machine-readable ``code``.
+
+    A subclass declares its ``status_code`` and ``code``, and its ``detail`` where it always says
+    the same thing (Litestar's exceptions take a class-level ``detail`` as their default).
+    """
 
     status_code = 400
     code = "bad-request"
+    retry_after: int | None = None
+    """Seconds until the request may succeed, sent as ``Retry-After``: fixed by a subclass or
+    given by the raiser (rounded up to whole seconds, at least 1)."""
 
     def __init__(
         self,
@@ -64,10 +72,20 @@ class ProblemError(HTTPException):
         headers: dict[str, str] | None = None,
         code: str | None = None,
         status_code: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
+        if retry_after is not None:
+            self.retry_after = max(1, math.ceil(retry_after))
+        if self.retry_after is not None:
+            headers = {**(headers or {}), "Retry-After": str(self.retry_after)}
         super().__init__(detail=detail, headers=headers, status_code=status_code or self.status_code)
         if code:
             self.code = code
+
+
+class BadRequest(ProblemError):
+    status_code = 400
+    code = "bad-request"
 
 
 class Unauthorized(ProblemError):

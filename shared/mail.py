@@ -31,8 +31,8 @@ from prometheus_client import Counter
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, Uuid, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import UTCDateTime, utcnow, wake_after_commit
-from shared.periodic import PeriodicTask
+from shared.db import UTCDateTime, utcnow
+from shared.outbox import TableRelay
 from shared.settings import SettingsError
 
 logger = logging.getLogger("shared.mail")
@@ -186,8 +186,11 @@ async def queue_mail(session: AsyncSession, table: Table, message: MailMessage, 
     session.info[MAIL_PENDING_FLAG] = True
 
 
-class MailRelay:
+class MailRelay(TableRelay):
     """Sends what the mail outbox holds, one message per transaction."""
+
+    name = "mail relay"
+    pending_flag = MAIL_PENDING_FLAG
 
     def __init__(
         self,
@@ -198,13 +201,10 @@ class MailRelay:
         poll_seconds: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.sessionmaker = sessionmaker
-        self.table = table
+        super().__init__(sessionmaker, table, poll_seconds)
         self.mailer = mailer
         self.mail_from = mail_from
         self.clock = clock
-        self._loop = PeriodicTask("mail relay", self._send_all, poll_seconds, first_run_delay_seconds=0)
-        self._stop_listening = wake_after_commit(sessionmaker, MAIL_PENDING_FLAG, self._loop.wake)
 
     async def send_next(self) -> bool:
         """Send the oldest due message; False when none is due."""
@@ -237,18 +237,9 @@ class MailRelay:
         SENT.labels(row.template).inc()
         return True
 
-    async def _send_all(self) -> None:
+    async def _relay_all(self) -> None:
         while not self._loop.stopping and await self.send_next():
             pass
-
-    def start(self) -> None:
-        """Send at once, then whenever a message is committed, and every ``poll_seconds``."""
-        self._loop.start()
-
-    async def stop(self, grace_seconds: float = 5.0) -> None:
-        """Let the current message finish (cancelling mid-send could send it twice)."""
-        await self._loop.stop(grace_seconds)
-        self._stop_listening()
 
 
 def _message_from_row(row: Any) -> MailMessage:

@@ -6,7 +6,7 @@ Several relays may run side by side: rows are claimed with ``FOR UPDATE SKIP LOC
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import Counter
 from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, Uuid, select, update
@@ -54,7 +54,37 @@ async def add_event(session: AsyncSession, table: Table, event: Event) -> None:
     session.info[PENDING_FLAG] = True
 
 
-class OutboxRelay:
+class TableRelay:
+    """Passes on what transactions recorded in ``table`` (an outbox): at once when started, then
+    whenever a transaction that set ``pending_flag`` commits, and every ``poll_seconds``."""
+
+    name: ClassVar[str]
+    pending_flag: ClassVar[str]
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], table: Table, poll_seconds: float) -> None:
+        self.sessionmaker = sessionmaker
+        self.table = table
+        self._loop = PeriodicTask(self.name, self._relay_all, poll_seconds, first_run_delay_seconds=0)
+        self._stop_listening = wake_after_commit(sessionmaker, self.pending_flag, self._loop.wake)
+
+    async def _relay_all(self) -> None:
+        """Everything due, unit after unit (a subclass's)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._loop.start()
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Let the current unit finish: cancelling mid-query can wedge the connection, and mid-send
+        can send twice."""
+        await self._loop.stop(grace_seconds)
+        self._stop_listening()
+
+
+class OutboxRelay(TableRelay):
+    name = "outbox relay"
+    pending_flag = PENDING_FLAG
+
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
@@ -63,12 +93,9 @@ class OutboxRelay:
         poll_seconds: float = 1.0,
         batch_size: int = 100,
     ) -> None:
-        self.sessionmaker = sessionmaker
-        self.table = table
+        super().__init__(sessionmaker, table, poll_seconds)
         self.bus = bus
         self.batch_size = batch_size
-        self._loop = PeriodicTask("outbox relay", self._publish_all, poll_seconds, first_run_delay_seconds=0)
-        self._stop_listening = wake_after_commit(sessionmaker, PENDING_FLAG, self._loop.wake)
 
     async def publish_pending(self) -> int:
         """Publish one batch of unpublished events; returns how many were sent."""
@@ -96,7 +123,7 @@ class OutboxRelay:
                 )
         return len(rows)
 
-    async def _publish_all(self) -> None:
+    async def _relay_all(self) -> None:
         """Batch after batch until the outbox is empty. A failure is logged by its type only (a
         database error's message may quote the event's data) and retried at the next wake-up."""
         try:
@@ -105,15 +132,6 @@ class OutboxRelay:
         except Exception:
             RELAY_FAILURES.inc()
             raise
-
-    def start(self) -> None:
-        """Publish at once, then whenever an event is committed, and every ``poll_seconds``."""
-        self._loop.start()
-
-    async def stop(self, grace_seconds: float = 5.0) -> None:
-        """Let the current batch finish (cancelling mid-query can wedge the connection)."""
-        await self._loop.stop(grace_seconds)
-        self._stop_listening()
 
 
 def _event_from_row(row: Any) -> Event:

@@ -27,7 +27,6 @@ class ServiceEntry:
     env_prefix: str  # its settings' variables: <ENV_PREFIX>_DATABASE_URL, <ENV_PREFIX>_PORT, ...
     database: str  # its PostgreSQL database's conventional name
     settings_class: str  # "module:Class", a ServiceSettings
-    app_factory_name: str  # "module:function" (settings, **parts) -> Litestar
     # Anonymous routes that take a credential or an address: the gateway's strict rate-limit policy.
     credential_routes: frozenset[str] = frozenset()
     # Other routes the gateway lets through without a token, (method, path).
@@ -51,7 +50,8 @@ class ServiceEntry:
         return settings_class
 
     def app_factory(self) -> Callable[..., Any]:
-        factory: Callable[..., Any] = _load(self.app_factory_name)
+        """Every service's ``create_app(settings, **parts) -> Litestar``, in its ``app.py``."""
+        factory: Callable[..., Any] = _load(f"{self.package}.app:create_app")
         return factory
 
 
@@ -70,7 +70,6 @@ SERVICES: tuple[ServiceEntry, ...] = (
         env_prefix="AUTH",
         database="pyairtable_auth",
         settings_class="auth_service.config:AuthSettings",
-        app_factory_name="auth_service.app:create_app",
         credential_routes=frozenset(
             f"{AUTH}/{route}"
             for route in (
@@ -100,7 +99,6 @@ SERVICES: tuple[ServiceEntry, ...] = (
         env_prefix="USERS",
         database="pyairtable_users",
         settings_class="user_service.config:UserSettings",
-        app_factory_name="user_service.app:create_app",
     ),
     ServiceEntry(
         name="airtable",
@@ -109,7 +107,6 @@ SERVICES: tuple[ServiceEntry, ...] = (
         env_prefix="AIRTABLE_GATEWAY",
         database="pyairtable_airtable",
         settings_class="airtable_gateway.config:AirtableSettings",
-        app_factory_name="airtable_gateway.app:create_app",
     ),
     ServiceEntry(
         name="analytics",
@@ -118,7 +115,6 @@ SERVICES: tuple[ServiceEntry, ...] = (
         env_prefix="ANALYTICS",
         database="pyairtable_analytics",
         settings_class="analytics_service.config:AnalyticsSettings",
-        app_factory_name="analytics_service.app:create_app",
     ),
 )
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import jwt
 import msgspec
@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.errors import ServiceUnavailable
+from shared.errors import Forbidden, NotFound, ServiceUnavailable
 from shared.keys import VerificationKey, key_from_jwk, local_verification_keys
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore
@@ -45,6 +45,7 @@ _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 JWKS_MIN_REFRESH_SECONDS = 30.0
 VERIFIED_TOKENS_KEPT = 10_000
 T = TypeVar("T")
+V = TypeVar("V")
 MAX_PENDING_REVOCATIONS = 10_000
 REVOCATION_UNKNOWN = Counter(
     "pyairtable_revocation_unknown",
@@ -85,6 +86,20 @@ class Identity(msgspec.Struct, frozen=True):
         return self.tenant_id == organization_id and self.org_role in allowed
 
 
+class OrganizationNotFound(NotFound):
+    """Also the answer for an organisation that is not the caller's active one (no existence leak)."""
+
+    code = "organization-not-found"
+    detail = "No such organisation among yours: switch to it first."
+
+
+class OrganizationManagersOnly(Forbidden):
+    """A member of the organisation who is neither an owner nor an admin of it (``ORG_MANAGERS``)."""
+
+    code = "organization-managers-only"
+    detail = "Only the organisation's owners and admins may see this."
+
+
 class RevocationIncomplete(ServiceUnavailable):
     """What a revocation changed in the database stands (``commit_before_answer``), but the access
     tokens it revokes could not be refused everywhere: the revocation store is unavailable."""
@@ -97,7 +112,7 @@ class RevocationIncomplete(ServiceUnavailable):
             "Saved, and refresh tokens of the sessions concerned no longer work; but the revocation store is"
             " unavailable, so their access tokens stay usable elsewhere until it returns (this service keeps"
             f" retrying) or they expire (within {math.ceil(ttl_seconds)} s).",
-            headers={"Retry-After": "2"},
+            retry_after=2,
         )
 
 
@@ -320,31 +335,40 @@ def _usable_keys(entries: list[Any]) -> dict[str, VerificationKey]:
     return keys
 
 
-class VerifiedTokens:
-    """Tokens whose signature and claims passed, with their claims and Identity, kept until they
-    expire (least recently used first out past ``size``): a caller's every request after the first
-    costs a dictionary lookup, not a JWT decode. What can change during a token's life, its
-    revocation, is not kept: it is read from the store on every request."""
+class TokenCache(Generic[V]):
+    """What was worked out from a verified token, by token, kept until the token expires (least
+    recently used first out past ``size``): a caller's every request after the first costs a
+    dictionary lookup, not a JWT decode. What can change during a token's life, its revocation,
+    is not kept: it is read from the store on every request."""
 
     def __init__(self, size: int = VERIFIED_TOKENS_KEPT) -> None:
         self.size = size
-        self.entries: OrderedDict[str, tuple[dict[str, Any], Identity]] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
 
-    def get(self, token: str) -> tuple[dict[str, Any], Identity] | None:
-        verified = self.entries.get(token)
-        if verified is None:
+    def get(self, token: str) -> V | None:
+        entry = self.entries.get(token)
+        if entry is None:
             return None
-        if verified[0]["exp"] <= time.time():
+        expires, value = entry
+        if expires <= time.time():
             del self.entries[token]
             return None
         self.entries.move_to_end(token)
-        return verified
+        return value
 
-    def put(self, token: str, claims: dict[str, Any]) -> tuple[dict[str, Any], Identity]:
-        verified = self.entries[token] = (claims, identity_from_claims(claims))
+    def keep(self, token: str, claims: dict[str, Any], value: V) -> V:
+        """Keep ``value`` for ``token`` until its claims' ``exp``."""
+        self.entries[token] = (claims["exp"], value)
         if len(self.entries) > self.size:
             self.entries.popitem(last=False)
-        return verified
+        return value
+
+
+class VerifiedTokens(TokenCache[tuple[dict[str, Any], Identity]]):
+    """Verified tokens' claims and Identity."""
+
+    def put(self, token: str, claims: dict[str, Any]) -> tuple[dict[str, Any], Identity]:
+        return self.keep(token, claims, (claims, identity_from_claims(claims)))
 
 
 class TokenVerifier:

@@ -27,6 +27,7 @@ from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler, Message, Scope
 from opentelemetry.sdk.trace import TracerProvider
 from redis.exceptions import RedisError
+from sqlalchemy import Table
 
 from shared.db import DB_EXCEPTION_HANDLERS, create_engine, create_sessionmaker, ping, provide_db_session
 from shared.docs import docs_assets_router, swagger_render_plugin
@@ -40,6 +41,7 @@ from shared.http import (
     add_standard_headers,
     refuse_unstorable_parameters,
 )
+from shared.outbox import OutboxRelay
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore, create_redis, create_store, dependency_unavailable_handler
@@ -66,6 +68,7 @@ def create_service_app(
     store: KeyValueStore | None = None,
     bus: EventBus | None = None,
     consumer: EventConsumer | None = None,
+    outbox: Table | None = None,
     state: Mapping[str, Any] | None = None,
     database: bool = True,
     cors_config: CORSConfig | None = None,
@@ -76,7 +79,8 @@ def create_service_app(
     """A Litestar app with the platform's defaults; ``store``/``bus`` may be shared (embedded mode).
 
     A service that consumes events names them in ``consumer``: its ``processed_events`` table is
-    then pruned while it runs."""
+    then pruned while it runs. A service that publishes events names its ``outbox`` table: its
+    relay then publishes them while it runs (``app.state.outbox_relay``)."""
     prometheus = PrometheusConfig(
         app_name=settings.service_name,
         prefix="pyairtable",
@@ -107,6 +111,7 @@ def create_service_app(
         before_request=refuse_unstorable_parameters,
         lifespan=[
             _resources(settings, store, bus, database, tracer_provider),
+            *([_outbox_relay(settings, outbox)] if outbox is not None else []),
             *lifespan,
             _event_consumers(settings, consumer),
         ],
@@ -276,6 +281,22 @@ def _create_bus(settings: ServiceSettings, redis: Any) -> EventBus:
         reclaim_after_seconds=settings.event_reclaim_seconds,
         max_attempts=settings.event_max_attempts,
     )
+
+
+def _outbox_relay(settings: ServiceSettings, outbox: Table) -> Lifespan:
+    @asynccontextmanager
+    async def outbox_relay(app: Litestar) -> AsyncIterator[None]:
+        """Started before the service's own lifespans and stopped after them: whatever they commit
+        is published."""
+        relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
+        app.state.outbox_relay = relay
+        relay.start()
+        try:
+            yield
+        finally:
+            await relay.stop()
+
+    return outbox_relay
 
 
 def _event_consumers(settings: ServiceSettings, consumer: EventConsumer | None) -> Lifespan:

@@ -6,7 +6,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import utcnow
 from shared.events import Event, EventBus, EventConsumer
-from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 from shared.settings import load_settings
 from shared.stores import KeyValueStore
@@ -45,10 +44,6 @@ def create_app(
 
     @asynccontextmanager
     async def user_resources(app: Litestar) -> AsyncIterator[None]:
-        relay = OutboxRelay(app.state.sessionmaker, outbox, app.state.bus, settings.outbox_poll_seconds)
-        app.state.outbox_relay = relay
-        relay.start()
-
         async def apply_event(session: AsyncSession, event: Event) -> None:
             if event.type in MEMBERSHIP_EVENTS:
                 await MembershipService(session).apply_event(event)
@@ -56,10 +51,7 @@ def create_app(
                 await ProfileService(session, clock).apply_account_event(event)
 
         EVENTS.subscribe(app.state.bus, app.state.sessionmaker, apply_event)
-        try:
-            yield
-        finally:
-            await relay.stop()
+        yield
 
     return create_service_app(
         settings,
@@ -69,5 +61,6 @@ def create_app(
         store=store,
         bus=bus,
         consumer=EVENTS,
+        outbox=outbox,
         state={"clock": clock},
     )

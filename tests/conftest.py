@@ -15,7 +15,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import jwt
@@ -306,6 +307,55 @@ def migrated_database(databases: "DatabaseFactory", settings: type[ServiceSettin
 def truncate(database_url: str, tables: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {tables} CASCADE")
+
+
+def database_fixtures(name: str, settings: type[ServiceSettings], package: str, tables: str) -> tuple[Any, Any]:
+    """A service's two database fixtures: ``<name>_database``, its database migrated once a session
+    (:func:`migrated_database`), and ``clean_<name>_database``, the same emptied of ``tables``
+    after each test that used it (:func:`truncate`)."""
+
+    @pytest.fixture(scope="session", name=f"{name}_database")
+    def database(databases: DatabaseFactory) -> str:
+        return migrated_database(databases, settings, package)
+
+    @pytest.fixture(name=f"clean_{name}_database")
+    def clean_database(request: pytest.FixtureRequest) -> Iterator[str]:
+        database_url: str = request.getfixturevalue(f"{name}_database")
+        yield database_url
+        truncate(database_url, tables)
+
+    return database, clean_database
+
+
+@pytest.fixture
+def service_settings(redis_url: str, redis_namespace: str, tmp_path: Path) -> dict[str, Any]:
+    """The settings every app under test shares: the test's Redis namespace and data directory, and
+    a database connect as patient as a loaded machine needs (LOADED_DB_CONNECT_SECONDS)."""
+    return {
+        "redis_url": redis_url,
+        "redis_namespace": redis_namespace,
+        "data_dir": str(tmp_path),
+        "db_connect_timeout_seconds": LOADED_DB_CONNECT_SECONDS,
+    }
+
+
+Settings = TypeVar("Settings", bound=ServiceSettings)
+
+
+def settings_factory(settings: type[Settings], **defaults: Any) -> Callable[..., Settings]:
+    """Builds validated ``settings`` from ``defaults`` and what a test overrides."""
+
+    def build(**overrides: Any) -> Settings:
+        built = settings(**{**defaults, **overrides})
+        built.validate()
+        return built
+
+    return build
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 async def eventually(check: Callable[[], Any], what: str) -> Any:

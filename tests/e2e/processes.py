@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +23,7 @@ import jwt
 import pytest
 
 from shared.keys import hs256_kid
-from tests.conftest import LOADED_DB_CONNECT_SECONDS, WAIT_SECONDS
+from tests.conftest import LOADED_DB_CONNECT_SECONDS, WAIT_SECONDS, DatabaseFactory
 from tests.private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,24 +203,60 @@ def metric(base_url: str, name: str) -> float:
     return float(match.group(1))
 
 
+def start_service(
+    processes: Processes, name: str, package: str, env_prefix: str, data_dir: Path, database_url: str, **settings: str
+) -> Service:
+    """``package`` migrated, then served (the shell ``exec``s it), on ``database_url`` and a free
+    port (``<env_prefix>_DATABASE_URL``, ``<env_prefix>_PORT``); ``settings``: more of its environment."""
+    port = free_port()
+    own = {f"{env_prefix}_DATABASE_URL": database_url, f"{env_prefix}_PORT": str(port)}
+    env = environment(data_dir, **own, **settings)
+    python = shlex.quote(PYTHON)
+    command = f"{python} -m {package} migrate && exec {python} -m {package} serve"
+    return processes.start(name, ["sh", "-c", command], env, port)
+
+
 def start_auth_service(
     processes: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str, **settings: str
 ) -> Service:
     """The auth service, migrated then served, on its own database and the test's Redis namespace
     (``settings``: more of its environment)."""
-    port = free_port()
-    env = environment(
-        data_dir,
-        AUTH_DATABASE_URL=database_url,
-        AUTH_PORT=str(port),
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=namespace,
-        **FAST_ARGON2,
-        **settings,
+    redis = {"REDIS_URL": redis_url, "REDIS_NAMESPACE": namespace}
+    return start_service(
+        processes, "auth", "auth_service", "AUTH", data_dir, database_url, **redis, **FAST_ARGON2, **settings
     )
-    python = shlex.quote(PYTHON)
-    command = f"{python} -m auth_service migrate && exec {python} -m auth_service serve"
-    return processes.start("auth", ["sh", "-c", command], env, port)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A test's processes and what they share: its data directory, its databases and its Redis
+    namespace (the ``stack`` fixture), so that a test names only what is its own."""
+
+    processes: Processes
+    data_dir: Path
+    databases: DatabaseFactory
+    redis_url: str
+    namespace: str
+
+    @property
+    def redis(self) -> dict[str, str]:
+        """The environment that puts a process on the test's Redis namespace."""
+        return {"REDIS_URL": self.redis_url, "REDIS_NAMESPACE": self.namespace}
+
+    def auth(self, **settings: str) -> Service:
+        """The auth service on a new database of its own (:func:`start_auth_service`)."""
+        database_url = self.databases.create("auth")
+        return start_auth_service(
+            self.processes, self.data_dir, database_url, self.redis_url, self.namespace, **settings
+        )
+
+    def gateway(self, name: str, **settings: str) -> Service:
+        """A gateway process on the test's Redis namespace (:meth:`Processes.gateway`)."""
+        return self.processes.gateway(name, self.data_dir, **self.redis, **settings)
+
+    def gateway_in_front(self, upstreams: dict[str, Service], **settings: str) -> Service:
+        """A healthy gateway on the test's Redis namespace (:meth:`Processes.gateway_in_front`)."""
+        return self.processes.gateway_in_front(self.data_dir, upstreams, **self.redis, **settings)
 
 
 def arrivals(url: str) -> int:

@@ -7,7 +7,6 @@ gateway.
 """
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -27,9 +26,8 @@ from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures 
     auth_database,
     auth_settings,
     clean_auth_database,
-    clock,
 )
-from tests.conftest import access_claims, app_client
+from tests.conftest import access_claims, app_client, settings_factory
 from tests.gateway.echo import Echo
 
 AUTH = "/api/v1/auth"
@@ -43,29 +41,20 @@ SettingsFactory = Callable[..., GatewaySettings]
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, redis_url: str, redis_namespace: str) -> SettingsFactory:
+def make_settings(service_settings: dict[str, Any]) -> SettingsFactory:
     """Gateway settings sharing the auth service's secret and the test's Redis namespace."""
-
-    def build(**overrides: Any) -> GatewaySettings:
-        values: dict[str, Any] = {
-            "jwt_secret": JWT_SECRET,
-            "redis_url": redis_url,
-            "redis_namespace": redis_namespace,
-            "data_dir": str(tmp_path),
-            "request_timeout": 0.5,
-            # Long enough that a busy machine (two test runs side by side) never makes the shared
-            # store look down; the tests of a slow or hung Redis set their own or use a private one.
-            "redis_timeout_seconds": 0.5,
-            # Likewise for the limiter: a reply slower than its 50 ms production bound would count
-            # that request in the per-process fallback and let one more through the shared quota.
-            "rate_limit_redis_timeout": 0.5,
-            **overrides,
-        }
-        settings = GatewaySettings(**values)
-        settings.validate()
-        return settings
-
-    return build
+    return settings_factory(
+        GatewaySettings,
+        **service_settings,
+        jwt_secret=JWT_SECRET,
+        request_timeout=0.5,
+        # Long enough that a busy machine (two test runs side by side) never makes the shared
+        # store look down; the tests of a slow or hung Redis set their own or use a private one.
+        redis_timeout_seconds=0.5,
+        # Likewise for the limiter: a reply slower than its 50 ms production bound would count
+        # that request in the per-process fallback and let one more through the shared quota.
+        rate_limit_redis_timeout=0.5,
+    )
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +25,7 @@ import pytest
 
 from shared.keys import hs256_kid
 from tests.conftest import LOADED_DB_CONNECT_SECONDS, WAIT_SECONDS, DatabaseFactory
+from tests.mail_server import Inbox, token_in
 from tests.private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -274,3 +276,21 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS)
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.05)
     return result
+
+
+def wait_for_mail(inbox: Inbox, address: str, count: int) -> EmailMessage:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(inbox.to(address)) < count:
+        assert time.monotonic() < deadline, f"mail #{count} to {address} never came"
+        time.sleep(0.05)
+    return inbox.to(address)[count - 1]
+
+
+def mailed_invitation(
+    client: httpx.Client, organization_url: str, inviter: dict[str, str], inbox: Inbox, email: str, role: str
+) -> str:
+    """The invitation token mailed to ``email`` once ``inviter`` (a bearer header) invited them to
+    the organisation at ``organization_url`` with ``role``."""
+    invited = client.post(f"{organization_url}/invitations", json={"email": email, "role": role}, headers=inviter)
+    assert invited.status_code == 201, invited.text
+    return token_in(wait_for_mail(inbox, email, 1))

@@ -3,27 +3,15 @@ real SMTP server (in this test's process: STARTTLS, a password) and a gateway pr
 on PostgreSQL and Redis. Verification, password reset, the Go logout and JWT_EXPIRES_IN, each as
 a client would do it, over HTTP."""
 
-import time
-from email.message import EmailMessage
-
 import httpx
 
-from tests.conftest import WAIT_SECONDS
-from tests.e2e.processes import Stack, assert_problem
-from tests.mail_server import Inbox, MailServer, token_in
+from tests.e2e.processes import Stack, assert_problem, wait_for_mail
+from tests.mail_server import MailServer, token_in
 
 AUTH = "/api/v1/auth"
 API_KEY = "e2e-lifecycle-api-key-0123456789"
 CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
 NEW_PASSWORD = "another long passphrase"
-
-
-def wait_for_mail(inbox: Inbox, address: str, count: int) -> EmailMessage:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while len(inbox.to(address)) < count:
-        assert time.monotonic() < deadline, f"mail #{count} to {address} never came"
-        time.sleep(0.05)
-    return inbox.to(address)[count - 1]
 
 
 def test_verify_reset_and_sign_out_through_the_gateway(stack: Stack, mail_server: MailServer) -> None:

@@ -8,9 +8,8 @@ from typing import Any
 import httpx
 import jwt
 
-from tests.e2e.processes import Stack, assert_problem
-from tests.e2e.test_lifecycle_processes import wait_for_mail
-from tests.mail_server import MailServer, token_in
+from tests.e2e.processes import Stack, assert_problem, mailed_invitation
+from tests.mail_server import MailServer
 
 AUTH = "/api/v1/auth"
 PASSWORD = "a long enough passphrase"
@@ -37,13 +36,8 @@ def test_a_removed_member_is_refused_at_the_gateway_and_refreshes_without_the_or
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         ada = client.post(f"{AUTH}/register", json={"email": "ada@example.com", "password": PASSWORD}).json()
         org_id = claims(ada)["tid"]
-        invited = client.post(
-            f"{AUTH}/orgs/{org_id}/invitations",
-            json={"email": "carol@example.com", "role": "member"},
-            headers=bearer(ada),
-        )
-        assert invited.status_code == 201, invited.text
-        invitation = token_in(wait_for_mail(mail_server.inbox, "carol@example.com", 1))
+        org_url = f"{AUTH}/orgs/{org_id}"
+        invitation = mailed_invitation(client, org_url, bearer(ada), mail_server.inbox, "carol@example.com", "member")
         joined = client.post(
             f"{AUTH}/register",
             json={"email": "carol@example.com", "password": PASSWORD, "invitation": invitation},

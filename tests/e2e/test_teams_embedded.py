@@ -17,9 +17,17 @@ from pyairtable import Api
 from requests.exceptions import HTTPError
 
 from tests.airtable_gateway.emulator_fixture import CRM_BASE, OPS_BASE
-from tests.e2e.processes import FAST_ARGON2, Processes, Service, assert_problem, environment, free_port, wait_for
-from tests.e2e.test_lifecycle_processes import wait_for_mail
-from tests.mail_server import MailServer, token_in
+from tests.e2e.processes import (
+    FAST_ARGON2,
+    Processes,
+    Service,
+    assert_problem,
+    environment,
+    free_port,
+    mailed_invitation,
+    wait_for,
+)
+from tests.mail_server import MailServer
 
 API = "/api/v1"
 PASSWORD = "a long enough passphrase"
@@ -87,13 +95,8 @@ def test_two_teams_each_reach_only_what_their_roles_and_grants_allow(
         assert team != other_team and claims(ada)["org_role"] == claims(bob)["org_role"] == "owner"
 
         # Carol joins Ada's team as a viewer, by the mailed invitation's link.
-        invited = client.post(
-            f"{API}/auth/orgs/{team}/invitations",
-            json={"email": "carol@example.com", "role": "viewer"},
-            headers=bearer(ada),
-        )
-        assert invited.status_code == 201, invited.text
-        invitation = token_in(wait_for_mail(mail_server.inbox, "carol@example.com", 1))
+        team_url = f"{API}/auth/orgs/{team}"
+        invitation = mailed_invitation(client, team_url, bearer(ada), mail_server.inbox, "carol@example.com", "viewer")
         carol = client.post(
             f"{API}/auth/register", json={"email": "carol@example.com", "password": PASSWORD, "invitation": invitation}
         ).json()

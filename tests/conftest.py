@@ -28,7 +28,8 @@ from psycopg import sql
 
 from shared import migrations
 from shared.keys import hs256_kid
-from shared.settings import ServiceSettings
+from shared.registry import SERVICES
+from shared.settings import ServiceSettings, load_settings
 from tests import private_servers
 from tests.private_servers import PrivateRedis
 
@@ -268,12 +269,18 @@ def access_claims(**changes: Any) -> dict[str, Any]:
         "nbf": now,
         "exp": now + 600,
     }
+    return changed(values, changes)
+
+
+def changed(values: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` with ``changes`` made: a change to ``None`` removes that key."""
+    result = dict(values)
     for name, value in changes.items():
         if value is None:
-            values.pop(name, None)
+            result.pop(name, None)
         else:
-            values[name] = value
-    return values
+            result[name] = value
+    return result
 
 
 def signed_access_token(secret: str, **claims: Any) -> str:
@@ -302,6 +309,18 @@ def migrated_database(databases: "DatabaseFactory", settings: type[ServiceSettin
     url = databases.create(f"pyairtable_{package.split('_')[0]}")
     migrations.upgrade(settings(database_url=url), package)
     return url
+
+
+def embedded_environ(databases: DatabaseFactory, data_dir: Path) -> dict[str, str]:
+    """An embedded platform's environment with auth and users on new PostgreSQL databases of this
+    run, migrated (the other services on SQLite in ``data_dir``)."""
+    environ = {"DATA_DIR": str(data_dir), "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS)}
+    on_postgres = [entry for entry in SERVICES if entry.package in ("auth_service", "user_service")]
+    for entry in on_postgres:
+        environ[f"{entry.env_prefix}_DATABASE_URL"] = databases.create(entry.database)
+    for entry in on_postgres:
+        migrations.upgrade(load_settings(entry.settings(), environ), entry.package)
+    return environ
 
 
 def truncate(database_url: str, tables: str) -> None:
@@ -356,6 +375,18 @@ def settings_factory(settings: type[Settings], **defaults: Any) -> Callable[...,
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is a problem+json of ``status`` (and ``code``), without a traceback: its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    if code is not None:
+        assert body["code"] == code, body
+    assert "Traceback" not in response.text
+    return body
 
 
 async def eventually(check: Callable[[], Any], what: str) -> Any:

@@ -4,6 +4,7 @@ Redis namespace, and access tokens for users and administrators."""
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,11 +14,11 @@ from litestar import Litestar
 
 from analytics_service.app import create_app
 from analytics_service.config import AnalyticsSettings
+from shared import migrations
 from tests.conftest import Clock, app_client, database_fixtures, settings_factory, signed_access_token
 
 JWT_SECRET = secrets.token_urlsafe(48)
 API = "/api/v1/analytics"
-PROBLEM = "application/problem+json"
 TABLES = (
     "events, metrics, usage_daily, cost_daily, endpoint_hourly, event_hourly, usage_applied, usage_scoped_daily,"
     " audit_log, processed_events"
@@ -68,6 +69,14 @@ async def client(analytics_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
+def sqlite_app(tmp_path: Path, clock: Clock) -> Litestar:
+    """The service on SQLite in DATA_DIR (the embedded platform's database), migrated."""
+    settings = AnalyticsSettings(data_dir=str(tmp_path), jwt_secret=JWT_SECRET)
+    migrations.upgrade(settings, "analytics_service")
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
 def user() -> User:
     return User("user")
 
@@ -75,17 +84,6 @@ def user() -> User:
 @pytest.fixture
 def admin() -> User:
     return User("admin", "user")
-
-
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code, body
-    assert "Traceback" not in response.text
-    return body
 
 
 def count_rows(database_url: str, table: str, where: str = "TRUE") -> int:

@@ -37,7 +37,6 @@ NO_DEFAULT_ROUTES = dict.fromkeys(
     ("AUTH_SERVICE_URL", "USER_SERVICE_URL", "AIRTABLE_GATEWAY_URL", "ANALYTICS_SERVICE_URL"), ""
 )
 JWT_SECRET = "e2e-gateway-processes-secret-" + "x" * 32
-PROBLEM = "application/problem+json"
 # The cheapest argon2id parameters the auth service accepts (OWASP's minimum): fast sign-ins.
 FAST_ARGON2 = {"ARGON2_MEMORY_KIB": "19456", "ARGON2_TIME_COST": "2", "ARGON2_PARALLELISM": "1"}
 
@@ -185,16 +184,6 @@ class Processes:
 def _signal_group(service: Service, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(service.process.pid, sig)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    if code is not None:
-        assert problem["code"] == code, problem
-    return problem
 
 
 def metric(base_url: str, name: str) -> float:

@@ -19,7 +19,8 @@ import time
 import httpx
 import redis as redis_sync
 
-from tests.e2e.processes import Stack, access_token, arrivals, assert_problem
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack, access_token, arrivals
 from tests.gateway.stored_tokens import assert_no_token_in, stored_bytes
 
 CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}

@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from tests.conftest import WAIT_SECONDS
-from tests.e2e.processes import Service, Stack, assert_problem
+from tests.conftest import WAIT_SECONDS, assert_problem
+from tests.e2e.processes import Service, Stack
 
 AUTH = "/api/v1/auth"
 USERS = "/api/v1/users"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.processes import Processes, access_token, arrivals, assert_problem, free_port, wait_for
+from tests.conftest import assert_problem
+from tests.e2e.processes import Processes, access_token, arrivals, free_port, wait_for
 
 GENEROUS = {"RATE_LIMIT_PER_MINUTE": "10000", "RATE_LIMIT_BURST": "10000"}
 

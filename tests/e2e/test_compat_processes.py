@@ -3,7 +3,8 @@ auth-service process over HTTP: the same answers as in-process (tests/gateway/te
 
 import httpx
 
-from tests.e2e.processes import Stack, assert_problem
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack
 
 API_KEY = "e2e-legacy-api-key-0123456789"
 CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}

@@ -18,12 +18,11 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import DatabaseFactory
+from tests.conftest import DatabaseFactory, assert_problem
 from tests.e2e.processes import (
     FAST_ARGON2,
     Processes,
     Service,
-    assert_problem,
     metric,
     start_service,
     wait_for,

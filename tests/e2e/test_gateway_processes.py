@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from tests.conftest import assert_problem
 from tests.e2e.processes import (
     FAST_ARGON2,
     Processes,
@@ -24,7 +25,6 @@ from tests.e2e.processes import (
     Stack,
     access_token,
     arrivals,
-    assert_problem,
     environment,
     free_port,
     metric,

@@ -4,7 +4,8 @@ gateway's breaker, taking sign-in offline for everybody)."""
 
 import httpx
 
-from tests.e2e.processes import Stack, assert_problem, metric
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack, metric
 
 NUL_LOGIN = b'{"email": "a\\u0000b@example.com", "password": "a long enough passphrase"}'
 VICTIM = {"email": "victim@example.com", "password": "a long enough passphrase"}

@@ -5,7 +5,8 @@ a client would do it, over HTTP."""
 
 import httpx
 
-from tests.e2e.processes import Stack, assert_problem, wait_for_mail
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack, wait_for_mail
 from tests.mail_server import MailServer, token_in
 
 AUTH = "/api/v1/auth"

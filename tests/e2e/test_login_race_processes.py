@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import httpx
 
-from tests.e2e.processes import Stack, assert_problem, metric
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack, metric
 
 LOGIN = "/api/v1/auth/login"
 OWNER = {"email": "ada@example.com", "password": "a long enough passphrase"}

@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import jwt
 
-from tests.e2e.processes import Stack, assert_problem, mailed_invitation
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack, mailed_invitation
 from tests.mail_server import MailServer
 
 AUTH = "/api/v1/auth"

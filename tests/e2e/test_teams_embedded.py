@@ -17,11 +17,11 @@ from pyairtable import Api
 from requests.exceptions import HTTPError
 
 from tests.airtable_gateway.emulator_fixture import CRM_BASE, OPS_BASE
+from tests.conftest import assert_problem
 from tests.e2e.processes import (
     FAST_ARGON2,
     Processes,
     Service,
-    assert_problem,
     environment,
     free_port,
     mailed_invitation,

@@ -18,13 +18,13 @@ import pytest
 import redis as redis_sync
 
 from shared.events import Event, encode_event, new_event
+from tests.conftest import assert_problem
 from tests.e2e.processes import (
     PYTHON,
     REPO,
     Processes,
     Service,
     Stack,
-    assert_problem,
     environment,
     free_port,
     metric,

@@ -16,9 +16,16 @@ import pytest
 import redis as redis_sync
 from litestar import Litestar
 
+import tests.conftest
+from analytics_service.app import create_app as create_analytics_app
+from analytics_service.config import AnalyticsSettings
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from shared.keys import hs256_kid
+from tests.analytics_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
+    analytics_database,
+    clean_analytics_database,
+)
 from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
     JWT_SECRET,
     PASSWORD,
@@ -84,6 +91,13 @@ def platform(make_settings: SettingsFactory, auth_app: Litestar, echo: Echo) -> 
 
 
 @pytest.fixture
+def analytics_app(clean_analytics_database: str, service_settings: dict[str, Any]) -> Litestar:  # noqa: F811
+    """The real analytics service, on the auth service's secret (an upstream of the older clients' routes)."""
+    settings = AnalyticsSettings(**service_settings, database_url=clean_analytics_database, jwt_secret=JWT_SECRET)
+    return create_analytics_app(settings)
+
+
+@pytest.fixture
 async def platform_client(platform: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     async with app_client(platform) as test_client:
         yield test_client
@@ -132,14 +146,9 @@ async def register(client: httpx.AsyncClient, email: str = "ada@example.com") ->
 
 
 def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
+    """A problem (:func:`tests.conftest.assert_problem`) that names the request it answers."""
+    body = tests.conftest.assert_problem(response, status, code)
     assert body["request_id"] == response.headers["x-request-id"]
-    if code is not None:
-        assert body["code"] == code, body
-    assert "Traceback" not in response.text
     return body
 
 

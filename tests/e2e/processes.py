@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-import jwt
 import pytest
 
-from shared.keys import hs256_kid
-from tests.conftest import LOADED_DB_CONNECT_SECONDS, WAIT_SECONDS, DatabaseFactory
+from tests.conftest import LOADED_DB_CONNECT_SECONDS, WAIT_SECONDS, DatabaseFactory, signed_access_token
 from tests.mail_server import Inbox, token_in
 from tests.private_servers import free_port
 
@@ -60,21 +58,9 @@ def access_token(
 ) -> str:
     """An access token as the auth service would issue it, for routes behind the gateway; with
     ``org``, acting in that organisation with ``org_role``."""
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": "pyairtable-auth",
-        "aud": "pyairtable-api",
-        "sub": str(uuid.uuid4()),
-        "email": "e2e@example.com",
-        "roles": [],
-        "jti": uuid.uuid4().hex,
-        "iat": now,
-        "nbf": now,
-        "exp": now + ttl,
-    }
-    if org is not None:
-        claims.update(tid=str(org), org_role=org_role)
-    return jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(secret)})
+    organisation = {"tid": str(org), "org_role": org_role} if org is not None else {}
+    expires = int(time.time()) + ttl
+    return signed_access_token(secret, email="e2e@example.com", roles=[], sid=None, exp=expires, **organisation)
 
 
 class Service:
@@ -150,6 +136,22 @@ class Processes:
             service.wait_healthy(60)
         gateway.wait_healthy()
         return gateway
+
+    def gateway_with_breaker(self, data_dir: Path, users_port: int, things: Service, reset_seconds: str) -> Service:
+        """A gateway (named "gateway") routing /api/v1/users to ``users_port`` on loopback (an upstream
+        a test takes down) and /api/v1/things to ``things``: a connect waits 1 s, and 3 failures open
+        the breaker for ``reset_seconds``; rate limits out of the way."""
+        return self.gateway(
+            "gateway",
+            data_dir,
+            EXTRA_ROUTES=f"/api/v1/users=http://127.0.0.1:{users_port},/api/v1/things={things.url}",
+            CONNECT_TIMEOUT="1",
+            REQUEST_TIMEOUT="5",
+            BREAKER_FAILURES="3",
+            BREAKER_RESET_SECONDS=reset_seconds,
+            RATE_LIMIT_PER_MINUTE="10000",
+            RATE_LIMIT_BURST="10000",
+        )
 
     def upstream(self, mode: str, port: int | None = None, *, wait_stdin: bool = False, sleep: float = 3.0) -> Service:
         port = port or free_port()

@@ -156,16 +156,7 @@ def test_upstream_down_gives_502_then_the_breaker_503_then_recovers(tmp_path: Pa
     down_port = free_port()
     users = processes.upstream("echo", down_port, wait_stdin=True)  # imported, not listening yet
     things = processes.upstream("echo")
-    gateway = processes.gateway(
-        "gateway",
-        tmp_path,
-        EXTRA_ROUTES=f"/api/v1/users=http://127.0.0.1:{down_port},/api/v1/things={things.url}",
-        CONNECT_TIMEOUT="1",
-        REQUEST_TIMEOUT="5",
-        BREAKER_FAILURES="3",
-        BREAKER_RESET_SECONDS="2",
-        **GENEROUS,
-    )
+    gateway = processes.gateway_with_breaker(tmp_path, down_port, things, reset_seconds="2")
     things.wait_healthy()
     gateway.wait_healthy()
 

@@ -311,7 +311,7 @@ def migrated_database(databases: "DatabaseFactory", settings: type[ServiceSettin
     return url
 
 
-def embedded_environ(databases: DatabaseFactory, data_dir: Path) -> dict[str, str]:
+def migrated_embedded_environ(databases: DatabaseFactory, data_dir: Path) -> dict[str, str]:
     """An embedded platform's environment with auth and users on new PostgreSQL databases of this
     run, migrated (the other services on SQLite in ``data_dir``)."""
     environ = {"DATA_DIR": str(data_dir), "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS)}

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from embedded.app import create_app
 from gateway.config import GatewaySettings
 from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD
-from tests.conftest import DatabaseFactory, app_client, embedded_environ
+from tests.conftest import DatabaseFactory, app_client, migrated_embedded_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -94,7 +94,7 @@ def registered_names() -> set[str]:
 def environ(databases: DatabaseFactory, tmp_path: Path) -> dict[str, str]:
     """Auth and users on PostgreSQL (their pools are watched), migrated; the others on SQLite."""
     return {
-        **embedded_environ(databases, tmp_path),
+        **migrated_embedded_environ(databases, tmp_path),
         "JWT_SECRET": JWT_SECRET,
         **{name.upper(): str(value) for name, value in FAST_ARGON2.items()},
     }

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import secrets
 import statistics
 import subprocess
@@ -39,8 +38,8 @@ import httpx
 import jwt
 
 from bench.common import (
-    HOST,
     SHARED_SETTING_NAMES,
+    WRK_SCRIPT,
     LoggedServer,
     clear_redis_namespace,
     cpu_model,
@@ -48,22 +47,15 @@ from bench.common import (
     say,
     scrubbed_environ,
     sigterm_unwinds,
+    upstream_app_argv,
     utc_timestamp,
+    wrk_figures,
 )
 from bench.upstream_app import ITEM_PATH
 from shared.keys import hs256_kid
 
 BASE, TABLE = "appEmuCrmBase0000", "tblEmuContacts000"
 RECORDS_PATH = f"/api/v1/airtable/bases/{BASE}/tables/{TABLE}/records?page_size=5"
-_WRK_SCRIPT = r"""
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_JSON {"requests":%d,"duration_us":%d,"errors":%d,"status":%d,"p50_us":%d,"p99_us":%d}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
 
 
 def server(name: str, argv: list[str], env: dict[str, str], port: int, workdir: Path) -> LoggedServer:
@@ -78,6 +70,16 @@ def server(name: str, argv: list[str], env: dict[str, str], port: int, workdir: 
         tail_chars=3000,
         cwd=Path(__file__).resolve().parents[1],
     )
+
+
+def start_emulator(stack: contextlib.ExitStack, env: dict[str, str], workdir: Path) -> LoggedServer:
+    """The Airtable emulator on a free port, ready; ``stack`` stops it."""
+    port = free_port()
+    argv = [sys.executable, "-m", "airtable_gateway", "emulator", "--port", str(port)]
+    emulator = server("emulator", argv, env, port, workdir)
+    emulator.start("/_emulator/health")
+    stack.callback(emulator.stop)
+    return emulator
 
 
 BENCH_ORGANIZATION = str(uuid.uuid4())
@@ -105,13 +107,7 @@ def run_wrk(url: str, connections: int, seconds: int, token: str, script: Path) 
     threads = min(connections, 2)
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
     argv += ["-H", f"Authorization: Bearer {token}", url]
-    output = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
-    match = re.search(r"BENCH_JSON (\{.*\})", output)
-    if match is None:
-        raise RuntimeError(f"wrk gave no figures:\n{output}")
-    figures: dict[str, Any] = json.loads(match.group(1))
-    figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
-    return figures
+    return wrk_figures(argv, seconds)
 
 
 async def burst(base_url: str, token: str, count: int) -> float:
@@ -145,24 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     with sigterm_unwinds(), contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-airtable-")))
         script = workdir / "report.lua"
-        script.write_text(_WRK_SCRIPT)
+        script.write_text(WRK_SCRIPT)
         stack.callback(clear_redis_namespace, args.redis, namespace)
         python = sys.executable
 
-        emulator_port, service_port, upstream_port, gateway_port = (free_port() for _ in range(4))
-        emulator = server(
-            "emulator", [python, "-m", "airtable_gateway", "emulator", "--port", str(emulator_port)], base_env,
-            emulator_port, workdir,
-        )  # fmt: skip
-        emulator.start("/_emulator/health")
-        stack.callback(emulator.stop)
+        service_port, upstream_port, gateway_port = (free_port() for _ in range(3))
+        emulator = start_emulator(stack, base_env, workdir)
 
-        service_env = {
+        # What the Airtable gateway and the gateway both run with: one secret, one Redis namespace.
+        platform_env = {
             **base_env,
             "DATA_DIR": str(workdir / "data"),
             "JWT_SECRET": secret,
             "REDIS_URL": args.redis,
             "REDIS_NAMESPACE": namespace,
+            "LOG_LEVEL": "WARNING",
+        }
+        service_env = {
+            **platform_env,
             "AIRTABLE_GATEWAY_PORT": str(service_port),
             "AIRTABLE_TOKEN": "emulator-token",
             "AIRTABLE_API_URL": emulator.base_url,
@@ -171,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
             # The burst is one user's: allowed the whole queue, to measure it against the floor.
             "AIRTABLE_FAIR_SHARE_SECONDS": "120",
             "CACHE_TTL": "3600",
-            "LOG_LEVEL": "WARNING",
         }
         subprocess.run([python, "-m", "airtable_gateway", "migrate"], env=service_env, check=True, capture_output=True)
         service = server(
@@ -180,26 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         service.start("/health")
         stack.callback(service.stop)
 
-        upstream_argv = [
-            python,
-            "-m",
-            "uvicorn",
-            "bench.upstream_app:app",
-            "--host",
-            HOST,
-            "--port",
-            str(upstream_port),
-        ]
-        upstream = server("upstream", [*upstream_argv, "--no-access-log"], base_env, upstream_port, workdir)
+        upstream_argv = [*upstream_app_argv(upstream_port), "--no-access-log"]
+        upstream = server("upstream", upstream_argv, base_env, upstream_port, workdir)
         upstream.start("/health")
         stack.callback(upstream.stop)
 
         gateway_env = {
-            **base_env,
-            "DATA_DIR": str(workdir / "data"),
-            "JWT_SECRET": secret,
-            "REDIS_URL": args.redis,
-            "REDIS_NAMESPACE": namespace,
+            **platform_env,
             "GATEWAY_PORT": str(gateway_port),
             "AUTH_SERVICE_URL": "",
             "USER_SERVICE_URL": "",
@@ -208,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:
             "EXTRA_ROUTES": f"/api/v1/bench={upstream.base_url}",
             "RATE_LIMIT_PER_MINUTE": "100000000",
             "RATE_LIMIT_BURST": "1000000",
-            "LOG_LEVEL": "WARNING",
         }
         gateway = server("gateway", [python, "-m", "gateway", "serve"], gateway_env, gateway_port, workdir)
         gateway.start("/health")

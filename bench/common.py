@@ -6,16 +6,19 @@ SIGTERM that unwinds like an exception, and the machine facts every report carri
 """
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
 
@@ -39,6 +42,22 @@ SHARED_SETTING_NAMES = frozenset(
 )
 
 
+# wrk prints this line from its done() hook: machine-readable figures, no text parsing. A request's
+# method and body come from BENCH_METHOD and BENCH_BODY (by default a GET without one).
+WRK_SCRIPT = r"""
+wrk.method = os.getenv("BENCH_METHOD") or "GET"
+wrk.body = os.getenv("BENCH_BODY")
+if wrk.body then wrk.headers["Content-Type"] = "application/json" end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"errors":%d,"status":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
 # -- environment -----------------------------------------------------------------------------
 
 
@@ -54,12 +73,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def upstream_app_argv(port: int) -> list[str]:
+    """uvicorn serving bench/upstream_app.py on ``port`` of HOST; a caller appends its options."""
+    return [sys.executable, "-m", "uvicorn", "bench.upstream_app:app", "--host", HOST, "--port", str(port)]
+
+
 def utc_timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def write_report(path: str, report: Mapping[str, Any]) -> None:
+    """The report as indented JSON at ``path`` (its folder made if need be)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    say(f"wrote {path}")
+
+
+def publish(report: Mapping[str, Any], text: str, json_path: str | None) -> None:
+    """Print the report's ``text``; write the report as JSON at ``json_path`` where one is given."""
+    print(text)
+    if json_path:
+        write_report(json_path, report)
+
+
+def exit_with(main: Callable[[], int], interrupted: str) -> NoReturn:
+    """Exit with ``main()``'s status; a Ctrl-C exits 130, saying ``interrupted`` (what was cleaned up)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        say(f"interrupted; {interrupted}")
+        sys.exit(130)
+
+
+# -- wrk -----------------------------------------------------------------------------------------
+
+
+def wrk_figures(argv: list[str], seconds: float, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run wrk (``argv``, with :data:`WRK_SCRIPT` as its script) for ``seconds``: the figures its
+    done() hook printed, and the requests per second."""
+    output = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True, env=env).stdout
+    match = re.search(r"BENCH_JSON (\{.*\})", output)
+    if match is None:
+        raise RuntimeError(f"wrk gave no figures:\n{output}")
+    figures: dict[str, Any] = json.loads(match.group(1))
+    figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
+    return figures
 
 
 # -- CPU time --------------------------------------------------------------------------------

@@ -66,14 +66,17 @@ from bench.common import (
     LoggedServer,
     clear_redis_namespace,
     cpu_model,
+    exit_with,
     free_port,
     package_versions,
     process_and_children_cpu_seconds,
+    publish,
     sample_differences,
     say,
     scrubbed_environ,
     sigterm_unwinds,
     system_busy_seconds,
+    upstream_app_argv,
     utc_timestamp,
 )
 from bench.upstream_app import ITEM_BODY, ITEM_PATH
@@ -180,14 +183,7 @@ def start_upstream(workdir: Path, pinning: Pinning) -> Server:
     port = free_port()
     argv = [
         *Pinning.prefix(pinning.upstream),
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.upstream_app:app",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
+        *upstream_app_argv(port),
         "--loop",
         "uvloop",
         "--http",
@@ -597,53 +593,37 @@ def summarise(rounds: list[dict[str, Any]], targets: list[str], connection_count
             }
     ratios: dict[str, Any] = {}
     for connections in connection_counts:
-        if {"gateway", "nginx"} <= set(targets):
-            values = [
-                r["results"][f"gateway@{connections}"]["rps"] / r["results"][f"nginx@{connections}"]["rps"]
-                for r in rounds
-                if r["results"][f"nginx@{connections}"]["rps"]
-            ]
-            ratios[f"gateway_over_nginx_rps@{connections}"] = _spread(values, 3)
-        if {"gateway", "direct"} <= set(targets):
-            values = [
-                r["results"][f"gateway@{connections}"]["rps"] / r["results"][f"direct@{connections}"]["rps"]
-                for r in rounds
-                if r["results"][f"direct@{connections}"]["rps"]
-            ]
-            ratios[f"gateway_over_direct_rps@{connections}"] = _spread(values, 3)
-            added = [
-                r["results"][f"gateway@{connections}"]["p50_ms"] - r["results"][f"direct@{connections}"]["p50_ms"]
-                for r in rounds
-            ]
-            ratios[f"gateway_added_p50_ms@{connections}"] = _spread(added, 3)
-        if {"gateway", MULTI} <= set(targets):
-            values = [
-                r["results"][f"{MULTI}@{connections}"]["rps"] / r["results"][f"gateway@{connections}"]["rps"]
-                for r in rounds
-                if r["results"][f"gateway@{connections}"]["rps"]
-            ]
-            ratios[f"two_workers_over_one_rps@{connections}"] = _spread(values, 3)
-        if {MULTI, "nginx"} <= set(targets):
-            values = [
-                r["results"][f"{MULTI}@{connections}"]["rps"] / r["results"][f"nginx@{connections}"]["rps"]
-                for r in rounds
-                if r["results"][f"nginx@{connections}"]["rps"]
-            ]
-            ratios[f"two_workers_over_nginx_rps@{connections}"] = _spread(values, 3)
-        if {"gateway", BEFORE} <= set(targets):
-            values = [
-                r["results"][f"gateway@{connections}"]["rps"] / r["results"][f"{BEFORE}@{connections}"]["rps"]
-                for r in rounds
-                if r["results"][f"{BEFORE}@{connections}"]["rps"]
-            ]
-            ratios[f"gateway_over_before_rps@{connections}"] = _spread(values, 3)
-        if {"nginx", "direct"} <= set(targets):
-            added = [
-                r["results"][f"nginx@{connections}"]["p50_ms"] - r["results"][f"direct@{connections}"]["p50_ms"]
-                for r in rounds
-            ]
-            ratios[f"nginx_added_p50_ms@{connections}"] = _spread(added, 3)
+        for name, measured, against, figure in _COMPARISONS:
+            if {measured, against} <= set(targets):
+                values = _compared(rounds, connections, measured, against, figure)
+                ratios[f"{name}@{connections}"] = _spread(values, 3)
     return {"per_target": per_target, "ratios": ratios}
+
+
+# The report's comparisons of two targets, in its order: (name, the target measured, the one it is
+# measured against, "rps" for the ratio of their requests per second or "p50_ms" for the median
+# latency the measured one adds).
+_COMPARISONS = (
+    ("gateway_over_nginx_rps", "gateway", "nginx", "rps"),
+    ("gateway_over_direct_rps", "gateway", "direct", "rps"),
+    ("gateway_added_p50_ms", "gateway", "direct", "p50_ms"),
+    ("two_workers_over_one_rps", MULTI, "gateway", "rps"),
+    ("two_workers_over_nginx_rps", MULTI, "nginx", "rps"),
+    ("gateway_over_before_rps", "gateway", BEFORE, "rps"),
+    ("nginx_added_p50_ms", "nginx", "direct", "p50_ms"),
+)
+
+
+def _compared(rounds: list[dict[str, Any]], connections: int, measured: str, against: str, figure: str) -> list[float]:
+    """Round by round: ``measured``'s requests per second over ``against``'s (rounds where it
+    served none left out), or the p50 latency it adds."""
+    pairs = [
+        (r["results"][f"{measured}@{connections}"][figure], r["results"][f"{against}@{connections}"][figure])
+        for r in rounds
+    ]
+    if figure == "rps":
+        return [value / baseline for value, baseline in pairs if baseline]
+    return [value - baseline for value, baseline in pairs]
 
 
 def _spread(values: list[float], digits: int) -> dict[str, float] | None:
@@ -833,17 +813,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with sigterm_unwinds():  # stop the servers, remove the temp dir and Redis keys
         report = measure(args)
-    print(markdown(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        say(f"wrote {args.json}")
+    publish(report, markdown(report), args.json)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        say("interrupted; the servers were stopped and temporary data removed")
-        sys.exit(130)
+    exit_with(main, "the servers were stopped and temporary data removed")

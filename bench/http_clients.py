@@ -55,17 +55,22 @@ Get = Callable[[], Awaitable[None]]
 ClientFactory = Callable[[str], contextlib.AbstractAsyncContextManager[Get]]
 
 
+def httpx_get(client: httpx.AsyncClient, url: str, label: str) -> Get:
+    """A checked GET of the item through ``client`` (``label`` names the client in an error)."""
+
+    async def get() -> None:
+        response = await client.get(url, headers=HEADERS)
+        if response.status_code != 200 or response.content != ITEM_BODY:
+            raise RuntimeError(f"{label}: {response.status_code}")
+
+    return get
+
+
 @contextlib.asynccontextmanager
 async def httpx_default(url: str) -> AsyncIterator[Get]:
     limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-
-        async def get() -> None:
-            response = await client.get(url, headers=HEADERS)
-            if response.status_code != 200 or response.content != ITEM_BODY:
-                raise RuntimeError(f"httpx: {response.status_code}")
-
-        yield get
+        yield httpx_get(client, url, "httpx")
 
 
 @contextlib.asynccontextmanager
@@ -74,13 +79,7 @@ async def httpx_aiohttp_transport(url: str) -> AsyncIterator[Get]:
 
     limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
     async with httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=30) as client:
-
-        async def get() -> None:
-            response = await client.get(url, headers=HEADERS)
-            if response.status_code != 200 or response.content != ITEM_BODY:
-                raise RuntimeError(f"httpx+aiohttp: {response.status_code}")
-
-        yield get
+        yield httpx_get(client, url, "httpx+aiohttp")
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,6 @@ median of the per-round ratios, so slow drift of the machine affects both sides 
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import secrets
@@ -50,9 +49,11 @@ from bench.common import (
     clear_redis_namespace,
     cpu_model,
     exit_on_sigterm,
+    exit_with,
     free_port,
     package_versions,
     process_cpu_seconds,
+    publish,
     sample_differences,
     say,
     scrubbed_environ,
@@ -588,16 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     for setup in setups:
         report["results"].append(bench_setup(setup, params, args))
-    print(markdown(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        say(f"wrote {args.json}")
+    publish(report, markdown(report), args.json)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        say("interrupted; the service was stopped and temporary data removed")
-        sys.exit(130)
+    exit_with(main, "the service was stopped and temporary data removed")

@@ -43,10 +43,11 @@ from typing import Any
 
 import httpx
 
-from bench.airtable_gateway import server
+from bench.airtable_gateway import server, start_emulator
 from bench.common import (
     HOST,
     SHARED_SETTING_NAMES,
+    WRK_SCRIPT,
     LoggedServer,
     clear_redis_namespace,
     cpu_model,
@@ -57,6 +58,7 @@ from bench.common import (
     sigterm_unwinds,
     system_busy_seconds,
     utc_timestamp,
+    wrk_figures,
 )
 from shared import registry
 
@@ -68,18 +70,6 @@ AIRTABLE_RECORDS = f"/api/v1/airtable/bases/{BASE}/tables/{TABLE}/records?page_s
 EVENT_BODY = '{"event_type":"page_view","properties":{"path":"/home"}}'
 PASSWORD = "bench correct horse battery " + "staple"
 _LEAKY_PREFIXES = ("AUTH_", "USERS_", "ANALYTICS_", "AIRTABLE_", "GATEWAY_", "CACHE_")
-_WRK_SCRIPT = r"""
-wrk.method = os.getenv("BENCH_METHOD") or "GET"
-wrk.body = os.getenv("BENCH_BODY")
-if wrk.body then wrk.headers["Content-Type"] = "application/json" end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_JSON {"requests":%d,"duration_us":%d,"errors":%d,"status":%d,"p50_us":%d,"p99_us":%d}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
 
 
 @dataclass(frozen=True)
@@ -157,13 +147,7 @@ def run_wrk(url: str, route: Route, token: str, connections: int, seconds: float
     env = {**os.environ, "BENCH_METHOD": route.method}
     if route.body is not None:
         env["BENCH_BODY"] = route.body
-    output = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True, env=env).stdout
-    match = re.search(r"BENCH_JSON (\{.*\})", output)
-    if match is None:
-        raise RuntimeError(f"wrk gave no figures:\n{output}")
-    figures: dict[str, Any] = json.loads(match.group(1))
-    figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
-    return figures
+    return wrk_figures(argv, seconds, env)
 
 
 def measured_run(
@@ -250,17 +234,11 @@ def bench_services(args: argparse.Namespace) -> dict[str, Any]:
     with sigterm_unwinds(), contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-services-")))
         script = workdir / "report.lua"
-        script.write_text(_WRK_SCRIPT)
+        script.write_text(WRK_SCRIPT)
         databases = stack.enter_context(temp_databases(args.postgres, list(SERVICES)))
         stack.callback(clear_redis_namespace, args.redis, namespace)
 
-        emulator_port = free_port()
-        emulator = server(
-            "emulator", [python, "-m", "airtable_gateway", "emulator", "--port", str(emulator_port)], base_env,
-            emulator_port, workdir,
-        )  # fmt: skip
-        emulator.start("/_emulator/health")
-        stack.callback(emulator.stop)
+        emulator = start_emulator(stack, base_env, workdir)
 
         common = {
             **base_env,
@@ -338,26 +316,40 @@ def bench_services(args: argparse.Namespace) -> dict[str, Any]:
                         f"other load {figures['other_cores']:.2f} cores, non-2xx {figures['status']}"
                     )
 
+        serving = Serving(servers, requests_served, token, args, script)
         if args.py_spy:
-            profile_services(servers, requests_served, token, args, script)
-        memory = service_memory(servers, requests_served, token, args, script)
+            profile_services(serving)
+        memory = service_memory(serving)
 
     return {"routes": summarise(results), "memory": memory}
 
 
-def profile_services(
-    servers: dict[str, LoggedServer],
-    served: dict[str, int],
-    token: str,
-    args: argparse.Namespace,
-    script: Path,
-) -> None:
+@dataclass
+class Serving:
+    """The services started, the requests each has served so far, and what a wrk run needs."""
+
+    servers: dict[str, LoggedServer]
+    served: dict[str, int]
+    token: str
+    args: argparse.Namespace
+    script: Path
+
+    def load(self, route: Route, seconds: float) -> dict[str, Any]:
+        """One wrk run of ``route`` on its service, counted in what that service served."""
+        url = self.servers[route.service].base_url + route.path
+        figures = run_wrk(url, route, self.token, self.args.connections, seconds, self.script)
+        self.served[route.service] += figures["requests"]
+        return figures
+
+
+def profile_services(serving: Serving) -> None:
     """``--py-spy DIR``: one more wrk run per route with py-spy recording the service (raw
     collapsed stacks, ``DIR/<route>.txt``); after the measured rounds, so it skews none of them."""
+    args = serving.args
     out = Path(args.py_spy)
     out.mkdir(parents=True, exist_ok=True)
     for route in ROUTES:
-        process = servers[route.service]
+        process = serving.servers[route.service]
         target = out / (re.sub(r"[^a-z0-9]+", "-", route.name.lower()).strip("-") + ".txt")
         argv = ["py-spy", "record", "--pid", str(process.pid), "--format", "raw", "--rate", "250"]
         argv += ["--duration", f"{args.seconds:.0f}", "--output", str(target), "--nonblocking"]
@@ -367,26 +359,19 @@ def profile_services(
             stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
-        figures = run_wrk(process.base_url + route.path, route, token, args.connections, args.seconds, script)
-        served[route.service] += figures["requests"]
+        serving.load(route, args.seconds)
         recorder.wait(args.seconds + 30)
         say(f"py-spy {route.name}: {target}")
 
 
-def service_memory(
-    servers: dict[str, LoggedServer],
-    served: dict[str, int],
-    token: str,
-    args: argparse.Namespace,
-    script: Path,
-) -> dict[str, dict[str, Any]]:
+def service_memory(serving: Serving) -> dict[str, dict[str, Any]]:
     """Each service's VmRSS once it has served at least ``--memory-requests`` requests."""
+    served = serving.served
     memory: dict[str, dict[str, Any]] = {}
-    for name, process in servers.items():
+    for name, process in serving.servers.items():
         route = next(r for r in ROUTES if r.service == name)
-        while served[name] < args.memory_requests:
-            figures = run_wrk(process.base_url + route.path, route, token, args.connections, 2, script)
-            served[name] += figures["requests"]
+        while served[name] < serving.args.memory_requests:
+            serving.load(route, 2)
         rss = vm_rss_mb(process.pid)
         memory[name] = {
             "requests": served[name],
@@ -406,7 +391,7 @@ def embedded_memory(args: argparse.Namespace) -> dict[str, Any]:
     with sigterm_unwinds(), contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-embedded-")))
         script = workdir / "report.lua"
-        script.write_text(_WRK_SCRIPT)
+        script.write_text(WRK_SCRIPT)
         port = free_port()
         env = {
             **base_env,

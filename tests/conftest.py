@@ -15,7 +15,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import jwt
@@ -27,7 +28,8 @@ from psycopg import sql
 
 from shared import migrations
 from shared.keys import hs256_kid
-from shared.settings import ServiceSettings
+from shared.registry import SERVICES
+from shared.settings import ServiceSettings, load_settings
 from tests import private_servers
 from tests.private_servers import PrivateRedis
 
@@ -267,12 +269,18 @@ def access_claims(**changes: Any) -> dict[str, Any]:
         "nbf": now,
         "exp": now + 600,
     }
+    return changed(values, changes)
+
+
+def changed(values: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` with ``changes`` made: a change to ``None`` removes that key."""
+    result = dict(values)
     for name, value in changes.items():
         if value is None:
-            values.pop(name, None)
+            result.pop(name, None)
         else:
-            values[name] = value
-    return values
+            result[name] = value
+    return result
 
 
 def signed_access_token(secret: str, **claims: Any) -> str:
@@ -303,9 +311,82 @@ def migrated_database(databases: "DatabaseFactory", settings: type[ServiceSettin
     return url
 
 
+def migrated_embedded_environ(databases: DatabaseFactory, data_dir: Path) -> dict[str, str]:
+    """An embedded platform's environment with auth and users on new PostgreSQL databases of this
+    run, migrated (the other services on SQLite in ``data_dir``)."""
+    environ = {"DATA_DIR": str(data_dir), "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS)}
+    on_postgres = [entry for entry in SERVICES if entry.package in ("auth_service", "user_service")]
+    for entry in on_postgres:
+        environ[f"{entry.env_prefix}_DATABASE_URL"] = databases.create(entry.database)
+    for entry in on_postgres:
+        migrations.upgrade(load_settings(entry.settings(), environ), entry.package)
+    return environ
+
+
 def truncate(database_url: str, tables: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {tables} CASCADE")
+
+
+def database_fixtures(name: str, settings: type[ServiceSettings], package: str, tables: str) -> tuple[Any, Any]:
+    """A service's two database fixtures: ``<name>_database``, its database migrated once a session
+    (:func:`migrated_database`), and ``clean_<name>_database``, the same emptied of ``tables``
+    after each test that used it (:func:`truncate`)."""
+
+    @pytest.fixture(scope="session", name=f"{name}_database")
+    def database(databases: DatabaseFactory) -> str:
+        return migrated_database(databases, settings, package)
+
+    @pytest.fixture(name=f"clean_{name}_database")
+    def clean_database(request: pytest.FixtureRequest) -> Iterator[str]:
+        database_url: str = request.getfixturevalue(f"{name}_database")
+        yield database_url
+        truncate(database_url, tables)
+
+    return database, clean_database
+
+
+@pytest.fixture
+def service_settings(redis_url: str, redis_namespace: str, tmp_path: Path) -> dict[str, Any]:
+    """The settings every app under test shares: the test's Redis namespace and data directory, and
+    a database connect as patient as a loaded machine needs (LOADED_DB_CONNECT_SECONDS)."""
+    return {
+        "redis_url": redis_url,
+        "redis_namespace": redis_namespace,
+        "data_dir": str(tmp_path),
+        "db_connect_timeout_seconds": LOADED_DB_CONNECT_SECONDS,
+    }
+
+
+Settings = TypeVar("Settings", bound=ServiceSettings)
+
+
+def settings_factory(settings: type[Settings], **defaults: Any) -> Callable[..., Settings]:
+    """Builds validated ``settings`` from ``defaults`` and what a test overrides."""
+
+    def build(**overrides: Any) -> Settings:
+        built = settings(**{**defaults, **overrides})
+        built.validate()
+        return built
+
+    return build
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is a problem+json of ``status`` (and ``code``), without a traceback: its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    if code is not None:
+        assert body["code"] == code, body
+    assert "Traceback" not in response.text
+    return body
 
 
 async def eventually(check: Callable[[], Any], what: str) -> Any:

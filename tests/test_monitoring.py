@@ -19,14 +19,10 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from auth_service.config import AuthSettings
 from embedded.app import create_app
 from gateway.config import GatewaySettings
-from shared import migrations
-from shared.settings import load_settings
 from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD
-from tests.conftest import LOADED_DB_CONNECT_SECONDS, DatabaseFactory, app_client
-from user_service.config import UserSettings
+from tests.conftest import DatabaseFactory, app_client, migrated_embedded_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -97,17 +93,11 @@ def registered_names() -> set[str]:
 @pytest.fixture
 def environ(databases: DatabaseFactory, tmp_path: Path) -> dict[str, str]:
     """Auth and users on PostgreSQL (their pools are watched), migrated; the others on SQLite."""
-    environ = {
-        "DATA_DIR": str(tmp_path),
-        "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS),
-        "AUTH_DATABASE_URL": databases.create("pyairtable_auth"),
-        "USERS_DATABASE_URL": databases.create("pyairtable_users"),
+    return {
+        **migrated_embedded_environ(databases, tmp_path),
         "JWT_SECRET": JWT_SECRET,
         **{name.upper(): str(value) for name, value in FAST_ARGON2.items()},
     }
-    migrations.upgrade(load_settings(AuthSettings, environ), "auth_service")
-    migrations.upgrade(load_settings(UserSettings, environ), "user_service")
-    return environ
 
 
 @pytest.fixture

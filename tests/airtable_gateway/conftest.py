@@ -4,8 +4,7 @@ Airtable emulator running as a real process (tests/airtable_gateway/emulator_fix
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -24,11 +23,10 @@ from tests.airtable_gateway.emulator_fixture import (  # noqa: F401  (pytest fin
 )
 from tests.conftest import (
     LOADED_DB_CONNECT_SECONDS,
-    DatabaseFactory,
     app_client,
-    migrated_database,
+    database_fixtures,
+    settings_factory,
     signed_access_token,
-    truncate,
 )
 
 API = "/api/v1/airtable"
@@ -45,15 +43,9 @@ ORG = uuid.uuid4()
 SettingsFactory = Callable[..., AirtableSettings]
 
 
-@pytest.fixture(scope="session")
-def airtable_database(databases: DatabaseFactory) -> str:
-    return migrated_database(databases, AirtableSettings, "airtable_gateway")
-
-
-@pytest.fixture
-def clean_airtable_database(airtable_database: str) -> Iterator[str]:
-    yield airtable_database
-    truncate(airtable_database, "user_tokens, base_grants, outbox, processed_events")
+airtable_database, clean_airtable_database = database_fixtures(
+    "airtable", AirtableSettings, "airtable_gateway", "user_tokens, base_grants, outbox, processed_events"
+)
 
 
 def grant(database_url: str, organization_id: uuid.UUID, base_id: str, access: str = "write") -> None:
@@ -75,36 +67,25 @@ def org_grants(clean_airtable_database: str) -> str:
 
 
 @pytest.fixture
-def make_settings(
-    org_grants: str, redis_url: str, redis_namespace: str, tmp_path: Path, emulator: Emulator
-) -> SettingsFactory:
-    def build(**overrides: Any) -> AirtableSettings:
-        values: dict[str, Any] = {
-            "database_url": org_grants,
-            "redis_url": redis_url,
-            "redis_namespace": redis_namespace,
-            "jwt_secret": JWT_SECRET,
-            "data_dir": str(tmp_path),
-            "db_connect_timeout_seconds": LOADED_DB_CONNECT_SECONDS,
-            # Also the bound on a grant or token lookup: a loaded machine can take longer than the
-            # production 1.5 s; the database fault tests set that back (test_dependency_faults.py).
-            "db_statement_timeout_ms": int(LOADED_DB_CONNECT_SECONDS * 1000),
-            "airtable_api_url": emulator.url,
-            "airtable_token": emulator.token,
-            "airtable_token_encryption_key": ENCRYPTION_KEY,
-            "airtable_penalty_seconds": PENALTY_SECONDS,
-            "airtable_queue_timeout": 10.0,
-            "airtable_retry_base_seconds": 0.05,
-            # Long enough that a busy test process never falls back to per-process stores and
-            # limits by accident; the fault tests set the production 50 ms (test_dependency_faults.py).
-            "redis_timeout_seconds": 0.5,
-            **overrides,
-        }
-        settings = AirtableSettings(**values)
-        settings.validate()
-        return settings
-
-    return build
+def make_settings(org_grants: str, service_settings: dict[str, Any], emulator: Emulator) -> SettingsFactory:
+    return settings_factory(
+        AirtableSettings,
+        **service_settings,
+        database_url=org_grants,
+        jwt_secret=JWT_SECRET,
+        # Also the bound on a grant or token lookup: a loaded machine can take longer than the
+        # production 1.5 s; the database fault tests set that back (test_dependency_faults.py).
+        db_statement_timeout_ms=int(LOADED_DB_CONNECT_SECONDS * 1000),
+        airtable_api_url=emulator.url,
+        airtable_token=emulator.token,
+        airtable_token_encryption_key=ENCRYPTION_KEY,
+        airtable_penalty_seconds=PENALTY_SECONDS,
+        airtable_queue_timeout=10.0,
+        airtable_retry_base_seconds=0.05,
+        # Long enough that a busy test process never falls back to per-process stores and
+        # limits by accident; the fault tests set the production 50 ms (test_dependency_faults.py).
+        redis_timeout_seconds=0.5,
+    )
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ Redis) in front of the Airtable emulator; one account sends 120 uncached reads o
 client addresses at once, then another account reads the same base. The other read is served while
 the heavy account's surplus gets 503 + Retry-After (run with ``-s`` to see the measured wait)."""
 
-import shlex
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from tests.airtable_gateway.conftest import grant
 from tests.airtable_gateway.emulator_fixture import CRM_BASE, Emulator
 from tests.airtable_gateway.test_fair_share import HEAVY_READS, heavy_burst_then_another_users_read, served_and_refused
 from tests.conftest import DatabaseFactory
-from tests.e2e.processes import PYTHON, Processes, Service, access_token, environment, free_port
+from tests.e2e.processes import Processes, Service, Stack, access_token, start_service
 
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 8)]
 HEAVY_ORG, OTHER_ORG = uuid.uuid4(), uuid.uuid4()
@@ -28,34 +27,25 @@ def platform(
     """The API gateway routing /api/v1/airtable to the Airtable gateway; its per-address limits
     raised, since they are not what this run is about."""
     processes = Processes(tmp_path)
+    stack = Stack(processes, tmp_path, databases, redis_url, redis_namespace)
     try:
-        port = free_port()
         database_url = databases.create("pyairtable_airtable")
-        env = environment(
+        upstream = {"AIRTABLE_TOKEN": emulator.token, "AIRTABLE_API_URL": emulator.url}
+        airtable = start_service(
+            processes,
+            "airtable",
+            "airtable_gateway",
+            "AIRTABLE_GATEWAY",
             tmp_path,
-            AIRTABLE_GATEWAY_DATABASE_URL=database_url,
-            AIRTABLE_GATEWAY_PORT=str(port),
-            REDIS_URL=redis_url,
-            REDIS_NAMESPACE=redis_namespace,
-            AIRTABLE_TOKEN=emulator.token,
-            AIRTABLE_API_URL=emulator.url,
+            database_url,
+            **stack.redis,
+            **upstream,
             AIRTABLE_QUEUE_TIMEOUT="10",
-        )
-        python = shlex.quote(PYTHON)
-        command = f"{python} -m airtable_gateway migrate && exec {python} -m airtable_gateway serve"
-        airtable = processes.start("airtable", ["sh", "-c", command], env, port).wait_healthy()
+        ).wait_healthy()
         for organization in (HEAVY_ORG, OTHER_ORG):
             grant(database_url, organization, CRM_BASE, "read")
-        gateway = processes.gateway(
-            "gateway",
-            tmp_path,
-            AIRTABLE_GATEWAY_URL=airtable.url,
-            REDIS_URL=redis_url,
-            REDIS_NAMESPACE=redis_namespace,
-            RATE_LIMIT_PER_MINUTE="6000",
-            RATE_LIMIT_BURST="200",
-        ).wait_healthy()
-        yield gateway
+        limits = {"RATE_LIMIT_PER_MINUTE": "6000", "RATE_LIMIT_BURST": "200"}
+        yield stack.gateway("gateway", AIRTABLE_GATEWAY_URL=airtable.url, **limits).wait_healthy()
     finally:
         processes.stop_all()
 

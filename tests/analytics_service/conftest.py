@@ -3,7 +3,7 @@ Redis namespace, and access tokens for users and administrators."""
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +14,11 @@ from litestar import Litestar
 
 from analytics_service.app import create_app
 from analytics_service.config import AnalyticsSettings
-from tests.conftest import (
-    LOADED_DB_CONNECT_SECONDS,
-    Clock,
-    DatabaseFactory,
-    app_client,
-    migrated_database,
-    signed_access_token,
-    truncate,
-)
+from shared import migrations
+from tests.conftest import Clock, app_client, database_fixtures, settings_factory, signed_access_token
 
 JWT_SECRET = secrets.token_urlsafe(48)
 API = "/api/v1/analytics"
-PROBLEM = "application/problem+json"
 TABLES = (
     "events, metrics, usage_daily, cost_daily, endpoint_hourly, event_hourly, usage_applied, usage_scoped_daily,"
     " audit_log, processed_events"
@@ -51,44 +43,18 @@ class User:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-@pytest.fixture(scope="session")
-def analytics_database(databases: DatabaseFactory) -> str:
-    return migrated_database(databases, AnalyticsSettings, "analytics_service")
-
-
-@pytest.fixture
-def clean_analytics_database(analytics_database: str) -> Iterator[str]:
-    yield analytics_database
-    truncate(analytics_database, TABLES)
-
+analytics_database, clean_analytics_database = database_fixtures(
+    "analytics", AnalyticsSettings, "analytics_service", TABLES
+)
 
 SettingsFactory = Callable[..., AnalyticsSettings]
 
 
 @pytest.fixture
-def make_settings(
-    clean_analytics_database: str, redis_url: str, redis_namespace: str, tmp_path: Path
-) -> SettingsFactory:
-    def build(**overrides: Any) -> AnalyticsSettings:
-        values: dict[str, Any] = {
-            "database_url": clean_analytics_database,
-            "redis_url": redis_url,
-            "redis_namespace": redis_namespace,
-            "jwt_secret": JWT_SECRET,
-            "data_dir": str(tmp_path),
-            "db_connect_timeout_seconds": LOADED_DB_CONNECT_SECONDS,
-            **overrides,
-        }
-        settings = AnalyticsSettings(**values)
-        settings.validate()
-        return settings
-
-    return build
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def make_settings(clean_analytics_database: str, service_settings: dict[str, Any]) -> SettingsFactory:
+    return settings_factory(
+        AnalyticsSettings, **service_settings, database_url=clean_analytics_database, jwt_secret=JWT_SECRET
+    )
 
 
 @pytest.fixture
@@ -103,6 +69,14 @@ async def client(analytics_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
+def sqlite_app(tmp_path: Path, clock: Clock) -> Litestar:
+    """The service on SQLite in DATA_DIR (the embedded platform's database), migrated."""
+    settings = AnalyticsSettings(data_dir=str(tmp_path), jwt_secret=JWT_SECRET)
+    migrations.upgrade(settings, "analytics_service")
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
 def user() -> User:
     return User("user")
 
@@ -110,17 +84,6 @@ def user() -> User:
 @pytest.fixture
 def admin() -> User:
     return User("admin", "user")
-
-
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code, body
-    assert "Traceback" not in response.text
-    return body
 
 
 def count_rows(database_url: str, table: str, where: str = "TRUE") -> int:

@@ -3,23 +3,19 @@ stored once each and read back newest first, filtered and paged, by those allowe
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from litestar import Litestar
 
 from analytics_service.app import create_app
-from analytics_service.config import AnalyticsSettings
 from analytics_service.services.audit import apply_audit_event
 from analytics_service.workers import purge
-from shared import migrations
 from shared.audit import audit_event
 from shared.db import create_engine, create_sessionmaker
 from shared.events import Event
-from tests.analytics_service.conftest import API, JWT_SECRET, SettingsFactory, User, assert_problem, count_rows
-from tests.conftest import app_client, eventually
+from tests.analytics_service.conftest import API, SettingsFactory, User, count_rows
+from tests.conftest import app_client, assert_problem, eventually
 
 AUDIT = f"{API}/audit"
 ORG, OTHER_ORG = str(uuid.uuid4()), str(uuid.uuid4())
@@ -116,6 +112,30 @@ async def test_filters_narrow_the_entries(analytics_app: Litestar, client: httpx
     assert await ids(organization_id=ORG, since=since, until=until) == [other.id]
 
 
+async def audit_pages(client: httpx.AsyncClient, limit: int, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """Every page of the audit log, ``limit`` entries a page, its next_cursor followed to the end."""
+    pages: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": limit}
+    while True:
+        response = await client.get(AUDIT, params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        pages.append(response.json())
+        if pages[-1].get("next_cursor") is None:
+            return pages
+        params["cursor"] = pages[-1]["next_cursor"]
+
+
+def entry_ids(pages: list[dict[str, Any]]) -> list[str]:
+    return [item["id"] for page in pages for item in page["entries"]]
+
+
+def newest_first(events: list[Event]) -> list[str]:
+    """The events' ids in the log's order: newest first, ties by id."""
+    return [
+        event.id for event in sorted(events, key=lambda event: (event.occurred_at, uuid.UUID(event.id)), reverse=True)
+    ]
+
+
 async def test_pages_follow_each_other_without_gaps_or_repeats(
     analytics_app: Litestar, client: httpx.AsyncClient
 ) -> None:
@@ -126,20 +146,9 @@ async def test_pages_follow_each_other_without_gaps_or_repeats(
     await publish_and_wait(analytics_app, client, *events)
     owner = manager()
 
-    seen: list[str] = []
-    params: dict[str, Any] = {"limit": 3}
-    while True:
-        response = await client.get(AUDIT, params=params, headers=owner.headers)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        assert len(page["entries"]) <= 3
-        seen += [item["id"] for item in page["entries"]]
-        if page.get("next_cursor") is None:
-            break
-        params["cursor"] = page["next_cursor"]
-
-    expected = sorted(events, key=lambda event: (event.occurred_at, uuid.UUID(event.id)), reverse=True)
-    assert seen == [event.id for event in expected]
+    pages = await audit_pages(client, 3, owner.headers)
+    assert all(len(page["entries"]) <= 3 for page in pages)
+    assert entry_ids(pages) == newest_first(events)
 
 
 async def test_who_sees_what(analytics_app: Litestar, client: httpx.AsyncClient) -> None:
@@ -209,13 +218,6 @@ async def test_entries_past_the_audit_retention_are_purged(
     assert count_rows(clean_analytics_database, "audit_log", f"id = '{kept.id}'") == 1
 
 
-@pytest.fixture
-def sqlite_app(tmp_path: Path, clock: Any) -> Litestar:
-    settings = AnalyticsSettings(data_dir=str(tmp_path), jwt_secret=JWT_SECRET)
-    migrations.upgrade(settings, "analytics_service")
-    return create_app(settings, clock=clock)
-
-
 async def test_the_embedded_database_sqlite_stores_and_pages_the_same(sqlite_app: Litestar) -> None:
     app = sqlite_app
     moment = datetime.now(UTC) - timedelta(minutes=1)
@@ -224,13 +226,5 @@ async def test_the_embedded_database_sqlite_stores_and_pages_the_same(sqlite_app
         for event in [*events, events[0]]:  # the first one twice: stored once
             async with app.state.sessionmaker() as session, session.begin():
                 await apply_audit_event(session, event)
-        seen: list[str] = []
-        params: dict[str, Any] = {"limit": 2}
-        while True:
-            page = (await client.get(AUDIT, params=params, headers=manager().headers)).json()
-            seen += [item["id"] for item in page["entries"]]
-            if page.get("next_cursor") is None:
-                break
-            params["cursor"] = page["next_cursor"]
-    expected = sorted(events, key=lambda event: (event.occurred_at, uuid.UUID(event.id)), reverse=True)
-    assert seen == [event.id for event in expected]
+        pages = await audit_pages(client, 2, manager().headers)
+    assert entry_ids(pages) == newest_first(events)

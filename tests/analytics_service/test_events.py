@@ -9,8 +9,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.analytics_service.conftest import API, Clock, User, assert_problem, count_rows
-from tests.conftest import app_client
+from tests.analytics_service.conftest import API, Clock, User, count_rows
+from tests.conftest import app_client, assert_problem
 
 
 def event(**fields: Any) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import pytest
 from analytics_service.app import create_app
 from analytics_service.config import AnalyticsSettings
 from shared import migrations
-from tests.analytics_service.conftest import API, JWT_SECRET, Clock, User, assert_problem
-from tests.conftest import app_client
+from tests.analytics_service.conftest import API, JWT_SECRET, Clock, User
+from tests.conftest import app_client, assert_problem
 
 MINUTE = (datetime.now(UTC) - timedelta(days=2)).replace(hour=12, minute=0, second=0, microsecond=0)
 DAY = MINUTE.strftime("%Y-%m-%d")

@@ -3,27 +3,15 @@
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from litestar import Litestar
 
-from analytics_service.app import create_app
-from analytics_service.config import AnalyticsSettings
 from analytics_service.workers import apply_usage
-from shared import migrations
 from shared.usage import UsageMessage, UsageRecord
-from tests.analytics_service.conftest import API, JWT_SECRET, Clock, User, assert_problem
-from tests.conftest import app_client
-
-
-@pytest.fixture
-def sqlite_app(tmp_path: Path, clock: Clock) -> Litestar:
-    settings = AnalyticsSettings(data_dir=str(tmp_path), jwt_secret=JWT_SECRET)
-    migrations.upgrade(settings, "analytics_service")
-    return create_app(settings, clock=clock)
+from tests.analytics_service.conftest import API, Clock, User
+from tests.conftest import app_client, assert_problem
 
 
 async def deliver(app: Litestar, records: list[UsageRecord], message_id: str | None = None) -> int:

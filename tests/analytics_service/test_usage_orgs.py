@@ -4,23 +4,18 @@ carry the caller's active organisation and the key) and the members' LLM usage e
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
-import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
-from analytics_service.app import create_app
-from analytics_service.config import AnalyticsSettings
 from analytics_service.workers import apply_usage
-from shared import migrations
 from shared.streams import append
 from shared.usage import UsageMessage, UsageRecord, usage_stream
-from tests.analytics_service.conftest import API, JWT_SECRET, Clock, User, assert_problem
-from tests.conftest import app_client, eventually
+from tests.analytics_service.conftest import API, User
+from tests.conftest import app_client, assert_problem, eventually
 
 AIRTABLE, USERS = "/api/v1/airtable", "/api/v1/users"
 ORG, OTHER_ORG = str(uuid.uuid4()), str(uuid.uuid4())
@@ -143,13 +138,6 @@ async def test_records_of_an_older_gateway_are_counted_over_redis(
         assert await eventually(counted, "the old record counted")
     finally:
         await redis.aclose()
-
-
-@pytest.fixture
-def sqlite_app(tmp_path: Path, clock: Clock) -> Litestar:
-    settings = AnalyticsSettings(data_dir=str(tmp_path), jwt_secret=JWT_SECRET)
-    migrations.upgrade(settings, "analytics_service")
-    return create_app(settings, clock=clock)
 
 
 async def test_the_embedded_database_sqlite_gives_the_same_organisation_usage(sqlite_app: Litestar) -> None:

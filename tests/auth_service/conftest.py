@@ -1,7 +1,6 @@
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,17 +10,8 @@ from litestar import Litestar
 
 from auth_service.app import create_app
 from auth_service.config import AuthSettings
-from tests.conftest import (
-    LOADED_DB_CONNECT_SECONDS,
-    Clock,
-    DatabaseFactory,
-    app_client,
-    eventually,
-    migrated_database,
-    signed_access_token,
-    truncate,
-)
-from tests.mail_server import Inbox, MailServer, serve_mail
+from tests.conftest import Clock, app_client, database_fixtures, eventually, signed_access_token
+from tests.mail_server import Inbox, MailServer, mail_server  # noqa: F401  (pytest finds fixtures by name)
 
 JWT_SECRET = secrets.token_urlsafe(48)
 PASSWORD = "correct horse battery staple"
@@ -35,38 +25,22 @@ TABLES = (
 )
 
 
-@pytest.fixture(scope="session")
-def auth_database(databases: DatabaseFactory) -> str:
-    return migrated_database(databases, AuthSettings, "auth_service")
+auth_database, clean_auth_database = database_fixtures("auth", AuthSettings, "auth_service", TABLES)
 
 
 @pytest.fixture
-def clean_auth_database(auth_database: str) -> Iterator[str]:
-    yield auth_database
-    truncate(auth_database, TABLES)
-
-
-@pytest.fixture
-def auth_settings(clean_auth_database: str, redis_url: str, redis_namespace: str, tmp_path: Path) -> AuthSettings:
+def auth_settings(clean_auth_database: str, service_settings: dict[str, Any]) -> AuthSettings:
     return AuthSettings(
+        **service_settings,
         database_url=clean_auth_database,
-        redis_url=redis_url,
-        redis_namespace=redis_namespace,
         jwt_secret=JWT_SECRET,
-        data_dir=str(tmp_path),
         ip_attempts_per_minute=1000,
         outbox_poll_seconds=0.2,
-        db_connect_timeout_seconds=LOADED_DB_CONNECT_SECONDS,
         # Counts must be shared: a Redis reply slower than production's 50 ms on a busy test machine
         # would hand them to the per-process stand-in. The fault tests set their own timeout.
         redis_timeout_seconds=0.5,
         **FAST_ARGON2,
     )
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
@@ -103,20 +77,14 @@ def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def mail_server(tmp_path: Path) -> Iterator[MailServer]:
-    """A real SMTP server in process: STARTTLS, a user and a password (``smtp://``)."""
-    yield from serve_mail(tmp_path, implicit_tls=False)
-
-
-@pytest.fixture
-def mail_settings(auth_settings: AuthSettings, mail_server: MailServer) -> AuthSettings:
+def mail_settings(auth_settings: AuthSettings, mail_server: MailServer) -> AuthSettings:  # noqa: F811
     return msgspec.structs.replace(
         auth_settings, smtp_url=mail_server.url, smtp_ca_file=mail_server.ca_file, site_url="https://app.example.com"
     )
 
 
 @pytest.fixture
-def inbox(mail_server: MailServer) -> Inbox:
+def inbox(mail_server: MailServer) -> Inbox:  # noqa: F811
     return mail_server.inbox
 
 

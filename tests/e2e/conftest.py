@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.processes import Processes
+from tests.conftest import DatabaseFactory
+from tests.e2e.processes import Processes, Stack
+from tests.mail_server import mail_server  # noqa: F401  (pytest finds fixtures by name)
 
 
 @pytest.fixture
@@ -20,3 +22,11 @@ def processes(tmp_path: Path, redis_namespace: str) -> Iterator[Processes]:
         started.stop_all()
         for service in started.started:  # shown by pytest when the test failed
             print(f"--- {service.name} (exit {service.process.returncode}) ---\n{service.log_tail()[-2000:]}")
+
+
+@pytest.fixture
+def stack(
+    processes: Processes, tmp_path: Path, databases: DatabaseFactory, redis_url: str, redis_namespace: str
+) -> Stack:
+    """The test's processes with its data directory, databases and Redis namespace."""
+    return Stack(processes, tmp_path, databases, redis_url, redis_namespace)

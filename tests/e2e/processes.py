@@ -14,15 +14,16 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
-import jwt
 import pytest
 
-from shared.keys import hs256_kid
-from tests.conftest import LOADED_DB_CONNECT_SECONDS, WAIT_SECONDS
+from tests.conftest import LOADED_DB_CONNECT_SECONDS, WAIT_SECONDS, DatabaseFactory, signed_access_token
+from tests.mail_server import Inbox, token_in
 from tests.private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +35,6 @@ NO_DEFAULT_ROUTES = dict.fromkeys(
     ("AUTH_SERVICE_URL", "USER_SERVICE_URL", "AIRTABLE_GATEWAY_URL", "ANALYTICS_SERVICE_URL"), ""
 )
 JWT_SECRET = "e2e-gateway-processes-secret-" + "x" * 32
-PROBLEM = "application/problem+json"
 # The cheapest argon2id parameters the auth service accepts (OWASP's minimum): fast sign-ins.
 FAST_ARGON2 = {"ARGON2_MEMORY_KIB": "19456", "ARGON2_TIME_COST": "2", "ARGON2_PARALLELISM": "1"}
 
@@ -58,21 +58,9 @@ def access_token(
 ) -> str:
     """An access token as the auth service would issue it, for routes behind the gateway; with
     ``org``, acting in that organisation with ``org_role``."""
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": "pyairtable-auth",
-        "aud": "pyairtable-api",
-        "sub": str(uuid.uuid4()),
-        "email": "e2e@example.com",
-        "roles": [],
-        "jti": uuid.uuid4().hex,
-        "iat": now,
-        "nbf": now,
-        "exp": now + ttl,
-    }
-    if org is not None:
-        claims.update(tid=str(org), org_role=org_role)
-    return jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "at+jwt", "kid": hs256_kid(secret)})
+    organisation = {"tid": str(org), "org_role": org_role} if org is not None else {}
+    expires = int(time.time()) + ttl
+    return signed_access_token(secret, email="e2e@example.com", roles=[], sid=None, exp=expires, **organisation)
 
 
 class Service:
@@ -149,6 +137,22 @@ class Processes:
         gateway.wait_healthy()
         return gateway
 
+    def gateway_with_breaker(self, data_dir: Path, users_port: int, things: Service, reset_seconds: str) -> Service:
+        """A gateway (named "gateway") routing /api/v1/users to ``users_port`` on loopback (an upstream
+        a test takes down) and /api/v1/things to ``things``: a connect waits 1 s, and 3 failures open
+        the breaker for ``reset_seconds``; rate limits out of the way."""
+        return self.gateway(
+            "gateway",
+            data_dir,
+            EXTRA_ROUTES=f"/api/v1/users=http://127.0.0.1:{users_port},/api/v1/things={things.url}",
+            CONNECT_TIMEOUT="1",
+            REQUEST_TIMEOUT="5",
+            BREAKER_FAILURES="3",
+            BREAKER_RESET_SECONDS=reset_seconds,
+            RATE_LIMIT_PER_MINUTE="10000",
+            RATE_LIMIT_BURST="10000",
+        )
+
     def upstream(self, mode: str, port: int | None = None, *, wait_stdin: bool = False, sleep: float = 3.0) -> Service:
         port = port or free_port()
         args = ["-m", "tests.e2e.upstreams", mode, "--port", str(port), "--sleep", str(sleep)]
@@ -184,16 +188,6 @@ def _signal_group(service: Service, sig: signal.Signals) -> None:
         os.killpg(service.process.pid, sig)
 
 
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    if code is not None:
-        assert problem["code"] == code, problem
-    return problem
-
-
 def metric(base_url: str, name: str) -> float:
     """One sample of a service's Prometheus ``/metrics``."""
     text = httpx.get(f"{base_url}/metrics", timeout=5).text
@@ -202,24 +196,60 @@ def metric(base_url: str, name: str) -> float:
     return float(match.group(1))
 
 
+def start_service(
+    processes: Processes, name: str, package: str, env_prefix: str, data_dir: Path, database_url: str, **settings: str
+) -> Service:
+    """``package`` migrated, then served (the shell ``exec``s it), on ``database_url`` and a free
+    port (``<env_prefix>_DATABASE_URL``, ``<env_prefix>_PORT``); ``settings``: more of its environment."""
+    port = free_port()
+    own = {f"{env_prefix}_DATABASE_URL": database_url, f"{env_prefix}_PORT": str(port)}
+    env = environment(data_dir, **own, **settings)
+    python = shlex.quote(PYTHON)
+    command = f"{python} -m {package} migrate && exec {python} -m {package} serve"
+    return processes.start(name, ["sh", "-c", command], env, port)
+
+
 def start_auth_service(
     processes: Processes, data_dir: Path, database_url: str, redis_url: str, namespace: str, **settings: str
 ) -> Service:
     """The auth service, migrated then served, on its own database and the test's Redis namespace
     (``settings``: more of its environment)."""
-    port = free_port()
-    env = environment(
-        data_dir,
-        AUTH_DATABASE_URL=database_url,
-        AUTH_PORT=str(port),
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=namespace,
-        **FAST_ARGON2,
-        **settings,
+    redis = {"REDIS_URL": redis_url, "REDIS_NAMESPACE": namespace}
+    return start_service(
+        processes, "auth", "auth_service", "AUTH", data_dir, database_url, **redis, **FAST_ARGON2, **settings
     )
-    python = shlex.quote(PYTHON)
-    command = f"{python} -m auth_service migrate && exec {python} -m auth_service serve"
-    return processes.start("auth", ["sh", "-c", command], env, port)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A test's processes and what they share: its data directory, its databases and its Redis
+    namespace (the ``stack`` fixture), so that a test names only what is its own."""
+
+    processes: Processes
+    data_dir: Path
+    databases: DatabaseFactory
+    redis_url: str
+    namespace: str
+
+    @property
+    def redis(self) -> dict[str, str]:
+        """The environment that puts a process on the test's Redis namespace."""
+        return {"REDIS_URL": self.redis_url, "REDIS_NAMESPACE": self.namespace}
+
+    def auth(self, **settings: str) -> Service:
+        """The auth service on a new database of its own (:func:`start_auth_service`)."""
+        database_url = self.databases.create("auth")
+        return start_auth_service(
+            self.processes, self.data_dir, database_url, self.redis_url, self.namespace, **settings
+        )
+
+    def gateway(self, name: str, **settings: str) -> Service:
+        """A gateway process on the test's Redis namespace (:meth:`Processes.gateway`)."""
+        return self.processes.gateway(name, self.data_dir, **self.redis, **settings)
+
+    def gateway_in_front(self, upstreams: dict[str, Service], **settings: str) -> Service:
+        """A healthy gateway on the test's Redis namespace (:meth:`Processes.gateway_in_front`)."""
+        return self.processes.gateway_in_front(self.data_dir, upstreams, **self.redis, **settings)
 
 
 def arrivals(url: str) -> int:
@@ -237,3 +267,21 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS)
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.05)
     return result
+
+
+def wait_for_mail(inbox: Inbox, address: str, count: int) -> EmailMessage:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(inbox.to(address)) < count:
+        assert time.monotonic() < deadline, f"mail #{count} to {address} never came"
+        time.sleep(0.05)
+    return inbox.to(address)[count - 1]
+
+
+def mailed_invitation(
+    client: httpx.Client, organization_url: str, inviter: dict[str, str], inbox: Inbox, email: str, role: str
+) -> str:
+    """The invitation token mailed to ``email`` once ``inviter`` (a bearer header) invited them to
+    the organisation at ``organization_url`` with ``role``."""
+    invited = client.post(f"{organization_url}/invitations", json={"email": email, "role": role}, headers=inviter)
+    assert invited.status_code == 201, invited.text
+    return token_in(wait_for_mail(inbox, email, 1))

@@ -15,19 +15,12 @@ import contextlib
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import redis as redis_sync
 
-from tests.conftest import DatabaseFactory
-from tests.e2e.processes import (
-    Processes,
-    access_token,
-    arrivals,
-    assert_problem,
-    start_auth_service,
-)
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack, access_token, arrivals
 from tests.gateway.stored_tokens import assert_no_token_in, stored_bytes
 
 CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
@@ -36,22 +29,10 @@ GRACE_SECONDS = 1.0
 
 
 def test_a_keyed_refresh_sent_again_past_the_grace_window_revokes_the_family_and_redis_holds_no_token(
-    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
+    stack: Stack,
 ) -> None:
-    auth = start_auth_service(
-        processes,
-        tmp_path,
-        databases.create("auth"),
-        redis_url,
-        redis_namespace,
-        AUTH_REFRESH_REUSE_GRACE=str(GRACE_SECONDS),
-    )
-    gateway = processes.gateway_in_front(
-        tmp_path,
-        {"AUTH_SERVICE_URL": auth},
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-    )
+    auth = stack.auth(AUTH_REFRESH_REUSE_GRACE=str(GRACE_SECONDS))
+    gateway = stack.gateway_in_front({"AUTH_SERVICE_URL": auth})
 
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         key = {"Idempotency-Key": "the-client-retries-with-this-key"}
@@ -75,24 +56,20 @@ def test_a_keyed_refresh_sent_again_past_the_grace_window_revokes_the_family_and
 
     tokens = [first[name] for name in ("access_token", "refresh_token")]
     tokens += [second[name] for name in ("access_token", "refresh_token")]
-    stored = stored_bytes(redis_url, redis_namespace)
+    stored = stored_bytes(stack.redis_url, stack.namespace)
     assert stored, "the scan found nothing: wrong namespace?"
     assert_no_token_in(stored, tokens)
 
 
-def test_a_gateway_that_died_mid_request_leaves_a_lock_that_expires_for_a_retrying_client(
-    tmp_path: Path, processes: Processes, redis_url: str, redis_namespace: str
-) -> None:
-    slow = processes.upstream("slow", sleep=3.0)
+def test_a_gateway_that_died_mid_request_leaves_a_lock_that_expires_for_a_retrying_client(stack: Stack) -> None:
+    slow = stack.processes.upstream("slow", sleep=3.0)
     settings = {
         "USER_SERVICE_URL": slow.url,
-        "REDIS_URL": redis_url,
-        "REDIS_NAMESPACE": redis_namespace,
         "CONNECT_TIMEOUT": "0.5",
         "REQUEST_TIMEOUT": "5",  # the lock lives 0.5 + 5 + 5 s: as long as a forward can take, and a margin
         **GENEROUS,
     }
-    doomed = processes.gateway("gateway-1", tmp_path, **settings)
+    doomed = stack.gateway("gateway-1", **settings)
     slow.wait_healthy()
     doomed.wait_healthy()
     headers = {"Authorization": f"Bearer {access_token()}", "Idempotency-Key": "retried-after-a-crash"}
@@ -107,10 +84,10 @@ def test_a_gateway_that_died_mid_request_leaves_a_lock_that_expires_for_a_retryi
     while arrivals(slow.url) < 1:
         assert time.monotonic() < deadline, "the first attempt never reached the upstream"
         time.sleep(0.05)
-    processes.stop(doomed, signal.SIGKILL)
+    stack.processes.stop(doomed, signal.SIGKILL)
     attempt.join()
 
-    replacement = processes.gateway("gateway-2", tmp_path, **settings)
+    replacement = stack.gateway("gateway-2", **settings)
     replacement.wait_healthy()
     statuses = []
     deadline = time.monotonic() + 40
@@ -129,15 +106,10 @@ def test_a_gateway_that_died_mid_request_leaves_a_lock_that_expires_for_a_retryi
     assert arrivals(slow.url) == 2
 
 
-def test_ten_addresses_of_one_ipv6_64_share_one_budget(
-    tmp_path: Path, processes: Processes, redis_url: str, redis_namespace: str
-) -> None:
-    echo = processes.upstream("echo")
-    gateway = processes.gateway_in_front(
-        tmp_path,
+def test_ten_addresses_of_one_ipv6_64_share_one_budget(stack: Stack) -> None:
+    echo = stack.processes.upstream("echo")
+    gateway = stack.gateway_in_front(
         {"USER_SERVICE_URL": echo},
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
         RATE_LIMIT_PER_MINUTE="5",
         RATE_LIMIT_BURST="5",
         TRUSTED_PROXIES="127.0.0.1",  # so each request can be a client of its own (X-Forwarded-For)
@@ -156,9 +128,9 @@ def test_ten_addresses_of_one_ipv6_64_share_one_budget(
     assert statuses([f"2001:db8:7:7::{n:x}" for n in range(1, 11)]) == [200] * 5 + [429] * 5
     assert statuses(["2001:db8:7:8::1"]) == [200]  # the next /64 is someone else
     assert statuses(["198.51.100.7", "::ffff:198.51.100.7"] * 3) == [200] * 5 + [429]
-    client = redis_sync.Redis.from_url(redis_url)
+    client = redis_sync.Redis.from_url(stack.redis_url)
     try:
-        assert client.exists(f"{redis_namespace}:rl:default:2001:db8:7:7::/64")
-        assert client.exists(f"{redis_namespace}:rl:default:198.51.100.7")
+        assert client.exists(f"{stack.namespace}:rl:default:2001:db8:7:7::/64")
+        assert client.exists(f"{stack.namespace}:rl:default:198.51.100.7")
     finally:
         client.close()

@@ -4,12 +4,11 @@ auth service's Redis through the revocation mark, on the replica without Redis t
 cache (API_KEY_CACHE_SECONDS: 4 s, at most 5). No timing assertion: ``eventually`` bounds the wait."""
 
 import time
-from pathlib import Path
 
 import httpx
 
-from tests.conftest import WAIT_SECONDS, DatabaseFactory
-from tests.e2e.processes import Processes, Service, assert_problem, start_auth_service
+from tests.conftest import WAIT_SECONDS, assert_problem
+from tests.e2e.processes import Service, Stack
 
 AUTH = "/api/v1/auth"
 USERS = "/api/v1/users"
@@ -17,20 +16,15 @@ POLLING = {"RATE_LIMIT_PER_MINUTE": "1000", "RATE_LIMIT_BURST": "500"}  # a key 
 CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
 
 
-def start_auth_and_echo(
-    processes: Processes, data_dir: Path, databases: DatabaseFactory, redis_url: str, namespace: str
-) -> tuple[Service, Service]:
+def start_auth_and_echo(stack: Stack) -> tuple[Service, Service]:
     """The auth service (its own database, the test's Redis) and an echo upstream for the users routes."""
-    auth = start_auth_service(processes, data_dir, databases.create("auth"), redis_url, namespace)
-    return auth, processes.upstream("echo")
+    return stack.auth(), stack.processes.upstream("echo")
 
 
-def start_gateway(
-    processes: Processes, data_dir: Path, name: str, auth: Service, echo: Service, **settings: str
-) -> Service:
+def start_gateway(stack: Stack, name: str, auth: Service, echo: Service, **settings: str) -> Service:
     """A gateway that checks API keys at ``auth`` and proxies the users routes to ``echo``."""
-    return processes.gateway(
-        name, data_dir, AUTH_SERVICE_URL=auth.url, USER_SERVICE_URL=echo.url, REQUIRE_API_KEY="false", **settings
+    return stack.processes.gateway(
+        name, stack.data_dir, AUTH_SERVICE_URL=auth.url, USER_SERVICE_URL=echo.url, REQUIRE_API_KEY="false", **settings
     )
 
 
@@ -61,13 +55,10 @@ def eventually_refused(gateway_url: str, key: str) -> float:
         time.sleep(0.1)
 
 
-def test_a_revoked_key_is_refused_by_every_gateway_replica(
-    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
-) -> None:
-    auth, echo = start_auth_and_echo(processes, tmp_path, databases, redis_url, redis_namespace)
-    redis = {"REDIS_URL": redis_url, "REDIS_NAMESPACE": redis_namespace}
-    with_redis = start_gateway(processes, tmp_path, "gateway-redis", auth, echo, **redis, **POLLING)
-    without_redis = start_gateway(processes, tmp_path, "gateway-no-redis", auth, echo, **POLLING)
+def test_a_revoked_key_is_refused_by_every_gateway_replica(stack: Stack) -> None:
+    auth, echo = start_auth_and_echo(stack)
+    with_redis = start_gateway(stack, "gateway-redis", auth, echo, **stack.redis, **POLLING)
+    without_redis = start_gateway(stack, "gateway-no-redis", auth, echo, **POLLING)
     wait_healthy(auth, echo, with_redis, without_redis)
 
     with httpx.Client(base_url=with_redis.url, timeout=10) as client:
@@ -87,13 +78,10 @@ def test_a_revoked_key_is_refused_by_every_gateway_replica(
     print(f"revoked key refused after: {waited}")
 
 
-def test_with_the_auth_service_down_a_known_key_degrades_and_an_unknown_one_is_a_503(
-    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
-) -> None:
-    auth, echo = start_auth_and_echo(processes, tmp_path, databases, redis_url, redis_namespace)
+def test_with_the_auth_service_down_a_known_key_degrades_and_an_unknown_one_is_a_503(stack: Stack) -> None:
+    auth, echo = start_auth_and_echo(stack)
     # Every request asks the auth service again: with it gone, only a kept, unexpired token can serve.
-    redis = {"REDIS_URL": redis_url, "REDIS_NAMESPACE": redis_namespace}
-    gateway = start_gateway(processes, tmp_path, "gateway", auth, echo, **redis, API_KEY_CACHE_SECONDS="0")
+    gateway = start_gateway(stack, "gateway", auth, echo, **stack.redis, API_KEY_CACHE_SECONDS="0")
     wait_healthy(auth, echo, gateway)
 
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
@@ -104,7 +92,7 @@ def test_with_the_auth_service_down_a_known_key_degrades_and_an_unknown_one_is_a
         ]
         assert client.get(f"{USERS}/me", headers={"X-API-Key": keys[0]}).status_code == 200
 
-        processes.stop(auth)
+        stack.processes.stop(auth)
 
         assert client.get(f"{USERS}/me", headers={"X-API-Key": keys[0]}).status_code == 200
         refused = client.get(f"{USERS}/me", headers={"X-API-Key": keys[1]})

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.processes import Processes, access_token, arrivals, assert_problem, free_port, wait_for
-
-GENEROUS = {"RATE_LIMIT_PER_MINUTE": "10000", "RATE_LIMIT_BURST": "10000"}
+from tests.conftest import assert_problem
+from tests.e2e.processes import Processes, access_token, arrivals, free_port, wait_for
 
 
 def test_an_upstream_killed_and_restarted_is_refused_fast_then_used_again_once_ready(
@@ -22,16 +21,8 @@ def test_an_upstream_killed_and_restarted_is_refused_fast_then_used_again_once_r
     port = free_port()
     users = processes.upstream("echo", port)
     things = processes.upstream("echo")
-    gateway = processes.gateway(
-        "gateway",
-        tmp_path,
-        EXTRA_ROUTES=f"/api/v1/users=http://127.0.0.1:{port},/api/v1/things={things.url}",
-        CONNECT_TIMEOUT="1",
-        REQUEST_TIMEOUT="5",
-        BREAKER_FAILURES="3",
-        BREAKER_RESET_SECONDS="30",  # the longest open period: recovery must not wait for it
-        **GENEROUS,
-    )
+    # The breaker's longest open period, 30 s: recovery must not wait for it.
+    gateway = processes.gateway_with_breaker(tmp_path, port, things, reset_seconds="30")
     for service in (users, things, gateway):
         service.wait_healthy()
 

@@ -1,32 +1,17 @@
 """The older platform service's clients, unchanged, against the gateway process in front of a real
 auth-service process over HTTP: the same answers as in-process (tests/gateway/test_compat.py)."""
 
-from pathlib import Path
-
 import httpx
 
-from tests.conftest import DatabaseFactory
-from tests.e2e.processes import Processes, assert_problem, start_auth_service
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack
 
 API_KEY = "e2e-legacy-api-key-0123456789"
 CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase"}
 
 
-def test_a_legacy_client_registers_logs_in_and_verifies_through_the_gateway(
-    tmp_path: Path,
-    processes: Processes,
-    databases: DatabaseFactory,
-    redis_url: str,
-    redis_namespace: str,
-) -> None:
-    auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
-    gateway = processes.gateway_in_front(
-        tmp_path,
-        {"AUTH_SERVICE_URL": auth},
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-        API_KEY=API_KEY,
-    )
+def test_a_legacy_client_registers_logs_in_and_verifies_through_the_gateway(stack: Stack) -> None:
+    gateway = stack.gateway_in_front({"AUTH_SERVICE_URL": stack.auth()}, API_KEY=API_KEY)
 
     with httpx.Client(base_url=gateway.url, timeout=10, headers={"X-API-Key": API_KEY}) as client:
         registered = client.post("/auth/register", json={**CREDENTIALS, "first_name": "Ada"})

@@ -10,7 +10,6 @@ Deadlines are generous client bounds that prove "no hang", never performance cla
 """
 
 import functools
-import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,13 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import DatabaseFactory
+from tests.conftest import DatabaseFactory, assert_problem
 from tests.e2e.processes import (
     FAST_ARGON2,
-    PYTHON,
     Processes,
     Service,
-    assert_problem,
-    environment,
-    free_port,
     metric,
+    start_service,
     wait_for,
 )
 from tests.private_servers import PrivatePostgres, PrivateRedis
@@ -83,7 +79,7 @@ def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
-def start_service(
+def start_faultable(
     processes: Processes,
     package: str,
     prefix: str,
@@ -96,19 +92,19 @@ def start_service(
     """A service, migrated then served, on its database and the private Redis (one namespace); on
     the private PostgreSQL the tests hang or stop (``faulted_database``), with the production
     bound of 1 s on a connect."""
-    port = free_port()
-    env = environment(
+    return start_service(
+        processes,
+        package,
+        package,
+        prefix,
         data_dir,
-        **{f"{prefix}_DATABASE_URL": database_url, f"{prefix}_PORT": str(port)},
+        database_url,
         REDIS_URL=redis.url,
         REDIS_NAMESPACE="faults",
         OUTBOX_POLL_SECONDS="0.2",
         **FAST_ARGON2,
         **({"DB_CONNECT_TIMEOUT_SECONDS": "1.0"} if faulted_database else {}),
     )
-    python = shlex.quote(PYTHON)
-    command = f"{python} -m {package} migrate && exec {python} -m {package} serve"
-    return processes.start(package, ["sh", "-c", command], env, port)
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +116,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory, databases: DatabaseFactor
     try:
         users_database = postgres.create_database("users_faults")
         started = [
-            start_service(processes, "auth_service", "AUTH", data_dir, databases.create("auth_faults"), redis),
-            start_service(processes, "user_service", "USERS", data_dir, users_database, redis, faulted_database=True),
-            start_service(processes, "analytics_service", "ANALYTICS", data_dir, databases.create("an_faults"), redis),
+            start_faultable(processes, "auth_service", "AUTH", data_dir, databases.create("auth_faults"), redis),
+            start_faultable(processes, "user_service", "USERS", data_dir, users_database, redis, faulted_database=True),
+            start_faultable(
+                processes, "analytics_service", "ANALYTICS", data_dir, databases.create("an_faults"), redis
+            ),
         ]
         for service in started:
             service.wait_healthy(60)

@@ -17,18 +17,17 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from tests.conftest import DatabaseFactory
+from tests.conftest import assert_problem
 from tests.e2e.processes import (
     FAST_ARGON2,
     Processes,
     Service,
+    Stack,
     access_token,
     arrivals,
-    assert_problem,
     environment,
     free_port,
     metric,
-    start_auth_service,
     wait_for,
 )
 from tests.e2e.upstreams import blob
@@ -44,16 +43,9 @@ def bearer(token: str | None = None) -> dict[str, str]:
 # 1. Gateway + auth service: sign-in through the gateway, logout revokes at the gateway at once.
 
 
-def test_sign_in_through_the_gateway_and_logout_revokes_the_token_at_the_gateway(
-    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
-) -> None:
-    auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
-    gateway = processes.gateway_in_front(
-        tmp_path,
-        {"AUTH_SERVICE_URL": auth},
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-    )
+def test_sign_in_through_the_gateway_and_logout_revokes_the_token_at_the_gateway(stack: Stack) -> None:
+    auth = stack.auth()
+    gateway = stack.gateway_in_front({"AUTH_SERVICE_URL": auth})
 
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         registered = client.post("/api/v1/auth/register", json=CREDENTIALS)
@@ -76,7 +68,7 @@ def test_sign_in_through_the_gateway_and_logout_revokes_the_token_at_the_gateway
 
         # With the auth service gone the gateway still refuses the revoked token itself (401),
         # while the other session's token, not revoked, is let through to a dead upstream (502).
-        processes.stop(auth)
+        stack.processes.stop(auth)
         assert_problem(client.get("/api/v1/auth/me", headers=bearer(token)), 401)
         other_session = registered.json()["access_token"]
         assert_problem(client.get("/api/v1/auth/me", headers=bearer(other_session)), 502)
@@ -164,16 +156,7 @@ def test_upstream_down_gives_502_then_the_breaker_503_then_recovers(tmp_path: Pa
     down_port = free_port()
     users = processes.upstream("echo", down_port, wait_stdin=True)  # imported, not listening yet
     things = processes.upstream("echo")
-    gateway = processes.gateway(
-        "gateway",
-        tmp_path,
-        EXTRA_ROUTES=f"/api/v1/users=http://127.0.0.1:{down_port},/api/v1/things={things.url}",
-        CONNECT_TIMEOUT="1",
-        REQUEST_TIMEOUT="5",
-        BREAKER_FAILURES="3",
-        BREAKER_RESET_SECONDS="2",
-        **GENEROUS,
-    )
+    gateway = processes.gateway_with_breaker(tmp_path, down_port, things, reset_seconds="2")
     things.wait_healthy()
     gateway.wait_healthy()
 
@@ -280,16 +263,13 @@ def test_a_stalled_request_body_gets_408_and_the_gateway_serves_on(tmp_path: Pat
 # 5. Two gateways, one Redis namespace, one limit.
 
 
-def test_two_gateways_sharing_a_redis_namespace_enforce_one_limit(
-    tmp_path: Path, processes: Processes, redis_url: str, redis_namespace: str
-) -> None:
-    echo = processes.upstream("echo")
+def test_two_gateways_sharing_a_redis_namespace_enforce_one_limit(stack: Stack) -> None:
+    echo = stack.processes.upstream("echo")
     # A Redis reply slower than the limiter's 50 ms production bound on a loaded machine would be
     # counted by that gateway alone: half a second keeps this test about the shared counter.
     limits = {"RATE_LIMIT_PER_MINUTE": "10", "RATE_LIMIT_BURST": "10", "RATE_LIMIT_REDIS_TIMEOUT": "0.5"}
-    shared = {"USER_SERVICE_URL": echo.url, "REDIS_URL": redis_url, "REDIS_NAMESPACE": redis_namespace, **limits}
-    first = processes.gateway("gateway-1", tmp_path, **shared)
-    second = processes.gateway("gateway-2", tmp_path, **shared)
+    first = stack.gateway("gateway-1", USER_SERVICE_URL=echo.url, **limits)
+    second = stack.gateway("gateway-2", USER_SERVICE_URL=echo.url, **limits)
     for service in (echo, first, second):
         service.wait_healthy()
 

@@ -2,12 +2,10 @@
 on PostgreSQL and Redis (issue 11: a NUL in a login's email was a 500, and five of them opened the
 gateway's breaker, taking sign-in offline for everybody)."""
 
-from pathlib import Path
-
 import httpx
 
-from tests.conftest import DatabaseFactory
-from tests.e2e.processes import Processes, assert_problem, metric, start_auth_service
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack, metric
 
 NUL_LOGIN = b'{"email": "a\\u0000b@example.com", "password": "a long enough passphrase"}'
 VICTIM = {"email": "victim@example.com", "password": "a long enough passphrase"}
@@ -22,17 +20,9 @@ def client_from(address: str, base_url: str) -> httpx.Client:
     return httpx.Client(base_url=base_url, timeout=10, transport=httpx.HTTPTransport(local_address=address))
 
 
-def test_nul_logins_from_one_client_never_lock_another_out(
-    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
-) -> None:
-    auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
-    gateway = processes.gateway_in_front(
-        tmp_path,
-        {"AUTH_SERVICE_URL": auth},
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-        **GENEROUS,
-    )
+def test_nul_logins_from_one_client_never_lock_another_out(stack: Stack) -> None:
+    auth = stack.auth()
+    gateway = stack.gateway_in_front({"AUTH_SERVICE_URL": auth}, **GENEROUS)
     json_body = {"content-type": "application/json"}
 
     with client_from("127.0.0.2", gateway.url) as attacker, client_from("127.0.0.3", gateway.url) as victim:

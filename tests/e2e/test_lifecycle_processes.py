@@ -3,15 +3,11 @@ real SMTP server (in this test's process: STARTTLS, a password) and a gateway pr
 on PostgreSQL and Redis. Verification, password reset, the Go logout and JWT_EXPIRES_IN, each as
 a client would do it, over HTTP."""
 
-import time
-from email.message import EmailMessage
-from pathlib import Path
-
 import httpx
 
-from tests.conftest import WAIT_SECONDS, DatabaseFactory
-from tests.e2e.processes import FAST_ARGON2, Processes, assert_problem, environment, free_port
-from tests.mail_server import Inbox, serve_mail, token_in
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack, wait_for_mail
+from tests.mail_server import MailServer, token_in
 
 AUTH = "/api/v1/auth"
 API_KEY = "e2e-lifecycle-api-key-0123456789"
@@ -19,71 +15,42 @@ CREDENTIALS = {"email": "ada@example.com", "password": "a long enough passphrase
 NEW_PASSWORD = "another long passphrase"
 
 
-def wait_for_mail(inbox: Inbox, address: str, count: int) -> EmailMessage:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while len(inbox.to(address)) < count:
-        assert time.monotonic() < deadline, f"mail #{count} to {address} never came"
-        time.sleep(0.05)
-    return inbox.to(address)[count - 1]
+def test_verify_reset_and_sign_out_through_the_gateway(stack: Stack, mail_server: MailServer) -> None:
+    auth = stack.auth(
+        SMTP_URL=mail_server.url,
+        SMTP_CA_FILE=mail_server.ca_file,
+        SITE_URL="https://app.example.com",
+        JWT_EXPIRES_IN="24h",
+    )
+    gateway = stack.gateway_in_front(
+        {"AUTH_SERVICE_URL": auth},
+        API_KEY=API_KEY,
+        AUTH_RATE_LIMIT_BURST="50",  # one client makes every call of the flow
+    )
 
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        registered = client.post(f"{AUTH}/register", json=CREDENTIALS)
+        assert registered.status_code == 201, registered.text
+        link = token_in(wait_for_mail(mail_server.inbox, "ada@example.com", 1))
+        verified = client.post(f"{AUTH}/email/verify", json={"token": link})
+        assert verified.status_code == 200, verified.text
+        assert verified.json()["email_verified"] is True
 
-def test_verify_reset_and_sign_out_through_the_gateway(
-    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
-) -> None:
-    mail = serve_mail(tmp_path, implicit_tls=False)
-    server = next(mail)
-    try:
-        port = free_port()
-        env = environment(
-            tmp_path,
-            AUTH_DATABASE_URL=databases.create("auth"),
-            AUTH_PORT=str(port),
-            REDIS_URL=redis_url,
-            REDIS_NAMESPACE=redis_namespace,
-            SMTP_URL=server.url,
-            SMTP_CA_FILE=server.ca_file,
-            SITE_URL="https://app.example.com",
-            JWT_EXPIRES_IN="24h",
-            **FAST_ARGON2,
-        )
-        processes.python("auth-migrate", ["-m", "auth_service", "migrate"], env, port).process.wait(120)
-        auth = processes.python("auth", ["-m", "auth_service", "serve"], env, port)
-        gateway = processes.gateway_in_front(
-            tmp_path,
-            {"AUTH_SERVICE_URL": auth},
-            REDIS_URL=redis_url,
-            REDIS_NAMESPACE=redis_namespace,
-            API_KEY=API_KEY,
-            AUTH_RATE_LIMIT_BURST="50",  # one client makes every call of the flow
-        )
+        forgot = client.post(f"{AUTH}/password/forgot", json={"email": "ada@example.com"})
+        assert forgot.status_code == 202, forgot.text
+        reset_link = token_in(wait_for_mail(mail_server.inbox, "ada@example.com", 2))
+        reset = client.post(f"{AUTH}/password/reset", json={"token": reset_link, "new_password": NEW_PASSWORD})
+        assert reset.status_code == 204, reset.text
+        # The gateway itself refuses the access token of a session the reset ended.
+        old = {"Authorization": f"Bearer {registered.json()['access_token']}"}
+        assert_problem(client.get(f"{AUTH}/me", headers=old), 401)
 
-        with httpx.Client(base_url=gateway.url, timeout=10) as client:
-            registered = client.post(f"{AUTH}/register", json=CREDENTIALS)
-            assert registered.status_code == 201, registered.text
-            link = token_in(wait_for_mail(server.inbox, "ada@example.com", 1))
-            verified = client.post(f"{AUTH}/email/verify", json={"token": link})
-            assert verified.status_code == 200, verified.text
-            assert verified.json()["email_verified"] is True
+        signed_in = client.post(f"{AUTH}/login", json={**CREDENTIALS, "password": NEW_PASSWORD})
+        assert signed_in.status_code == 200, signed_in.text
+        refresh_token = signed_in.json()["refresh_token"]
+        assert client.post(f"{AUTH}/logout", json={"refresh_token": refresh_token}).status_code == 204
+        assert_problem(client.post(f"{AUTH}/refresh", json={"refresh_token": refresh_token}), 401)
 
-            forgot = client.post(f"{AUTH}/password/forgot", json={"email": "ada@example.com"})
-            assert forgot.status_code == 202, forgot.text
-            reset_link = token_in(wait_for_mail(server.inbox, "ada@example.com", 2))
-            reset = client.post(f"{AUTH}/password/reset", json={"token": reset_link, "new_password": NEW_PASSWORD})
-            assert reset.status_code == 204, reset.text
-            # The gateway itself refuses the access token of a session the reset ended.
-            old = {"Authorization": f"Bearer {registered.json()['access_token']}"}
-            assert_problem(client.get(f"{AUTH}/me", headers=old), 401)
-
-            signed_in = client.post(f"{AUTH}/login", json={**CREDENTIALS, "password": NEW_PASSWORD})
-            assert signed_in.status_code == 200, signed_in.text
-            refresh_token = signed_in.json()["refresh_token"]
-            assert client.post(f"{AUTH}/logout", json={"refresh_token": refresh_token}).status_code == 204
-            assert_problem(client.post(f"{AUTH}/refresh", json={"refresh_token": refresh_token}), 401)
-
-            legacy = client.post(
-                "/login", json={**CREDENTIALS, "password": NEW_PASSWORD}, headers={"X-API-Key": API_KEY}
-            )
-            assert legacy.status_code == 200, legacy.text
-            assert legacy.json()["expires_in"] == 86400
-    finally:
-        mail.close()
+        legacy = client.post("/login", json={**CREDENTIALS, "password": NEW_PASSWORD}, headers={"X-API-Key": API_KEY})
+        assert legacy.status_code == 200, legacy.text
+        assert legacy.json()["expires_in"] == 86400

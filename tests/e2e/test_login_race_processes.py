@@ -8,17 +8,11 @@ used to be verified all 25 (the lock was checked before the hash, the failure re
 import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
 
 import httpx
 
-from tests.conftest import DatabaseFactory
-from tests.e2e.processes import (
-    Processes,
-    assert_problem,
-    metric,
-    start_auth_service,
-)
+from tests.conftest import assert_problem
+from tests.e2e.processes import Stack, metric
 
 LOGIN = "/api/v1/auth/login"
 OWNER = {"email": "ada@example.com", "password": "a long enough passphrase"}
@@ -57,18 +51,11 @@ def guesses_then_the_password(base_url: str) -> list[httpx.Response]:
             client.close()
 
 
-def test_25_parallel_guesses_from_5_addresses_get_at_most_5_verifications_and_no_login(
-    tmp_path: Path, processes: Processes, databases: DatabaseFactory, redis_url: str, redis_namespace: str
-) -> None:
+def test_25_parallel_guesses_from_5_addresses_get_at_most_5_verifications_and_no_login(stack: Stack) -> None:
     # It believes the gateway's X-Forwarded-For: that is how it tells the clients' addresses apart.
-    auth = start_auth_service(
-        processes, tmp_path, databases.create("auth"), redis_url, redis_namespace, TRUSTED_PROXIES="127.0.0.1/32"
-    )
-    gateway = processes.gateway_in_front(
-        tmp_path,
+    auth = stack.auth(TRUSTED_PROXIES="127.0.0.1/32")
+    gateway = stack.gateway_in_front(
         {"AUTH_SERVICE_URL": auth},
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
         RATE_LIMIT_PER_MINUTE="10000",
         RATE_LIMIT_BURST="10000",
     )

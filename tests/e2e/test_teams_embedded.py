@@ -7,7 +7,6 @@ Ada's organisation one base to write and one to read. Then each person tries wha
 organisation allow and what they do not; Ada removes Carol; the owners read their own team's
 members, usage and audit log and nothing of the other team's."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,17 @@ from pyairtable import Api
 from requests.exceptions import HTTPError
 
 from tests.airtable_gateway.emulator_fixture import CRM_BASE, OPS_BASE
-from tests.e2e.processes import FAST_ARGON2, Processes, Service, assert_problem, environment, free_port, wait_for
-from tests.e2e.test_lifecycle_processes import wait_for_mail
-from tests.mail_server import MailServer, serve_mail, token_in
+from tests.conftest import assert_problem
+from tests.e2e.processes import (
+    FAST_ARGON2,
+    Processes,
+    Service,
+    environment,
+    free_port,
+    mailed_invitation,
+    wait_for,
+)
+from tests.mail_server import MailServer
 
 API = "/api/v1"
 PASSWORD = "a long enough passphrase"
@@ -28,19 +35,14 @@ CRM, OPS = CRM_BASE, OPS_BASE
 
 
 @pytest.fixture
-def mail(tmp_path: Path) -> Iterator[MailServer]:
-    yield from serve_mail(tmp_path, implicit_tls=False)
-
-
-@pytest.fixture
-def platform(tmp_path: Path, processes: Processes, mail: MailServer) -> tuple[Service, dict[str, str]]:
+def platform(tmp_path: Path, processes: Processes, mail_server: MailServer) -> tuple[Service, dict[str, str]]:
     port = free_port()
     env = environment(
         tmp_path,
         GATEWAY_PORT=str(port),
         AIRTABLE_GRANT_ALL="",  # grants as in production: none until a platform admin gives one
-        SMTP_URL=mail.url,
-        SMTP_CA_FILE=mail.ca_file,
+        SMTP_URL=mail_server.url,
+        SMTP_CA_FILE=mail_server.ca_file,
         SITE_URL="https://app.example.com",
         RATE_LIMIT_BURST="500",
         AUTH_RATE_LIMIT_BURST="100",
@@ -81,7 +83,7 @@ def airtable_status(action: Any) -> int:
 
 
 def test_two_teams_each_reach_only_what_their_roles_and_grants_allow(
-    platform: tuple[Service, dict[str, str]], mail: MailServer
+    platform: tuple[Service, dict[str, str]], mail_server: MailServer
 ) -> None:
     served, _ = platform
     with httpx.Client(base_url=served.url, timeout=20) as client:
@@ -93,13 +95,8 @@ def test_two_teams_each_reach_only_what_their_roles_and_grants_allow(
         assert team != other_team and claims(ada)["org_role"] == claims(bob)["org_role"] == "owner"
 
         # Carol joins Ada's team as a viewer, by the mailed invitation's link.
-        invited = client.post(
-            f"{API}/auth/orgs/{team}/invitations",
-            json={"email": "carol@example.com", "role": "viewer"},
-            headers=bearer(ada),
-        )
-        assert invited.status_code == 201, invited.text
-        invitation = token_in(wait_for_mail(mail.inbox, "carol@example.com", 1))
+        team_url = f"{API}/auth/orgs/{team}"
+        invitation = mailed_invitation(client, team_url, bearer(ada), mail_server.inbox, "carol@example.com", "viewer")
         carol = client.post(
             f"{API}/auth/register", json={"email": "carol@example.com", "password": PASSWORD, "invitation": invitation}
         ).json()

@@ -38,7 +38,7 @@ from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures 
     auth_settings,
     clean_auth_database,
 )
-from tests.conftest import LOADED_DB_CONNECT_SECONDS, DatabaseFactory, app_client, eventually
+from tests.conftest import DatabaseFactory, app_client, eventually, migrated_embedded_environ
 from tests.gateway.echo import served_over_http
 from tests.user_service.conftest import clean_users_database, user_settings, users_database  # noqa: F401
 from user_service.app import create_app as create_user_app
@@ -177,14 +177,7 @@ async def test_one_trace_from_the_gateway_into_auth_its_database_and_on_to_users
 
 @pytest.fixture
 def embedded_databases(databases: DatabaseFactory, tmp_path: Path) -> dict[str, str]:
-    environ = {
-        "DATA_DIR": str(tmp_path),
-        "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS),
-        "AUTH_DATABASE_URL": databases.create("pyairtable_auth"),
-        "USERS_DATABASE_URL": databases.create("pyairtable_users"),
-    }
-    migrations.upgrade(load_settings(AuthSettings, environ), "auth_service")
-    migrations.upgrade(load_settings(UserSettings, environ), "user_service")
+    environ = migrated_embedded_environ(databases, tmp_path)
     migrations.upgrade(load_settings(AirtableSettings, environ), "airtable_gateway")  # SQLite in DATA_DIR
     return environ
 

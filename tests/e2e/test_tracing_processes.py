@@ -5,15 +5,13 @@ The spans both export belong to the one trace the client started."""
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.conftest import DatabaseFactory
-from tests.e2e.processes import Processes, start_auth_service, wait_for
+from tests.e2e.processes import Stack, wait_for
 
 PASSWORD = "a long enough passphrase"
 CLIENT_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -65,20 +63,11 @@ def collector() -> Iterator[Collector]:
         server.server_close()
 
 
-def test_gateway_and_auth_processes_export_one_trace_over_otlp(
-    tmp_path: Path,
-    processes: Processes,
-    databases: DatabaseFactory,
-    redis_url: str,
-    redis_namespace: str,
-    collector: Collector,
-) -> None:
+def test_gateway_and_auth_processes_export_one_trace_over_otlp(stack: Stack, collector: Collector) -> None:
     # Spans leave every 100 ms instead of 5 s (the batch processor's standard variable).
     tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace, **tracing)
-    gateway = processes.gateway(
-        "gateway", tmp_path, AUTH_SERVICE_URL=auth.url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace, **tracing
-    )
+    auth = stack.auth(**tracing)
+    gateway = stack.gateway("gateway", AUTH_SERVICE_URL=auth.url, **tracing)
     for service in (auth, gateway):
         service.wait_healthy(60)
 

@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,17 +18,16 @@ import pytest
 import redis as redis_sync
 
 from shared.events import Event, encode_event, new_event
-from tests.conftest import DatabaseFactory
+from tests.conftest import assert_problem
 from tests.e2e.processes import (
     PYTHON,
     REPO,
     Processes,
     Service,
-    assert_problem,
+    Stack,
     environment,
     free_port,
     metric,
-    start_auth_service,
     wait_for,
 )
 
@@ -45,14 +43,10 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def user_env(data_dir: Path, database_url: str, redis_url: str, namespace: str, **extra: str) -> dict[str, str]:
+def user_env(stack: Stack, database_url: str, **extra: str) -> dict[str, str]:
+    """The user service's environment on ``database_url`` and the test's Redis namespace."""
     return environment(
-        data_dir,
-        USERS_DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=namespace,
-        OUTBOX_POLL_SECONDS="0.2",
-        **extra,
+        stack.data_dir, USERS_DATABASE_URL=database_url, **stack.redis, OUTBOX_POLL_SECONDS="0.2", **extra
     )
 
 
@@ -83,24 +77,10 @@ def query(database_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 # 1. Register, then delete, through the gateway.
 
 
-def test_register_gives_a_profile_and_delete_locks_the_user_out_at_the_gateway(
-    tmp_path: Path,
-    processes: Processes,
-    databases: DatabaseFactory,
-    redis_url: str,
-    redis_namespace: str,
-) -> None:
-    auth = start_auth_service(processes, tmp_path, databases.create("auth"), redis_url, redis_namespace)
-    users = start_user_service(processes, user_env(tmp_path, databases.create("users"), redis_url, redis_namespace))
-    gateway = processes.gateway(
-        "gateway",
-        tmp_path,
-        AUTH_SERVICE_URL=auth.url,
-        USER_SERVICE_URL=users.url,
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-        **GENEROUS,
-    )
+def test_register_gives_a_profile_and_delete_locks_the_user_out_at_the_gateway(stack: Stack) -> None:
+    auth = stack.auth()
+    users = start_user_service(stack.processes, user_env(stack, stack.databases.create("users")))
+    gateway = stack.gateway("gateway", AUTH_SERVICE_URL=auth.url, USER_SERVICE_URL=users.url, **GENEROUS)
     for service in (auth, users, gateway):
         service.wait_healthy(60)
 
@@ -134,7 +114,7 @@ def test_register_gives_a_profile_and_delete_locks_the_user_out_at_the_gateway(
 
         # The gateway itself refuses the token: with the user service gone it still answers 401,
         # not the 502 a token it let through would get.
-        processes.stop(users)
+        stack.processes.stop(users)
         assert_problem(client.get("/api/v1/users/me", headers=bearer(token)), 401)
 
 
@@ -142,16 +122,9 @@ def test_register_gives_a_profile_and_delete_locks_the_user_out_at_the_gateway(
 
 
 @pytest.mark.parametrize("hang_at", ["before-commit", "after-commit"])
-def test_a_consumer_killed_mid_message_is_redelivered_and_applied_once(
-    hang_at: str,
-    tmp_path: Path,
-    processes: Processes,
-    databases: DatabaseFactory,
-    redis_url: str,
-    redis_namespace: str,
-) -> None:
-    database = databases.create("users")
-    env = user_env(tmp_path, database, redis_url, redis_namespace, EVENT_RECLAIM_SECONDS="0.5")
+def test_a_consumer_killed_mid_message_is_redelivered_and_applied_once(hang_at: str, stack: Stack) -> None:
+    database = stack.databases.create("users")
+    env = user_env(stack, database, EVENT_RECLAIM_SECONDS="0.5")
     migrate_users(env)
     user_id = str(uuid.uuid4())
     event = new_event(
@@ -159,18 +132,18 @@ def test_a_consumer_killed_mid_message_is_redelivered_and_applied_once(
         "auth",
         {"user_id": user_id, "email": "ada@example.com", "first_name": "Ada", "roles": ["user"]},
     )
-    stream = f"{redis_namespace}:events:user.registered"
-    redis = redis_sync.Redis.from_url(redis_url)
+    stream = f"{stack.namespace}:events:user.registered"
+    redis = redis_sync.Redis.from_url(stack.redis_url)
     redis.xadd(stream, {"event": encode_event(event)})
 
-    doomed = processes.python("doomed", ["-m", "tests.e2e.event_crash", "consume", "--hang", hang_at], env, 0)
+    doomed = stack.processes.python("doomed", ["-m", "tests.e2e.event_crash", "consume", "--hang", hang_at], env, 0)
     wait_for_line(doomed, "HANGING")
     profiles = query(database, "SELECT id FROM profiles")
     assert len(profiles) == (1 if hang_at == "after-commit" else 0)
     assert redis.xpending(stream, "users")["pending"] == 1
-    processes.stop(doomed, signal.SIGKILL)
+    stack.processes.stop(doomed, signal.SIGKILL)
 
-    users = start_user_service(processes, env, migrate=False).wait_healthy(60)
+    users = start_user_service(stack.processes, env, migrate=False).wait_healthy(60)
     eventually(lambda: redis.xpending(stream, "users")["pending"] == 0, "the message to be taken over and acknowledged")
     assert [str(row[0]) for row in query(database, "SELECT id FROM profiles")] == [user_id]
     assert [str(row[0]) for row in query(database, "SELECT event_id FROM processed_events")] == [event.id]
@@ -186,15 +159,9 @@ def test_a_consumer_killed_mid_message_is_redelivered_and_applied_once(
 # 3. The relay killed between the commit and the publication.
 
 
-def test_an_event_committed_but_not_published_is_delivered_after_a_restart(
-    tmp_path: Path,
-    processes: Processes,
-    databases: DatabaseFactory,
-    redis_url: str,
-    redis_namespace: str,
-) -> None:
-    database = databases.create("users")
-    env = user_env(tmp_path, database, redis_url, redis_namespace)
+def test_an_event_committed_but_not_published_is_delivered_after_a_restart(stack: Stack) -> None:
+    database = stack.databases.create("users")
+    env = user_env(stack, database)
     migrate_users(env)
     user_id = uuid.uuid4()
     with psycopg.connect(database) as conn:
@@ -203,20 +170,20 @@ def test_an_event_committed_but_not_published_is_delivered_after_a_restart(
             " VALUES (%s, 'ada@example.com', '{}', 'user', true, now(), now())",
             (user_id,),
         )
-    stream = f"{redis_namespace}:events:user.deleted"
-    redis = redis_sync.Redis.from_url(redis_url)
+    stream = f"{stack.namespace}:events:user.deleted"
+    redis = redis_sync.Redis.from_url(stack.redis_url)
 
-    doomed = processes.python(
+    doomed = stack.processes.python(
         "doomed", ["-m", "tests.e2e.event_crash", "commit-then-publish", "--user-id", str(user_id)], env, 0
     )
     wait_for_line(doomed, "HANGING")
     [(deleted_at,)] = query(database, "SELECT deleted_at FROM profiles")
     assert deleted_at is not None  # the change is committed
     assert query(database, "SELECT event_type, published_at FROM outbox") == [("user.deleted", None)]
-    processes.stop(doomed, signal.SIGKILL)
+    stack.processes.stop(doomed, signal.SIGKILL)
     assert redis.xlen(stream) == 0
 
-    start_user_service(processes, env, migrate=False).wait_healthy(60)
+    start_user_service(stack.processes, env, migrate=False).wait_healthy(60)
     entries = eventually(lambda: redis.xrange(stream), "user.deleted on the stream")
     [event] = [msgspec.json.decode(fields[b"event"], type=Event) for _, fields in entries]
     assert event.data["user_id"] == str(user_id)

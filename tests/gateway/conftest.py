@@ -7,7 +7,6 @@ gateway.
 """
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -17,9 +16,16 @@ import pytest
 import redis as redis_sync
 from litestar import Litestar
 
+import tests.conftest
+from analytics_service.app import create_app as create_analytics_app
+from analytics_service.config import AnalyticsSettings
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from shared.keys import hs256_kid
+from tests.analytics_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
+    analytics_database,
+    clean_analytics_database,
+)
 from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
     JWT_SECRET,
     PASSWORD,
@@ -27,9 +33,8 @@ from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures 
     auth_database,
     auth_settings,
     clean_auth_database,
-    clock,
 )
-from tests.conftest import access_claims, app_client
+from tests.conftest import access_claims, app_client, settings_factory
 from tests.gateway.echo import Echo
 
 AUTH = "/api/v1/auth"
@@ -43,29 +48,20 @@ SettingsFactory = Callable[..., GatewaySettings]
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, redis_url: str, redis_namespace: str) -> SettingsFactory:
+def make_settings(service_settings: dict[str, Any]) -> SettingsFactory:
     """Gateway settings sharing the auth service's secret and the test's Redis namespace."""
-
-    def build(**overrides: Any) -> GatewaySettings:
-        values: dict[str, Any] = {
-            "jwt_secret": JWT_SECRET,
-            "redis_url": redis_url,
-            "redis_namespace": redis_namespace,
-            "data_dir": str(tmp_path),
-            "request_timeout": 0.5,
-            # Long enough that a busy machine (two test runs side by side) never makes the shared
-            # store look down; the tests of a slow or hung Redis set their own or use a private one.
-            "redis_timeout_seconds": 0.5,
-            # Likewise for the limiter: a reply slower than its 50 ms production bound would count
-            # that request in the per-process fallback and let one more through the shared quota.
-            "rate_limit_redis_timeout": 0.5,
-            **overrides,
-        }
-        settings = GatewaySettings(**values)
-        settings.validate()
-        return settings
-
-    return build
+    return settings_factory(
+        GatewaySettings,
+        **service_settings,
+        jwt_secret=JWT_SECRET,
+        request_timeout=0.5,
+        # Long enough that a busy machine (two test runs side by side) never makes the shared
+        # store look down; the tests of a slow or hung Redis set their own or use a private one.
+        redis_timeout_seconds=0.5,
+        # Likewise for the limiter: a reply slower than its 50 ms production bound would count
+        # that request in the per-process fallback and let one more through the shared quota.
+        rate_limit_redis_timeout=0.5,
+    )
 
 
 @pytest.fixture
@@ -92,6 +88,13 @@ def platform(make_settings: SettingsFactory, auth_app: Litestar, echo: Echo) -> 
     A password hash can take well over the echo's 0.5 s on a busy machine: the auth service gets
     a request timeout that a test never waits out."""
     return create_app(make_settings(request_timeout=10.0), services={AUTH: auth_app, USERS: echo})
+
+
+@pytest.fixture
+def analytics_app(clean_analytics_database: str, service_settings: dict[str, Any]) -> Litestar:  # noqa: F811
+    """The real analytics service, on the auth service's secret (an upstream of the older clients' routes)."""
+    settings = AnalyticsSettings(**service_settings, database_url=clean_analytics_database, jwt_secret=JWT_SECRET)
+    return create_analytics_app(settings)
 
 
 @pytest.fixture
@@ -143,14 +146,9 @@ async def register(client: httpx.AsyncClient, email: str = "ada@example.com") ->
 
 
 def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
+    """A problem (:func:`tests.conftest.assert_problem`) that names the request it answers."""
+    body = tests.conftest.assert_problem(response, status, code)
     assert body["request_id"] == response.headers["x-request-id"]
-    if code is not None:
-        assert body["code"] == code, body
-    assert "Traceback" not in response.text
     return body
 
 

@@ -26,7 +26,7 @@ from gateway.app import create_app
 from shared.events import InMemoryBus
 from shared.stores import MemoryStore
 from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD
-from tests.conftest import app_client, eventually
+from tests.conftest import app_client, changed, eventually
 from tests.gateway.conftest import (
     AUTH,
     KID,
@@ -229,13 +229,7 @@ def hs256(signing_input: str, key: bytes) -> str:
 
 
 def header(**changes: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {"alg": "HS256", "typ": "at+jwt", "kid": KID}
-    for name, value in changes.items():
-        if value is None:
-            values.pop(name, None)
-        else:
-            values[name] = value
-    return values
+    return changed({"alg": "HS256", "typ": "at+jwt", "kid": KID}, changes)
 
 
 def forge(payload: Any, jws_header: Any = None, *, key: bytes = JWT_SECRET.encode()) -> str:

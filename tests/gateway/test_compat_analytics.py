@@ -5,18 +5,13 @@ of the platform, and deprecation headers."""
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from litestar import Litestar
 
-from analytics_service.app import create_app as create_analytics_app
-from analytics_service.config import AnalyticsSettings
 from gateway.app import create_app
-from tests.analytics_service.conftest import analytics_database, clean_analytics_database  # noqa: F401
-from tests.auth_service.conftest import JWT_SECRET
 from tests.conftest import app_client, eventually
 from tests.gateway.conftest import SettingsFactory, access_token, assert_problem
 
@@ -43,18 +38,6 @@ class Caller:
             "X-API-Key": API_KEY,
             "Authorization": f"Bearer {access_token(sub=self.id, roles=list(roles or ['user']))}",
         }
-
-
-@pytest.fixture
-def analytics_app(clean_analytics_database: str, redis_url: str, redis_namespace: str, tmp_path: Path) -> Litestar:  # noqa: F811
-    settings = AnalyticsSettings(
-        database_url=clean_analytics_database,
-        redis_url=redis_url,
-        redis_namespace=redis_namespace,
-        jwt_secret=JWT_SECRET,
-        data_dir=str(tmp_path),
-    )
-    return create_analytics_app(settings)
 
 
 @pytest.fixture

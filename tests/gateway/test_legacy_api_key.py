@@ -4,7 +4,6 @@ and metrics (200, the old shapes); the integer ``user_id`` of its own system is 
 id, never taken for a platform user."""
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import msgspec
@@ -12,13 +11,10 @@ import psycopg
 import pytest
 from litestar import Litestar
 
-from analytics_service.app import create_app as create_analytics_app
-from analytics_service.config import AnalyticsSettings
 from auth_service.app import create_app as create_auth_app
 from auth_service.config import AuthSettings
 from gateway.app import create_app
-from tests.analytics_service.conftest import analytics_database, clean_analytics_database  # noqa: F401
-from tests.auth_service.conftest import JWT_SECRET, Clock
+from tests.auth_service.conftest import Clock
 from tests.conftest import app_client
 from tests.gateway.conftest import AUTH, SettingsFactory, assert_problem
 
@@ -26,18 +22,6 @@ ANALYTICS = "/api/v1/analytics"
 API_KEY = "your-api-key-of-this-deployment-0123"
 JSON = {"Content-Type": "application/json"}
 ONLY_API_KEY = {**JSON, "X-API-Key": API_KEY}
-
-
-@pytest.fixture
-def analytics_app(clean_analytics_database: str, redis_url: str, redis_namespace: str, tmp_path: Path) -> Litestar:  # noqa: F811
-    settings = AnalyticsSettings(
-        database_url=clean_analytics_database,
-        redis_url=redis_url,
-        redis_namespace=redis_namespace,
-        jwt_secret=JWT_SECRET,
-        data_dir=str(tmp_path),
-    )
-    return create_analytics_app(settings)
 
 
 @pytest.fixture
@@ -51,7 +35,7 @@ async def legacy(
         yield client
 
 
-async def test_the_readmes_curl_flows_verbatim(legacy: httpx.AsyncClient, clean_analytics_database: str) -> None:  # noqa: F811
+async def test_the_readmes_curl_flows_verbatim(legacy: httpx.AsyncClient, clean_analytics_database: str) -> None:
     # Register user, login, use JWT token: as the README shows.
     registered = await legacy.post(
         "/auth/register",
@@ -126,7 +110,7 @@ async def test_the_readmes_curl_flows_verbatim(legacy: httpx.AsyncClient, clean_
 
 async def test_an_external_user_id_on_a_metric_is_a_label(
     legacy: httpx.AsyncClient,
-    clean_analytics_database: str,  # noqa: F811
+    clean_analytics_database: str,
 ) -> None:
     body = {"metric_name": "api_calls", "metric_value": 2, "user_id": 7}
     metric = await legacy.post("/analytics/metrics", headers=ONLY_API_KEY, json=body)

@@ -17,7 +17,7 @@ from gateway import routing
 from gateway.app import create_app
 from gateway.errors import BadPath
 from tests.conftest import app_client
-from tests.gateway.conftest import AUTH, USERS, SettingsFactory, access_token, raw_request
+from tests.gateway.conftest import AUTH, USERS, RawResponse, SettingsFactory, access_token, raw_request
 from tests.gateway.echo import Echo
 
 CONFUSING: list[bytes] = [
@@ -118,14 +118,18 @@ NOT_TEXT_PATHS: list[bytes] = [
 ]
 
 
+async def signed_in_request(app: Litestar, target: bytes) -> RawResponse:
+    """``target`` exactly as sent (:func:`raw_request`), with a valid access token."""
+    return await raw_request(app, target, headers=[(b"authorization", b"Bearer " + access_token().encode())])
+
+
 @pytest.mark.parametrize("target", TEXT_PATHS, ids=[t.decode() for t in TEXT_PATHS])
 async def test_percent_encoded_text_reaches_the_upstream_exactly(
     both: tuple[Litestar, Echo, Echo], target: bytes
 ) -> None:
     """Airtable table and field names are often not ASCII: encoded as UTF-8 they pass unchanged."""
     app, _, users_echo = both
-    token = access_token().encode()
-    response = await raw_request(app, target, headers=[(b"authorization", b"Bearer " + token)])
+    response = await signed_in_request(app, target)
     assert response.status_code == 200, (response.status_code, response.content)
     (received,) = users_echo.seen
     assert received.raw_path.encode("latin-1") == target
@@ -137,8 +141,7 @@ async def test_encoded_bytes_that_are_not_plain_text_are_refused(
     both: tuple[Litestar, Echo, Echo], target: bytes
 ) -> None:
     app, auth_echo, users_echo = both
-    token = access_token().encode()
-    response = await raw_request(app, target, headers=[(b"authorization", b"Bearer " + token)])
+    response = await signed_in_request(app, target)
     assert response.status_code == 400, (response.status_code, response.content)
     assert response.headers["content-type"].startswith("application/problem+json")
     assert auth_echo.seen == [] and users_echo.seen == []
@@ -157,8 +160,7 @@ async def test_a_confusing_path_is_refused_or_forwarded_exactly(
     both: tuple[Litestar, Echo, Echo], target: bytes
 ) -> None:
     app, auth_echo, users_echo = both
-    token = access_token().encode()
-    response = await raw_request(app, target, headers=[(b"authorization", b"Bearer " + token)])
+    response = await signed_in_request(app, target)
     reached = auth_echo.seen + users_echo.seen
     expected = 200 if target in FORWARDED else 404 if target in NOT_A_PREFIX else 400
     assert response.status_code == expected, (response.status_code, response.content)

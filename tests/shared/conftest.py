@@ -6,5 +6,4 @@ from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures 
     auth_settings,
     clean_auth_database,
     client,
-    clock,
 )

@@ -77,15 +77,24 @@ def registered(user_id: str | None = None) -> Event:
     return new_event("user.registered", "auth", {"user_id": user_id or str(uuid.uuid4()), "email": "ada@example.com"})
 
 
+@contextlib.asynccontextmanager
+async def consuming(bus: RedisStreamBus, handler: "Recorder") -> AsyncIterator[None]:
+    """``bus`` started with ``handler`` on user.registered for the group "users"; closed afterwards."""
+    bus.subscribe("user.registered", "users", handler)
+    await bus.start()
+    try:
+        yield
+    finally:
+        await bus.close()
+
+
 # -- Redis Streams ---------------------------------------------------------------------------------
 
 
 async def test_redis_bus_delivers_to_the_group_and_acknowledges(redis: Redis, redis_namespace: str) -> None:
     bus = RedisStreamBus(redis, redis_namespace, consumer="users-1")
     handler = Recorder()
-    bus.subscribe("user.registered", "users", handler)
-    await bus.start()
-    try:
+    async with consuming(bus, handler):
         event = registered()
         await bus.publish(event)
         await eventually(lambda: handler.handled, "the handler to get the event")
@@ -93,8 +102,6 @@ async def test_redis_bus_delivers_to_the_group_and_acknowledges(redis: Redis, re
         stream = bus.stream("user.registered")
         assert stream == f"{redis_namespace}:events:user.registered"
         await eventually(lambda: all_acknowledged(redis, stream, "users"), "the acknowledgement")
-    finally:
-        await bus.close()
 
 
 async def test_events_published_before_the_consumer_starts_are_delivered(redis: Redis, redis_namespace: str) -> None:
@@ -103,25 +110,17 @@ async def test_events_published_before_the_consumer_starts_are_delivered(redis: 
     await publisher.publish(early)
     consumer = RedisStreamBus(redis, redis_namespace)
     handler = Recorder()
-    consumer.subscribe("user.registered", "users", handler)
-    await consumer.start()
-    try:
+    async with consuming(consumer, handler):
         await eventually(lambda: handler.handled, "the early event")
         assert handler.handled == [early]
-    finally:
-        await consumer.close()
 
 
 async def test_a_failing_handler_leaves_the_message_pending(redis: Redis, redis_namespace: str) -> None:
     bus = RedisStreamBus(redis, redis_namespace, consumer="users-1")
     handler = Recorder(failures=1)
-    bus.subscribe("user.registered", "users", handler)
-    await bus.start()
-    try:
+    async with consuming(bus, handler):
         await bus.publish(registered())
         await asyncio.wait_for(handler.arrived.wait(), WAIT_SECONDS)
-    finally:
-        await bus.close()
     assert handler.handled == []
     assert await pending(redis, bus.stream("user.registered"), "users") == 1
 
@@ -130,9 +129,7 @@ async def test_a_message_whose_handler_failed_is_delivered_again(redis: Redis, r
     """At least once: a handler that fails once (its database was down, say) gets the event again."""
     bus = RedisStreamBus(redis, redis_namespace, consumer="users-1", reclaim_after_seconds=0.2)
     handler = Recorder(failures=1)
-    bus.subscribe("user.registered", "users", handler)
-    await bus.start()
-    try:
+    async with consuming(bus, handler):
         event = registered()
         await bus.publish(event)
         await eventually(lambda: handler.handled, "the redelivery")
@@ -140,8 +137,6 @@ async def test_a_message_whose_handler_failed_is_delivered_again(redis: Redis, r
         assert handler.calls == 2
         stream = bus.stream("user.registered")
         await eventually(lambda: all_acknowledged(redis, stream, "users"), "the acknowledgement")
-    finally:
-        await bus.close()
 
 
 async def test_messages_of_a_consumer_that_died_are_taken_over(redis: Redis, redis_namespace: str) -> None:
@@ -154,14 +149,10 @@ async def test_messages_of_a_consumer_that_died_are_taken_over(redis: Redis, red
     taken = await redis.xreadgroup("users", "users-1", {stream: ">"}, count=10)
     assert len(taken[0][1]) == 1
     handler = Recorder()
-    bus.subscribe("user.registered", "users", handler)
-    await bus.start()
-    try:
+    async with consuming(bus, handler):
         await eventually(lambda: handler.handled, "the takeover")
         assert handler.handled == [event]
         await eventually(lambda: all_acknowledged(redis, stream, "users"), "the acknowledgement")
-    finally:
-        await bus.close()
 
 
 async def test_each_group_gets_every_event_once(redis: Redis, redis_namespace: str) -> None:
@@ -253,22 +244,20 @@ async def events_across(
         client = Redis.from_url(server.url, socket_timeout=socket_timeout)
         bus = RedisStreamBus(client, "fault", consumer="users-1")
         handler = Recorder()
-        bus.subscribe("user.registered", "users", handler)
-        await bus.start()
         try:
-            before = registered()
-            await bus.publish(before)
-            await eventually(lambda: handler.handled, f"the event before the {what}")
+            async with consuming(bus, handler):
+                before = registered()
+                await bus.publish(before)
+                await eventually(lambda: handler.handled, f"the event before the {what}")
 
-            await fault(server)
-            after = registered()
-            await eventually(lambda: publish_when_redis_answers(bus, after), f"a publish after the {what}")
+                await fault(server)
+                after = registered()
+                await eventually(lambda: publish_when_redis_answers(bus, after), f"a publish after the {what}")
 
-            await eventually(lambda: len(handler.handled) == 2, f"the event after the {what}")
-            assert handler.handled == [before, after]
-            yield client, bus
+                await eventually(lambda: len(handler.handled) == 2, f"the event after the {what}")
+                assert handler.handled == [before, after]
+                yield client, bus
         finally:
-            await bus.close()
             await client.aclose()
 
 
@@ -356,9 +345,7 @@ async def test_events_every_group_acknowledged_are_trimmed_and_the_others_are_ke
     stream = bus.stream("user.registered")
     await redis.xgroup_create(stream, "laggard", id="0", mkstream=True)  # a group that reads nothing yet
     handler = Recorder()
-    bus.subscribe("user.registered", "users", handler)
-    await bus.start()
-    try:
+    async with consuming(bus, handler):
         for _ in range(5):
             await bus.publish(registered())
         await eventually(lambda: len(handler.handled) == 5, "all five")
@@ -372,8 +359,6 @@ async def test_events_every_group_acknowledged_are_trimmed_and_the_others_are_ke
             return bool(await redis.xlen(stream) == 1)  # only the last delivered one stays
 
         await eventually(trimmed, "the acknowledged events to be trimmed")
-    finally:
-        await bus.close()
 
 
 async def test_a_full_stream_refuses_an_event_and_the_outbox_keeps_it_until_there_is_room(
@@ -400,9 +385,7 @@ async def test_a_full_stream_refuses_an_event_and_the_outbox_keeps_it_until_ther
 
     consumer = RedisStreamBus(redis, bus.namespace)
     handler = Recorder()
-    consumer.subscribe("user.registered", "users", handler)
-    await consumer.start()
-    try:
+    async with consuming(consumer, handler):
         await eventually(lambda: len(handler.handled) == 2, "the two on the stream")
 
         async def room() -> bool:
@@ -412,8 +395,6 @@ async def test_a_full_stream_refuses_an_event_and_the_outbox_keeps_it_until_ther
         assert await relay.publish_pending() == 1
         await eventually(lambda: len(handler.handled) == 3, "the event the outbox kept")
         assert [e.id for e in handler.handled] == [e.id for e in events]
-    finally:
-        await consumer.close()
 
 
 # -- in memory -------------------------------------------------------------------------------------

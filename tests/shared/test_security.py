@@ -29,7 +29,7 @@ from shared.keys import hs256_kid, public_jwk
 from shared.security import InvalidToken, TokenVerifier
 from shared.settings import ServiceSettings
 from tests.auth_service.conftest import JWT_SECRET, PASSWORD, Clock, bearer, register
-from tests.conftest import access_claims, app_client
+from tests.conftest import access_claims, app_client, changed
 
 ME = "/api/v1/auth/me"
 INVALID_TOKEN = 'Bearer error="invalid_token"'
@@ -66,13 +66,7 @@ def forge(
 
 
 def with_header(**changes: Any) -> dict[str, Any]:
-    header: dict[str, Any] = {"alg": "HS256", "typ": "at+jwt", "kid": KID}
-    for name, value in changes.items():
-        if value is None:
-            header.pop(name, None)
-        else:
-            header[name] = value
-    return header
+    return changed({"alg": "HS256", "typ": "at+jwt", "kid": KID}, changes)
 
 
 class Victim(msgspec.Struct):
@@ -84,13 +78,7 @@ class Victim(msgspec.Struct):
     def fresh_claims(self, **changes: Any) -> dict[str, Any]:
         """The real claims with a new ``jti`` and current times; ``None`` removes a claim."""
         now = int(time.time())
-        claims = {**self.claims, "jti": uuid.uuid4().hex, "iat": now, "nbf": now, "exp": now + 600}
-        for name, value in changes.items():
-            if value is None:
-                claims.pop(name, None)
-            else:
-                claims[name] = value
-        return claims
+        return changed({**self.claims, "jti": uuid.uuid4().hex, "iat": now, "nbf": now, "exp": now + 600}, changes)
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -8,49 +7,27 @@ import pytest
 from litestar import Litestar
 
 from tests.auth_service.conftest import JWT_SECRET
-from tests.conftest import (
-    LOADED_DB_CONNECT_SECONDS,
-    Clock,
-    DatabaseFactory,
-    app_client,
-    migrated_database,
-    signed_access_token,
-    truncate,
-)
+from tests.conftest import Clock, app_client, database_fixtures, signed_access_token
 from user_service.app import create_app
 from user_service.config import UserSettings
 
 USERS = "/api/v1/users"
 
 
-@pytest.fixture(scope="session")
-def users_database(databases: DatabaseFactory) -> str:
-    return migrated_database(databases, UserSettings, "user_service")
+users_database, clean_users_database = database_fixtures(
+    "users", UserSettings, "user_service", "profiles, outbox, processed_events, memberships"
+)
 
 
 @pytest.fixture
-def clean_users_database(users_database: str) -> Iterator[str]:
-    yield users_database
-    truncate(users_database, "profiles, outbox, processed_events, memberships")
-
-
-@pytest.fixture
-def user_settings(clean_users_database: str, redis_url: str, redis_namespace: str, tmp_path: Path) -> UserSettings:
+def user_settings(clean_users_database: str, service_settings: dict[str, Any]) -> UserSettings:
     return UserSettings(
+        **service_settings,
         database_url=clean_users_database,
-        redis_url=redis_url,
-        redis_namespace=redis_namespace,
         jwt_secret=JWT_SECRET,
-        data_dir=str(tmp_path),
         outbox_poll_seconds=0.2,
-        db_connect_timeout_seconds=LOADED_DB_CONNECT_SECONDS,
         event_reclaim_seconds=0.5,
     )
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

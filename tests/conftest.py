@@ -47,6 +47,15 @@ WAIT_SECONDS = 10.0
 # running two suites a connect can take longer, and the connect gate would then answer 503 for a
 # moment; tests of something else wait this long, and the fault tests keep the production bound.
 LOADED_DB_CONNECT_SECONDS = 10.0
+# Likewise for a statement (production: 1.5 s, PostgreSQL's statement_timeout, also the Airtable
+# gateway's bound on a grant or token lookup): 25 requests at once from each of two suites can
+# queue one past it.
+LOADED_DB_STATEMENT_TIMEOUT_MS = 10_000
+# Both, as the services' environment variables.
+LOADED_DATABASE_ENVIRON = {
+    "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS),
+    "DB_STATEMENT_TIMEOUT_MS": str(LOADED_DB_STATEMENT_TIMEOUT_MS),
+}
 
 
 def _postgres_answers(url: str) -> bool:
@@ -314,7 +323,7 @@ def migrated_database(databases: "DatabaseFactory", settings: type[ServiceSettin
 def migrated_embedded_environ(databases: DatabaseFactory, data_dir: Path) -> dict[str, str]:
     """An embedded platform's environment with auth and users on new PostgreSQL databases of this
     run, migrated (the other services on SQLite in ``data_dir``)."""
-    environ = {"DATA_DIR": str(data_dir), "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS)}
+    environ = {"DATA_DIR": str(data_dir), **LOADED_DATABASE_ENVIRON}
     on_postgres = [entry for entry in SERVICES if entry.package in ("auth_service", "user_service")]
     for entry in on_postgres:
         environ[f"{entry.env_prefix}_DATABASE_URL"] = databases.create(entry.database)
@@ -349,12 +358,13 @@ def database_fixtures(name: str, settings: type[ServiceSettings], package: str, 
 @pytest.fixture
 def service_settings(redis_url: str, redis_namespace: str, tmp_path: Path) -> dict[str, Any]:
     """The settings every app under test shares: the test's Redis namespace and data directory, and
-    a database connect as patient as a loaded machine needs (LOADED_DB_CONNECT_SECONDS)."""
+    database connects and statements as patient as a loaded machine needs (``LOADED_DB_*``)."""
     return {
         "redis_url": redis_url,
         "redis_namespace": redis_namespace,
         "data_dir": str(tmp_path),
         "db_connect_timeout_seconds": LOADED_DB_CONNECT_SECONDS,
+        "db_statement_timeout_ms": LOADED_DB_STATEMENT_TIMEOUT_MS,
     }
 
 

@@ -22,7 +22,6 @@ from tests.airtable_gateway.emulator_fixture import (  # noqa: F401  (pytest fin
     emulator_per_test,
 )
 from tests.conftest import (
-    LOADED_DB_CONNECT_SECONDS,
     app_client,
     database_fixtures,
     settings_factory,
@@ -73,9 +72,6 @@ def make_settings(org_grants: str, service_settings: dict[str, Any], emulator: E
         **service_settings,
         database_url=org_grants,
         jwt_secret=JWT_SECRET,
-        # Also the bound on a grant or token lookup: a loaded machine can take longer than the
-        # production 1.5 s; the database fault tests set that back (test_dependency_faults.py).
-        db_statement_timeout_ms=int(LOADED_DB_CONNECT_SECONDS * 1000),
         airtable_api_url=emulator.url,
         airtable_token=emulator.token,
         airtable_token_encryption_key=ENCRYPTION_KEY,

@@ -22,7 +22,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from tests.conftest import LOADED_DB_CONNECT_SECONDS, WAIT_SECONDS, DatabaseFactory, signed_access_token
+from tests.conftest import LOADED_DATABASE_ENVIRON, WAIT_SECONDS, DatabaseFactory, signed_access_token
 from tests.mail_server import Inbox, token_in
 from tests.private_servers import free_port
 
@@ -41,13 +41,13 @@ FAST_ARGON2 = {"ARGON2_MEMORY_KIB": "19456", "ARGON2_TIME_COST": "2", "ARGON2_PA
 
 def environment(data_dir: Path, **settings: str) -> dict[str, str]:
     env = {name: os.environ[name] for name in INHERITED if name in os.environ}
-    # A PostgreSQL connect on a loaded machine (two test runs side by side) can take longer than
-    # the production bound of 1 s; the tests of a hung PostgreSQL pass that bound back explicitly.
+    # A PostgreSQL connect or statement on a loaded machine (two test runs side by side) can take
+    # longer than production's bounds; the tests of a hung PostgreSQL pass those back explicitly.
     env.update(
         DATA_DIR=str(data_dir),
         JWT_SECRET=JWT_SECRET,
         PYTHONUNBUFFERED="1",
-        DB_CONNECT_TIMEOUT_SECONDS=str(LOADED_DB_CONNECT_SECONDS),
+        **LOADED_DATABASE_ENVIRON,
     )
     env.update(settings)
     return env

@@ -33,6 +33,9 @@ CLIENT_BOUND_SECONDS = 10.0
 WAIT_SECONDS = 20.0
 eventually = functools.partial(wait_for, timeout=WAIT_SECONDS)
 PASSWORD = "a long enough passphrase"
+# Production's bounds, for the service whose PostgreSQL the tests hang or stop (the others keep
+# the patience a loaded machine needs: tests/e2e/processes.py environment()).
+PRODUCTION_DATABASE_BOUNDS = {"DB_CONNECT_TIMEOUT_SECONDS": "1.0", "DB_STATEMENT_TIMEOUT_MS": "1500"}
 
 
 class Platform:
@@ -90,8 +93,8 @@ def start_faultable(
     faulted_database: bool = False,
 ) -> Service:
     """A service, migrated then served, on its database and the private Redis (one namespace); on
-    the private PostgreSQL the tests hang or stop (``faulted_database``), with the production
-    bound of 1 s on a connect."""
+    the private PostgreSQL the tests hang or stop (``faulted_database``), with production's
+    bounds on a connect and a statement."""
     return start_service(
         processes,
         package,
@@ -103,7 +106,7 @@ def start_faultable(
         REDIS_NAMESPACE="faults",
         OUTBOX_POLL_SECONDS="0.2",
         **FAST_ARGON2,
-        **({"DB_CONNECT_TIMEOUT_SECONDS": "1.0"} if faulted_database else {}),
+        **(PRODUCTION_DATABASE_BOUNDS if faulted_database else {}),
     )
 
 

@@ -17,7 +17,7 @@ from shared.audit import AUDIT_EVENT
 from shared.events import InMemoryBus
 from shared.settings import load_settings
 from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD
-from tests.conftest import LOADED_DB_CONNECT_SECONDS, DatabaseFactory, app_client, eventually
+from tests.conftest import LOADED_DATABASE_ENVIRON, DatabaseFactory, app_client, eventually
 from user_service.config import UserSettings
 
 CREDENTIALS = {"email": "ada@example.com", "password": PASSWORD}
@@ -26,7 +26,7 @@ CREDENTIALS = {"email": "ada@example.com", "password": PASSWORD}
 @pytest.fixture(params=["postgresql", "sqlite"])
 def service_databases(request: pytest.FixtureRequest, databases: DatabaseFactory, tmp_path: Path) -> dict[str, str]:
     """The services' database variables: PostgreSQL, or SQLite files in DATA_DIR (`make run`)."""
-    environ = {"DATA_DIR": str(tmp_path), "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS)}
+    environ = {"DATA_DIR": str(tmp_path), **LOADED_DATABASE_ENVIRON}
     if request.param == "postgresql":
         environ["AUTH_DATABASE_URL"] = databases.create("pyairtable_auth")
         environ["USERS_DATABASE_URL"] = databases.create("pyairtable_users")

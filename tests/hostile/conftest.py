@@ -26,7 +26,7 @@ from shared.registry import SERVICES
 from shared.settings import load_settings
 from shared.stores import MemoryStore
 from shared.usage import InMemoryUsageChannel
-from tests.conftest import LOADED_DB_CONNECT_SECONDS, DatabaseFactory, app_client, signed_access_token
+from tests.conftest import LOADED_DATABASE_ENVIRON, DatabaseFactory, app_client, signed_access_token
 from tests.hostile.requests import Hostile
 
 JWT_SECRET = "hostile-input-suite-secret-" + "h" * 40
@@ -62,7 +62,7 @@ def environ(hostile_databases: dict[str, str], tmp_path: Path) -> dict[str, str]
         "AUTH_RATE_LIMIT_BURST": "100000",
         "IP_ATTEMPTS_PER_MINUTE": "1000000",
         # A burst of 25 needs new pooled connections at once (tests/conftest.py says why this long).
-        "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS),
+        **LOADED_DATABASE_ENVIRON,
     }
     for entry in SERVICES:
         values[f"{entry.env_prefix}_DATABASE_URL"] = hostile_databases[entry.prefix]

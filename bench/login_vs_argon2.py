@@ -210,12 +210,12 @@ def raw_run(
     return RunResult("raw", len(latencies), elapsed, latencies, cpu_seconds=cpu)
 
 
-async def login_run(
-    base_url: str, email: str, password: str, concurrency: int, seconds: float, server_pid: int
-) -> RunResult:
-    """``concurrency`` clients logging in back to back until the deadline; only 200s count."""
+async def login_run(base_url: str, emails: list[str], password: str, seconds: float, server_pid: int) -> RunResult:
+    """One client per account in ``emails``, each logging in back to back until the deadline; only
+    200s count. An account has one password verification at a time (the auth service's throttle
+    refuses a second one at once with 429), so concurrent clients sign in as different users."""
+    concurrency = len(emails)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    body = {"email": email, "password": password}
     latencies: list[float] = []
     failures: Counter[str] = Counter()
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_SECONDS) as client:
@@ -223,7 +223,8 @@ async def login_run(
         await asyncio.gather(*(client.get("/health") for _ in range(concurrency)))
         deadline = 0.0
 
-        async def worker() -> None:
+        async def worker(email: str) -> None:
+            body = {"email": email, "password": password}
             while time.perf_counter() < deadline:
                 began = time.perf_counter()
                 try:
@@ -239,7 +240,7 @@ async def login_run(
         meter = CpuMeter(server_pid)
         started = time.perf_counter()
         deadline = started + seconds
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(email) for email in emails))
         elapsed = time.perf_counter() - started
         cpu = meter.used()
     return RunResult("login", len(latencies), elapsed, latencies, dict(failures), cpu)
@@ -350,7 +351,7 @@ def warm_up(base_url: str, email: str, password: str, count: int) -> None:
 def bench_setup(setup: Setup, params: Argon2Params, args: argparse.Namespace) -> dict[str, Any]:
     hasher = params.hasher()
     password = "bench-" + secrets.token_urlsafe(18)
-    email = f"bench-{secrets.token_hex(4)}@example.com"
+    emails = [f"bench-{secrets.token_hex(4)}@example.com" for _ in range(args.client_concurrency)]
     raw_hash = hasher.hash(password)
     namespace = f"bench-{secrets.token_hex(4)}"
     rounds: list[dict[str, Any]] = []
@@ -368,16 +369,15 @@ def bench_setup(setup: Setup, params: Argon2Params, args: argparse.Namespace) ->
         stack.callback(server.stop)
         say(f"[{setup.label}] starting auth_service on {server.base_url} (DATA_DIR={data_dir})")
         server.start()
-        register(server.base_url, email, password)
-        warm_up(server.base_url, email, password, 2 * args.concurrency)
+        for email in emails:
+            register(server.base_url, email, password)
+            warm_up(server.base_url, email, password, 2)
         raw_run(hasher, raw_hash, password, args.concurrency, min(2.0, args.seconds), server.pid)  # warm-up
 
         for number in range(1, args.rounds + 1):
             raw = raw_run(hasher, raw_hash, password, args.concurrency, args.seconds, server.pid)
             say(f"[{setup.label}] round {number} raw:   {raw.per_second:7.2f} verifications/s")
-            login = asyncio.run(
-                login_run(server.base_url, email, password, args.client_concurrency, args.seconds, server.pid)
-            )
+            login = asyncio.run(login_run(server.base_url, emails, password, args.seconds, server.pid))
             failed = f" ({sum(login.failures.values())} non-200: {login.failures})" if login.failures else ""
             say(f"[{setup.label}] round {number} login: {login.per_second:7.2f} logins/s{failed}")
             raw_runs.append(raw)

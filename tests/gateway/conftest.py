@@ -55,12 +55,13 @@ def make_settings(service_settings: dict[str, Any]) -> SettingsFactory:
         **service_settings,
         jwt_secret=JWT_SECRET,
         request_timeout=0.5,
-        # Long enough that a busy machine (two test runs side by side) never makes the shared
-        # store look down; the tests of a slow or hung Redis set their own or use a private one.
-        redis_timeout_seconds=0.5,
-        # Likewise for the limiter: a reply slower than its 50 ms production bound would count
+        # Long enough that a busy machine (two test runs side by side) or a long garbage
+        # collection in this test process never makes the shared store look down; the tests of a
+        # slow or hung Redis set their own or use a private one.
+        redis_timeout_seconds=5.0,
+        # Likewise for the limiter: a reply later than its 50 ms production bound would count
         # that request in the per-process fallback and let one more through the shared quota.
-        rate_limit_redis_timeout=0.5,
+        rate_limit_redis_timeout=5.0,
     )
 
 

@@ -61,6 +61,7 @@ from auth_service.throttle import Throttle
 from auth_service.tokens import OrgClaim, TokenIssuer, new_refresh_token, refresh_token_hash
 from auth_service.two_factor import SecretCipher, TwoFactorService
 from shared.audit import record_audit
+from shared.db import read_without_transaction
 from shared.events import new_event
 from shared.mail import MailTemplates, queue_mail
 from shared.outbox import add_event
@@ -128,6 +129,8 @@ class AuthService:
         self.clock = clock
         self.two_factor = TwoFactorService(db, settings, throttle, totp_cipher)
         self.memberships = Memberships(db)
+        # The transaction in which ``_lock_active`` locked which account's row (held to its end).
+        self._locked: tuple[object, uuid.UUID] | None = None
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -265,6 +268,7 @@ class AuthService:
         """Tokens for the right password; with two-factor on, a challenge for ``login_mfa`` instead."""
         await self.throttle.check_ip("login", client.ip)
         email = email.strip().lower()
+        await read_without_transaction(self.db)  # ``_verify_login`` ends it before the hash anyway
         user = await self.users.by_email(email)
         user_id = str(user.id) if user else None
         try:
@@ -296,14 +300,18 @@ class AuthService:
                 user, MFA_ENROL, user.email, self.settings.mfa_challenge_ttl, now
             )
             raise TwoFactorEnrolmentRequired(challenge, self.settings.mfa_challenge_ttl)
-        return await self._signed_in(user, client, now, legacy_lifetime)
+        # Without two-factor on, ``organization`` is what ``_sign_in_organization`` would answer.
+        return await self._signed_in(user, client, now, legacy_lifetime, organization)
 
-    async def _signed_in(self, user: User, client: Client, now: datetime, legacy_lifetime: bool) -> TokenResponse:
+    async def _signed_in(
+        self, user: User, client: Client, now: datetime, legacy_lifetime: bool, organization: OrgClaim | None
+    ) -> TokenResponse:
+        """A new session in ``organization`` (read in this transaction, as ``_sign_in_organization`` does)."""
         user.last_login_at = now
         await add_event(self.db, outbox, new_event("user.logged_in", "auth", user_event_data(user)))
         await self._audit("login.succeeded", actor_id=user.id, **_about(user))
         security_log.info("login succeeded", extra={"user_id": str(user.id), "ip": client.ip, "outcome": "success"})
-        return await self._start_session(user, client, now, legacy_lifetime, await self._sign_in_organization(user))
+        return await self._start_session(user, client, now, legacy_lifetime, organization)
 
     async def _requires_two_factor(self, organization_id: uuid.UUID) -> bool:
         org = await self.memberships.organization(organization_id)
@@ -338,7 +346,7 @@ class AuthService:
             codes = await self.two_factor.confirm(user, code, now)
             await self._audit("two_factor.enabled", actor_id=user.id, **_about(user))
             await self._consume_challenge(found, now)
-            tokens = await self._signed_in(user, client, now, False)
+            tokens = await self._signed_in(user, client, now, False, await self._sign_in_organization(user))
             return EnrolledTokenResponse(**msgspec.structs.asdict(tokens), recovery_codes=codes)
         try:
             await self.two_factor.check_code(user, code, now)
@@ -347,7 +355,8 @@ class AuthService:
             await self.db.commit()  # as for a wrong password: the entry stands although the request fails
             raise
         await self._consume_challenge(found, now)
-        return await self._signed_in(user, client, now, found.purpose == MFA_LOGIN_LEGACY)
+        legacy = found.purpose == MFA_LOGIN_LEGACY
+        return await self._signed_in(user, client, now, legacy, await self._sign_in_organization(user))
 
     async def enrol_at_login(self, challenge: str, client: Client) -> TwoFactorEnrolment:
         """An authenticator for a user whose organisation requires one, with the challenge of the
@@ -644,8 +653,15 @@ class AuthService:
     async def _lock_active(self, user: User) -> bool:
         """Whether the account is still open, read again under the row's lock, held until the
         commit: the password was checked against a read that the account's closing
-        (``deactivate_deleted_user``) may have overtaken since, and no token may outlive it."""
-        return await self.users.lock_is_active(user)
+        (``deactivate_deleted_user``) may have overtaken since, and no token may outlive it.
+        Once locked in a transaction, the answer stands to its end (a sign-in asks twice)."""
+        transaction = self.db.sync_session.get_transaction()
+        if transaction is not None and self._locked == (transaction, user.id):
+            return True
+        if not await self.users.lock_is_active(user):
+            return False
+        self._locked = (self.db.sync_session.get_transaction(), user.id)  # None in autocommit: no lock held
+        return True
 
     async def _active_user(self, identity: Identity) -> User:
         user = await self.users.by_id(identity.user_id)
@@ -711,20 +727,24 @@ class AuthService:
             id=uuid.uuid4(), session_id=auth_session.id, token_hash=refresh_token_hash(refresh), created_at=now
         )
         await self.sessions.add(auth_session, token)
-        return await self._token_response(user, auth_session, refresh, now)
+        return await self._token_response(user, auth_session, refresh, now, organization)
+
+    async def _acting_organization(self, auth_session: AuthSession) -> OrgClaim | None:
+        """The session's organisation with the role the membership has now: a member removed
+        since acts in none, a changed role with the new one."""
+        role = await self.memberships.role(auth_session.organization_id, auth_session.user_id)
+        if auth_session.organization_id is None or role is None:
+            auth_session.organization_id = None
+            return None
+        return auth_session.organization_id, role
 
     async def _token_response(
-        self, user: User, auth_session: AuthSession, refresh: str, now: datetime
+        self, user: User, auth_session: AuthSession, refresh: str, now: datetime, organization: OrgClaim | None
     ) -> TokenResponse:
-        """A pair acting in the session's organisation with the role the membership has now: a
-        member removed since gets a token without the organisation, a changed role the new one;
-        none for an account closed meanwhile (``_lock_active``)."""
+        """A pair acting in ``organization`` (read in this transaction); none for an account
+        closed meanwhile (``_lock_active``)."""
         if not await self._lock_active(user):
             raise InvalidGrant()
-        role = await self.memberships.role(auth_session.organization_id, user.id)
-        if role is None:
-            auth_session.organization_id = None
-        organization = (auth_session.organization_id, role) if auth_session.organization_id and role else None
         issued = await self._after_access_cutoff(user.id, now)
         access, ttl = self.issuer.access_token(
             user, auth_session.id, issued, auth_session.access_token_ttl, organization
@@ -805,7 +825,8 @@ class AuthService:
                 id=uuid.uuid4(), session_id=family.id, token_hash=refresh_token_hash(successor), created_at=now
             )
         )
-        response = await self._token_response(family.user, family, successor, now)
+        organization = await self._acting_organization(family)
+        response = await self._token_response(family.user, family, successor, now, organization)
         await self._remember_for_grace(refresh, response)
         return response
 

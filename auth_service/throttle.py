@@ -88,8 +88,7 @@ class Throttle:
     async def succeeded(self, email: str) -> None:
         """The password proved right: the account's failures and lock are forgotten."""
         account = _account(email)
-        await self.store.delete(_failures_key(account))
-        await self.store.delete(_lock_key(account))
+        await self.store.delete(_failures_key(account), _lock_key(account))
 
     def _lockout_seconds(self, attempt: int) -> int:
         doubling: int = 2 ** (attempt - self.settings.login_failures_before_lockout)

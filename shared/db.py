@@ -233,8 +233,8 @@ async def provide_db_session(state: State, request: Request[Any, Any, Any]) -> A
     reads answer the same."""
     sessionmaker: async_sessionmaker[AsyncSession] = state.sessionmaker
     async with sessionmaker() as session:
-        if request.route_handler.opt.get(READS_ONLY) and sessionmaker.kw["bind"].dialect.name == "postgresql":
-            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        if request.route_handler.opt.get(READS_ONLY):
+            await read_without_transaction(session)
         try:
             yield session
         except BaseException as exc:
@@ -244,6 +244,15 @@ async def provide_db_session(state: State, request: Request[Any, Any, Any]) -> A
                 await session.rollback()
             raise
         await session.commit()
+
+
+async def read_without_transaction(session: AsyncSession) -> None:
+    """Run ``session``'s statements in autocommit on PostgreSQL until its next ``commit``: reads
+    that need no BEGIN and COMMIT (two round trips). It must not have begun a transaction yet;
+    after the commit its connection goes back to the pool, and the next statement begins a
+    transaction as usual. (SQLite's BEGIN costs no round trip: left as it is.)"""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 def wake_after_commit(

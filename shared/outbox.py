@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from prometheus_client import Counter
 from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, Uuid, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db import UTCDateTime, utcnow, wake_after_commit
 from shared.events import Event, EventBus
@@ -63,6 +63,7 @@ class TableRelay:
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], table: Table, poll_seconds: float) -> None:
         self.sessionmaker = sessionmaker
+        self.engine: AsyncEngine = sessionmaker.kw["bind"]
         self.table = table
         self._loop = PeriodicTask(self.name, self._relay_all, poll_seconds, first_run_delay_seconds=0)
         self._stop_listening = wake_after_commit(sessionmaker, self.pending_flag, self._loop.wake)
@@ -98,29 +99,32 @@ class OutboxRelay(TableRelay):
         self.batch_size = batch_size
 
     async def publish_pending(self) -> int:
-        """Publish one batch of unpublished events; returns how many were sent."""
+        """Publish one batch of unpublished events, oldest first; returns how many were sent.
+
+        The batch is marked published and read back in one statement, then sent: a failed send
+        rolls the mark back, so every event is sent at least once."""
         table = self.table
-        async with self.sessionmaker() as session, session.begin():
+        due = (
+            select(table.c.id)
+            .where(table.c.published_at.is_(None))
+            .order_by(table.c.occurred_at)
+            .limit(self.batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.engine.begin() as connection:  # Core: no ORM session needed to move rows
             rows = (
-                await session.execute(
-                    select(table)
-                    .where(table.c.published_at.is_(None))
-                    .order_by(table.c.occurred_at)
-                    .limit(self.batch_size)
-                    .with_for_update(skip_locked=True)
+                await connection.execute(
+                    update(table)
+                    .where(table.c.id.in_(due.scalar_subquery()))
+                    .values(published_at=utcnow(), attempts=table.c.attempts + 1)
+                    .returning(*table.c)
                 )
             ).all()
-            for row in rows:
+            for row in sorted(rows, key=lambda row: row.occurred_at):  # RETURNING keeps no order
                 event = _event_from_row(row)
                 with publishing(event):
                     await self.bus.publish(event)
                 PUBLISHED.labels(row.event_type).inc()
-            if rows:
-                await session.execute(
-                    update(table)
-                    .where(table.c.id.in_([row.id for row in rows]))
-                    .values(published_at=utcnow(), attempts=table.c.attempts + 1)
-                )
         return len(rows)
 
     async def _relay_all(self) -> None:

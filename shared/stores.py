@@ -48,7 +48,7 @@ class KeyValueStore(Protocol):
     async def get(self, key: str) -> bytes | None: ...
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
     async def set(self, key: str, value: bytes | str, ttl_seconds: float) -> None: ...
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, *keys: str) -> None: ...
     async def incr(self, key: str, ttl_seconds: float) -> int: ...
     async def ttl(self, key: str) -> float | None: ...
     async def ping(self) -> None: ...
@@ -143,8 +143,8 @@ class RedisStore:
     async def set(self, key: str, value: bytes | str, ttl_seconds: float) -> None:
         await self.breaker.call(lambda: self.redis.set(self._key(key), value, px=_millis(ttl_seconds)))
 
-    async def delete(self, key: str) -> None:
-        await self.breaker.call(lambda: self.redis.delete(self._key(key)))
+    async def delete(self, *keys: str) -> None:
+        await self.breaker.call(lambda: self.redis.delete(*[self._key(k) for k in keys]))
 
     async def incr(self, key: str, ttl_seconds: float) -> int:
         count = await self.breaker.call(lambda: self._incr(keys=[self._key(key)], args=[_millis(ttl_seconds)]))
@@ -204,8 +204,9 @@ class MemoryStore:
     async def set(self, key: str, value: bytes | str, ttl_seconds: float) -> None:
         self._put(key, value.encode() if isinstance(value, str) else value, ttl_seconds)
 
-    async def delete(self, key: str) -> None:
-        self._data.pop(key, None)
+    async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self._data.pop(key, None)
 
     async def incr(self, key: str, ttl_seconds: float) -> int:
         count = int(self._live(key) or 0) + 1
@@ -276,8 +277,8 @@ class FallbackStore:
             lambda: self._shared.set(key, value, ttl_seconds), lambda: self.local.set(key, value, ttl_seconds)
         )
 
-    async def delete(self, key: str) -> None:
-        await self._either(lambda: self._shared.delete(key), lambda: self.local.delete(key))
+    async def delete(self, *keys: str) -> None:
+        await self._either(lambda: self._shared.delete(*keys), lambda: self.local.delete(*keys))
 
     async def incr(self, key: str, ttl_seconds: float) -> int:
         return await self._either(

@@ -361,6 +361,24 @@ async def test_events_every_group_acknowledged_are_trimmed_and_the_others_are_ke
         await eventually(trimmed, "the acknowledged events to be trimmed")
 
 
+async def test_one_relay_pass_sends_a_batch_oldest_first_and_marks_it_published(
+    relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis
+) -> None:
+    sessionmaker, relay, bus = relay_parts
+    events = [registered() for _ in range(5)]
+    async with sessionmaker() as session, session.begin():
+        for event in reversed(events):  # written newest first: the stream must still read oldest first
+            await add_event(session, outbox, event)
+
+    assert await relay.publish_pending() == 5
+
+    assert [e.id for e in await stream_events(redis, bus.stream("user.registered"))] == [e.id for e in events]
+    async with sessionmaker() as session:
+        published = (await session.execute(select(outbox.c.published_at, outbox.c.attempts))).all()
+    assert len(published) == 5 and all(at is not None and attempts == 1 for at, attempts in published)
+    assert await relay.publish_pending() == 0  # nothing is sent twice
+
+
 async def test_a_full_stream_refuses_an_event_and_the_outbox_keeps_it_until_there_is_room(
     relay_parts: tuple[Any, OutboxRelay, RedisStreamBus], redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,6 +58,14 @@ async def test_delete_removes_the_key(store: KeyValueStore) -> None:
     assert await store.ttl("k") is None
 
 
+async def test_delete_removes_every_key_named_at_once(store: KeyValueStore) -> None:
+    await store.set("a", b"1", 60)
+    await store.set("b", b"2", 60)
+    await store.set("c", b"3", 60)
+    await store.delete("a", "b", "missing")
+    assert await store.get_many(["a", "b", "c"]) == [None, None, b"3"]
+
+
 async def test_incr_counts_from_one_and_rearms_the_expiry(store: KeyValueStore) -> None:
     assert [await store.incr("n", 3600) for _ in range(3)] == [1, 2, 3]
     assert await store.get("n") == b"3"

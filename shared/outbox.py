@@ -39,18 +39,20 @@ def outbox_table(metadata: MetaData) -> Table:
     )
 
 
-async def add_event(session: AsyncSession, table: Table, event: Event) -> None:
-    """Record ``event`` in the caller's transaction; the relay is woken when it commits."""
-    await session.execute(
-        table.insert().values(
-            id=uuid.UUID(event.id),
-            event_type=event.type,
-            source=event.source,
-            payload=outbox_payload(event),
-            occurred_at=event.occurred_at,
-            attempts=0,
-        )
-    )
+async def add_event(session: AsyncSession, table: Table, *events: Event) -> None:
+    """Record ``events`` in the caller's transaction, in one INSERT; the relay is woken when it commits."""
+    rows = [
+        {
+            "id": uuid.UUID(event.id),
+            "event_type": event.type,
+            "source": event.source,
+            "payload": outbox_payload(event),
+            "occurred_at": event.occurred_at,
+            "attempts": 0,
+        }
+        for event in events
+    ]
+    await session.execute(table.insert().values(rows))
     session.info[PENDING_FLAG] = True
 
 

@@ -71,8 +71,8 @@ from airtable_gateway.schemas import (
     UpdateBody,
     UpsertRequest,
 )
-from airtable_gateway.tokens import TokenCipher
 from shared.audit import record_audit
+from shared.crypto import UserSecretCipher
 from shared.db import is_database_unavailable, utcnow
 from shared.errors import NotFound, Unprocessable
 from shared.security import ORG_MANAGERS, Identity
@@ -933,7 +933,7 @@ class UserTokens:
     token), so their cached reads still answer and, without one, so do their uncached reads."""
 
     sessionmaker: async_sessionmaker[AsyncSession]
-    cipher: TokenCipher | None
+    cipher: UserSecretCipher | None
     platform_token: str
     cache_seconds: float
     store: KeyValueStore
@@ -969,7 +969,7 @@ class UserTokens:
             return None
         return await self._known.get(user_id, lambda: self._read_own_token(cipher, user_id))
 
-    async def _read_own_token(self, cipher: TokenCipher, user_id: uuid.UUID) -> str | None:
+    async def _read_own_token(self, cipher: UserSecretCipher, user_id: uuid.UUID) -> str | None:
         row = await read_database(self.sessionmaker, lambda session: UserTokenRepository(session).get(user_id))
         own = cipher.decrypt(user_id, row.ciphertext) if row is not None else None
         if row is not None and own is None:

@@ -59,8 +59,9 @@ from auth_service.schemas import (
 )
 from auth_service.throttle import Throttle
 from auth_service.tokens import OrgClaim, TokenIssuer, new_refresh_token, refresh_token_hash
-from auth_service.two_factor import SecretCipher, TwoFactorService
+from auth_service.two_factor import TwoFactorService
 from shared.audit import audit_event, record_audit
+from shared.crypto import UserSecretCipher
 from shared.db import read_without_transaction
 from shared.events import new_event
 from shared.mail import MailTemplates, queue_mail
@@ -112,7 +113,7 @@ class AuthService:
         revocations: RevocationList,
         store: KeyValueStore,
         clock: Clock,
-        totp_cipher: SecretCipher | None = None,
+        totp_cipher: UserSecretCipher | None = None,
         client: Client | None = None,
     ) -> None:
         self.db = db

@@ -12,17 +12,12 @@ import hashlib
 import hmac
 import io
 import logging
-import os
 import secrets
 import uuid
 from datetime import datetime
 
 import pyotp
 import segno
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,7 +33,7 @@ from auth_service.errors import (
 from auth_service.models import RecoveryCode, TwoFactor, User
 from auth_service.schemas import TwoFactorEnrolment, TwoFactorStatus
 from auth_service.throttle import Throttle
-from shared.settings import dev_secret_file
+from shared.crypto import UserSecretCipher, configured_cipher
 
 security_log = logging.getLogger("auth_service.security")
 STEP_SECONDS = 30
@@ -46,37 +41,13 @@ DIGITS = 6
 # Codes of the step before and after the current one are accepted too (clock drift, typing time).
 DRIFT_STEPS = 1
 RECOVERY_CODE_COUNT = 10
-NONCE_BYTES = 12
 KEY_FILE = "totp_key"
+PURPOSE = b"pyairtable totp-secret v1"
 
 
-class SecretCipher:
-    def __init__(self, secret: str) -> None:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pyairtable totp-secret v1").derive(
-            secret.encode()
-        )
-        self._aead = AESGCM(key)
-
-    def encrypt(self, user_id: uuid.UUID, totp_secret: str) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, totp_secret.encode(), user_id.bytes)
-
-    def decrypt(self, user_id: uuid.UUID, ciphertext: bytes) -> str | None:
-        """The secret, or None when it does not decrypt (another key, another user, tampered)."""
-        try:
-            return self._aead.decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], user_id.bytes).decode()
-        except (InvalidTag, ValueError):
-            return None
-
-
-def secret_cipher(settings: AuthSettings) -> SecretCipher | None:
-    """The configured key; outside production one generated into DATA_DIR; None in production
-    without a key (enrolment is then refused)."""
-    if settings.totp_encryption_key:
-        return SecretCipher(settings.totp_encryption_key)
-    if settings.is_production:
-        return None
-    return SecretCipher(dev_secret_file(settings, KEY_FILE))
+def secret_cipher(settings: AuthSettings) -> UserSecretCipher | None:
+    """None in production without ``AUTH_TOTP_ENCRYPTION_KEY``: enrolment is then refused."""
+    return configured_cipher(settings, settings.totp_encryption_key, KEY_FILE, PURPOSE)
 
 
 def matching_step(totp_secret: str, code: str, now: datetime) -> int | None:
@@ -179,7 +150,7 @@ class TwoFactorService:
         db: AsyncSession,
         settings: AuthSettings,
         throttle: Throttle,
-        cipher: SecretCipher | None,
+        cipher: UserSecretCipher | None,
     ) -> None:
         self.factors = TwoFactorRepository(db)
         self.settings = settings
@@ -293,7 +264,7 @@ class TwoFactorService:
         await self.throttle.succeeded(f"two-factor:{user_id}")
         return removed
 
-    def _cipher(self) -> SecretCipher:
+    def _cipher(self) -> UserSecretCipher:
         if self.cipher is None:
             raise TwoFactorUnavailable()
         return self.cipher

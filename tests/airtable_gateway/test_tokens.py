@@ -11,7 +11,8 @@ import pytest
 
 from airtable_gateway.app import create_app
 from airtable_gateway.config import AirtableSettings
-from airtable_gateway.tokens import KEY_FILE, TokenCipher, token_cipher
+from airtable_gateway.tokens import KEY_FILE, PURPOSE, token_cipher
+from shared.crypto import UserSecretCipher
 from shared.settings import SettingsError, load_settings
 from tests.airtable_gateway.conftest import API, ENCRYPTION_KEY, JWT_SECRET, SettingsFactory, bearer, upstream_log
 from tests.airtable_gateway.emulator_fixture import CRM_BASE, Emulator
@@ -58,12 +59,12 @@ async def test_your_requests_use_your_token_and_only_yours(client: httpx.AsyncCl
 
 
 def test_a_ciphertext_opens_only_for_its_user_and_key() -> None:
-    cipher = TokenCipher(ENCRYPTION_KEY)
+    cipher = UserSecretCipher(ENCRYPTION_KEY, PURPOSE)
     alice, bob = uuid.uuid4(), uuid.uuid4()
     sealed = cipher.encrypt(alice, UNKNOWN_TOKEN)
     assert cipher.decrypt(alice, sealed) == UNKNOWN_TOKEN
     assert cipher.decrypt(bob, sealed) is None
-    assert TokenCipher(JWT_SECRET).decrypt(alice, sealed) is None
+    assert UserSecretCipher(JWT_SECRET, PURPOSE).decrypt(alice, sealed) is None
     assert cipher.decrypt(alice, sealed[:-1] + bytes([sealed[-1] ^ 1])) is None
     assert cipher.encrypt(alice, UNKNOWN_TOKEN) != sealed  # a fresh nonce each time
 

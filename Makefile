@@ -1,6 +1,8 @@
 # PyAirtable platform. `make run` starts it, `make test` tests it; both install what they need.
 PYTHON ?= python3
 VENV := .venv
+# What the Docker image installs (requirements-runtime.lock, then the package), for bench-services-runtime.
+RUNTIME_VENV := .venv-runtime
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 # Every package pinned with its hashes (runtime + dev + the build backend), and the runtime part
@@ -18,7 +20,7 @@ BUILD_REQUIRES = $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.t
 SERVICES := $(shell $(PYTHON) -m shared.registry) gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run run-distributed smoke migrate test lint typecheck bench bench-gateway bench-airtable bench-services bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
+.PHONY: help install lock run run-distributed smoke migrate test lint typecheck bench bench-gateway bench-airtable bench-services bench-services-runtime bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -77,6 +79,14 @@ bench-airtable: $(INSTALLED) ## Airtable gateway: cache-hit vs trivial proxied G
 bench-services: $(INSTALLED) ## Each service's hottest routes vs a minimal Litestar + psycopg app on PostgreSQL + Redis (wrk), CPU/request, RSS
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m bench.services $(BENCH_ARGS)
+bench-services-runtime: $(INSTALLED) $(RUNTIME_VENV)/.installed ## bench-services with the services on the Docker image's runtime install (the memory goal's conditions)
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) -m bench.services --python $(RUNTIME_VENV)/bin/python $(BENCH_ARGS)
+$(RUNTIME_VENV)/.installed: pyproject.toml $(RUNTIME_LOCK)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --require-hashes -r $(RUNTIME_LOCK)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation .
+	touch $@
 bench-analytics: $(INSTALLED) ## Analytics ingestion vs raw COPY, and queries at 1,000,000 events (needs PostgreSQL)
 	$(PY) -m bench.analytics_ingest
 bench-clients: $(INSTALLED) ## The gateway's upstream HTTP client vs httpx, httpx+aiohttp, aiohttp (side by side)
@@ -88,7 +98,7 @@ faults: $(INSTALLED) ## Fault harness: Redis, PostgreSQL, a service and Airtable
 	$(PY) -m bench.faults $(FAULTS_ARGS)
 
 clean: ## Remove the virtualenv and local data
-	rm -rf $(VENV) data
+	rm -rf $(VENV) $(RUNTIME_VENV) data
 
 check-monitoring: ## promtool (installed if missing) checks deploy/prometheus: config, rules and their unit tests
 	@sh deploy/prometheus/install-promtool.sh

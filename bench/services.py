@@ -230,7 +230,7 @@ def bench_services(args: argparse.Namespace) -> dict[str, Any]:
     secret = secrets.token_urlsafe(48)
     namespace = f"bench-services-{uuid.uuid4().hex[:8]}"
     base_env = scrubbed_environ(SHARED_SETTING_NAMES, _LEAKY_PREFIXES)
-    python = sys.executable
+    python = args.python
     with sigterm_unwinds(), contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-services-")))
         script = workdir / "report.lua"
@@ -386,7 +386,7 @@ def service_memory(serving: Serving) -> dict[str, dict[str, Any]]:
 
 def embedded_memory(args: argparse.Namespace) -> dict[str, Any]:
     """The embedded platform's VmRSS after ``--memory-requests`` requests through its gateway."""
-    python = sys.executable
+    python = args.python
     base_env = scrubbed_environ(SHARED_SETTING_NAMES, _LEAKY_PREFIXES)
     with sigterm_unwinds(), contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-embedded-")))
@@ -532,6 +532,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-requests", type=int, default=10_000, help="requests before VmRSS is read")
     parser.add_argument("--no-embedded", dest="embedded", action="store_false", help="skip the embedded platform")
     parser.add_argument("--py-spy", metavar="DIR", help="also record each route's service with py-spy into DIR")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter the services, the baseline and the embedded platform run on (default this one);"
+        " `make runtime-venv` builds .venv-runtime, the runtime install the Docker image has",
+    )
     parser.add_argument("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or args.connections < 1:

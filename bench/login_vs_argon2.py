@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 from argon2 import PasswordHasher, Type
 
-from auth_service.config import AuthSettings
+from auth_service.config import MIN_ARGON2_MEMORY_KIB, MIN_ARGON2_TIME_COST, AuthSettings
 from bench.common import (
     HOST,
     SHARED_SETTING_NAMES,
@@ -88,6 +88,11 @@ class Argon2Params:
     def from_auth_defaults(cls) -> "Argon2Params":
         defaults = AuthSettings()
         return cls(defaults.argon2_time_cost, defaults.argon2_memory_kib, defaults.argon2_parallelism)
+
+    @classmethod
+    def cheapest(cls) -> "Argon2Params":
+        """The least the service accepts: a hash small enough that a login's other work shows."""
+        return cls(MIN_ARGON2_TIME_COST, MIN_ARGON2_MEMORY_KIB, 1)
 
     def hasher(self) -> PasswordHasher:
         # The same constructor call as auth_service.passwords.Passwords.
@@ -493,11 +498,19 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r['setup']} | {rnd['round']} | {raw['per_second']:.2f} | {login['per_second']:.2f} "
                 f"| {rnd['ratio']} | {raw_cpu} | {server_cpu} | {client_cpu} | {other} |"
             )
-    verdicts = [
-        f"{r['setup']}: {'meets' if (r['ratio_median'] or 0) >= GOAL_RATIO else 'MISSES'} "
-        f"the goal login/raw >= {GOAL_RATIO}"
-        for r in report["results"]
-    ]
+    if report.get("cheapest_argon2"):
+        verdicts = [
+            f"{r['setup']}: a login costs {_beyond_the_hash(r)} ms of server CPU beyond its hash (median of the "
+            "rounds' server CPU per login minus raw CPU per verification); the goal applies to the default "
+            "parameters only"
+            for r in report["results"]
+        ]
+    else:
+        verdicts = [
+            f"{r['setup']}: {'meets' if (r['ratio_median'] or 0) >= GOAL_RATIO else 'MISSES'} "
+            f"the goal login/raw >= {GOAL_RATIO}"
+            for r in report["results"]
+        ]
     lines += [
         "",
         *[f"* {v}" for v in verdicts],
@@ -505,6 +518,20 @@ def markdown(report: dict[str, Any]) -> str:
         "(other tenants; in a PostgreSQL/Redis row also those servers). Ratios from noisy rounds are suspect.",
     ]
     return "\n".join(lines)
+
+
+def _beyond_the_hash(result: dict[str, Any]) -> str:
+    """Median over the rounds of (server CPU per login - raw CPU per verification), in ms."""
+    extra = [
+        1000 * (rnd["login"]["cpu_seconds"]["server_process"] / rnd["login"]["ok"])
+        - 1000 * (rnd["raw"]["cpu_seconds"]["bench_process"] / rnd["raw"]["ok"])
+        for rnd in result["rounds"]
+        if rnd["login"]["ok"]
+        and rnd["raw"]["ok"]
+        and rnd["login"]["cpu_seconds"].get("server_process") is not None
+        and rnd["raw"]["cpu_seconds"].get("bench_process") is not None
+    ]
+    return "n/a" if not extra else f"{statistics.median(extra):.1f}"
 
 
 def _cores(run: dict[str, Any]) -> str:
@@ -549,6 +576,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="the service's LOG_LEVEL (default INFO, as deployed)",
     )
+    parser.add_argument(
+        "--cheapest-argon2",
+        action="store_true",
+        help=f"both sides with the least the service accepts (t={MIN_ARGON2_TIME_COST}, {MIN_ARGON2_MEMORY_KIB} KiB, "
+        "p=1): reports what a login costs beyond its hash instead of the goal",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or args.concurrency < 1:
@@ -563,7 +596,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, exit_on_sigterm)  # unwind: stop the service, drop the temp database
-    params = Argon2Params.from_auth_defaults()
+    params = Argon2Params.cheapest() if args.cheapest_argon2 else Argon2Params.from_auth_defaults()
     setups = [] if args.only_external else [Setup("embedded (SQLite, in-memory store)")]
     if args.postgres or args.redis:
         parts = ["PostgreSQL" if args.postgres else "SQLite", "Redis" if args.redis else "in-memory store"]
@@ -584,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "goal_ratio": GOAL_RATIO,
+        "cheapest_argon2": args.cheapest_argon2,
         "machine": machine_info(),
         "results": [],
     }

@@ -44,7 +44,6 @@ from analytics_service.services.audit import MAX_AUDIT_PAGE, AuditService
 from analytics_service.services.events import EventService
 from analytics_service.services.metrics import MetricService
 from analytics_service.services.reports import ReportService, TeamUsageService
-from shared.db import READS_ONLY
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
 from shared.http import as_utc
 from shared.security import Identity
@@ -150,7 +149,7 @@ class AnalyticsController(Controller):
             limit=limit,
         )
 
-    @get("/usage/me", operation_id="my_usage", responses=READ, opt={READS_ONLY: True})
+    @get("/usage/me", operation_id="my_usage", responses=READ)
     async def my_usage(self, report_service: Reports, period: PeriodQuery = "day", days: Days = 30) -> UsageResponse:
         """The caller's usage per day, week or month."""
         return await report_service.usage(None, period, days)

@@ -27,7 +27,7 @@ def provide_metrics(db_session: NamedDependency[AsyncSession], state: State, req
 
 
 def provide_reports(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> ReportService:
-    return ReportService(db_session, state.clock, request.user)
+    return ReportService(db_session, state.clock, request.user, state.reads)
 
 
 def provide_audit(db_session: NamedDependency[AsyncSession], request: AnyRequest) -> AuditService:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     and_,
+    bindparam,
     delete,
     distinct,
     func,
@@ -39,6 +40,7 @@ from analytics_service.models import (
     UsageDaily,
     UsageScopedDaily,
 )
+from shared.db import DirectReads
 
 EVENTS: Table = Event.__table__  # type: ignore[assignment]
 METRICS: Table = Metric.__table__  # type: ignore[assignment]
@@ -182,13 +184,21 @@ async def delete_older(session: AsyncSession, table: Table, column: str, cutoff:
 # -- reads -------------------------------------------------------------------------------------
 
 
-async def usage_rows(session: AsyncSession, user_id: str, start: date, end: date) -> list[Any]:
-    rows = await session.execute(
-        select(USAGE_DAILY)
-        .where(USAGE_DAILY.c.user_id == user_id, USAGE_DAILY.c.day >= start, USAGE_DAILY.c.day <= end)
-        .order_by(USAGE_DAILY.c.day)
+USAGE_OF_USER = (
+    select(*USAGE_DAILY.c)
+    .where(
+        USAGE_DAILY.c.user_id == bindparam("user_id"),
+        USAGE_DAILY.c.day >= bindparam("start"),
+        USAGE_DAILY.c.day <= bindparam("end"),
     )
-    return list(rows)
+    .order_by(USAGE_DAILY.c.day)
+)
+
+
+async def usage_rows(reads: DirectReads, user_id: str, start: date, end: date) -> list[dict[str, Any]]:
+    """A user's daily usage rows from ``start`` to ``end``, as committed (DirectReads: the hottest
+    report, ``GET /analytics/usage/me``)."""
+    return await reads.all(USAGE_OF_USER, user_id=user_id, start=start, end=end)
 
 
 async def cost_by_user(session: AsyncSession, start: date, end: date, user_id: str | None, limit: int) -> list[Any]:

@@ -59,9 +59,8 @@ from auth_service.schemas import (
     VerifyResponse,
     user_read,
 )
-from auth_service.services import Client
+from auth_service.services import Client, signed_in_account
 from shared.controllers import BEARER, Caller
-from shared.db import READS_ONLY
 from shared.errors import PROBLEM_MEDIA_TYPE, NotFound, Unauthorized, problem_for_exception
 from shared.logs import request_id_var
 from shared.security import Identity, bearer_token, require_admin
@@ -209,10 +208,10 @@ class AuthController(Controller):
         identity = await request.app.state.verifier.verify(bearer_token(authorization))
         await auth.logout(identity, refresh, logout_scope)
 
-    @get("/me", operation_id="me", security=BEARER, opt={READS_ONLY: True})
-    async def me(self, caller: Caller, auth: Auth) -> UserRead:
+    @get("/me", operation_id="me", security=BEARER)
+    async def me(self, caller: Caller, state: State) -> UserRead:
         """The signed-in account."""
-        return user_read(await auth.me(caller))
+        return await signed_in_account(state.reads, caller)
 
     @get("/verify", operation_id="verify", security=BEARER)
     async def verify(self, request: Request[Identity, str, State]) -> VerifyResponse:

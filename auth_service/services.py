@@ -47,7 +47,7 @@ from auth_service.memberships import (
 )
 from auth_service.models import AuthSession, Invitation, OneTimeToken, RefreshToken, User, mail_outbox, outbox
 from auth_service.passwords import Passwords
-from auth_service.repositories import OneTimeTokenRepository, SessionRepository, UserRepository
+from auth_service.repositories import OneTimeTokenRepository, SessionRepository, UserRepository, committed_account
 from auth_service.schemas import (
     EnrolledTokenResponse,
     MfaRequiredResponse,
@@ -55,6 +55,7 @@ from auth_service.schemas import (
     TokenResponse,
     TwoFactorEnrolment,
     TwoFactorStatus,
+    UserRead,
     user_read,
 )
 from auth_service.throttle import Throttle
@@ -62,7 +63,7 @@ from auth_service.tokens import OrgClaim, TokenIssuer, new_refresh_token, refres
 from auth_service.two_factor import TwoFactorService
 from shared.audit import audit_event, record_audit
 from shared.crypto import UserSecretCipher
-from shared.db import read_without_transaction
+from shared.db import DirectReads, read_without_transaction
 from shared.events import new_event
 from shared.mail import MailTemplates, queue_mail
 from shared.outbox import add_event
@@ -100,6 +101,15 @@ def normalise_email(email: str) -> str:
     if len(email) > 254 or not _EMAIL.match(email):
         raise InvalidEmail()
     return email
+
+
+async def signed_in_account(reads: DirectReads, identity: Identity) -> UserRead:
+    """The caller's account as committed, read outside any session (``GET /auth/me``, the hottest
+    read): a closed or deleted account's token is refused as at a refresh."""
+    account = await committed_account(reads, identity.user_id)
+    if account is None or not account["is_active"]:
+        raise InvalidGrant()
+    return msgspec.convert(account, UserRead)
 
 
 class AuthService:

@@ -6,7 +6,6 @@ from litestar import Controller, delete, get, patch, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from shared.controllers import BEARER, Caller, Page, PageSize
-from shared.db import READS_ONLY
 from shared.http import as_utc
 from shared.security import require_admin
 from user_service.deps import USER_DEPENDENCIES, Memberships, Profiles
@@ -84,8 +83,7 @@ class UserController(Controller):
         404 for anyone else."""
         return await memberships.members(caller, organization_id, page, page_size)
 
-    # Reads the profile, or writes it from the token with one INSERT ... ON CONFLICT DO NOTHING.
-    @get("/me", operation_id="get_my_profile", opt={READS_ONLY: True})
+    @get("/me", operation_id="get_my_profile")
     async def get_me(self, caller: Caller, profiles: Profiles) -> ProfileRead:
         """Your profile (created from your token if the registration event is still on its way)."""
         return profile_read(await profiles.me(caller))

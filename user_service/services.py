@@ -2,13 +2,14 @@
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.controllers import page_count
+from shared.db import DirectReads
 from shared.events import Event, new_event
 from shared.outbox import add_event
 from shared.security import ORG_MANAGERS, ORG_ROLES, Identity
@@ -28,17 +29,22 @@ def primary_role(roles: object) -> str:
 
 
 class ProfileService:
-    def __init__(self, db: AsyncSession, clock: Clock) -> None:
+    def __init__(self, db: AsyncSession, clock: Clock, reads: DirectReads | None = None) -> None:
         self.db = db
-        self.profiles = ProfileRepository(db)
+        self.profiles = ProfileRepository(db, reads)
         self.clock = clock
 
     # -- the caller's own profile ------------------------------------------------------------
 
     async def me(self, identity: Identity) -> Profile:
+        """The caller's profile to show (``GET /users/me``, the hottest read): as committed, read
+        outside the session when it exists (not to be changed: ``writable`` loads it to change)."""
+        return await self._own(identity, self.profiles.committed)
+
+    async def _own(self, identity: Identity, read: Callable[[uuid.UUID], Awaitable[Profile | None]]) -> Profile:
         """The caller's profile, created from the token's claims if ``user.registered`` has not
         been applied yet: a valid user never gets a 404 for themself."""
-        profile = await self.profiles.by_id(identity.user_id)
+        profile = await read(identity.user_id)
         if profile is None:
             now = self.clock()
             await self.profiles.add_if_absent(
@@ -66,7 +72,7 @@ class ProfileService:
         only its public fields (an owner or admin of the caller's active organisation, of which
         the profile's user is a member). Anything else is a 404, as for a missing profile."""
         if user_id == identity.user_id:
-            return await self.me(identity), True
+            return await self._own(identity, self.profiles.by_id), True
         profile = await self.profiles.by_id(user_id)
         if profile is None or profile.deleted_at is not None:
             raise ProfileNotFound()
@@ -83,7 +89,7 @@ class ProfileService:
 
     async def writable(self, identity: Identity, user_id: uuid.UUID) -> Profile:
         if user_id == identity.user_id:
-            return await self.me(identity)
+            return await self._own(identity, self.profiles.by_id)
         if not identity.is_admin:
             raise ProfileNotFound()
         profile = await self.profiles.by_id(user_id)

@@ -37,6 +37,7 @@ from analytics_service.schemas import (
 )
 from analytics_service.services.common import Clock, hour, money, user_asked_about
 from analytics_service.services.events import event_read
+from shared.db import DirectReads
 from shared.security import ORG_MANAGERS, Identity
 
 
@@ -64,7 +65,7 @@ def _summed(sums: Mapping[str, Any], into: type[S], **named: Any) -> S:
 
 
 def usage_periods(
-    daily: Sequence[tuple[date, Any]], start: date, end: date, period: Period
+    daily: Sequence[tuple[date, Mapping[str, Any]]], start: date, end: date, period: Period
 ) -> tuple[UsageTotals, list[UsagePeriod]]:
     """Per-day counters summed per ``period`` (every period of start..end, zeros included) and in all."""
     periods: dict[date, dict[str, Any]] = {}
@@ -75,7 +76,7 @@ def usage_periods(
     for day, row in daily:
         bucket = periods[_period_start(day, period)]
         for counter in PERIOD_COUNTERS:
-            bucket[counter] += getattr(row, counter)
+            bucket[counter] += row[counter]
     items = [_summed(sums, UsagePeriod, period_start=begin) for begin, sums in periods.items()]
     totals = UsageTotals(
         api_calls=sum(i.api_calls for i in items),
@@ -94,12 +95,13 @@ class ReportService:
     db: AsyncSession
     clock: Clock
     identity: Identity
+    reads: DirectReads
 
     async def usage(self, user_id: str | None, period: Period, days: int) -> UsageResponse:
         owner = user_asked_about(self.identity, user_id, "usage")
         end = self.clock().date()
         start = end - timedelta(days=days - 1)
-        daily = [(row.day, row) for row in await repo.usage_rows(self.db, owner, start, end)]
+        daily = [(row["day"], row) for row in await repo.usage_rows(self.reads, owner, start, end)]
         totals, items = usage_periods(daily, start, end, period)
         return UsageResponse(user_id=owner, period=period, start=start, end=end, totals=totals, items=items)
 
@@ -193,7 +195,7 @@ class TeamUsageService:
     async def organization(self, organization_id: uuid.UUID, period: Period, days: int) -> OrganizationUsage:
         scope = managed_organization(self.identity, organization_id)
         start, end = self._window(days)
-        daily = [(row.name, row) for row in await repo.organization_usage(self.db, scope, start, end, "day")]
+        daily = [(row.name, row._mapping) for row in await repo.organization_usage(self.db, scope, start, end, "day")]
         totals, items = usage_periods(daily, start, end, period)
         by_route = [
             _summed(row._mapping, RouteUsage, route=row.name)

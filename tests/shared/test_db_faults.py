@@ -23,7 +23,7 @@ from shared import migrations
 from shared.db import create_engine, ping
 from shared.settings import ServiceSettings
 from tests import private_servers
-from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD, register
+from tests.auth_service.conftest import FAST_ARGON2, JWT_SECRET, PASSWORD, bearer, register
 from tests.conftest import DatabaseFactory, app_client, eventually
 from tests.private_servers import PrivatePostgres
 
@@ -97,6 +97,25 @@ async def test_a_stopped_postgres_is_a_503_with_retry_after_then_served_again_wi
         return (await login(client)).status_code == 200
 
     await eventually(served, "login to work again once PostgreSQL is back")
+
+
+async def test_a_read_outside_the_session_is_a_503_while_postgres_is_stopped_then_served_again(
+    client: httpx.AsyncClient, private_postgres: PrivatePostgres
+) -> None:
+    """``GET /auth/me`` reads through DirectReads, on the pool's psycopg connection: its errors
+    answer as the session's do, and the pool replaces the connections the stop ended."""
+    headers = bearer(await register(client))
+    assert (await client.get("/api/v1/auth/me", headers=headers)).status_code == 200
+    private_postgres.stop()
+    try:
+        assert_database_unavailable(await asyncio.wait_for(client.get("/api/v1/auth/me", headers=headers), 10))
+    finally:
+        private_postgres.start()
+
+    async def served() -> bool:
+        return (await client.get("/api/v1/auth/me", headers=headers)).status_code == 200
+
+    await eventually(served, "GET /auth/me to work again once PostgreSQL is back")
 
 
 async def test_a_hung_postmaster_is_a_503_when_a_new_connection_is_needed(

@@ -226,9 +226,11 @@ async def test_per_ip_throttle_refuses_spraying_without_hashing(
         ]
         hashes = app.state.passwords.computations
 
-    assert statuses.count(429) >= 40
-    assert statuses.count(401) == 10
-    assert hashes == 10  # throttled attempts never reach argon2
+    answered = statuses.count(401)
+    assert answered + statuses.count(429) == 50
+    # 10 a minute; when a minute ends during the run, its next 10 are let through as well.
+    assert 10 <= answered <= 20
+    assert hashes == answered  # throttled attempts never reach argon2
 
 
 async def test_login_rehashes_a_hash_with_weaker_parameters(client: httpx.AsyncClient, auth_app: Litestar) -> None:

@@ -19,7 +19,7 @@ AnyRequest = Request[Identity, Any, Any]
 
 
 def provide_events(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> EventService:
-    return EventService(db_session, state.settings, state.clock, request.user, _client(request, state))
+    return EventService(db_session, state.settings, state.clock, request.user, _client(request, state), state.direct)
 
 
 def provide_metrics(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> MetricService:
@@ -27,7 +27,7 @@ def provide_metrics(db_session: NamedDependency[AsyncSession], state: State, req
 
 
 def provide_reports(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> ReportService:
-    return ReportService(db_session, state.clock, request.user, state.reads)
+    return ReportService(db_session, state.clock, request.user, state.direct)
 
 
 def provide_audit(db_session: NamedDependency[AsyncSession], request: AnyRequest) -> AuditService:

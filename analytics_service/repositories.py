@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from sqlalchemy import (
     ColumnElement,
+    String,
     Table,
     and_,
     bindparam,
@@ -40,7 +41,7 @@ from analytics_service.models import (
     UsageDaily,
     UsageScopedDaily,
 )
-from shared.db import DirectReads
+from shared.db import DirectStatements
 
 EVENTS: Table = Event.__table__  # type: ignore[assignment]
 METRICS: Table = Metric.__table__  # type: ignore[assignment]
@@ -102,6 +103,7 @@ _INSERT_EVENTS_FROM_JSON = text(
     SELECT user_id, event_id::text FROM inserted
     """
 )
+_INSERT_EVENTS_RETURNING_KEYS = _INSERT_EVENTS_FROM_JSON.columns(user_id=String, event_id=String)
 _json = msgspec.json.Encoder()
 
 
@@ -134,6 +136,15 @@ async def insert_new_events(session: AsyncSession, rows: Sequence[dict[str, Any]
         return accepted
     result = await session.execute(_INSERT_EVENTS_FROM_JSON, {"rows": _json.encode(rows).decode()})
     return {(user_id, event_id) for user_id, event_id in result}
+
+
+async def insert_new_events_committed(direct: DirectStatements, rows: Sequence[dict[str, Any]]) -> set[EventKey]:
+    """``insert_new_events`` on PostgreSQL as one statement committed on its own, outside any
+    session; the keys of the events that were new."""
+    if not rows:
+        return set()
+    inserted = await direct.all(_INSERT_EVENTS_RETURNING_KEYS, rows=_json.encode(rows).decode())
+    return {(row["user_id"], row["event_id"]) for row in inserted}
 
 
 def event_hourly_rows(rows: Sequence[dict[str, Any]], accepted: set[EventKey]) -> list[dict[str, Any]]:
@@ -195,10 +206,10 @@ USAGE_OF_USER = (
 )
 
 
-async def usage_rows(reads: DirectReads, user_id: str, start: date, end: date) -> list[dict[str, Any]]:
-    """A user's daily usage rows from ``start`` to ``end``, as committed (DirectReads: the hottest
+async def usage_rows(direct: DirectStatements, user_id: str, start: date, end: date) -> list[dict[str, Any]]:
+    """A user's daily usage rows from ``start`` to ``end``, as committed (DirectStatements: the hottest
     report, ``GET /analytics/usage/me``)."""
-    return await reads.all(USAGE_OF_USER, user_id=user_id, start=start, end=end)
+    return await direct.all(USAGE_OF_USER, user_id=user_id, start=start, end=end)
 
 
 async def cost_by_user(session: AsyncSession, start: date, end: date, user_id: str | None, limit: int) -> list[Any]:

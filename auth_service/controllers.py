@@ -211,7 +211,7 @@ class AuthController(Controller):
     @get("/me", operation_id="me", security=BEARER)
     async def me(self, caller: Caller, state: State) -> UserRead:
         """The signed-in account."""
-        return await signed_in_account(state.reads, caller)
+        return await signed_in_account(state.direct, caller)
 
     @get("/verify", operation_id="verify", security=BEARER)
     async def verify(self, request: Request[Identity, str, State]) -> VerifyResponse:

@@ -10,16 +10,16 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from auth_service.models import AuthSession, OneTimeToken, RefreshToken, User
 from auth_service.schemas import UserRead
-from shared.db import DirectReads
+from shared.db import DirectStatements
 
 USERS = cast(Table, User.__table__)
 # What ``GET /auth/me`` shows of an account: its hash stays in the database.
 ACCOUNT_BY_ID = select(*(USERS.c[field] for field in UserRead.__struct_fields__)).where(USERS.c.id == bindparam("id"))
 
 
-async def committed_account(reads: DirectReads, user_id: uuid.UUID) -> dict[str, Any] | None:
-    """The account as committed (DirectReads: the hottest read, ``GET /auth/me``)."""
-    return await reads.first(ACCOUNT_BY_ID, id=user_id)
+async def committed_account(direct: DirectStatements, user_id: uuid.UUID) -> dict[str, Any] | None:
+    """The account as committed (DirectStatements: the hottest read, ``GET /auth/me``)."""
+    return await direct.first(ACCOUNT_BY_ID, id=user_id)
 
 
 async def updated_once(session: AsyncSession, statement: Update) -> bool:

@@ -63,7 +63,7 @@ from auth_service.tokens import OrgClaim, TokenIssuer, new_refresh_token, refres
 from auth_service.two_factor import TwoFactorService
 from shared.audit import audit_event, record_audit
 from shared.crypto import UserSecretCipher
-from shared.db import DirectReads, read_without_transaction
+from shared.db import DirectStatements, read_without_transaction
 from shared.events import new_event
 from shared.mail import MailTemplates, queue_mail
 from shared.outbox import add_event
@@ -103,10 +103,10 @@ def normalise_email(email: str) -> str:
     return email
 
 
-async def signed_in_account(reads: DirectReads, identity: Identity) -> UserRead:
+async def signed_in_account(direct: DirectStatements, identity: Identity) -> UserRead:
     """The caller's account as committed, read outside any session (``GET /auth/me``, the hottest
     read): a closed or deleted account's token is refused as at a refresh."""
-    account = await committed_account(reads, identity.user_id)
+    account = await committed_account(direct, identity.user_id)
     if account is None or not account["is_active"]:
         raise InvalidGrant()
     return msgspec.convert(account, UserRead)

@@ -29,7 +29,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from redis.exceptions import RedisError
 from sqlalchemy import Table
 
-from shared.db import DB_EXCEPTION_HANDLERS, DirectReads, create_engine, create_sessionmaker, ping, provide_db_session
+from shared.db import (
+    DB_EXCEPTION_HANDLERS,
+    DirectStatements,
+    create_engine,
+    create_sessionmaker,
+    ping,
+    provide_db_session,
+)
 from shared.docs import docs_assets_router, swagger_render_plugin
 from shared.errors import EXCEPTION_HANDLERS, PROBLEM_MEDIA_TYPE, Problem
 from shared.events import EventBus, EventConsumer, InMemoryBus, RedisStreamBus, processed_events_pruner
@@ -237,7 +244,7 @@ def _resources(
         if engine is not None:
             app.state.engine = engine
             app.state.sessionmaker = create_sessionmaker(engine)
-            app.state.reads = DirectReads(engine)
+            app.state.direct = DirectStatements(engine)
             app.state.readiness_checks["database"] = lambda: ping(engine)
         if settings.redis_url:
             app.state.readiness_checks["redis"] = _redis_readiness(app.state.store, app.state.revocations)

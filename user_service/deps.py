@@ -9,7 +9,7 @@ from user_service.services import MembershipService, ProfileService
 
 
 def provide_profile_service(db_session: NamedDependency[AsyncSession], state: State) -> ProfileService:
-    return ProfileService(db=db_session, clock=state.clock, reads=state.reads)
+    return ProfileService(db=db_session, clock=state.clock, direct=state.direct)
 
 
 def provide_membership_service(db_session: NamedDependency[AsyncSession]) -> MembershipService:

@@ -7,7 +7,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, bindparam, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import DirectReads, insert_or_ignore
+from shared.db import DirectStatements, insert_or_ignore
 from user_service.models import Membership, Profile
 from user_service.schemas import ProfileQuery
 
@@ -16,17 +16,17 @@ PROFILE_BY_ID = select(*PROFILES.c).where(PROFILES.c.id == bindparam("id"))
 
 
 class ProfileRepository:
-    def __init__(self, session: AsyncSession, reads: DirectReads | None = None) -> None:
+    def __init__(self, session: AsyncSession, direct: DirectStatements | None = None) -> None:
         self.session = session
-        self.reads = reads
+        self.direct = direct
 
     async def committed(self, user_id: uuid.UUID) -> Profile | None:
-        """The profile as committed, read outside the session (DirectReads: the hottest read,
+        """The profile as committed, read outside the session (DirectStatements: the hottest read,
         ``GET /users/me``) when there are direct reads, else in the session, which must not have
         written it."""
-        if self.reads is None:
+        if self.direct is None:
             return await self.by_id(user_id)
-        row = await self.reads.first(PROFILE_BY_ID, id=user_id)
+        row = await self.direct.first(PROFILE_BY_ID, id=user_id)
         return None if row is None else Profile(**row)
 
     async def by_id(self, user_id: uuid.UUID, *, for_update: bool = False) -> Profile | None:

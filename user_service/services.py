@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.controllers import page_count
-from shared.db import DirectReads
+from shared.db import DirectStatements
 from shared.events import Event, new_event
 from shared.outbox import add_event
 from shared.security import ORG_MANAGERS, ORG_ROLES, Identity
@@ -29,9 +29,9 @@ def primary_role(roles: object) -> str:
 
 
 class ProfileService:
-    def __init__(self, db: AsyncSession, clock: Clock, reads: DirectReads | None = None) -> None:
+    def __init__(self, db: AsyncSession, clock: Clock, direct: DirectStatements | None = None) -> None:
         self.db = db
-        self.profiles = ProfileRepository(db, reads)
+        self.profiles = ProfileRepository(db, direct)
         self.clock = clock
 
     # -- the caller's own profile ------------------------------------------------------------

@@ -36,6 +36,7 @@ from analytics_service.services.common import (
     contains_nul,
     usage_row,
 )
+from shared.db import DirectStatements
 from shared.security import Identity
 
 
@@ -60,6 +61,7 @@ class EventService:
     clock: Clock
     identity: Identity
     client: Client
+    direct: DirectStatements
 
     async def ingest(self, items: Sequence[Any], body: bytes | None = None) -> BatchResult:
         """Store the acceptable items not stored before; the rows are committed on return.
@@ -100,9 +102,7 @@ class EventService:
             key = repo.event_key(row)
             rows.setdefault(key, row)
             outcomes.append((row["event_id"], key, None))
-        accepted = await repo.insert_new_events(self.db, list(rows.values()))
-        await self._roll_up([row for key, row in rows.items() if key in accepted], caller)
-        await self.db.commit()
+        accepted = await self._store(list(rows.values()), caller)
         results, counts = [], {"accepted": 0, "duplicate": 0, "rejected": 0}
         for index, (event_id, stored_as, reason) in enumerate(outcomes):
             if stored_as is None:
@@ -115,6 +115,20 @@ class EventService:
             counts[status] += 1
             results.append(EventResult(index=index, status=status, event_id=event_id, reason=reason))
         return BatchResult(counts["accepted"], counts["duplicate"], counts["rejected"], results)
+
+    async def _store(self, rows: list[dict[str, Any]], caller: "_Caller") -> set[repo.EventKey]:
+        """The new rows stored, committed, and the keys of those that were new.
+
+        A batch without LLM usage is one statement on PostgreSQL (the events and their hourly
+        counts), atomic on its own: it runs outside the session, with no transaction to begin and
+        commit (the hottest write, ``POST /analytics/events``). LLM usage is also rolled up into
+        the usage tables, in one transaction with the events."""
+        if self.direct.on_postgresql and all(row["event_type"] != LLM_USAGE for row in rows):
+            return await repo.insert_new_events_committed(self.direct, rows)
+        accepted = await repo.insert_new_events(self.db, rows)
+        await self._roll_up([row for row in rows if repo.event_key(row) in accepted], caller)
+        await self.db.commit()
+        return accepted
 
     async def ingest_one(self, item: EventCreate) -> EventResult:
         result = (await self.ingest([msgspec.to_builtins(item)])).results[0]

@@ -37,7 +37,7 @@ from analytics_service.schemas import (
 )
 from analytics_service.services.common import Clock, hour, money, user_asked_about
 from analytics_service.services.events import event_read
-from shared.db import DirectReads
+from shared.db import DirectStatements
 from shared.security import ORG_MANAGERS, Identity
 
 
@@ -95,13 +95,13 @@ class ReportService:
     db: AsyncSession
     clock: Clock
     identity: Identity
-    reads: DirectReads
+    direct: DirectStatements
 
     async def usage(self, user_id: str | None, period: Period, days: int) -> UsageResponse:
         owner = user_asked_about(self.identity, user_id, "usage")
         end = self.clock().date()
         start = end - timedelta(days=days - 1)
-        daily = [(row["day"], row) for row in await repo.usage_rows(self.reads, owner, start, end)]
+        daily = [(row["day"], row) for row in await repo.usage_rows(self.direct, owner, start, end)]
         totals, items = usage_periods(daily, start, end, period)
         return UsageResponse(user_id=owner, period=period, start=start, end=end, totals=totals, items=items)
 

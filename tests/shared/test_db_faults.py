@@ -102,7 +102,7 @@ async def test_a_stopped_postgres_is_a_503_with_retry_after_then_served_again_wi
 async def test_a_read_outside_the_session_is_a_503_while_postgres_is_stopped_then_served_again(
     client: httpx.AsyncClient, private_postgres: PrivatePostgres
 ) -> None:
-    """``GET /auth/me`` reads through DirectReads, on the pool's psycopg connection: its errors
+    """``GET /auth/me`` reads through DirectStatements, on the pool's psycopg connection: its errors
     answer as the session's do, and the pool replaces the connections the stop ended."""
     headers = bearer(await register(client))
     assert (await client.get("/api/v1/auth/me", headers=headers)).status_code == 200

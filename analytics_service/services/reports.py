@@ -68,24 +68,33 @@ def usage_periods(
     daily: Sequence[tuple[date, Mapping[str, Any]]], start: date, end: date, period: Period
 ) -> tuple[UsageTotals, list[UsagePeriod]]:
     """Per-day counters summed per ``period`` (every period of start..end, zeros included) and in all."""
-    periods: dict[date, dict[str, Any]] = {}
-    day = start
-    while day <= end:
-        periods.setdefault(_period_start(day, period), dict.fromkeys(PERIOD_COUNTERS, 0))
-        day += timedelta(days=1)
+    sums: dict[date, dict[str, Any]] = {}
     for day, row in daily:
-        bucket = periods[_period_start(day, period)]
+        begin = _period_start(day, period)
+        bucket = sums.setdefault(begin, dict.fromkeys(PERIOD_COUNTERS, 0))
         for counter in PERIOD_COUNTERS:
             bucket[counter] += row[counter]
-    items = [_summed(sums, UsagePeriod, period_start=begin) for begin, sums in periods.items()]
+    items: list[UsagePeriod] = []
+    day = start
+    while day <= end:
+        begin = _period_start(day, period)
+        if not items or items[-1].period_start != begin:
+            # Most periods of a report have no usage: built as zeros, not summed.
+            counted = sums.get(begin)
+            items.append(_summed(counted, UsagePeriod, period_start=begin) if counted else _no_usage(begin))
+        day += timedelta(days=1)
     totals = UsageTotals(
         api_calls=sum(i.api_calls for i in items),
         airtable_calls=sum(i.airtable_calls for i in items),
         errors=sum(i.errors for i in items),
         tokens_used=sum(i.tokens_used for i in items),
-        cost_usd=money(sum(Decimal(v["cost_usd"] or 0) for v in periods.values())),
+        cost_usd=money(sum(Decimal(v["cost_usd"] or 0) for v in sums.values())),
     )
     return totals, items
+
+
+def _no_usage(begin: date) -> UsagePeriod:
+    return UsagePeriod(period_start=begin, api_calls=0, airtable_calls=0, errors=0, tokens_used=0, cost_usd=0.0)
 
 
 @dataclass(frozen=True)

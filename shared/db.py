@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from litestar import Request, Response
 from litestar.datastructures import State
+from opentelemetry.trace import SpanKind, Tracer
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -307,9 +308,10 @@ class DirectStatements:
     several statements that must stand or fall together, nor for reads that must see the request's
     own uncommitted writes. Those use the session."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, tracer: Tracer | None = None) -> None:
         self.engine = engine
         self.on_postgresql = engine.dialect.name == "postgresql"
+        self.tracer = tracer  # a span per statement, as the engine's instrumentation makes, when tracing is on
         self._compiled: dict[Statement, _CompiledRead] = {}
 
     async def first(self, statement: Statement, **params: Any) -> dict[str, Any] | None:
@@ -323,19 +325,33 @@ class DirectStatements:
             async with self.engine.begin() as connection:  # committed: the statement may write
                 return [dict(row) for row in (await connection.execute(statement, params)).mappings()]
         read = self._compiled.get(statement) or self._compile(statement)
-        try:
-            async with _autocommit_driver_connection(self.engine) as connection:
-                cursor = await connection.execute(read.sql, read.parameters(params))
-                rows = await cursor.fetchall()
-        except psycopg.Error as exc:  # as SQLAlchemy raises it: the kernel's handlers answer 503 or 500
-            raise DBAPIError.instance(
-                read.sql, None, exc, psycopg.Error, hide_parameters=True, connection_invalidated=_broken(exc)
-            ) from exc
-        convert = read.converters(self.engine.dialect, cursor.description or [])
+        if self.tracer is None:
+            rows, description = await self._run(read, params)
+        else:
+            # The SQL with its placeholders, never the values: they may be personal data.
+            attributes = {
+                "db.system": "postgresql",
+                "db.name": self.engine.url.database or "",
+                "db.statement": read.sql,
+            }
+            name = f"{read.sql.split(None, 1)[0].upper()} {self.engine.url.database}"
+            with self.tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes):
+                rows, description = await self._run(read, params)
+        convert = read.converters(self.engine.dialect, description)
         return [
             {key: value if to is None else to(value) for key, to, value in zip(read.keys, convert, row, strict=True)}
             for row in rows
         ]
+
+    async def _run(self, read: "_CompiledRead", params: dict[str, Any]) -> tuple[list[Any], Sequence[Any]]:
+        try:
+            async with _autocommit_driver_connection(self.engine) as connection:
+                cursor = await connection.execute(read.sql, read.parameters(params))
+                return await cursor.fetchall(), cursor.description or []
+        except psycopg.Error as exc:  # as SQLAlchemy raises it: the kernel's handlers answer 503 or 500
+            raise DBAPIError.instance(
+                read.sql, None, exc, psycopg.Error, hide_parameters=True, connection_invalidated=_broken(exc)
+            ) from exc
 
     def _compile(self, statement: Statement) -> "_CompiledRead":
         dialect = self.engine.dialect

@@ -52,7 +52,14 @@ from shared.outbox import OutboxRelay
 from shared.security import JWTAuthenticationMiddleware, RevocationList, TokenVerifier
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore, create_redis, create_store, dependency_unavailable_handler
-from shared.tracing import configure_tracing, instrument_engine, instrument_redis, litestar_plugin, name_server_span
+from shared.tracing import (
+    configure_tracing,
+    instrument_engine,
+    instrument_redis,
+    litestar_plugin,
+    name_server_span,
+    statement_tracer,
+)
 
 VERSION = "0.1.0"
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/metrics", "^/schema"]
@@ -244,7 +251,7 @@ def _resources(
         if engine is not None:
             app.state.engine = engine
             app.state.sessionmaker = create_sessionmaker(engine)
-            app.state.direct = DirectStatements(engine)
+            app.state.direct = DirectStatements(engine, statement_tracer(tracer_provider) if tracer_provider else None)
             app.state.readiness_checks["database"] = lambda: ping(engine)
         if settings.redis_url:
             app.state.readiness_checks["redis"] = _redis_readiness(app.state.store, app.state.revocations)

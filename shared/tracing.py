@@ -208,12 +208,18 @@ def instrument_engine(engine: Any, provider: TracerProvider) -> None:
     engine's own tracer, not ``SQLAlchemyInstrumentor().instrument()``, which patches SQLAlchemy's
     engine factories process-wide."""
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-    from opentelemetry.instrumentation.sqlalchemy.version import __version__
     from opentelemetry.metrics import NoOpMeterProvider
 
     usage = NoOpMeterProvider().get_meter(TRACER_NAME).create_up_down_counter("db.client.connections.usage")
-    tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__)
-    EngineTracer(tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]  # the package has no hints
+    EngineTracer(statement_tracer(provider), engine.sync_engine, usage)  # type: ignore[no-untyped-call]  # the package has no hints
+
+
+def statement_tracer(provider: TracerProvider) -> trace.Tracer:
+    """The tracer of the statements a service runs outside SQLAlchemy's engine (DirectStatements):
+    the engine instrumentation's name, so their spans read as its."""
+    from opentelemetry.instrumentation.sqlalchemy.version import __version__
+
+    return provider.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__)
 
 
 def instrument_redis(client: Any, provider: TracerProvider) -> None:

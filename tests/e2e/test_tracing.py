@@ -138,6 +138,14 @@ async def test_one_trace_from_the_gateway_into_auth_its_database_and_on_to_users
         recorded = [str(value) for span in spans.get_finished_spans() for value in (span.attributes or {}).values()]
         assert any(f"{USERS}/me" in value for value in recorded)
         assert not any("typed-by-ada" in value for value in recorded)
+        # /users/me reads outside the ORM session (DirectStatements): traced too, with no values.
+        direct_reads = [
+            span
+            for span in of(spans.get_finished_spans(), "users", SpanKind.CLIENT)
+            if "WHERE profiles.id = %(id)s" in statement(span)
+        ]
+        assert direct_reads, [statement(span) for span in of(spans.get_finished_spans(), "users", SpanKind.CLIENT)]
+        assert not any(response.json()["user"]["id"] in statement(span) for span in direct_reads)
 
     traced = trace_of(spans, trace_id)
     gateway_server = one(

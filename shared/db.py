@@ -328,14 +328,9 @@ class DirectStatements:
         if self.tracer is None:
             rows, description = await self._run(read, params)
         else:
-            # The SQL with its placeholders, never the values: they may be personal data.
-            attributes = {
-                "db.system": "postgresql",
-                "db.name": self.engine.url.database or "",
-                "db.statement": read.sql,
-            }
-            name = f"{read.sql.split(None, 1)[0].upper()} {self.engine.url.database}"
-            with self.tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes):
+            with self.tracer.start_as_current_span(
+                read.span_name, kind=SpanKind.CLIENT, attributes=read.span_attributes
+            ):
                 rows, description = await self._run(read, params)
         convert = read.converters(self.engine.dialect, description)
         return [
@@ -349,8 +344,9 @@ class DirectStatements:
                 cursor = await connection.execute(read.sql, read.parameters(params))
                 return await cursor.fetchall(), cursor.description or []
         except psycopg.Error as exc:  # as SQLAlchemy raises it: the kernel's handlers answer 503 or 500
+            broken = isinstance(exc, psycopg.OperationalError)
             raise DBAPIError.instance(
-                read.sql, None, exc, psycopg.Error, hide_parameters=True, connection_invalidated=_broken(exc)
+                read.sql, None, exc, psycopg.Error, hide_parameters=True, connection_invalidated=broken
             ) from exc
 
     def _compile(self, statement: Statement) -> "_CompiledRead":
@@ -358,8 +354,9 @@ class DirectStatements:
         compiled = statement.compile(dialect=dialect)
         if any(bind.expanding for bind in compiled.binds.values()):
             raise ValueError("DirectStatements takes no expanding IN parameters")
+        sql, database = str(compiled), self.engine.url.database or ""
         read = _CompiledRead(
-            sql=str(compiled),
+            sql=sql,
             defaults={name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required},
             binders={
                 name: processor
@@ -368,6 +365,9 @@ class DirectStatements:
             },
             keys=[str(column.key) for column in statement.selected_columns],
             types=[column.type.dialect_impl(dialect) for column in statement.selected_columns],
+            span_name=f"{sql.split(None, 1)[0].upper()} {database}",
+            # The SQL with its placeholders, never the values: they may be personal data.
+            span_attributes={"db.system": "postgresql", "db.name": database, "db.statement": sql},
         )
         self._compiled[statement] = read
         return read
@@ -380,6 +380,8 @@ class _CompiledRead:
     binders: dict[str, Callable[[Any], Any]]
     keys: list[str]
     types: list[TypeEngine[Any]]
+    span_name: str
+    span_attributes: dict[str, str]
     results: list[Callable[[Any], Any] | None] | None = None
 
     def parameters(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -395,10 +397,6 @@ class _CompiledRead:
             codes = [column.type_code for column in description]
             self.results = [kind.result_processor(dialect, code) for kind, code in zip(self.types, codes, strict=True)]
         return self.results
-
-
-def _broken(exc: psycopg.Error) -> bool:
-    return isinstance(exc, psycopg.OperationalError)
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,6 @@ import uuid
 from datetime import datetime
 
 import pyotp
-import segno
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -80,6 +79,8 @@ def _is_totp_code(code: str) -> bool:
 
 def qr_code_png(uri: str) -> str:
     """The URI as a QR code, a PNG data URI an ``<img>`` shows as it is."""
+    import segno  # only an enrolment draws one: 1.9 MB (with xml.sax) the service need not hold until then
+
     image = io.BytesIO()
     segno.make(uri, error="m").save(image, kind="png", scale=5, border=4)
     return "data:image/png;base64," + base64.b64encode(image.getvalue()).decode()

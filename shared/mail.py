@@ -25,7 +25,6 @@ from importlib.resources import files
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-import aiosmtplib
 import msgspec
 from prometheus_client import Counter
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, Uuid, select, update
@@ -97,6 +96,8 @@ class SmtpMailer:
         self.timeout = timeout
 
     async def send(self, message: MailMessage, mail_from: str) -> None:
+        import aiosmtplib  # loaded with the first message sent: a service that sends none never holds it
+
         await aiosmtplib.send(
             _email(message, mail_from),
             hostname=self.hostname,

@@ -13,8 +13,9 @@ measures both in one run and reports their ratio (goal: login/raw >= 0.9):
   port (temp ``DATA_DIR``: SQLite and in-memory stores; or PostgreSQL/Redis when given), one
   registered user, ``POST /api/v1/auth/login`` from N concurrent httpx clients; only 200s count.
 
-The two kinds of run alternate (raw, login, raw, login, ...) and the reported ratio is the
-median of the per-round ratios, so slow drift of the machine affects both sides alike.
+The two kinds of run alternate, raw first in odd rounds and login first in even ones (raw, login,
+login, raw, ...), and the reported ratio is the median of the per-round ratios, so slow drift of
+the machine affects both sides alike.
 """
 
 import argparse
@@ -379,12 +380,26 @@ def bench_setup(setup: Setup, params: Argon2Params, args: argparse.Namespace) ->
             warm_up(server.base_url, email, password, 2)
         raw_run(hasher, raw_hash, password, args.concurrency, min(2.0, args.seconds), server.pid)  # warm-up
 
-        for number in range(1, args.rounds + 1):
+        def run_raw(number: int) -> RunResult:
             raw = raw_run(hasher, raw_hash, password, args.concurrency, args.seconds, server.pid)
             say(f"[{setup.label}] round {number} raw:   {raw.per_second:7.2f} verifications/s")
+            return raw
+
+        def run_login(number: int) -> RunResult:
             login = asyncio.run(login_run(server.base_url, emails, password, args.seconds, server.pid))
             failed = f" ({sum(login.failures.values())} non-200: {login.failures})" if login.failures else ""
             say(f"[{setup.label}] round {number} login: {login.per_second:7.2f} logins/s{failed}")
+            return login
+
+        for number in range(1, args.rounds + 1):
+            # Raw first in odd rounds, login first in even ones (ABBA): a machine that speeds up or
+            # slows down through the run favours neither side.
+            if number % 2:
+                raw = run_raw(number)
+                login = run_login(number)
+            else:
+                login = run_login(number)
+                raw = run_raw(number)
             raw_runs.append(raw)
             login_runs.append(login)
             rounds.append(
@@ -467,7 +482,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"hash_len={p['hash_len']}, salt_len={p['salt_len']}; "
         f"concurrency {report['concurrency']} (raw threads = AUTH_HASH_CONCURRENCY), "
         f"{report['client_concurrency']} login clients; "
-        f"{report['rounds']} x {report['seconds']:g} s per side, alternating raw/login; "
+        f"{report['rounds']} x {report['seconds']:g} s per side, alternating raw/login (ABBA); "
         f"{m['cpu_count']} CPUs ({m['cpu_model'] or 'unknown'}), Python {m['python']}",
         "",
         "| setup | logins/s | raw verifications/s | login/raw (median) | login p50 ms | login p95 ms "

@@ -246,8 +246,8 @@ async def provide_db_session(state: State) -> AsyncGenerator[AsyncSession, None]
 
 def _untouched(session: AsyncSession) -> bool:
     """Whether ``session`` never began a transaction nor holds objects a commit would write: it has
-    nothing to commit or release. (A request that only used DirectStatements, or none of its session:
-    committing and closing an unused session costs ≈ 0.15 ms of CPU, an eighth of a request.)"""
+    nothing to commit or release. (A request that only used DirectStatements, or none of its session,
+    then skips a commit and a close that would cost it measurably: docs/PERFORMANCE.md.)"""
     return not (session.in_transaction() or session.new or session.dirty or session.deleted)
 
 

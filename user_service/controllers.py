@@ -8,7 +8,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from shared.controllers import BEARER, Caller, Page, PageSize
 from shared.http import as_utc
 from shared.security import require_admin
-from user_service.deps import USER_DEPENDENCIES, Memberships, Profiles
+from user_service.deps import USER_DEPENDENCIES, Memberships, OwnProfileOf, Profiles
 from user_service.errors import OrganizationManagersOnly, OrganizationNotFound
 from user_service.schemas import (
     MemberList,
@@ -84,9 +84,9 @@ class UserController(Controller):
         return await memberships.members(caller, organization_id, page, page_size)
 
     @get("/me", operation_id="get_my_profile")
-    async def get_me(self, caller: Caller, profiles: Profiles) -> ProfileRead:
+    async def get_me(self, own_profile: OwnProfileOf) -> ProfileRead:
         """Your profile (created from your token if the registration event is still on its way)."""
-        return profile_read(await profiles.me(caller))
+        return profile_read(await own_profile.read())
 
     @put("/me", operation_id="replace_my_profile")
     async def replace_me(self, data: JSONBody[ProfileReplace], caller: Caller, profiles: Profiles) -> ProfileRead:

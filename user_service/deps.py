@@ -5,11 +5,18 @@ from litestar.di import NamedDependency, Provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.controllers import CALLER
-from user_service.services import MembershipService, ProfileService
+from shared.security import Identity
+from user_service.services import MembershipService, OwnProfile, ProfileService
 
 
 def provide_profile_service(db_session: NamedDependency[AsyncSession], state: State) -> ProfileService:
     return ProfileService(db=db_session, clock=state.clock, direct=state.direct)
+
+
+def provide_own_profile(caller: NamedDependency[Identity], state: State) -> OwnProfile:
+    # Built from ``caller`` (resolved first), not beside a request session: a handler whose
+    # dependencies form one chain resolves them in turn, with no task group for a batch of two.
+    return OwnProfile(caller, state.direct, state.sessionmaker, state.clock)
 
 
 def provide_membership_service(db_session: NamedDependency[AsyncSession]) -> MembershipService:
@@ -19,6 +26,7 @@ def provide_membership_service(db_session: NamedDependency[AsyncSession]) -> Mem
 # What the users controller takes: the services of the request and the signed-in caller.
 USER_DEPENDENCIES = {
     "profiles": Provide(provide_profile_service, sync_to_thread=False),
+    "own_profile": Provide(provide_own_profile, sync_to_thread=False),
     "memberships": Provide(provide_membership_service, sync_to_thread=False),
     **CALLER,
 }
@@ -27,3 +35,4 @@ USER_DEPENDENCIES = {
 # dependencies'): the services of the request.
 Profiles = NamedDependency[ProfileService]
 Memberships = NamedDependency[MembershipService]
+OwnProfileOf = NamedDependency[OwnProfile]

@@ -26,7 +26,11 @@ class ProfileRepository:
         written it."""
         if self.direct is None:
             return await self.by_id(user_id)
-        row = await self.direct.first(PROFILE_BY_ID, id=user_id)
+        return await self.committed_direct(self.direct, user_id)
+
+    @staticmethod
+    async def committed_direct(direct: DirectStatements, user_id: uuid.UUID) -> Profile | None:
+        row = await direct.first(PROFILE_BY_ID, id=user_id)
         return None if row is None else Profile(**row)
 
     async def by_id(self, user_id: uuid.UUID, *, for_update: bool = False) -> Profile | None:

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.controllers import page_count
 from shared.db import DirectStatements
@@ -26,6 +26,27 @@ SETTABLE_FIELDS = ("first_name", "last_name", "display_name", "avatar_url", "bio
 def primary_role(roles: object) -> str:
     """The profile keeps one role, the strongest of the account's."""
     return "admin" if isinstance(roles, list | tuple) and "admin" in roles else "user"
+
+
+class OwnProfile:
+    """``GET /users/me`` for one caller without a request session: the committed profile, read by
+    DirectStatements; only when it does not exist yet (``user.registered`` still on its way) does a
+    session of its own create it, as ``ProfileService.me`` does."""
+
+    def __init__(
+        self, identity: Identity, direct: DirectStatements, sessionmaker: async_sessionmaker[AsyncSession], clock: Clock
+    ) -> None:
+        self.identity = identity
+        self.direct = direct
+        self.sessionmaker = sessionmaker
+        self.clock = clock
+
+    async def read(self) -> Profile:
+        profile = await ProfileRepository.committed_direct(self.direct, self.identity.user_id)
+        if profile is not None and profile.deleted_at is None:
+            return profile
+        async with self.sessionmaker() as session, session.begin():
+            return await ProfileService(session, self.clock, self.direct).me(self.identity)
 
 
 class ProfileService:

@@ -17,6 +17,7 @@ from analytics_service.deps import (
     provide_metrics,
     provide_reports,
     provide_team_usage,
+    provide_usage_reports,
 )
 from analytics_service.repositories import AuditFilters
 from analytics_service.schemas import (
@@ -43,7 +44,7 @@ from analytics_service.schemas import (
 from analytics_service.services.audit import MAX_AUDIT_PAGE, AuditService
 from analytics_service.services.events import EventService
 from analytics_service.services.metrics import MetricService
-from analytics_service.services.reports import ReportService, TeamUsageService
+from analytics_service.services.reports import ReportService, TeamUsageService, UsageReports
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
 from shared.http import as_utc
 from shared.security import Identity
@@ -73,6 +74,7 @@ PeriodQuery = Annotated[Period, QueryParameter()]
 Events = NamedDependency[EventService]
 Metrics = NamedDependency[MetricService]
 Reports = NamedDependency[ReportService]
+Usage = NamedDependency[UsageReports]
 TeamUsage = NamedDependency[TeamUsageService]
 
 
@@ -88,6 +90,7 @@ class AnalyticsController(Controller):
         "event_service": Provide(provide_events, sync_to_thread=False),
         "metric_service": Provide(provide_metrics, sync_to_thread=False),
         "report_service": Provide(provide_reports, sync_to_thread=False),
+        "usage_reports": Provide(provide_usage_reports, sync_to_thread=False),
         "audit_service": Provide(provide_audit, sync_to_thread=False),
         "team_usage": Provide(provide_team_usage, sync_to_thread=False),
     }
@@ -150,9 +153,9 @@ class AnalyticsController(Controller):
         )
 
     @get("/usage/me", operation_id="my_usage", responses=READ)
-    async def my_usage(self, report_service: Reports, period: PeriodQuery = "day", days: Days = 30) -> UsageResponse:
+    async def my_usage(self, usage_reports: Usage, period: PeriodQuery = "day", days: Days = 30) -> UsageResponse:
         """The caller's usage per day, week or month."""
-        return await report_service.usage(None, period, days)
+        return await usage_reports.usage(None, period, days)
 
     @get("/usage/me/keys", operation_id="my_key_usage", responses=READ)
     async def my_key_usage(self, team_usage: TeamUsage, days: Days = 30) -> KeysUsage:
@@ -180,10 +183,10 @@ class AnalyticsController(Controller):
 
     @get("/usage/{user_id:str}", operation_id="user_usage", responses=READ)
     async def user_usage(
-        self, user_id: FromPath[str], report_service: Reports, period: PeriodQuery = "day", days: Days = 30
+        self, user_id: FromPath[str], usage_reports: Usage, period: PeriodQuery = "day", days: Days = 30
     ) -> UsageResponse:
         """A user's usage per day, week or month: the caller's own, or anyone's for administrators (else 403)."""
-        return await report_service.usage(user_id, period, days)
+        return await usage_reports.usage(user_id, period, days)
 
     @get("/costs", operation_id="costs", responses=READ)
     async def costs(

@@ -11,7 +11,7 @@ from analytics_service.services.audit import AuditService
 from analytics_service.services.common import Client
 from analytics_service.services.events import EventService
 from analytics_service.services.metrics import MetricService
-from analytics_service.services.reports import ReportService, TeamUsageService
+from analytics_service.services.reports import ReportService, TeamUsageService, UsageReports
 from shared.http import client_ip
 from shared.security import Identity
 
@@ -27,7 +27,11 @@ def provide_metrics(db_session: NamedDependency[AsyncSession], state: State, req
 
 
 def provide_reports(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> ReportService:
-    return ReportService(db_session, state.clock, request.user, state.direct)
+    return ReportService(db_session, state.clock, request.user)
+
+
+def provide_usage_reports(state: State, request: AnyRequest) -> UsageReports:
+    return UsageReports(state.clock, request.user, state.direct)
 
 
 def provide_audit(db_session: NamedDependency[AsyncSession], request: AnyRequest) -> AuditService:

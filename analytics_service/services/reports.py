@@ -98,10 +98,10 @@ def _no_usage(begin: date) -> UsagePeriod:
 
 
 @dataclass(frozen=True)
-class ReportService:
-    """Usage, costs and the dashboard as one caller (``identity``) may see them."""
+class UsageReports:
+    """Usage per day, week or month as one caller (``identity``) may see it: read by DirectStatements,
+    so its routes (``GET /analytics/usage/me`` is among the hottest) open no request session."""
 
-    db: AsyncSession
     clock: Clock
     identity: Identity
     direct: DirectStatements
@@ -113,6 +113,15 @@ class ReportService:
         daily = [(row["day"], row) for row in await repo.usage_rows(self.direct, owner, start, end)]
         totals, items = usage_periods(daily, start, end, period)
         return UsageResponse(user_id=owner, period=period, start=start, end=end, totals=totals, items=items)
+
+
+@dataclass(frozen=True)
+class ReportService:
+    """Costs and the dashboard as one caller (``identity``) may see them."""
+
+    db: AsyncSession
+    clock: Clock
+    identity: Identity
 
     async def costs(self, user_id: str | None, days: int) -> CostsResponse:
         identity = self.identity

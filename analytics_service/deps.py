@@ -18,8 +18,10 @@ from shared.security import Identity
 AnyRequest = Request[Identity, Any, Any]
 
 
-def provide_events(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> EventService:
-    return EventService(db_session, state.settings, state.clock, request.user, _client(request, state), state.direct)
+def provide_events(state: State, request: AnyRequest) -> EventService:
+    return EventService(
+        state.sessionmaker, state.settings, state.clock, request.user, _client(request, state), state.direct
+    )
 
 
 def provide_metrics(db_session: NamedDependency[AsyncSession], state: State, request: AnyRequest) -> MetricService:

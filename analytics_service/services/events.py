@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from analytics_service import repositories as repo
 from analytics_service.config import MAX_BATCH_ITEMS, AnalyticsSettings
@@ -54,9 +54,10 @@ class _Caller(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True)
 class EventService:
-    """Events recorded by one caller (``identity``), from where their request came (``client``)."""
+    """Events recorded by one caller (``identity``), from where their request came (``client``).
+    It opens a session (``sessions``) only for what DirectStatements does not write alone."""
 
-    db: AsyncSession
+    sessions: async_sessionmaker[AsyncSession]
     settings: AnalyticsSettings
     clock: Clock
     identity: Identity
@@ -125,9 +126,10 @@ class EventService:
         the usage tables, in one transaction with the events."""
         if self.direct.on_postgresql and all(row["event_type"] != LLM_USAGE for row in rows):
             return await repo.insert_new_events_committed(self.direct, rows)
-        accepted = await repo.insert_new_events(self.db, rows)
-        await self._roll_up([row for row in rows if repo.event_key(row) in accepted], caller)
-        await self.db.commit()
+        async with self.sessions() as db:
+            accepted = await repo.insert_new_events(db, rows)
+            await self._roll_up(db, [row for row in rows if repo.event_key(row) in accepted], caller)
+            await db.commit()
         return accepted
 
     async def ingest_one(self, item: EventCreate) -> EventResult:
@@ -158,7 +160,7 @@ class EventService:
             "received_at": caller.received_at,
         }
 
-    async def _roll_up(self, rows: list[dict[str, Any]], caller: "_Caller") -> None:
+    async def _roll_up(self, db: AsyncSession, rows: list[dict[str, Any]], caller: "_Caller") -> None:
         """LLM usage into the per-user-per-day usage, the cost breakdown and (for the caller's own
         events) the caller's active organisation's usage (``event_hourly`` is kept by the insert itself)."""
         usage: dict[tuple[str, date], dict[str, Any]] = {}
@@ -186,15 +188,15 @@ class EventService:
             entry["calls"] += 1
             entry["tokens_used"] += tokens
             entry["cost_usd"] += cost
-        await repo.upsert_add(self.db, repo.USAGE_DAILY, ["user_id", "day"], USAGE_COUNTERS, list(usage.values()))
+        await repo.upsert_add(db, repo.USAGE_DAILY, ["user_id", "day"], USAGE_COUNTERS, list(usage.values()))
         await repo.upsert_add(
-            self.db,
+            db,
             repo.COST_DAILY,
             ["day", "user_id", "service", "model"],
             ["calls", "tokens_used", "cost_usd"],
             list(costs.values()),
         )
-        await scoped.save(self.db)
+        await scoped.save(db)
 
 
 def _event_id_of(raw: Any) -> str | None:

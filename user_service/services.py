@@ -43,10 +43,12 @@ class OwnProfile:
 
     async def read(self) -> Profile:
         profile = await ProfileRepository.committed_direct(self.direct, self.identity.user_id)
-        if profile is not None and profile.deleted_at is None:
-            return profile
-        async with self.sessionmaker() as session, session.begin():
-            return await ProfileService(session, self.clock, self.direct).me(self.identity)
+        if profile is None:
+            async with self.sessionmaker() as session, session.begin():
+                return await ProfileService(session, self.clock, self.direct).me(self.identity)
+        if profile.deleted_at is not None:  # answered without a session, however often it is asked
+            raise ProfileNotFound()
+        return profile
 
 
 class ProfileService:

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
-import httpx
 import msgspec
 from litestar.types import ASGIApp, Message, Receive, Send
 from opentelemetry import context as otel_context
@@ -513,6 +512,10 @@ class InProcessUpstream:
         await self._ready()
 
     async def get_json(self, path: str) -> Any:
+        # Only the embedded platform asks an in-process service this way: a gateway process that never
+        # does leaves httpx (and the command-line client its package imports, ≈ 8 MB) unloaded.
+        import httpx
+
         transport = httpx.ASGITransport(app=self.app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             response = await client.get(path)

@@ -46,7 +46,8 @@ def trace_to_nowhere() -> None:
     """Tracing on in this worker, its spans batched and dropped (the cost of making them, not of a network)."""
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from shared.tracing import Tracing, tracing_installed
+    from shared.tracing import tracing_installed
+    from shared.tracing_sdk import Tracing
 
     class Dropped(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
@@ -25,7 +25,6 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler, Message, Scope
-from opentelemetry.sdk.trace import TracerProvider
 from redis.exceptions import RedisError
 from sqlalchemy import Table
 
@@ -60,6 +59,9 @@ from shared.tracing import (
     name_server_span,
     statement_tracer,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 VERSION = "0.1.0"
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/metrics", "^/schema"]
@@ -227,7 +229,7 @@ def _resources(
     store: KeyValueStore | None,
     bus: EventBus | None,
     database: bool,
-    tracer_provider: TracerProvider | None,
+    tracer_provider: "TracerProvider | None",
 ) -> Lifespan:
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:

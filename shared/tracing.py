@@ -26,80 +26,31 @@ consumer's handler in a CONSUMER span, both children of the context the event ca
 import atexit
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, _get_from_env_or_default
-from opentelemetry.trace import Link, SpanKind
-from opentelemetry.util.types import Attributes
+from opentelemetry.trace import SpanKind
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
     from shared.events import Event
+    from shared.tracing_sdk import Tracing
 
 TRACER_NAME = "pyairtable"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-ENTRY_POINT_KINDS = frozenset({SpanKind.SERVER, SpanKind.CONSUMER, SpanKind.PRODUCER})
 # The probes every few seconds, the scrapes and the docs are no one's request worth a trace.
 UNTRACED_PATHS = ["^/health$", "^/ready$", "^/metrics", "^/schema", "^/api/docs"]
+# Litestar's app init imports its OpenTelemetry plugin whenever the ASGI instrumentation is
+# installed, only to look for that plugin's middleware (``Litestar._patch_opentelemetry_middleware``):
+# about 50 modules (the instrumentation, wrapt, asgiref) and 1.5 MB of a service's memory. While no
+# app of the process is traced the plugin is marked absent; Litestar catches the ImportError.
+LITESTAR_PLUGIN_MODULE = "litestar.plugins.opentelemetry"
 
 
-class EntryPointsOnly(Sampler):
-    """A root span only for a request or an event; everything else as ``delegate`` (by default the
-    SDK's, from ``OTEL_TRACES_SAMPLER``) decides."""
-
-    def __init__(self, delegate: Sampler) -> None:
-        self.delegate = delegate
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:
-        has_parent = trace.get_current_span(parent_context).get_span_context().is_valid
-        if not has_parent and kind not in ENTRY_POINT_KINDS:
-            return SamplingResult(Decision.DROP)
-        return self.delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-
-    def get_description(self) -> str:
-        return f"EntryPointsOnly{{{self.delegate.get_description()}}}"
-
-
-class Tracing:
-    """This process's tracing: one span processor (the exporter behind it) and a provider per service."""
-
-    def __init__(self, processor: SpanProcessor, sampler: Sampler | None = None) -> None:
-        self.processor = processor
-        self.sampler = EntryPointsOnly(sampler or _get_from_env_or_default())
-        self._providers: dict[str, TracerProvider] = {}
-
-    def provider(self, service_name: str) -> TracerProvider:
-        provider = self._providers.get(service_name)
-        if provider is None:
-            # OTEL_SERVICE_NAME, when set, names every service of the process (the SDK's rule).
-            named = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
-            provider = TracerProvider(sampler=self.sampler, resource=Resource.create(named), shutdown_on_exit=False)
-            provider.add_span_processor(self.processor)
-            self._providers[service_name] = provider
-        return provider
-
-    def tracer(self, service_name: str) -> trace.Tracer:
-        return self.provider(service_name).get_tracer(TRACER_NAME)
-
-    def shutdown(self) -> None:
-        """Export what is still buffered (at exit)."""
-        self.processor.shutdown()
-
-
-_process_tracing: Tracing | None = None
+_process_tracing: "Tracing | None" = None
 
 
 def tracing_enabled(environ: Mapping[str, str]) -> bool:
@@ -108,27 +59,30 @@ def tracing_enabled(environ: Mapping[str, str]) -> bool:
     return any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES)
 
 
-def configure_tracing(service_name: str, environ: Mapping[str, str] | None = None) -> TracerProvider | None:
+def configure_tracing(service_name: str, environ: Mapping[str, str] | None = None) -> "TracerProvider | None":
     """The service's tracer provider, or None when tracing is off (nothing to install)."""
     global _process_tracing
     if _process_tracing is None:
         if not tracing_enabled(os.environ if environ is None else environ):
+            sys.modules.setdefault(LITESTAR_PLUGIN_MODULE, None)  # type: ignore[arg-type]
             return None
         _process_tracing = _otlp_tracing()
         atexit.register(_process_tracing.shutdown)
     return _process_tracing.provider(service_name)
 
 
-def _otlp_tracing() -> Tracing:
-    # Imported only when tracing is on: the exporter pulls in protobuf.
+def _otlp_tracing() -> "Tracing":
+    # Imported only when tracing is on: the exporter pulls in protobuf, the SDK 1.8 MB of memory.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from shared.tracing_sdk import Tracing
 
     return Tracing(BatchSpanProcessor(OTLPSpanExporter()))
 
 
 @contextlib.contextmanager
-def tracing_installed(tracing: Tracing) -> Iterator[Tracing]:
+def tracing_installed(tracing: "Tracing") -> "Iterator[Tracing]":
     """``tracing`` as this process's for the block, whatever the environment says: apps built in
     it are traced through ``tracing`` (tests and benchmarks, with an in-memory or no-op exporter)."""
     global _process_tracing
@@ -142,9 +96,11 @@ def tracing_installed(tracing: Tracing) -> Iterator[Tracing]:
 # -- what the kernel installs when tracing is on ---------------------------------------------------
 
 
-def litestar_plugin(provider: TracerProvider) -> Any:
+def litestar_plugin(provider: "TracerProvider") -> Any:
     """Litestar's own OpenTelemetry plugin (the ASGI instrumentation): a SERVER span per request,
     continuing a caller's ``traceparent``, outermost of the app's middleware."""
+    if LITESTAR_PLUGIN_MODULE in sys.modules and sys.modules[LITESTAR_PLUGIN_MODULE] is None:
+        del sys.modules[LITESTAR_PLUGIN_MODULE]  # an untraced app of this process marked it absent
     from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
     config = OpenTelemetryConfig(
@@ -157,7 +113,7 @@ def litestar_plugin(provider: TracerProvider) -> Any:
     return OpenTelemetryPlugin(config)
 
 
-def traced_asgi(app: Any, provider: TracerProvider, span_name: str) -> Any:
+def traced_asgi(app: Any, provider: "TracerProvider", span_name: str) -> Any:
     """``app`` inside a SERVER span named ``span_name`` (the gateway's proxy mounts, which are
     called past Litestar's middleware)."""
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -203,7 +159,7 @@ async def name_server_span(message: Any, scope: Any) -> None:
         span.set_attribute("http.route", template)
 
 
-def instrument_engine(engine: Any, provider: TracerProvider) -> None:
+def instrument_engine(engine: Any, provider: "TracerProvider") -> None:
     """A span per statement of ``engine`` (an AsyncEngine), with the service's provider. The
     engine's own tracer, not ``SQLAlchemyInstrumentor().instrument()``, which patches SQLAlchemy's
     engine factories process-wide."""
@@ -214,7 +170,7 @@ def instrument_engine(engine: Any, provider: TracerProvider) -> None:
     EngineTracer(statement_tracer(provider), engine.sync_engine, usage)  # type: ignore[no-untyped-call]  # the package has no hints
 
 
-def statement_tracer(provider: TracerProvider) -> trace.Tracer:
+def statement_tracer(provider: "TracerProvider") -> trace.Tracer:
     """The tracer of the statements a service runs outside SQLAlchemy's engine (DirectStatements):
     the engine instrumentation's name, so their spans read as its."""
     from opentelemetry.instrumentation.sqlalchemy.version import __version__
@@ -222,14 +178,14 @@ def statement_tracer(provider: TracerProvider) -> trace.Tracer:
     return provider.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__)
 
 
-def instrument_redis(client: Any, provider: TracerProvider) -> None:
+def instrument_redis(client: Any, provider: "TracerProvider") -> None:
     """A span per Redis command of ``client`` (arguments recorded as ``?``)."""
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     RedisInstrumentor.instrument_client(client, tracer_provider=provider)
 
 
-def instrument_httpx(client: Any, provider: TracerProvider) -> None:
+def instrument_httpx(client: Any, provider: "TracerProvider") -> None:
     """A CLIENT span per request of an ``httpx.AsyncClient``, ``traceparent`` injected."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 

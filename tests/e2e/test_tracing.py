@@ -29,7 +29,8 @@ from gateway.transport.serving import GatewayHttpProtocol
 from shared import migrations
 from shared.events import Event, encode_event, new_event
 from shared.settings import load_settings
-from shared.tracing import Tracing, tracing_installed
+from shared.tracing import tracing_installed
+from shared.tracing_sdk import Tracing
 from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
     FAST_ARGON2,
     JWT_SECRET,

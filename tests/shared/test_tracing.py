@@ -1,5 +1,10 @@
 """When traces are on (shared/tracing.py): only with an OTLP endpoint, never with the SDK disabled."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from shared import tracing
@@ -35,3 +40,29 @@ def test_with_an_endpoint_each_service_gets_its_own_name_over_one_exporter(monke
     assert users.resource.attributes["service.name"] == "users"
     assert tracing.configure_tracing("auth", environ) is auth
     assert "EntryPointsOnly" in auth.sampler.get_description()
+
+
+UNTRACED_APP = """
+import sys
+from shared.settings import load_settings
+from user_service.app import create_app
+from user_service.config import UserSettings
+create_app(load_settings(UserSettings))
+prefixes = ("opentelemetry.sdk.trace", "opentelemetry.instrumentation", "litestar.plugins.opentelemetry", "wrapt")
+print(sorted(name for name, module in sys.modules.items() if module is not None and name.startswith(prefixes)))
+"""
+
+
+def test_a_service_without_tracing_loads_neither_the_tracing_sdk_nor_the_instrumentation(tmp_path: Path) -> None:
+    """Tracing off costs no memory: a service app built in a fresh process loads neither the SDK's
+    tracing nor the ASGI instrumentation Litestar would import to look for its plugin (2 MB)."""
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+    environ |= {
+        "ENVIRONMENT": "development",
+        "JWT_SECRET": "x" * 40,
+        "USERS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'users.db'}",
+    }
+    loaded = subprocess.run(
+        [sys.executable, "-c", UNTRACED_APP], env=environ, capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -20,7 +20,7 @@ BUILD_REQUIRES = $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.t
 SERVICES := $(shell $(PYTHON) -m shared.registry) gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run run-distributed smoke migrate test lint typecheck bench bench-gateway bench-airtable bench-services bench-services-runtime bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
+.PHONY: help install lock run run-distributed smoke migrate test lint typecheck bench bench-argon2 bench-gateway bench-airtable bench-services bench-services-runtime bench-analytics bench-clients soak-outbox faults clean $(addprefix run-,$(SERVICES)) check-monitoring
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(addprefix run-,$$(SERVICES)): run-%/run-<service>/' \
@@ -67,6 +67,8 @@ typecheck: $(INSTALLED) ## mypy --strict on the services and the kernel
 
 bench: $(INSTALLED) ## Login vs raw argon2id benchmark (ratio, side by side); see docs/PERFORMANCE.md
 	$(PY) -m bench.login_vs_argon2
+bench-argon2: $(INSTALLED) ## The auth service's argon2 hasher (memory in huge pages) vs argon2-cffi's own, side by side
+	$(PY) -m bench.argon2_hashers $(BENCH_ARGS)
 
 bench-gateway: $(INSTALLED) ## Gateway (1 and 2 workers) vs nginx vs direct (wrk, 1 and 50 connections); installs nginx and wrk
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \

@@ -7,8 +7,10 @@ A login is dominated by one argon2id verification, so the ceiling for logins/s o
 the number of verifications/s that machine can do at the same concurrency. This benchmark
 measures both in one run and reports their ratio (goal: login/raw >= 0.9):
 
-* raw: ``argon2.PasswordHasher`` with exactly the auth service's parameters (the defaults of
-  ``AuthSettings``), verified in N threads, N = ``hash_concurrency`` (default: the CPU count);
+* raw: the auth service's own hasher (``auth_service.passwords.Passwords``: argon2-cffi with
+  argon2's memory in huge pages where it can) with exactly the service's parameters (the
+  defaults of ``AuthSettings``), verified in N threads, N = ``hash_concurrency`` (default: the
+  CPU count); that hasher against argon2-cffi's own ``PasswordHasher``: ``bench.argon2_hashers``;
 * login: ``python -m auth_service migrate`` then ``serve`` as a subprocess on a free loopback
   port (temp ``DATA_DIR``: SQLite and in-memory stores; or PostgreSQL/Redis when given), one
   registered user, ``POST /api/v1/auth/login`` from N concurrent httpx clients; only 200s count.
@@ -40,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from argon2 import PasswordHasher, Type
+from argon2 import PasswordHasher
 
 from auth_service.config import MIN_ARGON2_MEMORY_KIB, MIN_ARGON2_TIME_COST, AuthSettings
+from auth_service.passwords import Passwords
 from bench.common import (
     HOST,
     SHARED_SETTING_NAMES,
@@ -96,15 +99,13 @@ class Argon2Params:
         return cls(MIN_ARGON2_TIME_COST, MIN_ARGON2_MEMORY_KIB, 1)
 
     def hasher(self) -> PasswordHasher:
-        # The same constructor call as auth_service.passwords.Passwords.
-        return PasswordHasher(
-            time_cost=self.time_cost,
-            memory_cost=self.memory_kib,
-            parallelism=self.parallelism,
-            hash_len=self.hash_len,
-            salt_len=self.salt_len,
-            type=Type.ID,
+        """The hasher the auth service verifies with (``Passwords``: argon2's memory in huge pages
+        where it can), on these parameters: the ratio is a login's cost beyond its hash. How that
+        hasher compares with argon2-cffi's own: ``python -m bench.argon2_hashers``."""
+        settings = AuthSettings(
+            argon2_time_cost=self.time_cost, argon2_memory_kib=self.memory_kib, argon2_parallelism=self.parallelism
         )
+        return Passwords(settings).hasher
 
     def service_env(self) -> dict[str, str]:
         return {

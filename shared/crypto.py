@@ -4,6 +4,7 @@ associated data, so a ciphertext copied to another user's row does not decrypt."
 
 import os
 import uuid
+from functools import cached_property
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -19,8 +20,15 @@ class UserSecretCipher:
     def __init__(self, secret: str, purpose: bytes) -> None:
         """``purpose`` (HKDF's info, e.g. ``b"pyairtable totp-secret v1"``) gives each use its own
         key from one secret; changing it makes every stored ciphertext unreadable."""
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret.encode())
-        self._aead = AESGCM(key)
+        self._secret, self._purpose = secret, purpose
+
+    @cached_property
+    def _aead(self) -> AESGCM:
+        # Derived at the first use, not at start-up: the first call into cryptography's OpenSSL
+        # sets it up (1.2 MB of a service's memory), which a service that signs HS256 tokens and
+        # meets no such secret never needs.
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=self._purpose).derive(self._secret.encode())
+        return AESGCM(key)
 
     def encrypt(self, user_id: uuid.UUID, plaintext: str) -> bytes:
         nonce = os.urandom(NONCE_BYTES)

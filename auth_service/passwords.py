@@ -102,18 +102,15 @@ class HugePageHasher(PasswordHasher):
     ``mappings``: the library's own ``argon2_ctx`` on the same parameters, the hash encoded as the
     library encodes it, and compared in constant time."""
 
-    def __init__(self, mappings: HugePageMappings, **parameters: Any) -> None:
-        super().__init__(**parameters)
-        self.mappings = mappings
-        self.parameters = Parameters(
-            type=self.type,
-            version=ARGON2_VERSION,
-            salt_len=self.salt_len,
-            hash_len=self.hash_len,
-            time_cost=self.time_cost,
-            memory_cost=self.memory_cost,
-            parallelism=self.parallelism,
-        )
+    mappings: HugePageMappings
+    parameters: Parameters
+
+    @classmethod
+    def with_mappings(cls, mappings: HugePageMappings, parameters: Parameters) -> "HugePageHasher":
+        hasher = cls.from_parameters(parameters)
+        assert isinstance(hasher, cls)
+        hasher.mappings, hasher.parameters = mappings, parameters
+        return hasher
 
     def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
         if self.type is not Type.ID:
@@ -189,16 +186,20 @@ def _b64decode(text: str) -> bytes:
 
 class Passwords:
     def __init__(self, settings: AuthSettings) -> None:
-        parameters: dict[str, Any] = {
-            "time_cost": settings.argon2_time_cost,
-            "memory_cost": settings.argon2_memory_kib,
-            "parallelism": settings.argon2_parallelism,
-            "hash_len": 32,
-            "salt_len": 16,
-            "type": Type.ID,
-        }
+        parameters = Parameters(
+            type=Type.ID,
+            version=ARGON2_VERSION,
+            salt_len=16,
+            hash_len=32,
+            time_cost=settings.argon2_time_cost,
+            memory_cost=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        )
         mappings = huge_page_mappings()
-        self.hasher = PasswordHasher(**parameters) if mappings is None else HugePageHasher(mappings, **parameters)
+        if mappings is None:
+            self.hasher = PasswordHasher.from_parameters(parameters)
+        else:
+            self.hasher = HugePageHasher.with_mappings(mappings, parameters)
         self.limiter = anyio.CapacityLimiter(settings.hash_concurrency)
         self.computations = 0
         self._dummy_hash: str | None = None

@@ -58,14 +58,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     service = Passwords(settings).hasher
     if not isinstance(service, HugePageHasher):
         raise SystemExit("the auth service hashes with argon2-cffi's own PasswordHasher here: nothing to compare")
-    library = PasswordHasher(
-        time_cost=service.time_cost,
-        memory_cost=service.memory_cost,
-        parallelism=service.parallelism,
-        hash_len=service.hash_len,
-        salt_len=service.salt_len,
-        type=service.type,
-    )
+    library = PasswordHasher.from_parameters(service.parameters)
     password_hash = library.hash(PASSWORD)
     threads = args.concurrency or settings.hash_concurrency
     sides = {"library": library, "service": service}

@@ -5,13 +5,15 @@ import os
 import threading
 
 import pytest
-from argon2 import PasswordHasher, Type
+from argon2 import Parameters, PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from auth_service.config import AuthSettings
 from auth_service.passwords import HugePageHasher, Passwords, huge_page_mappings
 
-PARAMETERS = {"time_cost": 3, "memory_cost": 65536, "parallelism": 4, "hash_len": 32, "salt_len": 16, "type": Type.ID}
+PARAMETERS = Parameters(
+    type=Type.ID, version=19, salt_len=16, hash_len=32, time_cost=3, memory_cost=65536, parallelism=4
+)
 PASSWORD = "correct hörse battery staple ✓"
 
 
@@ -19,12 +21,12 @@ PASSWORD = "correct hörse battery staple ✓"
 def ours() -> HugePageHasher:
     mappings = huge_page_mappings()
     assert mappings is not None, "Linux with cffi callbacks: the huge-page hasher must be available"
-    return HugePageHasher(mappings, **PARAMETERS)
+    return HugePageHasher.with_mappings(mappings, PARAMETERS)
 
 
 @pytest.fixture(scope="module")
 def library() -> PasswordHasher:
-    return PasswordHasher(**PARAMETERS)
+    return PasswordHasher.from_parameters(PARAMETERS)
 
 
 def test_the_service_hashes_with_huge_pages_where_it_can() -> None:

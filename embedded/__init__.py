@@ -4,3 +4,5 @@ This is the only module allowed to import several services. Each service keeps i
 database (SQLite files in DATA_DIR by default, or ``<SERVICE>_DATABASE_URL``); the key-value
 store and the event bus are shared in-process objects unless REDIS_URL is set.
 """
+
+import shared  # noqa: F401 - first: the kernel keeps unused library extras out (shared/__init__.py)

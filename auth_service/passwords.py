@@ -121,7 +121,7 @@ class HugePageHasher(PasswordHasher):
         return f"$argon2id$v={ARGON2_VERSION}${settings}${_b64encode(salt)}${_b64encode(digest)}"
 
     def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
-        encoded = hash.decode("ascii") if isinstance(hash, bytes) else hash
+        encoded = hash.decode("ascii", "replace") if isinstance(hash, bytes) else hash  # not ASCII: refused below
         parameters = extract_parameters(encoded)
         if parameters.type is not Type.ID or parameters.version != ARGON2_VERSION:
             return super().verify(hash, password)

@@ -513,7 +513,7 @@ class InProcessUpstream:
 
     async def get_json(self, path: str) -> Any:
         # Only the embedded platform asks an in-process service this way: a gateway process that never
-        # does leaves httpx (and the command-line client its package imports, ≈ 8 MB) unloaded.
+        # does leaves httpx unloaded.
         import httpx
 
         transport = httpx.ASGITransport(app=self.app)  # type: ignore[arg-type]

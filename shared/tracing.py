@@ -99,7 +99,7 @@ def tracing_installed(tracing: "Tracing") -> "Iterator[Tracing]":
 def litestar_plugin(provider: "TracerProvider") -> Any:
     """Litestar's own OpenTelemetry plugin (the ASGI instrumentation): a SERVER span per request,
     continuing a caller's ``traceparent``, outermost of the app's middleware."""
-    if LITESTAR_PLUGIN_MODULE in sys.modules and sys.modules[LITESTAR_PLUGIN_MODULE] is None:
+    if sys.modules.get(LITESTAR_PLUGIN_MODULE, LITESTAR_PLUGIN_MODULE) is None:
         del sys.modules[LITESTAR_PLUGIN_MODULE]  # an untraced app of this process marked it absent
     from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 

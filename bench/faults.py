@@ -47,7 +47,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -451,29 +451,29 @@ class Harness:
 
     # Each fault returns (the fault's window, when the dependency was back and ready).
 
-    async def _redis_kill(self) -> tuple[Window, float]:
+    async def _held(
+        self, label: str, seconds: float, inflict: Callable[[], object], repair: Callable[[], object]
+    ) -> tuple[Window, float]:
+        """``inflict`` the fault, keep it ``seconds`` under load, then ``repair`` it (both off the
+        event loop, so the load keeps its pace while a server stops or starts)."""
         start = self.load.now()
-        self.platform.redis.kill()
-        await asyncio.sleep(30)
+        await asyncio.to_thread(inflict)
+        await asyncio.sleep(seconds)
         end = self.load.now()
-        self.platform.redis.start()
-        return Window("redis down", start, end), self.load.now()
+        await asyncio.to_thread(repair)
+        return Window(label, start, end), self.load.now()
+
+    async def _redis_kill(self) -> tuple[Window, float]:
+        redis = self.platform.redis
+        return await self._held("redis down", 30, redis.kill, redis.start)
 
     async def _redis_hang(self) -> tuple[Window, float]:
-        start = self.load.now()
-        self.platform.redis.hang()
-        await asyncio.sleep(20)
-        end = self.load.now()
-        self.platform.redis.resume()
-        return Window("redis hung", start, end), self.load.now()
+        redis = self.platform.redis
+        return await self._held("redis hung", 20, redis.hang, redis.resume)
 
     async def _pg_stop(self) -> tuple[Window, float]:
-        start = self.load.now()
-        await asyncio.to_thread(self.platform.users_pg.stop)
-        await asyncio.sleep(20)
-        end = self.load.now()
-        await asyncio.to_thread(self.platform.users_pg.start)
-        return Window("users' PostgreSQL stopped", start, end), self.load.now()
+        postgres = self.platform.users_pg
+        return await self._held("users' PostgreSQL stopped", 20, postgres.stop, postgres.start)
 
     async def _pg_hang(self) -> tuple[Window, float]:
         # End the service's connections first, so that its next request needs a new one.
@@ -481,12 +481,8 @@ class Harness:
             connection.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'pyairtable_users'"
             )
-        start = self.load.now()
-        self.platform.users_pg.hang()
-        await asyncio.sleep(20)
-        end = self.load.now()
-        self.platform.users_pg.resume()
-        return Window("users' postmaster hung", start, end), self.load.now()
+        postgres = self.platform.users_pg
+        return await self._held("users' postmaster hung", 20, postgres.hang, postgres.resume)
 
     async def _service_kill(self) -> tuple[Window, float]:
         users = self.platform.services["user_service"]

@@ -16,6 +16,10 @@ UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml - --quiet --generate-hash
 	--python-version 3.11 --custom-compile-command 'make lock' $(UV_ARGS)
 # pyproject.toml's [build-system] requires, locked too so that the editable install builds offline.
 BUILD_REQUIRES = $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+# make test's pytest-xdist workers, each a run of its own (databases, Redis keys); a test file stays on
+# one worker. Two halve the suite's time on two cores, where much of it waits on servers it started;
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 # The services of shared/registry.py, and the gateway in front of them.
 SERVICES := $(shell $(PYTHON) -m shared.registry) gateway
 
@@ -56,7 +60,7 @@ migrate: $(INSTALLED) ## Apply every service's migrations (DATABASE_URL / <SERVI
 	$(PY) -m embedded migrate
 
 test: $(INSTALLED) check-monitoring ## Run the whole test suite (needs PostgreSQL and Redis on loopback)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(INSTALLED) ## ruff: lint and format check
 	$(VENV)/bin/ruff check .

@@ -83,18 +83,18 @@ async def test_patch_changes_only_the_fields_given_and_put_replaces_them_all(cli
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("id", str(uuid.uuid4())),
+        ("id", "3fd9f4c1-e1e0-4f21-8526-50430135732e"),
         ("email", "someone-else@example.com"),
         ("role", "admin"),
         ("roles", ["admin"]),
         ("is_admin", True),
-        ("tenant_id", str(uuid.uuid4())),
+        ("tenant_id", "3a893541-04d5-4037-804c-089866f961eb"),
         ("is_active", False),
         ("created_at", "2000-01-01T00:00:00Z"),
         ("updated_at", "2000-01-01T00:00:00Z"),
         ("deleted_at", "2000-01-01T00:00:00Z"),
         ("last_login_at", "2000-01-01T00:00:00Z"),
-        ("user_id", str(uuid.uuid4())),
+        ("user_id", "7df7142a-0dd3-4794-937d-a8bd4765e4ac"),
     ],
 )
 async def test_fields_a_user_may_not_set_are_refused_and_never_applied(

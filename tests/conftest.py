@@ -51,7 +51,12 @@ LOADED_DB_CONNECT_SECONDS = 10.0
 # gateway's bound on a grant or token lookup): 25 requests at once from each of two suites can
 # queue one past it.
 LOADED_DB_STATEMENT_TIMEOUT_MS = 10_000
-# Both, as the services' environment variables.
+# And for Redis (production: 50 ms, then the per-process fallbacks): a reply held up by a busy event
+# loop, a long garbage collection or the other test worker must not send a test's counts, caches or
+# revocations to the per-process stand-ins (that would make it a test of something else); the tests
+# of a slow or hung Redis set the production bound themselves or use a private redis-server.
+LOADED_REDIS_TIMEOUT_SECONDS = 5.0
+# Both database bounds, as the services' environment variables.
 LOADED_DATABASE_ENVIRON = {
     "DB_CONNECT_TIMEOUT_SECONDS": str(LOADED_DB_CONNECT_SECONDS),
     "DB_STATEMENT_TIMEOUT_MS": str(LOADED_DB_STATEMENT_TIMEOUT_MS),
@@ -358,10 +363,11 @@ def database_fixtures(name: str, settings: type[ServiceSettings], package: str, 
 @pytest.fixture
 def service_settings(redis_url: str, redis_namespace: str, tmp_path: Path) -> dict[str, Any]:
     """The settings every app under test shares: the test's Redis namespace and data directory, and
-    database connects and statements as patient as a loaded machine needs (``LOADED_DB_*``)."""
+    Redis calls, database connects and statements as patient as a loaded machine needs (``LOADED_*``)."""
     return {
         "redis_url": redis_url,
         "redis_namespace": redis_namespace,
+        "redis_timeout_seconds": LOADED_REDIS_TIMEOUT_SECONDS,
         "data_dir": str(tmp_path),
         "db_connect_timeout_seconds": LOADED_DB_CONNECT_SECONDS,
         "db_statement_timeout_ms": LOADED_DB_STATEMENT_TIMEOUT_MS,

@@ -78,9 +78,6 @@ def make_settings(org_grants: str, service_settings: dict[str, Any], emulator: E
         airtable_penalty_seconds=PENALTY_SECONDS,
         airtable_queue_timeout=10.0,
         airtable_retry_base_seconds=0.05,
-        # Long enough that a busy test process never falls back to per-process stores and
-        # limits by accident; the fault tests set the production 50 ms (test_dependency_faults.py).
-        redis_timeout_seconds=0.5,
     )
 
 

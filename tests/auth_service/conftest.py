@@ -36,9 +36,6 @@ def auth_settings(clean_auth_database: str, service_settings: dict[str, Any]) ->
         jwt_secret=JWT_SECRET,
         ip_attempts_per_minute=1000,
         outbox_poll_seconds=0.2,
-        # Counts must be shared: a Redis reply slower than production's 50 ms on a busy test machine
-        # would hand them to the per-process stand-in. The fault tests set their own timeout.
-        redis_timeout_seconds=0.5,
         **FAST_ARGON2,
     )
 

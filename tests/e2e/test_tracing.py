@@ -39,7 +39,13 @@ from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures 
     auth_settings,
     clean_auth_database,
 )
-from tests.conftest import DatabaseFactory, app_client, eventually, migrated_embedded_environ
+from tests.conftest import (
+    LOADED_REDIS_TIMEOUT_SECONDS,
+    DatabaseFactory,
+    app_client,
+    eventually,
+    migrated_embedded_environ,
+)
 from tests.gateway.echo import served_over_http
 from tests.user_service.conftest import clean_users_database, user_settings, users_database  # noqa: F401
 from user_service.app import create_app as create_user_app
@@ -99,7 +105,7 @@ async def test_one_trace_from_the_gateway_into_auth_its_database_and_on_to_users
         redis_url=redis_url,
         redis_namespace=redis_namespace,
         data_dir=str(tmp_path),
-        redis_timeout_seconds=0.5,
+        redis_timeout_seconds=LOADED_REDIS_TIMEOUT_SECONDS,
         request_timeout=10.0,
     )
     async with (

@@ -34,7 +34,7 @@ from tests.auth_service.conftest import (  # noqa: F401  (pytest finds fixtures 
     auth_settings,
     clean_auth_database,
 )
-from tests.conftest import access_claims, app_client, settings_factory
+from tests.conftest import LOADED_REDIS_TIMEOUT_SECONDS, access_claims, app_client, settings_factory
 from tests.gateway.echo import Echo
 
 AUTH = "/api/v1/auth"
@@ -55,13 +55,10 @@ def make_settings(service_settings: dict[str, Any]) -> SettingsFactory:
         **service_settings,
         jwt_secret=JWT_SECRET,
         request_timeout=0.5,
-        # Long enough that a busy machine (two test runs side by side) or a long garbage
-        # collection in this test process never makes the shared store look down; the tests of a
-        # slow or hung Redis set their own or use a private one.
-        redis_timeout_seconds=5.0,
-        # Likewise for the limiter: a reply later than its 50 ms production bound would count
-        # that request in the per-process fallback and let one more through the shared quota.
-        rate_limit_redis_timeout=5.0,
+        # As patient as the shared store (``LOADED_REDIS_TIMEOUT_SECONDS``): a limiter reply later
+        # than its 50 ms production bound would count that request in the per-process fallback and
+        # let one more through the shared quota.
+        rate_limit_redis_timeout=LOADED_REDIS_TIMEOUT_SECONDS,
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from shared.settings import ServiceSettings
 from shared.stores import KeyValueStore, MemoryStore, create_redis, create_store
-from tests.conftest import eventually
+from tests.conftest import LOADED_REDIS_TIMEOUT_SECONDS, eventually
 
 SHORT_TTL = 0.2  # seconds: a key that is waited out (with eventually(), never a fixed sleep)
 
@@ -20,7 +20,9 @@ async def store(request: pytest.FixtureRequest, redis_url: str, redis_namespace:
     else:
         # A reply slower than production's 50 ms on a loaded machine would send that one call to
         # the per-process stand-in: the contract is the shared store's.
-        settings = ServiceSettings(redis_url=redis_url, redis_namespace=redis_namespace, redis_timeout_seconds=0.5)
+        settings = ServiceSettings(
+            redis_url=redis_url, redis_namespace=redis_namespace, redis_timeout_seconds=LOADED_REDIS_TIMEOUT_SECONDS
+        )
         created = create_store(settings, create_redis(settings))
     try:
         yield created

@@ -38,7 +38,9 @@ async def test_extra_routes_are_proxied_in_the_embedded_mode_too(
     billing, users = Echo(BILLING), Echo(USERS)
     async with served_over_http(billing) as billing_url, served_over_http(users) as users_url:
         # One new prefix, and one that replaces a service the embedded mode would run in-process.
-        settings = make_settings(redis_url="", extra_routes=f"{BILLING}={billing_url},{USERS}={users_url}")
+        settings = make_settings(
+            redis_url="", request_timeout=10, extra_routes=f"{BILLING}={billing_url},{USERS}={users_url}"
+        )
         async with app_client(create_app(settings, environ={"DATA_DIR": str(tmp_path)})) as client:
             invoice = await client.get(f"{BILLING}/invoices/1", headers=bearer(access_token()))
             me = await client.get(f"{USERS}/me", headers=bearer(access_token()))

@@ -33,6 +33,7 @@ async def platform(make_settings: SettingsFactory, tmp_path: Path) -> AsyncItera
     environ = {"DATA_DIR": str(tmp_path), "JWT_SECRET": JWT_SECRET, "REDIS_URL": ""}
     settings = make_settings(
         redis_url="",
+        request_timeout=10.0,  # the services are real apps: a loaded machine may keep one past 0.5 s
         rate_limit_burst=1000,
         rate_limit_per_minute=10_000,
         auth_rate_limit_burst=1000,  # one OPTIONS to each of the seven auth-policy paths

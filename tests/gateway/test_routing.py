@@ -183,7 +183,7 @@ async def test_openapi_lists_an_unreachable_service_instead_of_failing(
                 raise RuntimeError("no document")
             await super().__call__(scope, receive, send)
 
-    app = create_app(make_settings(), services={AUTH: auth_app, USERS: NoDocument(USERS)})
+    app = create_app(make_settings(request_timeout=10), services={AUTH: auth_app, USERS: NoDocument(USERS)})
     async with app_client(app) as client:
         document = await client.get("/api/v1/openapi.json")
     assert document.status_code == 200, document.text

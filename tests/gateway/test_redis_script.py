@@ -167,7 +167,8 @@ async def test_a_silent_server_times_out_and_the_next_call_reconnects() -> None:
 
     listener = await asyncio.start_server(server, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    fast = PipelinedScript("return 7", "127.0.0.1", port, timeout=0.05)
+    # Long enough for the second call's answer on a loaded machine; the first waits it out whole.
+    fast = PipelinedScript("return 7", "127.0.0.1", port, timeout=0.5)
     try:
         with pytest.raises(RedisTimeoutError):  # the server holds its answer until told: only the timeout ends this
             await asyncio.wait_for(fast(keys=[], args=[]), 10)

@@ -17,7 +17,7 @@ UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml - --quiet --generate-hash
 # pyproject.toml's [build-system] requires, locked too so that the editable install builds offline.
 BUILD_REQUIRES = $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
 # make test's pytest-xdist workers, each a run of its own (databases, Redis keys); a test file stays on
-# one worker. Two halve the suite's time on two cores, where much of it waits on servers it started;
+# one worker. Two cut the suite's time by a third on two cores, where much of it waits on servers it started;
 # TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 # The services of shared/registry.py, and the gateway in front of them.

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from tests.conftest import assert_problem
+from tests.conftest import LOADED_REDIS_TIMEOUT_SECONDS, assert_problem
 from tests.e2e.processes import (
     FAST_ARGON2,
     Processes,
@@ -266,8 +266,12 @@ def test_a_stalled_request_body_gets_408_and_the_gateway_serves_on(tmp_path: Pat
 def test_two_gateways_sharing_a_redis_namespace_enforce_one_limit(stack: Stack) -> None:
     echo = stack.processes.upstream("echo")
     # A Redis reply slower than the limiter's 50 ms production bound on a loaded machine would be
-    # counted by that gateway alone: half a second keeps this test about the shared counter.
-    limits = {"RATE_LIMIT_PER_MINUTE": "10", "RATE_LIMIT_BURST": "10", "RATE_LIMIT_REDIS_TIMEOUT": "0.5"}
+    # counted by that gateway alone: the tests' patient bound keeps this test about the shared counter.
+    limits = {
+        "RATE_LIMIT_PER_MINUTE": "10",
+        "RATE_LIMIT_BURST": "10",
+        "RATE_LIMIT_REDIS_TIMEOUT": str(LOADED_REDIS_TIMEOUT_SECONDS),
+    }
     first = stack.gateway("gateway-1", USER_SERVICE_URL=echo.url, **limits)
     second = stack.gateway("gateway-2", USER_SERVICE_URL=echo.url, **limits)
     for service in (echo, first, second):

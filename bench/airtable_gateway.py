@@ -56,8 +56,8 @@ from bench.common import (
     say,
     scrubbed_environ,
     sigterm_unwinds,
-    upstream_app_argv,
     utc_timestamp,
+    uvicorn_argv,
     wrk_figures,
 )
 from bench.litestar_floor import FLOOR_PATH
@@ -82,6 +82,17 @@ def server(name: str, argv: list[str], env: dict[str, str], port: int, workdir: 
         tail_chars=3000,
         cwd=Path(__file__).resolve().parents[1],
     )
+
+
+def start_bench_app(
+    stack: contextlib.ExitStack, name: str, app: str, port: int, env: dict[str, str], workdir: Path
+) -> LoggedServer:
+    """One of bench/'s ASGI apps under uvicorn on ``port``, ready; ``stack`` stops it."""
+    argv = [*uvicorn_argv(app, port), "--no-access-log", "--log-level", "warning"]
+    started = server(name, argv, env, port, workdir)
+    started.start("/health")
+    stack.callback(started.stop)
+    return started
 
 
 def start_emulator(stack: contextlib.ExitStack, env: dict[str, str], workdir: Path) -> LoggedServer:
@@ -187,16 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         service.start("/health")
         stack.callback(service.stop)
 
-        upstream_argv = [*upstream_app_argv(upstream_port), "--no-access-log"]
-        upstream = server("upstream", upstream_argv, base_env, upstream_port, workdir)
-        upstream.start("/health")
-        stack.callback(upstream.stop)
-        floor_argv = [python, "-m", "uvicorn", "bench.litestar_floor:app", "--host", "127.0.0.1"]
-        floor = server(
-            "litestar-floor", [*floor_argv, "--port", str(floor_port), "--no-access-log"], base_env, floor_port, workdir
-        )
-        floor.start("/health")
-        stack.callback(floor.stop)
+        upstream = start_bench_app(stack, "upstream", "bench.upstream_app:app", upstream_port, base_env, workdir)
+        floor = start_bench_app(stack, "litestar-floor", "bench.litestar_floor:app", floor_port, base_env, workdir)
         minimal_env = {
             **base_env,
             "BASELINE_JWT_SECRET": secret,
@@ -204,11 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             "BASELINE_REDIS_NAMESPACE": namespace,
             "BASELINE_AIRTABLE_CACHE_KEY": f"{namespace}:bench:airtable-answer",
         }
-        minimal_argv = [python, "-m", "uvicorn", "bench.services_baseline:app", "--host", "127.0.0.1"]
-        minimal_argv += ["--port", str(minimal_port), "--no-access-log", "--log-level", "warning"]
-        minimal = server("minimal-hit", minimal_argv, minimal_env, minimal_port, workdir)
-        minimal.start("/health")
-        stack.callback(minimal.stop)
+        minimal = start_bench_app(
+            stack, "minimal-hit", "bench.services_baseline:app", minimal_port, minimal_env, workdir
+        )
 
         gateway_env = {
             **platform_env,

@@ -73,9 +73,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def uvicorn_argv(app: str, port: int) -> list[str]:
+    """uvicorn serving ``app`` (``module:attribute``) on ``port`` of HOST; a caller appends its options."""
+    return [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port)]
+
+
 def upstream_app_argv(port: int) -> list[str]:
     """uvicorn serving bench/upstream_app.py on ``port`` of HOST; a caller appends its options."""
-    return [sys.executable, "-m", "uvicorn", "bench.upstream_app:app", "--host", HOST, "--port", str(port)]
+    return uvicorn_argv("bench.upstream_app:app", port)
 
 
 def utc_timestamp() -> str:
